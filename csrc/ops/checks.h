@@ -1,0 +1,57 @@
+// Argument checks shared by every op's CPU and CUDA launchers. Each message names the op and the
+// argument so that a user can fix the call without reading the kernel.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <sstream>
+#include <string>
+
+namespace recogfast {
+namespace checks {
+
+inline std::string shape_str(const at::Tensor& t) {
+  std::ostringstream os;
+  os << t.sizes();
+  return os.str();
+}
+
+// `t` is a floating-point tensor with `ndim` dimensions.
+inline void float_tensor(const char* op, const char* name, const at::Tensor& t, int64_t ndim) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.dim() == ndim, op, ": ", name, " must be a ", ndim, "-D tensor, got a ", t.dim(),
+              "-D tensor of shape ", shape_str(t));
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+              " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+              t.scalar_type());
+}
+
+// `t` has exactly the sizes `expected` (written as `what`, e.g. "[R, C]").
+inline void shape(const char* op, const char* name, const at::Tensor& t, at::IntArrayRef expected,
+                  const char* what) {
+  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", what, " = ", expected,
+              ", got ", shape_str(t));
+}
+
+// `t` lives on the same device and has the same dtype as the reference tensor `ref` (named `ref_name`).
+inline void like(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                 const at::Tensor& ref) {
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name,
+              " is on ", ref.device(), "; move all arguments to one device");
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(),
+              " but ", ref_name, " has dtype ", ref.scalar_type(), "; cast the weights to the input dtype");
+}
+
+// The memory layout a kernel reads a 4-D activation in: NHWC only when the tensor is channels_last
+// and not also plain contiguous (for C == 1 or H == W == 1 both hold and NCHW indexing is right).
+inline bool use_channels_last(const at::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::MemoryFormat layout_of(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+}  // namespace checks
+}  // namespace recogfast

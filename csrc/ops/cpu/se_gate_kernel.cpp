@@ -1,0 +1,288 @@
+// SE gate on the CPU: pooling, the two-layer MLP and the channel scaling in one op, forward and
+// backward, with fp32 (fp64 for double) accumulation.
+//
+// When there are at least as many samples as threads, each thread takes whole samples and runs
+// pool -> MLP -> scale on one sample back to back, so the second read of x (and of grad_y in the
+// backward) hits the cache: two passes over DRAM instead of three. With fewer samples (B = 1 at
+// inference) the work is split across channel blocks in three parallel phases instead.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops/se_gate.h"
+
+namespace recogfast {
+namespace {
+
+template <typename scalar_t>
+struct SEGateCPU {
+  using acc_t = at::opmath_type<scalar_t>;
+
+  const scalar_t* x;
+  const scalar_t* w1;  // [R, C]
+  const scalar_t* b1;  // [R]
+  const scalar_t* w2;  // [C, R]
+  const scalar_t* b2;  // [C]
+  int64_t B, C, HW, R;
+  bool channels_last;
+
+  const scalar_t* sample(const scalar_t* base, int64_t b) const { return base + b * C * HW; }
+
+  // sx[c] = sum_hw x[b, c], and when gy is given sgx[c] = sum_hw gy[b, c] * x[b, c], for c in [c0, c1).
+  void reduce(const scalar_t* gy, int64_t b, int64_t c0, int64_t c1, acc_t* sx, acc_t* sgx) const {
+    const scalar_t* xb = sample(x, b);
+    const scalar_t* gb = gy ? sample(gy, b) : nullptr;
+    if (!channels_last) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const scalar_t* xr = xb + c * HW;
+        acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < HW; ++i) s += acc_t(xr[i]);
+        sx[c] = s;
+        if (gb) {
+          const scalar_t* gr = gb + c * HW;
+          acc_t t = 0;
+#pragma omp simd reduction(+ : t)
+          for (int64_t i = 0; i < HW; ++i) t += acc_t(gr[i]) * acc_t(xr[i]);
+          sgx[c] = t;
+        }
+      }
+      return;
+    }
+    std::fill(sx + c0, sx + c1, acc_t(0));
+    if (gb) std::fill(sgx + c0, sgx + c1, acc_t(0));
+    for (int64_t p = 0; p < HW; ++p) {
+      const scalar_t* xr = xb + p * C;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) sx[c] += acc_t(xr[c]);
+      if (gb) {
+        const scalar_t* gr = gb + p * C;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) sgx[c] += acc_t(gr[c]) * acc_t(xr[c]);
+      }
+    }
+  }
+
+  // From the channel sums of one sample: u = W1 g + b1 (pre-activation, [R]) and s = sigmoid(W2 relu(u) + b2).
+  void mlp_forward(const acc_t* sx, acc_t* g, acc_t* u, acc_t* s) const {
+    const acc_t inv_hw = acc_t(1) / acc_t(HW);
+    for (int64_t c = 0; c < C; ++c) g[c] = sx[c] * inv_hw;
+    for (int64_t r = 0; r < R; ++r) {
+      const scalar_t* wr = w1 + r * C;
+      acc_t a = acc_t(b1[r]);
+      for (int64_t c = 0; c < C; ++c) a += acc_t(wr[c]) * g[c];
+      u[r] = a;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* wc = w2 + c * R;
+      acc_t a = acc_t(b2[c]);
+      for (int64_t r = 0; r < R; ++r) a += acc_t(wc[r]) * std::max(u[r], acc_t(0));
+      s[c] = acc_t(1) / (acc_t(1) + std::exp(-a));
+    }
+  }
+
+  // Backward through the MLP of one sample, given ds[c] = sum_hw gy * x. Writes dz [C], h and du [R],
+  // and coef[c] = (dL/dg[c]) / HW, the term every pixel of channel c gets in grad_x.
+  void mlp_backward(const acc_t* ds, const acc_t* u, const acc_t* s, acc_t* dz, acc_t* h, acc_t* du,
+                    acc_t* coef) const {
+    for (int64_t c = 0; c < C; ++c) dz[c] = ds[c] * s[c] * (acc_t(1) - s[c]);
+    for (int64_t r = 0; r < R; ++r) {
+      h[r] = std::max(u[r], acc_t(0));
+      acc_t a = 0;
+      if (u[r] > acc_t(0)) {
+        for (int64_t c = 0; c < C; ++c) a += acc_t(w2[c * R + r]) * dz[c];
+      }
+      du[r] = a;
+    }
+    const acc_t inv_hw = acc_t(1) / acc_t(HW);
+    for (int64_t c = 0; c < C; ++c) {
+      acc_t a = 0;
+      for (int64_t r = 0; r < R; ++r) a += acc_t(w1[r * C + c]) * du[r];
+      coef[c] = a * inv_hw;
+    }
+  }
+
+  // out[b, c, :] = in[b, c, :] * s[c] (+ coef[c] when given), for c in [c0, c1).
+  void apply(const scalar_t* in, scalar_t* out, int64_t b, int64_t c0, int64_t c1, const acc_t* s,
+             const acc_t* coef) const {
+    const scalar_t* ib = sample(in, b);
+    scalar_t* ob = out + b * C * HW;
+    if (!channels_last) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const acc_t sc = s[c], k = coef ? coef[c] : acc_t(0);
+        const scalar_t* ir = ib + c * HW;
+        scalar_t* orow = ob + c * HW;
+#pragma omp simd
+        for (int64_t i = 0; i < HW; ++i) orow[i] = scalar_t(acc_t(ir[i]) * sc + k);
+      }
+      return;
+    }
+    for (int64_t p = 0; p < HW; ++p) {
+      const scalar_t* ir = ib + p * C;
+      scalar_t* orow = ob + p * C;
+      if (coef) {
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c] + coef[c]);
+      } else {
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c]);
+      }
+    }
+  }
+
+  // How many channel blocks each sample is cut into so that every thread has work.
+  int64_t channel_blocks() const {
+    const int64_t threads = at::get_num_threads();
+    if (B >= threads) return 1;
+    return std::min<int64_t>(C, (4 * threads + B - 1) / B);
+  }
+
+  // Runs pass1(b, c0, c1), then per_sample(b), then pass2(b, c0, c1) over all samples and channel blocks.
+  template <typename Pass1, typename PerSample, typename Pass2>
+  void schedule(const Pass1& pass1, const PerSample& per_sample, const Pass2& pass2) const {
+    const int64_t nblk = channel_blocks();
+    if (nblk == 1) {
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          pass1(b, 0, C);
+          per_sample(b);
+          pass2(b, 0, C);
+        }
+      });
+      return;
+    }
+    const int64_t cb = (C + nblk - 1) / nblk;
+    auto blocks = [&](const auto& fn) {
+      at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t b = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(C, c0 + cb);
+          if (c0 < c1) fn(b, c0, c1);
+        }
+      });
+    };
+    blocks(pass1);
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) per_sample(b);
+    });
+    blocks(pass2);
+  }
+
+  void forward(scalar_t* y) const {
+    std::vector<acc_t> sx(B * C), gate(B * C);
+    schedule([&](int64_t b, int64_t c0, int64_t c1) { reduce(nullptr, b, c0, c1, &sx[b * C], nullptr); },
+             [&](int64_t b) {
+               std::vector<acc_t> g(C), u(R);
+               mlp_forward(&sx[b * C], g.data(), u.data(), &gate[b * C]);
+             },
+             [&](int64_t b, int64_t c0, int64_t c1) { apply(x, y, b, c0, c1, &gate[b * C], nullptr); });
+  }
+
+  void backward(const scalar_t* gy, scalar_t* gx, scalar_t* gw1, scalar_t* gb1, scalar_t* gw2,
+                scalar_t* gb2) const {
+    // Per-sample quantities kept for the weight gradients, which sum over the batch.
+    std::vector<acc_t> sx(B * C), ds(B * C), g(B * C), gate(B * C), dz(B * C), coef(B * C), h(B * R), du(B * R);
+    schedule([&](int64_t b, int64_t c0, int64_t c1) { reduce(gy, b, c0, c1, &sx[b * C], &ds[b * C]); },
+             [&](int64_t b) {
+               std::vector<acc_t> u(R);
+               mlp_forward(&sx[b * C], &g[b * C], u.data(), &gate[b * C]);
+               mlp_backward(&ds[b * C], u.data(), &gate[b * C], &dz[b * C], &h[b * R], &du[b * R], &coef[b * C]);
+             },
+             [&](int64_t b, int64_t c0, int64_t c1) { apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); });
+    // grad_w2[c, r] = sum_b dz[b, c] h[b, r]; grad_b2[c] = sum_b dz[b, c]
+    at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> row(R);
+      for (int64_t c = begin; c < end; ++c) {
+        std::fill(row.begin(), row.end(), acc_t(0));
+        acc_t bias = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          const acc_t d = dz[b * C + c];
+          bias += d;
+          for (int64_t r = 0; r < R; ++r) row[r] += d * h[b * R + r];
+        }
+        for (int64_t r = 0; r < R; ++r) gw2[c * R + r] = scalar_t(row[r]);
+        gb2[c] = scalar_t(bias);
+      }
+    });
+    // grad_w1[r, c] = sum_b du[b, r] g[b, c]; grad_b1[r] = sum_b du[b, r]
+    at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> row(C);
+      for (int64_t r = begin; r < end; ++r) {
+        std::fill(row.begin(), row.end(), acc_t(0));
+        acc_t bias = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          const acc_t d = du[b * R + r];
+          bias += d;
+          if (d == acc_t(0)) continue;
+          const acc_t* gb = &g[b * C];
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) row[c] += d * gb[c];
+        }
+        for (int64_t c = 0; c < C; ++c) gw1[r * C + c] = scalar_t(row[c]);
+        gb1[r] = scalar_t(bias);
+      }
+    });
+  }
+};
+
+template <typename scalar_t>
+SEGateCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                const at::Tensor& w2, const at::Tensor& b2, int64_t R, bool channels_last) {
+  return SEGateCPU<scalar_t>{x.const_data_ptr<scalar_t>(), w1.const_data_ptr<scalar_t>(),
+                             b1.const_data_ptr<scalar_t>(), w2.const_data_ptr<scalar_t>(),
+                             b2.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3),
+                             R, channels_last};
+}
+
+at::Tensor se_gate_cpu(const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_, const at::Tensor& w2_,
+                       const at::Tensor& b2_) {
+  const int64_t R = detail::check_se_gate_args(x_, w1_, b1_, w2_, b2_);
+  const bool cl = checks::use_channels_last(x_);
+  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  const at::Tensor w1 = w1_.contiguous(), b1 = b1_.contiguous(), w2 = w2_.contiguous(), b2 = b2_.contiguous();
+  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
+  if (x.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_cpu", [&] {
+    make_kernel<scalar_t>(x, w1, b1, w2, b2, R, cl).forward(y.mutable_data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_gate_backward_cpu(
+    const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_,
+    const at::Tensor& w2_, const at::Tensor& b2_) {
+  const int64_t R = detail::check_se_gate_args(x_, w1_, b1_, w2_, b2_);
+  checks::shape("recogfast::se_gate_backward", "grad_y", grad_y_, x_.sizes(), "x.shape");
+  checks::like("recogfast::se_gate_backward", "grad_y", grad_y_, "x", x_);
+  const bool cl = checks::use_channels_last(x_);
+  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  const at::Tensor gy = grad_y_.contiguous(checks::layout_of(cl));
+  const at::Tensor w1 = w1_.contiguous(), b1 = b1_.contiguous(), w2 = w2_.contiguous(), b2 = b2_.contiguous();
+  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
+  at::Tensor gw1 = at::empty_like(w1), gb1 = at::empty_like(b1), gw2 = at::empty_like(w2), gb2 = at::empty_like(b2);
+  if (x.numel() == 0) {
+    for (auto* t : {&gw1, &gb1, &gw2, &gb2}) t->zero_();
+    return {gx, gw1, gb1, gw2, gb2};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_backward_cpu", [&] {
+    make_kernel<scalar_t>(x, w1, b1, w2, b2, R, cl)
+        .backward(gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gw1.mutable_data_ptr<scalar_t>(),
+                  gb1.mutable_data_ptr<scalar_t>(), gw2.mutable_data_ptr<scalar_t>(), gb2.mutable_data_ptr<scalar_t>());
+  });
+  return {gx, gw1, gb1, gw2, gb2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
+  m.impl("se_gate", &se_gate_cpu);
+  m.impl("se_gate_backward", &se_gate_backward_cpu);
+}
+
+}  // namespace recogfast

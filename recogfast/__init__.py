@@ -1,0 +1,29 @@
+"""recogfast: fused attention blocks and metric-learning losses for image recognition and retrieval.
+
+Importing the package loads the compiled extension ``recogfast._C`` (CPU kernels always, CUDA kernels
+when it was built with them) and registers the autograd and fake kernels of its ops. A failed load is
+an error with the underlying reason, never a silent switch to the slow references.
+"""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (loads libtorch before the extension that links against it)
+
+try:
+    from recogfast import _C  # noqa: F401
+except ImportError as err:  # pragma: no cover - exercised in a subprocess by tests/test_package.py
+    raise ImportError(
+        "recogfast: the compiled extension recogfast._C failed to load "
+        f"({type(err).__name__}: {err}). It must be built against the installed torch "
+        f"{torch.__version__}: run `pip install -e . --no-build-isolation` (or `make`) in the source tree."
+    ) from err
+
+from recogfast import ops  # noqa: E402
+
+ops.register_all()
+
+from recogfast import nn  # noqa: E402
+from recogfast._impl import build_info  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["ops", "nn", "build_info", "__version__"]

@@ -1,0 +1,87 @@
+"""Which implementation a fused module runs: the compiled kernel or the pure-PyTorch reference.
+
+``impl="auto"`` uses the fused kernel where it supports the input's device and dtype and otherwise
+the reference, warning once per (op, reason). ``impl="fused"`` raises where the kernel cannot run;
+``impl="reference"`` always runs the reference. The environment variable ``RECOGFAST_IMPL`` set to
+``reference`` (or ``fused``) overrides every module's choice; ``auto`` or unset leaves it alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+
+IMPLS = ("auto", "fused", "reference")
+FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_warned: set[tuple[str, str]] = set()
+
+
+@functools.lru_cache(maxsize=None)
+def build_info() -> dict[str, str]:
+    """How the loaded extension was built, read from the binary: cuda, cuda_archs, nvcc, openmp."""
+    raw = torch.ops.recogfast._build_info()
+    return dict(item.split("=", 1) for item in raw.split(";") if item)
+
+
+def cuda_kernels_compiled() -> bool:
+    return build_info().get("cuda") == "1"
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    return impl
+
+
+def _env_override() -> str | None:
+    env = os.environ.get("RECOGFAST_IMPL", "auto") or "auto"
+    if env not in IMPLS:
+        raise ValueError(f"RECOGFAST_IMPL must be one of {', '.join(IMPLS)}, got {env!r}")
+    return None if env == "auto" else env
+
+
+def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the fused kernels cannot run on (device, dtype), or None when they can."""
+    # Non-float inputs are not a fallback case: the op itself rejects them with a message naming the argument.
+    if dtype.is_floating_point and dtype not in FUSED_DTYPES:
+        return f"dtype {dtype} has no fused kernel (float32, float64, float16, bfloat16 do)"
+    if device.type in ("cpu", "meta"):
+        return None
+    if device.type == "cuda":
+        if cuda_kernels_compiled():
+            return None
+        return "recogfast was built without CUDA kernels (see `python -m recogfast.info`)"
+    return f"no fused kernel for device type {device.type!r}"
+
+
+def use_fused(op: str, impl: str, x: torch.Tensor) -> bool:
+    """Decide, for one call of `op` on activation `x`, whether the fused kernel runs."""
+    impl = _env_override() or check_impl(impl)
+    if impl == "reference":
+        return False
+    reason = unsupported_reason(x.device, x.dtype)
+    if reason is None:
+        return True
+    if impl == "fused":
+        raise RuntimeError(f"{op}: impl='fused' was asked for, but {reason}")
+    if (op, reason) not in _warned:
+        _warned.add((op, reason))
+        warnings.warn(f"{op}: running the pure-PyTorch reference because {reason}", RuntimeWarning, stacklevel=3)
+    return False
+
+
+def describe(device: torch.device | str, dtype: torch.dtype = torch.float32, impl: str = "auto") -> str:
+    """One line saying which implementation a module with `impl` would run on (device, dtype)."""
+    device = torch.device(device)
+    override = _env_override()
+    impl = override or check_impl(impl)
+    if impl == "reference":
+        return "reference" + (" (RECOGFAST_IMPL=reference)" if override else "")
+    reason = unsupported_reason(device, dtype)
+    if reason is None:
+        idle = device.type == "cuda" and not torch.cuda.is_available()
+        return f"fused ({device.type} kernel)" + (", but no GPU is visible here" if idle else "")
+    return f"{'error' if impl == 'fused' else 'reference'}: {reason}"

@@ -1,0 +1,21 @@
+"""Fused ops. Each op has one module here holding its Python wrapper, its pure-PyTorch reference,
+and the registration of its autograd and fake (meta) kernels; the kernels live in csrc/ops/."""
+
+from __future__ import annotations
+
+from recogfast.ops import se_gate as _se_gate_mod
+from recogfast.ops.se_gate import se_gate, se_gate_reference
+
+# Every fused op: (module name shown by `python -m recogfast.info`, op module with `register()`).
+FUSED_OPS = {
+    "se_gate": _se_gate_mod,
+}
+
+
+def register_all() -> None:
+    """Register autograd and fake kernels of every op (idempotent; called by `import recogfast`)."""
+    for mod in FUSED_OPS.values():
+        mod.register()
+
+
+__all__ = ["se_gate", "se_gate_reference", "FUSED_OPS", "register_all"]
