@@ -196,5 +196,41 @@ def register() -> None:
 _registered = False
 
 
+def _fake(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining):
+    check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, check_values=False)
+    B = embeddings.shape[0]
+    loss = embeddings.new_empty(())
+    stats = embeddings.new_empty((B, len(STATS)), dtype=_opmath(embeddings.dtype))
+    hard_idx = embeddings.new_empty((B, 2), dtype=torch.int64)
+    return loss, stats, hard_idx
+
+
+def _fake_backward(grad_loss, embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, alpha, beta, base,
+                   epsilon, mining, ref_requires_grad):
+    check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, check_values=False)
+    grad_ref = (torch.empty_like(ref_embeddings) if ref_requires_grad and ref_embeddings is not None
+                else embeddings.new_empty((0,)))
+    return torch.empty_like(embeddings), grad_ref
+
+
+def _setup_context(ctx, inputs, output):
+    embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining = inputs
+    _, stats, hard_idx = output
+    ctx.params = (alpha, beta, base, epsilon, mining)
+    ctx.has_ref = ref_embeddings is not None
+    ctx.save_for_backward(embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx)
+    ctx.mark_non_differentiable(stats, hard_idx)
+
+
+def _backward(ctx, grad_loss, _grad_stats, _grad_hard_idx):
+    embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx = ctx.saved_tensors
+    ref_grad = ctx.has_ref and ctx.needs_input_grad[2]
+    grad_e, grad_r = torch.ops.recogfast.ms_loss_backward(grad_loss, embeddings, labels, ref_embeddings, ref_labels,
+                                                          stats, hard_idx, *ctx.params, ref_grad)
+    return grad_e, None, (grad_r if ref_grad else None), None, None, None, None, None, None
+
+
 def _register_fused() -> None:
-    pass
+    torch.library.register_fake("recogfast::ms_loss")(_fake)
+    torch.library.register_fake("recogfast::ms_loss_backward")(_fake_backward)
+    torch.library.register_autograd("recogfast::ms_loss", _backward, setup_context=_setup_context)
