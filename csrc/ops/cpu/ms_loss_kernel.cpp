@@ -414,26 +414,56 @@ struct MSLossCPU {
     }
   }
 
-  // Visits the similarity tiles of the negative pass in an order where each anchor meets its candidates
-  // in ascending index order: tile(i0, ti, j0, tj, S, symmetric) with S [ti x tj] row-major.
+  // Visits every similarity tile of the negative pass: tile(i0, ti, j0, tj, S, symmetric) with S [ti x tj]
+  // row-major. Batch x batch tiles (j0 >= i0 only) and batch x reference tiles come in rounds whose tiles
+  // touch disjoint anchor blocks and disjoint candidate blocks; the tiles of a round run in parallel, one
+  // per thread (at::mm and at::parallel_for inside a task run single-threaded), so the whole pass opens a
+  // handful of parallel regions instead of several per tile, and a task may update the per-anchor state of
+  // its rows and columns, and their gradient rows, without locks.
   template <typename Fn>
   void for_each_tile(const Fn& tile) const {
-    at::Tensor buf = at::empty({kTile, std::max(kTile, kRefTile)}, chat.options());
-    for (int64_t i0 = 0; i0 < B; i0 += kTile) {
-      const int64_t ti = std::min(kTile, B - i0);
-      const at::Tensor Ei = chat.narrow(0, i0, ti);
-      for (int64_t j0 = i0; j0 < B; j0 += kTile) {
-        const int64_t tj = std::min(kTile, B - j0);
-        at::Tensor Sc = buf.view({-1}).narrow(0, 0, ti * tj).view({ti, tj});
-        at::mm_out(Sc, Ei, chat.narrow(0, j0, tj).t());
-        tile(i0, ti, j0, tj, Sc.const_data_ptr<T>(), true);
+    struct Task {
+      int64_t i0, ti, j0, tj;
+      bool symmetric;
+    };
+    const int64_t nb = (B + kTile - 1) / kTile, nr = (R + kRefTile - 1) / kRefTile;
+    auto sym = [&](int64_t I, int64_t J) {
+      return Task{I * kTile, std::min(kTile, B - I * kTile), J * kTile, std::min(kTile, B - J * kTile), true};
+    };
+    std::vector<std::vector<Task>> rounds;
+    // Diagonal tiles are disjoint from each other.
+    rounds.emplace_back();
+    for (int64_t I = 0; I < nb; ++I) rounds.back().push_back(sym(I, I));
+    // Off-diagonal pairs by the circle method of round-robin tournaments: n - 1 rounds of n / 2 pairs.
+    const int64_t n = nb + (nb % 2);
+    for (int64_t r = 0; r + 1 < n; ++r) {
+      rounds.emplace_back();
+      for (int64_t k = 0; k < n / 2; ++k) {
+        auto pos = [&](int64_t p) { return p == n - 1 ? n - 1 : (p + r) % (n - 1); };
+        int64_t I = pos(k), J = pos(n - 1 - k);
+        if (I > J) std::swap(I, J);
+        if (J < nb) rounds.back().push_back(sym(I, J));
       }
-      for (int64_t j0 = B; j0 < M; j0 += kRefTile) {
-        const int64_t tj = std::min(kRefTile, M - j0);
-        at::Tensor Sc = buf.view({-1}).narrow(0, 0, ti * tj).view({ti, tj});
-        at::mm_out(Sc, Ei, chat.narrow(0, j0, tj).t());
-        tile(i0, ti, j0, tj, Sc.const_data_ptr<T>(), false);
+    }
+    // Batch x reference tiles: round q holds the tiles (I, J) with (I + J) mod K == q, K = max(nb, nr).
+    const int64_t K = std::max(nb, nr);
+    for (int64_t q = 0; q < K && nr > 0; ++q) {
+      rounds.emplace_back();
+      for (int64_t I = 0; I < nb; ++I) {
+        const int64_t J = ((q - I) % K + K) % K;
+        if (J >= nr) continue;
+        const int64_t j0 = B + J * kRefTile;
+        rounds.back().push_back(Task{I * kTile, std::min(kTile, B - I * kTile), j0, std::min(kRefTile, M - j0), false});
       }
+    }
+    for (const auto& round : rounds) {
+      at::parallel_for(0, int64_t(round.size()), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          const Task& t = round[k];
+          const at::Tensor S = at::mm(chat.narrow(0, t.i0, t.ti), chat.narrow(0, t.j0, t.tj).t()).contiguous();
+          tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
+        }
+      });
     }
   }
 
@@ -476,7 +506,7 @@ struct MSLossCPU {
     std::vector<T> thr(B);  // the mined-negative threshold: min_pos ("ms"), -inf ("all")
     for (int64_t i = 0; i < B; ++i) thr[i] = mining == Mining::kAll ? -kInf<T> : st.min_pos[i];
     auto anchor_update = [&](int64_t i, T m, int64_t arg, T z) {
-      if (m > st.max_neg[i]) {
+      if (m > st.max_neg[i] || (m == st.max_neg[i] && arg >= 0 && arg < st.arg_neg[i])) {
         st.max_neg[i] = m;
         st.arg_neg[i] = arg;
       }
@@ -493,7 +523,7 @@ struct MSLossCPU {
           if (m == -kInf<T>) continue;
           int64_t arg = -1;
           if (hardest) {
-            if (!(m > st.max_neg[i])) continue;
+            if (m < st.max_neg[i]) continue;
             for (int64_t k = 0; k < tj; ++k)
               if (cl[k] != gid[i] && s[k] == m) {
                 arg = j0 + k;
@@ -655,9 +685,8 @@ struct MSLossCPU {
       thr[i] = mining == Mining::kAll ? -kInf<T> : min_pos(i);
       lzn[i] = log_z_neg(i);
     }
-    at::Tensor gbuf = at::empty({kTile, std::max(kTile, kRefTile)}, chat.options());
     for_each_tile([&](int64_t i0, int64_t ti, int64_t j0, int64_t tj, const T* S, bool symmetric) {
-      at::Tensor G = gbuf.view({-1}).narrow(0, 0, ti * tj).view({ti, tj});
+      at::Tensor G = at::empty({ti, tj}, chat.options());
       T* g = G.data_ptr<T>();
       const bool cols = symmetric && i0 != j0;
       std::atomic<bool> any{false};
