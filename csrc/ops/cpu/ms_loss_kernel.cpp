@@ -52,28 +52,30 @@ constexpr double kNormEps = 1e-12;    // as torch.nn.functional.normalize
 // Element-wise sweeps over one row of a tile. float uses 8-lane GCC vector extensions (AVX2 where the
 // compiler targets it, two SSE halves otherwise) and a Cephes-style exp; double uses scalar loops.
 
+#define RF_INLINE inline __attribute__((always_inline))
+
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-inline v8f load8(const float* p) {
+RF_INLINE v8f load8(const float* p) {
   v8f v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline v8i load8(const int32_t* p) {
+RF_INLINE v8i load8(const int32_t* p) {
   v8i v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
-inline v8f splat(float x) { return v8f{} + x; }
-inline v8i splat(int32_t x) { return v8i{} + x; }
-inline float hmax(v8f v) {
+RF_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+RF_INLINE v8f splat(float x) { return v8f{} + x; }
+RF_INLINE v8i splat(int32_t x) { return v8i{} + x; }
+RF_INLINE float hmax(v8f v) {
   float m = v[0];
   for (int k = 1; k < 8; ++k) m = std::max(m, v[k]);
   return m;
 }
-inline float hsum(v8f v) {
+RF_INLINE float hsum(v8f v) {
   float s = 0;
   for (int k = 0; k < 8; ++k) s += v[k];
   return s;
@@ -83,7 +85,7 @@ inline float hsum(v8f v) {
 // results below exp(-87) flush towards zero. Cephes expf: relative error ~1e-7.
 constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
 constexpr float kRound = 12582912.f;  // 1.5 * 2^23: x + kRound rounds x to an integer in the low mantissa bits
-inline v8f exp_poly(v8f x) {
+RF_INLINE v8f exp_poly(v8f x) {
   x = x < -87.f ? splat(-87.f) : x;
   x = x > 88.f ? splat(88.f) : x;
   const v8f t = x * kLog2e + kRound;
@@ -99,7 +101,7 @@ inline v8f exp_poly(v8f x) {
   const v8i e = ((v8i)t - 0x4B400000 + 127) << 23;
   return p * (v8f)e;
 }
-inline float exp_poly(float x) {
+RF_INLINE float exp_poly(float x) {
   x = std::min(std::max(x, -87.f), 88.f);
   const float t = x * kLog2e + kRound;
   const float n = t - kRound;
@@ -125,7 +127,7 @@ constexpr T kInf = std::numeric_limits<T>::infinity();
 
 // max over negatives (lab[k] != la) of s[k]; -inf when there is none.
 template <typename T>
-T neg_max(const T* s, const int32_t* lab, int64_t n, int32_t la) {
+RF_INLINE T neg_max_impl(const T* s, const int32_t* lab, int64_t n, int32_t la) {
   T m = -kInf<T>;
   int64_t k = 0;
   if constexpr (std::is_same_v<T, float>) {
@@ -145,7 +147,7 @@ T neg_max(const T* s, const int32_t* lab, int64_t n, int32_t la) {
 
 // sum over mined negatives of exp(beta (s - shift)); mined: lab != la and s + eps > thr.
 template <typename T>
-T neg_sum(const T* s, const int32_t* lab, int64_t n, int32_t la, T eps, T thr, T beta, T shift) {
+RF_INLINE T neg_sum_impl(const T* s, const int32_t* lab, int64_t n, int32_t la, T eps, T thr, T beta, T shift) {
   T acc = 0;
   int64_t k = 0;
   if constexpr (std::is_same_v<T, float>) {
@@ -166,7 +168,7 @@ T neg_sum(const T* s, const int32_t* lab, int64_t n, int32_t la, T eps, T thr, T
 
 // Column form, for anchors that are the columns of a tile: colmax[k] = max(colmax[k], s[k]) over negatives.
 template <typename T>
-void col_neg_max(const T* s, const int32_t* clab, int64_t n, int32_t rl, T* colmax) {
+RF_INLINE void col_neg_max_impl(const T* s, const int32_t* clab, int64_t n, int32_t rl, T* colmax) {
   int64_t k = 0;
   if constexpr (std::is_same_v<T, float>) {
     const v8i rl8 = splat(rl);
@@ -183,7 +185,7 @@ void col_neg_max(const T* s, const int32_t* clab, int64_t n, int32_t rl, T* colm
 
 // colsum[k] += exp(beta (s[k] - shift[k])) over mined negatives (clab != rl and s + eps > thr[k]).
 template <typename T>
-void col_neg_sum(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, const T* thr, T beta,
+RF_INLINE void col_neg_sum_impl(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, const T* thr, T beta,
                  const T* shift, T* colsum) {
   int64_t k = 0;
   if constexpr (std::is_same_v<T, float>) {
@@ -202,7 +204,7 @@ void col_neg_sum(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, 
 // Backward weights of negatives in one tile row: g[k] = scale exp(beta (s - base) - logz) for the row's
 // anchor when mined, plus (col_thr given) the same for the column's anchor. Returns whether any is mined.
 template <typename T>
-bool neg_weights(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, T thr, T beta, T base, T logz,
+RF_INLINE bool neg_weights_impl(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, T thr, T beta, T base, T logz,
                  T scale, const T* col_thr, const T* col_logz, T* g) {
   bool any = false;
   int64_t k = 0;
@@ -241,6 +243,67 @@ bool neg_weights(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, 
     g[k] = w * scale;
   }
   return any;
+}
+
+// The float sweeps again, compiled for AVX2 + FMA and chosen at run time where the CPU has them (the
+// extension itself is built for the baseline ISA).
+#define RF_AVX2 __attribute__((target("avx2,fma")))
+RF_AVX2 float neg_max_avx2(const float* s, const int32_t* lab, int64_t n, int32_t la) {
+  return neg_max_impl<float>(s, lab, n, la);
+}
+RF_AVX2 float neg_sum_avx2(const float* s, const int32_t* lab, int64_t n, int32_t la, float eps, float thr,
+                           float beta, float shift) {
+  return neg_sum_impl<float>(s, lab, n, la, eps, thr, beta, shift);
+}
+RF_AVX2 void col_neg_max_avx2(const float* s, const int32_t* clab, int64_t n, int32_t rl, float* colmax) {
+  col_neg_max_impl<float>(s, clab, n, rl, colmax);
+}
+RF_AVX2 void col_neg_sum_avx2(const float* s, const int32_t* clab, int64_t n, int32_t rl, float eps, const float* thr,
+                              float beta, const float* shift, float* colsum) {
+  col_neg_sum_impl<float>(s, clab, n, rl, eps, thr, beta, shift, colsum);
+}
+RF_AVX2 bool neg_weights_avx2(const float* s, const int32_t* clab, int64_t n, int32_t rl, float eps, float thr,
+                              float beta, float base, float logz, float scale, const float* col_thr,
+                              const float* col_logz, float* g) {
+  return neg_weights_impl<float>(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+template <typename T>
+T neg_max(const T* s, const int32_t* lab, int64_t n, int32_t la) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return neg_max_avx2(s, lab, n, la);
+  return neg_max_impl<T>(s, lab, n, la);
+}
+template <typename T>
+T neg_sum(const T* s, const int32_t* lab, int64_t n, int32_t la, T eps, T thr, T beta, T shift) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return neg_sum_avx2(s, lab, n, la, eps, thr, beta, shift);
+  return neg_sum_impl<T>(s, lab, n, la, eps, thr, beta, shift);
+}
+template <typename T>
+void col_neg_max(const T* s, const int32_t* clab, int64_t n, int32_t rl, T* colmax) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return col_neg_max_avx2(s, clab, n, rl, colmax);
+  col_neg_max_impl<T>(s, clab, n, rl, colmax);
+}
+template <typename T>
+void col_neg_sum(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, const T* thr, T beta, const T* shift,
+                 T* colsum) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return col_neg_sum_avx2(s, clab, n, rl, eps, thr, beta, shift, colsum);
+  col_neg_sum_impl<T>(s, clab, n, rl, eps, thr, beta, shift, colsum);
+}
+template <typename T>
+bool neg_weights(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, T thr, T beta, T base, T logz, T scale,
+                 const T* col_thr, const T* col_logz, T* g) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return neg_weights_avx2(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
+  return neg_weights_impl<T>(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
 }
 
 // log(1 + exp(a)) without overflow.
