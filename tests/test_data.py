@@ -546,3 +546,20 @@ def test_missing_dataset_root(tmp_path):
         rd.TinyImageNet(tmp_path, "train")
     with pytest.raises(rd.DataError, match="cars_annos.mat"):
         rd.Cars196(tmp_path, "train")
+
+
+def test_torchvision_augmentation_independent_of_workers(mixed_dir, tmp_path):
+    """Augmentation is seeded per (seed, epoch, sample): worker count and set_epoch jumps do not matter."""
+    ds = _identity_list(mixed_dir[:6])
+    inline = _loader(ds, True, 3, 12, "torchvision", seed=2, num_workers=0)
+    pooled = _loader(ds, True, 3, 12, "torchvision", seed=2, num_workers=2)
+    a = [x for x, _ in inline]
+    b = [x for x, _ in pooled]
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 2
+    pooled.set_epoch(0)
+    assert all(torch.equal(x, y) for x, y in zip(a, (x for x, _ in pooled)))
+    assert not torch.equal(a[0], next(iter(inline))[0])  # epoch 1 draws new crops
+    # Errors cross the worker boundary with their path.
+    bad = _bad_file("truncated", tmp_path, mixed_dir[0])
+    with pytest.raises(rd.DataError, match="bad_truncated.jpg"):
+        list(_loader(_identity_list(mixed_dir[:2] + [bad]), False, 3, 8, "torchvision", num_workers=2))
