@@ -563,3 +563,52 @@ def test_torchvision_augmentation_independent_of_workers(mixed_dir, tmp_path):
     bad = _bad_file("truncated", tmp_path, mixed_dir[0])
     with pytest.raises(rd.DataError, match="bad_truncated.jpg"):
         list(_loader(_identity_list(mixed_dir[:2] + [bad]), False, 3, 8, "torchvision", num_workers=2))
+
+
+def _crop_windows(images):
+    """(x0, width, y0, height, flipped) of each train crop of the coordinate image (R = x, G = y)."""
+    px = _pixels(images)
+    r, g = px[:, 0].mean(1), px[:, 1].mean(2)  # R along the width, G along the height
+    n = r.shape[1]
+    slope_x = (r[:, -1] - r[:, 0]) / (n - 1)
+    slope_y = (g[:, -1] - g[:, 0]) / (n - 1)
+    return slope_x.abs() * n, slope_y * n, slope_x < 0
+
+
+def _reference_rrc_stats(rng, trials, size=256):
+    """torchvision's RandomResizedCrop.get_params on a square image, in numpy."""
+    areas, log_ratios = [], []
+    for _ in range(trials):
+        for _ in range(10):
+            area = size * size * rng.uniform(0.08, 1.0)
+            log_r = rng.uniform(np.log(3 / 4), np.log(4 / 3))
+            w, h = round(np.sqrt(area * np.exp(log_r))), round(np.sqrt(area / np.exp(log_r)))
+            if 0 < w <= size and 0 < h <= size:
+                break
+        else:
+            w = h = size
+        areas.append(w * h / size**2)
+        log_ratios.append(np.log(w / h))
+    return np.mean(areas), np.std(areas), np.mean(log_ratios), np.std(log_ratios)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_crops_follow_the_scale_ratio_distribution(backend, tmp_path):
+    """Crop windows read back from a coordinate image: area in [0.08, 1], ratio in [3/4, 4/3], the
+    same moments as torchvision's sampler, flips half the time."""
+    y, x = np.mgrid[0:256, 0:256]
+    path = str(tmp_path / "coords.png")
+    Image.fromarray(np.stack([x, y, np.full_like(x, 128)], -1).astype(np.uint8)).save(path)
+    n = 240
+    ds = rd.ImageList([path] * n, [0] * n, ["coords"])
+    images = torch.cat([x for x, _ in _loader(ds, True, 48, 32, backend, seed=3)])
+    width, height, flipped = _crop_windows(images)
+    area = (width * height / 256**2).numpy()
+    log_ratio = torch.log(width / height).numpy()
+    assert area.min() > 0.06 and area.max() < 1.02
+    assert np.abs(log_ratio).max() < np.log(4 / 3) + 0.06
+    mean_a, std_a, mean_r, std_r = _reference_rrc_stats(np.random.default_rng(0), 20000)
+    assert abs(area.mean() - mean_a) < 4 * std_a / np.sqrt(n)
+    assert abs(log_ratio.mean() - mean_r) < 4 * std_r / np.sqrt(n)
+    assert abs(log_ratio.std() - std_r) < 0.25 * std_r
+    assert 0.35 < flipped.float().mean() < 0.65
