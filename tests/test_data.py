@@ -612,3 +612,18 @@ def test_train_crops_follow_the_scale_ratio_distribution(backend, tmp_path):
     assert abs(log_ratio.mean() - mean_r) < 4 * std_r / np.sqrt(n)
     assert abs(log_ratio.std() - std_r) < 0.25 * std_r
     assert 0.35 < flipped.float().mean() < 0.65
+
+
+def test_works_without_dali(mixed_dir, monkeypatch, caplog):
+    """Where DALI is missing, auto falls back to torchvision (and says so); asking for DALI is an
+    ImportError that names the package."""
+    from recogfast.data import loaders
+
+    monkeypatch.setattr(loaders, "dali_available", lambda: False)
+    ds = _identity_list(mixed_dir[:3])
+    with caplog.at_level(logging.INFO, logger="recogfast.data"):
+        loader = rd.build_loader(ds, False, 3, 8, device="cpu", num_workers=0)
+    assert loader.backend == "torchvision" and "DALI is not installed" in caplog.text
+    assert [y.tolist() for _, y in loader] == [[0, 1, 2]]
+    with pytest.raises(ImportError, match="nvidia-dali-cuda130"):
+        rd.build_loader(ds, False, 3, 8, backend="dali")

@@ -25,7 +25,7 @@ SHAPES = ("circle", "triangle", "square", "diamond", "pentagon", "hexagon", "sta
 HUES = ("red", "orange", "yellow", "green", "cyan", "blue", "magenta")
 FILLS = ("solid", "stripes", "dots", "ring")
 _HUE_VALUES = (0.0, 0.08, 0.16, 0.33, 0.5, 0.64, 0.83)  # distinct colour names, not an even circle
-_FORMAT_VERSION = 1  # bump when the drawing changes, so old caches are not reused
+_FORMAT_VERSION = 2  # bump when the drawing changes, so old caches are not reused
 _SUPERSAMPLE = 2
 
 
