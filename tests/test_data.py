@@ -627,3 +627,22 @@ def test_works_without_dali(mixed_dir, monkeypatch, caplog):
     assert [y.tolist() for _, y in loader] == [[0, 1, 2]]
     with pytest.raises(ImportError, match="nvidia-dali-cuda130"):
         rd.build_loader(ds, False, 3, 8, backend="dali")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a visible GPU")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("train", [False, True])
+def test_cuda_output(backend, train, mixed_dir):
+    """On a GPU: images and labels arrive on the device; eval pixels match the CPU pipeline within the
+    decoders' tolerance (nvJPEG's IDCT and colour conversion differ slightly from libjpeg-turbo)."""
+    ds = _identity_list(mixed_dir)
+    kw = {"num_workers": 2}
+    gpu = list(rd.build_loader(ds, train, 4, 16, backend=backend, device="cuda", dtype=torch.bfloat16, **kw))
+    for x, y in gpu:
+        assert x.device.type == "cuda" and y.device.type == "cuda"
+        assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+        assert x.shape[1:] == (3, 16, 16)
+    if not train:
+        cpu = torch.cat([x for x, _ in _loader(ds, False, 4, 16, "torchvision")])
+        diff = (_pixels(torch.cat([x for x, _ in gpu]).float().cpu()) - _pixels(cpu)).abs()
+        assert diff.mean() < 2.5 and diff.max() < 24, (diff.mean(), diff.max())
