@@ -519,7 +519,17 @@ struct MSLossCPU {
         rounds.back().push_back(Task{I * kTile, std::min(kTile, B - I * kTile), j0, std::min(kRefTile, M - j0), false});
       }
     }
+    const int64_t threads = at::get_num_threads();
     for (const auto& round : rounds) {
+      if (int64_t(round.size()) < threads) {
+        // Too few tiles to go around (small batches, long reference sets): one tile at a time, each with
+        // the threads inside it (at::mm and the row/column sweeps are parallel when not nested).
+        for (const Task& t : round) {
+          const at::Tensor S = at::mm(chat.narrow(0, t.i0, t.ti), chat.narrow(0, t.j0, t.tj).t()).contiguous();
+          tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
+        }
+        continue;
+      }
       at::parallel_for(0, int64_t(round.size()), 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
           const Task& t = round[k];
