@@ -866,6 +866,13 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cpu(
   const at::Tensor stats = stats_.to(acc).contiguous();
   const at::Tensor hard_idx = hard_idx_.contiguous();
   const double g = grad_loss.to(at::kDouble).item<double>();
+  if (mining == Mining::kHardest) {
+    const int64_t M = B + R;
+    const int64_t* h = hard_idx.const_data_ptr<int64_t>();
+    for (int64_t k = 0; k < 2 * B; ++k)
+      TORCH_CHECK(h[k] >= -1 && h[k] < M, "recogfast::ms_loss_backward: hard_idx holds ", h[k],
+                  ", outside [-1, B + R = ", M, ")");
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_backward_cpu", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     MSLossCPU<T> k(mining, alpha, beta, base, epsilon);
