@@ -180,7 +180,8 @@ def test_empty_batch(device):
 def test_stats_outputs():
     e = torch.randn(32, 8, dtype=torch.float64)
     labels = m_per_class(32, 4)
-    loss, stats, hard_idx = torch.ops.recogfast.ms_loss(e, labels, None, None, 2.0, 50.0, 0.5, 0.1, "hardest")
+    loss, stats, hard_idx, cache = torch.ops.recogfast.ms_loss(e, labels, None, None, 2.0, 50.0, 0.5, 0.1, "hardest")
+    assert cache.numel() == 0
     c = torch.nn.functional.normalize(e)
     S = c @ c.T
     same = labels[:, None] == labels[None, :]
@@ -210,6 +211,24 @@ def test_fuzzed_batches_and_label_patterns_match_reference(B, D, pattern, R, min
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mining", MINING)
+def test_reference_set_without_gradient_matches_reference(device, mining):
+    """A detached reference set (a cross-batch memory): on the CPU the forward pass gathers the memory's share
+    of the gradient (ref_grad_cache) and the backward pass skips those tiles; same result either way."""
+    for B, R, m in [(40, 300, 4), (300, 2100, 4), (64, 1500, 16)]:
+        e, labels, ref, ref_labels = make_case(B, 16, m_per_class(B, m, device), R=R, n_ref_classes=B // m,
+                                               device=device)
+        leaf = e.clone().requires_grad_(True)
+        loss = ms_loss(leaf, labels, mining=mining, ref_embeddings=ref, ref_labels=ref_labels, impl="fused")
+        grad, = torch.autograd.grad(loss, leaf)
+        want_l, want_g = value_and_grads(reference, e, labels, ref, ref_labels, mining)
+        torch.testing.assert_close(loss, want_l, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(grad, want_g[0], rtol=1e-9, atol=1e-13)
+        cache = torch.ops.recogfast.ms_loss(e, labels, ref, ref_labels, 2.0, 50.0, 0.5, 0.1, mining, True)[3]
+        assert cache.shape == ((B, 16) if device == "cpu" and mining != "hardest" else (0,))
+
+
 # ---------------------------------------------------------------------------------- gradcheck, opcheck
 
 
@@ -234,13 +253,16 @@ def test_opcheck(device):
             e.requires_grad_(True)
             if ref is not None:
                 ref.requires_grad_(True)
-            args = (e, labels, ref, ref_labels, 2.0, 50.0, 0.5, 0.1, mining)
-            torch.library.opcheck(torch.ops.recogfast.ms_loss.default, args)
-            _, stats, hard_idx = torch.ops.recogfast.ms_loss(*args)
-            torch.library.opcheck(torch.ops.recogfast.ms_loss_backward.default,
-                                  (torch.tensor(1.0, dtype=e.dtype, device=device), e.detach(), labels,
-                                   None if ref is None else ref.detach(), ref_labels, stats, hard_idx, 2.0, 50.0, 0.5,
-                                   0.1, mining, ref is not None))
+            for cache in ([False, True] if ref is not None else [False]):
+                if cache:
+                    ref = ref.detach()  # the cached path is for a reference set without gradient
+                args = (e, labels, ref, ref_labels, 2.0, 50.0, 0.5, 0.1, mining, cache)
+                torch.library.opcheck(torch.ops.recogfast.ms_loss.default, args)
+                _, stats, hard_idx, ref_cache = torch.ops.recogfast.ms_loss(*args)
+                torch.library.opcheck(torch.ops.recogfast.ms_loss_backward.default,
+                                      (torch.tensor(1.0, dtype=e.dtype, device=device), e.detach(), labels,
+                                       None if ref is None else ref.detach(), ref_labels, stats, hard_idx,
+                                       ref_cache.detach(), 2.0, 50.0, 0.5, 0.1, mining, ref is not None and not cache))
 
 
 def test_compiled_module_matches_eager():

@@ -7,7 +7,11 @@
 //   2 min_pos   = min over positives of S_ip (+inf without positives)
 //   3 max_neg   = max over negatives of S_in (-inf without negatives)
 // and hard_idx [B, 2] int64: the candidate index of the hardest positive and negative of each anchor
-// for mining="hardest" (-1 where the anchor mines nothing; all -1 for the other modes).
+// for mining="hardest" (-1 where the anchor mines nothing; all -1 for the other modes), and
+// ref_grad_cache: with cache_ref_grad on the CPU, for a reference set that needs no gradient and mining
+// "ms"/"all", the reference set's share of dL/d(normalised anchors) for dL/dloss = B, [B, D] in the
+// accumulation dtype, gathered from the forward pass's tiles so that the backward pass need not
+// recompute the B x R tiles; otherwise empty ([0]).
 // Candidates are the B rows of embeddings followed by the R rows of ref_embeddings.
 #pragma once
 
@@ -24,17 +28,16 @@ namespace recogfast {
 
 enum class Mining : int { kMS = 0, kAll = 1, kHardest = 2 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_loss(const at::Tensor& embeddings, const at::Tensor& labels,
-                                                       const std::optional<at::Tensor>& ref_embeddings,
-                                                       const std::optional<at::Tensor>& ref_labels, double alpha,
-                                                       double beta, double base, double epsilon,
-                                                       std::string_view mining);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss(
+    const at::Tensor& embeddings, const at::Tensor& labels, const std::optional<at::Tensor>& ref_embeddings,
+    const std::optional<at::Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
+    std::string_view mining, bool cache_ref_grad = false);
 
 std::tuple<at::Tensor, at::Tensor> ms_loss_backward(
     const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
     const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
-    const at::Tensor& stats, const at::Tensor& hard_idx, double alpha, double beta, double base, double epsilon,
-    std::string_view mining, bool ref_requires_grad);
+    const at::Tensor& stats, const at::Tensor& hard_idx, const at::Tensor& ref_grad_cache, double alpha, double beta,
+    double base, double epsilon, std::string_view mining, bool ref_requires_grad);
 
 namespace detail {
 
@@ -102,15 +105,25 @@ inline Mining check_ms_loss_args(const at::Tensor& embeddings, const at::Tensor&
   TORCH_CHECK(false, op, ": mining must be one of 'ms', 'all', 'hardest', got '", std::string(mining), "'");
 }
 
+// Whether the forward op fills ref_grad_cache (only the CPU kernel does; see above).
+inline bool ms_loss_caches_ref_grad(const at::Tensor& embeddings, const std::optional<at::Tensor>& ref_embeddings,
+                                    Mining mining, bool cache_ref_grad) {
+  return cache_ref_grad && embeddings.device().is_cpu() && ref_embeddings.has_value() &&
+         ref_embeddings->size(0) > 0 && mining != Mining::kHardest;
+}
+
 // Extra checks of the backward op's saved tensors.
 inline void check_ms_loss_backward_args(const at::Tensor& grad_loss, const at::Tensor& embeddings,
-                                        const at::Tensor& stats, const at::Tensor& hard_idx) {
+                                        const at::Tensor& stats, const at::Tensor& hard_idx,
+                                        const at::Tensor& ref_grad_cache) {
   constexpr const char* op = "recogfast::ms_loss_backward";
   const int64_t B = embeddings.size(0);
   TORCH_CHECK(grad_loss.numel() == 1, op, ": grad_loss must hold one value, got shape ", checks::shape_str(grad_loss));
   checks::shape(op, "stats", stats, {B, 4}, "[B, 4]");
   checks::shape(op, "hard_idx", hard_idx, {B, 2}, "[B, 2]");
   TORCH_CHECK(hard_idx.scalar_type() == at::kLong, op, ": hard_idx must be int64, got ", hard_idx.scalar_type());
+  TORCH_CHECK(ref_grad_cache.numel() == 0 || ref_grad_cache.sizes() == embeddings.sizes(), op,
+              ": ref_grad_cache must be empty or of the shape of embeddings, got ", checks::shape_str(ref_grad_cache));
   TORCH_CHECK(stats.device() == embeddings.device() && hard_idx.device() == embeddings.device() &&
                   grad_loss.device() == embeddings.device(),
               op, ": grad_loss, stats and hard_idx must be on the device of embeddings (", embeddings.device(), ")");

@@ -484,7 +484,7 @@ struct MSLossCPU {
   // handful of parallel regions instead of several per tile, and a task may update the per-anchor state of
   // its rows and columns, and their gradient rows, without locks.
   template <typename Fn>
-  void for_each_tile(const Fn& tile) const {
+  void for_each_tile(const Fn& tile, bool with_ref = true) const {
     struct Task {
       int64_t i0, ti, j0, tj;
       bool symmetric;
@@ -510,7 +510,7 @@ struct MSLossCPU {
     }
     // Batch x reference tiles: round q holds the tiles (I, J) with (I + J) mod K == q, K = max(nb, nr).
     const int64_t K = std::max(nb, nr);
-    for (int64_t q = 0; q < K && nr > 0; ++q) {
+    for (int64_t q = 0; q < K && nr > 0 && with_ref; ++q) {
       rounds.emplace_back();
       for (int64_t I = 0; I < nb; ++I) {
         const int64_t J = ((q - I) % K + K) % K;
@@ -544,10 +544,21 @@ struct MSLossCPU {
   struct Stats {
     std::vector<T> min_pos, max_neg, pm, pz, nm, nz, log_z_pos, log_z_neg;
     std::vector<int64_t> arg_pos, arg_neg;
+    // With cache: sum over mined reference-set negatives n of exp(x_in - ref_xm_i) c_n, kept with the running
+    // maximum ref_xm_i, and finally scaled to sum_n exp(x_in - log_z_neg_i) c_n: the reference set's share of
+    // the anchors' gradient, computed from the tiles of the forward pass instead of recomputed in backward.
+    std::vector<T> ref_xm;
+    at::Tensor cache;
   };
 
-  Stats forward() const {
+  // cache: also accumulate the reference set's share of the anchors' gradient (see Stats::cache).
+  Stats forward(bool cache) const {
     Stats st;
+    cache = cache && R > 0 && mining != Mining::kHardest;
+    if (cache) {
+      st.ref_xm.assign(B, -kInf<T>);
+      st.cache = at::zeros({B, D}, chat.options());
+    }
     st.min_pos.assign(B, kInf<T>);
     st.max_neg.assign(B, -kInf<T>);
     st.pm.assign(B, 0);
@@ -587,11 +598,19 @@ struct MSLossCPU {
     };
     for_each_tile([&](int64_t i0, int64_t ti, int64_t j0, int64_t tj, const T* S, bool symmetric) {
       const int32_t* cl = gid.data() + j0;
+      const bool cache_tile = cache && !symmetric;
+      at::Tensor P;  // cache_tile: exp(x - ref_xm) of the mined negatives, [ti, tj]
+      std::vector<T> rescale;
+      if (cache_tile) {
+        P = at::empty({ti, tj}, chat.options());
+        rescale.assign(ti, T(1));
+      }
       // Rows: anchors i0.., candidates j0...
       at::parallel_for(0, ti, 8, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const int64_t i = i0 + r;
           const T* s = S + r * tj;
+          if (cache_tile) std::fill(P.data_ptr<T>() + r * tj, P.data_ptr<T>() + (r + 1) * tj, T(0));
           const T m = neg_max(s, cl, tj, gid[i]);
           if (m == -kInf<T>) continue;
           int64_t arg = -1;
@@ -605,8 +624,22 @@ struct MSLossCPU {
           }
           const T z = (!hardest && m + eps > thr[i]) ? neg_sum(s, cl, tj, gid[i], eps, thr[i], beta, m) : T(0);
           anchor_update(i, m, arg, z);
+          if (cache_tile && z > T(0)) {
+            const T xm = beta * (m - base);
+            if (xm > st.ref_xm[i]) {
+              rescale[r] = st.ref_xm[i] == -kInf<T> ? T(0) : std::exp(st.ref_xm[i] - xm);
+              st.ref_xm[i] = xm;
+            }
+            neg_weights(s, cl, tj, gid[i], eps, thr[i], beta, base, st.ref_xm[i], T(1), static_cast<const T*>(nullptr),
+                        static_cast<const T*>(nullptr), P.data_ptr<T>() + r * tj);
+          }
         }
       });
+      if (cache_tile) {
+        at::Tensor acc = st.cache.narrow(0, i0, ti);
+        acc.mul_(at::from_blob(rescale.data(), {ti, 1}, chat.options()));
+        acc.addmm_(P, chat.narrow(0, j0, tj));
+      }
       if (!symmetric || i0 == j0) return;
       // Columns: anchors j0.., candidates i0.. (S is symmetric).
       at::parallel_for(0, tj, 64, [&](int64_t c0, int64_t c1) {
@@ -672,12 +705,19 @@ struct MSLossCPU {
         st.log_z_neg[i] = lse_finish(st.nm[i], st.nz[i]);
       }
     }
+    if (cache) {
+      std::vector<T> f(B);
+      for (int64_t i = 0; i < B; ++i)
+        f[i] = st.ref_xm[i] == -kInf<T> ? T(0) : std::exp(st.ref_xm[i] - st.log_z_neg[i]);
+      st.cache.mul_(at::from_blob(f.data(), {B, 1}, chat.options()));
+    }
     return st;
   }
 
   // ------------------------------------------------------------------------------ backward
   // Returns dL/d(normalised candidates), [B or M, D] (M rows when the reference set needs its gradient).
-  at::Tensor backward(T scale, const T* stats, const int64_t* hard_idx, bool ref_grad) const {
+  // cache: the forward pass's Stats::cache ([B, D]) or empty; when given, the reference-set tiles are skipped.
+  at::Tensor backward(T scale, const T* stats, const int64_t* hard_idx, bool ref_grad, const at::Tensor& cache) const {
     const int64_t GR = ref_grad ? M : B;  // rows of the gradient that are kept
     at::Tensor gall = at::zeros({GR, D}, chat.options());
     T* gp = gall.data_ptr<T>();
@@ -753,6 +793,7 @@ struct MSLossCPU {
     });
 
     // Negatives, tile by tile.
+    const bool use_cache = cache.defined() && cache.numel() > 0 && !ref_grad;
     std::vector<T> thr(B), lzn(B);
     for (int64_t i = 0; i < B; ++i) {
       thr[i] = mining == Mining::kAll ? -kInf<T> : min_pos(i);
@@ -780,7 +821,8 @@ struct MSLossCPU {
       } else if (j0 < GR) {
         gall.narrow(0, j0, tj).addmm_(G.t(), chat.narrow(0, i0, ti));
       }
-    });
+    }, /*with_ref=*/!use_cache);
+    if (use_cache) gall.narrow(0, 0, B).add_(cache, scale);
     return gall;
   }
 
@@ -811,11 +853,11 @@ struct MSLossCPU {
 
 at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_loss_cpu(const at::Tensor& embeddings, const at::Tensor& labels,
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cpu(const at::Tensor& embeddings, const at::Tensor& labels,
                                                            const std::optional<at::Tensor>& ref_embeddings,
                                                            const std::optional<at::Tensor>& ref_labels, double alpha,
                                                            double beta, double base, double epsilon,
-                                                           std::string_view mining_name) {
+                                                           std::string_view mining_name, bool cache_ref_grad) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   const int64_t B = embeddings.size(0);
@@ -823,12 +865,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_loss_cpu(const at::Tensor& emb
   at::Tensor loss = at::zeros({}, embeddings.options());
   at::Tensor stats = at::empty({B, 4}, embeddings.options().dtype(acc));
   at::Tensor hard_idx = at::full({B, 2}, -1, embeddings.options().dtype(at::kLong));
-  if (B == 0) return {loss, stats, hard_idx};
+  const bool cache = detail::ms_loss_caches_ref_grad(embeddings, ref_embeddings, mining, cache_ref_grad);
+  at::Tensor ref_grad_cache = cache ? at::zeros({B, embeddings.size(1)}, embeddings.options().dtype(acc))
+                                    : at::empty({0}, embeddings.options().dtype(acc));
+  if (B == 0) return {loss, stats, hard_idx, ref_grad_cache};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_cpu", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     MSLossCPU<T> k(mining, alpha, beta, base, epsilon);
     k.template prepare<scalar_t>(embeddings, labels, ref_embeddings, ref_labels);
-    const auto st = k.forward();
+    const auto st = k.forward(cache);
+    if (cache) ref_grad_cache.copy_(st.cache);
     T* sp = stats.data_ptr<T>();
     int64_t* hp = hard_idx.data_ptr<int64_t>();
     double total = 0;
@@ -845,17 +891,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_loss_cpu(const at::Tensor& emb
     }
     loss.fill_(total / double(B));
   });
-  return {loss, stats, hard_idx};
+  return {loss, stats, hard_idx, ref_grad_cache};
 }
 
 std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
     const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
-    const at::Tensor& stats_, const at::Tensor& hard_idx_, double alpha, double beta, double base, double epsilon,
-    std::string_view mining_name, bool ref_requires_grad) {
+    const at::Tensor& stats_, const at::Tensor& hard_idx_, const at::Tensor& ref_grad_cache, double alpha,
+    double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
-  detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_);
+  detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_, ref_grad_cache);
   const int64_t B = embeddings.size(0), D = embeddings.size(1);
   const bool ref_grad = ref_requires_grad && ref_embeddings.has_value();
   const int64_t R = ref_embeddings.has_value() ? ref_embeddings->size(0) : 0;
@@ -878,7 +924,8 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cpu(
     MSLossCPU<T> k(mining, alpha, beta, base, epsilon);
     k.template prepare<scalar_t>(embeddings, labels, ref_embeddings, ref_labels);
     const at::Tensor gall = k.backward(T(g / double(B)), stats.const_data_ptr<T>(),
-                                       hard_idx.const_data_ptr<int64_t>(), ref_grad);
+                                       hard_idx.const_data_ptr<int64_t>(), ref_grad,
+                                       ref_grad_cache.numel() > 0 ? ref_grad_cache.to(acc).contiguous() : at::Tensor());
     grad_e = k.template normalise_backward<scalar_t>(gall, 0, B, embeddings);
     if (ref_grad) grad_r = k.template normalise_backward<scalar_t>(gall, B, R, embeddings);
   });

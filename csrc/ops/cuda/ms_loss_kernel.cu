@@ -479,11 +479,11 @@ Params make_params(int64_t B, int64_t M, int64_t D, Mining mining, double alpha,
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_loss_cuda(const at::Tensor& embeddings, const at::Tensor& labels,
-                                                            const std::optional<at::Tensor>& ref_embeddings,
-                                                            const std::optional<at::Tensor>& ref_labels,
-                                                            double alpha, double beta, double base, double epsilon,
-                                                            std::string_view mining_name) {
+// ref_grad_cache is always empty here (cache_ref_grad is a CPU optimisation; see ms_loss.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cuda(
+    const at::Tensor& embeddings, const at::Tensor& labels, const std::optional<at::Tensor>& ref_embeddings,
+    const std::optional<at::Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
+    std::string_view mining_name, bool /*cache_ref_grad*/) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   const c10::cuda::CUDAGuard guard(embeddings.device());
@@ -492,7 +492,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_loss_cuda(const at::Tensor& em
   const auto acc = embeddings.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor stats = at::empty({B, 4}, embeddings.options().dtype(acc));
   at::Tensor hard_idx = at::full({B, 2}, -1, embeddings.options().dtype(at::kLong));
-  if (B == 0) return {at::zeros({}, embeddings.options()), stats, hard_idx};
+  at::Tensor ref_grad_cache = at::empty({0}, embeddings.options().dtype(acc));
+  if (B == 0) return {at::zeros({}, embeddings.options()), stats, hard_idx, ref_grad_cache};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor loss;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_cuda", [&] {
@@ -530,17 +531,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_loss_cuda(const at::Tensor& em
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     loss = at::sum(per_anchor).div_(double(B)).to(embeddings.scalar_type());
   });
-  return {loss, stats, hard_idx};
+  return {loss, stats, hard_idx, ref_grad_cache};
 }
 
 std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
     const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
-    const at::Tensor& stats_, const at::Tensor& hard_idx_, double alpha, double beta, double base, double epsilon,
-    std::string_view mining_name, bool ref_requires_grad) {
+    const at::Tensor& stats_, const at::Tensor& hard_idx_, const at::Tensor& ref_grad_cache, double alpha,
+    double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
-  detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_);
+  detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_, ref_grad_cache);
   const c10::cuda::CUDAGuard guard(embeddings.device());
   const int64_t B = embeddings.size(0), D = embeddings.size(1);
   const int64_t R = ref_embeddings.has_value() ? ref_embeddings->size(0) : 0, M = B + R;
