@@ -14,7 +14,9 @@ without a negative mines nothing), ``"all"`` keeps every pair, ``"hardest"`` kee
 reduces tiles of it to per-anchor statistics — the mining thresholds and the two log-sum-exps, kept
 with a running maximum so β = 50 cannot overflow — which it returns beside the loss. Its backward op
 recomputes the tiles; dL/dS_ij is a per-pair weight computed from those statistics, and the
-embedding gradients are sums of weights times embeddings, accumulated tile by tile.
+embedding gradients are sums of weights times embeddings, accumulated tile by tile. On the CPU, when the
+reference set needs no gradient (``cache_ref_grad``, set by `ms_loss`), the forward pass also gathers the
+reference set's share of the anchors' gradient so that the backward pass skips those tiles.
 """
 
 from __future__ import annotations
