@@ -221,13 +221,17 @@ def test_low_precision_error_within_twice_the_reference(device, which, dtype, fm
         gy64 = torch.randn_like(args64[0])
         truth_y, truth_g = fused_and_reference(which, args64, gy64)[1]
         (y, g), (y_ref, g_ref) = fused_and_reference(which, [a.to(dtype) for a in args64], gy64.to(dtype))
+        # Some gradients are exactly zero in exact arithmetic (grad bk: softmax ignores a shift of k; with
+        # one position, grad wq and wk): both implementations then return rounding noise of cancelling
+        # sums, measured on the scale of the call's largest gradient.
+        grad_scale = max(t.abs().max().item() for t in truth_g)
         for i, (out, ref, truth) in enumerate(zip((y, *g), (y_ref, *g_ref), (truth_y, *truth_g))):
             scale = truth.abs().max().item()
+            if i > 0 and scale < 1e-9 * grad_scale:
+                scale = grad_scale
             err = (out.double() - truth).abs().max().item()
             ref_err = (ref.double() - truth).abs().max().item()
             if dtype == torch.float32:
-                # grad bk is exactly 0 in exact arithmetic (softmax ignores a shift of k): there both
-                # implementations carry the rounding of cancelling sums, so the reference's error counts.
                 assert err <= 2e-5 * scale + 2 * ref_err + 1e-6, f"output {i} {shape}: {err} vs {ref_err} (scale {scale})"
             else:
                 assert err <= 2 * ref_err + torch.finfo(dtype).eps * scale, f"output {i} {shape}: {err} vs {ref_err}"
@@ -353,12 +357,13 @@ def test_compiled_resnet_block_matches_eager(device, placement):
     x = torch.randn(4, 16, 8, 8, device=device).to(memory_format=torch.channels_last)
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
     xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ye, yc = block(xe), compiled(xc)
-    torch.testing.assert_close(yc, ye)
+    ye = block(xe)  # train mode: batch statistics, so both runs see the same normalisation
     ye.square().sum().backward()
     grads_e = [xe.grad] + [p.grad.clone() for p in block.parameters()]
     block.zero_grad()
+    yc = compiled(xc)
     yc.square().sum().backward()
+    torch.testing.assert_close(yc, ye)
     grads_c = [xc.grad] + [p.grad for p in block.parameters()]
     for a, b in zip(grads_c, grads_e):
         torch.testing.assert_close(a, b)
