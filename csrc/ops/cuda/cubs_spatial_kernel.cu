@@ -160,20 +160,32 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
     __syncthreads();
     for (int j = threadIdx.x; j < n; j += kThreads) kv[j] = Pair<acc_t>{k[j0 + j], v[j0 + j]};
     __syncthreads();
+    // Sums of one tile, then added to the totals: two-level summation keeps fp32 rounding at
+    // about (kTile + P / kTile) eps rather than P eps for long rows.
+    acc_t tl[kRows], tsv[kRows], tsk[kRows], tskv[kRows];
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) tl[t] = tsv[t] = tsk[t] = tskv[t] = 0;
 #pragma unroll 4
     for (int j = 0; j < n; ++j) {
       const Pair<acc_t> e_kv = kv[j];
 #pragma unroll
       for (int t = 0; t < kRows; ++t) {
         const acc_t e = ex2(qs[t] * e_kv.a - ms[t]);
-        l[t] += e;
-        sv[t] += e * e_kv.b;
+        tl[t] += e;
+        tsv[t] += e * e_kv.b;
         if constexpr (kGrad) {
           const acc_t ek = e * e_kv.a;
-          sk[t] += ek;
-          skv[t] += ek * e_kv.b;
+          tsk[t] += ek;
+          tskv[t] += ek * e_kv.b;
         }
       }
+    }
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) {
+      l[t] += tl[t];
+      sv[t] += tsv[t];
+      sk[t] += tsk[t];
+      skv[t] += tskv[t];
     }
   }
 #pragma unroll
@@ -225,6 +237,9 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_col_kernel(
       rows_c[i] = pc[i0 + i];
     }
     __syncthreads();
+    acc_t ta[kRows], tb[kRows], tc[kRows];  // tile sums, as in the row pass
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) ta[t] = tb[t] = tc[t] = 0;
 #pragma unroll 4
     for (int i = 0; i < n; ++i) {
       const Quad<acc_t> r = rows[i];
@@ -232,10 +247,16 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_col_kernel(
 #pragma unroll
       for (int t = 0; t < kRows; ++t) {
         const acc_t e = ex2(r.a * ks[t] - r.b);
-        sa[t] += e * r.c;
-        sb[t] += e * r.d;
-        sc[t] += e * c;
+        ta[t] += e * r.c;
+        tb[t] += e * r.d;
+        tc[t] += e * c;
       }
+    }
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) {
+      sa[t] += ta[t];
+      sb[t] += tb[t];
+      sc[t] += tc[t];
     }
   }
 #pragma unroll
