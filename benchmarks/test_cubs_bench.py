@@ -15,6 +15,11 @@ Floors (in extra_info):
   per SM for exp2f (base-2 exponential) on compute capability 9.0, so an H100 SXM (132 SMs, 1.98 GHz
   boost) manages 132 · 16 · 1.98e9 ≈ 4.2e12 exp/s. The floor is max(DRAM time, exp time), using the
   device's SM count and clock when a GPU is present.
+
+A whole training step of CUBS-ResNet-18 (serial12 in every basic block) against plain torchvision
+ResNet-18 (impl "plain") and against CUBS-ResNet-18 on the reference blocks: bf16 autocast and
+channels_last on CUDA at 64×64 (B=256) and 224×224 (B=64); fp32 at 64×64, B=8, on the CPU. extra_info
+has images/s and, on CUDA, the peak memory.
 """
 
 import pytest
@@ -95,3 +100,57 @@ def test_cubs(benchmark, device, stage, name, impl, mode):
     group = f"{name} {mode} {device} {str(dtype)[6:]} B={B} C={C} {H}x{H}"
     run_benchmark(benchmark, step, device=device, group=group, impl=impl, floor_seconds=floor_s, floor_what=what,
                   rounds=5 if device == "cpu" else 20)
+
+
+# --- a whole training step: CUBS-ResNet-18 against plain torchvision ResNet-18 -------------------------
+
+def cubs_resnet18(attention: str | None, impl: str, num_classes: int = 200) -> torch.nn.Module:
+    """torchvision's ResNet-18 with `attention` after each basic block's body, before the add (SPEC
+    "Placement"): bn2 becomes Sequential(bn2, attention). None gives the plain network."""
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    if attention is not None:
+        for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+            for block in layer:
+                c = block.bn2.num_features
+                block.bn2 = torch.nn.Sequential(block.bn2, create_attention(attention, c, impl=impl))
+    return model
+
+
+# (input size, batch) per device; the CUDA sizes are the issue's (64×64 at B=256, 224×224 at B=64).
+TRAIN = {"cpu": [(64, 8)], "cuda": [(64, 256), (224, 64)]}
+TRAIN_MODELS = {"fused": ("cubs_serial12", "fused"), "reference": ("cubs_serial12", "reference"),
+                "plain": (None, "fused")}
+
+
+@pytest.mark.parametrize("device", BENCH_DEVICES)
+@pytest.mark.parametrize("size", range(2), ids=lambda i: f"size{i}")
+@pytest.mark.parametrize("impl", list(TRAIN_MODELS))
+def test_resnet18_train_step(benchmark, device, size, impl):
+    if size >= len(TRAIN[device]):
+        pytest.skip(f"{device} runs {len(TRAIN[device])} sizes")
+    S, B = TRAIN[device][size]
+    attention, block_impl = TRAIN_MODELS[impl]
+    torch.manual_seed(0)
+    model = cubs_resnet18(attention, block_impl).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(B, 3, S, S, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 200, (B,), device=device)
+    amp = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+
+    def step():
+        with amp:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    group = f"resnet18 train step {device} {'bf16' if device == 'cuda' else 'fp32'} B={B} {S}x{S}"
+    run_benchmark(benchmark, step, device=device, group=group, impl=impl, rounds=3 if device == "cpu" else 20)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and getattr(stats, "stats", None) is not None:
+        benchmark.extra_info["images_per_s"] = B / stats.stats.mean
+    if device == "cuda":
+        benchmark.extra_info["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -14,8 +14,9 @@ from recogfast.nn import CUBSBlock, CUBSBlock1, CUBSBlock2, attention_names, cre
 from recogfast.ops import cubs_channel, cubs_channel_reference, cubs_spatial, cubs_spatial_reference
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
-# Block 1 (B, C, H, W, N): B = 1, 1x1 and 2x2 maps, C = 3, N = 1, odd sizes, a ResNet stage.
-SHAPES1 = [(2, 16, 5, 7, 8), (1, 3, 1, 1, 1), (1, 3, 2, 2, 1), (3, 33, 4, 3, 5), (2, 64, 14, 14, 32), (2, 1, 3, 3, 1)]
+# Block 1 (B, C, H, W, N): B = 1, 1x1 and 2x2 maps, C = 3, N = 1, odd sizes, ResNet stages (14x14, 56x56).
+SHAPES1 = [(2, 16, 5, 7, 8), (1, 3, 1, 1, 1), (1, 3, 2, 2, 1), (3, 33, 4, 3, 5), (2, 64, 14, 14, 32), (2, 1, 3, 3, 1),
+           (1, 8, 56, 56, 4)]
 # Block 2 (B, C, H, W): B = 1, 1x1 and 2x2 maps, C = 3, odd H·W, 56x56.
 SHAPES2 = [(2, 16, 5, 7), (1, 3, 1, 1), (1, 3, 2, 2), (3, 33, 3, 5), (1, 1, 9, 9), (2, 8, 56, 56)]
 
