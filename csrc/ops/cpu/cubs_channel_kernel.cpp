@@ -5,8 +5,7 @@
 // Backward per sample: dz = sum_hw(grad_y x) gate (1 - gate); df = Woᵀ dz; the attention backward
 // (dq from the row pass, dk and dv from a column pass); dg = dz + Wqᵀ dq + Wkᵀ dk + Wvᵀ dv;
 // grad_x = grad_y gate + dg / HW; then the weight gradients as fixed-order sums over the batch.
-// Scheduling is the SE kernel's: whole samples a thread when B >= threads (x is read twice, the second
-// time from cache), else (sample, channel block) tasks in three phases.
+// The pooling and scaling passes and their schedule are channel_gate.h's, shared with the SE gate.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -18,6 +17,7 @@
 #include <cmath>
 #include <vector>
 
+#include "ops/cpu/channel_gate.h"
 #include "ops/cpu/rank_one_attention.h"
 #include "ops/cubs_channel.h"
 
@@ -25,77 +25,17 @@ namespace recogfast {
 namespace {
 
 template <typename scalar_t>
-struct CubsChannelCPU {
-  using acc_t = at::opmath_type<scalar_t>;
+struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
+  using Base = cpu::ChannelGate<scalar_t>;
+  using typename Base::acc_t;
+  using Base::B;
+  using Base::C;
+  using Base::HW;
+  using Base::x;
 
-  const scalar_t* x;
-  int64_t B, C, HW, N;
-  bool channels_last;
+  int64_t N;
   // Weights in acc_t: W = [wq; wk; wv] ([3N, C]), bias3 [3N], wo [C, N], bo [C].
   std::vector<acc_t> W, bias3, wo, bo;
-
-  // sx[c] = sum_hw x[b, c], and with gy sgx[c] = sum_hw gy x, for c in [c0, c1).
-  void reduce(const scalar_t* gy, int64_t b, int64_t c0, int64_t c1, acc_t* sx, acc_t* sgx) const {
-    const scalar_t* xb = x + b * C * HW;
-    const scalar_t* gb = gy ? gy + b * C * HW : nullptr;
-    if (!channels_last) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const scalar_t* xr = xb + c * HW;
-        acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < HW; ++i) s += acc_t(xr[i]);
-        sx[c] = s;
-        if (gb) {
-          const scalar_t* gr = gb + c * HW;
-          acc_t t = 0;
-#pragma omp simd reduction(+ : t)
-          for (int64_t i = 0; i < HW; ++i) t += acc_t(gr[i]) * acc_t(xr[i]);
-          sgx[c] = t;
-        }
-      }
-      return;
-    }
-    std::fill(sx + c0, sx + c1, acc_t(0));
-    if (gb) std::fill(sgx + c0, sgx + c1, acc_t(0));
-    for (int64_t p = 0; p < HW; ++p) {
-      const scalar_t* xr = xb + p * C;
-#pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) sx[c] += acc_t(xr[c]);
-      if (gb) {
-        const scalar_t* gr = gb + p * C;
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) sgx[c] += acc_t(gr[c]) * acc_t(xr[c]);
-      }
-    }
-  }
-
-  // out[b, c, :] = in[b, c, :] * s[c] (+ coef[c]), for c in [c0, c1).
-  void apply(const scalar_t* in, scalar_t* out, int64_t b, int64_t c0, int64_t c1, const acc_t* s,
-             const acc_t* coef) const {
-    const scalar_t* ib = in + b * C * HW;
-    scalar_t* ob = out + b * C * HW;
-    if (!channels_last) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const acc_t sc = s[c], k = coef ? coef[c] : acc_t(0);
-        const scalar_t* ir = ib + c * HW;
-        scalar_t* orow = ob + c * HW;
-#pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) orow[i] = scalar_t(acc_t(ir[i]) * sc + k);
-      }
-      return;
-    }
-    for (int64_t p = 0; p < HW; ++p) {
-      const scalar_t* ir = ib + p * C;
-      scalar_t* orow = ob + p * C;
-      if (coef) {
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c] + coef[c]);
-      } else {
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c]);
-      }
-    }
-  }
 
   // Per-sample state kept for the weight gradients.
   struct Sample {
@@ -177,47 +117,13 @@ struct CubsChannelCPU {
     for (int64_t c = 0; c < C; ++c) coef[c] *= inv_hw;
   }
 
-  int64_t channel_blocks() const {
-    const int64_t threads = at::get_num_threads();
-    if (B >= threads) return 1;
-    return std::min<int64_t>(C, (4 * threads + B - 1) / B);
-  }
-
-  template <typename Pass1, typename PerSample, typename Pass2>
-  void schedule(const Pass1& pass1, const PerSample& per_sample, const Pass2& pass2) const {
-    const int64_t nblk = channel_blocks();
-    if (nblk == 1) {
-      at::parallel_for(0, B, cpu::grain_for(C * HW + 4 * N * (N + C)), [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          pass1(b, 0, C);
-          per_sample(b);
-          pass2(b, 0, C);
-        }
-      });
-      return;
-    }
-    const int64_t cb = (C + nblk - 1) / nblk;
-    auto blocks = [&](const auto& fn) {
-      at::parallel_for(0, B * nblk, cpu::grain_for(cb * HW), [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t b = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(C, c0 + cb);
-          if (c0 < c1) fn(b, c0, c1);
-        }
-      });
-    };
-    blocks(pass1);
-    at::parallel_for(0, B, cpu::grain_for(4 * N * (N + C)), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) per_sample(b);
-    });
-    blocks(pass2);
-  }
-
   void forward(scalar_t* y) const {
     std::vector<acc_t> sx(B * C), g(B * C), qkv(B * 3 * N), f(B * N), gate(B * C);
     auto sample = [&](int64_t b) { return Sample{&g[b * C], &qkv[b * 3 * N], &f[b * N], &gate[b * C]}; };
-    schedule([&](int64_t b, int64_t c0, int64_t c1) { reduce(nullptr, b, c0, c1, &sx[b * C], nullptr); },
-             [&](int64_t b) { head_forward(&sx[b * C], sample(b), nullptr, nullptr, nullptr); },
-             [&](int64_t b, int64_t c0, int64_t c1) { apply(x, y, b, c0, c1, &gate[b * C], nullptr); });
+    this->schedule([&](int64_t b, int64_t c0, int64_t c1) { this->reduce(nullptr, b, c0, c1, &sx[b * C], nullptr); },
+                   [&](int64_t b) { head_forward(&sx[b * C], sample(b), nullptr, nullptr, nullptr); },
+                   [&](int64_t b, int64_t c0, int64_t c1) { this->apply(x, y, b, c0, c1, &gate[b * C], nullptr); },
+                   4 * N * (N + C));
   }
 
   // grads: gx, then [wq, bq, wk, bk, wv, bv, wo, bo].
@@ -225,14 +131,15 @@ struct CubsChannelCPU {
     std::vector<acc_t> sx(B * C), sgx(B * C), g(B * C), qkv(B * 3 * N), f(B * N), gate(B * C);
     std::vector<acc_t> dz(B * C), dqkv(B * 3 * N), coef(B * C);
     auto sample = [&](int64_t b) { return Sample{&g[b * C], &qkv[b * 3 * N], &f[b * N], &gate[b * C]}; };
-    schedule([&](int64_t b, int64_t c0, int64_t c1) { reduce(gy, b, c0, c1, &sx[b * C], &sgx[b * C]); },
+    this->schedule([&](int64_t b, int64_t c0, int64_t c1) { this->reduce(gy, b, c0, c1, &sx[b * C], &sgx[b * C]); },
              [&](int64_t b) {
                std::vector<acc_t> l(N), sk(N), skv(N);
                head_forward(&sx[b * C], sample(b), l.data(), sk.data(), skv.data());
                head_backward(&sgx[b * C], sample(b), l.data(), sk.data(), skv.data(), &dz[b * C],
                              &dqkv[b * 3 * N], &coef[b * C]);
              },
-             [&](int64_t b, int64_t c0, int64_t c1) { apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); });
+             [&](int64_t b, int64_t c0, int64_t c1) { this->apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); },
+             8 * N * (N + C));
     // grad W{q,k,v}[r, c] = sum_b dqkv[b, r] g[b, c]; grad b{q,k,v}[r] = sum_b dqkv[b, r]
     at::parallel_for(0, 3 * N, cpu::grain_for(B * C), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> row(C);
@@ -274,8 +181,8 @@ struct CubsChannelCPU {
 template <typename scalar_t>
 CubsChannelCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor* w, int64_t N, bool cl) {
   using acc_t = at::opmath_type<scalar_t>;
-  CubsChannelCPU<scalar_t> k{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3), N, cl,
-                             {}, {}, {}, {}};
+  CubsChannelCPU<scalar_t> k{{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3), cl},
+                             N, {}, {}, {}, {}};
   auto to_acc = [](const at::Tensor& t, std::vector<acc_t>& out) {
     const at::Tensor c = t.contiguous();
     const scalar_t* p = c.const_data_ptr<scalar_t>();

@@ -19,6 +19,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "ops/cpu/parallel.h"
+
 namespace recogfast {
 namespace cpu {
 
@@ -101,11 +103,6 @@ inline void col_sums(float kj, const float* q, const float* m, const float* a, c
   col_sums_f32(kj, q, m, a, b, c, L, out);
 }
 
-// Grain for at::parallel_for over items of `work_per_item` elementary operations: at least ~64k
-// operations a task, so that small inputs run inline instead of paying a parallel region.
-inline int64_t grain_for(int64_t work_per_item) {
-  return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work_per_item));
-}
 
 // The row maximum of S: q_i * max k (q_i >= 0) or q_i * min k.
 template <typename T>

@@ -1,10 +1,6 @@
 // SE gate on the CPU: pooling, the two-layer MLP and the channel scaling in one op, forward and
-// backward, with fp32 (fp64 for double) accumulation.
-//
-// When there are at least as many samples as threads, each thread takes whole samples and runs
-// pool -> MLP -> scale on one sample back to back, so the second read of x (and of grad_y in the
-// backward) hits the cache: two passes over DRAM instead of three. With fewer samples (B = 1 at
-// inference) the work is split across channel blocks in three parallel phases instead.
+// backward, with fp32 (fp64 for double) accumulation. The pooling and scaling passes and their
+// schedule are channel_gate.h's (shared with CUBS Block 1); this file holds the MLP.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -16,83 +12,26 @@
 #include <cmath>
 #include <vector>
 
+#include "ops/cpu/channel_gate.h"
 #include "ops/se_gate.h"
 
 namespace recogfast {
 namespace {
 
-// Sums with 16 independent partial sums: a single accumulator makes every add wait for the last one
-// (4 cycles of latency each), which left these loops 4x slower than the loads they do. The inner k
-// loop compiles to four independent SIMD accumulators.
-constexpr int kLanes = 16;
-
-template <typename T, typename acc_t>
-inline acc_t sum_row(const T* a, int64_t n) {
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-#pragma omp simd
-    for (int k = 0; k < kLanes; ++k) part[k] += acc_t(a[i + k]);
-  }
-  acc_t s = 0;
-  for (; i < n; ++i) s += acc_t(a[i]);
-  for (int k = 0; k < kLanes; ++k) s += part[k];
-  return s;
-}
-
-template <typename T, typename U, typename acc_t>
-inline acc_t dot_row(const T* a, const U* b, int64_t n) {
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-#pragma omp simd
-    for (int k = 0; k < kLanes; ++k) part[k] += acc_t(a[i + k]) * acc_t(b[i + k]);
-  }
-  acc_t s = 0;
-  for (; i < n; ++i) s += acc_t(a[i]) * acc_t(b[i]);
-  for (int k = 0; k < kLanes; ++k) s += part[k];
-  return s;
-}
-
 template <typename scalar_t>
-struct SEGateCPU {
-  using acc_t = at::opmath_type<scalar_t>;
+struct SEGateCPU : cpu::ChannelGate<scalar_t> {
+  using Base = cpu::ChannelGate<scalar_t>;
+  using typename Base::acc_t;
+  using Base::B;
+  using Base::C;
+  using Base::HW;
+  using Base::x;
 
-  const scalar_t* x;
   const scalar_t* w1;  // [R, C]
   const scalar_t* b1;  // [R]
   const scalar_t* w2;  // [C, R]
   const scalar_t* b2;  // [C]
-  int64_t B, C, HW, R;
-  bool channels_last;
-
-  const scalar_t* sample(const scalar_t* base, int64_t b) const { return base + b * C * HW; }
-
-  // sx[c] = sum_hw x[b, c], and when gy is given sgx[c] = sum_hw gy[b, c] * x[b, c], for c in [c0, c1).
-  void reduce(const scalar_t* gy, int64_t b, int64_t c0, int64_t c1, acc_t* sx, acc_t* sgx) const {
-    const scalar_t* xb = sample(x, b);
-    const scalar_t* gb = gy ? sample(gy, b) : nullptr;
-    if (!channels_last) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const scalar_t* xr = xb + c * HW;
-        sx[c] = sum_row<scalar_t, acc_t>(xr, HW);
-        if (gb) sgx[c] = dot_row<scalar_t, scalar_t, acc_t>(gb + c * HW, xr, HW);
-      }
-      return;
-    }
-    std::fill(sx + c0, sx + c1, acc_t(0));
-    if (gb) std::fill(sgx + c0, sgx + c1, acc_t(0));
-    for (int64_t p = 0; p < HW; ++p) {
-      const scalar_t* xr = xb + p * C;
-#pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) sx[c] += acc_t(xr[c]);
-      if (gb) {
-        const scalar_t* gr = gb + p * C;
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) sgx[c] += acc_t(gr[c]) * acc_t(xr[c]);
-      }
-    }
-  }
+  int64_t R;
 
   // From the channel sums of one sample: u = W1 g + b1 (pre-activation, [R]), h = relu(u) and
   // s = sigmoid(W2 h + b2). Every inner loop runs along contiguous memory with independent lanes or
@@ -101,11 +40,11 @@ struct SEGateCPU {
     const acc_t inv_hw = acc_t(1) / acc_t(HW);
     for (int64_t c = 0; c < C; ++c) g[c] = sx[c] * inv_hw;
     for (int64_t r = 0; r < R; ++r) {
-      u[r] = dot_row<scalar_t, acc_t, acc_t>(w1 + r * C, g, C) + acc_t(b1[r]);
+      u[r] = cpu::dot_row<scalar_t, acc_t, acc_t>(w1 + r * C, g, C) + acc_t(b1[r]);
       h[r] = std::max(u[r], acc_t(0));
     }
     for (int64_t c = 0; c < C; ++c) {
-      const acc_t z = dot_row<scalar_t, acc_t, acc_t>(w2 + c * R, h, R) + acc_t(b2[c]);
+      const acc_t z = cpu::dot_row<scalar_t, acc_t, acc_t>(w2 + c * R, h, R) + acc_t(b2[c]);
       s[c] = acc_t(1) / (acc_t(1) + std::exp(-z));
     }
   }
@@ -134,92 +73,29 @@ struct SEGateCPU {
     for (int64_t c = 0; c < C; ++c) coef[c] *= inv_hw;
   }
 
-  // out[b, c, :] = in[b, c, :] * s[c] (+ coef[c] when given), for c in [c0, c1).
-  void apply(const scalar_t* in, scalar_t* out, int64_t b, int64_t c0, int64_t c1, const acc_t* s,
-             const acc_t* coef) const {
-    const scalar_t* ib = sample(in, b);
-    scalar_t* ob = out + b * C * HW;
-    if (!channels_last) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const acc_t sc = s[c], k = coef ? coef[c] : acc_t(0);
-        const scalar_t* ir = ib + c * HW;
-        scalar_t* orow = ob + c * HW;
-#pragma omp simd
-        for (int64_t i = 0; i < HW; ++i) orow[i] = scalar_t(acc_t(ir[i]) * sc + k);
-      }
-      return;
-    }
-    for (int64_t p = 0; p < HW; ++p) {
-      const scalar_t* ir = ib + p * C;
-      scalar_t* orow = ob + p * C;
-      if (coef) {
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c] + coef[c]);
-      } else {
-#pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c]);
-      }
-    }
-  }
-
-  // How many channel blocks each sample is cut into so that every thread has work.
-  int64_t channel_blocks() const {
-    const int64_t threads = at::get_num_threads();
-    if (B >= threads) return 1;
-    return std::min<int64_t>(C, (4 * threads + B - 1) / B);
-  }
-
-  // Runs pass1(b, c0, c1), then per_sample(b), then pass2(b, c0, c1) over all samples and channel blocks.
-  template <typename Pass1, typename PerSample, typename Pass2>
-  void schedule(const Pass1& pass1, const PerSample& per_sample, const Pass2& pass2) const {
-    const int64_t nblk = channel_blocks();
-    if (nblk == 1) {
-      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) {
-          pass1(b, 0, C);
-          per_sample(b);
-          pass2(b, 0, C);
-        }
-      });
-      return;
-    }
-    const int64_t cb = (C + nblk - 1) / nblk;
-    auto blocks = [&](const auto& fn) {
-      at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          const int64_t b = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(C, c0 + cb);
-          if (c0 < c1) fn(b, c0, c1);
-        }
-      });
-    };
-    blocks(pass1);
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) per_sample(b);
-    });
-    blocks(pass2);
-  }
-
   void forward(scalar_t* y) const {
     std::vector<acc_t> sx(B * C), gate(B * C);
-    schedule([&](int64_t b, int64_t c0, int64_t c1) { reduce(nullptr, b, c0, c1, &sx[b * C], nullptr); },
-             [&](int64_t b) {
-               std::vector<acc_t> g(C), u(R), h(R);
-               mlp_forward(&sx[b * C], g.data(), u.data(), h.data(), &gate[b * C]);
-             },
-             [&](int64_t b, int64_t c0, int64_t c1) { apply(x, y, b, c0, c1, &gate[b * C], nullptr); });
+    this->schedule([&](int64_t b, int64_t c0, int64_t c1) { this->reduce(nullptr, b, c0, c1, &sx[b * C], nullptr); },
+                   [&](int64_t b) {
+                     std::vector<acc_t> g(C), u(R), h(R);
+                     mlp_forward(&sx[b * C], g.data(), u.data(), h.data(), &gate[b * C]);
+                   },
+                   [&](int64_t b, int64_t c0, int64_t c1) { this->apply(x, y, b, c0, c1, &gate[b * C], nullptr); },
+                   2 * C * R);
   }
 
   void backward(const scalar_t* gy, scalar_t* gx, scalar_t* gw1, scalar_t* gb1, scalar_t* gw2,
                 scalar_t* gb2) const {
     // Per-sample quantities kept for the weight gradients, which sum over the batch.
     std::vector<acc_t> sx(B * C), ds(B * C), g(B * C), gate(B * C), dz(B * C), coef(B * C), h(B * R), du(B * R);
-    schedule([&](int64_t b, int64_t c0, int64_t c1) { reduce(gy, b, c0, c1, &sx[b * C], &ds[b * C]); },
-             [&](int64_t b) {
-               std::vector<acc_t> u(R);
-               mlp_forward(&sx[b * C], &g[b * C], u.data(), &h[b * R], &gate[b * C]);
-               mlp_backward(&ds[b * C], u.data(), &gate[b * C], &dz[b * C], &du[b * R], &coef[b * C]);
-             },
-             [&](int64_t b, int64_t c0, int64_t c1) { apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); });
+    this->schedule([&](int64_t b, int64_t c0, int64_t c1) { this->reduce(gy, b, c0, c1, &sx[b * C], &ds[b * C]); },
+                   [&](int64_t b) {
+                     std::vector<acc_t> u(R);
+                     mlp_forward(&sx[b * C], &g[b * C], u.data(), &h[b * R], &gate[b * C]);
+                     mlp_backward(&ds[b * C], u.data(), &gate[b * C], &dz[b * C], &du[b * R], &coef[b * C]);
+                   },
+                   [&](int64_t b, int64_t c0, int64_t c1) { this->apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); },
+                   4 * C * R);
     // grad_w2[c, r] = sum_b dz[b, c] h[b, r]; grad_b2[c] = sum_b dz[b, c]
     at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> row(R);
@@ -259,10 +135,10 @@ struct SEGateCPU {
 template <typename scalar_t>
 SEGateCPU<scalar_t> make_kernel(const detail::SEGateArgs& a) {
   const at::Tensor& x = a.x;
-  return SEGateCPU<scalar_t>{x.const_data_ptr<scalar_t>(), a.w1.const_data_ptr<scalar_t>(),
-                             a.b1.const_data_ptr<scalar_t>(), a.w2.const_data_ptr<scalar_t>(),
-                             a.b2.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3),
-                             a.R, a.channels_last};
+  return SEGateCPU<scalar_t>{{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3),
+                              a.channels_last},
+                             a.w1.const_data_ptr<scalar_t>(), a.b1.const_data_ptr<scalar_t>(),
+                             a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), a.R};
 }
 
 at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,

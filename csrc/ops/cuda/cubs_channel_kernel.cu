@@ -2,10 +2,10 @@
 // double) accumulation. No [B, N, N] buffer: the attention of one sample runs in one block's shared
 // memory from q, k, v and min/max k.
 //
-// Forward:  1. channel sums of x                  (cubs_channel_pool_*)
+// Forward:  1. channel sums of x                  (channel_gate.cuh, shared with the SE gate)
 //           2. the head, one block a sample:       (cubs_channel_head_kernel)
 //              g -> q, k, v -> rank-one softmax rows -> z = Wo f + bo + g -> gate
-//           3. y = x * gate                        (cubs_channel_apply_kernel, 16-byte vectors where aligned)
+//           3. y = x * gate                        (channel_gate.cuh, 16-byte vectors where aligned)
 // Backward: 1. channel sums of x and grad_y * x; 2. the head forward again and its backward
 //           (df = Woᵀ dz, the attention backward with a column pass, dg) -> coef = dg / HW;
 //           3. grad_x = grad_y * gate + coef; 4. weight gradients, fixed-order sums over the batch.
@@ -23,12 +23,16 @@
 #include <cstdint>
 
 #include "ops/cubs_channel.h"
+#include "ops/cuda/channel_gate.cuh"
 #include "ops/cuda/cubs_common.cuh"
 
 namespace recogfast {
 namespace {
 
 using namespace cubs_cuda;
+using channel_gate::launch_apply;
+using channel_gate::launch_pool;
+using channel_gate::pool_chunks;
 
 template <typename scalar_t>
 struct Params {
@@ -37,60 +41,6 @@ struct Params {
   const scalar_t* wo;    // [C, N]
   const scalar_t* bo;    // [C]
 };
-
-// NCHW: a warp per (b, c) row. px[row] = sum x; with kGrad pgx[row] = sum grad_y x.
-template <typename scalar_t, typename acc_t, bool kGrad>
-__global__ void cubs_channel_pool_nchw(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
-                                       acc_t* __restrict__ px, acc_t* __restrict__ pgx, int64_t rows, int64_t HW) {
-  const int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (row >= rows) return;
-  const scalar_t* xr = x + row * HW;
-  acc_t sx = 0, sgx = 0;
-  for (int64_t i = lane; i < HW; i += kWarp) {
-    const acc_t v = static_cast<acc_t>(xr[i]);
-    sx += v;
-    if constexpr (kGrad) sgx += static_cast<acc_t>(gy[row * HW + i]) * v;
-  }
-  sx = warp_sum(sx);
-  if constexpr (kGrad) sgx = warp_sum(sgx);
-  if (lane == 0) {
-    px[row] = sx;
-    if constexpr (kGrad) pgx[row] = sgx;
-  }
-}
-
-// NHWC: block (32 channels, 8 pixel lanes) over (sample, channel block) x pixel chunk; p*[chunk][b][c].
-template <typename scalar_t, typename acc_t, bool kGrad>
-__global__ void cubs_channel_pool_nhwc(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
-                                       acc_t* __restrict__ px, acc_t* __restrict__ pgx, int64_t B, int64_t C,
-                                       int64_t HW, int64_t per_chunk) {
-  __shared__ acc_t red[2][8][kWarp];
-  const int64_t cblocks = ceil_div(C, kWarp);
-  const int64_t b = blockIdx.x / cblocks, c = (blockIdx.x % cblocks) * kWarp + threadIdx.x;
-  const int64_t chunk = blockIdx.y;
-  const int64_t p0 = chunk * per_chunk, p1 = min(HW, p0 + per_chunk);
-  acc_t sx = 0, sgx = 0;
-  if (c < C) {
-    for (int64_t p = p0 + threadIdx.y; p < p1; p += blockDim.y) {
-      const int64_t idx = (b * HW + p) * C + c;
-      const acc_t v = static_cast<acc_t>(x[idx]);
-      sx += v;
-      if constexpr (kGrad) sgx += static_cast<acc_t>(gy[idx]) * v;
-    }
-  }
-  red[0][threadIdx.y][threadIdx.x] = sx;
-  red[1][threadIdx.y][threadIdx.x] = sgx;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    for (int y = 1; y < int(blockDim.y); ++y) {
-      sx += red[0][y][threadIdx.x];
-      sgx += red[1][y][threadIdx.x];
-    }
-    px[(chunk * B + b) * C + c] = sx;
-    if constexpr (kGrad) pgx[(chunk * B + b) * C + c] = sgx;
-  }
-}
 
 // The head of one sample (blockIdx.x). Writes gate [B, C]; with kGrad also coef = dg / HW [B, C] and,
 // for the weight gradients, g [B, C], f [B, N], dz [B, C], dqkv [B, 3N].
@@ -218,38 +168,6 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   for (int64_t n = threadIdx.x; n < N; n += blockDim.x) f_out[b * N + n] = f[n];
 }
 
-template <typename scalar_t, int kVec>
-struct alignas(sizeof(scalar_t) * kVec) VecT {
-  scalar_t v[kVec];
-};
-
-// out = in * gate[b, c] (+ coef[b, c]), kVec elements a thread; kVec divides the innermost extent.
-template <typename scalar_t, typename acc_t, typename index_t, int kVec, bool kChannelsLast, bool kGrad>
-__global__ void cubs_channel_apply_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
-                                          const acc_t* __restrict__ gate, const acc_t* __restrict__ coef,
-                                          index_t nvec, index_t C, index_t HW) {
-  using Vec = VecT<scalar_t, kVec>;
-  for (index_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += gridDim.x * blockDim.x) {
-    const index_t e = i * kVec;
-    index_t bc;
-    if constexpr (kChannelsLast) {
-      const index_t pixel = e / C;
-      bc = (pixel / HW) * C + (e - pixel * C);
-    } else {
-      bc = e / HW;
-    }
-    Vec v = reinterpret_cast<const Vec*>(in)[i];
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const index_t j = kChannelsLast ? bc + k : bc;
-      acc_t r = static_cast<acc_t>(v.v[k]) * gate[j];
-      if constexpr (kGrad) r += coef[j];
-      v.v[k] = static_cast<scalar_t>(r);
-    }
-    reinterpret_cast<Vec*>(out)[i] = v;
-  }
-}
-
 // Weight and bias gradients, a warp an output (lanes split the batch), fixed order. Outputs end to end:
 // W{q,k,v} [3][N, C], b{q,k,v} [3][N], Wo [C, N], bo [C].
 template <typename scalar_t, typename acc_t>
@@ -292,79 +210,6 @@ __global__ void cubs_channel_weight_grad_kernel(const acc_t* __restrict__ g, con
     } else {
       gbo[t - n_w - n_b - n_wo] = static_cast<scalar_t>(a);
     }
-  }
-}
-
-int64_t num_sms() {
-  static int64_t sms = [] {
-    int dev = 0, n = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&dev));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return static_cast<int64_t>(n);
-  }();
-  return sms;
-}
-
-int64_t grid_for(int64_t work_items, int64_t threads) {
-  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, threads), num_sms() * 32));
-}
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-// Pixel chunks the NHWC pool uses (1 for NCHW).
-int64_t pool_chunks(int64_t B, int64_t C, int64_t HW, bool cl, int64_t* per_chunk) {
-  if (!cl) {
-    *per_chunk = HW;
-    return 1;
-  }
-  const int64_t cblocks = ceil_div(C, kWarp);
-  const int64_t want = std::max<int64_t>(1, ceil_div(num_sms() * 8, B * cblocks));
-  const int64_t chunks = std::min<int64_t>({want, ceil_div(HW, 32), 65535});
-  *per_chunk = ceil_div(HW, chunks);
-  return ceil_div(HW, *per_chunk);
-}
-
-template <typename scalar_t, typename acc_t, bool kGrad>
-void launch_pool(const scalar_t* x, const scalar_t* gy, acc_t* px, acc_t* pgx, int64_t B, int64_t C, int64_t HW,
-                 bool cl, int64_t chunks, int64_t per_chunk, cudaStream_t stream) {
-  if (!cl) {
-    constexpr int threads = 256;
-    cubs_channel_pool_nchw<scalar_t, acc_t, kGrad>
-        <<<ceil_div(B * C * kWarp, threads), threads, 0, stream>>>(x, gy, px, pgx, B * C, HW);
-  } else {
-    cubs_channel_pool_nhwc<scalar_t, acc_t, kGrad>
-        <<<dim3(B * ceil_div(C, kWarp), chunks), dim3(kWarp, 8), 0, stream>>>(x, gy, px, pgx, B, C, HW, per_chunk);
-  }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename scalar_t, typename acc_t, bool kGrad>
-void launch_apply(const scalar_t* in, scalar_t* out, const acc_t* gate, const acc_t* coef, int64_t numel, int64_t C,
-                  int64_t HW, bool cl, cudaStream_t stream) {
-  constexpr int threads = 256;
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  const int64_t inner = cl ? C : HW;
-  const bool vec_ok = inner % kVec == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 &&
-                      reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  auto go = [&](auto vec_tag, auto index_tag) {
-    constexpr int V = decltype(vec_tag)::value;
-    using index_t = decltype(index_tag);
-    const int64_t nvec = numel / V;
-    auto kernel = cl ? cubs_channel_apply_kernel<scalar_t, acc_t, index_t, V, true, kGrad>
-                     : cubs_channel_apply_kernel<scalar_t, acc_t, index_t, V, false, kGrad>;
-    kernel<<<grid_for(nvec, threads), threads, 0, stream>>>(in, out, gate, coef, index_t(nvec), index_t(C),
-                                                            index_t(HW));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  const bool small = numel + grid_for(numel, threads) * threads < (int64_t{1} << 31);
-  if (vec_ok && small) {
-    go(std::integral_constant<int, kVec>{}, int32_t{});
-  } else if (vec_ok) {
-    go(std::integral_constant<int, kVec>{}, int64_t{});
-  } else if (small) {
-    go(std::integral_constant<int, 1>{}, int32_t{});
-  } else {
-    go(std::integral_constant<int, 1>{}, int64_t{});
   }
 }
 

@@ -380,21 +380,6 @@ __global__ void cubs_spatial_wgrad_reduce(const acc_t* __restrict__ part, int64_
   }
 }
 
-int64_t num_sms() {
-  static int64_t sms = [] {
-    int dev = 0, n = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&dev));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return static_cast<int64_t>(n);
-  }();
-  return sms;
-}
-
-int64_t grid_for(int64_t work_items, int64_t threads) {
-  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, threads), num_sms() * 32));
-}
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 struct Launch {
   int64_t B, C, P;

@@ -1,9 +1,9 @@
 // SE gate on CUDA, forward and backward, NCHW and NHWC (channels_last), fp32/fp64/fp16/bf16 with
 // fp32 (fp64 for double) accumulation.
 //
-// Forward:  1. channel sums of x           (se_gate_pool_nchw_kernel / se_gate_pool_nhwc_kernel)
+// Forward:  1. channel sums of x           (channel_gate.cuh, shared with CUBS Block 1)
 //           2. the MLP, one block a sample  (se_gate_mlp_kernel)
-//           3. y = x * gate                 (se_gate_apply_kernel, 16-byte vector loads where aligned)
+//           3. y = x * gate                 (channel_gate.cuh, 16-byte vector loads where aligned)
 // Backward: 1. channel sums of x and of grad_y * x
 //           2. the MLP forward again and its backward -> gate, coef = dL/dg / HW, per-sample dz, h, du, g
 //           3. grad_x = grad_y * gate + coef
@@ -22,85 +22,17 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "ops/cuda/channel_gate.cuh"
+#include "ops/cuda/common.cuh"
 #include "ops/se_gate.h"
 
 namespace recogfast {
 namespace {
 
-constexpr int kWarp = 32;
-
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t sigmoid(acc_t z) {
-  return acc_t(1) / (acc_t(1) + exp(-z));
-}
-
-// NCHW: one warp per (b, c) row of HW contiguous elements. partial_x[row] = sum x, and with
-// kWithGrad partial_gx[row] = sum grad_y * x.
-template <typename scalar_t, typename acc_t, bool kWithGrad>
-__global__ void se_gate_pool_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
-                                         acc_t* __restrict__ partial_x, acc_t* __restrict__ partial_gx,
-                                         int64_t rows, int64_t HW) {
-  const int64_t warps_per_block = blockDim.x / kWarp;
-  const int64_t row = blockIdx.x * warps_per_block + threadIdx.x / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (row >= rows) return;
-  const scalar_t* xr = x + row * HW;
-  acc_t sx = 0, sgx = 0;
-  for (int64_t i = lane; i < HW; i += kWarp) {
-    const acc_t v = static_cast<acc_t>(xr[i]);
-    sx += v;
-    if constexpr (kWithGrad) sgx += static_cast<acc_t>(gy[row * HW + i]) * v;
-  }
-  sx = warp_sum(sx);
-  if constexpr (kWithGrad) sgx = warp_sum(sgx);
-  if (lane == 0) {
-    partial_x[row] = sx;
-    if constexpr (kWithGrad) partial_gx[row] = sgx;
-  }
-}
-
-// NHWC ([B, HW, C]): a block covers one sample and 32 of its channels (blockIdx.x; threadIdx.x is the
-// channel, so reads are coalesced) and one chunk of pixels (blockIdx.y) with blockDim.y pixel lanes.
-// partial_*[chunk][b][c].
-template <typename scalar_t, typename acc_t, bool kWithGrad>
-__global__ void se_gate_pool_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
-                                         acc_t* __restrict__ partial_x, acc_t* __restrict__ partial_gx,
-                                         int64_t B, int64_t C, int64_t HW, int64_t pixels_per_chunk) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* red = reinterpret_cast<acc_t*>(smem_raw);  // [2][blockDim.y][kWarp]
-  const int64_t cblocks = (C + kWarp - 1) / kWarp;
-  const int64_t b = blockIdx.x / cblocks, c = (blockIdx.x % cblocks) * kWarp + threadIdx.x;
-  const int64_t chunk = blockIdx.y;
-  const int64_t p0 = chunk * pixels_per_chunk, p1 = min(HW, p0 + pixels_per_chunk);
-  acc_t sx = 0, sgx = 0;
-  if (c < C) {
-    for (int64_t p = p0 + threadIdx.y; p < p1; p += blockDim.y) {
-      const int64_t idx = (b * HW + p) * C + c;
-      const acc_t v = static_cast<acc_t>(x[idx]);
-      sx += v;
-      if constexpr (kWithGrad) sgx += static_cast<acc_t>(gy[idx]) * v;
-    }
-  }
-  red[threadIdx.y * kWarp + threadIdx.x] = sx;
-  if constexpr (kWithGrad) red[(blockDim.y + threadIdx.y) * kWarp + threadIdx.x] = sgx;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    for (int i = 1; i < blockDim.y; ++i) {
-      sx += red[i * kWarp + threadIdx.x];
-      if constexpr (kWithGrad) sgx += red[(blockDim.y + i) * kWarp + threadIdx.x];
-    }
-    const int64_t out = (chunk * B + b) * C + c;
-    partial_x[out] = sx;
-    if constexpr (kWithGrad) partial_gx[out] = sgx;
-  }
-}
+using namespace gpu;
+using channel_gate::launch_apply;
+using channel_gate::launch_pool;
+using channel_gate::pool_chunks;
 
 // One block per sample. Shared memory: g [C], u [R], and for the backward dz [C], du [R].
 // Outputs (all [B, C] or [B, R], acc_t): gate; with kBackward also coef, dz, h, du, g.
@@ -172,39 +104,6 @@ __global__ void se_gate_mlp_kernel(const acc_t* __restrict__ partial_x, const ac
   }
 }
 
-template <typename scalar_t, int kVec>
-struct alignas(sizeof(scalar_t) * kVec) VecT {
-  scalar_t v[kVec];
-};
-
-// out = in * gate[b, c] (+ coef[b, c] when kWithCoef), kVec elements a thread. kVec must divide the
-// innermost extent (HW for NCHW, C for NHWC) so that one division per vector finds (b, c).
-template <typename scalar_t, typename acc_t, typename index_t, int kVec, bool kChannelsLast, bool kWithCoef>
-__global__ void se_gate_apply_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
-                                     const acc_t* __restrict__ gate, const acc_t* __restrict__ coef, index_t nvec,
-                                     index_t C, index_t HW) {
-  using Vec = VecT<scalar_t, kVec>;
-  for (index_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += gridDim.x * blockDim.x) {
-    const index_t e = i * kVec;
-    index_t bc;
-    if constexpr (kChannelsLast) {
-      const index_t pixel = e / C;
-      bc = (pixel / HW) * C + (e - pixel * C);
-    } else {
-      bc = e / HW;
-    }
-    Vec v = reinterpret_cast<const Vec*>(in)[i];
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const index_t j = kChannelsLast ? bc + k : bc;
-      acc_t r = static_cast<acc_t>(v.v[k]) * gate[j];
-      if constexpr (kWithCoef) r += coef[j];
-      v.v[k] = static_cast<scalar_t>(r);
-    }
-    reinterpret_cast<Vec*>(out)[i] = v;
-  }
-}
-
 // Weight and bias gradients: sums over the batch of per-sample outer products, one warp per output
 // (lanes split the batch), in a fixed order so results are deterministic.
 template <typename scalar_t, typename acc_t>
@@ -247,83 +146,6 @@ __global__ void se_gate_weight_grad_kernel(const acc_t* __restrict__ dz, const a
   }
 }
 
-int64_t num_sms() {
-  static int64_t sms = [] {
-    int dev = 0, n = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&dev));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return static_cast<int64_t>(n);
-  }();
-  return sms;
-}
-
-int64_t grid_for(int64_t work_items, int64_t threads) {
-  return std::max<int64_t>(1, std::min<int64_t>((work_items + threads - 1) / threads, num_sms() * 32));
-}
-
-// Upper bound on the pixel chunks launch_pool splits an NHWC sample into (NCHW: one).
-int64_t max_pool_chunks(int64_t HW, bool channels_last) {
-  return channels_last ? std::min<int64_t>(65535, (HW + 31) / 32) : 1;
-}
-
-// Channel sums of x (and of grad_y * x): returns the number of pixel chunks written.
-template <typename scalar_t, typename acc_t, bool kWithGrad>
-int64_t launch_pool(const scalar_t* x, const scalar_t* gy, acc_t* px, acc_t* pgx, int64_t B, int64_t C, int64_t HW,
-                    bool channels_last, cudaStream_t stream) {
-  if (!channels_last) {
-    constexpr int threads = 256;
-    const int64_t rows = B * C, rows_per_block = threads / kWarp;
-    se_gate_pool_nchw_kernel<scalar_t, acc_t, kWithGrad>
-        <<<(rows + rows_per_block - 1) / rows_per_block, threads, 0, stream>>>(x, gy, px, pgx, rows, HW);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return 1;
-  }
-  const dim3 block(kWarp, 8);
-  const int64_t cblocks = (C + kWarp - 1) / kWarp;
-  // Enough blocks to fill the GPU several times over, but each chunk at least 4 pixels a lane.
-  const int64_t want = std::max<int64_t>(1, (num_sms() * 8 + B * cblocks - 1) / (B * cblocks));
-  const int64_t chunks = std::min<int64_t>(want, max_pool_chunks(HW, true));
-  const int64_t per_chunk = (HW + chunks - 1) / chunks;
-  const int64_t n_chunks = (HW + per_chunk - 1) / per_chunk;
-  const size_t smem = 2 * block.y * kWarp * sizeof(acc_t);
-  se_gate_pool_nhwc_kernel<scalar_t, acc_t, kWithGrad>
-      <<<dim3(B * cblocks, n_chunks), block, smem, stream>>>(x, gy, px, pgx, B, C, HW, per_chunk);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return n_chunks;
-}
-
-template <typename scalar_t, typename acc_t, bool kWithCoef>
-void launch_apply(const scalar_t* in, scalar_t* out, const acc_t* gate, const acc_t* coef, int64_t numel, int64_t C,
-                  int64_t HW, bool channels_last, cudaStream_t stream) {
-  constexpr int threads = 256;
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  const int64_t inner = channels_last ? C : HW;
-  const bool vec_ok = inner % kVec == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 &&
-                      reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  auto go = [&](auto vec_tag, auto index_tag) {
-    constexpr int V = decltype(vec_tag)::value;
-    using index_t = decltype(index_tag);
-    const int64_t nvec = numel / V;
-    const int64_t blocks = grid_for(nvec, threads);
-    auto kernel = channels_last ? se_gate_apply_kernel<scalar_t, acc_t, index_t, V, true, kWithCoef>
-                                : se_gate_apply_kernel<scalar_t, acc_t, index_t, V, false, kWithCoef>;
-    kernel<<<blocks, threads, 0, stream>>>(in, out, gate, coef, static_cast<index_t>(nvec), static_cast<index_t>(C),
-                                           static_cast<index_t>(HW));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  // 32-bit index arithmetic (cheaper divisions) whenever the grid-stride loop cannot overflow it.
-  const bool small = numel + grid_for(numel, threads) * threads < (int64_t{1} << 31);
-  if (vec_ok && small) {
-    go(std::integral_constant<int, kVec>{}, int32_t{});
-  } else if (vec_ok) {
-    go(std::integral_constant<int, kVec>{}, int64_t{});
-  } else if (small) {
-    go(std::integral_constant<int, 1>{}, int32_t{});
-  } else {
-    go(std::integral_constant<int, 1>{}, int64_t{});
-  }
-}
-
 // Dynamic shared memory of the MLP kernel: g and dz [C], u and du [R].
 size_t mlp_smem_bytes(int64_t C, int64_t R, size_t acc_size) {
   const size_t bytes = (2 * C + 2 * R) * acc_size;
@@ -333,7 +155,6 @@ size_t mlp_smem_bytes(int64_t C, int64_t R, size_t acc_size) {
   return bytes;
 }
 
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                         const at::Tensor& b2) {
@@ -350,11 +171,13 @@ at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1, const at::Te
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor partial = at::empty({max_pool_chunks(HW, cl) * B * C}, acc_opts);
+    int64_t per_chunk = 0;
+    const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
+    at::Tensor partial = at::empty({chunks * B * C}, acc_opts);
     at::Tensor gate = at::empty({B, C}, acc_opts);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const int64_t chunks =
-        launch_pool<scalar_t, acc_t, false>(xp, nullptr, partial.mutable_data_ptr<acc_t>(), nullptr, B, C, HW, cl, stream);
+    launch_pool<scalar_t, acc_t, false>(xp, nullptr, partial.mutable_data_ptr<acc_t>(), nullptr, B, C, HW, cl, chunks,
+                                        per_chunk, stream);
     se_gate_mlp_kernel<scalar_t, acc_t, false><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
         partial.const_data_ptr<acc_t>(), nullptr, chunks, a.w1.const_data_ptr<scalar_t>(),
         a.b1.const_data_ptr<scalar_t>(), a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), B, C, R,
@@ -383,7 +206,9 @@ detail::SEGateGrads se_gate_backward_cuda(const at::Tensor& grad_y, const at::Te
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor partial = at::empty({2, max_pool_chunks(HW, cl) * B * C}, acc_opts);
+    int64_t per_chunk = 0;
+    const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
+    at::Tensor partial = at::empty({2, chunks * B * C}, acc_opts);
     // Per-sample vectors: gate, coef, dz, g ([B, C] each) and h, du ([B, R] each).
     at::Tensor per_c = at::empty({4, B, C}, acc_opts), per_r = at::empty({2, B, R}, acc_opts);
     acc_t* gate = per_c[0].mutable_data_ptr<acc_t>();
@@ -397,7 +222,7 @@ detail::SEGateGrads se_gate_backward_cuda(const at::Tensor& grad_y, const at::Te
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gyp = a.grad_y.const_data_ptr<scalar_t>();
 
-    const int64_t chunks = launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, stream);
+    launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, chunks, per_chunk, stream);
     se_gate_mlp_kernel<scalar_t, acc_t, true><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
         px, pgx, chunks, a.w1.const_data_ptr<scalar_t>(), a.b1.const_data_ptr<scalar_t>(),
         a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), B, C, R, HW, gate, coef, dz, h, du, g);

@@ -1,0 +1,157 @@
+// The streaming passes every channel gate (SE, CUBS Block 1) shares on the CPU: per-channel sums of x
+// (and of grad_y * x), and out = in * gate[b, c] (+ coef[b, c]), in NCHW or NHWC, plus the schedule
+// that runs them around an op-specific per-sample head.
+//
+// When there are at least as many samples as threads, each thread takes whole samples and runs
+// pool -> head -> scale on one sample back to back, so the second read of x (and of grad_y in the
+// backward) hits the cache: two passes over DRAM instead of three. With fewer samples (B = 1 at
+// inference) the work is split into (sample, channel block) tasks in three parallel phases instead.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "ops/cpu/parallel.h"
+
+namespace recogfast {
+namespace cpu {
+
+// Sums with 16 independent partial sums: a single accumulator makes every add wait for the previous
+// one (4 cycles of latency each), which left these loops 4x slower than their loads. The inner k loop
+// compiles to four independent SIMD accumulators.
+constexpr int kLanes = 16;
+
+template <typename T, typename acc_t>
+inline acc_t sum_row(const T* a, int64_t n) {
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) part[k] += acc_t(a[i + k]);
+  }
+  acc_t s = 0;
+  for (; i < n; ++i) s += acc_t(a[i]);
+  for (int k = 0; k < kLanes; ++k) s += part[k];
+  return s;
+}
+
+template <typename T, typename U, typename acc_t>
+inline acc_t dot_row(const T* a, const U* b, int64_t n) {
+  acc_t part[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) part[k] += acc_t(a[i + k]) * acc_t(b[i + k]);
+  }
+  acc_t s = 0;
+  for (; i < n; ++i) s += acc_t(a[i]) * acc_t(b[i]);
+  for (int k = 0; k < kLanes; ++k) s += part[k];
+  return s;
+}
+
+template <typename scalar_t>
+struct ChannelGate {
+  using acc_t = at::opmath_type<scalar_t>;
+
+  const scalar_t* x;
+  int64_t B, C, HW;
+  bool channels_last;
+
+  // sx[c] = sum_hw x[b, c], and when gy is given sgx[c] = sum_hw gy[b, c] * x[b, c], for c in [c0, c1).
+  void reduce(const scalar_t* gy, int64_t b, int64_t c0, int64_t c1, acc_t* sx, acc_t* sgx) const {
+    const scalar_t* xb = x + b * C * HW;
+    const scalar_t* gb = gy ? gy + b * C * HW : nullptr;
+    if (!channels_last) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const scalar_t* xr = xb + c * HW;
+        sx[c] = sum_row<scalar_t, acc_t>(xr, HW);
+        if (gb) sgx[c] = dot_row<scalar_t, scalar_t, acc_t>(gb + c * HW, xr, HW);
+      }
+      return;
+    }
+    std::fill(sx + c0, sx + c1, acc_t(0));
+    if (gb) std::fill(sgx + c0, sgx + c1, acc_t(0));
+    for (int64_t p = 0; p < HW; ++p) {
+      const scalar_t* xr = xb + p * C;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) sx[c] += acc_t(xr[c]);
+      if (gb) {
+        const scalar_t* gr = gb + p * C;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) sgx[c] += acc_t(gr[c]) * acc_t(xr[c]);
+      }
+    }
+  }
+
+  // out[b, c, :] = in[b, c, :] * s[c] (+ coef[c] when given), for c in [c0, c1).
+  void apply(const scalar_t* in, scalar_t* out, int64_t b, int64_t c0, int64_t c1, const acc_t* s,
+             const acc_t* coef) const {
+    const scalar_t* ib = in + b * C * HW;
+    scalar_t* ob = out + b * C * HW;
+    if (!channels_last) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const acc_t sc = s[c], k = coef ? coef[c] : acc_t(0);
+        const scalar_t* ir = ib + c * HW;
+        scalar_t* orow = ob + c * HW;
+#pragma omp simd
+        for (int64_t i = 0; i < HW; ++i) orow[i] = scalar_t(acc_t(ir[i]) * sc + k);
+      }
+      return;
+    }
+    for (int64_t p = 0; p < HW; ++p) {
+      const scalar_t* ir = ib + p * C;
+      scalar_t* orow = ob + p * C;
+      if (coef) {
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c] + coef[c]);
+      } else {
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c]);
+      }
+    }
+  }
+
+  // How many channel blocks each sample is cut into so that every thread has work.
+  int64_t channel_blocks() const {
+    const int64_t threads = at::get_num_threads();
+    if (B >= threads) return 1;
+    return std::min<int64_t>(C, (4 * threads + B - 1) / B);
+  }
+
+  // Runs pass1(b, c0, c1), then per_sample(b), then pass2(b, c0, c1) over all samples and channel
+  // blocks. `head_work` is the per-sample head's operation count, for the parallel grain.
+  template <typename Pass1, typename PerSample, typename Pass2>
+  void schedule(const Pass1& pass1, const PerSample& per_sample, const Pass2& pass2, int64_t head_work) const {
+    const int64_t nblk = channel_blocks();
+    if (nblk == 1) {
+      at::parallel_for(0, B, grain_for(2 * C * HW + head_work), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          pass1(b, 0, C);
+          per_sample(b);
+          pass2(b, 0, C);
+        }
+      });
+      return;
+    }
+    const int64_t cb = (C + nblk - 1) / nblk;
+    auto blocks = [&](const auto& fn) {
+      at::parallel_for(0, B * nblk, grain_for(cb * HW), [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t b = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(C, c0 + cb);
+          if (c0 < c1) fn(b, c0, c1);
+        }
+      });
+    };
+    blocks(pass1);
+    at::parallel_for(0, B, grain_for(head_work), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) per_sample(b);
+    });
+    blocks(pass2);
+  }
+};
+
+}  // namespace cpu
+}  // namespace recogfast

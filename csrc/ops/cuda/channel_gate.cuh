@@ -1,0 +1,166 @@
+// The two streaming passes of every channel gate (SE, CUBS Block 1): y = x * gate[b, c], where the gate
+// comes from per-channel sums of x. Forward: pool, a per-sample head (op-specific), apply. Backward:
+// pool x and grad_y * x together, the head's backward, then grad_x = grad_y * gate + coef[b, c].
+// NCHW and NHWC (channels_last), any dtype, accumulation in acc_t.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "ops/cuda/common.cuh"
+
+namespace recogfast {
+namespace channel_gate {
+
+using gpu::ceil_div;
+using gpu::kWarp;
+using gpu::warp_sum;
+
+// NCHW: one warp per (b, c) row of HW contiguous elements. px[row] = sum x; with kGrad pgx[row] = sum grad_y x.
+template <typename scalar_t, typename acc_t, bool kGrad>
+__global__ void channel_gate_pool_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
+                                              acc_t* __restrict__ px, acc_t* __restrict__ pgx, int64_t rows,
+                                              int64_t HW) {
+  const int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= rows) return;
+  const scalar_t* xr = x + row * HW;
+  acc_t sx = 0, sgx = 0;
+  for (int64_t i = lane; i < HW; i += kWarp) {
+    const acc_t v = static_cast<acc_t>(xr[i]);
+    sx += v;
+    if constexpr (kGrad) sgx += static_cast<acc_t>(gy[row * HW + i]) * v;
+  }
+  sx = warp_sum(sx);
+  if constexpr (kGrad) sgx = warp_sum(sgx);
+  if (lane == 0) {
+    px[row] = sx;
+    if constexpr (kGrad) pgx[row] = sgx;
+  }
+}
+
+// NHWC ([B, HW, C]): a block covers one sample and 32 of its channels (blockIdx.x; threadIdx.x is the
+// channel, so reads are coalesced) and one chunk of pixels (blockIdx.y) with 8 pixel lanes (threadIdx.y).
+// Partial sums land in p*[chunk][b][c]; the head adds the chunks up.
+template <typename scalar_t, typename acc_t, bool kGrad>
+__global__ void channel_gate_pool_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
+                                              acc_t* __restrict__ px, acc_t* __restrict__ pgx, int64_t B, int64_t C,
+                                              int64_t HW, int64_t per_chunk) {
+  __shared__ acc_t red[2][8][kWarp];
+  const int64_t cblocks = ceil_div(C, kWarp);
+  const int64_t b = blockIdx.x / cblocks, c = (blockIdx.x % cblocks) * kWarp + threadIdx.x;
+  const int64_t chunk = blockIdx.y;
+  const int64_t p0 = chunk * per_chunk, p1 = min(HW, p0 + per_chunk);
+  acc_t sx = 0, sgx = 0;
+  if (c < C) {
+    for (int64_t p = p0 + threadIdx.y; p < p1; p += blockDim.y) {
+      const int64_t idx = (b * HW + p) * C + c;
+      const acc_t v = static_cast<acc_t>(x[idx]);
+      sx += v;
+      if constexpr (kGrad) sgx += static_cast<acc_t>(gy[idx]) * v;
+    }
+  }
+  red[0][threadIdx.y][threadIdx.x] = sx;
+  red[1][threadIdx.y][threadIdx.x] = sgx;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    for (int y = 1; y < int(blockDim.y); ++y) {
+      sx += red[0][y][threadIdx.x];
+      sgx += red[1][y][threadIdx.x];
+    }
+    px[(chunk * B + b) * C + c] = sx;
+    if constexpr (kGrad) pgx[(chunk * B + b) * C + c] = sgx;
+  }
+}
+
+// out = in * gate[b, c] (+ coef[b, c] when kGrad), kVec elements a thread. kVec divides the innermost
+// extent (HW for NCHW, C for NHWC), so one division per vector finds (b, c).
+template <typename scalar_t, typename acc_t, typename index_t, int kVec, bool kChannelsLast, bool kGrad>
+__global__ void channel_gate_apply_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
+                                          const acc_t* __restrict__ gate, const acc_t* __restrict__ coef, index_t nvec,
+                                          index_t C, index_t HW) {
+  using Vec = gpu::VecT<scalar_t, kVec>;
+  for (index_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += gridDim.x * blockDim.x) {
+    const index_t e = i * kVec;
+    index_t bc;
+    if constexpr (kChannelsLast) {
+      const index_t pixel = e / C;
+      bc = (pixel / HW) * C + (e - pixel * C);
+    } else {
+      bc = e / HW;
+    }
+    Vec v = reinterpret_cast<const Vec*>(in)[i];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const index_t j = kChannelsLast ? bc + k : bc;
+      acc_t r = static_cast<acc_t>(v.v[k]) * gate[j];
+      if constexpr (kGrad) r += coef[j];
+      v.v[k] = static_cast<scalar_t>(r);
+    }
+    reinterpret_cast<Vec*>(out)[i] = v;
+  }
+}
+
+// Pixel chunks the NHWC pool splits a sample into, so that B * channel blocks * chunks fills the GPU
+// several times over with at least 32 pixels a chunk (1 for NCHW). Sets *per_chunk.
+inline int64_t pool_chunks(int64_t B, int64_t C, int64_t HW, bool channels_last, int64_t* per_chunk) {
+  if (!channels_last) {
+    *per_chunk = HW;
+    return 1;
+  }
+  const int64_t cblocks = ceil_div(C, kWarp);
+  const int64_t want = std::max<int64_t>(1, ceil_div(gpu::num_sms() * 8, B * cblocks));
+  const int64_t chunks = std::min<int64_t>({want, ceil_div(HW, 32), 65535});
+  *per_chunk = ceil_div(HW, chunks);
+  return ceil_div(HW, *per_chunk);
+}
+
+template <typename scalar_t, typename acc_t, bool kGrad>
+void launch_pool(const scalar_t* x, const scalar_t* gy, acc_t* px, acc_t* pgx, int64_t B, int64_t C, int64_t HW,
+                 bool channels_last, int64_t chunks, int64_t per_chunk, cudaStream_t stream) {
+  if (!channels_last) {
+    constexpr int threads = 256;
+    channel_gate_pool_nchw_kernel<scalar_t, acc_t, kGrad>
+        <<<ceil_div(B * C * kWarp, threads), threads, 0, stream>>>(x, gy, px, pgx, B * C, HW);
+  } else {
+    channel_gate_pool_nhwc_kernel<scalar_t, acc_t, kGrad>
+        <<<dim3(B * ceil_div(C, kWarp), chunks), dim3(kWarp, 8), 0, stream>>>(x, gy, px, pgx, B, C, HW, per_chunk);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename acc_t, bool kGrad>
+void launch_apply(const scalar_t* in, scalar_t* out, const acc_t* gate, const acc_t* coef, int64_t numel, int64_t C,
+                  int64_t HW, bool channels_last, cudaStream_t stream) {
+  constexpr int threads = 256;
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  const int64_t inner = channels_last ? C : HW;
+  const bool vec_ok = inner % kVec == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 &&
+                      reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  auto go = [&](auto vec_tag, auto index_tag) {
+    constexpr int V = decltype(vec_tag)::value;
+    using index_t = decltype(index_tag);
+    const int64_t nvec = numel / V;
+    auto kernel = channels_last ? channel_gate_apply_kernel<scalar_t, acc_t, index_t, V, true, kGrad>
+                                : channel_gate_apply_kernel<scalar_t, acc_t, index_t, V, false, kGrad>;
+    kernel<<<gpu::grid_for(nvec, threads), threads, 0, stream>>>(in, out, gate, coef, index_t(nvec), index_t(C),
+                                                                 index_t(HW));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  // 32-bit index arithmetic (cheaper divisions) whenever the grid-stride loop cannot overflow it.
+  const bool small = numel + gpu::grid_for(numel, threads) * threads < (int64_t{1} << 31);
+  if (vec_ok && small) {
+    go(std::integral_constant<int, kVec>{}, int32_t{});
+  } else if (vec_ok) {
+    go(std::integral_constant<int, kVec>{}, int64_t{});
+  } else if (small) {
+    go(std::integral_constant<int, 1>{}, int32_t{});
+  } else {
+    go(std::integral_constant<int, 1>{}, int64_t{});
+  }
+}
+
+}  // namespace channel_gate
+}  // namespace recogfast

@@ -1,0 +1,58 @@
+// Helpers every recogfast CUDA kernel file shares (header-only): warp reductions, vector types, and
+// the launch-shape helpers. Host functions are `inline` so each .cu may include this.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+#include <c10/cuda/CUDAException.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace recogfast {
+namespace gpu {
+
+constexpr int kWarp = 32;
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T sigmoid(T z) {
+  return T(1) / (T(1) + exp(-z));
+}
+
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// kVec elements moved as one 16-byte (or smaller) load/store.
+template <typename scalar_t, int kVec>
+struct alignas(sizeof(scalar_t) * kVec) VecT {
+  scalar_t v[kVec];
+};
+
+// Streaming multiprocessors of the current device (cached per device).
+inline int64_t num_sms() {
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  static int64_t cache[64] = {};
+  if (dev < 64 && cache[dev]) return cache[dev];
+  int n = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  if (dev < 64) cache[dev] = n;
+  return n;
+}
+
+// Blocks for a grid-stride loop over `work_items`: enough to fill the GPU, no more than 32 per SM.
+inline int64_t grid_for(int64_t work_items, int64_t threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, threads), num_sms() * 32));
+}
+
+// Accumulator dtype of the per-sample scratch buffers: fp32, or fp64 for double inputs.
+inline c10::ScalarType acc_dtype(c10::ScalarType t) { return t == c10::kDouble ? c10::kDouble : c10::kFloat; }
+
+}  // namespace gpu
+}  // namespace recogfast
