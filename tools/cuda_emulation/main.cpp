@@ -1,10 +1,11 @@
-// Runs the CUDA kernels of the CUBS ops under host emulation and compares with the CPU ops.
+// Runs the CUDA kernels of the SE and CUBS ops under host emulation and compares with the CPU ops.
 #include <ATen/ATen.h>
 #include <cstdio>
 #include <string>
 #include <tuple>
 #include "ops/cubs_channel.h"
 #include "ops/cubs_spatial.h"
+#include "ops/se_gate.h"
 namespace recogfast {
 at::Tensor emu_cubs_spatial(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, const at::Tensor&, const at::Tensor&);
@@ -16,7 +17,11 @@ at::Tensor emu_cubs_channel(const at::Tensor&, const at::Tensor&, const at::Tens
 CubsChannelGrads emu_cubs_channel_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                            const at::Tensor&, const at::Tensor&);
-}
+at::Tensor emu_se_gate(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+detail::SEGateGrads emu_se_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, const at::Tensor&);
+}  // namespace recogfast
+namespace {
 int failures = 0;
 double grad_scale = 1;  // largest gradient of the current call, for the exactly-zero grad bk
 void cmp(const at::Tensor& a, const at::Tensor& b, const char* what, const char* tag, double rtol) {
@@ -35,6 +40,7 @@ void cmp_tuple(const T& a, const T& b, const char* tag, double rtol) {
   std::apply([&](auto&... ys) { ((grad_scale = std::max(grad_scale, ys.to(at::kDouble).abs().max().template item<double>())), ...); }, b);
   std::apply([&](auto&... xs) { std::apply([&](auto&... ys) { (cmp(xs, ys, names[i++], tag, rtol), ...); }, b); }, a);
 }
+}  // namespace
 int main() {
   at::manual_seed(0);
   struct S { int64_t B, C, H, W; bool cl; at::ScalarType dt; };
@@ -68,6 +74,13 @@ int main() {
     cmp_tuple(recogfast::emu_cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
               recogfast::cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
               (std::string("channel ") + tag).c_str(), rtol * 10);
+    const int64_t R = std::max<int64_t>(1, s.C / 4);
+    at::Tensor u[4] = {at::randn({R, s.C}, o) * sc, at::randn({R}, o) * 0.3, at::randn({s.C, R}, o) / std::sqrt(double(R)),
+                       at::randn({s.C}, o) * 0.3};
+    cmp(recogfast::emu_se_gate(x, u[0], u[1], u[2], u[3]), recogfast::se_gate(x, u[0], u[1], u[2], u[3]), "y",
+        (std::string("se ") + tag).c_str(), rtol);
+    cmp_tuple(recogfast::emu_se_gate_backward(gy, x, u[0], u[1], u[2], u[3]),
+              recogfast::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]), (std::string("se ") + tag).c_str(), rtol * 10);
   }
   std::printf("%s\n", failures ? "FAILURES" : "all emulated CUDA results match the CPU kernels");
   return failures != 0;

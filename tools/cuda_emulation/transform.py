@@ -1,20 +1,23 @@
-"""Rewrites a CUDA kernel file of csrc/ops/cuda into host C++ for the emulation in emu.h:
+"""Rewrites a CUDA source or header of csrc/ops/cuda into host C++ for the emulation in emu.h:
 kernel<<<grid, block, smem, stream>>>(args) -> emu_launch(kernel, emu_cfg(grid, block, smem, stream), args),
 dynamic shared memory -> one host buffer, c10/cuda includes and the TORCH_LIBRARY_IMPL block dropped,
-the anonymous namespace renamed (argv[3]) so that the launchers can be called from main.cpp.
+includes of other csrc/ops/cuda headers pointed at their rewritten copies (NAME.cuh -> NAME_emu.h), and,
+for a kernel file, its anonymous namespace renamed (argv[3]) so that the launchers can be called from main.cpp.
 
     python transform.py in.cu out.cpp namespace_name
+    python transform.py in.cuh out_emu.h
 """
 import re
 import sys
 
 src = open(sys.argv[1]).read()
 src = re.sub(r"#include <(c10/cuda/[^>]+|cuda_runtime.h)>\n", "", src)
-src = src.replace('#include "ops/cuda/cubs_common.cuh"', '#include "cubs_common_emu.h"')
+src = re.sub(r'#include "ops/cuda/(\w+)\.cuh"', r'#include "\1_emu.h"', src)
 src = src.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", "unsigned char* smem_raw = emu_dynamic_smem();")
 src = re.sub(r"([A-Za-z_][\w:]*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\(",
              lambda m: f"emu_launch({m.group(1)}, emu_cfg({m.group(2)}), ", src, flags=re.S)
 src = re.sub(r"TORCH_LIBRARY_IMPL\(recogfast, CUDA, m\) \{.*?\n\}\n", "", src, flags=re.S)
 src = src.replace("x_.is_cuda()", "true")
-src = src.replace("namespace {\n\nusing namespace cubs_cuda;", "namespace " + sys.argv[3] + " {\n\nusing namespace cubs_cuda;", 1)
+if len(sys.argv) > 3:
+    src = re.sub(r"namespace \{\n\nusing namespace", "namespace " + sys.argv[3] + " {\n\nusing namespace", src, count=1)
 open(sys.argv[2], "w").write('#include "emu.h"\n' + src)
