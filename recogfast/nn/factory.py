@@ -6,11 +6,17 @@ from collections.abc import Callable
 
 from torch import nn
 
+from recogfast.nn.cubs import CUBSBlock, CUBSBlock1, CUBSBlock2
 from recogfast.nn.se import SEBlock
 
-# name -> builder(channels, impl) ; the CUBS names are added by recogfast/nn/cubs.py's entries below.
+# name -> builder(channels, impl, **kwargs)
 _ATTENTION: dict[str, Callable[..., nn.Module]] = {
     "se": lambda channels, impl="auto", **kw: SEBlock(channels, impl=impl, **kw),
+    "cubs1": lambda channels, impl="auto", **kw: CUBSBlock1(channels, impl=impl, **kw),
+    "cubs2": lambda channels, impl="auto", **kw: CUBSBlock2(channels, impl=impl, **kw),
+    "cubs_parallel": lambda channels, impl="auto", **kw: CUBSBlock(channels, "parallel", impl=impl, **kw),
+    "cubs_serial12": lambda channels, impl="auto", **kw: CUBSBlock(channels, "serial12", impl=impl, **kw),
+    "cubs_serial21": lambda channels, impl="auto", **kw: CUBSBlock(channels, "serial21", impl=impl, **kw),
 }
 
 

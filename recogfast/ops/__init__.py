@@ -3,12 +3,18 @@ and the registration of its autograd and fake (meta) kernels; the kernels live i
 
 from __future__ import annotations
 
+from recogfast.ops import cubs_channel as _cubs_channel_mod
+from recogfast.ops import cubs_spatial as _cubs_spatial_mod
 from recogfast.ops import se_gate as _se_gate_mod
+from recogfast.ops.cubs_channel import cubs_channel, cubs_channel_reference
+from recogfast.ops.cubs_spatial import cubs_spatial, cubs_spatial_reference
 from recogfast.ops.se_gate import se_gate, se_gate_reference
 
 # Every fused op: (module name shown by `python -m recogfast.info`, op module with `register()`).
 FUSED_OPS = {
     "se_gate": _se_gate_mod,
+    "cubs_channel": _cubs_channel_mod,
+    "cubs_spatial": _cubs_spatial_mod,
 }
 
 
@@ -18,4 +24,6 @@ def register_all() -> None:
         mod.register()
 
 
-__all__ = ["se_gate", "se_gate_reference", "FUSED_OPS", "register_all"]
+__all__ = [
+    "se_gate", "se_gate_reference", "cubs_channel", "cubs_channel_reference", "cubs_spatial",
+    "cubs_spatial_reference", "FUSED_OPS", "register_all"]

@@ -1,0 +1,341 @@
+// CUBS Block 1 on the CPU, forward and backward, NCHW and NHWC, fp32 (fp64 for double) accumulation.
+//
+// Per sample: channel sums of x (and of grad_y * x) -> g -> q, k, v ([N]) -> rank-one softmax attention
+// (rank_one_attention.h; no N×N matrix) -> z = Wo f + bo + g -> gate = sigmoid(z) -> y = x * gate.
+// Backward per sample: dz = sum_hw(grad_y x) gate (1 - gate); df = Woᵀ dz; the attention backward
+// (dq from the row pass, dk and dv from a column pass); dg = dz + Wqᵀ dq + Wkᵀ dk + Wvᵀ dv;
+// grad_x = grad_y gate + dg / HW; then the weight gradients as fixed-order sums over the batch.
+// Scheduling is the SE kernel's: whole samples a thread when B >= threads (x is read twice, the second
+// time from cache), else (sample, channel block) tasks in three phases.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops/cpu/rank_one_attention.h"
+#include "ops/cubs_channel.h"
+
+namespace recogfast {
+namespace {
+
+template <typename scalar_t>
+struct CubsChannelCPU {
+  using acc_t = at::opmath_type<scalar_t>;
+
+  const scalar_t* x;
+  int64_t B, C, HW, N;
+  bool channels_last;
+  // Weights in acc_t: W = [wq; wk; wv] ([3N, C]), bias3 [3N], wo [C, N], bo [C].
+  std::vector<acc_t> W, bias3, wo, bo;
+
+  // sx[c] = sum_hw x[b, c], and with gy sgx[c] = sum_hw gy x, for c in [c0, c1).
+  void reduce(const scalar_t* gy, int64_t b, int64_t c0, int64_t c1, acc_t* sx, acc_t* sgx) const {
+    const scalar_t* xb = x + b * C * HW;
+    const scalar_t* gb = gy ? gy + b * C * HW : nullptr;
+    if (!channels_last) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const scalar_t* xr = xb + c * HW;
+        acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < HW; ++i) s += acc_t(xr[i]);
+        sx[c] = s;
+        if (gb) {
+          const scalar_t* gr = gb + c * HW;
+          acc_t t = 0;
+#pragma omp simd reduction(+ : t)
+          for (int64_t i = 0; i < HW; ++i) t += acc_t(gr[i]) * acc_t(xr[i]);
+          sgx[c] = t;
+        }
+      }
+      return;
+    }
+    std::fill(sx + c0, sx + c1, acc_t(0));
+    if (gb) std::fill(sgx + c0, sgx + c1, acc_t(0));
+    for (int64_t p = 0; p < HW; ++p) {
+      const scalar_t* xr = xb + p * C;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) sx[c] += acc_t(xr[c]);
+      if (gb) {
+        const scalar_t* gr = gb + p * C;
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) sgx[c] += acc_t(gr[c]) * acc_t(xr[c]);
+      }
+    }
+  }
+
+  // out[b, c, :] = in[b, c, :] * s[c] (+ coef[c]), for c in [c0, c1).
+  void apply(const scalar_t* in, scalar_t* out, int64_t b, int64_t c0, int64_t c1, const acc_t* s,
+             const acc_t* coef) const {
+    const scalar_t* ib = in + b * C * HW;
+    scalar_t* ob = out + b * C * HW;
+    if (!channels_last) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const acc_t sc = s[c], k = coef ? coef[c] : acc_t(0);
+        const scalar_t* ir = ib + c * HW;
+        scalar_t* orow = ob + c * HW;
+#pragma omp simd
+        for (int64_t i = 0; i < HW; ++i) orow[i] = scalar_t(acc_t(ir[i]) * sc + k);
+      }
+      return;
+    }
+    for (int64_t p = 0; p < HW; ++p) {
+      const scalar_t* ir = ib + p * C;
+      scalar_t* orow = ob + p * C;
+      if (coef) {
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c] + coef[c]);
+      } else {
+#pragma omp simd
+        for (int64_t c = c0; c < c1; ++c) orow[c] = scalar_t(acc_t(ir[c]) * s[c]);
+      }
+    }
+  }
+
+  // Per-sample state kept for the weight gradients.
+  struct Sample {
+    acc_t* g;    // [C]
+    acc_t* qkv;  // [3N]
+    acc_t* f;    // [N]
+    acc_t* gate; // [C]
+  };
+
+  // g, q, k, v, f and the gate of one sample from its channel sums; with grad, also the row sums
+  // l, sk, skv of the attention (each [N]).
+  void head_forward(const acc_t* sx, Sample s, acc_t* l, acc_t* sk, acc_t* skv) const {
+    const acc_t inv_hw = acc_t(1) / acc_t(HW);
+    for (int64_t c = 0; c < C; ++c) s.g[c] = sx[c] * inv_hw;
+    for (int64_t r = 0; r < 3 * N; ++r) {
+      const acc_t* wr = W.data() + r * C;
+      acc_t a = bias3[r];
+      for (int64_t c = 0; c < C; ++c) a += wr[c] * s.g[c];
+      s.qkv[r] = a;
+    }
+    const acc_t* q = s.qkv;
+    const acc_t* k = q + N;
+    const acc_t* v = k + N;
+    const acc_t kmin = *std::min_element(k, k + N), kmax = *std::max_element(k, k + N);
+    for (int64_t i = 0; i < N; ++i) {
+      const acc_t m = cpu::row_max(q[i], kmin, kmax);
+      if (l) {
+        const cpu::RowSums rs = cpu::row_sums<true>(q[i], m, k, v, N);
+        l[i] = acc_t(rs.l);
+        sk[i] = acc_t(rs.sk);
+        skv[i] = acc_t(rs.skv);
+        s.f[i] = acc_t(rs.sv / rs.l);
+      } else {
+        const cpu::RowSums rs = cpu::row_sums<false>(q[i], m, k, v, N);
+        s.f[i] = acc_t(rs.sv / rs.l);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t* wc = wo.data() + c * N;
+      acc_t z = bo[c] + s.g[c];
+      for (int64_t n = 0; n < N; ++n) z += wc[n] * s.f[n];
+      s.gate[c] = acc_t(1) / (acc_t(1) + std::exp(-z));
+    }
+  }
+
+  // Backward of one sample's head given sgx = sum_hw grad_y x: writes dz [C], dqkv [3N] and coef [C].
+  void head_backward(const acc_t* sgx, Sample s, const acc_t* l, const acc_t* sk, const acc_t* skv, acc_t* dz,
+                     acc_t* dqkv, acc_t* coef) const {
+    for (int64_t c = 0; c < C; ++c) dz[c] = sgx[c] * s.gate[c] * (acc_t(1) - s.gate[c]);
+    const acc_t* q = s.qkv;
+    const acc_t* k = q + N;
+    const acc_t* v = k + N;
+    const acc_t kmin = *std::min_element(k, k + N), kmax = *std::max_element(k, k + N);
+    std::vector<acc_t> ms(N), fa(N), fb(N), fc(N);
+    for (int64_t i = 0; i < N; ++i) {
+      acc_t df = 0;
+      for (int64_t c = 0; c < C; ++c) df += wo[c * N + i] * dz[c];
+      const acc_t inv_l = acc_t(1) / l[i], f = s.f[i];
+      dqkv[i] = df * (skv[i] - f * sk[i]) * inv_l;
+      ms[i] = cpu::row_max(q[i], kmin, kmax) * cpu::exp_scale<acc_t>();
+      fa[i] = df * inv_l;
+      fb[i] = fa[i] * q[i];
+      fc[i] = fb[i] * f;
+    }
+    double out[3];
+    for (int64_t j = 0; j < N; ++j) {
+      cpu::col_sums(k[j], q, ms.data(), fa.data(), fb.data(), fc.data(), N, out);
+      dqkv[2 * N + j] = acc_t(out[0]);
+      dqkv[N + j] = acc_t(double(v[j]) * out[1] - out[2]);
+    }
+    const acc_t inv_hw = acc_t(1) / acc_t(HW);
+    for (int64_t c = 0; c < C; ++c) coef[c] = dz[c];
+    for (int64_t r = 0; r < 3 * N; ++r) {
+      const acc_t* wr = W.data() + r * C;
+      const acc_t d = dqkv[r];
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) coef[c] += wr[c] * d;
+    }
+    for (int64_t c = 0; c < C; ++c) coef[c] *= inv_hw;
+  }
+
+  int64_t channel_blocks() const {
+    const int64_t threads = at::get_num_threads();
+    if (B >= threads) return 1;
+    return std::min<int64_t>(C, (4 * threads + B - 1) / B);
+  }
+
+  template <typename Pass1, typename PerSample, typename Pass2>
+  void schedule(const Pass1& pass1, const PerSample& per_sample, const Pass2& pass2) const {
+    const int64_t nblk = channel_blocks();
+    if (nblk == 1) {
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          pass1(b, 0, C);
+          per_sample(b);
+          pass2(b, 0, C);
+        }
+      });
+      return;
+    }
+    const int64_t cb = (C + nblk - 1) / nblk;
+    auto blocks = [&](const auto& fn) {
+      at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const int64_t b = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(C, c0 + cb);
+          if (c0 < c1) fn(b, c0, c1);
+        }
+      });
+    };
+    blocks(pass1);
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) per_sample(b);
+    });
+    blocks(pass2);
+  }
+
+  void forward(scalar_t* y) const {
+    std::vector<acc_t> sx(B * C), g(B * C), qkv(B * 3 * N), f(B * N), gate(B * C);
+    auto sample = [&](int64_t b) { return Sample{&g[b * C], &qkv[b * 3 * N], &f[b * N], &gate[b * C]}; };
+    schedule([&](int64_t b, int64_t c0, int64_t c1) { reduce(nullptr, b, c0, c1, &sx[b * C], nullptr); },
+             [&](int64_t b) { head_forward(&sx[b * C], sample(b), nullptr, nullptr, nullptr); },
+             [&](int64_t b, int64_t c0, int64_t c1) { apply(x, y, b, c0, c1, &gate[b * C], nullptr); });
+  }
+
+  // grads: gx, then [wq, bq, wk, bk, wv, bv, wo, bo].
+  void backward(const scalar_t* gy, scalar_t* gx, scalar_t* const* gw) const {
+    std::vector<acc_t> sx(B * C), sgx(B * C), g(B * C), qkv(B * 3 * N), f(B * N), gate(B * C);
+    std::vector<acc_t> dz(B * C), dqkv(B * 3 * N), coef(B * C);
+    auto sample = [&](int64_t b) { return Sample{&g[b * C], &qkv[b * 3 * N], &f[b * N], &gate[b * C]}; };
+    schedule([&](int64_t b, int64_t c0, int64_t c1) { reduce(gy, b, c0, c1, &sx[b * C], &sgx[b * C]); },
+             [&](int64_t b) {
+               std::vector<acc_t> l(N), sk(N), skv(N);
+               head_forward(&sx[b * C], sample(b), l.data(), sk.data(), skv.data());
+               head_backward(&sgx[b * C], sample(b), l.data(), sk.data(), skv.data(), &dz[b * C],
+                             &dqkv[b * 3 * N], &coef[b * C]);
+             },
+             [&](int64_t b, int64_t c0, int64_t c1) { apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); });
+    // grad W{q,k,v}[r, c] = sum_b dqkv[b, r] g[b, c]; grad b{q,k,v}[r] = sum_b dqkv[b, r]
+    at::parallel_for(0, 3 * N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> row(C);
+      for (int64_t r = begin; r < end; ++r) {
+        std::fill(row.begin(), row.end(), acc_t(0));
+        acc_t bias = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          const acc_t d = dqkv[b * 3 * N + r];
+          bias += d;
+          const acc_t* gb = &g[b * C];
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) row[c] += d * gb[c];
+        }
+        const int64_t which = r / N, n = r % N;
+        scalar_t* wout = gw[2 * which] + n * C;
+        for (int64_t c = 0; c < C; ++c) wout[c] = scalar_t(row[c]);
+        gw[2 * which + 1][n] = scalar_t(bias);
+      }
+    });
+    // grad Wo[c, n] = sum_b dz[b, c] f[b, n]; grad bo[c] = sum_b dz[b, c]
+    at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> row(N);
+      for (int64_t c = begin; c < end; ++c) {
+        std::fill(row.begin(), row.end(), acc_t(0));
+        acc_t bias = 0;
+        for (int64_t b = 0; b < B; ++b) {
+          const acc_t d = dz[b * C + c];
+          bias += d;
+          const acc_t* fb = &f[b * N];
+          for (int64_t n = 0; n < N; ++n) row[n] += d * fb[n];
+        }
+        for (int64_t n = 0; n < N; ++n) gw[6][c * N + n] = scalar_t(row[n]);
+        gw[7][c] = scalar_t(bias);
+      }
+    });
+  }
+};
+
+template <typename scalar_t>
+CubsChannelCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor* w, int64_t N, bool cl) {
+  using acc_t = at::opmath_type<scalar_t>;
+  CubsChannelCPU<scalar_t> k{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3), N, cl,
+                             {}, {}, {}, {}};
+  auto to_acc = [](const at::Tensor& t, std::vector<acc_t>& out) {
+    const at::Tensor c = t.contiguous();
+    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    out.insert(out.end(), p, p + c.numel());
+  };
+  for (int i = 0; i < 3; ++i) {
+    to_acc(w[2 * i], k.W);
+    to_acc(w[2 * i + 1], k.bias3);
+  }
+  to_acc(w[6], k.wo);
+  to_acc(w[7], k.bo);
+  return k;
+}
+
+at::Tensor cubs_channel_cpu(const at::Tensor& x_, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
+                            const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
+                            const at::Tensor& bo) {
+  const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
+  const bool cl = checks::use_channels_last(x_);
+  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
+  if (x.numel() == 0) return y;
+  const at::Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_channel_cpu", [&] {
+    make_kernel<scalar_t>(x, w, N, cl).forward(y.mutable_data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+CubsChannelGrads cubs_channel_backward_cpu(const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& wq,
+                                           const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
+                                           const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
+                                           const at::Tensor& bo) {
+  const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
+  checks::shape("recogfast::cubs_channel_backward", "grad_y", grad_y_, x_.sizes(), "x.shape");
+  checks::like("recogfast::cubs_channel_backward", "grad_y", grad_y_, "x", x_);
+  const bool cl = checks::use_channels_last(x_);
+  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  const at::Tensor gy = grad_y_.contiguous(checks::layout_of(cl));
+  const at::Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
+  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
+  at::Tensor g[8];
+  for (int i = 0; i < 8; ++i) g[i] = at::empty(w[i].sizes(), w[i].options());
+  if (x.numel() == 0) {
+    for (auto& t : g) t.zero_();
+    return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_channel_backward_cpu", [&] {
+    scalar_t* gp[8];
+    for (int i = 0; i < 8; ++i) gp[i] = g[i].mutable_data_ptr<scalar_t>();
+    make_kernel<scalar_t>(x, w, N, cl).backward(gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gp);
+  });
+  return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
+  m.impl("cubs_channel", &cubs_channel_cpu);
+  m.impl("cubs_channel_backward", &cubs_channel_backward_cpu);
+}
+
+}  // namespace recogfast

@@ -1,0 +1,351 @@
+// CUBS Block 2 on the CPU, forward and backward, NCHW and NHWC, fp32 (fp64 for double) accumulation,
+// without the [B, HW, HW] similarity matrix: O(B·HW) scratch.
+//
+// Forward:  q, k, v per pixel (1×1 projections) -> per row i one pass over j (rank_one_attention.h)
+//           -> gate_i = sigmoid(f_i) -> y = x * gate.
+// Backward: q, k, v and d_i = sum_c grad_y x per pixel -> row pass (l, f, sum e k, sum e k v) gives
+//           df_i and dq_i = df_i (sum_j A_ij k_j v_j - f_i sum_j A_ij k_j) -> column pass over i gives
+//           dv_j = sum_i A_ij df_i and dk_j = v_j sum_i A_ij df_i q_i - sum_i A_ij df_i q_i f_i
+//           -> grad_x = grad_y gate + wq dq + wk dk + wv dv and the weight sums over pixels.
+// Work is split into (sample, pixel chunk) tasks for the per-pixel passes and into rows / columns for
+// the two B·HW² passes, so B = 1 uses every thread too.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops/cpu/rank_one_attention.h"
+#include "ops/cubs_spatial.h"
+
+namespace recogfast {
+namespace {
+
+template <typename scalar_t>
+struct CubsSpatialCPU {
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int64_t kPixelChunk = 512;
+
+  const scalar_t* x;
+  int64_t B, C, P;
+  bool channels_last;
+  std::vector<acc_t> w;  // [3, C]: wq, wk, wv
+  acc_t bias[3];
+
+  int64_t chunks() const { return (P + kPixelChunk - 1) / kPixelChunk; }
+
+  // fn(b, p0, p1, task) over every (sample, pixel chunk).
+  template <typename Fn>
+  void for_chunks(const Fn& fn) const {
+    const int64_t nc = chunks();
+    at::parallel_for(0, B * nc, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / nc, p0 = (t % nc) * kPixelChunk;
+        fn(b, p0, std::min(P, p0 + kPixelChunk), t);
+      }
+    });
+  }
+
+  // qkv[0..2][b * P + p] = w{q,k,v} . x[b, :, p] + b{q,k,v}; with gy also d[b * P + p] = sum_c gy x.
+  void project(const scalar_t* gy, acc_t* qkv, acc_t* d) const {
+    for_chunks([&](int64_t b, int64_t p0, int64_t p1, int64_t) {
+      acc_t* q = qkv + b * P;
+      acc_t* k = q + B * P;
+      acc_t* v = k + B * P;
+      const scalar_t* xb = x + b * C * P;
+      const scalar_t* gb = gy ? gy + b * C * P : nullptr;
+      const acc_t* wq = w.data();
+      const acc_t* wk = wq + C;
+      const acc_t* wv = wk + C;
+      if (!channels_last) {
+        for (int64_t p = p0; p < p1; ++p) {
+          q[p] = bias[0];
+          k[p] = bias[1];
+          v[p] = bias[2];
+          if (d) d[b * P + p] = 0;
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = xb + c * P;
+          const acc_t a = wq[c], e = wk[c], f = wv[c];
+#pragma omp simd
+          for (int64_t p = p0; p < p1; ++p) {
+            const acc_t xv = acc_t(xr[p]);
+            q[p] += a * xv;
+            k[p] += e * xv;
+            v[p] += f * xv;
+          }
+          if (d) {
+            const scalar_t* gr = gb + c * P;
+            acc_t* db = d + b * P;
+#pragma omp simd
+            for (int64_t p = p0; p < p1; ++p) db[p] += acc_t(gr[p]) * acc_t(xr[p]);
+          }
+        }
+        return;
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        const scalar_t* xr = xb + p * C;
+        acc_t sq = bias[0], sk = bias[1], sv = bias[2];
+#pragma omp simd reduction(+ : sq, sk, sv)
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t xv = acc_t(xr[c]);
+          sq += wq[c] * xv;
+          sk += wk[c] * xv;
+          sv += wv[c] * xv;
+        }
+        q[p] = sq;
+        k[p] = sk;
+        v[p] = sv;
+        if (d) {
+          const scalar_t* gr = gb + p * C;
+          acc_t s = 0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t c = 0; c < C; ++c) s += acc_t(gr[c]) * acc_t(xr[c]);
+          d[b * P + p] = s;
+        }
+      }
+    });
+  }
+
+  // kmin[b], kmax[b]
+  void key_range(const acc_t* k, acc_t* kmin, acc_t* kmax) const {
+    for (int64_t b = 0; b < B; ++b) {
+      acc_t lo = k[b * P], hi = k[b * P];
+      for (int64_t p = 1; p < P; ++p) {
+        lo = std::min(lo, k[b * P + p]);
+        hi = std::max(hi, k[b * P + p]);
+      }
+      kmin[b] = lo;
+      kmax[b] = hi;
+    }
+  }
+
+  // out[b, :, p] = in[b, :, p] * gate[b * P + p] (+ the projection gradients when dqkv is given).
+  void apply(const scalar_t* in, scalar_t* out, const acc_t* gate, const acc_t* dqkv) const {
+    for_chunks([&](int64_t b, int64_t p0, int64_t p1, int64_t) {
+      const scalar_t* ib = in + b * C * P;
+      scalar_t* ob = out + b * C * P;
+      const acc_t* g = gate + b * P;
+      const acc_t* dq = dqkv ? dqkv + b * P : nullptr;
+      const acc_t* dk = dqkv ? dq + B * P : nullptr;
+      const acc_t* dv = dqkv ? dk + B * P : nullptr;
+      const acc_t* wq = w.data();
+      const acc_t* wk = wq + C;
+      const acc_t* wv = wk + C;
+      if (!channels_last) {
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* ir = ib + c * P;
+          scalar_t* orow = ob + c * P;
+          if (dqkv) {
+            const acc_t a = wq[c], e = wk[c], f = wv[c];
+#pragma omp simd
+            for (int64_t p = p0; p < p1; ++p)
+              orow[p] = scalar_t(acc_t(ir[p]) * g[p] + a * dq[p] + e * dk[p] + f * dv[p]);
+          } else {
+#pragma omp simd
+            for (int64_t p = p0; p < p1; ++p) orow[p] = scalar_t(acc_t(ir[p]) * g[p]);
+          }
+        }
+        return;
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        const scalar_t* ir = ib + p * C;
+        scalar_t* orow = ob + p * C;
+        const acc_t gp = g[p];
+        if (dqkv) {
+          const acc_t a = dq[p], e = dk[p], f = dv[p];
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) orow[c] = scalar_t(acc_t(ir[c]) * gp + wq[c] * a + wk[c] * e + wv[c] * f);
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) orow[c] = scalar_t(acc_t(ir[c]) * gp);
+        }
+      }
+    });
+  }
+
+  void forward(scalar_t* y) const {
+    std::vector<acc_t> qkv(3 * B * P), gate(B * P), kmin(B), kmax(B);
+    project(nullptr, qkv.data(), nullptr);
+    const acc_t* q = qkv.data();
+    const acc_t* k = q + B * P;
+    const acc_t* v = k + B * P;
+    key_range(k, kmin.data(), kmax.data());
+    at::parallel_for(0, B * P, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / P;
+        const acc_t m = cpu::row_max(q[r], kmin[b], kmax[b]);
+        const cpu::RowSums s = cpu::row_sums<false>(q[r], m, k + b * P, v + b * P, P);
+        const double f = s.sv / s.l;
+        gate[r] = acc_t(1.0 / (1.0 + std::exp(-f)));
+      }
+    });
+    apply(x, y, gate.data(), nullptr);
+  }
+
+  void backward(const scalar_t* gy, scalar_t* gx, scalar_t* gw_out[3], scalar_t* gb_out[3]) const {
+    const int64_t BP = B * P;
+    std::vector<acc_t> qkv(3 * BP), d(BP), gate(BP), kmin(B), kmax(B);
+    // Per-row factors of the column pass (m scaled by exp_scale), then the projection gradients.
+    std::vector<acc_t> ms(BP), fa(BP), fb(BP), fc(BP), dqkv(3 * BP);
+    project(gy, qkv.data(), d.data());
+    const acc_t* q = qkv.data();
+    const acc_t* k = q + BP;
+    const acc_t* v = k + BP;
+    acc_t* dq = dqkv.data();
+    acc_t* dk = dq + BP;
+    acc_t* dv = dk + BP;
+    key_range(k, kmin.data(), kmax.data());
+    at::parallel_for(0, BP, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / P;
+        const acc_t m = cpu::row_max(q[r], kmin[b], kmax[b]);
+        const cpu::RowSums s = cpu::row_sums<true>(q[r], m, k + b * P, v + b * P, P);
+        const double inv_l = 1.0 / s.l;
+        const double f = s.sv * inv_l;
+        const double g = 1.0 / (1.0 + std::exp(-f));
+        const double df = double(d[r]) * g * (1.0 - g);
+        gate[r] = acc_t(g);
+        dq[r] = acc_t(df * (s.skv - f * s.sk) * inv_l);
+        ms[r] = m * cpu::exp_scale<acc_t>();
+        fa[r] = acc_t(df * inv_l);
+        fb[r] = acc_t(df * double(q[r]) * inv_l);
+        fc[r] = acc_t(df * double(q[r]) * inv_l * f);
+      }
+    });
+    at::parallel_for(0, BP, 16, [&](int64_t begin, int64_t end) {
+      double out[3];
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / P, o = b * P;
+        cpu::col_sums(k[r], q + o, ms.data() + o, fa.data() + o, fb.data() + o, fc.data() + o, P, out);
+        dv[r] = acc_t(out[0]);
+        dk[r] = acc_t(double(v[r]) * out[1] - out[2]);
+      }
+    });
+    apply(gy, gx, gate.data(), dqkv.data());
+    // Weight gradients: per (sample, chunk) partial sums, then a fixed-order sum over tasks.
+    const int64_t tasks = B * chunks(), stride = 3 * C + 3;
+    std::vector<acc_t> part(tasks * stride, acc_t(0));
+    for_chunks([&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
+      acc_t* out = part.data() + t * stride;
+      const scalar_t* xb = x + b * C * P;
+      const acc_t* g[3] = {dq + b * P, dk + b * P, dv + b * P};
+      for (int i = 0; i < 3; ++i) {
+        acc_t s = 0;
+        for (int64_t p = p0; p < p1; ++p) s += g[i][p];
+        out[3 * C + i] = s;
+      }
+      if (!channels_last) {
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = xb + c * P;
+          acc_t s0 = 0, s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2)
+          for (int64_t p = p0; p < p1; ++p) {
+            const acc_t xv = acc_t(xr[p]);
+            s0 += g[0][p] * xv;
+            s1 += g[1][p] * xv;
+            s2 += g[2][p] * xv;
+          }
+          out[c] = s0;
+          out[C + c] = s1;
+          out[2 * C + c] = s2;
+        }
+        return;
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        const scalar_t* xr = xb + p * C;
+        const acc_t a = g[0][p], e = g[1][p], f = g[2][p];
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t xv = acc_t(xr[c]);
+          out[c] += a * xv;
+          out[C + c] += e * xv;
+          out[2 * C + c] += f * xv;
+        }
+      }
+    });
+    for (int i = 0; i < 3; ++i) {
+      for (int64_t c = 0; c <= C; ++c) {
+        // c == C is the bias slot
+        const int64_t idx = c < C ? i * C + c : 3 * C + i;
+        acc_t s = 0;
+        for (int64_t t = 0; t < tasks; ++t) s += part[t * stride + idx];
+        if (c < C) {
+          gw_out[i][c] = scalar_t(s);
+        } else {
+          gb_out[i][0] = scalar_t(s);
+        }
+      }
+    }
+  }
+};
+
+template <typename scalar_t>
+CubsSpatialCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor* wb, bool cl) {
+  using acc_t = at::opmath_type<scalar_t>;
+  CubsSpatialCPU<scalar_t> k{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3), cl, {}, {}};
+  const int64_t C = x.size(1);
+  k.w.resize(3 * C);
+  for (int i = 0; i < 3; ++i) {
+    const at::Tensor wi = wb[2 * i].contiguous(), bi = wb[2 * i + 1];
+    const scalar_t* wp = wi.const_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) k.w[i * C + c] = acc_t(wp[c]);
+    k.bias[i] = acc_t(bi.const_data_ptr<scalar_t>()[0]);
+  }
+  return k;
+}
+
+at::Tensor cubs_spatial_cpu(const at::Tensor& x_, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
+                            const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv) {
+  detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
+  const bool cl = checks::use_channels_last(x_);
+  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
+  if (x.numel() == 0) return y;
+  const at::Tensor wb[6] = {wq, bq, wk, bk, wv, bv};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_spatial_cpu", [&] {
+    make_kernel<scalar_t>(x, wb, cl).forward(y.mutable_data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+CubsSpatialGrads cubs_spatial_backward_cpu(const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& wq,
+                                           const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
+                                           const at::Tensor& wv, const at::Tensor& bv) {
+  detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
+  checks::shape("recogfast::cubs_spatial_backward", "grad_y", grad_y_, x_.sizes(), "x.shape");
+  checks::like("recogfast::cubs_spatial_backward", "grad_y", grad_y_, "x", x_);
+  const bool cl = checks::use_channels_last(x_);
+  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  const at::Tensor gy = grad_y_.contiguous(checks::layout_of(cl));
+  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
+  at::Tensor g[6] = {at::empty_like(wq), at::empty_like(bq), at::empty_like(wk),
+                     at::empty_like(bk), at::empty_like(wv), at::empty_like(bv)};
+  if (x.numel() == 0) {
+    for (auto& t : g) t.zero_();
+    return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
+  }
+  const at::Tensor wb[6] = {wq, bq, wk, bk, wv, bv};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_spatial_backward_cpu", [&] {
+    scalar_t* gw[3] = {g[0].mutable_data_ptr<scalar_t>(), g[2].mutable_data_ptr<scalar_t>(),
+                       g[4].mutable_data_ptr<scalar_t>()};
+    scalar_t* gb[3] = {g[1].mutable_data_ptr<scalar_t>(), g[3].mutable_data_ptr<scalar_t>(),
+                       g[5].mutable_data_ptr<scalar_t>()};
+    make_kernel<scalar_t>(x, wb, cl).backward(gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gw, gb);
+  });
+  return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
+  m.impl("cubs_spatial", &cubs_spatial_cpu);
+  m.impl("cubs_spatial_backward", &cubs_spatial_backward_cpu);
+}
+
+}  // namespace recogfast

@@ -1,0 +1,90 @@
+"""CUBS blocks (course figures "CUBS Block 1", "CUBS Block 2", "ARCH") on the fused ops
+``recogfast::cubs_channel`` and ``recogfast::cubs_spatial``. See ../shared/SPEC.md."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recogfast import _impl
+from recogfast.ops.cubs_channel import cubs_channel
+from recogfast.ops.cubs_spatial import cubs_spatial
+
+PLACEMENTS = ("serial12", "serial21", "parallel")
+
+
+class CUBSBlock1(nn.Module):
+    """Channel similarity gate: pooled vector g -> dense q, k, v (C -> N) -> softmax(q kᵀ) v -> dense
+    ``out`` (N -> C) + g -> sigmoid -> channel-wise scaling of x. N defaults to max(1, C // 2).
+
+    Weights are cast to the activation's dtype (as autocast does for a layer); the kernels accumulate
+    in fp32 (fp64 for double)."""
+
+    def __init__(self, channels: int, inner: int | None = None, impl: str = "auto"):
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"CUBSBlock1: channels must be >= 1, got {channels}")
+        inner = max(1, channels // 2) if inner is None else inner
+        if inner < 1:
+            raise ValueError(f"CUBSBlock1: inner must be >= 1, got {inner}")
+        self.channels, self.inner = channels, inner
+        self.impl = _impl.check_impl(impl)
+        self.q = nn.Linear(channels, inner)
+        self.k = nn.Linear(channels, inner)
+        self.v = nn.Linear(channels, inner)
+        self.out = nn.Linear(inner, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        p = [t.to(dt) for lin in (self.q, self.k, self.v, self.out) for t in (lin.weight, lin.bias)]
+        return cubs_channel(x, *p, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, inner={self.inner}, impl={self.impl!r}"
+
+
+class CUBSBlock2(nn.Module):
+    """Spatial similarity gate: 1×1 convolutions q, k, v (C -> 1) -> softmax(q kᵀ) v over the H·W
+    positions -> sigmoid -> pixel-wise scaling of x. The fused kernel never builds the HW×HW matrix."""
+
+    def __init__(self, channels: int, impl: str = "auto"):
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"CUBSBlock2: channels must be >= 1, got {channels}")
+        self.channels = channels
+        self.impl = _impl.check_impl(impl)
+        self.q = nn.Conv2d(channels, 1, kernel_size=1)
+        self.k = nn.Conv2d(channels, 1, kernel_size=1)
+        self.v = nn.Conv2d(channels, 1, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = x.dtype
+        p = [t.to(dt) for conv in (self.q, self.k, self.v) for t in (conv.weight.reshape(-1), conv.bias)]
+        return cubs_spatial(x, *p, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, impl={self.impl!r}"
+
+
+class CUBSBlock(nn.Module):
+    """Both CUBS blocks as one drop-in attention layer, placed after the residual body and before the
+    add (SPEC "Placement"): ``parallel`` a = B1(x) + B2(x); ``serial12`` a = B2(B1(x));
+    ``serial21`` a = B1(B2(x))."""
+
+    def __init__(self, channels: int, placement: str = "serial12", inner: int | None = None, impl: str = "auto"):
+        super().__init__()
+        if placement not in PLACEMENTS:
+            raise ValueError(f"CUBSBlock: placement must be one of {', '.join(map(repr, PLACEMENTS))}, got {placement!r}")
+        self.placement = placement
+        self.block1 = CUBSBlock1(channels, inner=inner, impl=impl)
+        self.block2 = CUBSBlock2(channels, impl=impl)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.placement == "parallel":
+            return self.block1(x) + self.block2(x)
+        if self.placement == "serial12":
+            return self.block2(self.block1(x))
+        return self.block1(self.block2(x))
+
+    def extra_repr(self) -> str:
+        return f"placement={self.placement!r}"
