@@ -1,0 +1,7 @@
+"""Metric-learning losses: the Multi-Similarity loss (fused op `recogfast.ops.ms_loss`) and the
+cross-batch memory that feeds it a reference set of earlier embeddings."""
+
+from recogfast.losses.memory import CrossBatchMemory
+from recogfast.losses.multi_similarity import MultiSimilarityLoss
+
+__all__ = ["MultiSimilarityLoss", "CrossBatchMemory"]

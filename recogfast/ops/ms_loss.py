@@ -1,0 +1,200 @@
+"""Multi-Similarity loss with hard-pair mining (../shared/SPEC.md "Loss"; Wang et al., CVPR 2019).
+
+For L2-normalised embeddings e [B, D] and candidates c = batch ∪ reference set [M, D] (M = B + R),
+with S = e·cᵀ and, per anchor i, mined positives P_i and negatives N_i:
+
+    L = (1/B) Σ_i (1/α)·log[1 + Σ_{p∈P_i} exp(−α(S_ip − λ))] + (1/β)·log[1 + Σ_{n∈N_i} exp(β(S_in − λ))]
+
+Mining: ``"ms"`` keeps the negatives with S_in + ε > min_p S_ip and the positives with
+S_ip − ε < max_n S_in (pytorch-metric-learning's MultiSimilarityMiner; an anchor without a positive or
+without a negative mines nothing), ``"all"`` keeps every pair, ``"hardest"`` keeps the hardest positive
+(lowest S) and hardest negative (highest S) of each anchor that has both.
+
+``torch.ops.recogfast.ms_loss`` (csrc/ops/ms_loss.cpp) never holds the B×M similarity matrix: it
+reduces tiles of it to per-anchor statistics — the mining thresholds and the two log-sum-exps, kept
+with a running maximum so β = 50 cannot overflow — which it returns beside the loss. Its backward op
+recomputes the tiles; dL/dS_ij is a per-pair weight computed from those statistics, and the
+embedding gradients are sums of weights times embeddings, accumulated tile by tile.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from recogfast import _impl
+
+OP = "recogfast::ms_loss"
+MINING = ("ms", "all", "hardest")
+NORM_EPS = 1e-12  # as torch.nn.functional.normalize (and so pytorch-metric-learning's CosineSimilarity)
+# Columns of the per-anchor statistics the fused op returns beside the loss.
+STATS = ("log_z_pos", "log_z_neg", "min_pos", "max_neg")
+
+
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def ms_loss_reference(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
+    mining: str = "ms",
+    ref_embeddings: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The dense pure-PyTorch definition the kernels are tested against (it builds the B×M matrix).
+
+    Computes in float32 for fp16/bf16 inputs (float64 for float64) and returns a 0-dim tensor of the
+    embeddings' dtype.
+    """
+    out_dtype = embeddings.dtype
+    acc = _opmath(out_dtype)
+    e = F.normalize(embeddings.to(acc), dim=1, eps=NORM_EPS)
+    cand, cand_labels = e, labels
+    if ref_embeddings is not None:
+        cand = torch.cat([e, F.normalize(ref_embeddings.to(acc), dim=1, eps=NORM_EPS)])
+        cand_labels = torch.cat([labels, ref_labels.to(labels.dtype)])
+    B, M = e.shape[0], cand.shape[0]
+    if B == 0:
+        return (embeddings.sum() * 0).to(out_dtype)
+    S = e @ cand.T
+    same = labels[:, None] == cand_labels[None, :]
+    not_self = torch.ones(B, M, dtype=torch.bool, device=e.device)
+    not_self[:, :B].fill_diagonal_(False)
+    pos = same & not_self
+    neg = ~same
+    Sd = S.detach()
+    inf = torch.tensor(float("inf"), dtype=acc, device=e.device)
+    min_pos, arg_pos = torch.where(pos, Sd, inf).min(dim=1)
+    max_neg, arg_neg = torch.where(neg, Sd, -inf).max(dim=1)
+    if mining == "ms":
+        # The same comparisons as MultiSimilarityMiner; ±inf thresholds mine nothing.
+        P = pos & (Sd - epsilon < max_neg[:, None])
+        N = neg & (Sd + epsilon > min_pos[:, None])
+    elif mining == "all":
+        P, N = pos, neg
+    elif mining == "hardest":
+        has_both = pos.any(1) & neg.any(1)
+        rows = torch.arange(B, device=e.device)
+        P = torch.zeros_like(pos)
+        N = torch.zeros_like(neg)
+        P[rows[has_both], arg_pos[has_both]] = True
+        N[rows[has_both], arg_neg[has_both]] = True
+    else:
+        raise ValueError(f"{OP}: mining must be one of {', '.join(map(repr, MINING))}, got {mining!r}")
+    zero = torch.zeros(B, 1, dtype=acc, device=e.device)
+    pos_x = torch.where(P, -alpha * (S - base), -inf)
+    neg_x = torch.where(N, beta * (S - base), -inf)
+    # log(1 + Σ exp(x)) as a logsumexp with a zero appended: stable for β = 50 and S near 1.
+    pos_term = torch.logsumexp(torch.cat([pos_x, zero], 1), 1) / alpha
+    neg_term = torch.logsumexp(torch.cat([neg_x, zero], 1), 1) / beta
+    return (pos_term + neg_term).mean().to(out_dtype)
+
+
+def _is_int(t: torch.Tensor) -> bool:
+    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
+def check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, *,
+               check_values: bool = True) -> None:
+    """The same checks and messages as the C++ launchers (csrc/ops/ms_loss.h)."""
+    for name, t, ndim in (("embeddings", embeddings, 2), ("ref_embeddings", ref_embeddings, 2)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{OP}: {name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != ndim:
+            raise RuntimeError(f"{OP}: {name} must be a 2-D tensor [N, D], got a {t.dim()}-D tensor of shape {list(t.shape)}")
+        if not t.is_floating_point():
+            raise RuntimeError(f"{OP}: {name} must be a floating-point tensor (float32, float64, float16 or bfloat16), got {t.dtype}")
+    for name, t, rows_of in (("labels", labels, "embeddings"), ("ref_labels", ref_labels, "ref_embeddings")):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{OP}: {name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != 1 or not _is_int(t):
+            raise RuntimeError(f"{OP}: {name} must be a 1-D integer tensor, got a {t.dim()}-D tensor of dtype {t.dtype}")
+    if (ref_embeddings is None) != (ref_labels is None):
+        raise RuntimeError(f"{OP}: ref_embeddings and ref_labels must be given together")
+    if labels.shape[0] != embeddings.shape[0]:
+        raise RuntimeError(f"{OP}: labels must have one entry per row of embeddings: labels has {labels.shape[0]}, "
+                           f"embeddings has {embeddings.shape[0]} rows")
+    if labels.device != embeddings.device:
+        raise RuntimeError(f"{OP}: labels is on {labels.device} but embeddings is on {embeddings.device}; move all arguments to one device")
+    if ref_embeddings is not None:
+        if ref_embeddings.shape[1] != embeddings.shape[1]:
+            raise RuntimeError(f"{OP}: ref_embeddings must have D = embeddings.size(1) = {embeddings.shape[1]} columns, "
+                               f"got shape {list(ref_embeddings.shape)}")
+        if ref_labels.shape[0] != ref_embeddings.shape[0]:
+            raise RuntimeError(f"{OP}: ref_labels must have one entry per row of ref_embeddings: ref_labels has "
+                               f"{ref_labels.shape[0]}, ref_embeddings has {ref_embeddings.shape[0]} rows")
+        for name, t in (("ref_embeddings", ref_embeddings), ("ref_labels", ref_labels)):
+            if t.device != embeddings.device:
+                raise RuntimeError(f"{OP}: {name} is on {t.device} but embeddings is on {embeddings.device}; move all arguments to one device")
+        if ref_embeddings.dtype != embeddings.dtype:
+            raise RuntimeError(f"{OP}: ref_embeddings has dtype {ref_embeddings.dtype} but embeddings has dtype "
+                               f"{embeddings.dtype}; cast the reference set to the embeddings' dtype")
+    if not alpha > 0:
+        raise RuntimeError(f"{OP}: alpha must be > 0, got {alpha}")
+    if not beta > 0:
+        raise RuntimeError(f"{OP}: beta must be > 0, got {beta}")
+    if not epsilon >= 0:
+        raise RuntimeError(f"{OP}: epsilon must be >= 0, got {epsilon}")
+    if mining not in MINING:
+        raise RuntimeError(f"{OP}: mining must be one of {', '.join(map(repr, MINING))}, got {mining!r}")
+    if check_values:
+        for name, t in (("embeddings", embeddings), ("ref_embeddings", ref_embeddings)):
+            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+                raise RuntimeError(f"{OP}: {name} contains NaN or inf")
+
+
+def ms_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
+    mining: str = "ms",
+    ref_embeddings: torch.Tensor | None = None,
+    ref_labels: torch.Tensor | None = None,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Multi-Similarity loss of embeddings [B, D] with integer labels [B] (a 0-dim tensor).
+
+    ``ref_embeddings`` [R, D] / ``ref_labels`` [R] add candidates (a cross-batch memory, other ranks'
+    embeddings); anchors stay the B rows of ``embeddings``. The gradient flows to ``embeddings`` and,
+    where it requires grad, to ``ref_embeddings``. ``impl`` picks the fused kernel or the reference as
+    `recogfast._impl` describes.
+    """
+    alpha, beta, base, epsilon = float(alpha), float(beta), float(base), float(epsilon)
+    if isinstance(embeddings, torch.Tensor) and _fused_available() and _impl.use_fused("ms_loss", impl, embeddings):
+        return torch.ops.recogfast.ms_loss(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base,
+                                           epsilon, mining)[0]
+    check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining)
+    return ms_loss_reference(embeddings, labels, alpha, beta, base, epsilon, mining, ref_embeddings, ref_labels)
+
+
+def _fused_available() -> bool:
+    return hasattr(torch.ops.recogfast, "ms_loss")
+
+
+def register() -> None:
+    """Autograd and fake kernels of the fused op (a no-op until the extension defines it)."""
+    global _registered
+    if _registered or not _fused_available():
+        return
+    _register_fused()
+    _registered = True
+
+
+_registered = False
+
+
+def _register_fused() -> None:
+    pass
