@@ -1,0 +1,70 @@
+"""SE gate: fused kernel vs the eager reference vs torch.compile(reference), forward and
+forward+backward, at ResNet-18 stage shapes.
+
+Floor: the DRAM traffic no implementation can avoid once x exceeds the caches — forward reads x and
+writes y (2|x|); forward+backward adds reading x and grad_y and writing grad_x (5|x| in all) — over the
+measured copy bandwidth. The fused kernels move 3|x| forward and 7|x| forward+backward on the GPU
+(pool, then scale, re-reading x), and close to the floor on the CPU when a sample fits in the cache.
+"""
+
+import pytest
+import torch
+
+from conftest import BENCH_DEVICES, run_benchmark
+from recogfast.ops import se_gate_reference
+
+# (B, C, H) per device: small batches on the CPU so `make bench` runs on a 2-core machine.
+STAGES = {"cpu": [(4, 64, 56), (4, 128, 28), (4, 256, 14), (4, 512, 7)],
+          "cuda": [(256, 64, 56), (256, 128, 28), (256, 256, 14), (256, 512, 7)]}
+DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
+IMPLS = ["fused", "reference", "compiled"]
+_compiled = {}
+
+
+def _fn(impl):
+    if impl == "fused":
+        return torch.ops.recogfast.se_gate
+    if impl == "reference":
+        return se_gate_reference
+    if "fn" not in _compiled:
+        _compiled["fn"] = torch.compile(se_gate_reference)
+    return _compiled["fn"]
+
+
+def _inputs(device, B, C, H, grad):
+    dtype = DTYPE[device]
+    R = max(1, C // 16)
+    x = torch.randn(B, C, H, H, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    w = [torch.randn(R, C, device=device, dtype=dtype) / C**0.5, torch.zeros(R, device=device, dtype=dtype),
+         torch.randn(C, R, device=device, dtype=dtype) / R**0.5, torch.zeros(C, device=device, dtype=dtype)]
+    args = [x, *w]
+    if grad:
+        for a in args:
+            a.requires_grad_(True)
+    return args
+
+
+@pytest.mark.parametrize("device", BENCH_DEVICES)
+@pytest.mark.parametrize("stage", range(4), ids=["56", "28", "14", "7"])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_se_gate(benchmark, device, stage, impl, mode):
+    B, C, H = STAGES[device][stage]
+    fn = _fn(impl)
+    args = _inputs(device, B, C, H, grad=mode != "fwd")
+    x = args[0]
+    nbytes = x.numel() * x.element_size()
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(*args)
+        floor = 2 * nbytes
+    else:
+        gy = torch.randn_like(x)
+
+        def step():
+            fn(*args).backward(gy)
+        floor = 5 * nbytes
+    group = f"se_gate {mode} {device} {str(DTYPE[device])[6:]} B={B} C={C} {H}x{H}"
+    run_benchmark(benchmark, step, device=device, group=group, impl=impl, floor_bytes=floor,
+                  floor_what=f"{floor // nbytes}|x| = {floor / 2**20:.0f} MiB of DRAM traffic")

@@ -1,0 +1,23 @@
+"""Datasets and input pipelines: Tiny ImageNet, Cars196 and the embedded Shapes196, read through
+NVIDIA DALI (GPU decoding) or a torchvision DataLoader with the same augmentation parameters.
+
+>>> from recogfast.data import Shapes196, build_loader, MPerClassSampler
+>>> train = Shapes196(split="train")
+>>> loader = build_loader(train, train=True, batch_size=64, image_size=64)
+>>> for images, labels in loader: ...
+"""
+
+from recogfast.data.datasets import Cars196, ImageList, TinyImageNet
+from recogfast.data.errors import DataError, SkippedSamplesWarning
+from recogfast.data.loaders import TorchvisionLoader, build_loader, dali_available
+from recogfast.data.samplers import MPerClassSampler, ShuffleBatchSampler
+from recogfast.data.shapes import Shapes196
+from recogfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "TinyImageNet", "Cars196", "Shapes196", "ImageList",
+    "build_loader", "dali_available", "TorchvisionLoader",
+    "MPerClassSampler", "ShuffleBatchSampler",
+    "DataError", "SkippedSamplesWarning",
+    "IMAGENET_MEAN", "IMAGENET_STD",
+]

@@ -1,0 +1,187 @@
+"""The DALI backend: decode and augment on the GPU ("mixed" nvJPEG decoder), or on the CPU with
+``device_id=None`` where there is none, output straight to torch through DALI's PyTorch plugin.
+
+Input is an ``fn.external_source`` fed with the batches of the loader's batch sampler (the same index
+lists the torchvision backend uses), read as encoded bytes on a small thread pool. Reading in Python
+lets every file be checked before DALI sees it (missing, empty, truncated, not JPEG/PNG): the error
+names the file, or ``on_error="skip"`` drops it from its batch (external sources take variable batch
+sizes). A decoder failure that still gets through is traced back to its file by decoding the batches
+in flight with torchvision; with "skip" the pipeline is rebuilt and the epoch resumes without it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+import torch
+
+from recogfast.data.errors import DataError, encoded_image_problem
+from recogfast.data.loaders import _Loader, decode_rgb
+from recogfast.data.transforms import (
+    FLIP_PROB, IMAGENET_MEAN, IMAGENET_STD, TRAIN_RATIO, TRAIN_SCALE, eval_resize_size,
+)
+
+__all__ = ["DaliLoader"]
+
+
+def _read(path: str):
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        return None, f"cannot read image file {path}: {err.strerror or err}"
+    problem = encoded_image_problem(memoryview(data))
+    if problem is not None:
+        return None, f"bad image file {path}: {problem}"
+    return data, None
+
+
+class DaliLoader(_Loader):
+    backend = "dali"
+
+    def __init__(self, *args, shard_id: int = 0):
+        super().__init__(*args)
+        self.shard_id = shard_id
+        self.max_batch = int(getattr(self.batch_sampler, "batch_size"))
+        self._files, self._labels = self.dataset.files, self.dataset.labels
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, max(2, self.num_workers)))
+        self._pipe = self._iter = None
+        self._exhausted = False
+        self._excluded: set[int] = set()
+
+    # --- the external source -------------------------------------------------------------------
+    def _next_batch(self):
+        while True:
+            if self._pos >= len(self._plan) or self._error is not None:
+                raise StopIteration
+            plan_pos, indices = self._pos, [i for i in self._plan[self._pos] if i not in self._excluded]
+            self._pos += 1
+            results = list(self._pool.map(_read, [self._files[i] for i in indices]))
+            data, labels, used = [], [], []
+            for i, (encoded, problem) in zip(indices, results):
+                if problem is not None:
+                    if self.on_error == "raise":
+                        # Raised by the loop once the batches before this one are out, with its path.
+                        self._error = DataError(problem, self._files[i])
+                        raise StopIteration
+                    self._skips.add(self._files[i], problem)
+                    continue
+                data.append(encoded)
+                labels.append(np.array([self._labels[i]], dtype=np.int64))
+                used.append(i)
+            if used:
+                self._fed.append((plan_pos, used))
+                return data, labels
+
+    # --- the pipeline --------------------------------------------------------------------------
+    def _build(self):
+        from nvidia.dali import fn, types
+        from nvidia.dali.pipeline import Pipeline
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        gpu = self.device.type == "cuda"
+        size = self.image_size
+        pipe = Pipeline(
+            batch_size=self.max_batch,
+            num_threads=max(1, self.num_workers),
+            device_id=self.device.index if gpu else None,
+            seed=(self.seed * 1_000_003 + self.shard_id) % (2**31 - 1),
+            prefetch_queue_depth=2,
+        )
+        with pipe:
+            encoded, labels = fn.external_source(
+                source=self._next_batch, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64], ndim=[1, 1],
+            )
+            decoder = "mixed" if gpu else "cpu"
+            if self.train:
+                # Fused decode + random crop: only the crop window is decoded (ROI decoding).
+                images = fn.decoders.image_random_crop(
+                    encoded, device=decoder, output_type=types.RGB,
+                    random_area=list(TRAIN_SCALE), random_aspect_ratio=list(TRAIN_RATIO), num_attempts=10,
+                )
+                images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR,
+                                   antialias=True)
+                mirror = fn.random.coin_flip(probability=FLIP_PROB)
+                crop = {}
+            else:
+                images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+                images = fn.resize(images, resize_shorter=eval_resize_size(size), interp_type=types.INTERP_LINEAR,
+                                   antialias=True)
+                mirror = 0
+                crop = {"crop": (size, size), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
+            images = fn.crop_mirror_normalize(
+                images,
+                dtype=types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT,
+                output_layout="HWC" if self.channels_last else "CHW",
+                mean=[255 * m for m in IMAGENET_MEAN],
+                std=[255 * s for s in IMAGENET_STD],
+                mirror=mirror,
+                **crop,
+            )
+            pipe.set_outputs(images, labels)
+        self._pipe = pipe
+        self._iter = DALIGenericIterator(
+            [pipe], ["images", "labels"], last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False,
+            prepare_first_batch=False,
+        )
+
+    def _close(self):
+        self._iter = self._pipe = None
+
+    def _culprit(self, in_flight):
+        """The first file of the batches in flight that torchvision cannot decode, or None."""
+        for _, used in in_flight:
+            for i in used:
+                path = self._files[i]
+                try:
+                    with open(path, "rb") as f:
+                        decode_rgb(f.read(), path)
+                except (DataError, OSError) as err:
+                    return i, str(err)
+        return None
+
+    def _iterate(self, epoch, skips):
+        self._plan = [list(b) for b in self.batch_sampler]
+        self._pos, self._fed, self._error, self._skips = 0, [], None, skips
+        if self._iter is not None and self._exhausted:
+            self._iter.reset()
+        else:
+            self._close()
+            self._build()
+        self._exhausted = False
+        yielded = 0
+        while True:
+            try:
+                out = next(self._iter)
+            except StopIteration:
+                break
+            except RuntimeError as err:
+                in_flight = self._fed[yielded:]
+                found = self._culprit(in_flight)
+                self._close()
+                if found is None:
+                    paths = [self._files[i] for _, used in in_flight for i in used]
+                    raise RuntimeError(
+                        f"DALI pipeline failed on a batch of {len(paths)} files starting with {paths[:3]}: {err}"
+                    ) from err
+                index, reason = found
+                if self.on_error == "raise":
+                    raise DataError(reason, self._files[index]) from err
+                skips.add(self._files[index], reason)
+                self._excluded.add(index)
+                # Resume with the batches that were in flight, now without the bad file.
+                self._pos, self._fed = in_flight[0][0], self._fed[:yielded]
+                self._build()
+                continue
+            images, labels = out[0]["images"], out[0]["labels"]
+            if self.channels_last:
+                images = images.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last strides
+            if self.dtype == torch.bfloat16:
+                images = images.to(self.device).to(torch.bfloat16)
+            yielded += 1
+            yield images.to(self.device, non_blocking=True), labels.view(-1).to(self.device, non_blocking=True)
+        self._exhausted = True
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._close()
+            raise error

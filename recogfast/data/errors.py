@@ -1,0 +1,97 @@
+"""Bad-data handling shared by the datasets and both loader backends.
+
+Every problem with an input file ends as a :class:`DataError` that names the file, or (with
+``on_error="skip"``) as a skipped sample that the loader counts and reports at the end of the epoch
+with a :class:`SkippedSamplesWarning`. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+ON_ERROR = ("raise", "skip")
+
+_JPEG_SOI = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND"
+# Markers never occur inside JPEG entropy-coded data (0xFF is stuffed as FF 00), so an EOI marker near
+# the end is a reliable "not truncated" test; some writers append a few bytes of padding after it.
+_TAIL = 4096
+
+
+class DataError(RuntimeError):
+    """An input file (image or annotation) that cannot be used; ``path`` names it."""
+
+    def __init__(self, message: str, path: str | os.PathLike | None = None):
+        super().__init__(message)
+        self.path = None if path is None else os.fspath(path)
+
+
+class SkippedSamplesWarning(UserWarning):
+    """Issued at the end of an epoch in which ``on_error="skip"`` dropped unreadable samples."""
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    return on_error
+
+
+def encoded_image_problem(data: bytes | memoryview) -> str | None:
+    """Why these encoded bytes are not a complete JPEG or PNG file, or None when they look complete.
+
+    Cheap checks on the bytes both backends read anyway (no decoding): empty file, unknown format,
+    truncated JPEG (no end-of-image marker) or PNG (no IEND chunk). Grayscale and CMYK JPEGs and PNGs
+    are valid: both backends decode them to 3-channel RGB.
+    """
+    n = len(data)
+    if n == 0:
+        return "empty file"
+    head = bytes(data[:8])
+    tail = bytes(data[max(0, n - _TAIL):])
+    if head.startswith(_JPEG_SOI):
+        if _JPEG_EOI not in tail:
+            return "truncated JPEG (no end-of-image marker)"
+        return None
+    if head.startswith(_PNG_SIGNATURE):
+        if _PNG_IEND not in tail:
+            return "truncated PNG (no IEND chunk)"
+        return None
+    return f"not a JPEG or PNG file (starts with {head[:4].hex(' ')})"
+
+
+def read_encoded(path: str) -> bytes:
+    """The raw bytes of an image file; a :class:`DataError` naming the path when it is missing,
+    unreadable, or not a complete JPEG/PNG."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise DataError(f"cannot read image file {path}: {err.strerror or err}", path) from err
+    problem = encoded_image_problem(data)
+    if problem is not None:
+        raise DataError(f"bad image file {path}: {problem}", path)
+    return data
+
+
+class SkipLog:
+    """Skipped samples of the current epoch, reported by :meth:`report` at its end."""
+
+    def __init__(self):
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: str, reason: str) -> None:
+        if all(path != p for p, _ in self.items):  # a retried batch reports a file once
+            self.items.append((path, reason))
+
+    def report(self, backend: str) -> None:
+        if self.items:
+            path, reason = self.items[0]
+            warnings.warn(
+                f"recogfast.data ({backend}): skipped {len(self.items)} unreadable sample(s) this epoch "
+                f"(on_error='skip'); first: {path}: {reason}",
+                SkippedSamplesWarning,
+                stacklevel=3,
+            )

@@ -1,0 +1,229 @@
+"""``build_loader``: one entry point for the DALI and torchvision input pipelines.
+
+Both backends read ``dataset.files`` / ``dataset.labels`` in the order of the same batch sampler,
+apply the same augmentation parameters (recogfast.data.transforms) and yield ``(images, labels)``
+torch tensors on the target device: images [B, 3, S, S] normalised with the ImageNet mean/std in
+``dtype`` (channels_last strides by default), labels int64 [B].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import torch
+
+from recogfast.data.errors import DataError, SkipLog, check_on_error, read_encoded
+from recogfast.data.samplers import ShuffleBatchSampler
+from recogfast.data.transforms import eval_transform, normalize_batch, train_transform
+
+__all__ = ["build_loader", "dali_available", "TorchvisionLoader"]
+
+log = logging.getLogger("recogfast.data")
+BACKENDS = ("auto", "dali", "torchvision")
+
+
+def dali_available() -> bool:
+    """True when NVIDIA DALI and its PyTorch plugin import."""
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except Exception:  # ImportError, or a DALI build that fails to load its native libraries
+        return False
+    return True
+
+
+def _default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 16))
+
+
+class _Loader:
+    """Common part of the two backends: epochs, sampler, device, output format, skip reports."""
+
+    backend = "?"
+
+    def __init__(self, dataset, batch_sampler, image_size, train, device, dtype, channels_last, on_error,
+                 num_workers, seed):
+        self.dataset, self.batch_sampler = dataset, batch_sampler
+        self.image_size, self.train = image_size, train
+        self.device, self.dtype, self.channels_last = device, dtype, channels_last
+        self.on_error, self.num_workers, self.seed = on_error, num_workers, seed
+        self.epoch = 0
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) skipped in the last epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used by the next iteration (otherwise each iteration advances it by one)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        self.batch_sampler.set_epoch(self.epoch)
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        self.batch_sampler.set_epoch(self.epoch)
+        skips = SkipLog()
+        try:
+            yield from self._iterate(self.epoch, skips)
+        finally:
+            self.skipped = skips.items
+        self.epoch += 1
+        skips.report(self.backend)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(images={len(self.dataset)}, train={self.train}, size={self.image_size}, "
+                f"device={self.device}, dtype={self.dtype}, workers={self.num_workers})")
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Reads, checks, decodes (3-channel RGB) and transforms one file; returns uint8 [3, S, S]."""
+
+    def __init__(self, files, labels, transform, on_error):
+        self.files, self.labels, self.transform, self.on_error = files, labels, transform, on_error
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        path = self.files[index]
+        try:
+            image = decode_rgb(read_encoded(path), path)
+        except DataError as err:  # raised (with its path) or counted by the loader in the main process
+            return None, path, str(err)
+        return self.transform(image), self.labels[index]
+
+
+def decode_rgb(data: bytes, path: str = "<bytes>") -> torch.Tensor:
+    """JPEG (incl. grayscale and CMYK) or PNG bytes → uint8 [3, H, W] RGB; DataError naming the path."""
+    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its decoders in favour of torchcodec; they still are the
+            # libjpeg-turbo / libpng decoders this backend is specified with.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if data[:2] == b"\xff\xd8":
+                return decode_jpeg(encoded, mode=ImageReadMode.RGB)
+            return decode_png(encoded, mode=ImageReadMode.RGB)
+    except RuntimeError as err:
+        raise DataError(f"cannot decode image file {path}: {err}", path) from err
+
+
+def _collate(items):
+    good = [it for it in items if it[0] is not None]
+    skipped = [(it[1], it[2]) for it in items if it[0] is None]
+    if not good:
+        return None, None, skipped
+    return torch.stack([it[0] for it in good]), torch.tensor([it[1] for it in good], dtype=torch.int64), skipped
+
+
+class TorchvisionLoader(_Loader):
+    """DataLoader workers decode with ``torchvision.io`` and crop/flip with ``transforms.v2``; the
+    uint8 batch moves to the device (pinned, non-blocking) and is normalised there."""
+
+    backend = "torchvision"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        transform = (train_transform(self.image_size) if self.train
+                     else (lambda img, size=self.image_size: eval_transform(img, size)))
+        self._data = _DecodeDataset(self.dataset.files, self.dataset.labels, transform, self.on_error)
+        self._generator = torch.Generator()
+
+    def _iterate(self, epoch, skips):
+        # Worker seeds come from this generator, so augmentation is reproducible per (seed, epoch).
+        self._generator.manual_seed(self.seed * 1_000_003 + epoch)
+        loader = torch.utils.data.DataLoader(
+            self._data,
+            batch_sampler=self.batch_sampler,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+            generator=self._generator,
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+        for images, labels, skipped in loader:
+            for path, reason in skipped:
+                if self.on_error == "raise":
+                    raise DataError(reason, path)
+                skips.add(path, reason)
+            if images is None:
+                continue
+            images = images.to(self.device, non_blocking=True)
+            yield normalize_batch(images, self.dtype, self.channels_last), labels.to(self.device, non_blocking=True)
+
+
+def build_loader(
+    dataset,
+    train: bool,
+    batch_size: int,
+    image_size: int | None = None,
+    backend: str = "auto",
+    device: str | torch.device | None = None,
+    sampler=None,
+    num_workers: int | None = None,
+    seed: int = 0,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    channels_last: bool = True,
+    dtype: torch.dtype | None = None,
+    on_error: str = "raise",
+    drop_last: bool | None = None,
+):
+    """An iterable of ``(images, labels)`` over ``dataset`` (anything with ``files`` and ``labels``).
+
+    ``train`` picks the augmentation (random resized crop + flip, else resize to size·8/7 + center
+    crop) and the default order (shuffled per seed and epoch, full batches only; else in order, all
+    samples). ``image_size`` defaults to ``dataset.default_image_size``. ``backend="auto"`` uses DALI
+    when it imports and logs the choice; ``loader.backend`` tells it too. ``device`` defaults to the
+    current CUDA device, else the CPU. ``sampler`` is a batch sampler such as
+    :class:`~recogfast.data.MPerClassSampler` (it then owns the sharding). ``shard_id``/``num_shards``
+    split the data across DDP ranks without overlap. ``dtype`` defaults to float32 (bf16/fp16 allowed).
+    ``on_error="skip"`` skips unreadable samples and warns with the count at the end of the epoch;
+    ``"raise"`` stops at the first one with a :class:`~recogfast.data.DataError` naming the file.
+    The loader's ``set_epoch(e)`` sets the next epoch; otherwise each pass advances it by one.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_on_error(on_error)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if len(dataset.files) == 0:
+        raise ValueError(f"dataset {dataset!r} holds no images")
+    image_size = int(image_size or getattr(dataset, "default_image_size", 224))
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be a CPU or CUDA device, got {device}")
+    dtype = dtype or torch.float32
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+    num_workers = _default_workers() if num_workers is None else int(num_workers)
+    if sampler is None:
+        drop_last = train if drop_last is None else drop_last
+        sampler = ShuffleBatchSampler(len(dataset.files), batch_size, shuffle=train, drop_last=drop_last, seed=seed,
+                                      shard_id=shard_id, num_shards=num_shards)
+    else:
+        if getattr(sampler, "batch_size", batch_size) != batch_size:
+            raise ValueError(f"sampler.batch_size={sampler.batch_size} differs from batch_size={batch_size}")
+        if num_shards != 1 and getattr(sampler, "num_shards", num_shards) != num_shards:
+            raise ValueError("with a sampler, shard it in the sampler (shard_id/num_shards of the sampler)")
+    if backend == "auto":
+        backend = "dali" if dali_available() else "torchvision"
+        log.info("recogfast.data.build_loader: backend='auto' chose %r (%s)", backend,
+                 "DALI imports" if backend == "dali" else "DALI is not installed")
+    args = (dataset, sampler, image_size, train, device, dtype, channels_last, on_error, num_workers, seed)
+    if backend == "dali":
+        if not dali_available():
+            raise ImportError("backend='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or recogfast[dali])")
+        from recogfast.data.dali import DaliLoader
+
+        return DaliLoader(*args, shard_id=shard_id)
+    return TorchvisionLoader(*args)

@@ -1,0 +1,58 @@
+"""The package as users meet it: the build record, `python -m recogfast.info`, and a failed
+extension load that says why."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+import recogfast
+from recogfast import _impl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(code: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_build_info_is_read_from_the_binary():
+    info = _impl.build_info()
+    assert set(info) >= {"cuda", "cuda_archs", "nvcc", "openmp"}
+    assert info["cuda"] in ("0", "1")
+    if info["cuda"] == "1":
+        assert info["cuda_archs"], "a CUDA build records the archs it compiled for"
+    assert torch.ops.recogfast._build_info() == ";".join(f"{k}={v}" for k, v in info.items())
+
+
+def test_info_reports_build_gpu_dali_and_implementations():
+    out = subprocess.run([sys.executable, "-m", "recogfast.info"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for needle in ("torch", "torchvision", "CUDA kernels", "GPU", "DALI", "se_gate      cpu   float32   -> fused"):
+        assert needle in text, f"{needle!r} missing from:\n{text}"
+    if _impl.cuda_kernels_compiled():
+        assert f"compiled for {_impl.build_info()['cuda_archs']}" in text
+
+
+def test_info_shows_reference_when_forced():
+    out = subprocess.run([sys.executable, "-m", "recogfast.info"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "RECOGFAST_IMPL": "reference"}, timeout=300)
+    assert "-> reference (RECOGFAST_IMPL=reference)" in out.stdout
+
+
+def test_failed_extension_load_raises_with_the_reason():
+    # Make the import machinery fail on recogfast._C as a missing or ABI-broken library would.
+    out = _run("import sys; sys.modules['recogfast._C'] = None; import recogfast")
+    assert out.returncode != 0
+    assert "recogfast: the compiled extension recogfast._C failed to load" in out.stderr
+    assert "pip install -e . --no-build-isolation" in out.stderr
+
+
+def test_ops_are_registered_under_the_recogfast_namespace():
+    assert recogfast.ops.se_gate is not None
+    schema = str(torch.ops.recogfast.se_gate.default._schema)
+    assert schema.startswith("recogfast::se_gate(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2)")
