@@ -263,9 +263,11 @@ def build_loss(cfg: RunConfig) -> nn.Module:
     return loss
 
 
-def run_train(cfg: RunConfig, resume: bool | str = False, callbacks=None) -> tuple[dict[str, Any], Trainer]:
-    """Train one run described by `cfg`; returns the summary (also written to ``<out>/summary.json``)
-    and the trainer (its model, history and step losses)."""
+def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
+    """Everything a run needs (data, loaders, model, loss, optimizer, schedule), ready to ``fit()``.
+
+    Input problems (unknown names, missing folders, unreadable weights) surface here, before training.
+    """
     cfg = cfg.resolved()
     rank, world, cfg.device = setup_distributed(cfg.device)
     seed_everything(cfg.seed + rank)
@@ -293,5 +295,13 @@ def run_train(cfg: RunConfig, resume: bool | str = False, callbacks=None) -> tup
                              config=config)
     trainer = Trainer(model, loss, train_loader, evaluate, optimizer, scheduler, interval, out_dir=cfg.out,
                       options=options, device=cfg.device, callbacks=callbacks)
-    summary = trainer.fit(resume=resume)
-    return summary, trainer
+    trainer.test_loader = test_loader
+    trainer.datasets = (train_ds, test_ds)
+    return trainer
+
+
+def run_train(cfg: RunConfig, resume: bool | str = False, callbacks=None) -> tuple[dict[str, Any], Trainer]:
+    """Train one run described by `cfg`; returns the summary (also written to ``<out>/summary.json``)
+    and the trainer (its model, history and step losses)."""
+    trainer = build_trainer(cfg, callbacks)
+    return trainer.fit(resume=resume), trainer

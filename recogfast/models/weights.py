@@ -49,7 +49,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line explanation
-        raise ValueError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from None
+        raise ValueError(f"cannot read weights file {path} (not a torch.save file, or damaged): {type(err).__name__}: {err}") from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
