@@ -137,8 +137,13 @@ def cmd_train(args) -> int:
     _check_dataset_args(args.dataset, args.data)
     if args.task == "retrieval" and args.dataset == "tiny-imagenet":
         raise UsageError("retrieval needs disjoint train/test classes: use --dataset cars196 or shapes196")
-    if args.weights is not None and not os.path.isfile(args.weights):
-        raise UsageError(f"weights file not found: {args.weights}")
+    if args.weights is not None:
+        from recogfast.models.weights import read_state_dict
+
+        try:
+            read_state_dict(args.weights)
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(str(err)) from None
     out = args.out or os.path.join("runs", f"{args.task}-{args.dataset}-{model}")
     if isinstance(args.resume, str):
         _check_checkpoint(args.resume)
@@ -226,6 +231,11 @@ def cmd_bench(args) -> int:
     return subprocess.call(cmd, cwd=root)
 
 
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         import recogfast  # noqa: F401  (the extension: its load error is the message)
@@ -245,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         return handler(args)
     except UsageError as err:
-        print(f"recogfast: error: {err}", file=sys.stderr)
+        print(f"recogfast: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # data problems (missing/corrupt files) anywhere, also mid-training
         from recogfast.data import DataError
 
         if not isinstance(err, DataError):
             raise
-        print(f"recogfast: error: {err}", file=sys.stderr)
+        print(f"recogfast: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("recogfast: interrupted (the last finished epoch is in last.pt; continue with --resume)", file=sys.stderr)
