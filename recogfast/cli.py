@@ -3,6 +3,7 @@
     recogfast train classify  --dataset tiny-imagenet --data DIR --model tinynet --epochs 30 --patience 5
     recogfast train retrieval --dataset cars196 --data DIR --model resnet18 --weights resnet18.pth
     recogfast eval --checkpoint runs/x/best.pt [--features]
+    recogfast compare runs/cubs-parallel runs/cubs-serial12 runs/cubs-serial21
     recogfast info | recogfast bench | recogfast demo
 
 Bad input (unknown model or dataset, a missing folder, an unreadable checkpoint) prints one line
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=_positive_int, default=256)
     ev.add_argument("--backend", choices=("auto", "dali", "torchvision"), default="auto")
     ev.add_argument("--workers", dest="num_workers", type=int, default=None)
+    cmp = sub.add_parser("compare", help="one table of several runs' summaries (e.g. the three CUBS placements)")
+    cmp.add_argument("runs", nargs="+", help="run folders (holding summary.json)")
     sub.add_parser("info", help="build, devices, kernels, models")
     bench = sub.add_parser("bench", help="run the benchmark suites and print one table")
     bench.add_argument("filter", nargs="?", default=None, help="pytest -k expression")
@@ -208,6 +211,28 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    rows = []
+    for folder in args.runs:
+        path = os.path.join(folder, "summary.json")
+        try:
+            with open(path) as f:
+                s = json.load(f)
+        except (OSError, ValueError) as err:
+            raise UsageError(f"cannot read {path}: {err}") from None
+        final = s.get("final") or {}
+        metrics = {k[4:]: v for k, v in final.items() if k.startswith("val_") and k != "val_loss"}
+        rows.append((folder, s.get("config", {}).get("model", "?"), s.get("monitor"), s.get("best_value"),
+                     s.get("best_epoch"), s.get("epochs_run"), final.get("train_img_per_s"), metrics))
+    name_w = max(len(r[0]) for r in rows)
+    print(f"{'run':<{name_w}}  {'model':<24} {'best':>14} {'epoch':>6} {'epochs':>6} {'img/s':>8}")
+    for folder, model, monitor, best, epoch, epochs, speed, _ in rows:
+        shown = f"{monitor} {best:.4f}" if isinstance(best, float) else "-"
+        speed = f"{speed:.0f}" if isinstance(speed, float) else "-"
+        print(f"{folder:<{name_w}}  {model:<24} {shown:>14} {str(epoch):>6} {str(epochs):>6} {speed:>8}")
+    return 0
+
+
 def cmd_info(args) -> int:
     from recogfast.info import report
     from recogfast.models import list_models, model_info
@@ -248,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "bench": cmd_bench}.get(args.command)
+        handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "bench": cmd_bench,
+                   "compare": cmd_compare}.get(args.command)
         if args.command == "demo":
             from recogfast.demo import run_demo
 

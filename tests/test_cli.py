@@ -87,6 +87,10 @@ def test_train_resume_eval(capsys, tmp_path, shapes_cache):
     assert result["test_images"] == 196 and 0.0 <= result["top1"] <= 1.0
     last = torch.load(out / "last.pt", weights_only=True)
     assert result["top1"] == pytest.approx(last["history"][-1]["val_top1"])
+    assert main(["compare", str(out), str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3 and "tinynet" in table[1] and "top1" in table[1]
+    _one_line_error(capsys, ["compare", str(tmp_path / "nowhere")], "cannot read")
     # Recall@K of the classifier's pooled features on the unseen-class split
     assert main(["eval", "--checkpoint", str(out / "best.pt"), "--features", "--workers", "0", "--device", "cpu"]) == 0
     feats = json.loads(capsys.readouterr().out)

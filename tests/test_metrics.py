@@ -148,3 +148,24 @@ def test_accuracy_topk_against_numpy():
     assert meter.compute() == pytest.approx(out)
     with pytest.raises(ValueError, match="targets must be 1-D"):
         accuracy(torch.randn(3, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_search_is_chunked_never_n_by_n(monkeypatch):
+    import recogfast.metrics.retrieval as R
+
+    shapes = []
+    original = R._topk_index_tiebreak
+
+    def spy(sims, k):
+        shapes.append(tuple(sims.shape))
+        return original(sims, k)
+
+    monkeypatch.setattr(R, "_topk_index_tiebreak", spy)
+    n = 2000
+    labels = torch.arange(n) % 50
+    emb = torch.randn(n, 16) + 3 * torch.randn(50, 16)[labels]
+    out = retrieval_metrics(emb, labels, chunk_size=128)
+    assert shapes and all(q <= 128 and cols == n for q, cols in shapes)  # [chunk, N] blocks only
+    assert len(shapes) == -(-n // 128)
+    full = retrieval_metrics(emb, labels, chunk_size=n)
+    assert out == full
