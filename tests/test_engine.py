@@ -146,3 +146,12 @@ def test_warmup_cosine_shape():
         build_scheduler(torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=1), "linear", 1, 1)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         build_optimizer(nn.Linear(2, 2), "adam")
+
+
+def test_plots_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    t = _trainer(tmp_path, epochs=2)
+    t.opt.plots = True
+    summary = t.fit()
+    assert sorted(p.rsplit("/", 1)[-1] for p in summary["plots"]) == ["loss.png", "metrics.png"]
+    assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "metrics.png").is_file()
