@@ -155,3 +155,10 @@ def test_plots_written(tmp_path):
     summary = t.fit()
     assert sorted(p.rsplit("/", 1)[-1] for p in summary["plots"]) == ["loss.png", "metrics.png"]
     assert (tmp_path / "loss.png").stat().st_size > 1000 and (tmp_path / "metrics.png").is_file()
+
+
+def test_fp16_autocast_with_grad_scaler(tmp_path):
+    t = _trainer(tmp_path, epochs=1, amp="fp16")
+    t.fit()
+    assert all(torch.isfinite(torch.tensor(t.step_losses)))
+    assert load_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] > 0  # the scaler's state is checkpointed
