@@ -164,3 +164,14 @@ def test_channels_last_bf16_autocast_matches_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)
+
+
+def test_se_resnext50_loads_torchvision_resnext50(tmp_path):
+    tv = torchvision.models.resnext50_32x4d()
+    path = _save_tv(tmp_path, tv)
+    model = create_model("se_resnext50_32x4d", weights=path)
+    rep = model.load_report
+    assert len(rep.loaded) == len(tv.state_dict()) and not rep.replaced and not rep.dropped
+    assert len(rep.new) == 16 * 4 and all(".attn." in k for k in rep.new)  # SE in each of the 16 bottlenecks
+    torch.testing.assert_close(model.layer3[5].conv2.weight, tv.layer3[5].conv2.weight)
+    assert model.layer3[5].conv2.groups == 32
