@@ -79,8 +79,8 @@ def _defaults(args, device: str) -> dict:
     return {
         "image_size": args.image_size or (64 if gpu else 32),
         "stem": args.stem or ("small" if gpu else "imagenet"),
-        "classify_epochs": args.classify_epochs or (30 if gpu else 6),
-        "retrieval_epochs": args.retrieval_epochs or (30 if gpu else 6),
+        "classify_epochs": args.classify_epochs or (30 if gpu else 4),
+        "retrieval_epochs": args.retrieval_epochs or (30 if gpu else 4),
         "batch_size": args.batch_size or (128 if gpu else 64),
         "num_workers": args.num_workers if args.num_workers is not None else (None if gpu else 0),
     }
@@ -131,6 +131,8 @@ def run_demo(args) -> int:
             raw = retrieval_metrics(*raw_pixels(test_loader))
             trainer.model.eval()
             untrained = trainer.evaluate_fn(trainer.model)
+            print(f"baselines: Recall@1 raw pixels {raw['recall@1']:.3f}, untrained network {untrained['recall@1']:.3f}",
+                  flush=True)
             s = trainer.fit()
             best = trainer.history[s["best_epoch"] - 1] if s["best_epoch"] else trainer.history[-1]
             trained = {k[4:]: v for k, v in best.items() if k.startswith("val_")}
