@@ -162,3 +162,16 @@ def test_fp16_autocast_with_grad_scaler(tmp_path):
     t.fit()
     assert all(torch.isfinite(torch.tensor(t.step_losses)))
     assert load_checkpoint(tmp_path / "last.pt")["scaler"]["scale"] > 0  # the scaler's state is checkpointed
+
+
+def test_stop_training_callback(tmp_path):
+    from recogfast.engine import StopTraining
+
+    def stop(trainer, event, **info):
+        if event == "step" and trainer.epoch == 1 and info["step"] == 1:
+            raise StopTraining
+
+    t = _trainer(tmp_path, epochs=4, callbacks=[stop])
+    summary = t.fit()
+    assert summary["epochs_run"] == 1 and len(t.step_losses) == len(t.train_loader) + 2
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and (tmp_path / "summary.json").is_file()

@@ -28,7 +28,8 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 class StopTraining(Exception):
-    """Raised by a callback to end training cleanly after the current step (the run is not saved)."""
+    """Raised by a callback to end training after the current step: the unfinished epoch is not
+    checkpointed (``last.pt`` stays at the last finished epoch), the summary is still written."""
 
 
 @dataclass
@@ -300,6 +301,8 @@ class Trainer:
                     print(f"epoch {self.epoch}/{self.opt.epochs}  " + "  ".join(
                         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
                     ) + ("  *best" if best else ""), flush=True)
+        except StopTraining:
+            pass
         finally:
             tb.close()
         summary = self.summary(time.perf_counter() - t0)
