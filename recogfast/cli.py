@@ -127,6 +127,23 @@ def _check_dataset_args(dataset: str, data: str | None) -> None:
         raise UsageError(f"--data DIR is required for {dataset}")
 
 
+def _check_device(device: str | None) -> None:
+    import torch
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} asked for, but no CUDA GPU is visible")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"device {device!r} asked for, but only {torch.cuda.device_count()} GPU(s) are visible")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device must be cpu or cuda[:N], got {device!r}")
+
+
 def _check_checkpoint(path: str) -> dict:
     from recogfast.engine.checkpoint import load_checkpoint
 
@@ -144,6 +161,7 @@ def cmd_train(args) -> int:
     if model not in list_models():
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
     _check_dataset_args(args.dataset, args.data)
+    _check_device(args.device)
     if args.task == "retrieval" and args.dataset == "tiny-imagenet":
         raise UsageError("retrieval needs disjoint train/test classes: use --dataset cars196 or shapes196")
     if args.weights is not None:
@@ -178,6 +196,7 @@ def cmd_eval(args) -> int:
     from recogfast.engine import tasks
     from recogfast.metrics import retrieval_metrics
 
+    _check_device(args.device)
     ckpt = _check_checkpoint(args.checkpoint)
     saved = ckpt.get("config") or {}
     known = {f.name for f in dataclasses.fields(tasks.RunConfig)}

@@ -99,6 +99,9 @@ def run_demo(args) -> int:
         print(f"recogfast: error: unknown model {args.model!r}; choose one of: {', '.join(list_models())}", file=sys.stderr)
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"recogfast: error: device {device!r} asked for, but no CUDA GPU is visible", file=sys.stderr)
+        return 2
     d = _defaults(args, device)
     os.makedirs(args.out, exist_ok=True)
     print(f"recogfast demo: {args.model} ({d['stem']} stem) on Shapes196 at {d['image_size']}×{d['image_size']}, "

@@ -43,6 +43,7 @@ def _one_line_error(capsys, argv, pattern):
         (["eval", "--checkpoint", "/nonexistent/best.pt"], "checkpoint not found: /nonexistent/best.pt"),
         (["train", "classify", "--weights", "/nonexistent/w.pth"], "weights file not found"),
         (["demo", "--model", "nope"], "unknown model 'nope'"),
+        (["train", "classify", "--device", "tpu"], "device"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, pattern):
