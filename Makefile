@@ -25,6 +25,8 @@ $(DEPS_STAMP): | $(PY)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q $(TEST_DEPS)
+	$(PY) -m pip install -q --no-deps pytorch-metric-learning tqdm
+	$(PY) -m pip install -q nvidia-dali-cuda130 || echo "DALI not installed: the torchvision data backend will be used"
 	touch $@
 
 # First time: an editable install that compiles the kernels against the venv's torch (hence

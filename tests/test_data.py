@@ -546,3 +546,103 @@ def test_missing_dataset_root(tmp_path):
         rd.TinyImageNet(tmp_path, "train")
     with pytest.raises(rd.DataError, match="cars_annos.mat"):
         rd.Cars196(tmp_path, "train")
+
+
+def test_torchvision_augmentation_independent_of_workers(mixed_dir, tmp_path):
+    """Augmentation is seeded per (seed, epoch, sample): worker count and set_epoch jumps do not matter."""
+    ds = _identity_list(mixed_dir[:6])
+    inline = _loader(ds, True, 3, 12, "torchvision", seed=2, num_workers=0)
+    pooled = _loader(ds, True, 3, 12, "torchvision", seed=2, num_workers=2)
+    a = [x for x, _ in inline]
+    b = [x for x, _ in pooled]
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and len(a) == 2
+    pooled.set_epoch(0)
+    assert all(torch.equal(x, y) for x, y in zip(a, (x for x, _ in pooled)))
+    assert not torch.equal(a[0], next(iter(inline))[0])  # epoch 1 draws new crops
+    # Errors cross the worker boundary with their path.
+    bad = _bad_file("truncated", tmp_path, mixed_dir[0])
+    with pytest.raises(rd.DataError, match="bad_truncated.jpg"):
+        list(_loader(_identity_list(mixed_dir[:2] + [bad]), False, 3, 8, "torchvision", num_workers=2))
+
+
+def _crop_windows(images):
+    """(x0, width, y0, height, flipped) of each train crop of the coordinate image (R = x, G = y)."""
+    px = _pixels(images)
+    r, g = px[:, 0].mean(1), px[:, 1].mean(2)  # R along the width, G along the height
+    n = r.shape[1]
+    slope_x = (r[:, -1] - r[:, 0]) / (n - 1)
+    slope_y = (g[:, -1] - g[:, 0]) / (n - 1)
+    return slope_x.abs() * n, slope_y * n, slope_x < 0
+
+
+def _reference_rrc_stats(rng, trials, size=256):
+    """torchvision's RandomResizedCrop.get_params on a square image, in numpy."""
+    areas, log_ratios = [], []
+    for _ in range(trials):
+        for _ in range(10):
+            area = size * size * rng.uniform(0.08, 1.0)
+            log_r = rng.uniform(np.log(3 / 4), np.log(4 / 3))
+            w, h = round(np.sqrt(area * np.exp(log_r))), round(np.sqrt(area / np.exp(log_r)))
+            if 0 < w <= size and 0 < h <= size:
+                break
+        else:
+            w = h = size
+        areas.append(w * h / size**2)
+        log_ratios.append(np.log(w / h))
+    return np.mean(areas), np.std(areas), np.mean(log_ratios), np.std(log_ratios)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_crops_follow_the_scale_ratio_distribution(backend, tmp_path):
+    """Crop windows read back from a coordinate image: area in [0.08, 1], ratio in [3/4, 4/3], the
+    same moments as torchvision's sampler, flips half the time."""
+    y, x = np.mgrid[0:256, 0:256]
+    path = str(tmp_path / "coords.png")
+    Image.fromarray(np.stack([x, y, np.full_like(x, 128)], -1).astype(np.uint8)).save(path)
+    n = 240
+    ds = rd.ImageList([path] * n, [0] * n, ["coords"])
+    images = torch.cat([x for x, _ in _loader(ds, True, 48, 32, backend, seed=3)])
+    width, height, flipped = _crop_windows(images)
+    area = (width * height / 256**2).numpy()
+    log_ratio = torch.log(width / height).numpy()
+    assert area.min() > 0.06 and area.max() < 1.02
+    assert np.abs(log_ratio).max() < np.log(4 / 3) + 0.06
+    mean_a, std_a, mean_r, std_r = _reference_rrc_stats(np.random.default_rng(0), 20000)
+    assert abs(area.mean() - mean_a) < 4 * std_a / np.sqrt(n)
+    assert abs(log_ratio.mean() - mean_r) < 4 * std_r / np.sqrt(n)
+    assert abs(log_ratio.std() - std_r) < 0.25 * std_r
+    assert 0.35 < flipped.float().mean() < 0.65
+
+
+def test_works_without_dali(mixed_dir, monkeypatch, caplog):
+    """Where DALI is missing, auto falls back to torchvision (and says so); asking for DALI is an
+    ImportError that names the package."""
+    from recogfast.data import loaders
+
+    monkeypatch.setattr(loaders, "dali_available", lambda: False)
+    ds = _identity_list(mixed_dir[:3])
+    with caplog.at_level(logging.INFO, logger="recogfast.data"):
+        loader = rd.build_loader(ds, False, 3, 8, device="cpu", num_workers=0)
+    assert loader.backend == "torchvision" and "DALI is not installed" in caplog.text
+    assert [y.tolist() for _, y in loader] == [[0, 1, 2]]
+    with pytest.raises(ImportError, match="nvidia-dali-cuda130"):
+        rd.build_loader(ds, False, 3, 8, backend="dali")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a visible GPU")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("train", [False, True])
+def test_cuda_output(backend, train, mixed_dir):
+    """On a GPU: images and labels arrive on the device; eval pixels match the CPU pipeline within the
+    decoders' tolerance (nvJPEG's IDCT and colour conversion differ slightly from libjpeg-turbo)."""
+    ds = _identity_list(mixed_dir)
+    kw = {"num_workers": 2}
+    gpu = list(rd.build_loader(ds, train, 4, 16, backend=backend, device="cuda", dtype=torch.bfloat16, **kw))
+    for x, y in gpu:
+        assert x.device.type == "cuda" and y.device.type == "cuda"
+        assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+        assert x.shape[1:] == (3, 16, 16)
+    if not train:
+        cpu = torch.cat([x for x, _ in _loader(ds, False, 4, 16, "torchvision")])
+        diff = (_pixels(torch.cat([x for x, _ in gpu]).float().cpu()) - _pixels(cpu)).abs()
+        assert diff.mean() < 2.5 and diff.max() < 24, (diff.mean(), diff.max())

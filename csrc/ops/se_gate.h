@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 
 #include <tuple>
 
@@ -40,6 +41,42 @@ inline int64_t check_se_gate_args(const at::Tensor& x, const at::Tensor& w1, con
   checks::like(op, "w2", w2, "x", x);
   checks::like(op, "b2", b2, "x", x);
   return R;
+}
+
+// The arguments every kernel works on: checked, in the one layout the kernel indexes (NCHW, or NHWC
+// for channels_last input), with the outputs allocated in that layout.
+struct SEGateArgs {
+  at::Tensor x, grad_y, w1, b1, w2, b2;  // grad_y is undefined in the forward
+  int64_t R;
+  bool channels_last;
+};
+
+inline SEGateArgs prepare_se_gate(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                  const at::Tensor& w2, const at::Tensor& b2,
+                                  const at::Tensor& grad_y = at::Tensor()) {
+  const int64_t R = check_se_gate_args(x, w1, b1, w2, b2);
+  if (grad_y.defined()) {
+    checks::shape("recogfast::se_gate_backward", "grad_y", grad_y, x.sizes(), "x.shape");
+    checks::like("recogfast::se_gate_backward", "grad_y", grad_y, "x", x);
+  }
+  const bool cl = checks::use_channels_last(x);
+  const auto fmt = checks::layout_of(cl);
+  return {x.contiguous(fmt), grad_y.defined() ? grad_y.contiguous(fmt) : at::Tensor(),
+          w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), R, cl};
+}
+
+using SEGateGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// grad_x in the kernel's layout and the weight gradients; zero-filled weight gradients when x is empty
+// (a sum over no samples), so kernels can return early.
+inline SEGateGrads alloc_se_gate_grads(const SEGateArgs& a) {
+  at::Tensor gx = at::empty_like(a.x, checks::layout_of(a.channels_last));
+  at::Tensor gw1 = at::empty_like(a.w1), gb1 = at::empty_like(a.b1), gw2 = at::empty_like(a.w2),
+             gb2 = at::empty_like(a.b2);
+  if (a.x.numel() == 0) {
+    for (auto* t : {&gw1, &gb1, &gw2, &gb2}) t->zero_();
+  }
+  return {gx, gw1, gb1, gw2, gb2};
 }
 
 }  // namespace detail

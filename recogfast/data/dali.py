@@ -45,6 +45,10 @@ class DaliLoader(_Loader):
         self.max_batch = int(getattr(self.batch_sampler, "batch_size"))
         self._files, self._labels = self.dataset.files, self.dataset.labels
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(8, max(2, self.num_workers)))
+        # Reads the next batch's files while the current one is decoded (the source runs on the
+        # caller's thread, so reading there would stall the training step).
+        self._ahead = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._reads: dict[int, concurrent.futures.Future] = {}
         self._pipe = self._iter = None
         self._exhausted = False
         self._excluded: set[int] = set()
@@ -54,9 +58,12 @@ class DaliLoader(_Loader):
         while True:
             if self._pos >= len(self._plan) or self._error is not None:
                 raise StopIteration
-            plan_pos, indices = self._pos, [i for i in self._plan[self._pos] if i not in self._excluded]
+            plan_pos = self._pos
             self._pos += 1
-            results = list(self._pool.map(_read, [self._files[i] for i in indices]))
+            future = self._reads.pop(plan_pos, None) or self._read_batch(plan_pos)
+            if self._pos < len(self._plan) and self._pos not in self._reads:
+                self._reads[self._pos] = self._read_batch(self._pos)
+            indices, results = future.result()
             data, labels, used = [], [], []
             for i, (encoded, problem) in zip(indices, results):
                 if problem is not None:
@@ -73,6 +80,11 @@ class DaliLoader(_Loader):
                 self._fed.append((plan_pos, used))
                 return data, labels
 
+    def _read_batch(self, plan_pos):
+        indices = [i for i in self._plan[plan_pos] if i not in self._excluded]
+        paths = [self._files[i] for i in indices]
+        return self._ahead.submit(lambda: (indices, list(self._pool.map(_read, paths))))
+
     # --- the pipeline --------------------------------------------------------------------------
     def _build(self):
         from nvidia.dali import fn, types
@@ -86,25 +98,27 @@ class DaliLoader(_Loader):
             num_threads=max(1, self.num_workers),
             device_id=self.device.index if gpu else None,
             seed=(self.seed * 1_000_003 + self.shard_id) % (2**31 - 1),
-            prefetch_queue_depth=2,
+            prefetch_queue_depth=3 if gpu else 2,
         )
         with pipe:
             encoded, labels = fn.external_source(
                 source=self._next_batch, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64], ndim=[1, 1],
             )
             decoder = "mixed" if gpu else "cpu"
+            # Preallocated nvJPEG buffers (the values of DALI's ImageNet examples) avoid regrowing them.
+            dec_args = {"device_memory_padding": 211025920, "host_memory_padding": 140544512} if gpu else {}
             if self.train:
                 # Fused decode + random crop: only the crop window is decoded (ROI decoding).
                 images = fn.decoders.image_random_crop(
                     encoded, device=decoder, output_type=types.RGB,
-                    random_area=list(TRAIN_SCALE), random_aspect_ratio=list(TRAIN_RATIO), num_attempts=10,
+                    random_area=list(TRAIN_SCALE), random_aspect_ratio=list(TRAIN_RATIO), num_attempts=10, **dec_args,
                 )
                 images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR,
                                    antialias=True)
                 mirror = fn.random.coin_flip(probability=FLIP_PROB)
                 crop = {}
             else:
-                images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+                images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, **dec_args)
                 images = fn.resize(images, resize_shorter=eval_resize_size(size), interp_type=types.INTERP_LINEAR,
                                    antialias=True)
                 mirror = 0
@@ -142,7 +156,7 @@ class DaliLoader(_Loader):
 
     def _iterate(self, epoch, skips):
         self._plan = [list(b) for b in self.batch_sampler]
-        self._pos, self._fed, self._error, self._skips = 0, [], None, skips
+        self._pos, self._fed, self._error, self._skips, self._reads = 0, [], None, skips, {}
         if self._iter is not None and self._exhausted:
             self._iter.reset()
         else:
@@ -170,7 +184,7 @@ class DaliLoader(_Loader):
                 skips.add(self._files[index], reason)
                 self._excluded.add(index)
                 # Resume with the batches that were in flight, now without the bad file.
-                self._pos, self._fed = in_flight[0][0], self._fed[:yielded]
+                self._pos, self._fed, self._reads = in_flight[0][0], self._fed[:yielded], {}
                 self._build()
                 continue
             images, labels = out[0]["images"], out[0]["labels"]

@@ -25,7 +25,7 @@ SHAPES = ("circle", "triangle", "square", "diamond", "pentagon", "hexagon", "sta
 HUES = ("red", "orange", "yellow", "green", "cyan", "blue", "magenta")
 FILLS = ("solid", "stripes", "dots", "ring")
 _HUE_VALUES = (0.0, 0.08, 0.16, 0.33, 0.5, 0.64, 0.83)  # distinct colour names, not an even circle
-_FORMAT_VERSION = 1  # bump when the drawing changes, so old caches are not reused
+_FORMAT_VERSION = 2  # bump when the drawing changes, so old caches are not reused
 _SUPERSAMPLE = 2
 
 
@@ -69,15 +69,15 @@ def render_shape_image(class_index: int, image_index: int, image_size: int = 64,
     n = image_size * _SUPERSAMPLE
 
     # Background: a desaturated colour of any hue, plus a soft gradient so it is not flat.
-    bg = np.array(_rgb(rng.random(), rng.uniform(0.0, 0.25), rng.uniform(0.25, 0.95)), dtype=np.float32)
+    bg = np.array(_rgb(rng.random(), rng.uniform(0.0, 0.15), rng.uniform(0.45, 0.9)), dtype=np.float32)
     ramp = np.linspace(-1, 1, n, dtype=np.float32)
-    gx, gy = rng.uniform(-20, 20, size=2)
+    gx, gy = rng.uniform(-12, 12, size=2)
     canvas = bg + (gx * ramp[None, :, None] + gy * ramp[:, None, None])
     img = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
 
     # Clutter blobs: small ellipses of random colour, drawn under the shape.
-    for _ in range(int(rng.integers(2, 5))):
+    for _ in range(int(rng.integers(1, 4))):
         bx, by = rng.uniform(0, n, size=2)
         br = rng.uniform(0.04, 0.1) * n
         colour = _rgb(rng.random(), rng.uniform(0.2, 0.9), rng.uniform(0.3, 1.0))

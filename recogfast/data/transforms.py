@@ -59,7 +59,7 @@ def train_transform(size: int):
 def normalize_batch(images: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
     """uint8 [B, 3, H, W] (any device) → (x/255 - mean)/std in ``dtype``, channels_last if asked."""
     if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)  # a no-op for loader batches
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).mul_(255).view(1, 3, 1, 1)
     inv_std = torch.tensor(IMAGENET_STD, device=images.device).mul_(255).reciprocal_().view(1, 3, 1, 1)
     return images.float().sub_(mean).mul_(inv_std).to(dtype)

@@ -44,6 +44,10 @@ class CrossBatchMemory(nn.Module):
             raise RuntimeError(f"CrossBatchMemory: embeddings must have shape [B, embedding_dim = {self.embedding_dim}], "
                                f"got {list(embeddings.shape)}")
         ref, ref_labels = self.reference_set()
+        if torch.is_grad_enabled() and embeddings.requires_grad:
+            # The loss saves its reference set for the backward pass, and enqueue() below overwrites the ring
+            # buffer in place: hand the loss a snapshot (O(memory_size * D), like the loss's own buffers).
+            ref, ref_labels = ref.clone(), ref_labels.clone()
         if ref.shape[0] == 0:
             loss = self.loss(embeddings, labels)
         else:

@@ -14,7 +14,9 @@ without a negative mines nothing), ``"all"`` keeps every pair, ``"hardest"`` kee
 reduces tiles of it to per-anchor statistics — the mining thresholds and the two log-sum-exps, kept
 with a running maximum so β = 50 cannot overflow — which it returns beside the loss. Its backward op
 recomputes the tiles; dL/dS_ij is a per-pair weight computed from those statistics, and the
-embedding gradients are sums of weights times embeddings, accumulated tile by tile.
+embedding gradients are sums of weights times embeddings, accumulated tile by tile. On the CPU, when the
+reference set needs no gradient (``cache_ref_grad``, set by `ms_loss`), the forward pass also gathers the
+reference set's share of the anchors' gradient so that the backward pass skips those tiles.
 """
 
 from __future__ import annotations
@@ -174,8 +176,12 @@ def ms_loss(
     """
     alpha, beta, base, epsilon = float(alpha), float(beta), float(base), float(epsilon)
     if isinstance(embeddings, torch.Tensor) and _fused_available() and _impl.use_fused("ms_loss", impl, embeddings):
+        # On the CPU, a reference set that needs no gradient (a cross-batch memory) gets its share of the
+        # anchors' gradient gathered in the forward pass instead of recomputed in the backward pass.
+        cache = (torch.is_grad_enabled() and embeddings.requires_grad and ref_embeddings is not None
+                 and not ref_embeddings.requires_grad)
         return torch.ops.recogfast.ms_loss(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base,
-                                           epsilon, mining)[0]
+                                           epsilon, mining, cache)[0]
     check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining)
     return ms_loss_reference(embeddings, labels, alpha, beta, base, epsilon, mining, ref_embeddings, ref_labels)
 
@@ -196,5 +202,50 @@ def register() -> None:
 _registered = False
 
 
+def caches_ref_grad(embeddings, ref_embeddings, mining, cache_ref_grad) -> bool:
+    """Whether the op fills ref_grad_cache (csrc/ops/ms_loss.h: ms_loss_caches_ref_grad)."""
+    return bool(cache_ref_grad and embeddings.device.type == "cpu" and ref_embeddings is not None
+                and ref_embeddings.shape[0] > 0 and mining != "hardest")
+
+
+def _fake(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, cache_ref_grad=False):
+    check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, check_values=False)
+    B = embeddings.shape[0]
+    acc = _opmath(embeddings.dtype)
+    loss = embeddings.new_empty(())
+    stats = embeddings.new_empty((B, len(STATS)), dtype=acc)
+    hard_idx = embeddings.new_empty((B, 2), dtype=torch.int64)
+    cached = caches_ref_grad(embeddings, ref_embeddings, mining, cache_ref_grad)
+    cache = embeddings.new_empty(tuple(embeddings.shape) if cached else (0,), dtype=acc)
+    return loss, stats, hard_idx, cache
+
+
+def _fake_backward(grad_loss, embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, ref_grad_cache, alpha,
+                   beta, base, epsilon, mining, ref_requires_grad):
+    check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, check_values=False)
+    grad_ref = (torch.empty_like(ref_embeddings) if ref_requires_grad and ref_embeddings is not None
+                else embeddings.new_empty((0,)))
+    return torch.empty_like(embeddings), grad_ref
+
+
+def _setup_context(ctx, inputs, output):
+    embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining = inputs[:9]
+    _, stats, hard_idx, cache = output
+    ctx.params = (alpha, beta, base, epsilon, mining)
+    ctx.has_ref = ref_embeddings is not None
+    ctx.save_for_backward(embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, cache)
+    ctx.mark_non_differentiable(stats, hard_idx, cache)
+
+
+def _backward(ctx, grad_loss, _grad_stats, _grad_hard_idx, _grad_cache):
+    embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, cache = ctx.saved_tensors
+    ref_grad = ctx.has_ref and ctx.needs_input_grad[2]
+    grad_e, grad_r = torch.ops.recogfast.ms_loss_backward(grad_loss, embeddings, labels, ref_embeddings, ref_labels,
+                                                          stats, hard_idx, cache, *ctx.params, ref_grad)
+    return grad_e, None, (grad_r if ref_grad else None), None, None, None, None, None, None, None
+
+
 def _register_fused() -> None:
-    pass
+    torch.library.register_fake("recogfast::ms_loss")(_fake)
+    torch.library.register_fake("recogfast::ms_loss_backward")(_fake_backward)
+    torch.library.register_autograd("recogfast::ms_loss", _backward, setup_context=_setup_context)

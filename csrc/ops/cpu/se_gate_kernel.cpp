@@ -257,50 +257,37 @@ struct SEGateCPU {
 };
 
 template <typename scalar_t>
-SEGateCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
-                                const at::Tensor& w2, const at::Tensor& b2, int64_t R, bool channels_last) {
-  return SEGateCPU<scalar_t>{x.const_data_ptr<scalar_t>(), w1.const_data_ptr<scalar_t>(),
-                             b1.const_data_ptr<scalar_t>(), w2.const_data_ptr<scalar_t>(),
-                             b2.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3),
-                             R, channels_last};
+SEGateCPU<scalar_t> make_kernel(const detail::SEGateArgs& a) {
+  const at::Tensor& x = a.x;
+  return SEGateCPU<scalar_t>{x.const_data_ptr<scalar_t>(), a.w1.const_data_ptr<scalar_t>(),
+                             a.b1.const_data_ptr<scalar_t>(), a.w2.const_data_ptr<scalar_t>(),
+                             a.b2.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3),
+                             a.R, a.channels_last};
 }
 
-at::Tensor se_gate_cpu(const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_, const at::Tensor& w2_,
-                       const at::Tensor& b2_) {
-  const int64_t R = detail::check_se_gate_args(x_, w1_, b1_, w2_, b2_);
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
-  const at::Tensor w1 = w1_.contiguous(), b1 = b1_.contiguous(), w2 = w2_.contiguous(), b2 = b2_.contiguous();
-  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
-  if (x.numel() == 0) return y;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_cpu", [&] {
-    make_kernel<scalar_t>(x, w1, b1, w2, b2, R, cl).forward(y.mutable_data_ptr<scalar_t>());
+at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                       const at::Tensor& b2) {
+  const auto a = detail::prepare_se_gate(x, w1, b1, w2, b2);
+  at::Tensor y = at::empty_like(a.x, checks::layout_of(a.channels_last));
+  if (a.x.numel() == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "se_gate_cpu", [&] {
+    make_kernel<scalar_t>(a).forward(y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_gate_backward_cpu(
-    const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_,
-    const at::Tensor& w2_, const at::Tensor& b2_) {
-  const int64_t R = detail::check_se_gate_args(x_, w1_, b1_, w2_, b2_);
-  checks::shape("recogfast::se_gate_backward", "grad_y", grad_y_, x_.sizes(), "x.shape");
-  checks::like("recogfast::se_gate_backward", "grad_y", grad_y_, "x", x_);
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
-  const at::Tensor gy = grad_y_.contiguous(checks::layout_of(cl));
-  const at::Tensor w1 = w1_.contiguous(), b1 = b1_.contiguous(), w2 = w2_.contiguous(), b2 = b2_.contiguous();
-  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
-  at::Tensor gw1 = at::empty_like(w1), gb1 = at::empty_like(b1), gw2 = at::empty_like(w2), gb2 = at::empty_like(b2);
-  if (x.numel() == 0) {
-    for (auto* t : {&gw1, &gb1, &gw2, &gb2}) t->zero_();
-    return {gx, gw1, gb1, gw2, gb2};
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_backward_cpu", [&] {
-    make_kernel<scalar_t>(x, w1, b1, w2, b2, R, cl)
-        .backward(gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gw1.mutable_data_ptr<scalar_t>(),
-                  gb1.mutable_data_ptr<scalar_t>(), gw2.mutable_data_ptr<scalar_t>(), gb2.mutable_data_ptr<scalar_t>());
+detail::SEGateGrads se_gate_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1,
+                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+  const auto a = detail::prepare_se_gate(x, w1, b1, w2, b2, grad_y);
+  auto grads = detail::alloc_se_gate_grads(a);
+  if (a.x.numel() == 0) return grads;
+  auto& [gx, gw1, gb1, gw2, gb2] = grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "se_gate_backward_cpu", [&] {
+    make_kernel<scalar_t>(a).backward(a.grad_y.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
+                                      gw1.mutable_data_ptr<scalar_t>(), gb1.mutable_data_ptr<scalar_t>(),
+                                      gw2.mutable_data_ptr<scalar_t>(), gb2.mutable_data_ptr<scalar_t>());
   });
-  return {gx, gw1, gb1, gw2, gb2};
+  return grads;
 }
 
 }  // namespace

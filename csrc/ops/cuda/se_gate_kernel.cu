@@ -261,6 +261,11 @@ int64_t grid_for(int64_t work_items, int64_t threads) {
   return std::max<int64_t>(1, std::min<int64_t>((work_items + threads - 1) / threads, num_sms() * 32));
 }
 
+// Upper bound on the pixel chunks launch_pool splits an NHWC sample into (NCHW: one).
+int64_t max_pool_chunks(int64_t HW, bool channels_last) {
+  return channels_last ? std::min<int64_t>(65535, (HW + 31) / 32) : 1;
+}
+
 // Channel sums of x (and of grad_y * x): returns the number of pixel chunks written.
 template <typename scalar_t, typename acc_t, bool kWithGrad>
 int64_t launch_pool(const scalar_t* x, const scalar_t* gy, acc_t* px, acc_t* pgx, int64_t B, int64_t C, int64_t HW,
@@ -277,7 +282,7 @@ int64_t launch_pool(const scalar_t* x, const scalar_t* gy, acc_t* px, acc_t* pgx
   const int64_t cblocks = (C + kWarp - 1) / kWarp;
   // Enough blocks to fill the GPU several times over, but each chunk at least 4 pixels a lane.
   const int64_t want = std::max<int64_t>(1, (num_sms() * 8 + B * cblocks - 1) / (B * cblocks));
-  const int64_t chunks = std::min<int64_t>({want, (HW + 31) / 32, 65535});
+  const int64_t chunks = std::min<int64_t>(want, max_pool_chunks(HW, true));
   const int64_t per_chunk = (HW + chunks - 1) / chunks;
   const int64_t n_chunks = (HW + per_chunk - 1) / per_chunk;
   const size_t smem = 2 * block.y * kWarp * sizeof(acc_t);
@@ -330,32 +335,30 @@ size_t mlp_smem_bytes(int64_t C, int64_t R, size_t acc_size) {
 
 at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_, const at::Tensor& w2_,
-                        const at::Tensor& b2_) {
-  const int64_t R = detail::check_se_gate_args(x_, w1_, b1_, w2_, b2_);
+at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                        const at::Tensor& b2) {
   TORCH_CHECK(x_.is_cuda(), "recogfast::se_gate: x must be a CUDA tensor for the CUDA kernel, got ", x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
-  const at::Tensor w1 = w1_.contiguous(), b1 = b1_.contiguous(), w2 = w2_.contiguous(), b2 = b2_.contiguous();
+  const auto a = detail::prepare_se_gate(x_, w1, b1, w2, b2);
+  const at::Tensor& x = a.x;
+  const bool cl = a.channels_last;
   at::Tensor y = at::empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
-  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = a.R;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor partial = at::empty({cl ? std::min<int64_t>(65535, (HW + 31) / 32) * B * C : B * C}, acc_opts);
+    at::Tensor partial = at::empty({max_pool_chunks(HW, cl) * B * C}, acc_opts);
     at::Tensor gate = at::empty({B, C}, acc_opts);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const int64_t chunks =
         launch_pool<scalar_t, acc_t, false>(xp, nullptr, partial.mutable_data_ptr<acc_t>(), nullptr, B, C, HW, cl, stream);
-    const size_t smem = mlp_smem_bytes(C, R, sizeof(acc_t));
-    se_gate_mlp_kernel<scalar_t, acc_t, false><<<B, 256, smem, stream>>>(
-        partial.const_data_ptr<acc_t>(), nullptr, chunks, w1.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(),
-        w2.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), B, C, R, HW, gate.mutable_data_ptr<acc_t>(),
-        nullptr, nullptr, nullptr, nullptr, nullptr);
+    se_gate_mlp_kernel<scalar_t, acc_t, false><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
+        partial.const_data_ptr<acc_t>(), nullptr, chunks, a.w1.const_data_ptr<scalar_t>(),
+        a.b1.const_data_ptr<scalar_t>(), a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), B, C, R,
+        HW, gate.mutable_data_ptr<acc_t>(), nullptr, nullptr, nullptr, nullptr, nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, false>(xp, y.mutable_data_ptr<scalar_t>(), gate.const_data_ptr<acc_t>(), nullptr,
                                          x.numel(), C, HW, cl, stream);
@@ -363,33 +366,24 @@ at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1_, const at::T
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_gate_backward_cuda(
-    const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_,
-    const at::Tensor& w2_, const at::Tensor& b2_) {
-  const int64_t R = detail::check_se_gate_args(x_, w1_, b1_, w2_, b2_);
-  checks::shape("recogfast::se_gate_backward", "grad_y", grad_y_, x_.sizes(), "x.shape");
-  checks::like("recogfast::se_gate_backward", "grad_y", grad_y_, "x", x_);
+detail::SEGateGrads se_gate_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_, const at::Tensor& w1,
+                                          const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
   TORCH_CHECK(x_.is_cuda(), "recogfast::se_gate_backward: x must be a CUDA tensor for the CUDA kernel, got ",
               x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
-  const at::Tensor gy = grad_y_.contiguous(checks::layout_of(cl));
-  const at::Tensor w1 = w1_.contiguous(), b1 = b1_.contiguous(), w2 = w2_.contiguous(), b2 = b2_.contiguous();
-  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
-  at::Tensor gw1 = at::empty_like(w1), gb1 = at::empty_like(b1), gw2 = at::empty_like(w2), gb2 = at::empty_like(b2);
-  if (x.numel() == 0) {
-    for (auto* t : {&gw1, &gb1, &gw2, &gb2}) t->zero_();
-    return {gx, gw1, gb1, gw2, gb2};
-  }
-  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const auto a = detail::prepare_se_gate(x_, w1, b1, w2, b2, grad_y);
+  auto grads = detail::alloc_se_gate_grads(a);
+  const at::Tensor& x = a.x;
+  if (x.numel() == 0) return grads;
+  auto& [gx, gw1, gb1, gw2, gb2] = grads;
+  const bool cl = a.channels_last;
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = a.R;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int64_t max_chunks = cl ? std::min<int64_t>(65535, (HW + 31) / 32) : 1;
-    at::Tensor partial = at::empty({2, max_chunks * B * C}, acc_opts);
+    at::Tensor partial = at::empty({2, max_pool_chunks(HW, cl) * B * C}, acc_opts);
     // Per-sample vectors: gate, coef, dz, g ([B, C] each) and h, du ([B, R] each).
     at::Tensor per_c = at::empty({4, B, C}, acc_opts), per_r = at::empty({2, B, R}, acc_opts);
     acc_t* gate = per_c[0].mutable_data_ptr<acc_t>();
@@ -401,13 +395,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_gate_b
     acc_t* px = partial[0].mutable_data_ptr<acc_t>();
     acc_t* pgx = partial[1].mutable_data_ptr<acc_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+    const scalar_t* gyp = a.grad_y.const_data_ptr<scalar_t>();
 
     const int64_t chunks = launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, stream);
-    const size_t smem = mlp_smem_bytes(C, R, sizeof(acc_t));
-    se_gate_mlp_kernel<scalar_t, acc_t, true><<<B, 256, smem, stream>>>(
-        px, pgx, chunks, w1.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), w2.const_data_ptr<scalar_t>(),
-        b2.const_data_ptr<scalar_t>(), B, C, R, HW, gate, coef, dz, h, du, g);
+    se_gate_mlp_kernel<scalar_t, acc_t, true><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
+        px, pgx, chunks, a.w1.const_data_ptr<scalar_t>(), a.b1.const_data_ptr<scalar_t>(),
+        a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), B, C, R, HW, gate, coef, dz, h, du, g);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, true>(gyp, gx.mutable_data_ptr<scalar_t>(), gate, coef, x.numel(), C, HW, cl,
                                         stream);
@@ -417,7 +410,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_gate_b
         gw2.mutable_data_ptr<scalar_t>(), gb2.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {gx, gw1, gb1, gw2, gb2};
+  return grads;
 }
 
 }  // namespace

@@ -1,0 +1,110 @@
+"""Multi-Similarity loss, forward + backward: the fused op vs pytorch-metric-learning
+(MultiSimilarityMiner + MultiSimilarityLoss) vs the dense PyTorch reference, D = 512, M-per-class batches
+(4 images a class), with and without a cross-batch memory as the reference set.
+
+Floor: the matrix products no implementation can avoid, over the measured fp32 GEMM throughput of the
+device. Without a reference set: S = e·eᵀ once (B²·D multiply-adds, using its symmetry) and the gradient
+(W + Wᵀ)·e (B²·D multiply-adds more) = 3·B²·D FLOPs; the fused CPU kernel does 4·B²·D (S is recomputed in
+the backward pass). With a memory of R detached rows (M = B + R candidates): S (B·M·D) and W·c (B·M·D)
+= 4·B·M·D FLOPs, which the fused CPU kernel matches for the memory (it gathers the memory's share of the
+gradient during the forward tiles). GPU: the extra peak memory of one step is reported too (the goal at B = 16384 is <= 64 MB).
+"""
+
+import functools
+import time
+
+import pytest
+import torch
+
+from conftest import BENCH_DEVICES, run_benchmark, sync
+from recogfast.ops import ms_loss, ms_loss_reference
+
+D = 512
+# (B, R): batch size and reference-set (cross-batch memory) size, per device. Small on the CPU so that
+# the suite runs on a 2-core machine in about a minute.
+SIZES = {
+    "cpu": [(2048, 0), (256, 16384)],
+    "cuda": [(256, 0), (1024, 0), (4096, 0), (16384, 0), (65536, 0), (4096, 65536)],
+}
+IMPLS = ["fused", "pml", "dense"]
+# Dense implementations hold several B x M matrices: beyond this many pairs they would not fit.
+DENSE_MAX_PAIRS = 16384 * 16384
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_flops(device: str) -> float:
+    """Measured fp32 matrix-product throughput (FLOP/s) of `device`: the practical ceiling of the floor."""
+    n = 4096 if torch.device(device).type == "cuda" else 2048
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        best = float("inf")
+        for _ in range(4):
+            sync(device)
+            t0 = time.perf_counter()
+            a @ b
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    return 2 * n**3 / best
+
+
+def _pml_step(e, labels, ref, ref_labels):
+    from pytorch_metric_learning import losses, miners
+
+    miner, loss_fn = miners.MultiSimilarityMiner(epsilon=0.1), losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)
+
+    def step():
+        if ref is None:
+            loss = loss_fn(e, labels, miner(e, labels))
+        else:  # PML's reference-set form (candidates: the reference set only)
+            loss = loss_fn(e, labels, miner(e, labels, ref, ref_labels), ref, ref_labels)
+        loss.backward()
+
+    return step
+
+
+@pytest.mark.parametrize("device", BENCH_DEVICES)
+@pytest.mark.parametrize("size", range(6), ids=lambda i: f"size{i}")
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ms_loss_fwd_bwd(benchmark, device, size, impl):
+    sizes = SIZES["cuda" if device == "cuda" else "cpu"]
+    if size >= len(sizes):
+        pytest.skip(f"no size {size} on {device}")
+    B, R = sizes[size]
+    M = B + R
+    if impl != "fused" and B * M > DENSE_MAX_PAIRS:
+        pytest.skip(f"{impl} builds B x M = {B} x {M} matrices")
+    if impl == "pml":
+        pytest.importorskip("pytorch_metric_learning")
+    torch.manual_seed(0)
+    e = torch.randn(B, D, device=device, requires_grad=True)
+    labels = (torch.arange(B, device=device) // 4)[torch.randperm(B, device=device)]
+    ref = torch.randn(R, D, device=device) if R else None
+    ref_labels = torch.randint(0, B // 4, (R,), device=device) if R else None
+    if impl == "fused":
+        def step():
+            ms_loss(e, labels, ref_embeddings=ref, ref_labels=ref_labels, impl="fused").backward()
+    elif impl == "dense":
+        def step():
+            ms_loss_reference(e, labels, ref_embeddings=ref, ref_labels=ref_labels).backward()
+    else:
+        step = _pml_step(e, labels, ref, ref_labels)
+    flops = 3 * B * B * D if R == 0 else 4 * B * M * D
+    floor_seconds = flops / gemm_flops(device)
+    group = f"ms_loss fwd+bwd {device} fp32 B={B} R={R} D={D}"
+    if torch.device(device).type == "cuda":
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        benchmark.extra_info["extra_peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+    run_benchmark(benchmark, step, device=device, group=group, impl=impl, floor_seconds=floor_seconds,
+                  floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
+                             f"{gemm_flops(device) / 1e9:.0f} GFLOP/s fp32 GEMM rate",
+                  rounds=5 if device == "cpu" else 10)

@@ -1,0 +1,947 @@
+// Multi-Similarity loss on the CPU, forward and backward, without the B x M similarity matrix.
+//
+// Candidates are the B anchors followed by the R reference rows (M = B + R), all L2-normalised into
+// one [M, D] buffer in the accumulation dtype (float32; float64 for float64 input). Positive pairs
+// share a label, so they are found through label groups (candidates sorted by label) and computed
+// group by group: small groups with direct dot products, large ones in gathered tiles with at::mm.
+// Negative pairs are everything else and are reduced from tiles of S = e·cᵀ:
+//
+//   P1  positives:  min_pos per anchor (the "ms" negative threshold; the "hardest" positive)
+//   F   tiles:      max_neg per anchor, and the running log-sum-exp of the mined negatives
+//   P2  positives:  the log-sum-exp of the mined positives (needs max_neg)
+//
+// When the reference set is the batch, S is symmetric: only the tiles on and above the diagonal are
+// multiplied, and each feeds its rows (anchors I, candidates J) and its columns (anchors J,
+// candidates I). The backward pass recomputes the tiles; dL/dS_ij is a per-pair weight
+// w = ±(g/B)·exp(x_ij − log_z_i) from the saved statistics, and the gradient of the normalised
+// embeddings is accumulated tile by tile as W·c (anchor side) and Wᵀ·e (candidate side) with at::addmm,
+// i.e. two matrix products per tile pair, then pulled back through the normalisation. A reference set
+// that needs no gradient (a cross-batch memory) can instead have its share of the anchors' gradient
+// gathered in the forward pass (cache_ref_grad: running-maximum-scaled sums of exp(x)·c, rescaled at the
+// end, as in a softmax-weighted sum), so the backward pass skips the B x R tiles entirely.
+//
+// Work, B anchors and no reference set: forward 0.5 and backward 1.5 products of size B x B x D.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/index_add.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "ops/ms_loss.h"
+
+namespace recogfast {
+namespace {
+
+constexpr int64_t kTile = 256;        // rows and columns of a batch x batch tile (256 KB in fp32)
+constexpr int64_t kRefTile = 1024;    // columns of a batch x reference-set tile
+constexpr int64_t kSmallGroup = 64;   // label groups up to this size use direct dot products
+constexpr double kNormEps = 1e-12;    // as torch.nn.functional.normalize
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise sweeps over one row of a tile. float uses 8-lane GCC vector extensions (AVX2 where the
+// compiler targets it, two SSE halves otherwise) and a Cephes-style exp; double uses scalar loops.
+
+#define RF_INLINE inline __attribute__((always_inline))
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+RF_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+RF_INLINE v8i load8(const int32_t* p) {
+  v8i v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+RF_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+RF_INLINE v8f splat(float x) { return v8f{} + x; }
+RF_INLINE v8i splat(int32_t x) { return v8i{} + x; }
+RF_INLINE float hmax(v8f v) {
+  float m = v[0];
+  for (int k = 1; k < 8; ++k) m = std::max(m, v[k]);
+  return m;
+}
+RF_INLINE float hsum(v8f v) {
+  float s = 0;
+  for (int k = 0; k < 8; ++k) s += v[k];
+  return s;
+}
+
+// exp(x) for x <= 88 (inputs here are shifted by a running maximum, so x <= 0 up to rounding);
+// results below exp(-87) flush towards zero. Cephes expf: relative error ~1e-7.
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kRound = 12582912.f;  // 1.5 * 2^23: x + kRound rounds x to an integer in the low mantissa bits
+RF_INLINE v8f exp_poly(v8f x) {
+  x = x < -87.f ? splat(-87.f) : x;
+  x = x > 88.f ? splat(88.f) : x;
+  const v8f t = x * kLog2e + kRound;
+  const v8f n = t - kRound;
+  const v8f r = x - n * kLn2Hi - n * kLn2Lo;
+  v8f p = splat(1.9875691500E-4f);
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  const v8i e = ((v8i)t - 0x4B400000 + 127) << 23;
+  return p * (v8f)e;
+}
+RF_INLINE float exp_poly(float x) {
+  x = std::min(std::max(x, -87.f), 88.f);
+  const float t = x * kLog2e + kRound;
+  const float n = t - kRound;
+  const float r = x - n * kLn2Hi - n * kLn2Lo;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t ti;
+  std::memcpy(&ti, &t, sizeof ti);
+  const int32_t e = (ti - 0x4B400000 + 127) << 23;
+  float s;
+  std::memcpy(&s, &e, sizeof s);
+  return p * s;
+}
+inline double exp_poly(double x) { return std::exp(x); }
+
+template <typename T>
+constexpr T kInf = std::numeric_limits<T>::infinity();
+
+// max over negatives (lab[k] != la) of s[k]; -inf when there is none.
+template <typename T>
+RF_INLINE T neg_max_impl(const T* s, const int32_t* lab, int64_t n, int32_t la) {
+  T m = -kInf<T>;
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    v8f vm = splat(-kInf<float>);
+    const v8i la8 = splat(la);
+    for (; k + 8 <= n; k += 8) {
+      v8f v = load8(s + k);
+      v = load8(lab + k) != la8 ? v : splat(-kInf<float>);
+      vm = v > vm ? v : vm;
+    }
+    m = hmax(vm);
+  }
+  for (; k < n; ++k)
+    if (lab[k] != la && s[k] > m) m = s[k];
+  return m;
+}
+
+// sum over mined negatives of exp(beta (s - shift)); mined: lab != la and s + eps > thr.
+template <typename T>
+RF_INLINE T neg_sum_impl(const T* s, const int32_t* lab, int64_t n, int32_t la, T eps, T thr, T beta, T shift) {
+  T acc = 0;
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    v8f va = v8f{};
+    const v8i la8 = splat(la);
+    for (; k + 8 <= n; k += 8) {
+      const v8f v = load8(s + k);
+      const v8i mined = (load8(lab + k) != la8) & ((v + eps) > thr);
+      const v8f e = exp_poly((v - shift) * beta);
+      va += mined ? e : v8f{};
+    }
+    acc = hsum(va);
+  }
+  for (; k < n; ++k)
+    if (lab[k] != la && s[k] + eps > thr) acc += exp_poly(beta * (s[k] - shift));
+  return acc;
+}
+
+// Column form, for anchors that are the columns of a tile: colmax[k] = max(colmax[k], s[k]) over negatives.
+template <typename T>
+RF_INLINE void col_neg_max_impl(const T* s, const int32_t* clab, int64_t n, int32_t rl, T* colmax) {
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    const v8i rl8 = splat(rl);
+    for (; k + 8 <= n; k += 8) {
+      v8f v = load8(s + k);
+      v = load8(clab + k) != rl8 ? v : splat(-kInf<float>);
+      const v8f c = load8(colmax + k);
+      store8(colmax + k, v > c ? v : c);
+    }
+  }
+  for (; k < n; ++k)
+    if (clab[k] != rl && s[k] > colmax[k]) colmax[k] = s[k];
+}
+
+// colsum[k] += exp(beta (s[k] - shift[k])) over mined negatives (clab != rl and s + eps > thr[k]).
+template <typename T>
+RF_INLINE void col_neg_sum_impl(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, const T* thr, T beta,
+                 const T* shift, T* colsum) {
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    const v8i rl8 = splat(rl);
+    for (; k + 8 <= n; k += 8) {
+      const v8f v = load8(s + k);
+      const v8i mined = (load8(clab + k) != rl8) & ((v + eps) > load8(thr + k));
+      const v8f e = exp_poly((v - load8(shift + k)) * beta);
+      store8(colsum + k, load8(colsum + k) + (mined ? e : v8f{}));
+    }
+  }
+  for (; k < n; ++k)
+    if (clab[k] != rl && s[k] + eps > thr[k]) colsum[k] += exp_poly(beta * (s[k] - shift[k]));
+}
+
+// Backward weights of negatives in one tile row: g[k] = scale exp(beta (s - base) - logz) for the row's
+// anchor when mined, plus (col_thr given) the same for the column's anchor. Returns whether any is mined.
+template <typename T>
+RF_INLINE bool neg_weights_impl(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, T thr, T beta, T base, T logz,
+                 T scale, const T* col_thr, const T* col_logz, T* g) {
+  bool any = false;
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    const v8i rl8 = splat(rl);
+    v8i anyv = v8i{};
+    for (; k + 8 <= n; k += 8) {
+      const v8f v = load8(s + k);
+      const v8i neg = load8(clab + k) != rl8;
+      const v8f x = (v - base) * beta;
+      const v8i mined = neg & ((v + eps) > thr);
+      v8f w = mined ? exp_poly(x - logz) : v8f{};
+      anyv |= mined;
+      if (col_thr) {
+        const v8i cmined = neg & ((v + eps) > load8(col_thr + k));
+        w += cmined ? exp_poly(x - load8(col_logz + k)) : v8f{};
+        anyv |= cmined;
+      }
+      store8(g + k, w * scale);
+    }
+    for (int l = 0; l < 8; ++l) any |= anyv[l] != 0;
+  }
+  for (; k < n; ++k) {
+    T w = 0;
+    if (clab[k] != rl) {
+      const T x = beta * (s[k] - base);
+      if (s[k] + eps > thr) {
+        w += exp_poly(x - logz);
+        any = true;
+      }
+      if (col_thr && s[k] + eps > col_thr[k]) {
+        w += exp_poly(x - col_logz[k]);
+        any = true;
+      }
+    }
+    g[k] = w * scale;
+  }
+  return any;
+}
+
+// The float sweeps again, compiled for AVX2 + FMA and chosen at run time where the CPU has them (the
+// extension itself is built for the baseline ISA).
+#define RF_AVX2 __attribute__((target("avx2,fma")))
+RF_AVX2 float neg_max_avx2(const float* s, const int32_t* lab, int64_t n, int32_t la) {
+  return neg_max_impl<float>(s, lab, n, la);
+}
+RF_AVX2 float neg_sum_avx2(const float* s, const int32_t* lab, int64_t n, int32_t la, float eps, float thr,
+                           float beta, float shift) {
+  return neg_sum_impl<float>(s, lab, n, la, eps, thr, beta, shift);
+}
+RF_AVX2 void col_neg_max_avx2(const float* s, const int32_t* clab, int64_t n, int32_t rl, float* colmax) {
+  col_neg_max_impl<float>(s, clab, n, rl, colmax);
+}
+RF_AVX2 void col_neg_sum_avx2(const float* s, const int32_t* clab, int64_t n, int32_t rl, float eps, const float* thr,
+                              float beta, const float* shift, float* colsum) {
+  col_neg_sum_impl<float>(s, clab, n, rl, eps, thr, beta, shift, colsum);
+}
+RF_AVX2 bool neg_weights_avx2(const float* s, const int32_t* clab, int64_t n, int32_t rl, float eps, float thr,
+                              float beta, float base, float logz, float scale, const float* col_thr,
+                              const float* col_logz, float* g) {
+  return neg_weights_impl<float>(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+template <typename T>
+T neg_max(const T* s, const int32_t* lab, int64_t n, int32_t la) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return neg_max_avx2(s, lab, n, la);
+  return neg_max_impl<T>(s, lab, n, la);
+}
+template <typename T>
+T neg_sum(const T* s, const int32_t* lab, int64_t n, int32_t la, T eps, T thr, T beta, T shift) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return neg_sum_avx2(s, lab, n, la, eps, thr, beta, shift);
+  return neg_sum_impl<T>(s, lab, n, la, eps, thr, beta, shift);
+}
+template <typename T>
+void col_neg_max(const T* s, const int32_t* clab, int64_t n, int32_t rl, T* colmax) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return col_neg_max_avx2(s, clab, n, rl, colmax);
+  col_neg_max_impl<T>(s, clab, n, rl, colmax);
+}
+template <typename T>
+void col_neg_sum(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, const T* thr, T beta, const T* shift,
+                 T* colsum) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return col_neg_sum_avx2(s, clab, n, rl, eps, thr, beta, shift, colsum);
+  col_neg_sum_impl<T>(s, clab, n, rl, eps, thr, beta, shift, colsum);
+}
+template <typename T>
+bool neg_weights(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, T thr, T beta, T base, T logz, T scale,
+                 const T* col_thr, const T* col_logz, T* g) {
+  if constexpr (std::is_same_v<T, float>)
+    if (cpu_has_avx2()) return neg_weights_avx2(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
+  return neg_weights_impl<T>(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
+}
+
+// log(1 + exp(a)) without overflow.
+template <typename T>
+T softplus(T a) {
+  return std::max(a, T(0)) + std::log1p(std::exp(-std::abs(a)));
+}
+
+// A log-sum-exp log(sum exp(x)) kept as (xm, z) with z = sum exp(x - xm), merged chunk by chunk.
+template <typename T>
+void lse_merge(T& xm, T& z, T xm_new, T z_new) {
+  if (!(z_new > 0)) return;
+  if (!(z > 0)) {
+    xm = xm_new;
+    z = z_new;
+  } else if (xm_new > xm) {
+    z = z * std::exp(xm - xm_new) + z_new;
+    xm = xm_new;
+  } else {
+    z += z_new * std::exp(xm_new - xm);
+  }
+}
+
+// log(1 + sum exp(x)) from the running (xm, z).
+template <typename T>
+T lse_finish(T xm, T z) {
+  if (!(z > 0)) return T(0);
+  return softplus(xm + std::log(z));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+template <typename T>
+struct MSLossCPU {
+  int64_t B = 0, R = 0, M = 0, D = 0;
+  Mining mining = Mining::kMS;
+  T alpha, beta, base, eps;
+  at::Tensor chat;                 // [M, D] normalised candidates; rows [0, B) are the anchors
+  std::vector<T> norms;            // [M] norms before the clamp at kNormEps
+  std::vector<int32_t> gid;        // [M] label group of every candidate
+  at::Tensor order;                // [M] int64: candidates sorted by (group, index)
+  std::vector<int64_t> gstart;     // members of group g: order[gstart[g], gstart[g + 1])
+  std::vector<int64_t> ganchors;   // number of anchors (index < B) in group g: a prefix of its members
+
+  MSLossCPU(Mining mode, double a, double b, double l, double e)
+      : mining(mode), alpha(T(a)), beta(T(b)), base(T(l)), eps(T(e)) {}
+
+  template <typename scalar_t>
+  void normalise(const at::Tensor& x_, int64_t row0, const char* name) {
+    const at::Tensor x = x_.contiguous();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    T* c = chat.data_ptr<T>() + row0 * D;
+    const int64_t rows = x.size(0);
+    std::atomic<bool> bad{false};
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* xr = xp + r * D;
+        double ss = 0;  // double: no overflow of the squares of finite fp32 values
+        for (int64_t d = 0; d < D; ++d) ss += double(xr[d]) * double(xr[d]);
+        if (!std::isfinite(ss)) bad = true;
+        const double nrm = std::sqrt(ss);
+        norms[row0 + r] = T(nrm);
+        const T inv = T(1) / T(std::max(nrm, kNormEps));
+        T* cr = c + r * D;
+        for (int64_t d = 0; d < D; ++d) cr[d] = T(xr[d]) * inv;
+      }
+    });
+    TORCH_CHECK(!bad.load(), "recogfast::ms_loss: ", name, " contains NaN or inf");
+  }
+
+  template <typename scalar_t>
+  void prepare(const at::Tensor& emb, const at::Tensor& labels, const std::optional<at::Tensor>& ref,
+               const std::optional<at::Tensor>& ref_labels) {
+    B = emb.size(0);
+    D = emb.size(1);
+    R = ref.has_value() ? ref->size(0) : 0;
+    M = B + R;
+    chat = at::empty({M, D}, emb.options().dtype(c10::CppTypeToScalarType<T>::value));
+    norms.assign(M, T(0));
+    normalise<scalar_t>(emb, 0, "embeddings");
+    if (R > 0) normalise<scalar_t>(*ref, B, "ref_embeddings");
+    // Label groups.
+    std::vector<int64_t> lab(M);
+    {
+      const at::Tensor l = labels.to(at::kLong).contiguous();
+      std::copy(l.const_data_ptr<int64_t>(), l.const_data_ptr<int64_t>() + B, lab.begin());
+      if (R > 0) {
+        const at::Tensor rl = ref_labels->to(at::kLong).contiguous();
+        std::copy(rl.const_data_ptr<int64_t>(), rl.const_data_ptr<int64_t>() + R, lab.begin() + B);
+      }
+    }
+    order = at::empty({M}, at::TensorOptions().dtype(at::kLong));
+    int64_t* ord = order.data_ptr<int64_t>();
+    std::iota(ord, ord + M, int64_t(0));
+    std::stable_sort(ord, ord + M, [&](int64_t a, int64_t b) { return lab[a] < lab[b]; });
+    gid.assign(M, 0);
+    gstart.clear();
+    ganchors.clear();
+    for (int64_t k = 0; k < M; ++k) {
+      if (k == 0 || lab[ord[k]] != lab[ord[k - 1]]) {
+        gstart.push_back(k);
+        ganchors.push_back(0);
+      }
+      gid[ord[k]] = int32_t(gstart.size() - 1);
+      if (ord[k] < B) ++ganchors.back();
+    }
+    gstart.push_back(M);
+  }
+
+  const T* row(int64_t i) const { return chat.const_data_ptr<T>() + i * D; }
+
+  T dot(int64_t i, int64_t j) const {
+    const T* a = row(i);
+    const T* b = row(j);
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t d = 0; d < D; ++d) s += a[d] * b[d];
+    return s;
+  }
+
+  // Calls fn(anchor ids, na, member ids, nm, S [na x nm] row-major, big) for every block of positive
+  // candidates: each label group's anchors against all its members (the anchor itself included; fn skips
+  // it). Small groups run in parallel, one group per thread and big == false; big groups run one after the
+  // other in tiles from at::mm with big == true (fn may then parallelise over rows).
+  template <typename Fn>
+  void for_each_positive_block(const Fn& fn) const {
+    const int64_t G = int64_t(ganchors.size());
+    std::vector<int64_t> small, big;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t nm = gstart[g + 1] - gstart[g];
+      if (ganchors[g] == 0 || nm < 2) continue;
+      (nm <= kSmallGroup ? small : big).push_back(g);
+    }
+    const int64_t* ord = order.const_data_ptr<int64_t>();
+    at::parallel_for(0, int64_t(small.size()), 4, [&](int64_t begin, int64_t end) {
+      std::vector<T> S;
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t g = small[k];
+        const int64_t* m = ord + gstart[g];
+        const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
+        S.resize(na * nm);
+        for (int64_t a = 0; a < na; ++a)
+          for (int64_t j = 0; j < nm; ++j) S[a * nm + j] = dot(m[a], m[j]);
+        fn(m, na, m, nm, S.data(), false);
+      }
+    });
+    for (const int64_t g : big) {
+      const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
+      for (int64_t a0 = 0; a0 < na; a0 += kTile) {
+        const int64_t ta = std::min(kTile, na - a0);
+        const at::Tensor A = at::index_select(chat, 0, order.narrow(0, gstart[g] + a0, ta));
+        for (int64_t m0 = 0; m0 < nm; m0 += kRefTile) {
+          const int64_t tm = std::min(kRefTile, nm - m0);
+          const at::Tensor Cm = at::index_select(chat, 0, order.narrow(0, gstart[g] + m0, tm));
+          const at::Tensor S = at::mm(A, Cm.t()).contiguous();
+          fn(ord + gstart[g] + a0, ta, ord + gstart[g] + m0, tm, S.const_data_ptr<T>(), true);
+        }
+      }
+    }
+  }
+
+  // Runs row_fn(r) for r in [0, n): in parallel when `parallel`, else in this thread.
+  template <typename Fn>
+  static void rows(bool parallel, int64_t n, const Fn& row_fn) {
+    if (parallel) {
+      at::parallel_for(0, n, 8, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) row_fn(r);
+      });
+    } else {
+      for (int64_t r = 0; r < n; ++r) row_fn(r);
+    }
+  }
+
+  // Visits every similarity tile of the negative pass: tile(i0, ti, j0, tj, S, symmetric) with S [ti x tj]
+  // row-major. Batch x batch tiles (j0 >= i0 only) and batch x reference tiles come in rounds whose tiles
+  // touch disjoint anchor blocks and disjoint candidate blocks; the tiles of a round run in parallel, one
+  // per thread (at::mm and at::parallel_for inside a task run single-threaded), so the whole pass opens a
+  // handful of parallel regions instead of several per tile, and a task may update the per-anchor state of
+  // its rows and columns, and their gradient rows, without locks.
+  template <typename Fn>
+  void for_each_tile(const Fn& tile, bool with_ref = true) const {
+    struct Task {
+      int64_t i0, ti, j0, tj;
+      bool symmetric;
+    };
+    const int64_t nb = (B + kTile - 1) / kTile, nr = (R + kRefTile - 1) / kRefTile;
+    auto sym = [&](int64_t I, int64_t J) {
+      return Task{I * kTile, std::min(kTile, B - I * kTile), J * kTile, std::min(kTile, B - J * kTile), true};
+    };
+    std::vector<std::vector<Task>> rounds;
+    // Diagonal tiles are disjoint from each other.
+    rounds.emplace_back();
+    for (int64_t I = 0; I < nb; ++I) rounds.back().push_back(sym(I, I));
+    // Off-diagonal pairs by the circle method of round-robin tournaments: n - 1 rounds of n / 2 pairs.
+    const int64_t n = nb + (nb % 2);
+    for (int64_t r = 0; r + 1 < n; ++r) {
+      rounds.emplace_back();
+      for (int64_t k = 0; k < n / 2; ++k) {
+        auto pos = [&](int64_t p) { return p == n - 1 ? n - 1 : (p + r) % (n - 1); };
+        int64_t I = pos(k), J = pos(n - 1 - k);
+        if (I > J) std::swap(I, J);
+        if (J < nb) rounds.back().push_back(sym(I, J));
+      }
+    }
+    // Batch x reference tiles: round q holds the tiles (I, J) with (I + J) mod K == q, K = max(nb, nr).
+    const int64_t K = std::max(nb, nr);
+    for (int64_t q = 0; q < K && nr > 0 && with_ref; ++q) {
+      rounds.emplace_back();
+      for (int64_t I = 0; I < nb; ++I) {
+        const int64_t J = ((q - I) % K + K) % K;
+        if (J >= nr) continue;
+        const int64_t j0 = B + J * kRefTile;
+        rounds.back().push_back(Task{I * kTile, std::min(kTile, B - I * kTile), j0, std::min(kRefTile, M - j0), false});
+      }
+    }
+    const int64_t threads = at::get_num_threads();
+    for (const auto& round : rounds) {
+      if (int64_t(round.size()) < threads) {
+        // Too few tiles to go around (small batches, long reference sets): one tile at a time, each with
+        // the threads inside it (at::mm and the row/column sweeps are parallel when not nested).
+        for (const Task& t : round) {
+          const at::Tensor S = at::mm(chat.narrow(0, t.i0, t.ti), chat.narrow(0, t.j0, t.tj).t()).contiguous();
+          tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
+        }
+        continue;
+      }
+      at::parallel_for(0, int64_t(round.size()), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          const Task& t = round[k];
+          const at::Tensor S = at::mm(chat.narrow(0, t.i0, t.ti), chat.narrow(0, t.j0, t.tj).t()).contiguous();
+          tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
+        }
+      });
+    }
+  }
+
+  // ------------------------------------------------------------------------------ forward
+  struct Stats {
+    std::vector<T> min_pos, max_neg, pm, pz, nm, nz, log_z_pos, log_z_neg;
+    std::vector<int64_t> arg_pos, arg_neg;
+    // With cache: sum over mined reference-set negatives n of exp(x_in - ref_xm_i) c_n, kept with the running
+    // maximum ref_xm_i, and finally scaled to sum_n exp(x_in - log_z_neg_i) c_n: the reference set's share of
+    // the anchors' gradient, computed from the tiles of the forward pass instead of recomputed in backward.
+    std::vector<T> ref_xm;
+    at::Tensor cache;
+  };
+
+  // cache: also accumulate the reference set's share of the anchors' gradient (see Stats::cache).
+  Stats forward(bool cache) const {
+    Stats st;
+    cache = cache && R > 0 && mining != Mining::kHardest;
+    if (cache) {
+      st.ref_xm.assign(B, -kInf<T>);
+      st.cache = at::zeros({B, D}, chat.options());
+    }
+    st.min_pos.assign(B, kInf<T>);
+    st.max_neg.assign(B, -kInf<T>);
+    st.pm.assign(B, 0);
+    st.pz.assign(B, 0);
+    st.nm.assign(B, 0);
+    st.nz.assign(B, 0);
+    st.log_z_pos.assign(B, 0);
+    st.log_z_neg.assign(B, 0);
+    st.arg_pos.assign(B, -1);
+    st.arg_neg.assign(B, -1);
+    const bool hardest = mining == Mining::kHardest;
+
+    // P1: min_pos (first index on ties: members come in ascending order).
+    for_each_positive_block([&](const int64_t* a, int64_t na, const int64_t* m, int64_t nmem, const T* S, bool big) {
+      rows(big, na, [&](int64_t r) {
+        const int64_t i = a[r];
+        for (int64_t j = 0; j < nmem; ++j) {
+          if (m[j] == i) continue;
+          const T s = S[r * nmem + j];
+          if (s < st.min_pos[i]) {
+            st.min_pos[i] = s;
+            st.arg_pos[i] = m[j];
+          }
+        }
+      });
+    });
+
+    // F: max_neg and the negative log-sum-exp.
+    std::vector<T> thr(B);  // the mined-negative threshold: min_pos ("ms"), -inf ("all")
+    for (int64_t i = 0; i < B; ++i) thr[i] = mining == Mining::kAll ? -kInf<T> : st.min_pos[i];
+    auto anchor_update = [&](int64_t i, T m, int64_t arg, T z) {
+      if (m > st.max_neg[i] || (m == st.max_neg[i] && arg >= 0 && arg < st.arg_neg[i])) {
+        st.max_neg[i] = m;
+        st.arg_neg[i] = arg;
+      }
+      if (!hardest) lse_merge(st.nm[i], st.nz[i], beta * (m - base), z);
+    };
+    for_each_tile([&](int64_t i0, int64_t ti, int64_t j0, int64_t tj, const T* S, bool symmetric) {
+      const int32_t* cl = gid.data() + j0;
+      const bool cache_tile = cache && !symmetric;
+      at::Tensor P;  // cache_tile: exp(x - ref_xm) of the mined negatives, [ti, tj]
+      std::vector<T> rescale;
+      if (cache_tile) {
+        P = at::empty({ti, tj}, chat.options());
+        rescale.assign(ti, T(1));
+      }
+      // Rows: anchors i0.., candidates j0...
+      at::parallel_for(0, ti, 8, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          const int64_t i = i0 + r;
+          const T* s = S + r * tj;
+          if (cache_tile) std::fill(P.data_ptr<T>() + r * tj, P.data_ptr<T>() + (r + 1) * tj, T(0));
+          const T m = neg_max(s, cl, tj, gid[i]);
+          if (m == -kInf<T>) continue;
+          int64_t arg = -1;
+          if (hardest) {
+            if (m < st.max_neg[i]) continue;
+            for (int64_t k = 0; k < tj; ++k)
+              if (cl[k] != gid[i] && s[k] == m) {
+                arg = j0 + k;
+                break;
+              }
+          }
+          const T z = (!hardest && m + eps > thr[i]) ? neg_sum(s, cl, tj, gid[i], eps, thr[i], beta, m) : T(0);
+          anchor_update(i, m, arg, z);
+          if (cache_tile && z > T(0)) {
+            const T xm = beta * (m - base);
+            if (xm > st.ref_xm[i]) {
+              rescale[r] = st.ref_xm[i] == -kInf<T> ? T(0) : std::exp(st.ref_xm[i] - xm);
+              st.ref_xm[i] = xm;
+            }
+            neg_weights(s, cl, tj, gid[i], eps, thr[i], beta, base, st.ref_xm[i], T(1), static_cast<const T*>(nullptr),
+                        static_cast<const T*>(nullptr), P.data_ptr<T>() + r * tj);
+          }
+        }
+      });
+      if (cache_tile) {
+        at::Tensor acc = st.cache.narrow(0, i0, ti);
+        acc.mul_(at::from_blob(rescale.data(), {ti, 1}, chat.options()));
+        acc.addmm_(P, chat.narrow(0, j0, tj));
+      }
+      if (!symmetric || i0 == j0) return;
+      // Columns: anchors j0.., candidates i0.. (S is symmetric).
+      at::parallel_for(0, tj, 64, [&](int64_t c0, int64_t c1) {
+        const int64_t n = c1 - c0;
+        std::vector<T> colmax(n, -kInf<T>), colsum(n, T(0));
+        std::vector<int64_t> colarg(n, -1);
+        for (int64_t r = 0; r < ti; ++r) {
+          const T* s = S + r * tj + c0;
+          if (hardest) {
+            for (int64_t k = 0; k < n; ++k)
+              if (cl[c0 + k] != gid[i0 + r] && s[k] > colmax[k]) {
+                colmax[k] = s[k];
+                colarg[k] = i0 + r;
+              }
+          } else {
+            col_neg_max(s, cl + c0, n, gid[i0 + r], colmax.data());
+          }
+        }
+        if (!hardest) {
+          for (int64_t r = 0; r < ti; ++r)
+            col_neg_sum(S + r * tj + c0, cl + c0, n, gid[i0 + r], eps, thr.data() + j0 + c0, beta, colmax.data(),
+                        colsum.data());
+        }
+        for (int64_t k = 0; k < n; ++k)
+          if (colmax[k] > -kInf<T>) anchor_update(j0 + c0 + k, colmax[k], colarg[k], colsum[k]);
+      });
+    });
+
+    // P2: the positive log-sum-exp (needs max_neg).
+    if (!hardest) {
+      const T neg_alpha = -alpha;
+      for_each_positive_block([&](const int64_t* a, int64_t na, const int64_t* m, int64_t nmem, const T* S,
+                                  bool big) {
+        rows(big, na, [&](int64_t r) {
+          const int64_t i = a[r];
+          const T* s = S + r * nmem;
+          auto mined = [&](int64_t j) {
+            return m[j] != i && (mining == Mining::kAll || s[j] - eps < st.max_neg[i]);
+          };
+          T lo = kInf<T>;  // the lowest mined similarity gives the largest exponent
+          for (int64_t j = 0; j < nmem; ++j)
+            if (mined(j) && s[j] < lo) lo = s[j];
+          if (lo == kInf<T>) return;
+          T z = 0;
+          for (int64_t j = 0; j < nmem; ++j)
+            if (mined(j)) z += exp_poly(neg_alpha * (s[j] - lo));
+          lse_merge(st.pm[i], st.pz[i], neg_alpha * (lo - base), z);
+        });
+      });
+    }
+
+    for (int64_t i = 0; i < B; ++i) {
+      if (hardest) {
+        const bool valid = st.arg_pos[i] >= 0 && st.arg_neg[i] >= 0;
+        if (!valid) {
+          st.arg_pos[i] = st.arg_neg[i] = -1;
+          continue;
+        }
+        st.log_z_pos[i] = softplus(-alpha * (st.min_pos[i] - base));
+        st.log_z_neg[i] = softplus(beta * (st.max_neg[i] - base));
+      } else {
+        st.log_z_pos[i] = lse_finish(st.pm[i], st.pz[i]);
+        st.log_z_neg[i] = lse_finish(st.nm[i], st.nz[i]);
+      }
+    }
+    if (cache) {
+      std::vector<T> f(B);
+      for (int64_t i = 0; i < B; ++i)
+        f[i] = st.ref_xm[i] == -kInf<T> ? T(0) : std::exp(st.ref_xm[i] - st.log_z_neg[i]);
+      st.cache.mul_(at::from_blob(f.data(), {B, 1}, chat.options()));
+    }
+    return st;
+  }
+
+  // ------------------------------------------------------------------------------ backward
+  // Returns dL/d(normalised candidates), [B or M, D] (M rows when the reference set needs its gradient).
+  // cache: the forward pass's Stats::cache ([B, D]) or empty; when given, the reference-set tiles are skipped.
+  at::Tensor backward(T scale, const T* stats, const int64_t* hard_idx, bool ref_grad, const at::Tensor& cache) const {
+    const int64_t GR = ref_grad ? M : B;  // rows of the gradient that are kept
+    at::Tensor gall = at::zeros({GR, D}, chat.options());
+    T* gp = gall.data_ptr<T>();
+    auto log_z_pos = [&](int64_t i) { return stats[i * 4 + 0]; };
+    auto log_z_neg = [&](int64_t i) { return stats[i * 4 + 1]; };
+    auto min_pos = [&](int64_t i) { return stats[i * 4 + 2]; };
+    auto max_neg = [&](int64_t i) { return stats[i * 4 + 3]; };
+
+    if (mining == Mining::kHardest) {
+      // Two pairs per anchor: weights first (parallel over anchors), then the sums (parallel over D).
+      std::vector<T> wp(B, 0), wn(B, 0);
+      at::parallel_for(0, B, 64, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const int64_t p = hard_idx[2 * i], n = hard_idx[2 * i + 1];
+          if (p < 0 || n < 0) continue;
+          wp[i] = -scale * std::exp(-alpha * (dot(i, p) - base) - log_z_pos(i));
+          wn[i] = scale * std::exp(beta * (dot(i, n) - base) - log_z_neg(i));
+        }
+      });
+      at::parallel_for(0, D, 16, [&](int64_t d0, int64_t d1) {
+        for (int64_t i = 0; i < B; ++i) {
+          if (wp[i] == T(0) && wn[i] == T(0)) continue;
+          const int64_t p = hard_idx[2 * i], n = hard_idx[2 * i + 1];
+          const T *ci = row(i), *cp = row(p), *cn = row(n);
+          for (int64_t d = d0; d < d1; ++d) {
+            gp[i * D + d] += wp[i] * cp[d] + wn[i] * cn[d];
+            if (p < GR) gp[p * D + d] += wp[i] * ci[d];
+            if (n < GR) gp[n * D + d] += wn[i] * ci[d];
+          }
+        }
+      });
+      return gall;
+    }
+
+    // Positives.
+    const T neg_alpha = -alpha;
+    for_each_positive_block([&](const int64_t* a, int64_t na, const int64_t* m, int64_t nmem, const T* S, bool big) {
+      std::vector<T> W(na * nmem, T(0));
+      rows(big, na, [&](int64_t r) {
+        const int64_t i = a[r];
+        for (int64_t j = 0; j < nmem; ++j) {
+          const T s = S[r * nmem + j];
+          if (m[j] == i || !(mining == Mining::kAll || s - eps < max_neg(i))) continue;
+          W[r * nmem + j] = -scale * exp_poly(neg_alpha * (s - base) - log_z_pos(i));
+        }
+      });
+      if (!big) {
+        // One thread owns the whole group: accumulate directly.
+        for (int64_t r = 0; r < na; ++r) {
+          const T* ci = row(a[r]);
+          T* gi = gp + a[r] * D;
+          for (int64_t j = 0; j < nmem; ++j) {
+            const T w = W[r * nmem + j];
+            if (w == T(0)) continue;
+            const T* cj = row(m[j]);
+            for (int64_t d = 0; d < D; ++d) gi[d] += w * cj[d];
+            if (m[j] < GR) {
+              T* gj = gp + m[j] * D;
+              for (int64_t d = 0; d < D; ++d) gj[d] += w * ci[d];
+            }
+          }
+        }
+        return;
+      }
+      const at::Tensor Wt = at::from_blob(W.data(), {na, nmem}, chat.options());
+      const at::Tensor aidx = at::from_blob(const_cast<int64_t*>(a), {na}, at::TensorOptions().dtype(at::kLong));
+      const at::Tensor midx = at::from_blob(const_cast<int64_t*>(m), {nmem}, at::TensorOptions().dtype(at::kLong));
+      const at::Tensor A = at::index_select(chat, 0, aidx), Cm = at::index_select(chat, 0, midx);
+      gall.index_add_(0, aidx, at::mm(Wt, Cm));
+      // Members are in ascending index order, so those with a kept gradient row are a prefix.
+      const int64_t keep = std::lower_bound(m, m + nmem, GR) - m;
+      if (keep > 0) gall.index_add_(0, midx.narrow(0, 0, keep), at::mm(Wt.narrow(1, 0, keep).t(), A));
+    });
+
+    // Negatives, tile by tile.
+    const bool use_cache = cache.defined() && cache.numel() > 0 && !ref_grad;
+    std::vector<T> thr(B), lzn(B);
+    for (int64_t i = 0; i < B; ++i) {
+      thr[i] = mining == Mining::kAll ? -kInf<T> : min_pos(i);
+      lzn[i] = log_z_neg(i);
+    }
+    for_each_tile([&](int64_t i0, int64_t ti, int64_t j0, int64_t tj, const T* S, bool symmetric) {
+      at::Tensor G = at::empty({ti, tj}, chat.options());
+      T* g = G.data_ptr<T>();
+      const bool cols = symmetric && i0 != j0;
+      std::atomic<bool> any{false};
+      at::parallel_for(0, ti, 8, [&](int64_t b, int64_t e) {
+        bool local = false;
+        for (int64_t r = b; r < e; ++r) {
+          const int64_t i = i0 + r;
+          local |= neg_weights(S + r * tj, gid.data() + j0, tj, gid[i], eps, thr[i], beta, base, lzn[i], scale,
+                               cols ? thr.data() + j0 : nullptr, cols ? lzn.data() + j0 : nullptr, g + r * tj);
+        }
+        if (local) any = true;
+      });
+      if (!any.load()) return;
+      at::Tensor gi = gall.narrow(0, i0, ti);
+      gi.addmm_(G, chat.narrow(0, j0, tj));
+      if (symmetric && i0 == j0) {
+        gi.addmm_(G.t(), chat.narrow(0, i0, ti));
+      } else if (j0 < GR) {
+        gall.narrow(0, j0, tj).addmm_(G.t(), chat.narrow(0, i0, ti));
+      }
+    }, /*with_ref=*/!use_cache);
+    if (use_cache) gall.narrow(0, 0, B).add_(cache, scale);
+    return gall;
+  }
+
+  // dL/dx from dL/d(x / max(|x|, eps)) for rows [row0, row0 + rows) of the candidates.
+  template <typename scalar_t>
+  at::Tensor normalise_backward(const at::Tensor& gall, int64_t row0, int64_t rows, const at::Tensor& like) const {
+    at::Tensor out = at::empty({rows, D}, like.options());
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const T* g = gall.const_data_ptr<T>() + row0 * D;
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* c = row(row0 + r);
+        const T* gr = g + r * D;
+        const T n = norms[row0 + r];
+        if (n > T(kNormEps)) {
+          T dotp = 0;
+          for (int64_t d = 0; d < D; ++d) dotp += c[d] * gr[d];
+          const T inv = T(1) / n;
+          for (int64_t d = 0; d < D; ++d) o[r * D + d] = scalar_t((gr[d] - c[d] * dotp) * inv);
+        } else {
+          for (int64_t d = 0; d < D; ++d) o[r * D + d] = scalar_t(gr[d] / T(kNormEps));
+        }
+      }
+    });
+    return out;
+  }
+};
+
+at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cpu(const at::Tensor& embeddings, const at::Tensor& labels,
+                                                           const std::optional<at::Tensor>& ref_embeddings,
+                                                           const std::optional<at::Tensor>& ref_labels, double alpha,
+                                                           double beta, double base, double epsilon,
+                                                           std::string_view mining_name, bool cache_ref_grad) {
+  const Mining mining =
+      detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
+  const int64_t B = embeddings.size(0);
+  const auto acc = acc_type_of(embeddings.scalar_type());
+  at::Tensor loss = at::zeros({}, embeddings.options());
+  at::Tensor stats = at::empty({B, 4}, embeddings.options().dtype(acc));
+  at::Tensor hard_idx = at::full({B, 2}, -1, embeddings.options().dtype(at::kLong));
+  const bool cache = detail::ms_loss_caches_ref_grad(embeddings, ref_embeddings, mining, cache_ref_grad);
+  at::Tensor ref_grad_cache = cache ? at::zeros({B, embeddings.size(1)}, embeddings.options().dtype(acc))
+                                    : at::empty({0}, embeddings.options().dtype(acc));
+  if (B == 0) return {loss, stats, hard_idx, ref_grad_cache};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_cpu", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    MSLossCPU<T> k(mining, alpha, beta, base, epsilon);
+    k.template prepare<scalar_t>(embeddings, labels, ref_embeddings, ref_labels);
+    const auto st = k.forward(cache);
+    if (cache) ref_grad_cache.copy_(st.cache);
+    T* sp = stats.data_ptr<T>();
+    int64_t* hp = hard_idx.data_ptr<int64_t>();
+    double total = 0;
+    for (int64_t i = 0; i < B; ++i) {
+      sp[i * 4 + 0] = st.log_z_pos[i];
+      sp[i * 4 + 1] = st.log_z_neg[i];
+      sp[i * 4 + 2] = st.min_pos[i];
+      sp[i * 4 + 3] = st.max_neg[i];
+      if (mining == Mining::kHardest) {
+        hp[2 * i] = st.arg_pos[i];
+        hp[2 * i + 1] = st.arg_neg[i];
+      }
+      total += double(st.log_z_pos[i]) / alpha + double(st.log_z_neg[i]) / beta;
+    }
+    loss.fill_(total / double(B));
+  });
+  return {loss, stats, hard_idx, ref_grad_cache};
+}
+
+std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
+    const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
+    const at::Tensor& stats_, const at::Tensor& hard_idx_, const at::Tensor& ref_grad_cache, double alpha,
+    double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad) {
+  const Mining mining =
+      detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
+  detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_, ref_grad_cache);
+  const int64_t B = embeddings.size(0), D = embeddings.size(1);
+  const bool ref_grad = ref_requires_grad && ref_embeddings.has_value();
+  const int64_t R = ref_embeddings.has_value() ? ref_embeddings->size(0) : 0;
+  at::Tensor grad_e = at::zeros({B, D}, embeddings.options());
+  at::Tensor grad_r = ref_grad ? at::zeros({R, D}, embeddings.options()) : at::empty({0}, embeddings.options());
+  if (B == 0) return {grad_e, grad_r};
+  const auto acc = acc_type_of(embeddings.scalar_type());
+  const at::Tensor stats = stats_.to(acc).contiguous();
+  const at::Tensor hard_idx = hard_idx_.contiguous();
+  const double g = grad_loss.to(at::kDouble).item<double>();
+  if (mining == Mining::kHardest) {
+    const int64_t M = B + R;
+    const int64_t* h = hard_idx.const_data_ptr<int64_t>();
+    for (int64_t k = 0; k < 2 * B; ++k)
+      TORCH_CHECK(h[k] >= -1 && h[k] < M, "recogfast::ms_loss_backward: hard_idx holds ", h[k],
+                  ", outside [-1, B + R = ", M, ")");
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_backward_cpu", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    MSLossCPU<T> k(mining, alpha, beta, base, epsilon);
+    k.template prepare<scalar_t>(embeddings, labels, ref_embeddings, ref_labels);
+    const at::Tensor gall = k.backward(T(g / double(B)), stats.const_data_ptr<T>(),
+                                       hard_idx.const_data_ptr<int64_t>(), ref_grad,
+                                       ref_grad_cache.numel() > 0 ? ref_grad_cache.to(acc).contiguous() : at::Tensor());
+    grad_e = k.template normalise_backward<scalar_t>(gall, 0, B, embeddings);
+    if (ref_grad) grad_r = k.template normalise_backward<scalar_t>(gall, B, R, embeddings);
+  });
+  return {grad_e, grad_r};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
+  m.impl("ms_loss", &ms_loss_cpu);
+  m.impl("ms_loss_backward", &ms_loss_backward_cpu);
+}
+
+}  // namespace recogfast

@@ -1,0 +1,45 @@
+// Schema and C++ API of the Multi-Similarity loss. The kernels live in cpu/ms_loss_kernel.cpp and
+// cuda/ms_loss_kernel.cu; autograd and the fake (meta) kernels are registered from Python
+// (recogfast/ops/ms_loss.py) so that torch.compile sees through the op.
+#include "ops/ms_loss.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+namespace recogfast {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss(
+    const at::Tensor& embeddings, const at::Tensor& labels, const std::optional<at::Tensor>& ref_embeddings,
+    const std::optional<at::Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
+    std::string_view mining, bool cache_ref_grad) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("recogfast::ms_loss", "")
+                       .typed<decltype(ms_loss)>();
+  return op.call(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, cache_ref_grad);
+}
+
+std::tuple<at::Tensor, at::Tensor> ms_loss_backward(
+    const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
+    const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
+    const at::Tensor& stats, const at::Tensor& hard_idx, const at::Tensor& ref_grad_cache, double alpha, double beta,
+    double base, double epsilon, std::string_view mining, bool ref_requires_grad) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("recogfast::ms_loss_backward", "")
+                       .typed<decltype(ms_loss_backward)>();
+  return op.call(grad_loss, embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, ref_grad_cache, alpha,
+                 beta, base, epsilon, mining, ref_requires_grad);
+}
+
+TORCH_LIBRARY_FRAGMENT(recogfast, m) {
+  m.def(
+      "ms_loss(Tensor embeddings, Tensor labels, Tensor? ref_embeddings, Tensor? ref_labels, float alpha, "
+      "float beta, float base, float epsilon, str mining, bool cache_ref_grad=False) "
+      "-> (Tensor loss, Tensor stats, Tensor hard_idx, Tensor ref_grad_cache)");
+  m.def(
+      "ms_loss_backward(Tensor grad_loss, Tensor embeddings, Tensor labels, Tensor? ref_embeddings, "
+      "Tensor? ref_labels, Tensor stats, Tensor hard_idx, Tensor ref_grad_cache, float alpha, float beta, "
+      "float base, float epsilon, "
+      "str mining, bool ref_requires_grad) -> (Tensor grad_embeddings, Tensor grad_ref_embeddings)");
+}
+
+}  // namespace recogfast

@@ -1,0 +1,133 @@
+// Multi-Similarity loss with hard-pair mining. See ../shared/SPEC.md "Loss" and recogfast/ops/ms_loss.py.
+//
+// Outputs of the forward op: the loss (0-dim, the embeddings' dtype), the per-anchor statistics
+// stats [B, 4] in the accumulation dtype (float32, float64 for float64 input) with columns
+//   0 log_z_pos = log(1 + sum_{p in P_i} exp(-alpha (S_ip - base)))
+//   1 log_z_neg = log(1 + sum_{n in N_i} exp( beta (S_in - base)))
+//   2 min_pos   = min over positives of S_ip (+inf without positives)
+//   3 max_neg   = max over negatives of S_in (-inf without negatives)
+// and hard_idx [B, 2] int64: the candidate index of the hardest positive and negative of each anchor
+// for mining="hardest" (-1 where the anchor mines nothing; all -1 for the other modes), and
+// ref_grad_cache: with cache_ref_grad on the CPU, for a reference set that needs no gradient and mining
+// "ms"/"all", the reference set's share of dL/d(normalised anchors) for dL/dloss = B, [B, D] in the
+// accumulation dtype, gathered from the forward pass's tiles so that the backward pass need not
+// recompute the B x R tiles; otherwise empty ([0]).
+// Candidates are the B rows of embeddings followed by the R rows of ref_embeddings.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <string_view>
+#include <tuple>
+
+#include "ops/checks.h"
+
+namespace recogfast {
+
+enum class Mining : int { kMS = 0, kAll = 1, kHardest = 2 };
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss(
+    const at::Tensor& embeddings, const at::Tensor& labels, const std::optional<at::Tensor>& ref_embeddings,
+    const std::optional<at::Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
+    std::string_view mining, bool cache_ref_grad = false);
+
+std::tuple<at::Tensor, at::Tensor> ms_loss_backward(
+    const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
+    const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
+    const at::Tensor& stats, const at::Tensor& hard_idx, const at::Tensor& ref_grad_cache, double alpha, double beta,
+    double base, double epsilon, std::string_view mining, bool ref_requires_grad);
+
+namespace detail {
+
+inline bool is_integer_dtype(at::ScalarType t) {
+  return at::isIntegralType(t, /*includeBool=*/false);
+}
+
+// Validates the arguments of ms_loss (everything but the values of the embeddings, which the kernels
+// check for NaN/inf while they normalise) and returns the mining mode.
+inline Mining check_ms_loss_args(const at::Tensor& embeddings, const at::Tensor& labels,
+                                 const std::optional<at::Tensor>& ref_embeddings,
+                                 const std::optional<at::Tensor>& ref_labels, double alpha, double beta,
+                                 double epsilon, std::string_view mining) {
+  constexpr const char* op = "recogfast::ms_loss";
+  TORCH_CHECK(embeddings.defined(), op, ": embeddings is undefined");
+  TORCH_CHECK(embeddings.dim() == 2, op, ": embeddings must be a 2-D tensor [N, D], got a ", embeddings.dim(),
+              "-D tensor of shape ", checks::shape_str(embeddings));
+  TORCH_CHECK(at::isFloatingType(embeddings.scalar_type()), op,
+              ": embeddings must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+              embeddings.scalar_type());
+  TORCH_CHECK(labels.defined() && labels.dim() == 1 && is_integer_dtype(labels.scalar_type()), op,
+              ": labels must be a 1-D integer tensor, got a ", labels.dim(), "-D tensor of dtype ",
+              labels.scalar_type());
+  if (ref_embeddings.has_value()) {
+    const at::Tensor& r = *ref_embeddings;
+    TORCH_CHECK(r.dim() == 2, op, ": ref_embeddings must be a 2-D tensor [N, D], got a ", r.dim(),
+                "-D tensor of shape ", checks::shape_str(r));
+    TORCH_CHECK(at::isFloatingType(r.scalar_type()), op,
+                ": ref_embeddings must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
+                r.scalar_type());
+  }
+  if (ref_labels.has_value()) {
+    const at::Tensor& l = *ref_labels;
+    TORCH_CHECK(l.dim() == 1 && is_integer_dtype(l.scalar_type()), op,
+                ": ref_labels must be a 1-D integer tensor, got a ", l.dim(), "-D tensor of dtype ", l.scalar_type());
+  }
+  TORCH_CHECK(ref_embeddings.has_value() == ref_labels.has_value(), op,
+              ": ref_embeddings and ref_labels must be given together");
+  TORCH_CHECK(labels.size(0) == embeddings.size(0), op,
+              ": labels must have one entry per row of embeddings: labels has ", labels.size(0), ", embeddings has ",
+              embeddings.size(0), " rows");
+  TORCH_CHECK(labels.device() == embeddings.device(), op, ": labels is on ", labels.device(),
+              " but embeddings is on ", embeddings.device(), "; move all arguments to one device");
+  if (ref_embeddings.has_value()) {
+    const at::Tensor& r = *ref_embeddings;
+    const at::Tensor& l = *ref_labels;
+    TORCH_CHECK(r.size(1) == embeddings.size(1), op, ": ref_embeddings must have D = embeddings.size(1) = ",
+                embeddings.size(1), " columns, got shape ", checks::shape_str(r));
+    TORCH_CHECK(l.size(0) == r.size(0), op, ": ref_labels must have one entry per row of ref_embeddings: ref_labels has ",
+                l.size(0), ", ref_embeddings has ", r.size(0), " rows");
+    TORCH_CHECK(r.device() == embeddings.device(), op, ": ref_embeddings is on ", r.device(),
+                " but embeddings is on ", embeddings.device(), "; move all arguments to one device");
+    TORCH_CHECK(l.device() == embeddings.device(), op, ": ref_labels is on ", l.device(), " but embeddings is on ",
+                embeddings.device(), "; move all arguments to one device");
+    TORCH_CHECK(r.scalar_type() == embeddings.scalar_type(), op, ": ref_embeddings has dtype ", r.scalar_type(),
+                " but embeddings has dtype ", embeddings.scalar_type(),
+                "; cast the reference set to the embeddings' dtype");
+  }
+  TORCH_CHECK(alpha > 0, op, ": alpha must be > 0, got ", alpha);
+  TORCH_CHECK(beta > 0, op, ": beta must be > 0, got ", beta);
+  TORCH_CHECK(epsilon >= 0, op, ": epsilon must be >= 0, got ", epsilon);
+  if (mining == "ms") return Mining::kMS;
+  if (mining == "all") return Mining::kAll;
+  if (mining == "hardest") return Mining::kHardest;
+  TORCH_CHECK(false, op, ": mining must be one of 'ms', 'all', 'hardest', got '", std::string(mining), "'");
+}
+
+// Whether the forward op fills ref_grad_cache (only the CPU kernel does; see above).
+inline bool ms_loss_caches_ref_grad(const at::Tensor& embeddings, const std::optional<at::Tensor>& ref_embeddings,
+                                    Mining mining, bool cache_ref_grad) {
+  return cache_ref_grad && embeddings.device().is_cpu() && ref_embeddings.has_value() &&
+         ref_embeddings->size(0) > 0 && mining != Mining::kHardest;
+}
+
+// Extra checks of the backward op's saved tensors.
+inline void check_ms_loss_backward_args(const at::Tensor& grad_loss, const at::Tensor& embeddings,
+                                        const at::Tensor& stats, const at::Tensor& hard_idx,
+                                        const at::Tensor& ref_grad_cache) {
+  constexpr const char* op = "recogfast::ms_loss_backward";
+  const int64_t B = embeddings.size(0);
+  TORCH_CHECK(grad_loss.numel() == 1, op, ": grad_loss must hold one value, got shape ", checks::shape_str(grad_loss));
+  checks::shape(op, "stats", stats, {B, 4}, "[B, 4]");
+  checks::shape(op, "hard_idx", hard_idx, {B, 2}, "[B, 2]");
+  TORCH_CHECK(hard_idx.scalar_type() == at::kLong, op, ": hard_idx must be int64, got ", hard_idx.scalar_type());
+  TORCH_CHECK(ref_grad_cache.numel() == 0 || ref_grad_cache.sizes() == embeddings.sizes(), op,
+              ": ref_grad_cache must be empty or of the shape of embeddings, got ", checks::shape_str(ref_grad_cache));
+  TORCH_CHECK(stats.device() == embeddings.device() && hard_idx.device() == embeddings.device() &&
+                  grad_loss.device() == embeddings.device(),
+              op, ": grad_loss, stats and hard_idx must be on the device of embeddings (", embeddings.device(), ")");
+}
+
+}  // namespace detail
+}  // namespace recogfast
