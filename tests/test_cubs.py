@@ -6,14 +6,17 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import DEVICES
 from recogfast.nn import CUBSBlock, CUBSBlock1, CUBSBlock2, attention_names, create_attention
 from recogfast.ops import cubs_channel, cubs_channel_reference, cubs_spatial, cubs_spatial_reference
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
-# Block 1 (B, C, H, W, N): B = 1, 1x1 and 2x2 maps, C = 3, N = 1, odd sizes, a ResNet stage.
-SHAPES1 = [(2, 16, 5, 7, 8), (1, 3, 1, 1, 1), (1, 3, 2, 2, 1), (3, 33, 4, 3, 5), (2, 64, 14, 14, 32), (2, 1, 3, 3, 1)]
+# Block 1 (B, C, H, W, N): B = 1, 1x1 and 2x2 maps, C = 3, N = 1, odd sizes, ResNet stages (14x14, 56x56).
+SHAPES1 = [(2, 16, 5, 7, 8), (1, 3, 1, 1, 1), (1, 3, 2, 2, 1), (3, 33, 4, 3, 5), (2, 64, 14, 14, 32), (2, 1, 3, 3, 1),
+           (1, 8, 56, 56, 4)]
 # Block 2 (B, C, H, W): B = 1, 1x1 and 2x2 maps, C = 3, odd H·W, 56x56.
 SHAPES2 = [(2, 16, 5, 7), (1, 3, 1, 1), (1, 3, 2, 2), (3, 33, 3, 5), (1, 1, 9, 9), (2, 8, 56, 56)]
 
@@ -137,3 +140,347 @@ def test_create_attention_builds_every_cubs_name():
     assert create_attention("cubs1", 16, inner=4).inner == 4
     with pytest.raises(ValueError, match="unknown attention 'cubs3'; choose one of: .*cubs_serial21"):
         create_attention("cubs3", 16)
+
+
+# --- the fused ops against the references -------------------------------------------------------------
+
+OPS = {
+    "channel": (torch.ops.recogfast.cubs_channel, cubs_channel_reference, make_args1, SHAPES1),
+    "spatial": (torch.ops.recogfast.cubs_spatial, cubs_spatial_reference, make_args2, SHAPES2),
+}
+
+
+def sample_inputs(which, device="cpu", dtype=torch.float64, grad=False, shapes=None):
+    """One generator for the reference tests, gradcheck and opcheck."""
+    _, _, make, default_shapes = OPS[which]
+    for shape in shapes or default_shapes:
+        for fmt in FORMATS:
+            yield make(*shape, dtype=dtype, device=device, memory_format=fmt, grad=grad)
+
+
+def fused_and_reference(which, args, grad_out=None):
+    """Outputs and input gradients of the fused op and of the reference on the same inputs."""
+    out = []
+    for fn in OPS[which][:2]:
+        leaves = [a.detach().clone().requires_grad_(True) for a in args]
+        y = fn(*leaves)
+        gy = grad_out if grad_out is not None else torch.ones_like(y)
+        out.append((y, torch.autograd.grad(y, leaves, gy)))
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["channel", "spatial"])
+def test_matches_reference_float64(device, which):
+    for args in sample_inputs(which, device):
+        gy = torch.randn_like(args[0])
+        (y, g), (y_ref, g_ref) = fused_and_reference(which, args, gy)
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+        for i, (a, b) in enumerate(zip(g, g_ref)):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10, msg=lambda m, i=i: f"grad of arg {i}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["channel", "spatial"])
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+def test_output_keeps_memory_format(device, which, fmt):
+    op, _, make, shapes = OPS[which]
+    x, *w = make(*shapes[0], dtype=torch.float32, device=device, memory_format=fmt)
+    assert op(x, *w).is_contiguous(memory_format=fmt)
+    backward = getattr(torch.ops.recogfast, f"cubs_{which}_backward")
+    assert backward(torch.randn_like(x), x, *w)[0].is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("which", ["channel", "spatial"])
+def test_non_contiguous_input_and_grad(which):
+    _, _, make, shapes = OPS[which]
+    x, *w = make(*((3, 6, 8, 8, 2) if which == "channel" else (3, 6, 8, 8)))
+    gy = torch.randn(3, 6, 8, 8, dtype=torch.float64)[:, :, 1::2, ::2]
+    (y, g), (y_ref, g_ref) = fused_and_reference(which, [x[:, :, ::2, 1::2], *w], gy)
+    torch.testing.assert_close(y, y_ref)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)
+
+
+LOW_PRECISION_SHAPES = {
+    "channel": [(4, 64, 7, 7, 32), (2, 256, 2, 2, 128), (1, 3, 1, 1, 1), (8, 32, 14, 14, 16)],
+    "spatial": [(4, 64, 7, 7), (2, 16, 28, 28), (1, 3, 1, 1), (2, 32, 14, 15)],
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["channel", "spatial"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+def test_low_precision_error_within_twice_the_reference(device, which, dtype, fmt):
+    """fp16/bf16: error against the float64 truth is at most 2x the error of the same-precision
+    reference (plus one rounding unit of the tensor's scale). fp32: close to the truth (both accumulate
+    in fp32; the fused exp has ~1e-7 relative error)."""
+    _, _, make, _ = OPS[which]
+    for shape in LOW_PRECISION_SHAPES[which]:
+        args64 = make(*shape, device=device, memory_format=fmt)
+        gy64 = torch.randn_like(args64[0])
+        truth_y, truth_g = fused_and_reference(which, args64, gy64)[1]
+        (y, g), (y_ref, g_ref) = fused_and_reference(which, [a.to(dtype) for a in args64], gy64.to(dtype))
+        # Some gradients are exactly zero in exact arithmetic (grad bk: softmax ignores a shift of k; with
+        # one position, grad wq and wk): both implementations then return rounding noise of cancelling
+        # sums, measured on the scale of the call's largest gradient.
+        grad_scale = max(t.abs().max().item() for t in truth_g)
+        for i, (out, ref, truth) in enumerate(zip((y, *g), (y_ref, *g_ref), (truth_y, *truth_g))):
+            scale = truth.abs().max().item()
+            if i > 0 and scale < 1e-9 * grad_scale:
+                scale = grad_scale
+            err = (out.double() - truth).abs().max().item()
+            ref_err = (ref.double() - truth).abs().max().item()
+            if dtype == torch.float32:
+                assert err <= 2e-5 * scale + 2 * ref_err + 1e-6, f"output {i} {shape}: {err} vs {ref_err} (scale {scale})"
+            else:
+                assert err <= 2 * ref_err + torch.finfo(dtype).eps * scale, f"output {i} {shape}: {err} vs {ref_err}"
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    B=st.integers(1, 3), C=st.integers(1, 24), H=st.integers(1, 9), W=st.integers(1, 9), N=st.integers(1, 12),
+    channels_last=st.booleans(), which=st.sampled_from(["channel", "spatial"]),
+)
+def test_fuzzed_shapes_match_reference(B, C, H, W, N, channels_last, which):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (B, C, H, W, N) if which == "channel" else (B, C, H, W)
+    args = OPS[which][2](*shape, memory_format=fmt)
+    (y, g), (y_ref, g_ref) = fused_and_reference(which, args, torch.randn_like(args[0]))
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["channel", "spatial"])
+def test_gradcheck_float64(device, which):
+    shapes = {"channel": [(2, 5, 3, 4, 3), (1, 3, 1, 1, 1), (2, 4, 2, 2, 1)],
+              "spatial": [(2, 5, 3, 4), (1, 3, 1, 1), (1, 2, 3, 3)]}[which]
+    for args in sample_inputs(which, device, grad=True, shapes=shapes):
+        assert torch.autograd.gradcheck(OPS[which][0], args, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["channel", "spatial"])
+def test_opcheck(device, which):
+    shapes = OPS[which][3][:4]
+    op = getattr(torch.ops.recogfast, f"cubs_{which}").default
+    backward = getattr(torch.ops.recogfast, f"cubs_{which}_backward").default
+    for args in sample_inputs(which, device, grad=True, shapes=shapes):
+        torch.library.opcheck(op, args)
+    for args in sample_inputs(which, device, shapes=shapes):
+        torch.library.opcheck(backward, [torch.randn_like(args[0]), *args])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["channel", "spatial"])
+def test_empty_batch(device, which):
+    _, _, make, shapes = OPS[which]
+    x, *w = make(0, *shapes[0][1:], device=device, grad=True)
+    y = OPS[which][0](x, *w)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for t in w:
+        assert torch.equal(t.grad, torch.zeros_like(t))
+
+
+def test_large_logits_stay_finite():
+    """|q k| up to ~1e4: the rank-one row maximum keeps every exponent <= 0 (the naive exp overflows)."""
+    x, wq, bq, wk, bk, wv, bv = make_args2(2, 4, 6, 6)
+    args = [x * 30, wq * 30, bq, wk * 30, bk, wv, bv]
+    (y, g), (y_ref, g_ref) = fused_and_reference("spatial", args, torch.randn_like(x))
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, y_ref)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
+    y32 = torch.ops.recogfast.cubs_spatial(*[a.float() for a in args])
+    torch.testing.assert_close(y32.double(), y_ref, rtol=1e-4, atol=1e-4)
+
+
+# --- modules: fused against reference, placements, torch.compile --------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["cubs1", "cubs2", "cubs_parallel", "cubs_serial12", "cubs_serial21"])
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+def test_module_fused_matches_reference(device, name, fmt):
+    fused = create_attention(name, 12, impl="fused").to(device).double()
+    ref = create_attention(name, 12, impl="reference").to(device).double()
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 12, 5, 4, dtype=torch.float64, device=device).to(memory_format=fmt)
+    outs = []
+    for m in (fused, ref):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        y.square().sum().backward()
+        outs.append((y, xi.grad, [p.grad for p in m.parameters()]))
+        m.zero_grad()
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    for a, b in zip(outs[0][2], outs[1][2]):
+        torch.testing.assert_close(a, b)
+
+
+def test_module_under_bf16_autocast_runs_fused_in_activation_dtype():
+    block = CUBSBlock(16, "serial12")
+    x = torch.randn(2, 16, 6, 6).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = block(x)
+    assert y.dtype == torch.bfloat16
+    ref = CUBSBlock(16, "serial12", impl="reference").double()
+    ref.load_state_dict(block.state_dict())
+    torch.testing.assert_close(y.double(), ref(x.double()), rtol=3e-2, atol=3e-2)
+
+
+class BasicBlock(torch.nn.Module):
+    """A ResNet-18 basic block with the attention after the body, before the add (SPEC "Placement")."""
+
+    def __init__(self, channels, attention):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(channels)
+        self.conv2 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(channels)
+        self.attn = attention
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.attn(self.bn2(self.conv2(out)))
+        return torch.relu(out + x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("placement", ["serial12", "parallel"])
+def test_compiled_resnet_block_matches_eager(device, placement):
+    block = BasicBlock(16, CUBSBlock(16, placement, impl="fused")).to(device)
+    x = torch.randn(4, 16, 8, 8, device=device).to(memory_format=torch.channels_last)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ye = block(xe)  # train mode: batch statistics, so both runs see the same normalisation
+    ye.square().sum().backward()
+    grads_e = [xe.grad] + [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    yc = compiled(xc)
+    yc.square().sum().backward()
+    torch.testing.assert_close(yc, ye)
+    grads_c = [xc.grad] + [p.grad for p in block.parameters()]
+    for a, b in zip(grads_c, grads_e):
+        torch.testing.assert_close(a, b)
+
+
+def test_compiled_with_inductor_matches_eager():
+    block = BasicBlock(8, CUBSBlock(8, "serial21", impl="fused")).eval()
+    x = torch.randn(2, 8, 6, 6)
+    compiled = torch.compile(block, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), block(x))
+
+
+# --- bad input: every message names the argument -------------------------------------------------------
+
+def _bad_cases_channel():
+    x, wq, bq, wk, bk, wv, bv, wo, bo = make_args1(2, 8, 4, 4, 3, dtype=torch.float32)
+    rest = (wk, bk, wv, bv, wo, bo)
+    yield "x must be a 4-D tensor", (x[0], wq, bq, *rest)
+    yield r"wq must have shape \[N, C\]", (x, wq[:, :5], bq, *rest)
+    yield r"bq must have shape \[N\]", (x, wq, bq[:1], *rest)
+    yield r"wk must have shape \[N, C\]", (x, wq, bq, wk[:2], bk, wv, bv, wo, bo)
+    yield r"wv must have shape \[N, C\]", (x, wq, bq, wk, bk, wv[:, :2], bv, wo, bo)
+    yield r"wo must have shape \[C, N\]", (x, wq, bq, wk, bk, wv, bv, wo.t(), bo)
+    yield r"bo must have shape \[C\]", (x, wq, bq, wk, bk, wv, bv, wo, bo[:3])
+    yield "wo must be a 2-D tensor", (x, wq, bq, wk, bk, wv, bv, wo[0], bo)
+    yield "x must be a floating-point tensor", (x.long(), wq, bq, *rest)
+    yield "wv must be a floating-point tensor", (x, wq, bq, wk, bk, wv.int(), bv, wo, bo)
+    yield "bk has dtype torch.float64|bk has dtype Double", (x, wq, bq, wk, bk.double(), wv, bv, wo, bo)
+
+
+def _bad_cases_spatial():
+    x, wq, bq, wk, bk, wv, bv = make_args2(2, 8, 4, 4, dtype=torch.float32)
+    yield "x must be a 4-D tensor", (x[0], wq, bq, wk, bk, wv, bv)
+    yield r"wq must have shape \[C\]", (x, wq[:5], bq, wk, bk, wv, bv)
+    yield r"bk must have shape \[1\]", (x, wq, bq, wk, torch.zeros(2), wv, bv)
+    yield "wv must be a 1-D tensor", (x, wq, bq, wk, bk, wv[None], bv)
+    yield "x must be a floating-point tensor", (x.int(), wq, bq, wk, bk, wv, bv)
+    yield "wk must be a floating-point tensor", (x, wq, bq, wk.long(), bk, wv, bv)
+    yield "bv has dtype torch.float16|bv has dtype Half", (x, wq, bq, wk, bk, wv, bv.half())
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("which", ["channel", "spatial"])
+def test_bad_input_names_the_argument(impl, which):
+    wrapper = cubs_channel if which == "channel" else cubs_spatial
+    cases = _bad_cases_channel() if which == "channel" else _bad_cases_spatial()
+    for pattern, args in cases:
+        with pytest.raises((RuntimeError, TypeError), match=pattern):
+            wrapper(*args, impl=impl)
+        with pytest.raises((RuntimeError, TypeError), match=pattern):
+            OPS[which][0](*args)
+
+
+def test_mixed_devices_name_the_argument():
+    x, wq, bq, wk, bk, wv, bv = make_args2(2, 8, 4, 4, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="wk is on meta but x is on cpu"):
+        torch.ops.recogfast.cubs_spatial(x, wq, bq, wk.to("meta"), bk, wv, bv)
+    x, *w = make_args1(2, 8, 4, 4, 3, dtype=torch.float32)
+    w[6] = w[6].to("meta")
+    with pytest.raises(RuntimeError, match="wo is on meta but x is on cpu"):
+        torch.ops.recogfast.cubs_channel(x, *w)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_mixed_cpu_cuda_names_the_argument():
+    x, wq, bq, wk, bk, wv, bv = make_args2(2, 8, 4, 4, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="wq is on cuda"):
+        torch.ops.recogfast.cubs_spatial(x, wq.cuda(), bq, wk, bk, wv, bv)
+
+
+# --- memory: the HW×HW matrix is never built ----------------------------------------------------------
+
+_MEMORY_SCRIPT = r"""
+import torch
+import recogfast
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+torch.manual_seed(0)
+C, H, W = 8, 192, 192
+x = torch.randn(1, C, H, W)
+w = [torch.randn(C) / C**0.5 if i % 2 == 0 else torch.zeros(1) for i in range(6)]
+# Warm up threads and the allocator on a small input, then measure the big one from a reset peak:
+# writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS (Linux >= 4.0).
+torch.ops.recogfast.cubs_spatial_backward(torch.randn(1, C, 8, 8), torch.randn(1, C, 8, 8), *w)
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before, reset = status_kib("VmRSS"), 1
+except OSError:  # no reset: measure growth of the peak itself (a weaker bound, still far below 5.4 GB)
+    before, reset = status_kib("VmHWM"), 0
+y = torch.ops.recogfast.cubs_spatial(x, *w)
+gx, *gw = torch.ops.recogfast.cubs_spatial_backward(torch.ones_like(y), x, *w)
+assert torch.isfinite(y).all() and torch.isfinite(gx).all()
+print((status_kib("VmHWM") - before) * 1024, x.numel() * x.element_size(), reset)
+"""
+
+
+def test_spatial_192x192_never_builds_the_hw_by_hw_matrix():
+    """Block 2 on one 8×192×192 input, forward and backward on the CPU: the similarity matrix alone
+    would be (192·192)² · 4 B = 5.4 GB; the peak RSS may grow by at most 16 × the input (19 MB).
+    The op's own buffers are y, grad_y, grad_x (3 × the input) and about 13 floats a pixel of scratch."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    grown, input_bytes, reset = map(int, out.stdout.split())
+    if reset:
+        assert grown > 0  # the measurement sees the op's own buffers
+    assert grown <= 16 * input_bytes, f"peak RSS grew by {grown / 2**20:.1f} MiB for a {input_bytes / 2**20:.1f} MiB input"

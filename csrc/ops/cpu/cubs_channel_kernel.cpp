@@ -187,7 +187,7 @@ struct CubsChannelCPU {
   void schedule(const Pass1& pass1, const PerSample& per_sample, const Pass2& pass2) const {
     const int64_t nblk = channel_blocks();
     if (nblk == 1) {
-      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, B, cpu::grain_for(C * HW + 4 * N * (N + C)), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           pass1(b, 0, C);
           per_sample(b);
@@ -198,7 +198,7 @@ struct CubsChannelCPU {
     }
     const int64_t cb = (C + nblk - 1) / nblk;
     auto blocks = [&](const auto& fn) {
-      at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, B * nblk, cpu::grain_for(cb * HW), [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           const int64_t b = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(C, c0 + cb);
           if (c0 < c1) fn(b, c0, c1);
@@ -206,7 +206,7 @@ struct CubsChannelCPU {
       });
     };
     blocks(pass1);
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B, cpu::grain_for(4 * N * (N + C)), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) per_sample(b);
     });
     blocks(pass2);
@@ -234,7 +234,7 @@ struct CubsChannelCPU {
              },
              [&](int64_t b, int64_t c0, int64_t c1) { apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); });
     // grad W{q,k,v}[r, c] = sum_b dqkv[b, r] g[b, c]; grad b{q,k,v}[r] = sum_b dqkv[b, r]
-    at::parallel_for(0, 3 * N, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, 3 * N, cpu::grain_for(B * C), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> row(C);
       for (int64_t r = begin; r < end; ++r) {
         std::fill(row.begin(), row.end(), acc_t(0));
@@ -253,7 +253,7 @@ struct CubsChannelCPU {
       }
     });
     // grad Wo[c, n] = sum_b dz[b, c] f[b, n]; grad bo[c] = sum_b dz[b, c]
-    at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, C, cpu::grain_for(B * N), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> row(N);
       for (int64_t c = begin; c < end; ++c) {
         std::fill(row.begin(), row.end(), acc_t(0));

@@ -43,7 +43,7 @@ struct CubsSpatialCPU {
   template <typename Fn>
   void for_chunks(const Fn& fn) const {
     const int64_t nc = chunks();
-    at::parallel_for(0, B * nc, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * nc, cpu::grain_for(4 * C * kPixelChunk), [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t b = t / nc, p0 = (t % nc) * kPixelChunk;
         fn(b, p0, std::min(P, p0 + kPixelChunk), t);
@@ -176,7 +176,7 @@ struct CubsSpatialCPU {
     const acc_t* k = q + B * P;
     const acc_t* v = k + B * P;
     key_range(k, kmin.data(), kmax.data());
-    at::parallel_for(0, B * P, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * P, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P;
         const acc_t m = cpu::row_max(q[r], kmin[b], kmax[b]);
@@ -201,7 +201,7 @@ struct CubsSpatialCPU {
     acc_t* dk = dq + BP;
     acc_t* dv = dk + BP;
     key_range(k, kmin.data(), kmax.data());
-    at::parallel_for(0, BP, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, BP, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P;
         const acc_t m = cpu::row_max(q[r], kmin[b], kmax[b]);
@@ -218,7 +218,7 @@ struct CubsSpatialCPU {
         fc[r] = acc_t(df * double(q[r]) * inv_l * f);
       }
     });
-    at::parallel_for(0, BP, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, BP, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
       double out[3];
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P, o = b * P;

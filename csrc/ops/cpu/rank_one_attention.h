@@ -26,15 +26,14 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 // 2^t for t <= 0 (t below -126 flushes to 0, far below the l_i >= 1 it is added to). Relative error
 // about 1.2e-7: a degree-6 polynomial for 2^f, |f| <= 1/2, times 2^n built in the exponent bits.
-static inline float exp2_nonpos(float t) {
-  t = std::max(t, -126.0f);
+inline float exp2_nonpos(float t) {
+  // Branch-free and memcpy-free so that the loops calling it vectorise.
+  t = t < -126.0f ? -126.0f : t;
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
   const float r = t + kMagic;
   const float n = r - kMagic;
   const float f = t - n;
-  int32_t rb;
-  std::memcpy(&rb, &r, 4);
-  const int32_t ni = rb - 0x4B400000;  // round(t)
+  const int32_t ni = __builtin_bit_cast(int32_t, r) - 0x4B400000;  // round(t)
   float p = 1.5403530393381606e-4f;
   p = p * f + 1.3333558146428443e-3f;
   p = p * f + 9.6181291076284772e-3f;
@@ -42,10 +41,7 @@ static inline float exp2_nonpos(float t) {
   p = p * f + 2.4022650695910071e-1f;
   p = p * f + 6.9314718055994531e-1f;
   p = p * f + 1.0f;
-  const int32_t sb = (ni + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &sb, 4);
-  return p * scale;
+  return p * __builtin_bit_cast(float, (ni + 127) << 23);
 }
 
 struct RowSums {
@@ -103,6 +99,12 @@ inline void col_sums(double kj, const double* q, const double* m, const double* 
 inline void col_sums(float kj, const float* q, const float* m, const float* a, const float* b, const float* c,
                      int64_t L, double* out) {
   col_sums_f32(kj, q, m, a, b, c, L, out);
+}
+
+// Grain for at::parallel_for over items of `work_per_item` elementary operations: at least ~64k
+// operations a task, so that small inputs run inline instead of paying a parallel region.
+inline int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work_per_item));
 }
 
 // The row maximum of S: q_i * max k (q_i >= 0) or q_i * min k.

@@ -1,0 +1,569 @@
+// CUBS Block 2 on CUDA, forward and backward, NCHW and NHWC, fp32/fp64/fp16/bf16 with fp32 (fp64 for
+// double) accumulation and no [B, HW, HW] buffer: scratch is a few [B, HW] vectors.
+//
+// Forward:  1. q, k, v per pixel                      (cubs_spatial_project_*)
+//           2. min k, max k per sample                 (cubs_spatial_key_range_kernel)
+//           3. per row i: l_i, f_i in one pass over j  (cubs_spatial_row_kernel), gate = sigmoid(f)
+//           4. y = x * gate                            (cubs_spatial_apply_kernel)
+// Backward: 1-2 as above (plus d_i = sum_c grad_y x); 3. the row pass again with sum e k and sum e k v
+//           -> gate, dq and the per-row factors; 4. a column pass over i -> dk, dv
+//           (cubs_spatial_col_kernel); 5. grad_x; 6. weight gradients (fixed-order sums).
+//
+// The two B·HW² passes: each thread owns kRows rows (or columns); the block stages tiles of the other
+// side's values in shared memory, read as broadcasts (every thread reads the same address), so the
+// inner loop per pair is one FFMA, one MUFU.EX2 and two or three FFMA/FADD: it is bound by the
+// exponential rate (16 MUFU ops/clk/SM on sm_90), the floor the benchmark reports.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "ops/cubs_spatial.h"
+#include "ops/cuda/cubs_common.cuh"
+
+namespace recogfast {
+namespace {
+
+using namespace cubs_cuda;
+
+constexpr int kThreads = 128;  // threads a block in the two quadratic passes
+constexpr int kRows = 2;       // rows (columns) a thread
+constexpr int kTile = 512;     // staged j (i) values a tile
+
+// The three 1×1 projections' weights ([C] each) and biases ([1] each), passed by value.
+template <typename scalar_t>
+struct Weights {
+  const scalar_t* w[3];
+  const scalar_t* b[3];
+};
+
+// NCHW projections: a thread a pixel, channels in the loop (reads coalesced along pixels).
+// qkv [3][B * P]; with kGrad also d[b * P + p] = sum_c gy x.
+template <typename scalar_t, typename acc_t, bool kGrad>
+__global__ void cubs_spatial_project_nchw(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
+                                          const Weights<scalar_t> wt, int64_t B, int64_t C, int64_t P,
+                                          acc_t* __restrict__ qkv, acc_t* __restrict__ d) {
+  const int64_t BP = B * P;
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < BP; r += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = r / P, p = r - b * P;
+    const scalar_t* xp = x + b * C * P + p;
+    acc_t sq = static_cast<acc_t>(wt.b[0][0]), sk = static_cast<acc_t>(wt.b[1][0]);
+    acc_t sv = static_cast<acc_t>(wt.b[2][0]), sd = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t xv = static_cast<acc_t>(xp[c * P]);
+      sq += static_cast<acc_t>(wt.w[0][c]) * xv;
+      sk += static_cast<acc_t>(wt.w[1][c]) * xv;
+      sv += static_cast<acc_t>(wt.w[2][c]) * xv;
+      if constexpr (kGrad) sd += static_cast<acc_t>(gy[b * C * P + c * P + p]) * xv;
+    }
+    qkv[r] = sq;
+    qkv[BP + r] = sk;
+    qkv[2 * BP + r] = sv;
+    if constexpr (kGrad) d[r] = sd;
+  }
+}
+
+// NHWC projections: a warp a pixel, lanes along the channels (coalesced).
+template <typename scalar_t, typename acc_t, bool kGrad>
+__global__ void cubs_spatial_project_nhwc(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
+                                          const Weights<scalar_t> wt, int64_t B, int64_t C, int64_t P,
+                                          acc_t* __restrict__ qkv, acc_t* __restrict__ d) {
+  const int64_t BP = B * P;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = int64_t(gridDim.x) * blockDim.x / kWarp;
+  for (int64_t r = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp; r < BP; r += warps) {
+    const scalar_t* xr = x + r * C;
+    acc_t sq = 0, sk = 0, sv = 0, sd = 0;
+    for (int64_t c = lane; c < C; c += kWarp) {
+      const acc_t xv = static_cast<acc_t>(xr[c]);
+      sq += static_cast<acc_t>(wt.w[0][c]) * xv;
+      sk += static_cast<acc_t>(wt.w[1][c]) * xv;
+      sv += static_cast<acc_t>(wt.w[2][c]) * xv;
+      if constexpr (kGrad) sd += static_cast<acc_t>(gy[r * C + c]) * xv;
+    }
+    sq = warp_sum(sq);
+    sk = warp_sum(sk);
+    sv = warp_sum(sv);
+    if constexpr (kGrad) sd = warp_sum(sd);
+    if (lane == 0) {
+      qkv[r] = sq + static_cast<acc_t>(wt.b[0][0]);
+      qkv[BP + r] = sk + static_cast<acc_t>(wt.b[1][0]);
+      qkv[2 * BP + r] = sv + static_cast<acc_t>(wt.b[2][0]);
+      if constexpr (kGrad) d[r] = sd;
+    }
+  }
+}
+
+// kr[b] = {min k, max k} over the sample's pixels; one block a sample.
+template <typename acc_t>
+__global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, int64_t P, Pair<acc_t>* __restrict__ kr) {
+  __shared__ acc_t lo_s[32], hi_s[32];
+  const int64_t b = blockIdx.x;
+  const acc_t* kb = k + b * P;
+  acc_t lo = kb[0], hi = kb[0];
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
+    lo = min(lo, kb[p]);
+    hi = max(hi, kb[p]);
+  }
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
+    lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
+    hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
+  }
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  if (lane == 0) {
+    lo_s[warp] = lo;
+    hi_s[warp] = hi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < int(blockDim.x / kWarp); ++w) {
+      lo = min(lo, lo_s[w]);
+      hi = max(hi, hi_s[w]);
+    }
+    kr[b] = Pair<acc_t>{lo, hi};
+  }
+}
+
+// The row pass. grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f); with kGrad also
+// dq and the column pass's per-row factors: pack = {q, m log2e, df / l, df q / l}, fc = df q f / l.
+template <typename acc_t, bool kGrad>
+__global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
+    const acc_t* __restrict__ qkv, const Pair<acc_t>* __restrict__ kr, const acc_t* __restrict__ d, int64_t B,
+    int64_t P, acc_t* __restrict__ gate, acc_t* __restrict__ dq, Quad<acc_t>* __restrict__ pack,
+    acc_t* __restrict__ fc) {
+  __shared__ Pair<acc_t> kv[kTile];
+  const int64_t BP = B * P, b = blockIdx.y;
+  const acc_t* q = qkv + b * P;
+  const acc_t* k = qkv + BP + b * P;
+  const acc_t* v = qkv + 2 * BP + b * P;
+  const Pair<acc_t> range = kr[b];
+  const int64_t row0 = int64_t(blockIdx.x) * kThreads * kRows + threadIdx.x;
+  acc_t qs[kRows], ms[kRows], l[kRows], sv[kRows], sk[kRows], skv[kRows];
+#pragma unroll
+  for (int t = 0; t < kRows; ++t) {
+    const int64_t i = row0 + t * kThreads;
+    const acc_t qi = i < P ? q[i] : acc_t(0);
+    qs[t] = qi * log2e<acc_t>();
+    ms[t] = row_max(qi, range.a, range.b) * log2e<acc_t>();
+    l[t] = sv[t] = sk[t] = skv[t] = 0;
+  }
+  for (int64_t j0 = 0; j0 < P; j0 += kTile) {
+    const int n = static_cast<int>(min(int64_t(kTile), P - j0));
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += kThreads) kv[j] = Pair<acc_t>{k[j0 + j], v[j0 + j]};
+    __syncthreads();
+    // Sums of one tile, then added to the totals: two-level summation keeps fp32 rounding at
+    // about (kTile + P / kTile) eps rather than P eps for long rows.
+    acc_t tl[kRows], tsv[kRows], tsk[kRows], tskv[kRows];
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) tl[t] = tsv[t] = tsk[t] = tskv[t] = 0;
+#pragma unroll 4
+    for (int j = 0; j < n; ++j) {
+      const Pair<acc_t> e_kv = kv[j];
+#pragma unroll
+      for (int t = 0; t < kRows; ++t) {
+        const acc_t e = ex2(qs[t] * e_kv.a - ms[t]);
+        tl[t] += e;
+        tsv[t] += e * e_kv.b;
+        if constexpr (kGrad) {
+          const acc_t ek = e * e_kv.a;
+          tsk[t] += ek;
+          tskv[t] += ek * e_kv.b;
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) {
+      l[t] += tl[t];
+      sv[t] += tsv[t];
+      sk[t] += tsk[t];
+      skv[t] += tskv[t];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kRows; ++t) {
+    const int64_t i = row0 + t * kThreads;
+    if (i >= P) continue;
+    const acc_t inv_l = acc_t(1) / l[t];
+    const acc_t f = sv[t] * inv_l;
+    const acc_t g = sigmoid(f);
+    const int64_t r = b * P + i;
+    gate[r] = g;
+    if constexpr (kGrad) {
+      const acc_t df = d[r] * g * (acc_t(1) - g);
+      const acc_t qi = q[i];
+      dq[r] = df * (skv[t] - f * sk[t]) * inv_l;
+      const acc_t fa = df * inv_l, fb = fa * qi;
+      pack[r] = Quad<acc_t>{qi, ms[t], fa, fb};
+      fc[r] = fb * f;
+    }
+  }
+}
+
+// The column pass of the backward: for column j, dv_j = sum_i e_ij fa_i and
+// dk_j = v_j sum_i e_ij fb_i - sum_i e_ij fc_i, e_ij = 2^(q_i k_j log2e - m_i log2e).
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) cubs_spatial_col_kernel(
+    const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ pack, const acc_t* __restrict__ fc, int64_t B,
+    int64_t P, acc_t* __restrict__ dk, acc_t* __restrict__ dv) {
+  __shared__ Quad<acc_t> rows[kTile];
+  __shared__ acc_t rows_c[kTile];
+  const int64_t BP = B * P, b = blockIdx.y;
+  const acc_t* k = qkv + BP + b * P;
+  const acc_t* v = qkv + 2 * BP + b * P;
+  const Quad<acc_t>* pk = pack + b * P;
+  const acc_t* pc = fc + b * P;
+  const int64_t col0 = int64_t(blockIdx.x) * kThreads * kRows + threadIdx.x;
+  acc_t ks[kRows], sa[kRows], sb[kRows], sc[kRows];
+#pragma unroll
+  for (int t = 0; t < kRows; ++t) {
+    const int64_t j = col0 + t * kThreads;
+    ks[t] = (j < P ? k[j] : acc_t(0)) * log2e<acc_t>();
+    sa[t] = sb[t] = sc[t] = 0;
+  }
+  for (int64_t i0 = 0; i0 < P; i0 += kTile) {
+    const int n = static_cast<int>(min(int64_t(kTile), P - i0));
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+      rows[i] = pk[i0 + i];
+      rows_c[i] = pc[i0 + i];
+    }
+    __syncthreads();
+    acc_t ta[kRows], tb[kRows], tc[kRows];  // tile sums, as in the row pass
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) ta[t] = tb[t] = tc[t] = 0;
+#pragma unroll 4
+    for (int i = 0; i < n; ++i) {
+      const Quad<acc_t> r = rows[i];
+      const acc_t c = rows_c[i];
+#pragma unroll
+      for (int t = 0; t < kRows; ++t) {
+        const acc_t e = ex2(r.a * ks[t] - r.b);
+        ta[t] += e * r.c;
+        tb[t] += e * r.d;
+        tc[t] += e * c;
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) {
+      sa[t] += ta[t];
+      sb[t] += tb[t];
+      sc[t] += tc[t];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kRows; ++t) {
+    const int64_t j = col0 + t * kThreads;
+    if (j >= P) continue;
+    dv[b * P + j] = sa[t];
+    dk[b * P + j] = v[j] * sb[t] - sc[t];
+  }
+}
+
+// y = x * gate[b, p]; with kGrad: grad_x = grad_y * gate + wq[c] dq + wk[c] dk + wv[c] dv.
+template <typename scalar_t, typename acc_t, typename index_t, bool kChannelsLast, bool kGrad>
+__global__ void cubs_spatial_apply_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
+                                          const acc_t* __restrict__ gate, const acc_t* __restrict__ dqkv,
+                                          const Weights<scalar_t> wt, index_t numel, index_t C, index_t P,
+                                          index_t BP) {
+  for (index_t e = blockIdx.x * blockDim.x + threadIdx.x; e < numel; e += gridDim.x * blockDim.x) {
+    index_t bp, c;
+    if constexpr (kChannelsLast) {
+      bp = e / C;
+      c = e - bp * C;
+    } else {
+      const index_t bc = e / P;
+      const index_t b = bc / C;
+      c = bc - b * C;
+      bp = b * P + (e - bc * P);
+    }
+    acc_t r = static_cast<acc_t>(in[e]) * gate[bp];
+    if constexpr (kGrad) {
+      r += static_cast<acc_t>(wt.w[0][c]) * dqkv[bp] + static_cast<acc_t>(wt.w[1][c]) * dqkv[BP + bp] +
+           static_cast<acc_t>(wt.w[2][c]) * dqkv[2 * BP + bp];
+    }
+    out[e] = static_cast<scalar_t>(r);
+  }
+}
+
+// Weight-gradient partial sums, NCHW: a warp per (b, c) row; part[b][i][c] = sum_p dqkv[i][b, p] x[b, c, p].
+template <typename scalar_t, typename acc_t>
+__global__ void cubs_spatial_wgrad_nchw(const scalar_t* __restrict__ x, const acc_t* __restrict__ dqkv, int64_t B,
+                                        int64_t C, int64_t P, acc_t* __restrict__ part) {
+  const int64_t BP = B * P;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp;
+  if (row >= B * C) return;
+  const int64_t b = row / C, c = row - b * C;
+  const scalar_t* xr = x + row * P;
+  acc_t s0 = 0, s1 = 0, s2 = 0;
+  for (int64_t p = lane; p < P; p += kWarp) {
+    const acc_t xv = static_cast<acc_t>(xr[p]);
+    const int64_t bp = b * P + p;
+    s0 += dqkv[bp] * xv;
+    s1 += dqkv[BP + bp] * xv;
+    s2 += dqkv[2 * BP + bp] * xv;
+  }
+  s0 = warp_sum(s0);
+  s1 = warp_sum(s1);
+  s2 = warp_sum(s2);
+  if (lane == 0) {
+    part[(b * 3 + 0) * C + c] = s0;
+    part[(b * 3 + 1) * C + c] = s1;
+    part[(b * 3 + 2) * C + c] = s2;
+  }
+}
+
+// NHWC: block (32 channels, 8 pixel lanes) over (sample, channel block) x pixel chunk;
+// part[(b * chunks + chunk)][i][c].
+template <typename scalar_t, typename acc_t>
+__global__ void cubs_spatial_wgrad_nhwc(const scalar_t* __restrict__ x, const acc_t* __restrict__ dqkv, int64_t B,
+                                        int64_t C, int64_t P, int64_t per_chunk, acc_t* __restrict__ part) {
+  __shared__ acc_t red[3][8][kWarp];
+  const int64_t BP = B * P;
+  const int64_t cblocks = ceil_div(C, kWarp);
+  const int64_t b = blockIdx.x / cblocks, c = (blockIdx.x % cblocks) * kWarp + threadIdx.x;
+  const int64_t chunk = blockIdx.y, chunks = gridDim.y;
+  const int64_t p0 = chunk * per_chunk, p1 = min(P, p0 + per_chunk);
+  acc_t s[3] = {0, 0, 0};
+  if (c < C) {
+    for (int64_t p = p0 + threadIdx.y; p < p1; p += blockDim.y) {
+      const acc_t xv = static_cast<acc_t>(x[(b * P + p) * C + c]);
+      const int64_t bp = b * P + p;
+      s[0] += dqkv[bp] * xv;
+      s[1] += dqkv[BP + bp] * xv;
+      s[2] += dqkv[2 * BP + bp] * xv;
+    }
+  }
+  for (int i = 0; i < 3; ++i) red[i][threadIdx.y][threadIdx.x] = s[i];
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    for (int i = 0; i < 3; ++i) {
+      acc_t a = 0;
+      for (int y = 0; y < int(blockDim.y); ++y) a += red[i][y][threadIdx.x];
+      part[((b * chunks + chunk) * 3 + i) * C + c] = a;
+    }
+  }
+}
+
+// One block an output: o < 3C sums part[t][o] over the tasks; o >= 3C sums dqkv[o - 3C] over B·P (bias).
+template <typename scalar_t, typename acc_t>
+__global__ void cubs_spatial_wgrad_reduce(const acc_t* __restrict__ part, int64_t tasks, const acc_t* __restrict__ dqkv,
+                                          int64_t BP, int64_t C, scalar_t* __restrict__ gwq, scalar_t* __restrict__ gwk,
+                                          scalar_t* __restrict__ gwv, scalar_t* __restrict__ gbq,
+                                          scalar_t* __restrict__ gbk, scalar_t* __restrict__ gbv) {
+  __shared__ acc_t red[32];
+  const int64_t o = blockIdx.x;
+  acc_t s = 0;
+  if (o < 3 * C) {
+    for (int64_t t = threadIdx.x; t < tasks; t += blockDim.x) s += part[t * 3 * C + o];
+  } else {
+    const acc_t* src = dqkv + (o - 3 * C) * BP;
+    for (int64_t t = threadIdx.x; t < BP; t += blockDim.x) s += src[t];
+  }
+  s = block_sum(s, red);
+  if (threadIdx.x != 0) return;
+  scalar_t* gw[3] = {gwq, gwk, gwv};
+  scalar_t* gb[3] = {gbq, gbk, gbv};
+  if (o < 3 * C) {
+    gw[o / C][o % C] = static_cast<scalar_t>(s);
+  } else {
+    gb[o - 3 * C][0] = static_cast<scalar_t>(s);
+  }
+}
+
+int64_t num_sms() {
+  static int64_t sms = [] {
+    int dev = 0, n = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return static_cast<int64_t>(n);
+  }();
+  return sms;
+}
+
+int64_t grid_for(int64_t work_items, int64_t threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, threads), num_sms() * 32));
+}
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+struct Launch {
+  int64_t B, C, P;
+  bool cl;
+  cudaStream_t stream;
+};
+
+template <typename scalar_t, typename acc_t, bool kGrad>
+void launch_project(const Launch& L, const scalar_t* x, const scalar_t* gy, const Weights<scalar_t>& wt, acc_t* qkv,
+                    acc_t* d, Pair<acc_t>* kr) {
+  constexpr int threads = 256;
+  if (L.cl) {
+    cubs_spatial_project_nhwc<scalar_t, acc_t, kGrad>
+        <<<grid_for(L.B * L.P * kWarp, threads), threads, 0, L.stream>>>(x, gy, wt, L.B, L.C, L.P, qkv, d);
+  } else {
+    cubs_spatial_project_nchw<scalar_t, acc_t, kGrad>
+        <<<grid_for(L.B * L.P, threads), threads, 0, L.stream>>>(x, gy, wt, L.B, L.C, L.P, qkv, d);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cubs_spatial_key_range_kernel<acc_t><<<L.B, 256, 0, L.stream>>>(qkv + L.B * L.P, L.P, kr);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename acc_t, bool kGrad>
+void launch_apply(const Launch& L, const scalar_t* in, scalar_t* out, const acc_t* gate, const acc_t* dqkv,
+                  const Weights<scalar_t>& wt) {
+  constexpr int threads = 256;
+  const int64_t numel = L.B * L.C * L.P;
+  const int64_t blocks = grid_for(numel, threads);
+  auto go = [&](auto index_tag) {
+    using index_t = decltype(index_tag);
+    auto kernel = L.cl ? cubs_spatial_apply_kernel<scalar_t, acc_t, index_t, true, kGrad>
+                       : cubs_spatial_apply_kernel<scalar_t, acc_t, index_t, false, kGrad>;
+    kernel<<<blocks, threads, 0, L.stream>>>(in, out, gate, dqkv, wt, index_t(numel), index_t(L.C), index_t(L.P),
+                                             index_t(L.B * L.P));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (numel + blocks * threads < (int64_t{1} << 31)) {
+    go(int32_t{});
+  } else {
+    go(int64_t{});
+  }
+}
+
+dim3 quad_grid(const Launch& L) { return dim3(static_cast<unsigned>(ceil_div(L.P, kThreads * kRows)), L.B); }
+
+void check_launch(const Launch& L) {
+  TORCH_CHECK(L.B <= 65535, "recogfast::cubs_spatial: the CUDA kernel takes at most 65535 samples, x has ", L.B);
+}
+
+at::Tensor cubs_spatial_cuda(const at::Tensor& x_, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
+                             const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv) {
+  detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
+  TORCH_CHECK(x_.is_cuda(), "recogfast::cubs_spatial: x must be a CUDA tensor for the CUDA kernel, got ",
+              x_.device());
+  const c10::cuda::CUDAGuard guard(x_.device());
+  const bool cl = checks::use_channels_last(x_);
+  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
+  if (x.numel() == 0) return y;
+  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, c10::cuda::getCurrentCUDAStream()};
+  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  check_launch(L);
+  const at::Tensor wc[6] = {wq.contiguous(), bq, wk.contiguous(), bk, wv.contiguous(), bv};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_spatial_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Weights<scalar_t> wt{{wc[0].const_data_ptr<scalar_t>(), wc[2].const_data_ptr<scalar_t>(),
+                                wc[4].const_data_ptr<scalar_t>()},
+                               {wc[1].const_data_ptr<scalar_t>(), wc[3].const_data_ptr<scalar_t>(),
+                                wc[5].const_data_ptr<scalar_t>()}};
+    const int64_t BP = L.B * L.P;
+    at::Tensor scratch = at::empty({4 * BP}, acc_opts);  // q, k, v, gate
+    at::Tensor key_range = at::empty({2 * L.B}, acc_opts);
+    acc_t* qkv = scratch.mutable_data_ptr<acc_t>();
+    acc_t* gate = qkv + 3 * BP;
+    auto* kr = reinterpret_cast<Pair<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    launch_project<scalar_t, acc_t, false>(L, xp, nullptr, wt, qkv, nullptr, kr);
+    cubs_spatial_row_kernel<acc_t, false><<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, nullptr, L.B, L.P, gate,
+                                                                                  nullptr, nullptr, nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_apply<scalar_t, acc_t, false>(L, xp, y.mutable_data_ptr<scalar_t>(), gate, nullptr, wt);
+  });
+  return y;
+}
+
+CubsSpatialGrads cubs_spatial_backward_cuda(const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& wq,
+                                            const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
+                                            const at::Tensor& wv, const at::Tensor& bv) {
+  detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
+  checks::shape("recogfast::cubs_spatial_backward", "grad_y", grad_y_, x_.sizes(), "x.shape");
+  checks::like("recogfast::cubs_spatial_backward", "grad_y", grad_y_, "x", x_);
+  TORCH_CHECK(x_.is_cuda(), "recogfast::cubs_spatial_backward: x must be a CUDA tensor for the CUDA kernel, got ",
+              x_.device());
+  const c10::cuda::CUDAGuard guard(x_.device());
+  const bool cl = checks::use_channels_last(x_);
+  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  const at::Tensor gy = grad_y_.contiguous(checks::layout_of(cl));
+  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
+  at::Tensor g[6] = {at::empty_like(wq), at::empty_like(bq), at::empty_like(wk),
+                     at::empty_like(bk), at::empty_like(wv), at::empty_like(bv)};
+  if (x.numel() == 0) {
+    for (auto& t : g) t.zero_();
+    return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
+  }
+  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, c10::cuda::getCurrentCUDAStream()};
+  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  check_launch(L);
+  const at::Tensor wc[6] = {wq.contiguous(), bq, wk.contiguous(), bk, wv.contiguous(), bv};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_spatial_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const Weights<scalar_t> wt{{wc[0].const_data_ptr<scalar_t>(), wc[2].const_data_ptr<scalar_t>(),
+                                wc[4].const_data_ptr<scalar_t>()},
+                               {wc[1].const_data_ptr<scalar_t>(), wc[3].const_data_ptr<scalar_t>(),
+                                wc[5].const_data_ptr<scalar_t>()}};
+    const int64_t B = L.B, C = L.C, P = L.P, BP = B * P;
+    // q, k, v | d | gate | dq, dk, dv | pack (4) | fc
+    at::Tensor scratch = at::empty({13 * BP}, acc_opts);
+    at::Tensor key_range = at::empty({2 * B}, acc_opts);
+    acc_t* qkv = scratch.mutable_data_ptr<acc_t>();
+    acc_t* d = qkv + 3 * BP;
+    acc_t* gate = d + BP;
+    acc_t* dqkv = gate + BP;
+    auto* pack = reinterpret_cast<Quad<acc_t>*>(dqkv + 3 * BP);  // 16-byte aligned: offset 8·BP elements
+    acc_t* fc = dqkv + 3 * BP + 4 * BP;
+    auto* kr = reinterpret_cast<Pair<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    launch_project<scalar_t, acc_t, true>(L, xp, gy.const_data_ptr<scalar_t>(), wt, qkv, d, kr);
+    cubs_spatial_row_kernel<acc_t, true>
+        <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, d, B, P, gate, dqkv, pack, fc);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cubs_spatial_col_kernel<acc_t>
+        <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, pack, fc, B, P, dqkv + BP, dqkv + 2 * BP);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_apply<scalar_t, acc_t, true>(L, gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gate, dqkv,
+                                        wt);
+    int64_t tasks = B;
+    at::Tensor part;
+    if (cl) {
+      const int64_t cblocks = ceil_div(C, kWarp);
+      const int64_t want = std::max<int64_t>(1, ceil_div(num_sms() * 8, B * cblocks));
+      const int64_t chunks = std::min<int64_t>({want, ceil_div(P, 32), 65535});
+      const int64_t per_chunk = ceil_div(P, chunks);
+      const int64_t n_chunks = ceil_div(P, per_chunk);
+      tasks = B * n_chunks;
+      part = at::empty({tasks * 3 * C}, acc_opts);
+      cubs_spatial_wgrad_nhwc<scalar_t, acc_t><<<dim3(B * cblocks, n_chunks), dim3(kWarp, 8), 0, L.stream>>>(
+          xp, dqkv, B, C, P, per_chunk, part.mutable_data_ptr<acc_t>());
+    } else {
+      part = at::empty({tasks * 3 * C}, acc_opts);
+      constexpr int threads = 256;
+      cubs_spatial_wgrad_nchw<scalar_t, acc_t><<<ceil_div(B * C * kWarp, threads), threads, 0, L.stream>>>(
+          xp, dqkv, B, C, P, part.mutable_data_ptr<acc_t>());
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cubs_spatial_wgrad_reduce<scalar_t, acc_t><<<3 * C + 3, 256, 0, L.stream>>>(
+        part.const_data_ptr<acc_t>(), tasks, dqkv, BP, C, g[0].mutable_data_ptr<scalar_t>(),
+        g[2].mutable_data_ptr<scalar_t>(), g[4].mutable_data_ptr<scalar_t>(), g[1].mutable_data_ptr<scalar_t>(),
+        g[3].mutable_data_ptr<scalar_t>(), g[5].mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
+  m.impl("cubs_spatial", &cubs_spatial_cuda);
+  m.impl("cubs_spatial_backward", &cubs_spatial_backward_cuda);
+}
+
+}  // namespace recogfast
