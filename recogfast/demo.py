@@ -70,7 +70,7 @@ class KernelRecorder:
     def table(self) -> dict[str, str]:
         from recogfast.ops import FUSED_OPS
 
-        return {op: ", ".join(sorted(self.calls[op])) if op in self.calls else "not called (or reference only)"
+        return {op: ", ".join(sorted(self.calls[op])) if op in self.calls else "not called by this model"
                 for op in FUSED_OPS}
 
 
@@ -156,7 +156,8 @@ def run_demo(args) -> int:
     width = max(len(n) for n, _ in rows) if rows else 10
     print("\n" + "what".ljust(width) + "".join(c.rjust(9) for c in cols))
     for name, r in rows:
-        print(name.ljust(width) + "".join(_fmt(r.get(c, "")).rjust(9) for c in cols))
+        print(name.ljust(width) + "".join(
+            (f"{r[c]:.0f}" if c == "img/s" and c in r else _fmt(r.get(c, ""))).rjust(9) for c in cols))
     print("\nkernels that ran:")
     for op, how in result["kernels"].items():
         print(f"  {op:<13} {how}")
