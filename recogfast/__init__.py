@@ -25,7 +25,9 @@ ops.register_all()
 from recogfast import nn  # noqa: E402
 from recogfast import data  # noqa: E402
 from recogfast import losses  # noqa: E402
+from recogfast import metrics  # noqa: E402
+from recogfast import models  # noqa: E402
 from recogfast._impl import build_info  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ops", "nn", "data", "losses", "build_info", "__version__"]
+__all__ = ["ops", "nn", "data", "losses", "metrics", "models", "build_info", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from recogfast.cli import main
+
+sys.exit(main())

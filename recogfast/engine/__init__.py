@@ -1,0 +1,21 @@
+"""Training engine: the loop (:class:`Trainer`), checkpoints, schedules, logs, and the two tasks."""
+
+from recogfast.engine.checkpoint import atomic_save, load_checkpoint, seed_everything
+from recogfast.engine.schedule import WarmupCosine, build_optimizer, build_scheduler
+from recogfast.engine.tasks import RunConfig, build_trainer, run_train
+from recogfast.engine.trainer import StopTraining, Trainer, TrainerOptions
+
+__all__ = [
+    "RunConfig",
+    "build_trainer",
+    "run_train",
+    "Trainer",
+    "TrainerOptions",
+    "StopTraining",
+    "atomic_save",
+    "load_checkpoint",
+    "seed_everything",
+    "build_optimizer",
+    "build_scheduler",
+    "WarmupCosine",
+]

@@ -1,0 +1,150 @@
+"""Run-folder outputs: CSV log, TensorBoard (when installed), PNG plots (when matplotlib is), progress."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+
+class CSVLog:
+    """One row per epoch in ``<run>/log.csv``; the header grows when new columns appear (rewritten then)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def load(self, rows: list[dict]) -> None:
+        self.rows = [dict(r) for r in rows]
+        self._write()
+
+    def append(self, row: dict) -> None:
+        self.rows.append(dict(row))
+        self._write()
+
+    def _write(self) -> None:
+        fields: list[str] = []
+        for r in self.rows:
+            fields += [k for k in r if k not in fields]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for r in self.rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        os.replace(tmp, self.path)
+
+
+class TensorBoard:
+    """Scalars to ``<run>/tb`` through torch.utils.tensorboard when the tensorboard package is installed."""
+
+    def __init__(self, folder: str | os.PathLike, enabled: bool = True):
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir=str(folder))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self.writer = None
+
+    def scalars(self, values: dict, step: int, prefix: str = "") -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            if isinstance(v, (int, float)):
+                self.writer.add_scalar(f"{prefix}{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_history(rows: list[dict], folder: str | os.PathLike) -> list[str]:
+    """``loss.png`` and ``metrics.png`` in `folder` from the epoch rows; [] when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001 - plots are optional
+        return []
+    if not rows:
+        return []
+    folder = Path(folder)
+    written = []
+    epochs = [r["epoch"] for r in rows]
+    loss_keys = [k for k in rows[-1] if k.endswith("loss")]
+    metric_keys = [k for k in rows[-1] if k.startswith("val_") and not k.endswith("loss")]
+    for name, keys, ylabel in (("loss.png", loss_keys, "loss"), ("metrics.png", metric_keys, "metric")):
+        if not keys:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k in keys:
+            pts = [(e, r[k]) for e, r in zip(epochs, rows) if isinstance(r.get(k), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=k)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=100)
+        plt.close(fig)
+        written.append(str(folder / name))
+    return written
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """A progress bar with live loss, throughput and ETA on stderr.
+
+    On a terminal it redraws one line; otherwise (logs, CI) it prints a line at most every `interval`
+    seconds, so captured output stays short.
+    """
+
+    def __init__(self, total: int | None, desc: str, enabled: bool = True, interval: float = 10.0, stream=None):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = 0.1 if self.tty else interval
+        self.start = self.last = time.perf_counter()
+        self.n = 0
+        self.samples = 0
+
+    def update(self, samples: int, **values) -> None:
+        self.n += 1
+        self.samples += samples
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < self.interval and self.n != self.total):
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = self.samples / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.desc} {self.n}" + (f"/{self.total}" if self.total else "")]
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
+        parts.append(f"{rate:.0f} img/s")
+        if self.total:
+            parts.append(f"ETA {_fmt_time(elapsed / self.n * (self.total - self.n))}")
+        line = "  ".join(parts)
+        if self.tty:
+            self.stream.write("\r" + line[:150].ljust(150))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    @property
+    def throughput(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.samples / elapsed if elapsed > 0 else 0.0

@@ -1,0 +1,329 @@
+"""The training loop: one epoch of steps, an evaluation, a checkpoint, early stopping, logs.
+
+Task-agnostic: a classification run passes cross-entropy and an accuracy evaluation, a retrieval run
+the Multi-Similarity loss (possibly inside a cross-batch memory) and a Recall@K evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from recogfast.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from recogfast.engine.logs import CSVLog, Progress, TensorBoard, plot_history
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training after the current step: the unfinished epoch is not
+    checkpointed (``last.pt`` stays at the last finished epoch), the summary is still written."""
+
+
+@dataclass
+class TrainerOptions:
+    epochs: int = 10
+    monitor: str = "top1"  # key of the evaluation's result dict
+    mode: str = "max"  # "max" or "min"
+    patience: int | None = None  # early stopping: epochs without improvement; None = never stop early
+    min_delta: float = 0.0
+    amp: str = "none"  # "bf16" | "fp16" | "none"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: float | None = None
+    steps_per_epoch: int | None = None  # cap on steps per epoch (None = whole loader)
+    progress: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+    config: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints and the summary
+
+
+def _is_main() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class Trainer:
+    """Train `model` with `loss_fn(model(images), labels)` over `train_loader`; evaluate each epoch.
+
+    Args:
+        model: the network (unwrapped; DDP wrapping is done here when a process group is initialised).
+        loss_fn: callable ``(outputs, labels) -> scalar``; when it is an ``nn.Module`` its state (a
+            cross-batch memory, for example) is checkpointed too.
+        train_loader: iterable of ``(images, labels)``; ``set_epoch(epoch)`` is called on it (or on
+            its ``sampler``) when it has one, so shuffling is a function of (seed, epoch).
+        evaluate: ``evaluate(model) -> dict`` of metrics (computed on the eval model, no grad).
+        optimizer, scheduler, scheduler_interval: from :mod:`recogfast.engine.schedule`.
+        out_dir: run folder: ``last.pt``, ``best.pt``, ``log.csv``, ``summary.json``, plots, ``tb/``.
+        callbacks: ``fn(trainer, event, **info)`` for events "step" and "epoch".
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable,
+        train_loader: Iterable,
+        evaluate: Callable[[nn.Module], dict] | None,
+        optimizer: torch.optim.Optimizer,
+        scheduler=None,
+        scheduler_interval: str = "none",
+        out_dir: str | os.PathLike = "runs/run",
+        options: TrainerOptions | None = None,
+        device: str | torch.device = "cpu",
+        callbacks: list[Callable] | None = None,
+    ):
+        self.opt = options or TrainerOptions()
+        if self.opt.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.opt.amp!r}")
+        if self.opt.mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {self.opt.mode!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        if self.opt.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, nn.Module) else loss_fn
+        self.train_loader = train_loader
+        self.evaluate_fn = evaluate
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.out_dir = Path(out_dir)
+        self.callbacks = list(callbacks or [])
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.is_main = _is_main()
+        self.train_model: nn.Module = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.opt.compile:
+            self.train_model = torch.compile(self.train_model)
+        amp_dtype = AMP_DTYPES[self.opt.amp]
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.opt.amp == "fp16")
+        # state that a checkpoint carries
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.best_value: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+        self.step_losses: list[float] = []  # this process's losses, for tests and the progress bar
+        self.stopped_early = False
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, nn.Module) else None,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "stopped_early": self.stopped_early,
+            "history": self.history,
+            "rng": rng_state(),
+            "config": self.opt.config,
+        }
+        sampler = self._sampler()
+        if sampler is not None and hasattr(sampler, "state_dict"):
+            state["sampler"] = sampler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if isinstance(self.loss_fn, nn.Module) and state.get("loss") is not None:
+            self.loss_fn.load_state_dict(state["loss"])
+        sampler = self._sampler()
+        if sampler is not None and hasattr(sampler, "load_state_dict") and state.get("sampler") is not None:
+            sampler.load_state_dict(state["sampler"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_value = state.get("best_value")
+        self.best_epoch = state.get("best_epoch")
+        self.bad_epochs = int(state.get("bad_epochs", 0))
+        self.stopped_early = bool(state.get("stopped_early", False))
+        self.history = list(state.get("history", []))
+        set_rng_state(state["rng"])
+
+    def resume(self, path: str | os.PathLike | None = None) -> bool:
+        """Restore from `path` (default ``<out_dir>/last.pt``); False when there is nothing to resume."""
+        path = Path(path) if path is not None else self.out_dir / "last.pt"
+        if not path.exists():
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        return True
+
+    def save(self, best: bool) -> None:
+        if not self.is_main:
+            return
+        state = self.state_dict()
+        atomic_save(state, self.out_dir / "last.pt")
+        if best:
+            tmp = self.out_dir / ".best.pt.tmp"
+            shutil.copyfile(self.out_dir / "last.pt", tmp)
+            os.replace(tmp, self.out_dir / "best.pt")
+
+    # ------------------------------------------------------------------ loop
+    def _sampler(self):
+        for obj in (self.train_loader, getattr(self.train_loader, "sampler", None), getattr(self.train_loader, "batch_sampler", None)):
+            if obj is not None and hasattr(obj, "set_epoch"):
+                return obj
+        return None
+
+    def _emit(self, event: str, **info) -> None:
+        for cb in self.callbacks:
+            cb(self, event, **info)
+
+    def _steps_in_epoch(self) -> int | None:
+        try:
+            n = len(self.train_loader)
+        except TypeError:
+            n = None
+        if self.opt.steps_per_epoch is not None:
+            n = self.opt.steps_per_epoch if n is None else min(n, self.opt.steps_per_epoch)
+        return n
+
+    def train_one_epoch(self) -> dict[str, float]:
+        self.train_model.train()
+        sampler = self._sampler()
+        if sampler is not None:
+            sampler.set_epoch(self.epoch)
+        total = self._steps_in_epoch()
+        bar = Progress(total, f"epoch {self.epoch + 1}/{self.opt.epochs}", enabled=self.opt.progress and self.is_main)
+        loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
+        for step, (images, labels) in enumerate(self.train_loader):
+            if total is not None and step >= total:
+                break
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            if self.opt.channels_last and images.dim() == 4:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                outputs = self.train_model(images)
+            loss = self.loss_fn(outputs.float(), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {step + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.opt.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.opt.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scheduler is not None and self.scheduler_interval == "step":
+                self.scheduler.step()
+            self.global_step += 1
+            value = float(loss.detach())
+            self.step_losses.append(value)
+            loss_sum += value
+            loss_count += 1
+            bar.update(int(labels.shape[0]), loss=value, lr=self.optimizer.param_groups[0]["lr"])
+            self._emit("step", step=step, loss=value)
+        bar.close()
+        return {"train_loss": float(loss_sum) / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
+
+    def _improved(self, value: float) -> bool:
+        if self.best_value is None or math.isnan(self.best_value):
+            return not math.isnan(value)
+        if self.opt.mode == "max":
+            return value > self.best_value + self.opt.min_delta
+        return value < self.best_value - self.opt.min_delta
+
+    def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
+        """Train until `epochs` or early stopping; returns (and writes) the summary."""
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume(None if resume is True else resume)
+        csv_log = CSVLog(self.out_dir / "log.csv") if self.is_main else None
+        if csv_log is not None and self.history:
+            csv_log.load(self.history)
+        tb = TensorBoard(self.out_dir / "tb", enabled=self.opt.tensorboard and self.is_main)
+        t0 = time.perf_counter()
+        try:
+            while self.epoch < self.opt.epochs and not self.stopped_early:
+                tick = time.perf_counter()
+                row: dict[str, Any] = {"epoch": self.epoch + 1}
+                row.update(self.train_one_epoch())
+                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                metrics = {}
+                if self.evaluate_fn is not None:
+                    self.model.eval()
+                    with torch.no_grad(), self.autocast():
+                        metrics = self.evaluate_fn(self.model)
+                    row.update({f"val_{k}": v for k, v in metrics.items()})
+                row["epoch_s"] = time.perf_counter() - tick
+                self.epoch += 1
+                value = metrics.get(self.opt.monitor)
+                best = False
+                if value is not None:
+                    if self._improved(float(value)):
+                        self.best_value, self.best_epoch, self.bad_epochs, best = float(value), self.epoch, 0, True
+                    else:
+                        self.bad_epochs += 1
+                    if self.scheduler is not None and self.scheduler_interval == "plateau":
+                        self.scheduler.step(float(value))
+                    if self.opt.patience is not None and self.bad_epochs >= self.opt.patience:
+                        self.stopped_early = True
+                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                    self.scheduler.step()
+                row["best"] = int(best)
+                self.history.append(row)
+                self.save(best=best or (value is None))
+                if csv_log is not None:
+                    csv_log.append(row)
+                tb.scalars(row, self.epoch)
+                self._emit("epoch", row=row)
+                if self.is_main and self.opt.progress:
+                    shown = {k: v for k, v in row.items() if k in ("train_loss", "train_img_per_s") or k.startswith("val_")}
+                    print(f"epoch {self.epoch}/{self.opt.epochs}  " + "  ".join(
+                        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
+                    ) + ("  *best" if best else ""), flush=True)
+        except StopTraining:
+            pass
+        finally:
+            tb.close()
+        summary = self.summary(time.perf_counter() - t0)
+        if self.is_main:
+            summary["plots"] = plot_history(self.history, self.out_dir) if self.opt.plots else []
+            with open(self.out_dir / "summary.json.tmp", "w") as f:
+                json.dump(summary, f, indent=2, default=str)
+            os.replace(self.out_dir / "summary.json.tmp", self.out_dir / "summary.json")
+        return summary
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        return {
+            "config": self.opt.config,
+            "epochs_run": self.epoch,
+            "global_step": self.global_step,
+            "stopped_early": self.stopped_early,
+            "monitor": self.opt.monitor,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "final": last,
+            "seconds": seconds,
+            "run_dir": str(self.out_dir),
+        }

@@ -1,0 +1,98 @@
+"""Load a torchvision (or recogfast) checkpoint into a model: strict for the shared part, reporting the rest."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+# Parameters that may legitimately differ in shape between a torchvision checkpoint and a model built
+# here: the stem conv (7×7 vs the small 3×3 stem) and the classifier (another class count).
+_REPLACEABLE_PREFIXES = ("conv1.", "fc.")
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did. ``new`` are model entries the checkpoint did not provide (attention,
+    embedding head...), ``replaced`` checkpoint entries skipped because the model's differ in shape
+    (stem, classifier), ``dropped`` checkpoint entries the model has no place for (classifier under an
+    embedding head)."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def groups(keys):
+            heads = sorted({k.rsplit(".", 1)[0] for k in keys})
+            return ", ".join(heads[:6]) + (f" (+{len(heads) - 6} more)" if len(heads) > 6 else "")
+
+        parts = [f"loaded {len(self.loaded)} tensors from {self.path}"]
+        if self.new:
+            parts.append(f"{len(self.new)} new (not in the checkpoint): {groups(self.new)}")
+        if self.replaced:
+            parts.append(f"{len(self.replaced)} re-initialised (shape differs): {groups(self.replaced)}")
+        if self.dropped:
+            parts.append(f"{len(self.dropped)} unused: {groups(self.dropped)}")
+        return "; ".join(parts)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from a plain torchvision ``.pth`` or a recogfast checkpoint (key ``"model"``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line explanation
+        raise ValueError(f"cannot read weights file {path} (not a torch.save file, or damaged): {type(err).__name__}: {err}") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    prefixes = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+    out = {}
+    for k, v in obj.items():
+        for p in prefixes:
+            while k.startswith(p):
+                k = k[len(p) :]
+        out[k] = v
+    return out
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Copy the checkpoint's tensors into `model`.
+
+    Every checkpoint entry must exist in the model with the same shape, except the stem conv and the
+    classifier (``conv1.*``, ``fc.*``), which are skipped and reported when the model's differ or are
+    absent. Anything else that does not fit raises ``ValueError`` naming the keys.
+    """
+    ckpt = read_state_dict(path)
+    own = model.state_dict()
+    report = LoadReport(path=os.fspath(path))
+    to_load, bad = {}, []
+    for k, v in ckpt.items():
+        replaceable = k.startswith(_REPLACEABLE_PREFIXES)
+        if k not in own:
+            (report.dropped if replaceable else bad).append(k)
+        elif own[k].shape != v.shape:
+            if replaceable:
+                report.replaced.append(k)
+            else:
+                bad.append(f"{k} (checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)})")
+        else:
+            to_load[k] = v
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"weights file {path} does not fit the model: {shown}")
+    report.loaded = sorted(to_load)
+    report.new = sorted(k for k in own if k not in to_load and k not in report.replaced)
+    report.new = [k for k in report.new if k not in ckpt]
+    model.load_state_dict(to_load, strict=False)
+    return report

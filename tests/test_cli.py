@@ -1,0 +1,114 @@
+"""The `recogfast` command line: error paths (one line, exit 2), a tiny train → resume → eval cycle,
+and a smoke run of the demo (a few steps; the learning itself is tested in test_learning.py)."""
+
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+from recogfast.cli import main
+
+
+@pytest.fixture(scope="module")
+def shapes_cache(tmp_path_factory):
+    # 4 images per class: 3 train / 1 test for classification, 98 × 4 per retrieval split
+    from recogfast.data import Shapes196
+
+    folder = tmp_path_factory.mktemp("shapes")
+    Shapes196(cache_dir=folder, images_per_class=4)
+    return str(folder)
+
+
+def _one_line_error(capsys, argv, pattern):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("recogfast: error: "), err
+    assert pattern in err[0], err[0]
+
+
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["train", "classify", "--model", "resnet19"], "unknown model 'resnet19'; choose one of: tinynet"),
+        (["train", "classify", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["train", "classify", "--dataset", "cars196", "--data", "/nonexistent/cars"], "data folder not found: /nonexistent/cars"),
+        (["train", "classify", "--dataset", "tiny-imagenet"], "--data DIR is required for tiny-imagenet"),
+        (["train", "retrieval", "--dataset", "tiny-imagenet", "--data", "."], "retrieval needs disjoint"),
+        (["train", "classify", "--epochs", "0"], "--epochs: expected a positive integer"),
+        (["train", "nonsense"], "invalid choice: 'nonsense'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["eval", "--checkpoint", "/nonexistent/best.pt"], "checkpoint not found: /nonexistent/best.pt"),
+        (["train", "classify", "--weights", "/nonexistent/w.pth"], "weights file not found"),
+        (["demo", "--model", "nope"], "unknown model 'nope'"),
+        (["train", "classify", "--device", "tpu"], "device"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, pattern):
+    _one_line_error(capsys, argv, pattern)
+
+
+def test_unreadable_files_are_one_line_errors(capsys, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage")
+    _one_line_error(capsys, ["eval", "--checkpoint", str(junk)], "cannot read checkpoint")
+    _one_line_error(capsys, ["train", "classify", "--resume", str(junk)], "cannot read checkpoint")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(capsys, ["train", "classify", "--dataset", "cars196", "--data", str(empty)], "cars_annos.mat")
+    _one_line_error(capsys, ["train", "classify", "--dataset", "tiny-imagenet", "--data", str(empty)], "wnids.txt")
+    _one_line_error(capsys, ["train", "classify", "--weights", str(junk), "--data", str(empty)], "cannot read weights file")
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU kernels" in out and "cubs_resnet18_serial21" in out
+
+
+def test_train_resume_eval(capsys, tmp_path, shapes_cache):
+    out = tmp_path / "run"
+    base = ["train", "classify", "--dataset", "shapes196", "--data", shapes_cache, "--images-per-class", "4",
+            "--model", "tinynet", "--image-size", "16", "--batch-size", "32", "--steps-per-epoch", "2",
+            "--workers", "0", "--optimizer", "adamw", "--out", str(out), "--quiet", "--device", "cpu"]
+    assert main(base + ["--epochs", "1"]) == 0
+    for name in ("last.pt", "best.pt", "log.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    assert main(base + ["--epochs", "2", "--resume"]) == 0  # continues from epoch 1
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["epochs_run"] == 2 and summary["global_step"] == 4
+    assert summary["config"]["model"] == "tinynet" and "kernels" in summary["config"]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--workers", "0", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_images"] == 196 and 0.0 <= result["top1"] <= 1.0
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert result["top1"] == pytest.approx(last["history"][-1]["val_top1"])
+    assert main(["compare", str(out), str(out)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 3 and "tinynet" in table[1] and "top1" in table[1]
+    _one_line_error(capsys, ["compare", str(tmp_path / "nowhere")], "cannot read")
+    # Recall@K of the classifier's pooled features on the unseen-class split
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--features", "--workers", "0", "--device", "cpu"]) == 0
+    feats = json.loads(capsys.readouterr().out)
+    assert feats["task"] == "retrieval" and 0.0 <= feats["recall@1"] <= feats["recall@8"] <= 1.0
+
+
+def test_demo_smoke(capsys, tmp_path, shapes_cache):
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--data", shapes_cache, "--images-per-class", "4", "--image-size", "16",
+               "--classify-epochs", "1", "--retrieval-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "32",
+               "--workers", "0", "--device", "cpu", "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for needle in ("classification (test)", "retrieval: raw pixels", "retrieval: untrained net",
+                   "retrieval: trained (MS loss)", "kernels that ran", "cubs_spatial"):
+        assert needle in text, needle
+    result = json.load(open(out / "demo.json"))
+    assert set(result["retrieval"]) >= {"raw_pixels", "untrained", "trained"}
+    assert "fused cpu/float32" in result["kernels"]["cubs_channel"]
+    assert os.path.isfile(out / "retrieval" / "summary.json") and os.path.isfile(out / "classify" / "last.pt")
