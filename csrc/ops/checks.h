@@ -3,10 +3,13 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
 
 #include <sstream>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 namespace recogfast {
 namespace checks {
@@ -51,6 +54,33 @@ inline bool use_channels_last(const at::Tensor& x) {
 
 inline at::MemoryFormat layout_of(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// An activation (and, in a backward, its upstream gradient, checked against it) in the one layout
+// the kernels index: NHWC for channels_last input, else NCHW.
+struct Activation {
+  at::Tensor x, grad_y;  // grad_y undefined in a forward
+  bool channels_last;
+};
+
+inline Activation activation(const char* op, const at::Tensor& x, const at::Tensor& grad_y = at::Tensor()) {
+  if (grad_y.defined()) {
+    shape(op, "grad_y", grad_y, x.sizes(), "x.shape");
+    like(op, "grad_y", grad_y, "x", x);
+  }
+  const bool cl = use_channels_last(x);
+  return {x.contiguous(layout_of(cl)), grad_y.defined() ? grad_y.contiguous(layout_of(cl)) : at::Tensor(), cl};
+}
+
+// Gradients shaped like `params`, zero-filled when the batch is empty (a sum over no samples) so that
+// kernels can return early.
+inline std::vector<at::Tensor> param_grads(std::initializer_list<at::Tensor> params, bool empty_batch) {
+  std::vector<at::Tensor> grads;
+  for (const at::Tensor& p : params) {
+    grads.push_back(at::empty_like(p, at::MemoryFormat::Contiguous));
+    if (empty_batch) grads.back().zero_();
+  }
+  return grads;
 }
 
 }  // namespace checks

@@ -55,14 +55,9 @@ inline SEGateArgs prepare_se_gate(const at::Tensor& x, const at::Tensor& w1, con
                                   const at::Tensor& w2, const at::Tensor& b2,
                                   const at::Tensor& grad_y = at::Tensor()) {
   const int64_t R = check_se_gate_args(x, w1, b1, w2, b2);
-  if (grad_y.defined()) {
-    checks::shape("recogfast::se_gate_backward", "grad_y", grad_y, x.sizes(), "x.shape");
-    checks::like("recogfast::se_gate_backward", "grad_y", grad_y, "x", x);
-  }
-  const bool cl = checks::use_channels_last(x);
-  const auto fmt = checks::layout_of(cl);
-  return {x.contiguous(fmt), grad_y.defined() ? grad_y.contiguous(fmt) : at::Tensor(),
-          w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), R, cl};
+  auto act = checks::activation("recogfast::se_gate_backward", x, grad_y);
+  return {act.x, act.grad_y, w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), R,
+          act.channels_last};
 }
 
 using SEGateGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -70,13 +65,8 @@ using SEGateGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, a
 // grad_x in the kernel's layout and the weight gradients; zero-filled weight gradients when x is empty
 // (a sum over no samples), so kernels can return early.
 inline SEGateGrads alloc_se_gate_grads(const SEGateArgs& a) {
-  at::Tensor gx = at::empty_like(a.x, checks::layout_of(a.channels_last));
-  at::Tensor gw1 = at::empty_like(a.w1), gb1 = at::empty_like(a.b1), gw2 = at::empty_like(a.w2),
-             gb2 = at::empty_like(a.b2);
-  if (a.x.numel() == 0) {
-    for (auto* t : {&gw1, &gb1, &gw2, &gb2}) t->zero_();
-  }
-  return {gx, gw1, gb1, gw2, gb2};
+  auto g = checks::param_grads({a.w1, a.b1, a.w2, a.b2}, a.x.numel() == 0);
+  return {at::empty_like(a.x, checks::layout_of(a.channels_last)), g[0], g[1], g[2], g[3]};
 }
 
 }  // namespace detail

@@ -201,8 +201,9 @@ at::Tensor cubs_channel_cpu(const at::Tensor& x_, const at::Tensor& wq, const at
                             const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
                             const at::Tensor& bo) {
   const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  const auto act = checks::activation("recogfast::cubs_channel", x_);
+  const at::Tensor& x = act.x;
+  const bool cl = act.channels_last;
   at::Tensor y = at::empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
   const at::Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
@@ -217,17 +218,13 @@ CubsChannelGrads cubs_channel_backward_cpu(const at::Tensor& grad_y_, const at::
                                            const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
                                            const at::Tensor& bo) {
   const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
-  checks::shape("recogfast::cubs_channel_backward", "grad_y", grad_y_, x_.sizes(), "x.shape");
-  checks::like("recogfast::cubs_channel_backward", "grad_y", grad_y_, "x", x_);
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
-  const at::Tensor gy = grad_y_.contiguous(checks::layout_of(cl));
+  const auto act = checks::activation("recogfast::cubs_channel_backward", x_, grad_y_);
+  const at::Tensor &x = act.x, &gy = act.grad_y;
+  const bool cl = act.channels_last;
   const at::Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
   at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
-  at::Tensor g[8];
-  for (int i = 0; i < 8; ++i) g[i] = at::empty(w[i].sizes(), w[i].options());
+  const auto g = checks::param_grads({w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]}, x.numel() == 0);
   if (x.numel() == 0) {
-    for (auto& t : g) t.zero_();
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_channel_backward_cpu", [&] {

@@ -303,8 +303,9 @@ CubsSpatialCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor* wb, 
 at::Tensor cubs_spatial_cpu(const at::Tensor& x_, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
                             const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv) {
   detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  const auto act = checks::activation("recogfast::cubs_spatial", x_);
+  const at::Tensor& x = act.x;
+  const bool cl = act.channels_last;
   at::Tensor y = at::empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
   const at::Tensor wb[6] = {wq, bq, wk, bk, wv, bv};
@@ -318,16 +319,12 @@ CubsSpatialGrads cubs_spatial_backward_cpu(const at::Tensor& grad_y_, const at::
                                            const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
                                            const at::Tensor& wv, const at::Tensor& bv) {
   detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
-  checks::shape("recogfast::cubs_spatial_backward", "grad_y", grad_y_, x_.sizes(), "x.shape");
-  checks::like("recogfast::cubs_spatial_backward", "grad_y", grad_y_, "x", x_);
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
-  const at::Tensor gy = grad_y_.contiguous(checks::layout_of(cl));
+  const auto act = checks::activation("recogfast::cubs_spatial_backward", x_, grad_y_);
+  const at::Tensor &x = act.x, &gy = act.grad_y;
+  const bool cl = act.channels_last;
   at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
-  at::Tensor g[6] = {at::empty_like(wq), at::empty_like(bq), at::empty_like(wk),
-                     at::empty_like(bk), at::empty_like(wv), at::empty_like(bv)};
+  const auto g = checks::param_grads({wq, bq, wk, bk, wv, bv}, x.numel() == 0);
   if (x.numel() == 0) {
-    for (auto& t : g) t.zero_();
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
   }
   const at::Tensor wb[6] = {wq, bq, wk, bk, wv, bv};

@@ -238,8 +238,9 @@ at::Tensor cubs_channel_cuda(const at::Tensor& x_, const at::Tensor& wq, const a
   TORCH_CHECK(x_.is_cuda(), "recogfast::cubs_channel: x must be a CUDA tensor for the CUDA kernel, got ",
               x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
+  const auto act = checks::activation("recogfast::cubs_channel", x_);
+  const at::Tensor& x = act.x;
+  const bool cl = act.channels_last;
   const at::Tensor w[8] = {wq.contiguous(), bq.contiguous(), wk.contiguous(), bk.contiguous(),
                            wv.contiguous(), bv.contiguous(), wo.contiguous(), bo.contiguous()};
   at::Tensor y = at::empty_like(x, checks::layout_of(cl));
@@ -270,21 +271,17 @@ CubsChannelGrads cubs_channel_backward_cuda(const at::Tensor& grad_y_, const at:
                                             const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
                                             const at::Tensor& bo) {
   const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
-  checks::shape("recogfast::cubs_channel_backward", "grad_y", grad_y_, x_.sizes(), "x.shape");
-  checks::like("recogfast::cubs_channel_backward", "grad_y", grad_y_, "x", x_);
   TORCH_CHECK(x_.is_cuda(), "recogfast::cubs_channel_backward: x must be a CUDA tensor for the CUDA kernel, got ",
               x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
-  const bool cl = checks::use_channels_last(x_);
-  const at::Tensor x = x_.contiguous(checks::layout_of(cl));
-  const at::Tensor gy = grad_y_.contiguous(checks::layout_of(cl));
+  const auto act = checks::activation("recogfast::cubs_channel_backward", x_, grad_y_);
+  const at::Tensor &x = act.x, &gy = act.grad_y;
+  const bool cl = act.channels_last;
   const at::Tensor w[8] = {wq.contiguous(), bq.contiguous(), wk.contiguous(), bk.contiguous(),
                            wv.contiguous(), bv.contiguous(), wo.contiguous(), bo.contiguous()};
   at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
-  at::Tensor g[8];
-  for (int i = 0; i < 8; ++i) g[i] = at::empty(w[i].sizes(), w[i].options());
+  const auto g = checks::param_grads({w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]}, x.numel() == 0);
   if (x.numel() == 0) {
-    for (auto& t : g) t.zero_();
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
   }
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
