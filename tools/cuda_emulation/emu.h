@@ -98,6 +98,8 @@ using std::exp;
 using std::exp2;
 using std::fabs;
 using std::fmax;
+using std::frexp;
+using std::ldexp;
 using std::isfinite;
 using std::log;
 using std::log1p;

@@ -82,9 +82,9 @@ FL="-std=c++20 -O1 -I$ROOT/csrc -I$PWD -I$OUT -I$T/include -I$T/include/torch/cs
 g++ $FL -c "$OUT/sp_emu.cpp" -o "$OUT/sp.o" &
 g++ $FL -c "$OUT/ch_emu.cpp" -o "$OUT/ch.o" &
 g++ $FL -c "$OUT/se_emu.cpp" -o "$OUT/se.o" &
-# A 1 KB S tile (at least 3 rows) and 64-thread rows: several tiles and warps out of a few dozen rows.
+# A 1 KB S tile (at least 3 rows) and 64-thread blocks: several tiles and warps out of a few dozen rows.
 g++ $FL -DRECOGFAST_MS_LOSS_EMULATION -DRECOGFAST_MS_LOSS_TILE_BYTES=1024 -DRECOGFAST_MS_LOSS_MIN_TILE_ROWS=3 \
-  -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o" &
+  -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o" &
 g++ $FL -c main.cpp -o "$OUT/main.o"
 wait
 g++ "$OUT/main.o" "$OUT/sp.o" "$OUT/ch.o" "$OUT/se.o" "$OUT/ms.o" -o "$OUT/emu_test" -L"$ROOT/build/cmake" -lrecogfast -L"$T/lib" -ltorch \

@@ -8,10 +8,11 @@
 //              with the fp32 (fp64) inverse norms: the products see the exact inputs, so S is as accurate as
 //              an fp32 product of normalised rows, and the mining decisions agree with the CPU kernel. Rows
 //              with a norm outside [1e-15, 1e15] (products could under/overflow in fp32) switch the whole call
-//              to normalised operands ĉ (a copy in the input dtype) with unit scales.
-//   W operand  of the backward product G = W·c: raw rows again with the column scales folded into W
+//              to a copy x' = x · 2^-e of the rows scaled by a power of two to a norm in [0.5, 1) — exact, no
+//              rounding — with scales inv' = 1 / |x'| in (1, 2].
+//   W operand  of the backward product G = W·c: the same rows with the column scales folded into W
 //              (W'_ij = W_ij · inv_j, so W'·x = W·c), except for fp16, whose range cannot hold W_ij / |x_j|:
-//              there the product uses the normalised fp16 copy ĉ.
+//              there the product always uses the power-of-two-scaled copy (W' = W · inv' stays within ±2).
 // Products: bf16/fp16 operands with fp32 accumulation and fp32 output (aten::mm.dtype_out, torch >= 2.8);
 // fp32 through at::mm, which follows torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision
 // (TF32 tensor cores when the user allows them, exact fp32 otherwise — then the fp32 SIMT rate bounds it);
@@ -40,7 +41,7 @@
 // L2: the fp32 S tile written by the GEMM, read twice forward, read once and W written once backward).
 // Extra memory (bf16, no reference set): the S tile T·M·4 <= kTileBytes (16 MB), the W tile T·M·2 (8 MB),
 // G T·D·4, O(M) norms/scales/labels: ~25 MB at B = 16384 (T = 256) and at B = 65536 (T = 64); fp16 adds
-// the normalised copy for the backward product (M·D·2: 16 MB at B = 16384), fp32 has a 16 MB W tile.
+// the scaled copy for the backward product (M·D·2: 16 MB at B = 16384), fp32 has a 16 MB W tile.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
@@ -64,7 +65,7 @@
 #include "ops/ms_loss.h"
 
 // Tile budget: bytes of one S tile (rows x candidates in the accumulation dtype). The emulation
-// (tools/cuda_emulation) shrinks it, and the row-block size, to get several tiles out of small inputs.
+// (tools/cuda_emulation) shrinks it, and the block sizes, to get several tiles out of small inputs quickly.
 #ifndef RECOGFAST_MS_LOSS_TILE_BYTES
 #define RECOGFAST_MS_LOSS_TILE_BYTES (int64_t(16) << 20)
 #endif
@@ -73,6 +74,9 @@
 #endif
 #ifndef RECOGFAST_MS_LOSS_ROW_THREADS
 #define RECOGFAST_MS_LOSS_ROW_THREADS 256
+#endif
+#ifndef RECOGFAST_MS_LOSS_THREADS
+#define RECOGFAST_MS_LOSS_THREADS 256
 #endif
 
 namespace recogfast {
@@ -84,7 +88,7 @@ constexpr int64_t kTileBytes = RECOGFAST_MS_LOSS_TILE_BYTES;
 constexpr int64_t kMinTileRows = RECOGFAST_MS_LOSS_MIN_TILE_ROWS;  // GEMMs thinner than this waste tensor cores
 constexpr int kRowThreads = RECOGFAST_MS_LOSS_ROW_THREADS;         // threads per row of the reductions
 constexpr int kRowWarps = kRowThreads / kWarp;
-constexpr int kThreads = 256;
+constexpr int kThreads = RECOGFAST_MS_LOSS_THREADS;                // element-wise kernels; a multiple of 32
 constexpr double kNormEps = 1e-12;                               // as torch.nn.functional.normalize
 constexpr double kRawMin = 1e-15, kRawMax = 1e15;                // norms for which raw fp32 products are safe
 
@@ -142,12 +146,13 @@ __device__ __forceinline__ void block_arg(T& v, int64_t& idx, T* shv, int64_t* s
 }
 
 // Row norms, one warp per row: norms[r] = |x_r| (summed in fp64 as the CPU kernel), inv[r] = 1 / max(|x_r|,
-// eps). flags[bad_slot] = 1 on NaN/inf; flags[2] = 1 when a nonzero norm leaves [kRawMin, kRawMax]. Every
-// writer stores the same value 1, so no atomics are needed.
+// eps), and the power of two p2[r] = 2^-e that brings a nonzero norm to [0.5, 1) (1 for a zero row) with
+// inv2[r] = inv[r] / p2[r], the scale of the copy x · p2. flags[bad_slot] = 1 on NaN/inf; flags[2] = 1 when a
+// nonzero norm leaves [kRawMin, kRawMax]. Every writer stores the same value 1, so no atomics are needed.
 template <typename scalar_t, typename acc_t>
 __global__ void ms_loss_norms_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ norms,
-                                     acc_t* __restrict__ inv, int* __restrict__ flags, int bad_slot, int64_t rows,
-                                     int64_t D) {
+                                     acc_t* __restrict__ inv, acc_t* __restrict__ p2, acc_t* __restrict__ inv2,
+                                     int* __restrict__ flags, int bad_slot, int64_t rows, int64_t D) {
   const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (r >= rows) return;
@@ -165,17 +170,23 @@ __global__ void ms_loss_norms_kernel(const scalar_t* __restrict__ x, acc_t* __re
   }
   const double n = sqrt(ss);
   if (n != 0 && (n < kRawMin || n > kRawMax)) flags[2] = 1;
+  int e = 0;
+  if (n != 0) frexp(n, &e);
+  e = e < -100 ? -100 : e > 100 ? 100 : e;  // 2^±100 stays normal in fp32 (rows that tiny/huge are edge cases)
+  const acc_t in = acc_t(1) / acc_t(fmax(n, kNormEps)), q = acc_t(ldexp(1.0, -e));
   norms[r] = acc_t(n);
-  inv[r] = acc_t(1) / acc_t(fmax(n, kNormEps));
+  inv[r] = in;
+  p2[r] = q;
+  inv2[r] = in / q;  // a power-of-two factor: exact
 }
 
-// c = x · inv (the normalised copy, in the input dtype).
+// xs = x · p2 (a power of two per row: exact, in the input dtype).
 template <typename scalar_t, typename acc_t>
-__global__ void ms_loss_scale_rows_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ inv,
-                                          scalar_t* __restrict__ c, int64_t rows, int64_t D) {
+__global__ void ms_loss_scale_rows_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ p2,
+                                          scalar_t* __restrict__ xs, int64_t rows, int64_t D) {
   const int64_t n = rows * D;
   for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x)
-    c[k] = static_cast<scalar_t>(static_cast<acc_t>(x[k]) * inv[k / D]);
+    xs[k] = static_cast<scalar_t>(static_cast<acc_t>(x[k]) * p2[k / D]);
 }
 
 // Element (r, k) of a tile stored as a batch part [rows, nb] and a reference part [rows, nr].
@@ -186,7 +197,7 @@ __device__ __forceinline__ acc_t tile_at(const acc_t* se, const acc_t* sr, int64
 }
 
 // Forward reductions: one block per anchor row i = row0 + blockIdx.x of the tile (se, sr).
-// scale: inverse norms when S holds raw products, else nullptr.
+// scale: the factors that turn the operands' rows into normalised rows (nullptr: 1).
 template <typename acc_t>
 __global__ void __launch_bounds__(kRowThreads)
     ms_loss_rows_kernel(const acc_t* __restrict__ se, const acc_t* __restrict__ sr, int64_t row0,
@@ -285,7 +296,7 @@ __device__ __forceinline__ acc_t pair_weight(const acc_t* __restrict__ stats, co
 // Backward weights of a tile whose rows are candidates row0 + r and whose columns are candidates k (a batch
 // part of nb columns and a reference part of nr): W[r, k] = (w(anchor row, cand k) if the row is an anchor
 // + w(anchor k, cand row) if k is an anchor) · scale_g[k], written as we (batch part) and wr.
-// scale_s: inverse norms when S holds raw products; scale_g: the same when the product uses raw rows.
+// scale_s / scale_g: the factors that normalise the rows of the S / product operands (nullptr: 1).
 template <typename acc_t, typename op_t>
 __global__ void __launch_bounds__(kThreads)
     ms_loss_weights_kernel(const acc_t* __restrict__ se, const acc_t* __restrict__ sr, int64_t rows, int64_t nb,
@@ -371,14 +382,15 @@ template <typename scalar_t>
 struct Candidates {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   int64_t B = 0, R = 0, M = 0, D = 0;
-  at::Tensor x[2];         // raw rows, contiguous: batch, reference ([0, D] when none)
-  at::Tensor xs[2], xg[2];  // operands of S and of the backward product
-  at::Tensor norms, inv;    // [M] acc
-  at::Tensor lab;           // [M] int64
+  at::Tensor x[2];                // raw rows, contiguous: batch, reference ([0, D] when none)
+  at::Tensor xs[2], xg[2];         // operands of S and of the backward product: x or x · p2
+  at::Tensor norms, inv, p2, inv2;  // [M] acc (see ms_loss_norms_kernel)
+  at::Tensor lab;                  // [M] int64
   bool raw_s = true, raw_g = true;
 
-  const acc_t* scale_s() const { return raw_s ? inv.const_data_ptr<acc_t>() : nullptr; }
-  const acc_t* scale_g() const { return raw_g ? inv.const_data_ptr<acc_t>() : nullptr; }
+  // Per-candidate factors that turn a row of an operand into its normalised row.
+  const acc_t* scale_s() const { return (raw_s ? inv : inv2).template const_data_ptr<acc_t>(); }
+  const acc_t* scale_g() const { return (raw_g ? inv : inv2).template const_data_ptr<acc_t>(); }
 
   Candidates(const at::Tensor& emb, const at::Tensor& labels, const std::optional<at::Tensor>& ref,
              const std::optional<at::Tensor>& ref_labels, bool for_backward, cudaStream_t stream) {
@@ -391,6 +403,8 @@ struct Candidates {
     x[1] = R > 0 ? ref->contiguous() : at::empty({0, D}, emb.options());
     norms = at::empty({M}, acc);
     inv = at::empty({M}, acc);
+    p2 = at::empty({M}, acc);
+    inv2 = at::empty({M}, acc);
     at::Tensor flags = at::zeros({3}, emb.options().dtype(at::kInt));
     constexpr int rows_per_block = kThreads / kWarp;
     for (int part = 0; part < 2; ++part) {
@@ -398,7 +412,8 @@ struct Candidates {
       if (rows == 0) continue;
       ms_loss_norms_kernel<scalar_t, acc_t><<<ceil_div(rows, rows_per_block), kThreads, 0, stream>>>(
           x[part].const_data_ptr<scalar_t>(), norms.mutable_data_ptr<acc_t>() + off,
-          inv.mutable_data_ptr<acc_t>() + off, flags.mutable_data_ptr<int>(), part, rows, D);
+          inv.mutable_data_ptr<acc_t>() + off, p2.mutable_data_ptr<acc_t>() + off,
+          inv2.mutable_data_ptr<acc_t>() + off, flags.mutable_data_ptr<int>(), part, rows, D);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     const at::Tensor fh = flags.cpu();  // synchronises: NaN/inf is an error, not a NaN loss
@@ -406,7 +421,7 @@ struct Candidates {
     TORCH_CHECK(f[0] == 0, "recogfast::ms_loss: embeddings contains NaN or inf");
     TORCH_CHECK(f[1] == 0, "recogfast::ms_loss: ref_embeddings contains NaN or inf");
     raw_s = f[2] == 0;
-    // fp16 cannot hold W_ij / |x_j|: its backward product uses the normalised copy.
+    // fp16 cannot hold W_ij / |x_j|: its backward product uses the scaled copy.
     raw_g = raw_s && !std::is_same_v<scalar_t, at::Half>;
     const bool need_copy = !raw_s || (for_backward && !raw_g);
     at::Tensor c[2];
@@ -416,7 +431,7 @@ struct Candidates {
       c[part] = at::empty({rows, D}, emb.options());
       if (rows * D == 0) continue;
       ms_loss_scale_rows_kernel<scalar_t, acc_t><<<grid_for(rows * D, kThreads), kThreads, 0, stream>>>(
-          x[part].const_data_ptr<scalar_t>(), inv.const_data_ptr<acc_t>() + off, c[part].mutable_data_ptr<scalar_t>(),
+          x[part].const_data_ptr<scalar_t>(), p2.const_data_ptr<acc_t>() + off, c[part].mutable_data_ptr<scalar_t>(),
           rows, D);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
