@@ -147,7 +147,7 @@ __device__ __forceinline__ void block_arg(T& v, int64_t& idx, T* shv, int64_t* s
 
 // Row norms, one warp per row: norms[r] = |x_r| (summed in fp64 as the CPU kernel), inv[r] = 1 / max(|x_r|,
 // eps), and the power of two p2[r] = 2^-e that brings a nonzero norm to [0.5, 1) (1 for a zero row) with
-// inv2[r] = inv[r] / p2[r], the scale of the copy x · p2. flags[bad_slot] = 1 on NaN/inf; flags[2] = 1 when a
+// inv2[r] = inv[r] / p2[r], the scale of the copy x · p2 (0 for a zero row). flags[bad_slot] = 1 on NaN/inf; flags[2] = 1 when a
 // nonzero norm leaves [kRawMin, kRawMax]. Every writer stores the same value 1, so no atomics are needed.
 template <typename scalar_t, typename acc_t>
 __global__ void ms_loss_norms_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ norms,
@@ -177,7 +177,8 @@ __global__ void ms_loss_norms_kernel(const scalar_t* __restrict__ x, acc_t* __re
   norms[r] = acc_t(n);
   inv[r] = in;
   p2[r] = q;
-  inv2[r] = in / q;  // a power-of-two factor: exact
+  inv2[r] = n != 0 ? in / q : acc_t(0);  // a power-of-two factor: exact; <= 2 (0 for a zero row, all of whose
+                                        // products are 0: 1 / eps would overflow fp16 in the weights)
 }
 
 // xs = x · p2 (a power of two per row: exact, in the input dtype).
@@ -369,11 +370,12 @@ void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
 #endif
 }
 
-// Rows of a tile with `cols` candidates so that the S tile stays within kTileBytes (multiples of 64 rows).
+// Rows of a tile with `cols` candidates so that the S tile stays within kTileBytes (at least kMinTileRows;
+// multiples of 64 or 16 rows, the GEMMs' tile heights).
 int64_t tile_rows(int64_t cols, int64_t rows, int64_t elem) {
   int64_t t = kTileBytes / std::max<int64_t>(1, cols * elem);
   t = std::max(t, kMinTileRows);
-  if (t >= 64) t = t / 64 * 64;
+  t = t >= 64 ? t / 64 * 64 : t >= 16 ? t / 16 * 16 : t;
   return std::max<int64_t>(1, std::min(t, rows));
 }
 
