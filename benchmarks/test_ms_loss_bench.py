@@ -8,6 +8,13 @@ device. Without a reference set: S = e·eᵀ once (B²·D multiply-adds, using i
 the backward pass). With a memory of R detached rows (M = B + R candidates): S (B·M·D) and W·c (B·M·D)
 = 4·B·M·D FLOPs, which the fused CPU kernel matches for the memory (it gathers the memory's share of the
 gradient during the forward tiles). GPU: the extra peak memory of one step is reported too (the goal at B = 16384 is <= 64 MB).
+
+On the GPU the fused kernel runs its products in cuBLAS: 3 GEMMs of B x M x D without a reference-set gradient
+(S forward, S again and W·x backward; csrc/ops/cuda/ms_loss_kernel.cu), i.e. the 3·B²·D floor above when the
+reference set is the batch. fp32 embeddings follow torch's float32 matmul precision (exact fp32 by default: the
+fp32 SIMT rate bounds them); `test_ms_loss_fwd_bwd_tensor_cores` times bf16 embeddings and fp32 with TF32
+allowed against the measured bf16 / TF32 GEMM rate (H100 SXM datasheet: 989 / 494 TFLOP/s dense, so
+B = 16384, D = 512: 0.82 TFLOP, a ~0.8 ms floor in bf16; the goal is <= 5 ms, 20x under PML's 100 ms).
 """
 
 import functools
@@ -32,13 +39,15 @@ DENSE_MAX_PAIRS = 16384 * 16384
 
 
 @functools.lru_cache(maxsize=None)
-def gemm_flops(device: str) -> float:
-    """Measured fp32 matrix-product throughput (FLOP/s) of `device`: the practical ceiling of the floor."""
+def gemm_flops(device: str, mode: str = "fp32") -> float:
+    """Measured matrix-product throughput (FLOP/s) of `device` for `mode` "fp32" (TF32 off), "tf32" or
+    "bf16" (fp32 accumulation): the practical ceiling of the floor."""
     n = 4096 if torch.device(device).type == "cuda" else 2048
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     try:
         best = float("inf")
         for _ in range(4):
@@ -108,3 +117,40 @@ def test_ms_loss_fwd_bwd(benchmark, device, size, impl):
                   floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
                              f"{gemm_flops(device) / 1e9:.0f} GFLOP/s fp32 GEMM rate",
                   rounds=5 if device == "cpu" else 10)
+
+
+@pytest.mark.parametrize("device", [p for p in BENCH_DEVICES if not isinstance(p, str)])  # CUDA only
+@pytest.mark.parametrize("size", range(6), ids=lambda i: f"size{i}")
+@pytest.mark.parametrize("mode", ["bf16", "tf32"])
+def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode):
+    """The fused op with tensor-core products: bf16 embeddings, or fp32 with TF32 allowed."""
+    B, R = SIZES["cuda"][size]
+    M = B + R
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+    e = torch.randn(B, D, device=device, dtype=dtype, requires_grad=True)
+    labels = (torch.arange(B, device=device) // 4)[torch.randperm(B, device=device)]
+    ref = torch.randn(R, D, device=device, dtype=dtype) if R else None
+    ref_labels = torch.randint(0, B // 4, (R,), device=device) if R else None
+
+    def step():
+        ms_loss(e, labels, ref_embeddings=ref, ref_labels=ref_labels, impl="fused").backward()
+
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    try:
+        flops = 3 * B * B * D if R == 0 else 4 * B * M * D
+        rate = gemm_flops(device, mode)
+        step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        benchmark.extra_info["extra_peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+        run_benchmark(benchmark, step, device=device, group=f"ms_loss fwd+bwd {device} {mode} B={B} R={R} D={D}",
+                      impl="fused", floor_seconds=flops / rate,
+                      floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
+                                 f"{rate / 1e9:.0f} GFLOP/s {mode} GEMM rate", rounds=10)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev

@@ -1,4 +1,4 @@
-// Host emulation of the CUDA features the CUBS kernels use: one std::thread per CUDA thread, blocks run
+// Host emulation of the CUDA features the SE, CUBS and MS-loss kernels use: one std::thread per CUDA thread, blocks run
 // one after another, __shared__ = function-static, __syncthreads = block barrier, warp shuffles through a
 // per-warp buffer and barrier. Exited threads drop out of the barriers.
 #pragma once
@@ -96,3 +96,11 @@ using std::min;
 using std::max;
 using std::exp;
 using std::exp2;
+using std::fabs;
+using std::fmax;
+using std::frexp;
+using std::ldexp;
+using std::isfinite;
+using std::log;
+using std::log1p;
+using std::sqrt;

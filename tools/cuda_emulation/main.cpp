@@ -1,10 +1,12 @@
-// Runs the CUDA kernels of the SE and CUBS ops under host emulation and compares with the CPU ops.
+// Runs the CUDA kernels of the SE, CUBS and MS-loss ops under host emulation and compares with the CPU ops.
+// `emu_test ms` runs only the MS-loss section.
 #include <ATen/ATen.h>
 #include <cstdio>
 #include <string>
 #include <tuple>
 #include "ops/cubs_channel.h"
 #include "ops/cubs_spatial.h"
+#include "ops/ms_loss.h"
 #include "ops/se_gate.h"
 namespace recogfast {
 at::Tensor emu_cubs_spatial(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -20,6 +22,14 @@ CubsChannelGrads emu_cubs_channel_backward(const at::Tensor&, const at::Tensor&,
 at::Tensor emu_se_gate(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 detail::SEGateGrads emu_se_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, const at::Tensor&);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
+    double, double, double, std::string_view);
+std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                        const std::optional<at::Tensor>&,
+                                                        const std::optional<at::Tensor>&, const at::Tensor&,
+                                                        const at::Tensor&, double, double, double, double,
+                                                        std::string_view, bool);
 }  // namespace recogfast
 namespace {
 int failures = 0;
@@ -40,8 +50,124 @@ void cmp_tuple(const T& a, const T& b, const char* tag, double rtol) {
   std::apply([&](auto&... ys) { ((grad_scale = std::max(grad_scale, ys.to(at::kDouble).abs().max().template item<double>())), ...); }, b);
   std::apply([&](auto&... xs) { std::apply([&](auto&... ys) { (cmp(xs, ys, names[i++], tag, rtol), ...); }, b); }, a);
 }
+
+// MS loss: the emulated CUDA launchers (each backward from its own forward's stats) against the CPU kernel,
+// over dtypes, mining modes, label patterns, reference sets with and without gradient, and inputs that take
+// the normalised-operand fallback. Returns the number of comparisons.
+int ms_comparisons = 0;
+double ms_max_rel[4] = {0, 0, 0, 0};  // worst err / scale per dtype: fp64, fp32, bf16, fp16
+int dtype_slot(at::ScalarType t) {
+  return t == at::kDouble ? 0 : t == at::kFloat ? 1 : t == at::kBFloat16 ? 2 : 3;
+}
+// |a - b| <= rtol (scale + 1e-3 scale_floor), where equal values (infinities included) count as 0 error.
+void ms_cmp(const at::Tensor& a_, const at::Tensor& b_, const char* what, const std::string& tag, double rtol,
+            at::ScalarType dt, double scale_floor = 1) {
+  const at::Tensor a = a_.to(at::kDouble), b = b_.to(at::kDouble);
+  const at::Tensor diff = at::where(a == b, at::zeros_like(a), (a - b).abs());
+  const double err = diff.numel() ? diff.max().item<double>() : 0.0;
+  const at::Tensor fin = b.masked_select(b.isfinite());
+  const double scale = fin.numel() ? fin.abs().max().item<double>() : 0.0;
+  const bool ok = std::isfinite(err) && err <= rtol * (scale + 1e-3 * scale_floor);
+  ++ms_comparisons;
+  if (scale > 0) ms_max_rel[dtype_slot(dt)] = std::max(ms_max_rel[dtype_slot(dt)], err / scale);
+  if (!ok) ++failures;
+  if (!ok || getenv("EMU_VERBOSE"))
+    std::printf("%s %-52s %-9s err %.3g scale %.3g\n", ok ? "ok  " : "FAIL", tag.c_str(), what, err, scale);
+}
+
+void run_ms_loss() {
+  at::manual_seed(1);
+  auto m_per_class = [](int64_t B, int64_t m) { return at::floor_divide(at::randperm(B), m).to(at::kLong); };
+  struct Case {
+    const char* name;
+    int64_t B, D, R;
+    at::Tensor labels, ref_labels;
+    bool ref_grad;
+    double row_scale;  // one row of the embeddings scaled by this (1e16: the normalised-operand fallback)
+    bool zero_row;
+  };
+  std::vector<Case> cases = {
+      {"m-per-class 24x8", 24, 8, 0, m_per_class(24, 4), {}, false, 1, false},
+      {"few classes 17x5", 17, 5, 0, at::randint(0, 3, {17}), {}, false, 1, false},
+      {"singletons 9x3", 9, 3, 0, at::arange(9), {}, false, 1, false},
+      {"one class 7x4", 7, 4, 0, at::zeros({7}, at::kLong), {}, false, 1, false},
+      {"B=1", 1, 4, 0, at::zeros({1}, at::kLong), {}, false, 1, false},
+      {"ref 12x6 R=10 grad", 12, 6, 10, m_per_class(12, 3), at::randint(0, 6, {10}), true, 1, false},
+      {"ref 12x6 R=10 nograd", 12, 6, 10, m_per_class(12, 3), at::randint(0, 6, {10}), false, 1, false},
+      {"ref B=1 R=5 grad", 1, 4, 5, at::zeros({1}, at::kLong), at::randint(0, 2, {5}), true, 1, false},
+      {"ref int32 labels 10x7 R=13", 10, 7, 13, m_per_class(10, 2).to(at::kInt), at::randint(0, 5, {13}, at::kInt),
+       true, 1, false},
+      {"zero row 11x6", 11, 6, 0, m_per_class(11, 3), {}, false, 1, true},
+      {"huge row 11x6 (fallback)", 11, 6, 0, m_per_class(11, 3), {}, false, 1e16, false},
+      {"huge ref row 8x5 R=6 (fallback)", 8, 5, 6, m_per_class(8, 2), at::randint(0, 4, {6}), true, 1e16, false},
+  };
+  const double alpha = 2, beta = 50, base = 0.5, eps = 0.1;
+  for (const auto dt : {at::kDouble, at::kFloat, at::kBFloat16, at::kHalf}) {
+    const bool lowp = dt == at::kBFloat16 || dt == at::kHalf;
+    // fp16 cannot hold 1e16: its fallback cases are skipped (finite fp16 rows never need it).
+    const double rtol_l = dt == at::kDouble ? 1e-10 : dt == at::kFloat ? 1e-5 : 1e-2;
+    const double rtol_g = dt == at::kDouble ? 1e-9 : dt == at::kFloat ? 2e-4 : 3e-2;
+    for (const Case& c : cases) {
+      if (dt == at::kHalf && c.row_scale > 1e4) continue;
+      at::Tensor e = at::randn({c.B, c.D}, at::kDouble);
+      if (c.zero_row) e[c.B / 2].zero_();
+      if (c.row_scale != 1) e[c.B - 1].mul_(c.row_scale);
+      e = e.to(dt);
+      std::optional<at::Tensor> r, rl;
+      if (c.R > 0) {
+        at::Tensor rr = at::randn({c.R, c.D}, at::kDouble);
+        if (c.row_scale != 1) rr[0].mul_(c.row_scale);
+        r = rr.to(dt);
+        rl = c.ref_labels;
+      }
+      const at::Tensor gl = at::full({}, 0.7, at::TensorOptions().dtype(dt));
+      for (const char* mining : {"ms", "all", "hardest"}) {
+        const std::string tag = std::string(c.name) + " " + c10::toString(dt) + " " + mining;
+        const auto cpu = recogfast::ms_loss(e, c.labels, r, rl, alpha, beta, base, eps, mining, false);
+        const auto emu = recogfast::emu_ms_loss(e, c.labels, r, rl, alpha, beta, base, eps, mining);
+        ms_cmp(std::get<0>(emu), std::get<0>(cpu), "loss", tag, rtol_l, dt);
+        ms_cmp(std::get<1>(emu), std::get<1>(cpu), "stats", tag, lowp ? 1e-4 : rtol_l, dt);
+        ms_cmp(std::get<2>(emu), std::get<2>(cpu), "hard_idx", tag, 0, dt, 0);
+        const auto gcpu = recogfast::ms_loss_backward(gl, e, c.labels, r, rl, std::get<1>(cpu), std::get<2>(cpu),
+                                                      std::get<3>(cpu), alpha, beta, base, eps, mining, c.ref_grad);
+        const auto gemu = recogfast::emu_ms_loss_backward(gl, e, c.labels, r, rl, std::get<1>(emu), std::get<2>(emu),
+                                                          alpha, beta, base, eps, mining, c.ref_grad);
+        const double gscale = std::max(std::get<0>(gcpu).to(at::kDouble).abs().max().item<double>(),
+                                       std::get<1>(gcpu).numel() ? std::get<1>(gcpu).to(at::kDouble).abs().max().item<double>() : 0.0);
+        // Gradients: relative to the largest gradient of the call (a row may be all ~0).
+        ms_cmp(std::get<0>(gemu), std::get<0>(gcpu), "grad_e", tag, rtol_g, dt, gscale * 1e3);
+        if (std::get<0>(gemu).sizes() != std::get<0>(gcpu).sizes() || std::get<1>(gemu).sizes() != std::get<1>(gcpu).sizes()) {
+          ++failures;
+          std::printf("FAIL %s: gradient shapes differ\n", tag.c_str());
+        }
+        if (std::get<1>(gcpu).numel())
+          ms_cmp(std::get<1>(gemu), std::get<1>(gcpu), "grad_ref", tag, rtol_g, dt, gscale * 1e3);
+      }
+    }
+  }
+  // NaN/inf in embeddings is an error naming the argument.
+  for (const char* which : {"embeddings", "ref_embeddings"}) {
+    at::Tensor e = at::randn({5, 3}), r = at::randn({4, 3});
+    (std::string(which) == "embeddings" ? e : r)[1][2] = std::numeric_limits<float>::infinity();
+    bool threw = false;
+    try {
+      recogfast::emu_ms_loss(e, at::zeros({5}, at::kLong), r, at::zeros({4}, at::kLong), alpha, beta, base, eps, "ms");
+    } catch (const c10::Error& err) {
+      threw = std::string(err.what()).find(std::string(which) + " contains NaN or inf") != std::string::npos;
+    }
+    ++ms_comparisons;
+    if (!threw) {
+      ++failures;
+      std::printf("FAIL ms_loss: inf in %s not reported\n", which);
+    }
+  }
+  std::printf("ms_loss: %d comparisons; worst err/scale fp64 %.3g, fp32 %.3g, bf16 %.3g, fp16 %.3g\n",
+              ms_comparisons, ms_max_rel[0], ms_max_rel[1], ms_max_rel[2], ms_max_rel[3]);
+}
 }  // namespace
-int main() {
+int main(int argc, char** argv) {
+  const bool only_ms = argc > 1 && std::string(argv[1]) == "ms";
+  if (!only_ms) {
   at::manual_seed(0);
   struct S { int64_t B, C, H, W; bool cl; at::ScalarType dt; };
   for (S s : {S{2, 16, 5, 7, false, at::kDouble}, S{2, 16, 5, 7, true, at::kDouble}, S{1, 3, 1, 1, false, at::kDouble},
@@ -82,6 +208,8 @@ int main() {
     cmp_tuple(recogfast::emu_se_gate_backward(gy, x, u[0], u[1], u[2], u[3]),
               recogfast::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]), (std::string("se ") + tag).c_str(), rtol * 10);
   }
+  }
+  run_ms_loss();
   std::printf("%s\n", failures ? "FAILURES" : "all emulated CUDA results match the CPU kernels");
   return failures != 0;
 }

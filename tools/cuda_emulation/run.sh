@@ -1,9 +1,12 @@
 #!/bin/bash
-# Runs the SE and CUBS CUDA kernels (csrc/ops/cuda/{se_gate,cubs_*}_kernel.cu) on the host under emu.h -- one std::thread
+# Runs the SE, CUBS and MS-loss CUDA kernels (csrc/ops/cuda/{se_gate,cubs_*,ms_loss}_kernel.cu) on the host under emu.h -- one std::thread
 # per CUDA thread, blocks in sequence, barriers for __syncthreads and warp shuffles -- and compares every
 # output and gradient with the CPU kernels, over dtypes, NCHW/NHWC and odd shapes. It checks the
 # kernels' indexing, tiling, shared-memory and launch logic on a machine without a GPU; it does not
 # check timing, races the emulation serialises, or the fast-math ex2.approx (std::exp2 runs instead).
+# MS loss: its cuBLAS products run through at::mm on the CPU (bf16/fp16 operands as fp32 copies: the same
+# exact products and fp32 accumulation as aten::mm.dtype_out), with a tile budget of a few rows so that small
+# inputs span several tiles. `run.sh ms` runs only the MS-loss section.
 # Needs the CMake library: `make cpp-test` (build/cmake/librecogfast.so). Takes about two minutes.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -18,6 +21,23 @@ done
 $PY transform.py "$ROOT/csrc/ops/cuda/se_gate_kernel.cu" "$OUT/se_emu.cpp" emu_se
 $PY transform.py "$ROOT/csrc/ops/cuda/cubs_spatial_kernel.cu" "$OUT/sp_emu.cpp" emu_sp
 $PY transform.py "$ROOT/csrc/ops/cuda/cubs_channel_kernel.cu" "$OUT/ch_emu.cpp" emu_ch
+$PY transform.py "$ROOT/csrc/ops/cuda/ms_loss_kernel.cu" "$OUT/ms_emu.cpp" emu_ms
+cat >> "$OUT/ms_emu.cpp" <<'CPP'
+namespace recogfast {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
+    const at::Tensor& e, const at::Tensor& l, const std::optional<at::Tensor>& r, const std::optional<at::Tensor>& rl,
+    double alpha, double beta, double base, double eps, std::string_view mining) {
+  return emu_ms::ms_loss_cuda(e, l, r, rl, alpha, beta, base, eps, mining, false);
+}
+std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(
+    const at::Tensor& g, const at::Tensor& e, const at::Tensor& l, const std::optional<at::Tensor>& r,
+    const std::optional<at::Tensor>& rl, const at::Tensor& stats, const at::Tensor& hard_idx, double alpha,
+    double beta, double base, double eps, std::string_view mining, bool ref_grad) {
+  return emu_ms::ms_loss_backward_cuda(g, e, l, r, rl, stats, hard_idx, at::empty({0}, stats.options()), alpha, beta,
+                                       base, eps, mining, ref_grad);
+}
+}  // namespace recogfast
+CPP
 cat >> "$OUT/sp_emu.cpp" <<'CPP'
 namespace recogfast {
 at::Tensor emu_cubs_spatial(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
@@ -62,8 +82,11 @@ FL="-std=c++20 -O1 -I$ROOT/csrc -I$PWD -I$OUT -I$T/include -I$T/include/torch/cs
 g++ $FL -c "$OUT/sp_emu.cpp" -o "$OUT/sp.o" &
 g++ $FL -c "$OUT/ch_emu.cpp" -o "$OUT/ch.o" &
 g++ $FL -c "$OUT/se_emu.cpp" -o "$OUT/se.o" &
+# A 1 KB S tile (at least 3 rows) and 64-thread blocks: several tiles and warps out of a few dozen rows.
+g++ $FL -DRECOGFAST_MS_LOSS_EMULATION -DRECOGFAST_MS_LOSS_TILE_BYTES=1024 -DRECOGFAST_MS_LOSS_MIN_TILE_ROWS=3 \
+  -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o" &
 g++ $FL -c main.cpp -o "$OUT/main.o"
 wait
-g++ "$OUT/main.o" "$OUT/sp.o" "$OUT/ch.o" "$OUT/se.o" -o "$OUT/emu_test" -L"$ROOT/build/cmake" -lrecogfast -L"$T/lib" -ltorch \
+g++ "$OUT/main.o" "$OUT/sp.o" "$OUT/ch.o" "$OUT/se.o" "$OUT/ms.o" -o "$OUT/emu_test" -L"$ROOT/build/cmake" -lrecogfast -L"$T/lib" -ltorch \
   -ltorch_cpu -lc10 -Wl,-rpath,"$T/lib" -Wl,-rpath,"$ROOT/build/cmake" -Wl,--no-as-needed -lpthread
-"$OUT/emu_test"
+"$OUT/emu_test" "$@"

@@ -1,28 +1,53 @@
-// Multi-Similarity loss on CUDA, forward and backward, without the B x M similarity matrix.
-// fp32/fp16/bf16 embeddings are normalised into an fp32 buffer (fp64 for fp64) and every product and
-// reduction accumulates in that type.
+// Multi-Similarity loss on CUDA, forward and backward, without the B x M similarity matrix: the products run
+// in cuBLAS (tensor cores for bf16/fp16, and for fp32 when torch allows TF32), custom kernels do only the
+// per-row reductions and the element-wise work, and the backward pass has no atomics (deterministic).
 //
-// Forward:  1. ms_loss_normalize_kernel      c = x / max(|x|, 1e-12) for the B anchors and R reference rows,
-//                                            a flag for NaN/inf
-//           2. ms_loss_tile_kernel<kPass=0>  per anchor: min positive / max negative similarity (+ their
-//                                            indices), from BM x BN tiles of S computed in shared memory;
-//                                            the candidate range is split over gridDim.y, partials merged by
-//           3. ms_loss_merge_kernel<0>
-//           4. ms_loss_tile_kernel<kPass=1>  per anchor: running (max, sum) log-sum-exps of the mined
-//                                            positives and negatives (thresholds from pass 0)
-//           5. ms_loss_merge_kernel<1>       -> log_z_pos, log_z_neg and the per-anchor loss; loss = mean
-// Backward: 1. normalise again
-//           2. ms_loss_backward_tile_kernel  one block per (anchor tile, candidate tile): recompute S, the
-//                                            per-pair weights dL/dS in shared memory, then W·c_J into the
-//                                            anchors' rows and Wᵀ·e_I into the candidates' rows of an fp32
-//                                            gradient buffer (atomicAdd), D in chunks of BK
-//           3. ms_loss_normalize_backward_kernel
-// Extra memory: O((B + M)·D) for the normalised rows and the gradient buffer, O(splits·B) for partials.
+// Candidates are the B anchors followed by the R reference rows (M = B + R). Rows are L2-normalised inside:
+// c = x / max(|x|, 1e-12). The GEMM operands:
+//   S operand  the raw input rows x (bf16/fp16/fp32/fp64 as given), S_ij = (x_i · x_j) · (inv_i · inv_j)
+//              with the fp32 (fp64) inverse norms: the products see the exact inputs, so S is as accurate as
+//              an fp32 product of normalised rows, and the mining decisions agree with the CPU kernel. Rows
+//              with a norm outside [1e-15, 1e15] (products could under/overflow in fp32) switch the whole call
+//              to a copy x' = x · 2^-e of the rows scaled by a power of two to a norm in [0.5, 1) — exact, no
+//              rounding — with scales inv' = 1 / |x'| in (1, 2].
+//   W operand  of the backward product G = W·c: the same rows with the column scales folded into W
+//              (W'_ij = W_ij · inv_j, so W'·x = W·c), except for fp16, whose range cannot hold W_ij / |x_j|:
+//              there the product always uses the power-of-two-scaled copy (W' = W · inv' stays within ±2).
+// Products: bf16/fp16 operands with fp32 accumulation and fp32 output (aten::mm.dtype_out, torch >= 2.8);
+// fp32 through at::mm, which follows torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision
+// (TF32 tensor cores when the user allows them, exact fp32 otherwise — then the fp32 SIMT rate bounds it);
+// fp64 through at::mm in fp64. Everything else accumulates in fp32 (fp64 for fp64).
+//
+// Forward, per block of T anchor rows (T x M fp32 tile of S, T from kTileBytes):
+//   GEMM      S_I = x_I · x_Bᵀ (and x_I · x_Rᵀ into the tile's reference part)
+//   ms_loss_rows_kernel  one block per row: sweep 1 min positive / max negative similarity (with the
+//             first index on ties, for "hardest"), excluding the anchor itself; sweep 2 (same row, in L2) the
+//             two mined sums with the shift known from sweep 1 (the largest term is exp(0) = 1), then
+//             log_z = softplus(shift + log z). Per-anchor stats [B, 4], hard_idx [B, 2], per-anchor loss [B].
+//   loss = sum(per-anchor loss) / B (at::sum: deterministic).
+// Backward, per block of T anchor rows, with the per-anchor stats saved by the forward op:
+//   GEMM      S_I again (same shapes and operands as the forward pass: the same values)
+//   ms_loss_weights_kernel  W'_I[i, j] = (dL/dS_ij + [j < B] dL/dS_ji) · scale_j  (S is symmetric on the
+//             batch block, so row i of S also gives column i; anchor j's thresholds come from the saved
+//             stats), in the operand dtype
+//   GEMM      G_I = W'_I · x (fp32 out), each anchor row written once — no atomics, no accumulator
+//   ms_loss_normalize_backward_kernel  grad_x_I = (g/B)(G - c (c·G)) / |x|, straight into grad_embeddings
+// and, only when the reference rows need a gradient (cross-rank mining), per block of T reference rows J:
+//   GEMM S_J = x_J · x_Bᵀ, weights W'_J[j, i] = dL/dS_ij · scale_i, GEMM G_J = W'_J · x_B, normalise backward.
+//
+// Work: 3 GEMMs of B x M x D without reference-set gradient (forward 1, backward 2), 5 with it:
+// B = 16384, M = 16384, D = 512: 3 · 2 · B · M · D = 0.82 TFLOP; at the H100 SXM's 989 TFLOP/s dense bf16
+// (NVIDIA H100 datasheet) that is a 0.83 ms floor, plus the tile sweeps (B·M·(4 + 4 + 4 + 2) bytes through
+// L2: the fp32 S tile written by the GEMM, read twice forward, read once and W written once backward).
+// Extra memory (bf16, no reference set): the S tile T·M·4 <= kTileBytes (16 MB), the W tile T·M·2 (8 MB),
+// G T·D·4, O(M) norms/scales/labels: ~25 MB at B = 16384 (T = 256) and at B = 65536 (T = 64); fp16 adds
+// the scaled copy for the backward product (M·D·2: 16 MB at B = 16384), fp32 has a 16 MB W tile.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -32,82 +57,102 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
+#include "ops/cuda/common.cuh"
 #include "ops/ms_loss.h"
+
+// Tile budget: bytes of one S tile (rows x candidates in the accumulation dtype). The emulation
+// (tools/cuda_emulation) shrinks it, and the block sizes, to get several tiles out of small inputs quickly.
+#ifndef RECOGFAST_MS_LOSS_TILE_BYTES
+#define RECOGFAST_MS_LOSS_TILE_BYTES (int64_t(16) << 20)
+#endif
+#ifndef RECOGFAST_MS_LOSS_MIN_TILE_ROWS
+#define RECOGFAST_MS_LOSS_MIN_TILE_ROWS 32
+#endif
+#ifndef RECOGFAST_MS_LOSS_ROW_THREADS
+#define RECOGFAST_MS_LOSS_ROW_THREADS 256
+#endif
+#ifndef RECOGFAST_MS_LOSS_THREADS
+#define RECOGFAST_MS_LOSS_THREADS 256
+#endif
 
 namespace recogfast {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kThreads = 256;  // 16 x 16 threads; each owns a TM x TM block of the tile
-constexpr int kBK = 32;        // depth of a shared-memory slab of the product
-constexpr double kNormEps = 1e-12;
+using namespace gpu;
 
-template <typename acc_t>
-struct Tiles {
-  // fp32: 64 x 64 tiles, 4 x 4 per thread; fp64: 32 x 32, 2 x 2 per thread (keeps shared memory < 48 KB).
-  static constexpr int TM = sizeof(acc_t) == 8 ? 2 : 4;
-  static constexpr int BM = 16 * TM;
+constexpr int64_t kTileBytes = RECOGFAST_MS_LOSS_TILE_BYTES;
+constexpr int64_t kMinTileRows = RECOGFAST_MS_LOSS_MIN_TILE_ROWS;  // GEMMs thinner than this waste tensor cores
+constexpr int kRowThreads = RECOGFAST_MS_LOSS_ROW_THREADS;         // threads per row of the reductions
+constexpr int kRowWarps = kRowThreads / kWarp;
+constexpr int kThreads = RECOGFAST_MS_LOSS_THREADS;                // element-wise kernels; a multiple of 32
+constexpr double kNormEps = 1e-12;                               // as torch.nn.functional.normalize
+constexpr double kRawMin = 1e-15, kRawMax = 1e15;                // norms for which raw fp32 products are safe
+
+struct Params {
+  int64_t B, M;
+  int mining;  // Mining
+  double alpha, beta, base, eps;
 };
-
-template <typename T>
-__device__ __forceinline__ T dev_inf() {
-  return sizeof(T) == 8 ? T(__longlong_as_double(0x7ff0000000000000LL)) : T(__int_as_float(0x7f800000));
-}
-
-__device__ __forceinline__ float dev_exp(float x) { return __expf(x); }
-__device__ __forceinline__ double dev_exp(double x) { return exp(x); }
 
 template <typename T>
 __device__ __forceinline__ T softplus(T a) {
   return fmax(a, T(0)) + log1p(exp(-fabs(a)));
 }
 
-// (xm, z) with z = sum exp(x - xm): add one term x.
-template <typename T>
-__device__ __forceinline__ void lse_add(T& xm, T& z, T x) {
-  if (z == T(0)) {
-    xm = x;
-    z = T(1);
-  } else if (x > xm) {
-    z = z * dev_exp(xm - x) + T(1);
-    xm = x;
-  } else {
-    z += dev_exp(x - xm);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void lse_merge(T& xm, T& z, T xm2, T z2) {
-  if (z2 == T(0)) return;
-  if (z == T(0)) {
-    xm = xm2;
-    z = z2;
-  } else if (xm2 > xm) {
-    z = z * exp(xm - xm2) + z2;
-    xm = xm2;
-  } else {
-    z += z2 * exp(xm2 - xm);
-  }
-}
-
-// Keeps (v, idx) with the smaller v (kMin) or larger v, ties to the smaller index (-1 = none).
+// Keeps (v, idx) with the smaller v (kMin) or the larger v; ties to the smaller index; idx -1 = none.
 template <bool kMin, typename T>
-__device__ __forceinline__ void arg_update(T& v, int64_t& idx, T v2, int64_t idx2) {
+__device__ __forceinline__ void arg_merge(T& v, int64_t& idx, T v2, int64_t idx2) {
   if (idx2 < 0) return;
-  const bool better = kMin ? (v2 < v) : (v2 > v);
-  if (idx < 0 || better || (v2 == v && idx2 < idx)) {
+  if (idx < 0 || (kMin ? v2 < v : v2 > v) || (v2 == v && idx2 < idx)) {
     v = v2;
     idx = idx2;
   }
 }
 
-// Normalise rows: c[r] = x[r] / max(|x[r]|, eps), one warp per row.
+// Block-wide sum in a fixed order (deterministic); every thread gets the result. sh: kRowWarps entries.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* sh) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  __syncthreads();
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  T total = 0;
+  for (int w = 0; w < kRowWarps; ++w) total += sh[w];
+  return total;
+}
+
+// Block-wide arg-min (kMin) or arg-max of (v, idx); every thread gets the result.
+template <bool kMin, typename T>
+__device__ __forceinline__ void block_arg(T& v, int64_t& idx, T* shv, int64_t* shi) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) {
+    const T v2 = __shfl_xor_sync(0xffffffffu, v, o);
+    const int64_t i2 = __shfl_xor_sync(0xffffffffu, idx, o);
+    arg_merge<kMin>(v, idx, v2, i2);
+  }
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  __syncthreads();
+  if (lane == 0) {
+    shv[warp] = v;
+    shi[warp] = idx;
+  }
+  __syncthreads();
+  for (int w = 0; w < kRowWarps; ++w) arg_merge<kMin>(v, idx, shv[w], shi[w]);
+}
+
+// Row norms, one warp per row: norms[r] = |x_r| (summed in fp64 as the CPU kernel), inv[r] = 1 / max(|x_r|,
+// eps), and the power of two p2[r] = 2^-e that brings a nonzero norm to [0.5, 1) (1 for a zero row) with
+// inv2[r] = inv[r] / p2[r], the scale of the copy x · p2 (0 for a zero row). flags[bad_slot] = 1 on NaN/inf; flags[2] = 1 when a
+// nonzero norm leaves [kRawMin, kRawMax]. Every writer stores the same value 1, so no atomics are needed.
 template <typename scalar_t, typename acc_t>
-__global__ void ms_loss_normalize_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ c,
-                                         acc_t* __restrict__ norms, int* __restrict__ bad, int64_t rows, int64_t D) {
+__global__ void ms_loss_norms_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ norms,
+                                     acc_t* __restrict__ inv, acc_t* __restrict__ p2, acc_t* __restrict__ inv2,
+                                     int* __restrict__ flags, int bad_slot, int64_t rows, int64_t D) {
   const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (r >= rows) return;
@@ -117,360 +162,294 @@ __global__ void ms_loss_normalize_kernel(const scalar_t* __restrict__ x, acc_t* 
     const double v = static_cast<double>(xr[d]);
     ss += v * v;
   }
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  ss = warp_sum(ss);
+  if (lane != 0) return;
   if (!isfinite(ss)) {
-    if (lane == 0) atomicExch(bad, 1);
+    flags[bad_slot] = 1;
     ss = 0;
   }
   const double n = sqrt(ss);
-  const acc_t inv = acc_t(1.0 / fmax(n, kNormEps));
-  if (lane == 0) norms[r] = acc_t(n);
-  for (int64_t d = lane; d < D; d += kWarp) c[r * D + d] = static_cast<acc_t>(xr[d]) * inv;
+  if (n != 0 && (n < kRawMin || n > kRawMax)) flags[2] = 1;
+  int e = 0;
+  if (n != 0) frexp(n, &e);
+  e = e < -100 ? -100 : e > 100 ? 100 : e;  // 2^±100 stays normal in fp32 (rows that tiny/huge are edge cases)
+  const acc_t in = acc_t(1) / acc_t(fmax(n, kNormEps)), q = acc_t(ldexp(1.0, -e));
+  norms[r] = acc_t(n);
+  inv[r] = in;
+  p2[r] = q;
+  inv2[r] = n != 0 ? in / q : acc_t(0);  // a power-of-two factor: exact; <= 2 (0 for a zero row, all of whose
+                                        // products are 0: 1 / eps would overflow fp16 in the weights)
 }
 
-// S tile [BM x BM] of c[i0..] · c[j0..]ᵀ into the thread's registers acc[TM][TM]
-// (rows ty*TM + r, columns tx*TM + q). Out-of-range rows/columns read zeros.
+// xs = x · p2 (a power of two per row: exact, in the input dtype).
+template <typename scalar_t, typename acc_t>
+__global__ void ms_loss_scale_rows_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ p2,
+                                          scalar_t* __restrict__ xs, int64_t rows, int64_t D) {
+  const int64_t n = rows * D;
+  for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x)
+    xs[k] = static_cast<scalar_t>(static_cast<acc_t>(x[k]) * p2[k / D]);
+}
+
+// Element (r, k) of a tile stored as a batch part [rows, nb] and a reference part [rows, nr].
 template <typename acc_t>
-__device__ __forceinline__ void compute_tile(const acc_t* __restrict__ c, int64_t i0, int64_t rows_end, int64_t j0,
-                                             int64_t cols_end, int64_t D, acc_t (*As)[Tiles<acc_t>::BM + 1],
-                                             acc_t (*Bs)[Tiles<acc_t>::BM + 1],
-                                             acc_t acc[Tiles<acc_t>::TM][Tiles<acc_t>::TM]) {
-  constexpr int TM = Tiles<acc_t>::TM, BM = Tiles<acc_t>::BM;
-  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-#pragma unroll
-  for (int r = 0; r < TM; ++r)
-#pragma unroll
-    for (int q = 0; q < TM; ++q) acc[r][q] = 0;
-  for (int64_t k0 = 0; k0 < D; k0 += kBK) {
-    for (int idx = tid; idx < BM * kBK; idx += kThreads) {
-      const int m = idx / kBK, k = idx % kBK;
-      const int64_t i = i0 + m, j = j0 + m, d = k0 + k;
-      As[k][m] = (i < rows_end && d < D) ? c[i * D + d] : acc_t(0);
-      Bs[k][m] = (j < cols_end && d < D) ? c[j * D + d] : acc_t(0);
-    }
-    __syncthreads();
-#pragma unroll 8
-    for (int k = 0; k < kBK; ++k) {
-      acc_t a[TM], b[TM];
-#pragma unroll
-      for (int r = 0; r < TM; ++r) a[r] = As[k][ty * TM + r];
-#pragma unroll
-      for (int q = 0; q < TM; ++q) b[q] = Bs[k][tx * TM + q];
-#pragma unroll
-      for (int r = 0; r < TM; ++r)
-#pragma unroll
-        for (int q = 0; q < TM; ++q) acc[r][q] += a[r] * b[q];
-    }
-    __syncthreads();
-  }
+__device__ __forceinline__ acc_t tile_at(const acc_t* se, const acc_t* sr, int64_t nb, int64_t nr, int64_t r,
+                                         int64_t k) {
+  return k < nb ? se[r * nb + k] : sr[r * nr + (k - nb)];
 }
 
-struct Params {
-  int64_t B, M, D;
-  int mining;  // Mining
-  double alpha, beta, base, eps;
-  int64_t tiles_per_split;  // candidate tiles per gridDim.y slice
-};
-
-// kPass 0: part[split][i] = (min_pos, max_neg) and pidx[split][i] = (arg_pos, arg_neg).
-// kPass 1: part[split][i] = (pos xm, pos z, neg xm, neg z), thresholds from stats [B, 4].
-template <int kPass, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    ms_loss_tile_kernel(const acc_t* __restrict__ c, const int64_t* __restrict__ lab, const acc_t* __restrict__ stats,
-                        acc_t* __restrict__ part, int64_t* __restrict__ pidx, Params p) {
-  constexpr int TM = Tiles<acc_t>::TM, BM = Tiles<acc_t>::BM;
-  __shared__ acc_t As[kBK][BM + 1];
-  __shared__ acc_t Bs[kBK][BM + 1];
-  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  const int64_t i0 = int64_t(blockIdx.x) * BM;
-  const int64_t split = blockIdx.y;
-  const int64_t n_tiles = (p.M + BM - 1) / BM;
-  const int64_t t_begin = split * p.tiles_per_split, t_end = min(n_tiles, t_begin + p.tiles_per_split);
-  const acc_t inf = dev_inf<acc_t>();
+// Forward reductions: one block per anchor row i = row0 + blockIdx.x of the tile (se, sr).
+// scale: the factors that turn the operands' rows into normalised rows (nullptr: 1).
+template <typename acc_t>
+__global__ void __launch_bounds__(kRowThreads)
+    ms_loss_rows_kernel(const acc_t* __restrict__ se, const acc_t* __restrict__ sr, int64_t row0,
+                        const acc_t* __restrict__ scale, const int64_t* __restrict__ lab, acc_t* __restrict__ stats,
+                        int64_t* __restrict__ hard_idx, acc_t* __restrict__ per_anchor, Params p) {
+  __shared__ acc_t shv[kRowWarps];
+  __shared__ int64_t shi[kRowWarps];
+  const int64_t r = blockIdx.x, i = row0 + r, B = p.B, R = p.M - p.B;
+  const acc_t inf = acc_t(INFINITY);
   const acc_t alpha = acc_t(p.alpha), beta = acc_t(p.beta), base = acc_t(p.base), eps = acc_t(p.eps);
-
-  int64_t li[TM];
-  acc_t s0[TM], s1[TM], s2[TM], s3[TM];  // pass 0: min_pos, max_neg; pass 1: pxm, pz, nxm, nz
-  int64_t a0[TM], a1[TM];
-  acc_t thr_pos[TM], thr_neg[TM];
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    const int64_t i = i0 + ty * TM + r;
-    li[r] = i < p.B ? lab[i] : 0;
-    s0[r] = inf;
-    s1[r] = -inf;
-    s2[r] = 0;
-    s3[r] = 0;
-    a0[r] = a1[r] = -1;
-    if (kPass == 1) {
-      s0[r] = 0;
-      s1[r] = 0;
-      // ms: positives need s - eps < max_neg, negatives s + eps > min_pos; all: no condition.
-      thr_pos[r] = (i < p.B && p.mining == int(Mining::kMS)) ? stats[i * 4 + 3] : inf;
-      thr_neg[r] = (i < p.B && p.mining == int(Mining::kMS)) ? stats[i * 4 + 2] : -inf;
-    }
-  }
-  acc_t acc[TM][TM];
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    const int64_t j0 = t * BM;
-    compute_tile<acc_t>(c, i0, p.B, j0, p.M, p.D, As, Bs, acc);
-#pragma unroll
-    for (int q = 0; q < TM; ++q) {
-      const int64_t j = j0 + tx * TM + q;
-      if (j >= p.M) continue;
-      const int64_t lj = lab[j];
-#pragma unroll
-      for (int r = 0; r < TM; ++r) {
-        const int64_t i = i0 + ty * TM + r;
-        if (i >= p.B || j == i) continue;
-        const acc_t s = acc[r][q];
-        const bool pos = lj == li[r];
-        if (kPass == 0) {
-          if (pos) {
-            if (s < s0[r] || a0[r] < 0) {
-              s0[r] = s;
-              a0[r] = j;
-            }
-          } else if (s > s1[r] || a1[r] < 0) {
-            s1[r] = s;
-            a1[r] = j;
-          }
-        } else {
-          if (pos) {
-            if (s - eps < thr_pos[r]) lse_add(s0[r], s1[r], -alpha * (s - base));
-          } else if (s + eps > thr_neg[r]) {
-            lse_add(s2[r], s3[r], beta * (s - base));
-          }
-        }
+  const int64_t li = lab[i];
+  const acc_t si = scale ? scale[i] : acc_t(1);
+  auto sim = [&](int64_t k) {
+    const acc_t s = tile_at(se, sr, B, R, r, k);
+    return scale ? s * (si * scale[k]) : s;
+  };
+  // Sweep 1: thresholds.
+  acc_t mn = inf, mx = -inf;
+  int64_t an = -1, ax = -1;
+  for (int64_t k = threadIdx.x; k < p.M; k += kRowThreads) {
+    if (k == i) continue;
+    const acc_t s = sim(k);
+    if (lab[k] == li) {
+      if (an < 0 || s < mn) {
+        mn = s;
+        an = k;
       }
+    } else if (ax < 0 || s > mx) {
+      mx = s;
+      ax = k;
     }
   }
-  // Merge over the 16 threads (tx) that share a row: they are 16 consecutive lanes of one warp.
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) {
-      const acc_t o0 = __shfl_xor_sync(0xffffffffu, s0[r], o), o1 = __shfl_xor_sync(0xffffffffu, s1[r], o);
-      const acc_t o2 = __shfl_xor_sync(0xffffffffu, s2[r], o), o3 = __shfl_xor_sync(0xffffffffu, s3[r], o);
-      const int64_t b0 = __shfl_xor_sync(0xffffffffu, a0[r], o), b1 = __shfl_xor_sync(0xffffffffu, a1[r], o);
-      if (kPass == 0) {
-        arg_update<true>(s0[r], a0[r], o0, b0);
-        arg_update<false>(s1[r], a1[r], o1, b1);
-      } else {
-        lse_merge(s0[r], s1[r], o0, o1);
-        lse_merge(s2[r], s3[r], o2, o3);
-      }
-    }
-    const int64_t i = i0 + ty * TM + r;
-    if (tx == 0 && i < p.B) {
-      acc_t* out = part + (split * p.B + i) * 4;
-      out[0] = s0[r];
-      out[1] = s1[r];
-      out[2] = s2[r];
-      out[3] = s3[r];
-      if (kPass == 0) {
-        pidx[(split * p.B + i) * 2] = a0[r];
-        pidx[(split * p.B + i) * 2 + 1] = a1[r];
-      }
-    }
-  }
-}
-
-// kPass 0: stats[:, 2:4] and hard_idx from the split partials. kPass 1: stats[:, 0:2] and the per-anchor loss.
-template <int kPass, typename acc_t>
-__global__ void ms_loss_merge_kernel(const acc_t* __restrict__ part, const int64_t* __restrict__ pidx,
-                                     int64_t splits, acc_t* __restrict__ stats, int64_t* __restrict__ hard_idx,
-                                     acc_t* __restrict__ per_anchor, Params p) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= p.B) return;
-  const acc_t inf = dev_inf<acc_t>();
-  if (kPass == 0) {
-    acc_t mn = inf, mx = -inf;
-    int64_t an = -1, ax = -1;
-    for (int64_t s = 0; s < splits; ++s) {
-      const acc_t* q = part + (s * p.B + i) * 4;
-      arg_update<true>(mn, an, q[0], pidx[(s * p.B + i) * 2]);
-      arg_update<false>(mx, ax, q[1], pidx[(s * p.B + i) * 2 + 1]);
-    }
-    stats[i * 4 + 2] = an >= 0 ? mn : inf;
-    stats[i * 4 + 3] = ax >= 0 ? mx : -inf;
-    const bool hardest = p.mining == int(Mining::kHardest) && an >= 0 && ax >= 0;
-    hard_idx[i * 2] = hardest ? an : -1;
-    hard_idx[i * 2 + 1] = hardest ? ax : -1;
-    return;
-  }
+  block_arg<true>(mn, an, shv, shi);
+  block_arg<false>(mx, ax, shv, shi);
+  if (an < 0) mn = inf;
+  if (ax < 0) mx = -inf;
   acc_t lzp = 0, lzn = 0;
   if (p.mining == int(Mining::kHardest)) {
-    if (hard_idx[i * 2] >= 0) {
-      lzp = softplus(-acc_t(p.alpha) * (stats[i * 4 + 2] - acc_t(p.base)));
-      lzn = softplus(acc_t(p.beta) * (stats[i * 4 + 3] - acc_t(p.base)));
+    if (an >= 0 && ax >= 0) {
+      lzp = softplus(-alpha * (mn - base));
+      lzn = softplus(beta * (mx - base));
+    } else {
+      an = ax = -1;
+    }
+    if (threadIdx.x == 0) {
+      hard_idx[i * 2] = an;
+      hard_idx[i * 2 + 1] = ax;
     }
   } else {
-    acc_t pxm = 0, pz = 0, nxm = 0, nz = 0;
-    for (int64_t s = 0; s < splits; ++s) {
-      const acc_t* q = part + (s * p.B + i) * 4;
-      lse_merge(pxm, pz, q[0], q[1]);
-      lse_merge(nxm, nz, q[2], q[3]);
+    // Sweep 2: the mined sums. "ms": positives need s - eps < max_neg, negatives s + eps > min_pos; "all": none.
+    // The largest mined term is the one at min_pos (positives) / max_neg (negatives), so they are the shifts.
+    const bool ms = p.mining == int(Mining::kMS);
+    const acc_t thr_pos = ms ? mx : inf, thr_neg = ms ? mn : -inf;
+    acc_t zp = 0, zn = 0;
+    for (int64_t k = threadIdx.x; k < p.M; k += kRowThreads) {
+      if (k == i) continue;
+      const acc_t s = sim(k);
+      if (lab[k] == li) {
+        if (s - eps < thr_pos) zp += exp(-alpha * (s - mn));
+      } else if (s + eps > thr_neg) {
+        zn += exp(beta * (s - mx));
+      }
     }
-    if (pz > 0) lzp = softplus(pxm + log(pz));
-    if (nz > 0) lzn = softplus(nxm + log(nz));
+    zp = block_sum(zp, shv);
+    zn = block_sum(zn, shv);
+    if (zp > 0) lzp = softplus(-alpha * (mn - base) + log(zp));
+    if (zn > 0) lzn = softplus(beta * (mx - base) + log(zn));
   }
-  stats[i * 4] = lzp;
-  stats[i * 4 + 1] = lzn;
-  per_anchor[i] = lzp / acc_t(p.alpha) + lzn / acc_t(p.beta);
+  if (threadIdx.x == 0) {
+    acc_t* st = stats + i * 4;
+    st[0] = lzp;
+    st[1] = lzn;
+    st[2] = mn;
+    st[3] = mx;
+    per_anchor[i] = lzp / alpha + lzn / beta;
+  }
 }
 
-// One block per (anchor tile, candidate tile): W = dL/dS on the tile, then gall[I] += W·c_J and
-// gall[J] += Wᵀ·c_I (rows of J below grad_rows only).
+// dL/dS (without the g/B factor) of the pair (anchor a, candidate j) with similarity s.
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    ms_loss_backward_tile_kernel(const acc_t* __restrict__ c, const int64_t* __restrict__ lab,
-                                 const acc_t* __restrict__ stats, const int64_t* __restrict__ hard_idx,
-                                 const acc_t* __restrict__ grad_loss, acc_t* __restrict__ gall, int64_t grad_rows,
-                                 Params p) {
-  constexpr int TM = Tiles<acc_t>::TM, BM = Tiles<acc_t>::BM;
-  __shared__ acc_t As[kBK][BM + 1];
-  __shared__ acc_t Bs[kBK][BM + 1];
-  __shared__ acc_t Ws[BM][BM + 1];
-  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-  const int64_t i0 = int64_t(blockIdx.x) * BM, j0 = int64_t(blockIdx.y) * BM;
-  const acc_t alpha = acc_t(p.alpha), beta = acc_t(p.beta), base = acc_t(p.base), eps = acc_t(p.eps);
-  const acc_t scale = grad_loss[0] / acc_t(p.B);
-  acc_t acc[TM][TM];
-  compute_tile<acc_t>(c, i0, p.B, j0, p.M, p.D, As, Bs, acc);
-  bool any = false;
-#pragma unroll
-  for (int r = 0; r < TM; ++r) {
-    const int64_t i = i0 + ty * TM + r;
-#pragma unroll
-    for (int q = 0; q < TM; ++q) {
-      const int64_t j = j0 + tx * TM + q;
-      acc_t w = 0;
-      if (i < p.B && j < p.M && j != i) {
-        const acc_t s = acc[r][q];
-        const acc_t* st = stats + i * 4;
-        if (lab[j] == lab[i]) {
-          const bool mined = p.mining == int(Mining::kHardest) ? hard_idx[i * 2] == j
-                             : p.mining == int(Mining::kAll)   ? true
-                                                               : s - eps < st[3];
-          if (mined) w = -scale * exp(-alpha * (s - base) - st[0]);
-        } else {
-          const bool mined = p.mining == int(Mining::kHardest) ? hard_idx[i * 2 + 1] == j
-                             : p.mining == int(Mining::kAll)   ? true
-                                                               : s + eps > st[2];
-          if (mined) w = scale * exp(beta * (s - base) - st[1]);
-        }
-      }
-      Ws[ty * TM + r][tx * TM + q] = w;
-      any |= w != acc_t(0);
-    }
+__device__ __forceinline__ acc_t pair_weight(const acc_t* __restrict__ stats, const int64_t* __restrict__ hard_idx,
+                                             int64_t a, int64_t j, acc_t s, bool positive, const Params& p) {
+  const acc_t* st = stats + a * 4;
+  if (positive) {
+    const bool mined = p.mining == int(Mining::kHardest) ? hard_idx[a * 2] == j
+                       : p.mining == int(Mining::kAll)   ? true
+                                                         : s - acc_t(p.eps) < st[3];
+    return mined ? -exp(-acc_t(p.alpha) * (s - acc_t(p.base)) - st[0]) : acc_t(0);
   }
-  if (!__syncthreads_or(any)) return;
-  // D in slabs of kBK: As[d][m] = c_I, Bs[d][n] = c_J; each thread owns TM rows x 2 columns of the slab.
-  for (int64_t k0 = 0; k0 < p.D; k0 += kBK) {
-    for (int idx = tid; idx < BM * kBK; idx += kThreads) {
-      const int m = idx / kBK, k = idx % kBK;
-      const int64_t i = i0 + m, j = j0 + m, d = k0 + k;
-      As[k][m] = (i < p.B && d < p.D) ? c[i * p.D + d] : acc_t(0);
-      Bs[k][m] = (j < p.M && d < p.D) ? c[j * p.D + d] : acc_t(0);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < TM; ++r) {
-      const int row = ty * TM + r;
-#pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        const int k = tx * 2 + q;
-        const int64_t d = k0 + k;
-        if (d >= p.D) continue;
-        acc_t gi = 0, gj = 0;
-        for (int n = 0; n < BM; ++n) {
-          gi += Ws[row][n] * Bs[k][n];
-          gj += Ws[n][row] * As[k][n];
-        }
-        const int64_t i = i0 + row, j = j0 + row;
-        if (i < p.B && gi != acc_t(0)) atomicAdd(gall + i * p.D + d, gi);
-        if (j < grad_rows && gj != acc_t(0)) atomicAdd(gall + j * p.D + d, gj);
+  const bool mined = p.mining == int(Mining::kHardest) ? hard_idx[a * 2 + 1] == j
+                     : p.mining == int(Mining::kAll)   ? true
+                                                       : s + acc_t(p.eps) > st[2];
+  return mined ? exp(acc_t(p.beta) * (s - acc_t(p.base)) - st[1]) : acc_t(0);
+}
+
+// Backward weights of a tile whose rows are candidates row0 + r and whose columns are candidates k (a batch
+// part of nb columns and a reference part of nr): W[r, k] = (w(anchor row, cand k) if the row is an anchor
+// + w(anchor k, cand row) if k is an anchor) · scale_g[k], written as we (batch part) and wr.
+// scale_s / scale_g: the factors that normalise the rows of the S / product operands (nullptr: 1).
+template <typename acc_t, typename op_t>
+__global__ void __launch_bounds__(kThreads)
+    ms_loss_weights_kernel(const acc_t* __restrict__ se, const acc_t* __restrict__ sr, int64_t rows, int64_t nb,
+                           int64_t nr, int64_t row0, const acc_t* __restrict__ scale_s,
+                           const acc_t* __restrict__ scale_g, const int64_t* __restrict__ lab,
+                           const acc_t* __restrict__ stats, const int64_t* __restrict__ hard_idx,
+                           op_t* __restrict__ we, op_t* __restrict__ wr, Params p) {
+  const int64_t cols = nb + nr;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const int64_t c = row0 + r;
+    const int64_t lc = lab[c];
+    const bool row_anchor = c < p.B;
+    const acc_t sc = scale_s ? scale_s[c] : acc_t(1);
+    for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < cols; k += int64_t(gridDim.x) * blockDim.x) {
+      acc_t w = 0;
+      if (k != c) {
+        acc_t s = tile_at(se, sr, nb, nr, r, k);
+        if (scale_s) s *= sc * scale_s[k];
+        const bool positive = lab[k] == lc;
+        if (row_anchor) w += pair_weight(stats, hard_idx, c, k, s, positive, p);
+        if (k < p.B) w += pair_weight(stats, hard_idx, k, c, s, positive, p);
+        if (scale_g) w *= scale_g[k];
       }
+      if (k < nb)
+        we[r * nb + k] = static_cast<op_t>(w);
+      else
+        wr[r * nr + (k - nb)] = static_cast<op_t>(w);
     }
-    __syncthreads();
   }
 }
 
-// grad_x = (g - c (c·g)) / |x| (or g / eps where |x| <= eps), one warp per row.
+// grad_x = (g - c (c·g)) / |x| (or g / eps where |x| <= eps) with g = (G1 + G2) · grad_loss / B and
+// c = x · inv, one warp per row.
 template <typename scalar_t, typename acc_t>
-__global__ void ms_loss_normalize_backward_kernel(const acc_t* __restrict__ g, const acc_t* __restrict__ c,
-                                                  const acc_t* __restrict__ norms, scalar_t* __restrict__ out,
-                                                  int64_t rows, int64_t D) {
+__global__ void ms_loss_normalize_backward_kernel(const acc_t* __restrict__ g1, const acc_t* __restrict__ g2,
+                                                  const scalar_t* __restrict__ x, const acc_t* __restrict__ norms,
+                                                  const acc_t* __restrict__ grad_loss, int64_t B,
+                                                  scalar_t* __restrict__ out, int64_t rows, int64_t D) {
   const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (r >= rows) return;
-  const acc_t* gr = g + r * D;
-  const acc_t* cr = c + r * D;
-  acc_t dot = 0;
-  for (int64_t d = lane; d < D; d += kWarp) dot += gr[d] * cr[d];
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  const acc_t scale = grad_loss[0] / acc_t(B);
   const acc_t n = norms[r];
+  const acc_t inv = acc_t(1) / acc_t(fmax(double(n), kNormEps));
+  auto g = [&](int64_t d) { return (g2 ? g1[r * D + d] + g2[r * D + d] : g1[r * D + d]) * scale; };
+  const scalar_t* xr = x + r * D;
+  scalar_t* o = out + r * D;
   if (n > acc_t(kNormEps)) {
-    const acc_t inv = acc_t(1) / n;
-    for (int64_t d = lane; d < D; d += kWarp) out[r * D + d] = static_cast<scalar_t>((gr[d] - cr[d] * dot) * inv);
+    acc_t dot = 0;
+    for (int64_t d = lane; d < D; d += kWarp) dot += static_cast<acc_t>(xr[d]) * inv * g(d);
+    dot = warp_sum(dot);
+    for (int64_t d = lane; d < D; d += kWarp)
+      o[d] = static_cast<scalar_t>((g(d) - static_cast<acc_t>(xr[d]) * inv * dot) * inv);
   } else {
-    for (int64_t d = lane; d < D; d += kWarp) out[r * D + d] = static_cast<scalar_t>(gr[d] / acc_t(kNormEps));
+    for (int64_t d = lane; d < D; d += kWarp) o[d] = static_cast<scalar_t>(g(d) / acc_t(kNormEps));
   }
 }
 
-int64_t blocks_for(int64_t n, int64_t per_block) { return (n + per_block - 1) / per_block; }
+// out = a · b with out in the accumulation dtype: cuBLAS through at::mm; bf16/fp16 operands accumulate and
+// store in fp32 (aten::mm.dtype_out). The host emulation (CPU tensors: no mm.dtype) multiplies fp32 copies.
+void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == out.scalar_type()) {
+    at::mm_out(out, a, b);
+    return;
+  }
+#ifdef RECOGFAST_MS_LOSS_EMULATION
+  out.copy_(at::mm(a.to(out.scalar_type()), b.to(out.scalar_type())));
+#else
+  at::mm_out(out, a, b, out.scalar_type());
+#endif
+}
 
-// Normalised candidates [M, D] (acc dtype), their norms [M] and labels [M] (int64) on the device.
-struct Prepared {
-  at::Tensor c, norms, lab;
+// Rows of a tile with `cols` candidates so that the S tile stays within kTileBytes (at least kMinTileRows;
+// multiples of 64 or 16 rows, the GEMMs' tile heights).
+int64_t tile_rows(int64_t cols, int64_t rows, int64_t elem) {
+  int64_t t = kTileBytes / std::max<int64_t>(1, cols * elem);
+  t = std::max(t, kMinTileRows);
+  t = t >= 64 ? t / 64 * 64 : t >= 16 ? t / 16 * 16 : t;
+  return std::max<int64_t>(1, std::min(t, rows));
+}
+
+// Everything a launcher needs about the candidates (see the file comment for the operands).
+template <typename scalar_t>
+struct Candidates {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  int64_t B = 0, R = 0, M = 0, D = 0;
+  at::Tensor x[2];                // raw rows, contiguous: batch, reference ([0, D] when none)
+  at::Tensor xs[2], xg[2];         // operands of S and of the backward product: x or x · p2
+  at::Tensor norms, inv, p2, inv2;  // [M] acc (see ms_loss_norms_kernel)
+  at::Tensor lab;                  // [M] int64
+  bool raw_s = true, raw_g = true;
+
+  // Per-candidate factors that turn a row of an operand into its normalised row.
+  const acc_t* scale_s() const { return (raw_s ? inv : inv2).template const_data_ptr<acc_t>(); }
+  const acc_t* scale_g() const { return (raw_g ? inv : inv2).template const_data_ptr<acc_t>(); }
+
+  Candidates(const at::Tensor& emb, const at::Tensor& labels, const std::optional<at::Tensor>& ref,
+             const std::optional<at::Tensor>& ref_labels, bool for_backward, cudaStream_t stream) {
+    B = emb.size(0);
+    D = emb.size(1);
+    R = ref.has_value() ? ref->size(0) : 0;
+    M = B + R;
+    const auto acc = emb.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+    x[0] = emb.contiguous();
+    x[1] = R > 0 ? ref->contiguous() : at::empty({0, D}, emb.options());
+    norms = at::empty({M}, acc);
+    inv = at::empty({M}, acc);
+    p2 = at::empty({M}, acc);
+    inv2 = at::empty({M}, acc);
+    at::Tensor flags = at::zeros({3}, emb.options().dtype(at::kInt));
+    constexpr int rows_per_block = kThreads / kWarp;
+    for (int part = 0; part < 2; ++part) {
+      const int64_t rows = part == 0 ? B : R, off = part == 0 ? 0 : B;
+      if (rows == 0) continue;
+      ms_loss_norms_kernel<scalar_t, acc_t><<<ceil_div(rows, rows_per_block), kThreads, 0, stream>>>(
+          x[part].const_data_ptr<scalar_t>(), norms.mutable_data_ptr<acc_t>() + off,
+          inv.mutable_data_ptr<acc_t>() + off, p2.mutable_data_ptr<acc_t>() + off,
+          inv2.mutable_data_ptr<acc_t>() + off, flags.mutable_data_ptr<int>(), part, rows, D);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const at::Tensor fh = flags.cpu();  // synchronises: NaN/inf is an error, not a NaN loss
+    const int* f = fh.const_data_ptr<int>();
+    TORCH_CHECK(f[0] == 0, "recogfast::ms_loss: embeddings contains NaN or inf");
+    TORCH_CHECK(f[1] == 0, "recogfast::ms_loss: ref_embeddings contains NaN or inf");
+    raw_s = f[2] == 0;
+    // fp16 cannot hold W_ij / |x_j|: its backward product uses the scaled copy.
+    raw_g = raw_s && !std::is_same_v<scalar_t, at::Half>;
+    const bool need_copy = !raw_s || (for_backward && !raw_g);
+    at::Tensor c[2];
+    for (int part = 0; part < 2; ++part) {
+      if (!need_copy) break;
+      const int64_t rows = part == 0 ? B : R, off = part == 0 ? 0 : B;
+      c[part] = at::empty({rows, D}, emb.options());
+      if (rows * D == 0) continue;
+      ms_loss_scale_rows_kernel<scalar_t, acc_t><<<grid_for(rows * D, kThreads), kThreads, 0, stream>>>(
+          x[part].const_data_ptr<scalar_t>(), p2.const_data_ptr<acc_t>() + off, c[part].mutable_data_ptr<scalar_t>(),
+          rows, D);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    for (int part = 0; part < 2; ++part) {
+      xs[part] = raw_s ? x[part] : c[part];
+      xg[part] = raw_g ? x[part] : c[part];
+    }
+    lab = R > 0 ? at::cat({labels.to(at::kLong), ref_labels->to(at::kLong)}).contiguous()
+                : labels.to(at::kLong).contiguous();
+  }
 };
 
-template <typename scalar_t, typename acc_t>
-Prepared prepare(const at::Tensor& emb, const at::Tensor& labels, const std::optional<at::Tensor>& ref,
-                 const std::optional<at::Tensor>& ref_labels, cudaStream_t stream) {
-  const int64_t B = emb.size(0), D = emb.size(1), R = ref.has_value() ? ref->size(0) : 0, M = B + R;
-  const auto acc = emb.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  Prepared out{at::empty({M, D}, acc), at::empty({M}, acc), at::Tensor()};
-  at::Tensor bad = at::zeros({2}, emb.options().dtype(at::kInt));
-  const at::Tensor e = emb.contiguous();
-  constexpr int threads = 256, rows_per_block = threads / kWarp;
-  if (B > 0) {
-    ms_loss_normalize_kernel<scalar_t, acc_t><<<blocks_for(B, rows_per_block), threads, 0, stream>>>(
-        e.const_data_ptr<scalar_t>(), out.c.mutable_data_ptr<acc_t>(), out.norms.mutable_data_ptr<acc_t>(),
-        bad.mutable_data_ptr<int>(), B, D);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  if (R > 0) {
-    const at::Tensor r = ref->contiguous();
-    ms_loss_normalize_kernel<scalar_t, acc_t><<<blocks_for(R, rows_per_block), threads, 0, stream>>>(
-        r.const_data_ptr<scalar_t>(), out.c.mutable_data_ptr<acc_t>() + B * D,
-        out.norms.mutable_data_ptr<acc_t>() + B, bad.mutable_data_ptr<int>() + 1, R, D);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-  const at::Tensor bad_host = bad.cpu();  // synchronises: the NaN/inf check is an error, not a NaN loss
-  TORCH_CHECK(bad_host.const_data_ptr<int>()[0] == 0, "recogfast::ms_loss: embeddings contains NaN or inf");
-  TORCH_CHECK(bad_host.const_data_ptr<int>()[1] == 0, "recogfast::ms_loss: ref_embeddings contains NaN or inf");
-  out.lab = R > 0 ? at::cat({labels.to(at::kLong), ref_labels->to(at::kLong)}).contiguous()
-                  : labels.to(at::kLong).contiguous();
-  return out;
-}
-
-int64_t num_sms() {
-  int dev = 0, sms = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return std::max(sms, 1);
-}
-
-Params make_params(int64_t B, int64_t M, int64_t D, Mining mining, double alpha, double beta, double base,
-                   double eps) {
+Params make_params(int64_t B, int64_t M, Mining mining, double alpha, double beta, double base, double eps) {
   Params p{};
   p.B = B;
   p.M = M;
-  p.D = D;
   p.mining = int(mining);
   p.alpha = alpha;
   p.beta = beta;
@@ -487,9 +466,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cuda(
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   const c10::cuda::CUDAGuard guard(embeddings.device());
-  const int64_t B = embeddings.size(0), D = embeddings.size(1);
-  const int64_t M = B + (ref_embeddings.has_value() ? ref_embeddings->size(0) : 0);
-  const auto acc = embeddings.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t B = embeddings.size(0);
+  const auto acc = acc_dtype(embeddings.scalar_type());
   at::Tensor stats = at::empty({B, 4}, embeddings.options().dtype(acc));
   at::Tensor hard_idx = at::full({B, 2}, -1, embeddings.options().dtype(at::kLong));
   at::Tensor ref_grad_cache = at::empty({0}, embeddings.options().dtype(acc));
@@ -497,41 +475,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor loss;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    constexpr int BM = Tiles<acc_t>::BM;
-    const Prepared pr = prepare<scalar_t, acc_t>(embeddings, labels, ref_embeddings, ref_labels, stream);
-    Params p = make_params(B, M, D, mining, alpha, beta, base, epsilon);
-    // Split the candidates over gridDim.y until there are about two blocks per SM.
-    const int64_t row_blocks = blocks_for(B, BM), n_tiles = blocks_for(M, BM);
-    const int64_t splits = std::min<int64_t>(n_tiles, std::max<int64_t>(1, blocks_for(2 * num_sms(), row_blocks)));
-    p.tiles_per_split = blocks_for(n_tiles, splits);
-    const int64_t used_splits = blocks_for(n_tiles, p.tiles_per_split);
-    at::Tensor part = at::empty({used_splits, B, 4}, embeddings.options().dtype(acc));
-    at::Tensor pidx = at::empty({used_splits, B, 2}, embeddings.options().dtype(at::kLong));
+    using acc_t = typename Candidates<scalar_t>::acc_t;
+    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, /*for_backward=*/false, stream);
+    const int64_t R = cd.R, M = cd.M;
+    const Params p = make_params(B, M, mining, alpha, beta, base, epsilon);
+    const int64_t T = tile_rows(M, B, sizeof(acc_t));
+    at::Tensor sbuf = at::empty({T * M}, embeddings.options().dtype(acc));
     at::Tensor per_anchor = at::empty({B}, embeddings.options().dtype(acc));
-    const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(used_splits), 1u);
-    const acc_t* c = pr.c.const_data_ptr<acc_t>();
-    const int64_t* lab = pr.lab.const_data_ptr<int64_t>();
-    acc_t* sp = stats.mutable_data_ptr<acc_t>();
-    ms_loss_tile_kernel<0, acc_t><<<grid, kThreads, 0, stream>>>(c, lab, sp, part.mutable_data_ptr<acc_t>(),
-                                                                 pidx.mutable_data_ptr<int64_t>(), p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    ms_loss_merge_kernel<0, acc_t><<<blocks_for(B, 256), 256, 0, stream>>>(
-        part.const_data_ptr<acc_t>(), pidx.const_data_ptr<int64_t>(), used_splits, sp,
-        hard_idx.mutable_data_ptr<int64_t>(), per_anchor.mutable_data_ptr<acc_t>(), p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (mining != Mining::kHardest) {
-      ms_loss_tile_kernel<1, acc_t><<<grid, kThreads, 0, stream>>>(c, lab, sp, part.mutable_data_ptr<acc_t>(),
-                                                                   pidx.mutable_data_ptr<int64_t>(), p);
+    for (int64_t i0 = 0; i0 < B; i0 += T) {
+      const int64_t ti = std::min(T, B - i0);
+      const at::Tensor a = cd.xs[0].narrow(0, i0, ti);
+      at::Tensor se = sbuf.narrow(0, 0, ti * B).view({ti, B});
+      at::Tensor sr = sbuf.narrow(0, ti * B, ti * R).view({ti, R});
+      gemm(se, a, cd.xs[0].t());
+      if (R > 0) gemm(sr, a, cd.xs[1].t());
+      ms_loss_rows_kernel<acc_t><<<static_cast<unsigned>(ti), kRowThreads, 0, stream>>>(
+          se.const_data_ptr<acc_t>(), sr.const_data_ptr<acc_t>(), i0, cd.scale_s(), cd.lab.const_data_ptr<int64_t>(),
+          stats.mutable_data_ptr<acc_t>(), hard_idx.mutable_data_ptr<int64_t>(),
+          per_anchor.mutable_data_ptr<acc_t>(), p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    ms_loss_merge_kernel<1, acc_t><<<blocks_for(B, 256), 256, 0, stream>>>(
-        part.const_data_ptr<acc_t>(), pidx.const_data_ptr<int64_t>(), used_splits, sp,
-        hard_idx.mutable_data_ptr<int64_t>(), per_anchor.mutable_data_ptr<acc_t>(), p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
     loss = at::sum(per_anchor).div_(double(B)).to(embeddings.scalar_type());
   });
   return {loss, stats, hard_idx, ref_grad_cache};
+}
+
+// Launches the weights kernel on a tile (rows x (nb + nr)).
+template <typename acc_t, typename op_t>
+void launch_weights(const at::Tensor& se, const at::Tensor& sr, int64_t rows, int64_t nb, int64_t nr, int64_t row0,
+                    const acc_t* scale_s, const acc_t* scale_g, const at::Tensor& lab, const at::Tensor& stats,
+                    const at::Tensor& hard_idx, at::Tensor& we, at::Tensor& wr, const Params& p,
+                    cudaStream_t stream) {
+  const int64_t col_blocks = ceil_div(nb + nr, kThreads);
+  const int64_t row_blocks = std::max<int64_t>(1, std::min<int64_t>(rows, std::min<int64_t>(
+      65535, ceil_div(num_sms() * 16, col_blocks))));
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(col_blocks, 1 << 20)), static_cast<unsigned>(row_blocks));
+  ms_loss_weights_kernel<acc_t, op_t><<<grid, kThreads, 0, stream>>>(
+      se.const_data_ptr<acc_t>(), sr.defined() ? sr.const_data_ptr<acc_t>() : nullptr, rows, nb, nr, row0, scale_s,
+      scale_g, lab.const_data_ptr<int64_t>(), stats.const_data_ptr<acc_t>(), hard_idx.const_data_ptr<int64_t>(),
+      we.mutable_data_ptr<op_t>(), wr.defined() ? wr.mutable_data_ptr<op_t>() : nullptr, p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cuda(
@@ -544,38 +527,71 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cuda(
   detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_, ref_grad_cache);
   const c10::cuda::CUDAGuard guard(embeddings.device());
   const int64_t B = embeddings.size(0), D = embeddings.size(1);
-  const int64_t R = ref_embeddings.has_value() ? ref_embeddings->size(0) : 0, M = B + R;
+  const int64_t R = ref_embeddings.has_value() ? ref_embeddings->size(0) : 0;
   const bool ref_grad = ref_requires_grad && ref_embeddings.has_value();
   at::Tensor grad_e = at::zeros({B, D}, embeddings.options());
   at::Tensor grad_r = ref_grad ? at::zeros({R, D}, embeddings.options()) : at::empty({0}, embeddings.options());
   if (B == 0 || D == 0) return {grad_e, grad_r};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto acc = embeddings.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_dtype(embeddings.scalar_type());
   const at::Tensor stats = stats_.to(acc).contiguous();
   const at::Tensor hard_idx = hard_idx_.contiguous();
   const at::Tensor g = grad_loss.reshape({1}).to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_backward_cuda", [&] {
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    constexpr int BM = Tiles<acc_t>::BM;
-    const Prepared pr = prepare<scalar_t, acc_t>(embeddings, labels, ref_embeddings, ref_labels, stream);
-    const Params p = make_params(B, M, D, mining, alpha, beta, base, epsilon);
-    const int64_t grad_rows = ref_grad ? M : B;
-    at::Tensor gall = at::zeros({grad_rows, D}, embeddings.options().dtype(acc));
-    const dim3 grid(static_cast<unsigned>(blocks_for(B, BM)), static_cast<unsigned>(blocks_for(M, BM)), 1u);
-    ms_loss_backward_tile_kernel<acc_t><<<grid, kThreads, 0, stream>>>(
-        pr.c.const_data_ptr<acc_t>(), pr.lab.const_data_ptr<int64_t>(), stats.const_data_ptr<acc_t>(),
-        hard_idx.const_data_ptr<int64_t>(), g.const_data_ptr<acc_t>(), gall.mutable_data_ptr<acc_t>(), grad_rows, p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    constexpr int threads = 256, rows_per_block = threads / kWarp;
-    ms_loss_normalize_backward_kernel<scalar_t, acc_t><<<blocks_for(B, rows_per_block), threads, 0, stream>>>(
-        gall.const_data_ptr<acc_t>(), pr.c.const_data_ptr<acc_t>(), pr.norms.const_data_ptr<acc_t>(),
-        grad_e.mutable_data_ptr<scalar_t>(), B, D);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    using acc_t = typename Candidates<scalar_t>::acc_t;
+    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, /*for_backward=*/true, stream);
+    const int64_t M = cd.M;
+    const Params p = make_params(B, M, mining, alpha, beta, base, epsilon);
+    const auto acc_opts = embeddings.options().dtype(acc);
+    constexpr int rows_per_block = kThreads / kWarp;
+    // Anchor rows: all M candidates per row.
+    {
+      const int64_t T = tile_rows(M, B, sizeof(acc_t));
+      at::Tensor sbuf = at::empty({T * M}, acc_opts);
+      at::Tensor wbuf = at::empty({T * M}, embeddings.options());
+      at::Tensor gbuf = at::empty({2, T, D}, acc_opts);
+      for (int64_t i0 = 0; i0 < B; i0 += T) {
+        const int64_t ti = std::min(T, B - i0);
+        const at::Tensor a = cd.xs[0].narrow(0, i0, ti);
+        at::Tensor se = sbuf.narrow(0, 0, ti * B).view({ti, B});
+        at::Tensor sr = sbuf.narrow(0, ti * B, ti * R).view({ti, R});
+        at::Tensor we = wbuf.narrow(0, 0, ti * B).view({ti, B});
+        at::Tensor wr = wbuf.narrow(0, ti * B, ti * R).view({ti, R});
+        gemm(se, a, cd.xs[0].t());
+        if (R > 0) gemm(sr, a, cd.xs[1].t());
+        launch_weights<acc_t, scalar_t>(se, sr, ti, B, R, i0, cd.scale_s(), cd.scale_g(), cd.lab, stats, hard_idx,
+                                        we, wr, p, stream);
+        at::Tensor g1 = gbuf[0].narrow(0, 0, ti), g2 = gbuf[1].narrow(0, 0, ti);
+        gemm(g1, we, cd.xg[0]);
+        if (R > 0) gemm(g2, wr, cd.xg[1]);
+        ms_loss_normalize_backward_kernel<scalar_t, acc_t><<<ceil_div(ti, rows_per_block), kThreads, 0, stream>>>(
+            g1.const_data_ptr<acc_t>(), R > 0 ? g2.const_data_ptr<acc_t>() : nullptr,
+            cd.x[0].const_data_ptr<scalar_t>() + i0 * D, cd.norms.const_data_ptr<acc_t>() + i0,
+            g.const_data_ptr<acc_t>(), B, grad_e.mutable_data_ptr<scalar_t>() + i0 * D, ti, D);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+    // Reference rows (only when they need a gradient): rows are candidates B + j, columns the B anchors.
     if (ref_grad && R > 0) {
-      ms_loss_normalize_backward_kernel<scalar_t, acc_t><<<blocks_for(R, rows_per_block), threads, 0, stream>>>(
-          gall.const_data_ptr<acc_t>() + B * D, pr.c.const_data_ptr<acc_t>() + B * D,
-          pr.norms.const_data_ptr<acc_t>() + B, grad_r.mutable_data_ptr<scalar_t>(), R, D);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      const int64_t T = tile_rows(B, R, sizeof(acc_t));
+      at::Tensor sbuf = at::empty({T, B}, acc_opts);
+      at::Tensor wbuf = at::empty({T, B}, embeddings.options());
+      at::Tensor gbuf = at::empty({T, D}, acc_opts);
+      const at::Tensor none;
+      at::Tensor none_w;
+      for (int64_t j0 = 0; j0 < R; j0 += T) {
+        const int64_t tj = std::min(T, R - j0);
+        at::Tensor s = sbuf.narrow(0, 0, tj), w = wbuf.narrow(0, 0, tj), g1 = gbuf.narrow(0, 0, tj);
+        gemm(s, cd.xs[1].narrow(0, j0, tj), cd.xs[0].t());
+        launch_weights<acc_t, scalar_t>(s, none, tj, B, 0, B + j0, cd.scale_s(), cd.scale_g(), cd.lab, stats,
+                                        hard_idx, w, none_w, p, stream);
+        gemm(g1, w, cd.xg[0]);
+        ms_loss_normalize_backward_kernel<scalar_t, acc_t><<<ceil_div(tj, rows_per_block), kThreads, 0, stream>>>(
+            g1.const_data_ptr<acc_t>(), nullptr, cd.x[1].const_data_ptr<scalar_t>() + j0 * D,
+            cd.norms.const_data_ptr<acc_t>() + B + j0, g.const_data_ptr<acc_t>(), B,
+            grad_r.mutable_data_ptr<scalar_t>() + j0 * D, tj, D);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
     }
   });
   return {grad_e, grad_r};
