@@ -63,6 +63,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-size", type=_positive_int, default=30, help="step schedule: epochs per decay")
     p.add_argument("--gamma", type=float, default=0.1, help="step/plateau decay factor")
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--crop-scale", type=float, default=0.08,
+                   help="smallest area fraction of the random resized crop (default 0.08, as torchvision)")
     p.add_argument("--patience", type=_positive_int, default=None, help="early stopping: epochs without improvement")
     p.add_argument("--min-delta", type=float, default=0.0, help="early stopping: smallest improvement that counts")
     p.add_argument("--plateau-patience", type=int, default=3, help="plateau schedule: epochs before a decay")

@@ -37,6 +37,8 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--steps-per-epoch", type=int, default=None, help="cap (for smoke tests)")
     p.add_argument("--images-per-class", type=int, default=40)
+    p.add_argument("--crop-scale", type=float, default=0.35,
+                   help="smallest crop area (0.35: at 0.08 most crops miss the shape, SPEC's default for photos)")
     p.add_argument("--workers", dest="num_workers", type=int, default=None)
     p.add_argument("--skip-classify", action="store_true")
     p.add_argument("--skip-retrieval", action="store_true")
@@ -109,7 +111,8 @@ def run_demo(args) -> int:
     common = dict(dataset="shapes196", data=args.data, model=args.model, image_size=d["image_size"], stem=d["stem"],
                   device=device, batch_size=d["batch_size"], optimizer="adamw", weight_decay=5e-4,
                   num_workers=d["num_workers"], steps_per_epoch=args.steps_per_epoch, warmup_epochs=0.5,
-                  images_per_class=args.images_per_class, progress=not args.quiet, backend="auto")
+                  images_per_class=args.images_per_class, crop_scale=args.crop_scale, progress=not args.quiet,
+                  backend="auto")
     rows: list[tuple[str, dict]] = []
     result: dict = {"model": args.model, "device": device, **d}
     t_start = time.perf_counter()

@@ -614,6 +614,26 @@ def test_train_crops_follow_the_scale_ratio_distribution(backend, tmp_path):
     assert 0.35 < flipped.float().mean() < 0.65
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_crop_scale_sets_the_smallest_crop_area(backend, tmp_path):
+    """crop_scale=0.5: every crop window covers at least half the image (both backends), and the
+    windows are larger on average than with the default 0.08."""
+    y, x = np.mgrid[0:256, 0:256]
+    path = str(tmp_path / "coords.png")
+    Image.fromarray(np.stack([x, y, np.full_like(x, 128)], -1).astype(np.uint8)).save(path)
+    ds = rd.ImageList([path] * 96, [0] * 96, ["coords"])
+    areas = {}
+    for scale in (0.08, 0.5):
+        images = torch.cat([x for x, _ in _loader(ds, True, 48, 32, backend, seed=5, crop_scale=scale)])
+        width, height, _ = _crop_windows(images)
+        areas[scale] = (width * height / 256**2).numpy()
+    assert areas[0.5].min() > 0.5 - 0.04 and areas[0.5].max() < 1.02
+    assert areas[0.5].mean() > areas[0.08].mean() + 0.15
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="crop_scale"):
+            _loader(ds, True, 48, 32, backend, crop_scale=bad)
+
+
 def test_works_without_dali(mixed_dir, monkeypatch, caplog):
     """Where DALI is missing, auto falls back to torchvision (and says so); asking for DALI is an
     ImportError that names the package."""

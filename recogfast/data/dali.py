@@ -19,7 +19,7 @@ import torch
 from recogfast.data.errors import DataError, encoded_image_problem
 from recogfast.data.loaders import _Loader, decode_rgb
 from recogfast.data.transforms import (
-    FLIP_PROB, IMAGENET_MEAN, IMAGENET_STD, TRAIN_RATIO, TRAIN_SCALE, eval_resize_size,
+    FLIP_PROB, IMAGENET_MEAN, IMAGENET_STD, TRAIN_RATIO, eval_resize_size,
 )
 
 __all__ = ["DaliLoader"]
@@ -111,7 +111,7 @@ class DaliLoader(_Loader):
                 # Fused decode + random crop: only the crop window is decoded (ROI decoding).
                 images = fn.decoders.image_random_crop(
                     encoded, device=decoder, output_type=types.RGB,
-                    random_area=list(TRAIN_SCALE), random_aspect_ratio=list(TRAIN_RATIO), num_attempts=10, **dec_args,
+                    random_area=[self.crop_scale, 1.0], random_aspect_ratio=list(TRAIN_RATIO), num_attempts=10, **dec_args,
                 )
                 images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR,
                                    antialias=True)

@@ -17,7 +17,9 @@ import torch
 
 from recogfast.data.errors import DataError, SkipLog, check_on_error, read_encoded
 from recogfast.data.samplers import ShuffleBatchSampler
-from recogfast.data.transforms import eval_transform, normalize_batch, train_transform
+from recogfast.data.transforms import (
+    TRAIN_SCALE, check_crop_scale, eval_transform, normalize_batch, train_transform,
+)
 
 __all__ = ["build_loader", "dali_available", "TorchvisionLoader"]
 
@@ -49,7 +51,8 @@ class _Loader:
     backend = "?"
 
     def __init__(self, dataset, batch_sampler, image_size, train, device, dtype, channels_last, on_error,
-                 num_workers, seed):
+                 num_workers, seed, crop_scale=TRAIN_SCALE[0]):
+        self.crop_scale = check_crop_scale(crop_scale)
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.image_size, self.train = image_size, train
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
@@ -167,7 +170,7 @@ class TorchvisionLoader(_Loader):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        transform = (train_transform(self.image_size) if self.train
+        transform = (train_transform(self.image_size, self.crop_scale) if self.train
                      else (lambda img, size=self.image_size: eval_transform(img, size)))
         data = _DecodeDataset(self.dataset.files, self.dataset.labels, transform, self.on_error, self.seed,
                               random=self.train)
@@ -211,6 +214,7 @@ def build_loader(
     dtype: torch.dtype | None = None,
     on_error: str = "raise",
     drop_last: bool | None = None,
+    crop_scale: float = TRAIN_SCALE[0],
 ):
     """An iterable of ``(images, labels)`` over ``dataset`` (anything with ``files`` and ``labels``).
 
@@ -223,6 +227,8 @@ def build_loader(
     split the data across DDP ranks without overlap. ``dtype`` defaults to float32 (bf16/fp16 allowed).
     ``on_error="skip"`` skips unreadable samples and warns with the count at the end of the epoch;
     ``"raise"`` stops at the first one with a :class:`~recogfast.data.DataError` naming the file.
+    ``crop_scale`` is the smallest area fraction of the train crop (SPEC's 0.08, as torchvision's and
+    timm's ``scale=(0.08, 1)``; larger keeps more of small objects, e.g. 0.35 for Shapes196 at 32×32).
     The loader's ``set_epoch(e)`` sets the next epoch; otherwise each pass advances it by one.
     """
     if backend not in BACKENDS:
@@ -255,7 +261,8 @@ def build_loader(
         backend = "dali" if dali_available() else "torchvision"
         log.info("recogfast.data.build_loader: backend='auto' chose %r (%s)", backend,
                  "DALI imports" if backend == "dali" else "DALI is not installed")
-    args = (dataset, sampler, image_size, train, device, dtype, channels_last, on_error, num_workers, seed)
+    args = (dataset, sampler, image_size, train, device, dtype, channels_last, on_error, num_workers, seed,
+            check_crop_scale(crop_scale))
     if backend == "dali":
         if not dali_available():
             raise ImportError("backend='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or recogfast[dali])")

@@ -25,7 +25,7 @@ SHAPES = ("circle", "triangle", "square", "diamond", "pentagon", "hexagon", "sta
 HUES = ("red", "orange", "yellow", "green", "cyan", "blue", "magenta")
 FILLS = ("solid", "stripes", "dots", "ring")
 _HUE_VALUES = (0.0, 0.08, 0.16, 0.33, 0.5, 0.64, 0.83)  # distinct colour names, not an even circle
-_FORMAT_VERSION = 2  # bump when the drawing changes, so old caches are not reused
+_FORMAT_VERSION = 3  # bump when the drawing changes, so old caches are not reused
 _SUPERSAMPLE = 2
 
 
@@ -84,22 +84,22 @@ def render_shape_image(class_index: int, image_index: int, image_size: int = 64,
         draw.ellipse([bx - br, by - br * rng.uniform(0.5, 1.0), bx + br, by + br], fill=colour)
 
     # The shape: random size, position and rotation; hue jitter ±0.02.
-    r = rng.uniform(0.22, 0.38) * n
+    r = rng.uniform(0.28, 0.42) * n
     cx, cy = rng.uniform(r, n - r, size=2)
     angle = rng.uniform(0, 2 * math.pi)
     colour = _rgb(hue + rng.uniform(-0.02, 0.02), rng.uniform(0.75, 1.0), rng.uniform(0.75, 1.0))
     mask = Image.new("L", (n, n), 0)
     mdraw = ImageDraw.Draw(mask)
 
-    def outline(radius: float, value: int):
+    def outline(target, radius: float, value: int):
         if shape == "circle":
-            mdraw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=value)
+            target.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=value)
         else:
-            mdraw.polygon(_polygon(shape, cx, cy, radius, angle), fill=value)
+            target.polygon(_polygon(shape, cx, cy, radius, angle), fill=value)
 
-    outline(r, 255)
+    outline(mdraw, r, 255)
     if fill == "ring":
-        outline(r * 0.55, 0)
+        outline(mdraw, r * 0.55, 0)
     pattern = Image.new("RGB", (n, n), colour)
     if fill in ("stripes", "dots"):
         # The pattern shows the background through the shape, so the fill reads at 32×32 too.
@@ -125,7 +125,11 @@ def render_shape_image(class_index: int, image_index: int, image_size: int = 64,
             pattern_mask = hole
         from PIL import ImageChops
 
-        mask = ImageChops.multiply(mask, pattern_mask)
+        # A border in the shape's colour keeps the silhouette readable through the pattern (a dot grid
+        # alone hides whether it is a pentagon or a hexagon at 32×32).
+        inner = Image.new("L", (n, n), 0)
+        outline(ImageDraw.Draw(inner), r * 0.82, 255)
+        mask = ImageChops.subtract(mask, ImageChops.subtract(inner, pattern_mask))
     img.paste(pattern, (0, 0), mask)
     return img.resize((image_size, image_size), Image.Resampling.LANCZOS)
 

@@ -46,12 +46,20 @@ def eval_transform(image: torch.Tensor, size: int) -> torch.Tensor:
     return image[..., top : top + size, left : left + size]
 
 
-def train_transform(size: int):
-    """uint8 [3, H, W] → RandomResizedCrop(size, scale, ratio) → horizontal flip p=0.5."""
+def check_crop_scale(crop_scale: float) -> float:
+    """The smallest area fraction of the train crop, in (0, 1]."""
+    crop_scale = float(crop_scale)
+    if not 0.0 < crop_scale <= 1.0:
+        raise ValueError(f"crop_scale must lie in (0, 1], got {crop_scale}")
+    return crop_scale
+
+
+def train_transform(size: int, crop_scale: float = TRAIN_SCALE[0]):
+    """uint8 [3, H, W] → RandomResizedCrop(size, (crop_scale, 1), ratio) → horizontal flip p=0.5."""
     from torchvision.transforms import v2
 
     return v2.Compose([
-        v2.RandomResizedCrop(size, scale=TRAIN_SCALE, ratio=TRAIN_RATIO, antialias=True),
+        v2.RandomResizedCrop(size, scale=(check_crop_scale(crop_scale), 1.0), ratio=TRAIN_RATIO, antialias=True),
         v2.RandomHorizontalFlip(FLIP_PROB),
     ])
 

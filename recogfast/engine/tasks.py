@@ -53,6 +53,7 @@ class RunConfig:
     gamma: float = 0.1
     plateau_patience: int = 3
     label_smoothing: float = 0.1
+    crop_scale: float = 0.08  # smallest area fraction of the train crop (SPEC: 0.08)
     patience: int | None = None
     min_delta: float = 0.0
     amp: str = "auto"  # auto = bf16 on CUDA, none on CPU
@@ -128,7 +129,7 @@ def build_loaders(cfg: RunConfig, train_ds, test_ds):
 
     rank, world = _dist_info()
     common = dict(image_size=cfg.image_size, backend=cfg.backend, device=cfg.device, num_workers=cfg.num_workers,
-                  channels_last=cfg.channels_last)
+                  channels_last=cfg.channels_last, crop_scale=cfg.crop_scale)
     if cfg.task == "retrieval":
         sampler = MPerClassSampler(train_ds.labels, cfg.m_per_class, cfg.batch_size, seed=cfg.seed,
                                    shard_id=rank, num_shards=world)
