@@ -106,17 +106,22 @@ def test_ms_loss_fwd_bwd(benchmark, device, size, impl):
     floor_seconds = flops / gemm_flops(device)
     group = f"ms_loss fwd+bwd {device} fp32 B={B} R={R} D={D}"
     if torch.device(device).type == "cuda":
-        step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        benchmark.extra_info["extra_peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+        benchmark.extra_info["extra_peak_mb"] = _cuda_extra_peak_mb(step)
     run_benchmark(benchmark, step, device=device, group=group, impl=impl, floor_seconds=floor_seconds,
                   floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
                              f"{gemm_flops(device) / 1e9:.0f} GFLOP/s fp32 GEMM rate",
                   rounds=5 if device == "cpu" else 10)
+
+
+def _cuda_extra_peak_mb(step) -> float:
+    """Peak CUDA memory one warmed-up `step()` allocates beyond what was allocated before it, in MiB."""
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 @pytest.mark.parametrize("device", [p for p in BENCH_DEVICES if not isinstance(p, str)])  # CUDA only
@@ -141,13 +146,7 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode):
     try:
         flops = 3 * B * B * D if R == 0 else 4 * B * M * D
         rate = gemm_flops(device, mode)
-        step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        benchmark.extra_info["extra_peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+        benchmark.extra_info["extra_peak_mb"] = _cuda_extra_peak_mb(step)
         run_benchmark(benchmark, step, device=device, group=f"ms_loss fwd+bwd {device} {mode} B={B} R={R} D={D}",
                       impl="fused", floor_seconds=flops / rate,
                       floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
