@@ -101,7 +101,7 @@ def test_train_resume_eval(capsys, tmp_path, shapes_cache):
 def test_demo_smoke(capsys, tmp_path, shapes_cache):
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--data", shapes_cache, "--images-per-class", "4", "--image-size", "16",
-               "--classify-epochs", "1", "--retrieval-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "32",
+               "--classify-epochs", "1", "--retrieval-epochs", "2", "--steps-per-epoch", "1", "--batch-size", "32",
                "--workers", "0", "--device", "cpu", "--quiet"])
     assert rc == 0
     text = capsys.readouterr().out
@@ -110,5 +110,10 @@ def test_demo_smoke(capsys, tmp_path, shapes_cache):
         assert needle in text, needle
     result = json.load(open(out / "demo.json"))
     assert set(result["retrieval"]) >= {"raw_pixels", "untrained", "trained"}
+    # the reported model is the last epoch's (no selection on the test split), the best is only noted
+    last = list(csv.DictReader(open(out / "retrieval" / "log.csv")))[-1]
+    assert last["epoch"] == "2" and result["retrieval"]["epochs"] == 2
+    assert result["retrieval"]["trained"]["recall@1"] == pytest.approx(float(last["val_recall@1"]), abs=1e-5)
+    assert 1 <= result["retrieval"]["best_epoch"] <= 2
     assert "fused cpu/float32" in result["kernels"]["cubs_channel"]
     assert os.path.isfile(out / "retrieval" / "summary.json") and os.path.isfile(out / "classify" / "last.pt")
