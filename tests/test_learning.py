@@ -9,7 +9,7 @@ This trains two CUBS-ResNet-18 runs: minutes on a GPU (the demo's GPU defaults: 
 The result is the LAST epoch's model (the demo reports it: Shapes196's test split is also the validation
 split, so the best epoch would be chosen on the test set).
 Measured (CPU, 2 cores, this configuration, `RECOGFAST_SLOW=1 pytest tests/test_learning.py`, 2 passed in
-49.6 min): classification top-1 0.962 at epoch 40 (0.889 at 26, >= 0.95 from 34 on); retrieval Recall@1
+49.6 min on a quiet machine; bit-identical logs on a second run): classification top-1 0.962 at epoch 40 (0.889 at 26, >= 0.95 from 34 on); retrieval Recall@1
 0.430 at epoch 25 (best 0.440 at 24) against raw pixels 0.267 and the untrained network 0.241: +0.163 and
 +0.189, bounds +0.15.
 """

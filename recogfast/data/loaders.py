@@ -261,8 +261,7 @@ def build_loader(
         backend = "dali" if dali_available() else "torchvision"
         log.info("recogfast.data.build_loader: backend='auto' chose %r (%s)", backend,
                  "DALI imports" if backend == "dali" else "DALI is not installed")
-    args = (dataset, sampler, image_size, train, device, dtype, channels_last, on_error, num_workers, seed,
-            check_crop_scale(crop_scale))
+    args = (dataset, sampler, image_size, train, device, dtype, channels_last, on_error, num_workers, seed, crop_scale)
     if backend == "dali":
         if not dali_available():
             raise ImportError("backend='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or recogfast[dali])")
