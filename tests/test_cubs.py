@@ -484,3 +484,24 @@ def test_spatial_192x192_never_builds_the_hw_by_hw_matrix():
     if reset:
         assert grown > 0  # the measurement sees the op's own buffers
     assert grown <= 16 * input_bytes, f"peak RSS grew by {grown / 2**20:.1f} MiB for a {input_bytes / 2**20:.1f} MiB input"
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and recogfast._impl.cuda_kernels_compiled()),
+                    reason="needs a GPU and the CUDA kernels")
+def test_spatial_backward_indices_past_2_to_the_31_with_one_channel():
+    """C = 1: the backward kernel reads dqkv[2·B·P + bp] < 3·B·P, beyond x's numel: with B·P = 7.5e8 that
+    passes 2^31 while numel does not, so the index width must come from 3·B·P. Samples are independent,
+    so the last samples' gradients must equal those of a small call on just those samples."""
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip("needs 40 GiB of free GPU memory")
+    B, P = 187_500_000, 4  # 3·B·P = 2.25e9 > 2^31 - 1 > numel = 7.5e8
+    x = torch.randn(B, 1, 2, 2, device="cuda", dtype=torch.bfloat16)
+    w = [torch.randn(1, device="cuda", dtype=torch.bfloat16) for _ in range(6)]
+    gy = torch.randn_like(x)
+    x_tail, gy_tail = x[-1000:].clone(), gy[-1000:].clone()
+    gx = torch.ops.recogfast.cubs_spatial_backward(gy, x, *w)[0][-1000:].clone()
+    del gy
+    torch.cuda.empty_cache()
+    gx_tail = torch.ops.recogfast.cubs_spatial_backward(gy_tail, x_tail, *w)[0]
+    torch.testing.assert_close(gx, gx_tail)

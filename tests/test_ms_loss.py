@@ -440,3 +440,60 @@ def test_no_batch_by_batch_matrix_at_b32768():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["grad_ok"] and res["loss"] > 0
     assert res["extra_mb"] < 512, res  # O((B + M) D) buffers and tiles: tens of MB; S would be 4096 MB
+
+
+# ------------------------------------------------------------------------- CUDA: no host sync, NaN policy
+
+CUDA_ONLY = [p for p in DEVICES if not isinstance(p, str)]
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_step_never_syncs_with_the_host(device, dtype):
+    """A training step of the fused loss (forward + backward, several tiles) makes no device-to-host sync:
+    torch's sync debug mode turns any synchronising call into an error."""
+    e = torch.randn(2048, 64, device=device, dtype=dtype, requires_grad=True)
+    labels = m_per_class(2048, 4, device)
+    ms_loss(e, labels, impl="fused").backward()  # warm-up: cuBLAS handles, allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = ms_loss(e, labels, impl="fused")
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss).item()
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_cuda_nan_input_gives_nan_loss_or_raises_on_request(device, monkeypatch):
+    e = torch.randn(64, 16, device=device)
+    labels = m_per_class(64, 4, device)
+    e[5, 3] = float("nan")
+    monkeypatch.delenv("RECOGFAST_CHECK_FINITE", raising=False)
+    leaf = e.clone().requires_grad_(True)
+    loss = ms_loss(leaf, labels, impl="fused")
+    assert torch.isnan(loss).item()  # never a finite number from NaN input
+    loss.backward()
+    assert torch.isnan(leaf.grad).all().item()
+    ref = torch.randn(8, 16, device=device)
+    ref[0, 0] = float("inf")
+    assert torch.isnan(ms_loss(e.nan_to_num(), labels, ref_embeddings=ref, ref_labels=labels[:8], impl="fused")).item()
+    monkeypatch.setenv("RECOGFAST_CHECK_FINITE", "1")
+    with pytest.raises(RuntimeError, match="embeddings contains NaN or inf"):
+        ms_loss(e, labels, impl="fused")
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_cuda_tall_and_wide_tiles_match_cpu(device):
+    """B = 20000 (tiles sized from the SM count, several of them) against the CPU kernel, fp64."""
+    e = torch.randn(20000, 32, dtype=torch.float64)
+    labels = m_per_class(20000, 4)
+    out = []
+    for dev in ("cpu", device):
+        leaf = e.to(dev).requires_grad_(True)
+        loss = ms_loss(leaf, labels.to(dev), impl="fused")
+        loss.backward()
+        out.append((loss.cpu(), leaf.grad.cpu()))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-8, atol=1e-12)

@@ -64,7 +64,7 @@ def _fake(x, wq, bq, wk, bk, wv, bv):
 def _fake_backward(grad_y, x, wq, bq, wk, bk, wv, bv):
     check_args(x, wq, bq, wk, bk, wv, bv)
     gx = torch.empty_like(x, memory_format=memory_format(x))
-    return (gx, *(torch.empty_like(t) for t in (wq, bq, wk, bk, wv, bv)))
+    return (gx, *(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (wq, bq, wk, bk, wv, bv)))
 
 
 def _setup_context(ctx, inputs, output):

@@ -173,6 +173,10 @@ def ms_loss(
     embeddings); anchors stay the B rows of ``embeddings``. The gradient flows to ``embeddings`` and,
     where it requires grad, to ``ref_embeddings``. ``impl`` picks the fused kernel or the reference as
     `recogfast._impl` describes.
+
+    NaN or inf in the inputs: the CPU kernel and the reference raise "... contains NaN or inf". The CUDA
+    kernel decides on the device, without a host sync, and returns a NaN loss (and NaN gradients);
+    ``RECOGFAST_CHECK_FINITE=1`` makes it raise the same error as the CPU, at the cost of one sync a call.
     """
     alpha, beta, base, epsilon = float(alpha), float(beta), float(base), float(epsilon)
     if isinstance(embeddings, torch.Tensor) and _fused_available() and _impl.use_fused("ms_loss", impl, embeddings):
@@ -180,10 +184,19 @@ def ms_loss(
         # anchors' gradient gathered in the forward pass instead of recomputed in the backward pass.
         cache = (torch.is_grad_enabled() and embeddings.requires_grad and ref_embeddings is not None
                  and not ref_embeddings.requires_grad)
+        if embeddings.device.type != "cpu" and _check_finite():
+            check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining)
         return torch.ops.recogfast.ms_loss(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base,
                                            epsilon, mining, cache)[0]
     check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining)
     return ms_loss_reference(embeddings, labels, alpha, beta, base, epsilon, mining, ref_embeddings, ref_labels)
+
+
+def _check_finite() -> bool:
+    """RECOGFAST_CHECK_FINITE=1: raise on NaN/inf inputs on CUDA too (one device-to-host sync a call)."""
+    import os
+
+    return os.environ.get("RECOGFAST_CHECK_FINITE", "0") not in ("", "0")
 
 
 def _fused_available() -> bool:
@@ -223,9 +236,11 @@ def _fake(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, eps
 def _fake_backward(grad_loss, embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, ref_grad_cache, alpha,
                    beta, base, epsilon, mining, ref_requires_grad):
     check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, check_values=False)
-    grad_ref = (torch.empty_like(ref_embeddings) if ref_requires_grad and ref_embeddings is not None
-                else embeddings.new_empty((0,)))
-    return torch.empty_like(embeddings), grad_ref
+    # The kernels return contiguous gradients whatever the inputs' strides (torch.compile trusts these).
+    contiguous = torch.contiguous_format
+    grad_ref = (torch.empty_like(ref_embeddings, memory_format=contiguous)
+                if ref_requires_grad and ref_embeddings is not None else embeddings.new_empty((0,)))
+    return torch.empty_like(embeddings, memory_format=contiguous), grad_ref
 
 
 def _setup_context(ctx, inputs, output):

@@ -77,7 +77,7 @@ def _fake(x, w1, b1, w2, b2):
 def _fake_backward(grad_y, x, w1, b1, w2, b2):
     check_args(x, w1, b1, w2, b2)
     gx = torch.empty_like(x, memory_format=_memory_format(x))
-    return gx, torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2), torch.empty_like(b2)
+    return gx, *(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (w1, b1, w2, b2))
 
 
 def _setup_context(ctx, inputs, output):

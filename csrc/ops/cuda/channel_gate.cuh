@@ -150,7 +150,7 @@ void launch_apply(const scalar_t* in, scalar_t* out, const acc_t* gate, const ac
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
   // 32-bit index arithmetic (cheaper divisions) whenever the grid-stride loop cannot overflow it.
-  const bool small = numel + gpu::grid_for(numel, threads) * threads < (int64_t{1} << 31);
+  const bool small = gpu::fits_int32(numel, gpu::grid_for(numel, threads) * threads);
   if (vec_ok && small) {
     go(std::integral_constant<int, kVec>{}, int32_t{});
   } else if (vec_ok) {

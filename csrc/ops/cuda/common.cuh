@@ -51,6 +51,12 @@ inline int64_t grid_for(int64_t work_items, int64_t threads) {
   return std::max<int64_t>(1, std::min<int64_t>(ceil_div(work_items, threads), num_sms() * 32));
 }
 
+// True when a grid-stride loop of `grid_threads` threads may use 32-bit indices: every index it forms,
+// up to the largest one (`max_index`, exclusive), plus the last stride added before the loop test.
+inline bool fits_int32(int64_t max_index, int64_t grid_threads) {
+  return max_index + grid_threads < (int64_t{1} << 31);
+}
+
 // Accumulator dtype of the per-sample scratch buffers: fp32, or fp64 for double inputs.
 inline c10::ScalarType acc_dtype(c10::ScalarType t) { return t == c10::kDouble ? c10::kDouble : c10::kFloat; }
 

@@ -417,7 +417,10 @@ void launch_apply(const Launch& L, const scalar_t* in, scalar_t* out, const acc_
                                              index_t(L.B * L.P));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  if (numel + blocks * threads < (int64_t{1} << 31)) {
+  // The largest index formed: e < numel, and with kGrad dqkv[2 * BP + bp] < 3 * B * P, which exceeds numel
+  // when C <= 2.
+  const int64_t max_index = kGrad ? std::max(numel, 3 * L.B * L.P) : numel;
+  if (fits_int32(max_index, blocks * threads)) {
     go(int32_t{});
   } else {
     go(int64_t{});

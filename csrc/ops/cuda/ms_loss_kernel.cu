@@ -4,15 +4,16 @@
 //
 // Candidates are the B anchors followed by the R reference rows (M = B + R). Rows are L2-normalised inside:
 // c = x / max(|x|, 1e-12). The GEMM operands:
-//   S operand  the raw input rows x (bf16/fp16/fp32/fp64 as given), S_ij = (x_i · x_j) · (inv_i · inv_j)
-//              with the fp32 (fp64) inverse norms: the products see the exact inputs, so S is as accurate as
-//              an fp32 product of normalised rows, and the mining decisions agree with the CPU kernel. Rows
-//              with a norm outside [1e-15, 1e15] (products could under/overflow in fp32) switch the whole call
-//              to a copy x' = x · 2^-e of the rows scaled by a power of two to a norm in [0.5, 1) — exact, no
-//              rounding — with scales inv' = 1 / |x'| in (1, 2].
-//   W operand  of the backward product G = W·c: the same rows with the column scales folded into W
-//              (W'_ij = W_ij · inv_j, so W'·x = W·c), except for fp16, whose range cannot hold W_ij / |x_j|:
-//              there the product always uses the power-of-two-scaled copy (W' = W · inv' stays within ±2).
+//   S operand  a copy x' = x · 2^-e of the rows, each scaled by a power of two to a norm in [0.5, 1) — exact,
+//              no rounding — with scales inv' = 1 / |x'| in (1, 2]: S_ij = (x'_i · x'_j) · (inv'_i · inv'_j). The
+//              products see the exact inputs (so the mining decisions agree with the CPU kernel) and cannot
+//              under/overflow in fp32 whatever the norms. Always the copy: choosing raw rows when every norm is
+//              in range would need the norms on the host, i.e. a device-to-host sync on every call.
+//   W operand  of the backward product G = W·c: the same copy with the column scales folded into W
+//              (W'_ij = W_ij · inv'_j stays within ±2, which fp16 holds), so W'·x' = W·c.
+// NaN/inf in the inputs: the norms kernel raises a device flag and the loss (and, in the backward pass, the
+// gradients) come out NaN, decided on the device — no host sync in a training step. The CPU kernel raises
+// instead; RECOGFAST_CHECK_FINITE=1 makes the Python wrapper raise the CPU's error on CUDA too (one sync).
 // Products: bf16/fp16 operands with fp32 accumulation and fp32 output (aten::mm.dtype_out, torch >= 2.8);
 // fp32 through at::mm, which follows torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision
 // (TF32 tensor cores when the user allows them, exact fp32 otherwise — then the fp32 SIMT rate bounds it);
@@ -40,8 +41,9 @@
 // (NVIDIA H100 datasheet) that is a 0.83 ms floor, plus the tile sweeps (B·M·(4 + 4 + 4 + 2) bytes through
 // L2: the fp32 S tile written by the GEMM, read twice forward, read once and W written once backward).
 // Extra memory (bf16, no reference set): the S tile T·M·4 <= kTileBytes (16 MB), the W tile T·M·2 (8 MB),
-// G T·D·4, O(M) norms/scales/labels: ~25 MB at B = 16384 (T = 256) and at B = 65536 (T = 64); fp16 adds
-// the scaled copy for the backward product (M·D·2: 16 MB at B = 16384), fp32 has a 16 MB W tile.
+// G T·D·4, O(M) norms/scales/labels, and the scaled copy M·D·2 (16 MB at B = 16384): ~41 MB at B = 16384
+// (T = 256); fp32 has a 16 MB W tile and a 32 MB copy. The tile is at least two row blocks per SM
+// (round_up(2·SMs, 16) rows, within kMaxTileBytes) so that the per-row kernels fill the GPU at large M.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
@@ -90,7 +92,7 @@ constexpr int kRowThreads = RECOGFAST_MS_LOSS_ROW_THREADS;         // threads pe
 constexpr int kRowWarps = kRowThreads / kWarp;
 constexpr int kThreads = RECOGFAST_MS_LOSS_THREADS;                // element-wise kernels; a multiple of 32
 constexpr double kNormEps = 1e-12;                               // as torch.nn.functional.normalize
-constexpr double kRawMin = 1e-15, kRawMax = 1e15;                // norms for which raw fp32 products are safe
+constexpr int64_t kMaxTileBytes = 4 * kTileBytes;                // the SM-count minimum tile stays under this
 
 struct Params {
   int64_t B, M;
@@ -147,8 +149,8 @@ __device__ __forceinline__ void block_arg(T& v, int64_t& idx, T* shv, int64_t* s
 
 // Row norms, one warp per row: norms[r] = |x_r| (summed in fp64 as the CPU kernel), inv[r] = 1 / max(|x_r|,
 // eps), and the power of two p2[r] = 2^-e that brings a nonzero norm to [0.5, 1) (1 for a zero row) with
-// inv2[r] = inv[r] / p2[r], the scale of the copy x · p2 (0 for a zero row). flags[bad_slot] = 1 on NaN/inf; flags[2] = 1 when a
-// nonzero norm leaves [kRawMin, kRawMax]. Every writer stores the same value 1, so no atomics are needed.
+// inv2[r] = inv[r] / p2[r], the scale of the copy x · p2 (0 for a zero row). flags[bad_slot] = 1 on NaN/inf
+// (the row is then treated as a zero row). Every writer stores the same value 1, so no atomics are needed.
 template <typename scalar_t, typename acc_t>
 __global__ void ms_loss_norms_kernel(const scalar_t* __restrict__ x, acc_t* __restrict__ norms,
                                      acc_t* __restrict__ inv, acc_t* __restrict__ p2, acc_t* __restrict__ inv2,
@@ -169,7 +171,6 @@ __global__ void ms_loss_norms_kernel(const scalar_t* __restrict__ x, acc_t* __re
     ss = 0;
   }
   const double n = sqrt(ss);
-  if (n != 0 && (n < kRawMin || n > kRawMax)) flags[2] = 1;
   int e = 0;
   if (n != 0) frexp(n, &e);
   e = e < -100 ? -100 : e > 100 ? 100 : e;  // 2^±100 stays normal in fp32 (rows that tiny/huge are edge cases)
@@ -181,13 +182,14 @@ __global__ void ms_loss_norms_kernel(const scalar_t* __restrict__ x, acc_t* __re
                                         // products are 0: 1 / eps would overflow fp16 in the weights)
 }
 
-// xs = x · p2 (a power of two per row: exact, in the input dtype).
+// xs = x · p2 (a power of two per row: exact, in the input dtype); 0 for zero and non-finite rows (inv2 = 0).
 template <typename scalar_t, typename acc_t>
 __global__ void ms_loss_scale_rows_kernel(const scalar_t* __restrict__ x, const acc_t* __restrict__ p2,
-                                          scalar_t* __restrict__ xs, int64_t rows, int64_t D) {
+                                          const acc_t* __restrict__ inv2, scalar_t* __restrict__ xs, int64_t rows,
+                                          int64_t D) {
   const int64_t n = rows * D;
   for (int64_t k = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += int64_t(gridDim.x) * blockDim.x)
-    xs[k] = static_cast<scalar_t>(static_cast<acc_t>(x[k]) * p2[k / D]);
+    xs[k] = inv2[k / D] != acc_t(0) ? static_cast<scalar_t>(static_cast<acc_t>(x[k]) * p2[k / D]) : scalar_t(0);
 }
 
 // Element (r, k) of a tile stored as a batch part [rows, nb] and a reference part [rows, nr].
@@ -371,11 +373,14 @@ void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
 }
 
 // Rows of a tile with `cols` candidates so that the S tile stays within kTileBytes (at least kMinTileRows;
-// multiples of 64 or 16 rows, the GEMMs' tile heights).
+// multiples of 64 or 16 rows, the GEMMs' tile heights) — but at least two rows per SM, so that the per-row
+// kernels (one block a row) keep every SM busy, as long as that tile stays within kMaxTileBytes.
 int64_t tile_rows(int64_t cols, int64_t rows, int64_t elem) {
-  int64_t t = kTileBytes / std::max<int64_t>(1, cols * elem);
-  t = std::max(t, kMinTileRows);
+  const int64_t row_bytes = std::max<int64_t>(1, cols * elem);
+  int64_t t = std::max(kTileBytes / row_bytes, kMinTileRows);
   t = t >= 64 ? t / 64 * 64 : t >= 16 ? t / 16 * 16 : t;
+  const int64_t fill = ceil_div(2 * num_sms(), 16) * 16;
+  if (t < fill) t = std::max(t, std::min(fill, kMaxTileBytes / row_bytes / 16 * 16));
   return std::max<int64_t>(1, std::min(t, rows));
 }
 
@@ -388,14 +393,14 @@ struct Candidates {
   at::Tensor xs[2], xg[2];         // operands of S and of the backward product: x or x · p2
   at::Tensor norms, inv, p2, inv2;  // [M] acc (see ms_loss_norms_kernel)
   at::Tensor lab;                  // [M] int64
-  bool raw_s = true, raw_g = true;
+  at::Tensor nonfinite;            // 0-dim bool on the device: some row holds NaN/inf
 
-  // Per-candidate factors that turn a row of an operand into its normalised row.
-  const acc_t* scale_s() const { return (raw_s ? inv : inv2).template const_data_ptr<acc_t>(); }
-  const acc_t* scale_g() const { return (raw_g ? inv : inv2).template const_data_ptr<acc_t>(); }
+  // Per-candidate factors that turn a row of an operand (the scaled copy) into its normalised row.
+  const acc_t* scale_s() const { return inv2.template const_data_ptr<acc_t>(); }
+  const acc_t* scale_g() const { return inv2.template const_data_ptr<acc_t>(); }
 
   Candidates(const at::Tensor& emb, const at::Tensor& labels, const std::optional<at::Tensor>& ref,
-             const std::optional<at::Tensor>& ref_labels, bool for_backward, cudaStream_t stream) {
+             const std::optional<at::Tensor>& ref_labels, bool /*for_backward*/, cudaStream_t stream) {
     B = emb.size(0);
     D = emb.size(1);
     R = ref.has_value() ? ref->size(0) : 0;
@@ -407,7 +412,7 @@ struct Candidates {
     inv = at::empty({M}, acc);
     p2 = at::empty({M}, acc);
     inv2 = at::empty({M}, acc);
-    at::Tensor flags = at::zeros({3}, emb.options().dtype(at::kInt));
+    at::Tensor flags = at::zeros({2}, emb.options().dtype(at::kInt));
     constexpr int rows_per_block = kThreads / kWarp;
     for (int part = 0; part < 2; ++part) {
       const int64_t rows = part == 0 ? B : R, off = part == 0 ? 0 : B;
@@ -418,29 +423,18 @@ struct Candidates {
           inv2.mutable_data_ptr<acc_t>() + off, flags.mutable_data_ptr<int>(), part, rows, D);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    const at::Tensor fh = flags.cpu();  // synchronises: NaN/inf is an error, not a NaN loss
-    const int* f = fh.const_data_ptr<int>();
-    TORCH_CHECK(f[0] == 0, "recogfast::ms_loss: embeddings contains NaN or inf");
-    TORCH_CHECK(f[1] == 0, "recogfast::ms_loss: ref_embeddings contains NaN or inf");
-    raw_s = f[2] == 0;
-    // fp16 cannot hold W_ij / |x_j|: its backward product uses the scaled copy.
-    raw_g = raw_s && !std::is_same_v<scalar_t, at::Half>;
-    const bool need_copy = !raw_s || (for_backward && !raw_g);
+    nonfinite = flags.any();  // stays on the device: no sync
     at::Tensor c[2];
     for (int part = 0; part < 2; ++part) {
-      if (!need_copy) break;
       const int64_t rows = part == 0 ? B : R, off = part == 0 ? 0 : B;
       c[part] = at::empty({rows, D}, emb.options());
       if (rows * D == 0) continue;
       ms_loss_scale_rows_kernel<scalar_t, acc_t><<<grid_for(rows * D, kThreads), kThreads, 0, stream>>>(
-          x[part].const_data_ptr<scalar_t>(), p2.const_data_ptr<acc_t>() + off, c[part].mutable_data_ptr<scalar_t>(),
-          rows, D);
+          x[part].const_data_ptr<scalar_t>(), p2.const_data_ptr<acc_t>() + off, inv2.const_data_ptr<acc_t>() + off,
+          c[part].mutable_data_ptr<scalar_t>(), rows, D);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    for (int part = 0; part < 2; ++part) {
-      xs[part] = raw_s ? x[part] : c[part];
-      xg[part] = raw_g ? x[part] : c[part];
-    }
+    for (int part = 0; part < 2; ++part) xs[part] = xg[part] = c[part];
     lab = R > 0 ? at::cat({labels.to(at::kLong), ref_labels->to(at::kLong)}).contiguous()
                 : labels.to(at::kLong).contiguous();
   }
@@ -495,7 +489,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cuda(
           per_anchor.mutable_data_ptr<acc_t>(), p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    loss = at::sum(per_anchor).div_(double(B)).to(embeddings.scalar_type());
+    loss = at::sum(per_anchor).div_(double(B)).masked_fill_(cd.nonfinite, NAN).to(embeddings.scalar_type());
   });
   return {loss, stats, hard_idx, ref_grad_cache};
 }
@@ -593,6 +587,8 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
+    grad_e.masked_fill_(cd.nonfinite, NAN);  // NaN/inf in: NaN out, decided on the device
+    if (ref_grad) grad_r.masked_fill_(cd.nonfinite, NAN);
   });
   return {grad_e, grad_r};
 }

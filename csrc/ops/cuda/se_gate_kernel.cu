@@ -158,6 +158,8 @@ size_t mlp_smem_bytes(int64_t C, int64_t R, size_t acc_size) {
 
 at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                         const at::Tensor& b2) {
+  // Arguments first (a CUDA weight with a CPU x names the weight), then the device.
+  detail::check_se_gate_args(x_, w1, b1, w2, b2);
   TORCH_CHECK(x_.is_cuda(), "recogfast::se_gate: x must be a CUDA tensor for the CUDA kernel, got ", x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
   const auto a = detail::prepare_se_gate(x_, w1, b1, w2, b2);
@@ -191,6 +193,8 @@ at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1, const at::Te
 
 detail::SEGateGrads se_gate_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_, const at::Tensor& w1,
                                           const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+  detail::check_se_gate_args(x_, w1, b1, w2, b2);
+  if (grad_y.defined()) checks::like("recogfast::se_gate_backward", "grad_y", grad_y, "x", x_);
   TORCH_CHECK(x_.is_cuda(), "recogfast::se_gate_backward: x must be a CUDA tensor for the CUDA kernel, got ",
               x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
