@@ -488,7 +488,7 @@ def test_spatial_192x192_never_builds_the_hw_by_hw_matrix():
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and recogfast._impl.cuda_kernels_compiled()),
                     reason="needs a GPU and the CUDA kernels")
-def test_spatial_backward_indices_past_2_to_the_31_with_one_channel():
+def test_cuda_spatial_backward_indices_past_2_to_the_31_with_one_channel():
     """C = 1: the backward kernel reads dqkv[2·B·P + bp] < 3·B·P, beyond x's numel: with B·P = 7.5e8 that
     passes 2^31 while numel does not, so the index width must come from 3·B·P. Samples are independent,
     so the last samples' gradients must equal those of a small call on just those samples."""

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# One command that proves the GPU half of recogfast on a bare GPU machine, inside one deadline.
+#
+#   tools/gpu_check.sh OUTDIR           # from the repository root; BUDGET=470 (seconds) by default
+#   REHEARSE=1 tools/gpu_check.sh OUT   # the CPU rehearsal (automatic when no GPU is visible): every step
+#                                       # that can run without a GPU runs, the rest skip with one line
+#
+# Steps, in order of value, each with its own cap inside the shared deadline (a slow step never eats the
+# others' time): env (versions, nvidia-smi) · build (load a carried recogfast/_C*.so, else compile with
+# MAX_JOBS=16 for sm_90) · tests (pytest -k cuda, without the learning test) · crosscheck (CUDA vs CPU
+# kernels: tools/gpu_crosscheck.py) · memcheck and racecheck (compute-sanitizer on a small crosscheck) ·
+# bench (the headline benchmark shapes, with floors and ratios). It always ends with OUTDIR/summary.json
+# and OUTDIR/summary.md (tools/gpu_results.py), and packs every log into OUTDIR/logs.tar.gz: at most
+# seven files come back (summary.json, summary.md, logs.tar.gz, junit.xml, crosscheck.json, bench.json,
+# memcheck.txt).
+#
+# Carried wheels: a folder .whl/ with pytorch_metric_learning-*.whl (pure Python) is installed into
+# /tmp/site for the PML comparison of the MS-loss benchmark.
+set -u
+OUT=${1:?usage: tools/gpu_check.sh OUTDIR}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT/logs"
+PY=${PYTHON:-python3}
+BUDGET=${BUDGET:-470}
+START=$(date +%s)
+DEADLINE=$((START + BUDGET))
+STEPS="$OUT/logs/steps.tsv"
+: >"$STEPS"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+record() {  # name status seconds note
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$STEPS"
+  printf '[gpu_check %4ss] %-10s %-8s %5ss  %s\n' "$(($(date +%s) - START))" "$1" "$2" "$3" "$4"
+}
+
+# step NAME CAP NOTE -- CMD...: run CMD with min(CAP, time left) seconds, its output in logs/NAME.log.
+step() {
+  local name=$1 cap=$2 note=$3
+  shift 4
+  local left=$((DEADLINE - $(date +%s) - 10))  # 10 s kept for the summary
+  if ((left < 5)); then
+    record "$name" skipped 0 "deadline reached before the step"
+    return 1
+  fi
+  local t=$((cap < left ? cap : left)) t0 rc
+  t0=$(date +%s)
+  timeout -k 5 "$t" "$@" >"$OUT/logs/$name.log" 2>&1
+  rc=$?
+  local dt=$(($(date +%s) - t0))
+  if ((rc == 0)); then
+    record "$name" ok "$dt" "$note"
+  elif ((rc == 124 || rc == 137)); then
+    record "$name" timeout "$dt" "$note (cap ${t}s)"
+  else
+    record "$name" failed "$dt" "$note (exit $rc; logs/$name.log)"
+  fi
+  return $rc
+}
+
+skip() { record "$1" skipped 0 "$2"; }
+
+GPU=0
+if [[ "${REHEARSE:-0}" != 1 ]] && $PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  GPU=1
+fi
+MODE=$([[ $GPU == 1 ]] && echo gpu || echo rehearsal)
+echo "mode $MODE, budget ${BUDGET}s" >"$OUT/logs/mode.txt"
+
+if [[ -d .whl ]] && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >"$OUT/logs/wheels.log" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+# 1. versions and the device
+step env 30 "versions, nvidia-smi" -- bash -c "
+  date -u; uname -a; $PY --version; nvcc --version 2>&1 | tail -2
+  $PY -c 'import torch, sys; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"gpu\", torch.cuda.is_available(),
+    torch.cuda.get_device_name() if torch.cuda.is_available() else \"\",
+    torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else \"\")'
+  $PY -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|timm|pytest|pytest-benchmark|numpy|pytorch-metric-learning|nvidia-dali) '
+  command -v compute-sanitizer ncu || true
+  nvidia-smi || echo 'no nvidia-smi'"
+
+# 2. the extension: a carried build if it loads, else compile (GPU mode only; CI has built it already)
+LOADS="import sys, recogfast; sys.exit(0 if recogfast._impl.cuda_kernels_compiled() or '$MODE' == 'rehearsal' else 3)"
+if $PY -c "$LOADS" >"$OUT/logs/load.log" 2>&1; then
+  record build ok 0 "extension loads ($(ls recogfast/_C*.so 2>/dev/null | xargs -n1 basename | tr '\n' ' '))"
+elif [[ $GPU == 1 ]]; then
+  step build 240 "compiled here: MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0" -- env MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 \
+    FORCE_CUDA=1 $PY setup.py -q build_ext --inplace
+  $PY -c "$LOADS" >>"$OUT/logs/load.log" 2>&1 || record load failed 0 "the extension does not load after the build"
+else
+  record build failed 0 "the extension does not load (logs/load.log)"
+fi
+
+# 3. the CUDA tests (the learning test takes minutes and has no CUDA case)
+if [[ $GPU == 1 ]]; then
+  XDIST=$($PY -c 'import xdist' 2>/dev/null && echo "-n 4")
+  step tests 150 "pytest tests -k cuda ${XDIST}" -- $PY -m pytest tests -k cuda --ignore=tests/test_learning.py -q -rfE \
+    -p no:cacheprovider $XDIST --junitxml="$OUT/junit.xml"
+else
+  step tests 60 "collect the CUDA tests (they run only on a GPU)" -- bash -c "
+    $PY -m pytest tests -k cuda --ignore=tests/test_learning.py -q --collect-only -p no:cacheprovider | tail -1 |
+    tee /dev/stderr | grep -qE '^[0-9]+(/[0-9]+)? tests? (collected|selected)'"
+fi
+
+# 4. CUDA kernels against the CPU kernels
+if [[ $GPU == 1 ]]; then
+  step crosscheck 90 "CUDA vs CPU kernels, all dtypes and layouts" -- $PY tools/gpu_crosscheck.py \
+    --out "$OUT/crosscheck.json"
+else
+  step crosscheck 60 "the harness against itself on the CPU (small)" -- $PY tools/gpu_crosscheck.py --device cpu \
+    --small --out "$OUT/crosscheck.json"
+fi
+
+# 5. compute-sanitizer on a small cross-check
+if [[ $GPU == 1 ]] && command -v compute-sanitizer >/dev/null; then
+  export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+  step memcheck 75 "compute-sanitizer memcheck, small crosscheck" -- compute-sanitizer --tool memcheck \
+    --error-exitcode 9 --print-limit 30 $PY tools/gpu_crosscheck.py --small
+  step racecheck 60 "compute-sanitizer racecheck, recogfast kernels" -- compute-sanitizer --tool racecheck \
+    --kernel-name kns=recogfast --error-exitcode 9 --print-limit 30 $PY tools/gpu_crosscheck.py --small --tiny
+  unset PYTORCH_NO_CUDA_MEMORY_CACHING
+  cp "$OUT/logs/memcheck.log" "$OUT/memcheck.txt" 2>/dev/null
+else
+  skip memcheck "no GPU or no compute-sanitizer"
+  skip racecheck "no GPU or no compute-sanitizer"
+fi
+
+# 6. the headline benchmark shapes (benchmarks/RESULTS.md), each with its floor and ratio
+SE="test_se_gate and (fused or reference)"
+CUBS="(test_cubs and fwd+bwd and (stage0 or stage4) and (fused or reference))"
+TRAIN="test_resnet18_train_step"
+MS="(test_ms_loss_fwd_bwd and (size2 or size3 or size4))"
+SEL="cuda and (($SE) or $CUBS or $TRAIN or $MS)"
+if [[ $GPU == 1 ]]; then
+  step bench 240 "headline shapes" -- $PY -m pytest benchmarks --benchmark-only -q -p no:cacheprovider -k "$SEL" \
+    --benchmark-json="$OUT/bench.json" --benchmark-columns=min,mean,stddev,rounds
+else
+  # Rehearsal: the selection must name the CUDA benchmarks; one CPU benchmark exercises the JSON path.
+  step bench 60 "selection collected; one CPU benchmark" -- bash -c "
+    n=\$($PY -m pytest benchmarks -q --collect-only -p no:cacheprovider -k '$SEL' | grep -c '::')
+    echo \"\$n CUDA benchmarks selected\"; test \"\$n\" -ge 40 &&
+    $PY -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
+      -k 'test_se_gate and cpu and fused and fwd and not bwd and 7' --benchmark-json='$OUT/bench.json'"
+fi
+
+# 7. the summary (always)
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs 2>/dev/null
+$PY tools/gpu_results.py summarize "$OUT" --mode "$MODE" --budget "$BUDGET" --seconds "$(($(date +%s) - START))"
+rc=$?
+rm -rf "$OUT/logs"
+exit $rc
