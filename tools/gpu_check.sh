@@ -18,6 +18,7 @@
 # /tmp/site for the PML comparison of the MS-loss benchmark.
 set -u
 OUT=${1:?usage: tools/gpu_check.sh OUTDIR}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT/logs"
 PY=${PYTHON:-python3}
