@@ -29,5 +29,7 @@ from recogfast import metrics  # noqa: E402
 from recogfast import models  # noqa: E402
 from recogfast._impl import build_info  # noqa: E402
 
+build_info()  # read the build facts once, before any torch.compile traces use_fused
+
 __version__ = "0.1.0"
 __all__ = ["ops", "nn", "data", "losses", "metrics", "models", "build_info", "__version__"]

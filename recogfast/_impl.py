@@ -8,7 +8,6 @@ the reference, warning once per (op, reason). ``impl="fused"`` raises where the 
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 
@@ -19,11 +18,18 @@ FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _warned: set[tuple[str, str]] = set()
 
 
-@functools.lru_cache(maxsize=None)
+_build_info: dict[str, str] = {}
+
+
 def build_info() -> dict[str, str]:
-    """How the loaded extension was built, read from the binary: cuda, cuda_archs, nvcc, openmp."""
-    raw = torch.ops.recogfast._build_info()
-    return dict(item.split("=", 1) for item in raw.split(";") if item)
+    """How the loaded extension was built, read from the binary: cuda, cuda_archs, nvcc, openmp.
+
+    Read once (recogfast/__init__ does it at import) into a plain dict: torch.compile traces through
+    this function, and a traced call of the string-returning op would break the graph."""
+    if not _build_info:
+        raw = torch.ops.recogfast._build_info()
+        _build_info.update(item.split("=", 1) for item in raw.split(";") if item)
+    return _build_info
 
 
 def cuda_kernels_compiled() -> bool:

@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import recogfast
 from conftest import DEVICES
 from recogfast.nn import CUBSBlock, CUBSBlock1, CUBSBlock2, attention_names, create_attention
 from recogfast.ops import cubs_channel, cubs_channel_reference, cubs_spatial, cubs_spatial_reference

@@ -491,7 +491,7 @@ def test_cuda_tall_and_wide_tiles_match_cpu(device):
     labels = m_per_class(20000, 4)
     out = []
     for dev in ("cpu", device):
-        leaf = e.to(dev).requires_grad_(True)
+        leaf = e.detach().to(dev).requires_grad_(True)
         loss = ms_loss(leaf, labels.to(dev), impl="fused")
         loss.backward()
         out.append((loss.cpu(), leaf.grad.cpu()))

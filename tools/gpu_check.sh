@@ -9,10 +9,10 @@
 # others' time): env (versions, nvidia-smi) · build (load a carried recogfast/_C*.so, else compile with
 # MAX_JOBS=16 for sm_90) · tests (pytest -k cuda, without the learning test) · crosscheck (CUDA vs CPU
 # kernels: tools/gpu_crosscheck.py) · memcheck and racecheck (compute-sanitizer on a small crosscheck) ·
-# bench (the headline benchmark shapes, with floors and ratios). It always ends with OUTDIR/summary.json
+# bench (the headline benchmark shapes, with floors and ratios) · profile (tools/gpu_profile.py). It always ends with OUTDIR/summary.json
 # and OUTDIR/summary.md (tools/gpu_results.py), and packs every log into OUTDIR/logs.tar.gz: at most
-# seven files come back (summary.json, summary.md, logs.tar.gz, junit.xml, crosscheck.json, bench.json,
-# memcheck.txt).
+# eight files come back (summary.json, summary.md, logs.tar.gz, junit.xml, crosscheck.json, bench.json,
+# memcheck.txt, profile.txt).
 #
 # Carried wheels: a folder .whl/ with pytorch_metric_learning-*.whl (pure Python) is installed into
 # /tmp/site for the PML comparison of the MS-loss benchmark.
@@ -28,6 +28,7 @@ DEADLINE=$((START + BUDGET))
 STEPS="$OUT/logs/steps.tsv"
 : >"$STEPS"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # `import recogfast` from tools/ without an install
 
 record() {  # name status seconds note
   printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$STEPS"
@@ -69,7 +70,7 @@ echo "mode $MODE, budget ${BUDGET}s" >"$OUT/logs/mode.txt"
 
 if [[ -d .whl ]] && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    >"$OUT/logs/wheels.log" 2>&1 && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    >"$OUT/logs/wheels.log" 2>&1 && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
 
 # 1. versions and the device
@@ -146,7 +147,15 @@ else
       -k 'test_se_gate and cpu and fused and fwd and not bwd and 7' --benchmark-json='$OUT/bench.json'"
 fi
 
-# 7. the summary (always)
+# 7. where the GPU time goes: per-kernel profile and CUDA-graph replay of the headline calls
+if [[ $GPU == 1 ]]; then
+  step profile 60 "torch.profiler kernel tables, CUDA-graph vs eager" -- $PY tools/gpu_profile.py
+  cp "$OUT/logs/profile.log" "$OUT/profile.txt" 2>/dev/null
+else
+  skip profile "no GPU"
+fi
+
+# 8. the summary (always)
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs 2>/dev/null
 $PY tools/gpu_results.py summarize "$OUT" --mode "$MODE" --budget "$BUDGET" --seconds "$(($(date +%s) - START))"
 rc=$?
