@@ -70,5 +70,28 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
 
 
+def check_finite_cost() -> None:
+    """What RECOGFAST_CHECK_FINITE=1 (one isfinite reduction and a device-to-host sync a call) costs."""
+    import os
+
+    for B in (4096, 16384):
+        e = torch.randn(B, 512, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        labels = (torch.arange(B, device="cuda") // 4)[torch.randperm(B, device="cuda")]
+
+        def step():
+            ms_loss(e, labels, impl="fused").backward()
+
+        times = {}
+        for flag in ("0", "1", "0"):
+            os.environ["RECOGFAST_CHECK_FINITE"] = flag
+            for _ in range(3):
+                step()
+            times[flag] = _ms(step, 20)
+        os.environ.pop("RECOGFAST_CHECK_FINITE")
+        print(f"ms_loss bf16 B={B} fwd+bwd: {times['0']:.3f} ms without the check, {times['1']:.3f} ms with "
+              f"RECOGFAST_CHECK_FINITE=1")
+
+
 if __name__ == "__main__":
+    check_finite_cost()
     main()
