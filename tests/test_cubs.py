@@ -393,8 +393,11 @@ def _compiled_matches_eager(block, x):
     yc.square().sum().backward()
     torch.testing.assert_close(yc, ye)
     grads_c = [xc.grad] + [p.grad for p in block.parameters()]
+    # CUDA: cuDNN may pick other (fp32) convolution-backward algorithms for the two graphs; measured on
+    # the H200 without TF32: 1.8e-4 relative, 5.6e-5 absolute apart.
+    tol = dict(rtol=1e-3, atol=2e-4) if x.is_cuda else {}
     for a, b in zip(grads_c, grads_e):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, b, **tol)
 
 
 def test_compiled_with_inductor_matches_eager():

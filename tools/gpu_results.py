@@ -120,6 +120,15 @@ def goals(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _profile(out: Path) -> list[str]:
+    """The one-line results of tools/gpu_profile.py: eager vs CUDA-graph time, the finite-check cost."""
+    path = out / "profile.txt"
+    if not path.exists():
+        return []
+    keep = ("=== ", "RECOGFAST_CHECK_FINITE", "capture failed")
+    return [line.strip("= ").strip() for line in path.read_text().splitlines() if any(k in line for k in keep)]
+
+
 def _env(out: Path) -> str:
     path = out / "logs" / "env.log"
     return path.read_text()[:4000] if path.exists() else ""
@@ -132,7 +141,7 @@ def summarize(out: Path, mode: str, budget: int, seconds: int) -> int:
     bench = _bench(out)
     summary = dict(date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), mode=mode, budget_s=budget,
                    seconds=seconds, steps=steps, tests=junit, crosscheck=cross, bench=bench, goals=goals(bench),
-                   env=_env(out))
+                   profile=_profile(out), env=_env(out))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(render_md(summary, full=True))
     print(render_md(summary, full=False))
@@ -176,16 +185,20 @@ def render_md(s: dict, full: bool) -> str:
     if s["tests"]:
         c = s["tests"]["counts"]
         out += ["", f"Tests: {c['passed']} passed, {c['failures']} failed, {c['errors']} errors, {c['skipped']} skipped"]
-        out += [f"- FAILED {f['test']}: {f['message']}" for f in s["tests"]["failed"][:30]]
+        out += [f"- FAILED {f['test']}: {' '.join(f['message'].split())[:200]}" for f in s["tests"]["failed"][:30]]
     if s["crosscheck"]:
         cs = s["crosscheck"]["summary"]
         out += ["", f"Cross-check ({cs['device']}): {cs['comparisons']} comparisons, {cs['failed']} failed, "
                     f"worst error/bound {cs['worst']:.3f}"]
-        out += [f"- {json.dumps(r)}" for r in s["crosscheck"]["failed"][:20]]
+        out += [f"- {r['case']} {r['dtype']} output {r['output']}: error {r.get('err_device', 0):.3g} vs the CPU "
+                f"kernel's {r.get('err_cpu', 0):.3g} (bound {r.get('bound', 0):.3g}, scale {r.get('scale', 0):.3g})"
+                + (f" {r['error']}" if r.get("error") else "") for r in s["crosscheck"]["failed"][:20]]
     if s["goals"] and s["bench"]:
         out += ["", "| goal | measured | met |", "|---|---|---|"]
         out += [f"| {g['goal']} | {g['measured']} | {'-' if g['met'] is None else 'yes' if g['met'] else 'NO'} |"
                 for g in s["goals"]]
+    if s.get("profile"):
+        out += ["", "Profile (tools/gpu_profile.py, per forward+backward call):"] + [f"- {p}" for p in s["profile"]]
     if full and s["bench"]:
         out += ["", bench_tables(s["bench"])]
     if full and s.get("env"):
