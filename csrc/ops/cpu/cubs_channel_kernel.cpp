@@ -45,9 +45,9 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     acc_t* gate; // [C]
   };
 
-  // g, q, k, v, f and the gate of one sample from its channel sums; with grad, also the row sums
-  // l, sk, skv of the attention (each [N]).
-  void head_forward(const acc_t* sx, Sample s, acc_t* l, acc_t* sk, acc_t* skv) const {
+  // g, q, k, v, f and the gate of one sample from its channel sums; with grad, also the attention's row
+  // sums l and covariances cov = sum_j a_ij k_j (v_j - f_i) (each [N]; rank_one_attention.h).
+  void head_forward(const acc_t* sx, Sample s, acc_t* l, acc_t* cov) const {
     const acc_t inv_hw = acc_t(1) / acc_t(HW);
     for (int64_t c = 0; c < C; ++c) s.g[c] = sx[c] * inv_hw;
     for (int64_t r = 0; r < 3 * N; ++r) {
@@ -59,18 +59,18 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     const acc_t* q = s.qkv;
     const acc_t* k = q + N;
     const acc_t* v = k + N;
-    const acc_t kmin = *std::min_element(k, k + N), kmax = *std::max_element(k, k + N);
+    const auto kr = cpu::key_range(k, v, N);
     for (int64_t i = 0; i < N; ++i) {
-      const acc_t m = cpu::row_max(q[i], kmin, kmax);
+      acc_t ks, vs;
+      cpu::dominant(q[i], kr, &ks, &vs);
       if (l) {
-        const cpu::RowSums rs = cpu::row_sums<true>(q[i], m, k, v, N);
+        const cpu::RowSums rs = cpu::row_sums<true>(q[i], k, v, N, ks, vs);
         l[i] = acc_t(rs.l);
-        sk[i] = acc_t(rs.sk);
-        skv[i] = acc_t(rs.skv);
-        s.f[i] = acc_t(rs.sv / rs.l);
+        cov[i] = acc_t(cpu::row_cov(rs));
+        s.f[i] = acc_t(cpu::row_value(rs, vs));
       } else {
-        const cpu::RowSums rs = cpu::row_sums<false>(q[i], m, k, v, N);
-        s.f[i] = acc_t(rs.sv / rs.l);
+        const cpu::RowSums rs = cpu::row_sums<false>(q[i], k, v, N, ks, vs);
+        s.f[i] = acc_t(cpu::row_value(rs, vs));
       }
     }
     for (int64_t c = 0; c < C; ++c) {
@@ -82,29 +82,30 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
   }
 
   // Backward of one sample's head given sgx = sum_hw grad_y x: writes dz [C], dqkv [3N] and coef [C].
-  void head_backward(const acc_t* sgx, Sample s, const acc_t* l, const acc_t* sk, const acc_t* skv, acc_t* dz,
-                     acc_t* dqkv, acc_t* coef) const {
+  void head_backward(const acc_t* sgx, Sample s, const acc_t* l, const acc_t* cov, acc_t* dz, acc_t* dqkv,
+                     acc_t* coef) const {
     for (int64_t c = 0; c < C; ++c) dz[c] = sgx[c] * s.gate[c] * (acc_t(1) - s.gate[c]);
     const acc_t* q = s.qkv;
     const acc_t* k = q + N;
     const acc_t* v = k + N;
-    const acc_t kmin = *std::min_element(k, k + N), kmax = *std::max_element(k, k + N);
-    std::vector<acc_t> ms(N), fa(N), fb(N), fc(N);
+    const auto kr = cpu::key_range(k, v, N);
+    std::vector<acc_t> qs(N), kst(N), fa(N), fb(N);
     for (int64_t i = 0; i < N; ++i) {
       acc_t df = 0;
       for (int64_t c = 0; c < C; ++c) df += wo[c * N + i] * dz[c];
-      const acc_t inv_l = acc_t(1) / l[i], f = s.f[i];
-      dqkv[i] = df * (skv[i] - f * sk[i]) * inv_l;
-      ms[i] = cpu::row_max(q[i], kmin, kmax) * cpu::exp_scale<acc_t>();
+      const acc_t inv_l = acc_t(1) / l[i];
+      dqkv[i] = df * cov[i];
+      qs[i] = q[i] * cpu::exp_scale<acc_t>();
+      acc_t vs;
+      cpu::dominant(q[i], kr, &kst[i], &vs);
       fa[i] = df * inv_l;
       fb[i] = fa[i] * q[i];
-      fc[i] = fb[i] * f;
     }
-    double out[3];
+    double out[2];
     for (int64_t j = 0; j < N; ++j) {
-      cpu::col_sums(k[j], q, ms.data(), fa.data(), fb.data(), fc.data(), N, out);
+      cpu::col_sums(k[j], v[j], qs.data(), kst.data(), fa.data(), fb.data(), s.f, N, out);
       dqkv[2 * N + j] = acc_t(out[0]);
-      dqkv[N + j] = acc_t(double(v[j]) * out[1] - out[2]);
+      dqkv[N + j] = acc_t(out[1]);
     }
     const acc_t inv_hw = acc_t(1) / acc_t(HW);
     for (int64_t c = 0; c < C; ++c) coef[c] = dz[c];
@@ -121,7 +122,7 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     std::vector<acc_t> sx(B * C), g(B * C), qkv(B * 3 * N), f(B * N), gate(B * C);
     auto sample = [&](int64_t b) { return Sample{&g[b * C], &qkv[b * 3 * N], &f[b * N], &gate[b * C]}; };
     this->schedule([&](int64_t b, int64_t c0, int64_t c1) { this->reduce(nullptr, b, c0, c1, &sx[b * C], nullptr); },
-                   [&](int64_t b) { head_forward(&sx[b * C], sample(b), nullptr, nullptr, nullptr); },
+                   [&](int64_t b) { head_forward(&sx[b * C], sample(b), nullptr, nullptr); },
                    [&](int64_t b, int64_t c0, int64_t c1) { this->apply(x, y, b, c0, c1, &gate[b * C], nullptr); },
                    4 * N * (N + C));
   }
@@ -133,9 +134,9 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     auto sample = [&](int64_t b) { return Sample{&g[b * C], &qkv[b * 3 * N], &f[b * N], &gate[b * C]}; };
     this->schedule([&](int64_t b, int64_t c0, int64_t c1) { this->reduce(gy, b, c0, c1, &sx[b * C], &sgx[b * C]); },
              [&](int64_t b) {
-               std::vector<acc_t> l(N), sk(N), skv(N);
-               head_forward(&sx[b * C], sample(b), l.data(), sk.data(), skv.data());
-               head_backward(&sgx[b * C], sample(b), l.data(), sk.data(), skv.data(), &dz[b * C],
+               std::vector<acc_t> l(N), cov(N);
+               head_forward(&sx[b * C], sample(b), l.data(), cov.data());
+               head_backward(&sgx[b * C], sample(b), l.data(), cov.data(), &dz[b * C],
                              &dqkv[b * 3 * N], &coef[b * C]);
              },
              [&](int64_t b, int64_t c0, int64_t c1) { this->apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); },

@@ -112,17 +112,11 @@ struct CubsSpatialCPU {
     });
   }
 
-  // kmin[b], kmax[b]
-  void key_range(const acc_t* k, acc_t* kmin, acc_t* kmax) const {
-    for (int64_t b = 0; b < B; ++b) {
-      acc_t lo = k[b * P], hi = k[b * P];
-      for (int64_t p = 1; p < P; ++p) {
-        lo = std::min(lo, k[b * P + p]);
-        hi = std::max(hi, k[b * P + p]);
-      }
-      kmin[b] = lo;
-      kmax[b] = hi;
-    }
+  // Per sample: min and max of k and v at those pixels (rank_one_attention.h, the rows' dominant columns).
+  std::vector<cpu::KeyRange<acc_t>> key_ranges(const acc_t* k, const acc_t* v) const {
+    std::vector<cpu::KeyRange<acc_t>> r(B);
+    for (int64_t b = 0; b < B; ++b) r[b] = cpu::key_range(k + b * P, v + b * P, P);
+    return r;
   }
 
   // out[b, :, p] = in[b, :, p] * gate[b * P + p] (+ the projection gradients when dqkv is given).
@@ -170,18 +164,19 @@ struct CubsSpatialCPU {
   }
 
   void forward(scalar_t* y) const {
-    std::vector<acc_t> qkv(3 * B * P), gate(B * P), kmin(B), kmax(B);
+    std::vector<acc_t> qkv(3 * B * P), gate(B * P);
     project(nullptr, qkv.data(), nullptr);
     const acc_t* q = qkv.data();
     const acc_t* k = q + B * P;
     const acc_t* v = k + B * P;
-    key_range(k, kmin.data(), kmax.data());
+    const auto kr = key_ranges(k, v);
     at::parallel_for(0, B * P, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P;
-        const acc_t m = cpu::row_max(q[r], kmin[b], kmax[b]);
-        const cpu::RowSums s = cpu::row_sums<false>(q[r], m, k + b * P, v + b * P, P);
-        const double f = s.sv / s.l;
+        acc_t ks, vs;
+        cpu::dominant(q[r], kr[b], &ks, &vs);
+        const cpu::RowSums s = cpu::row_sums<false>(q[r], k + b * P, v + b * P, P, ks, vs);
+        const double f = cpu::row_value(s, vs);
         gate[r] = acc_t(1.0 / (1.0 + std::exp(-f)));
       }
     });
@@ -190,9 +185,10 @@ struct CubsSpatialCPU {
 
   void backward(const scalar_t* gy, scalar_t* gx, scalar_t* gw_out[3], scalar_t* gb_out[3]) const {
     const int64_t BP = B * P;
-    std::vector<acc_t> qkv(3 * BP), d(BP), gate(BP), kmin(B), kmax(B);
-    // Per-row factors of the column pass (m scaled by exp_scale), then the projection gradients.
-    std::vector<acc_t> ms(BP), fa(BP), fb(BP), fc(BP), dqkv(3 * BP);
+    std::vector<acc_t> qkv(3 * BP), d(BP), gate(BP);
+    // Per-row factors of the column pass (q scaled by exp_scale, the dominant key, the rows' outputs f),
+    // then the projection gradients.
+    std::vector<acc_t> qs(BP), kst(BP), fa(BP), fb(BP), fr(BP), dqkv(3 * BP);
     project(gy, qkv.data(), d.data());
     const acc_t* q = qkv.data();
     const acc_t* k = q + BP;
@@ -200,31 +196,34 @@ struct CubsSpatialCPU {
     acc_t* dq = dqkv.data();
     acc_t* dk = dq + BP;
     acc_t* dv = dk + BP;
-    key_range(k, kmin.data(), kmax.data());
+    const auto kr = key_ranges(k, v);
     at::parallel_for(0, BP, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P;
-        const acc_t m = cpu::row_max(q[r], kmin[b], kmax[b]);
-        const cpu::RowSums s = cpu::row_sums<true>(q[r], m, k + b * P, v + b * P, P);
+        acc_t ks, vs;
+        cpu::dominant(q[r], kr[b], &ks, &vs);
+        const cpu::RowSums s = cpu::row_sums<true>(q[r], k + b * P, v + b * P, P, ks, vs);
         const double inv_l = 1.0 / s.l;
-        const double f = s.sv * inv_l;
+        const double f = cpu::row_value(s, vs);
         const double g = 1.0 / (1.0 + std::exp(-f));
         const double df = double(d[r]) * g * (1.0 - g);
         gate[r] = acc_t(g);
-        dq[r] = acc_t(df * (s.skv - f * s.sk) * inv_l);
-        ms[r] = m * cpu::exp_scale<acc_t>();
+        dq[r] = acc_t(df * cpu::row_cov(s));
+        qs[r] = q[r] * cpu::exp_scale<acc_t>();
+        kst[r] = ks;
         fa[r] = acc_t(df * inv_l);
         fb[r] = acc_t(df * double(q[r]) * inv_l);
-        fc[r] = acc_t(df * double(q[r]) * inv_l * f);
+        fr[r] = acc_t(f);
       }
     });
     at::parallel_for(0, BP, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
-      double out[3];
+      double out[2];
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P, o = b * P;
-        cpu::col_sums(k[r], q + o, ms.data() + o, fa.data() + o, fb.data() + o, fc.data() + o, P, out);
+        cpu::col_sums(k[r], v[r], qs.data() + o, kst.data() + o, fa.data() + o, fb.data() + o, fr.data() + o, P,
+                      out);
         dv[r] = acc_t(out[0]);
-        dk[r] = acc_t(double(v[r]) * out[1] - out[2]);
+        dk[r] = acc_t(out[1]);
       }
     });
     apply(gy, gx, gate.data(), dqkv.data());

@@ -65,29 +65,29 @@ RECOGFAST_INLINE typename Simd<W>::F exp2_simd(typename Simd<W>::F t) {
 }
 
 template <int W>
-RECOGFAST_INLINE void row_chunk_impl(float qs, float ms, const float* k, const float* v, int64_t n, bool grad,
-                                     float* out) {
+RECOGFAST_INLINE void row_chunk_impl(float qs, const float* k, const float* v, int64_t n, bool grad, float ks,
+                                     float vs, float* out) {
   using F = typename Simd<W>::F;
   F l = F{}, sv = F{}, sk = F{}, skv = F{};
   int64_t j = 0;
   for (; j + W <= n; j += W) {
-    const F kj = load<W>(k + j), vj = load<W>(v + j);
-    const F e = exp2_simd<W>(kj * qs - ms);
+    const F dk = load<W>(k + j) - ks, dv = load<W>(v + j) - vs;
+    const F e = exp2_simd<W>(dk * qs);
     l += e;
-    sv += e * vj;
+    sv += e * dv;
     if (grad) {
-      const F ek = e * kj;
+      const F ek = e * dk;
       sk += ek;
-      skv += ek * vj;
+      skv += ek * dv;
     }
   }
   float tl = hsum<W>(l), tsv = hsum<W>(sv), tsk = hsum<W>(sk), tskv = hsum<W>(skv);
   for (; j < n; ++j) {
-    const float e = exp2_nonpos(qs * k[j] - ms);
+    const float dk = k[j] - ks, dv = v[j] - vs, e = exp2_nonpos(dk * qs), ek = e * dk;
     tl += e;
-    tsv += e * v[j];
-    tsk += e * k[j];
-    tskv += e * k[j] * v[j];
+    tsv += e * dv;
+    tsk += ek;
+    tskv += ek * dv;
   }
   out[0] = tl;
   out[1] = tsv;
@@ -96,49 +96,48 @@ RECOGFAST_INLINE void row_chunk_impl(float qs, float ms, const float* k, const f
 }
 
 template <int W>
-RECOGFAST_INLINE void col_chunk_impl(float ks, const float* q, const float* m, const float* a, const float* b,
-                                     const float* c, int64_t n, float* out) {
+RECOGFAST_INLINE void col_chunk_impl(float kj, float vj, const float* qs, const float* kst, const float* a,
+                                     const float* b, const float* f, int64_t n, float* out) {
   using F = typename Simd<W>::F;
-  F sa = F{}, sb = F{}, sc = F{};
+  F sa = F{}, sb = F{};
   int64_t i = 0;
   for (; i + W <= n; i += W) {
-    const F e = exp2_simd<W>(load<W>(q + i) * ks - load<W>(m + i));
+    const F e = exp2_simd<W>(load<W>(qs + i) * (kj - load<W>(kst + i)));
     sa += e * load<W>(a + i);
-    sb += e * load<W>(b + i);
-    sc += e * load<W>(c + i);
+    sb += e * load<W>(b + i) * (vj - load<W>(f + i));
   }
-  float ta = hsum<W>(sa), tb = hsum<W>(sb), tc = hsum<W>(sc);
+  float ta = hsum<W>(sa), tb = hsum<W>(sb);
   for (; i < n; ++i) {
-    const float e = exp2_nonpos(q[i] * ks - m[i]);
+    const float e = exp2_nonpos(qs[i] * (kj - kst[i]));
     ta += e * a[i];
-    tb += e * b[i];
-    tc += e * c[i];
+    tb += e * b[i] * (vj - f[i]);
   }
   out[0] = ta;
   out[1] = tb;
-  out[2] = tc;
 }
 
-using RowChunk = void (*)(float, float, const float*, const float*, int64_t, bool, float*);
-using ColChunk = void (*)(float, const float*, const float*, const float*, const float*, const float*, int64_t,
-                          float*);
+using RowChunk = void (*)(float, const float*, const float*, int64_t, bool, float, float, float*);
+using ColChunk = void (*)(float, float, const float*, const float*, const float*, const float*, const float*,
+                          int64_t, float*);
 
-void row_chunk_default(float qs, float ms, const float* k, const float* v, int64_t n, bool grad, float* out) {
-  row_chunk_impl<4>(qs, ms, k, v, n, grad, out);
+void row_chunk_default(float qs, const float* k, const float* v, int64_t n, bool grad, float ks, float vs,
+                       float* out) {
+  row_chunk_impl<4>(qs, k, v, n, grad, ks, vs, out);
 }
-void col_chunk_default(float ks, const float* q, const float* m, const float* a, const float* b, const float* c,
-                       int64_t n, float* out) {
-  col_chunk_impl<4>(ks, q, m, a, b, c, n, out);
+void col_chunk_default(float kj, float vj, const float* qs, const float* kst, const float* a, const float* b,
+                       const float* f, int64_t n, float* out) {
+  col_chunk_impl<4>(kj, vj, qs, kst, a, b, f, n, out);
 }
 
 #ifdef RECOGFAST_X86_DISPATCH
-__attribute__((target("avx2,fma"))) void row_chunk_avx2(float qs, float ms, const float* k, const float* v,
-                                                        int64_t n, bool grad, float* out) {
-  row_chunk_impl<8>(qs, ms, k, v, n, grad, out);
+__attribute__((target("avx2,fma"))) void row_chunk_avx2(float qs, const float* k, const float* v, int64_t n,
+                                                        bool grad, float ks, float vs, float* out) {
+  row_chunk_impl<8>(qs, k, v, n, grad, ks, vs, out);
 }
-__attribute__((target("avx2,fma"))) void col_chunk_avx2(float ks, const float* q, const float* m, const float* a,
-                                                        const float* b, const float* c, int64_t n, float* out) {
-  col_chunk_impl<8>(ks, q, m, a, b, c, n, out);
+__attribute__((target("avx2,fma"))) void col_chunk_avx2(float kj, float vj, const float* qs, const float* kst,
+                                                        const float* a, const float* b, const float* f, int64_t n,
+                                                        float* out) {
+  col_chunk_impl<8>(kj, vj, qs, kst, a, b, f, n, out);
 }
 bool has_avx2_fma() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -154,13 +153,12 @@ const ColChunk col_chunk = col_chunk_default;
 }  // namespace
 
 template <bool kGrad>
-RowSums row_sums_f32(float qi, float mi, const float* k, const float* v, int64_t L) {
-  // exp(q k - m) = 2^(q log2e k - m log2e)
-  const float qs = qi * kLog2e, ms = mi * kLog2e;
+RowSums row_sums_f32(float qi, const float* k, const float* v, int64_t L, float kstar, float vstar) {
+  const float qs = qi * kLog2e;  // exp(q (k - k*)) = 2^(q log2e (k - k*))
   RowSums r{0, 0, 0, 0};
   float part[4];
   for (int64_t j0 = 0; j0 < L; j0 += kChunk) {
-    row_chunk(qs, ms, k + j0, v + j0, std::min(kChunk, L - j0), kGrad, part);
+    row_chunk(qs, k + j0, v + j0, std::min(kChunk, L - j0), kGrad, kstar, vstar, part);
     r.l += part[0];
     r.sv += part[1];
     r.sk += part[2];
@@ -169,20 +167,18 @@ RowSums row_sums_f32(float qi, float mi, const float* k, const float* v, int64_t
   return r;
 }
 
-template RowSums row_sums_f32<true>(float, float, const float*, const float*, int64_t);
-template RowSums row_sums_f32<false>(float, float, const float*, const float*, int64_t);
+template RowSums row_sums_f32<true>(float, const float*, const float*, int64_t, float, float);
+template RowSums row_sums_f32<false>(float, const float*, const float*, int64_t, float, float);
 
-// m arrives multiplied by log2(e) (exp_scale<float>(); the caller scales it once for all columns).
-void col_sums_f32(float kj, const float* q, const float* m, const float* a, const float* b, const float* c,
-                  int64_t L, double* out) {
-  out[0] = out[1] = out[2] = 0;
-  const float ks = kj * kLog2e;
-  float part[3];
+// qs arrives multiplied by log2(e) (exp_scale<float>(); the caller scales it once for all columns).
+void col_sums_f32(float kj, float vj, const float* qs, const float* kst, const float* a, const float* b,
+                  const float* f, int64_t L, double* out) {
+  out[0] = out[1] = 0;
+  float part[2];
   for (int64_t i0 = 0; i0 < L; i0 += kChunk) {
-    col_chunk(ks, q + i0, m + i0, a + i0, b + i0, c + i0, std::min(kChunk, L - i0), part);
+    col_chunk(kj, vj, qs + i0, kst + i0, a + i0, b + i0, f + i0, std::min(kChunk, L - i0), part);
     out[0] += part[0];
     out[1] += part[1];
-    out[2] += part[2];
   }
 }
 

@@ -88,29 +88,33 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   const acc_t* q = qkv;
   const acc_t* k = qkv + N;
   const acc_t* v = qkv + 2 * N;
-  acc_t kmin = k[0], kmax = k[0];
+  int64_t jmin = 0, jmax = 0;  // the dominant columns (first index on ties), as the CPU kernel
   for (int64_t j = 1; j < N; ++j) {
-    kmin = min(kmin, k[j]);
-    kmax = max(kmax, k[j]);
+    if (k[j] < k[jmin]) jmin = j;
+    if (k[j] > k[jmax]) jmax = j;
   }
-  // Softmax rows: a thread a row.
+  const acc_t kmin = k[jmin], kmax = k[jmax];
+  // Softmax rows: a thread a row, sums relative to the dominant column (csrc/ops/cpu/rank_one_attention.h):
+  // f = v* + sum e (v - v*) / l, cov = (sum e (k - k*)(v - v*) - sum e (v - v*) sum e (k - k*) / l) / l.
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
-    const acc_t qs = q[i] * log2e<acc_t>(), m = row_max(q[i], kmin, kmax) * log2e<acc_t>();
+    const acc_t qs = q[i] * log2e<acc_t>();
+    const acc_t ks = q[i] >= acc_t(0) ? kmax : kmin, vs = q[i] >= acc_t(0) ? v[jmax] : v[jmin];
     acc_t sl = 0, sv = 0, s_k = 0, s_kv = 0;
     for (int64_t j = 0; j < N; ++j) {
-      const acc_t e = ex2(qs * k[j] - m);
+      const acc_t dk = k[j] - ks, dv = v[j] - vs;
+      const acc_t e = ex2(qs * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
       sl += e;
-      sv += e * v[j];
+      sv += e * dv;
       if constexpr (kGrad) {
-        s_k += e * k[j];
-        s_kv += e * k[j] * v[j];
+        const acc_t ek = e * dk;
+        s_k += ek;
+        s_kv += ek * dv;
       }
     }
-    f[i] = sv / sl;
+    f[i] = vs + sv / sl;
     l[i] = sl;
-    sk[i] = s_k;
-    skv[i] = s_kv;
-    ms[i] = m;
+    skv[i] = (s_kv - sv * s_k / sl) / sl;  // cov: sum_j a_ij k_j (v_j - f_i)
+    ms[i] = ks;                            // the row's dominant key, for the column pass
   }
   __syncthreads();
   // z = Wo f + bo + g: a warp a channel, lanes along N.
@@ -127,30 +131,30 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   }
   if constexpr (!kGrad) return;
   __syncthreads();
-  // df_i = sum_c Wo[c, i] dz_c; dq_i; the column pass's factors fa, fb, fc (kept in l, sk, skv).
+  // df_i = sum_c Wo[c, i] dz_c; dq_i = df_i cov_i; the column pass's factors fa, fb, q log2e (kept in l, sk,
+  // skv; ms holds the rows' dominant keys).
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
     acc_t df = 0;
     for (int64_t c = 0; c < C; ++c) df += static_cast<acc_t>(prm.wo[c * N + i]) * dz[c];
     const acc_t inv_l = acc_t(1) / l[i];
-    dqkv[i] = df * (skv[i] - f[i] * sk[i]) * inv_l;
+    dqkv[i] = df * skv[i];
     const acc_t fa = df * inv_l, fb = fa * q[i];
     l[i] = fa;
     sk[i] = fb;
-    skv[i] = fb * f[i];
+    skv[i] = q[i] * log2e<acc_t>();
   }
   __syncthreads();
-  // Column pass: dv_j = sum_i e_ij fa_i, dk_j = v_j sum_i e_ij fb_i - sum_i e_ij fc_i.
+  // Column pass: dv_j = sum_i e_ij fa_i, dk_j = sum_i e_ij fb_i (v_j - f_i), the difference per pair.
   for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
-    const acc_t ks = k[j] * log2e<acc_t>();
-    acc_t sa = 0, sb = 0, sc = 0;
+    const acc_t kj = k[j], vj = v[j];
+    acc_t sa = 0, sb = 0;
     for (int64_t i = 0; i < N; ++i) {
-      const acc_t e = ex2(q[i] * ks - ms[i]);
+      const acc_t e = ex2(skv[i] * (kj - ms[i]));
       sa += e * l[i];
-      sb += e * sk[i];
-      sc += e * skv[i];
+      sb += e * sk[i] * (vj - f[i]);
     }
     dqkv[2 * N + j] = sa;
-    dqkv[N + j] = v[j] * sb - sc;
+    dqkv[N + j] = sb;
   }
   __syncthreads();
   // dg_c = dz_c + sum_r W[r, c] dqkv_r: a thread a channel (reads of W coalesced across threads).

@@ -2,7 +2,7 @@
 // double) accumulation and no [B, HW, HW] buffer: scratch is a few [B, HW] vectors.
 //
 // Forward:  1. q, k, v per pixel                      (cubs_spatial_project_*)
-//           2. min k, max k per sample                 (cubs_spatial_key_range_kernel)
+//           2. min k, max k (and v there) per sample   (cubs_spatial_key_range_kernel)
 //           3. per row i: l_i, f_i in one pass over j  (cubs_spatial_row_kernel), gate = sigmoid(f)
 //           4. y = x * gate                            (cubs_spatial_apply_kernel)
 // Backward: 1-2 as above (plus d_i = sum_c grad_y x); 3. the row pass again with sum e k and sum e k v
@@ -101,10 +101,13 @@ __global__ void cubs_spatial_project_nhwc(const scalar_t* __restrict__ x, const 
   }
 }
 
-// kr[b] = {min k, max k} over the sample's pixels; one block a sample.
+// kr[b] = {min k, max k, v at min k, v at max k} over the sample's pixels (first index on ties, as the CPU
+// kernel): the rows' dominant columns (csrc/ops/cpu/rank_one_attention.h). One block a sample.
 template <typename acc_t>
-__global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, int64_t P, Pair<acc_t>* __restrict__ kr) {
+__global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, const acc_t* __restrict__ v, int64_t P,
+                                              Quad<acc_t>* __restrict__ kr) {
   __shared__ acc_t lo_s[32], hi_s[32];
+  __shared__ long long ilo_s[32], ihi_s[32];
   const int64_t b = blockIdx.x;
   const acc_t* kb = k + b * P;
   acc_t lo = kb[0], hi = kb[0];
@@ -112,47 +115,71 @@ __global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, int64
     lo = min(lo, kb[p]);
     hi = max(hi, kb[p]);
   }
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, warps = blockDim.x / kWarp;
 #pragma unroll
   for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
     lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
     hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
   }
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   if (lane == 0) {
     lo_s[warp] = lo;
     hi_s[warp] = hi;
   }
   __syncthreads();
+  for (int w = 0; w < warps; ++w) {
+    lo = min(lo, lo_s[w]);
+    hi = max(hi, hi_s[w]);
+  }
+  // The first pixel holding each extreme.
+  long long ilo = P, ihi = P;
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
+    if (kb[p] == lo && p < ilo) ilo = p;
+    if (kb[p] == hi && p < ihi) ihi = p;
+  }
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
+    ilo = min(ilo, __shfl_xor_sync(0xffffffffu, ilo, offset));
+    ihi = min(ihi, __shfl_xor_sync(0xffffffffu, ihi, offset));
+  }
+  if (lane == 0) {
+    ilo_s[warp] = ilo;
+    ihi_s[warp] = ihi;
+  }
+  __syncthreads();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < int(blockDim.x / kWarp); ++w) {
-      lo = min(lo, lo_s[w]);
-      hi = max(hi, hi_s[w]);
+    for (int w = 1; w < warps; ++w) {
+      ilo = min(ilo, ilo_s[w]);
+      ihi = min(ihi, ihi_s[w]);
     }
-    kr[b] = Pair<acc_t>{lo, hi};
+    kr[b] = Quad<acc_t>{lo, hi, v[b * P + ilo], v[b * P + ihi]};
   }
 }
 
 // The row pass. grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f); with kGrad also
-// dq and the column pass's per-row factors: pack = {q, m log2e, df / l, df q / l}, fc = df q f / l.
+// dq and the column pass's per-row factors: pack = {q log2e, k*, df / l, df q / l}, fr = f. Sums relative to
+// the row's dominant column (k*, v*; csrc/ops/cpu/rank_one_attention.h): f = v* + sum e (v - v*) / l and
+// dq = df (sum e (k - k*)(v - v*) - sum e (v - v*) sum e (k - k*) / l) / l, free of cancellation when the
+// softmax saturates.
 template <typename acc_t, bool kGrad>
 __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
-    const acc_t* __restrict__ qkv, const Pair<acc_t>* __restrict__ kr, const acc_t* __restrict__ d, int64_t B,
+    const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ kr, const acc_t* __restrict__ d, int64_t B,
     int64_t P, acc_t* __restrict__ gate, acc_t* __restrict__ dq, Quad<acc_t>* __restrict__ pack,
-    acc_t* __restrict__ fc) {
+    acc_t* __restrict__ fr) {
   __shared__ Pair<acc_t> kv[kTile];
   const int64_t BP = B * P, b = blockIdx.y;
   const acc_t* q = qkv + b * P;
   const acc_t* k = qkv + BP + b * P;
   const acc_t* v = qkv + 2 * BP + b * P;
-  const Pair<acc_t> range = kr[b];
+  const Quad<acc_t> range = kr[b];
   const int64_t row0 = int64_t(blockIdx.x) * kThreads * kRows + threadIdx.x;
-  acc_t qs[kRows], ms[kRows], l[kRows], sv[kRows], sk[kRows], skv[kRows];
+  acc_t qs[kRows], kst[kRows], vst[kRows], l[kRows], sv[kRows], sk[kRows], skv[kRows];
 #pragma unroll
   for (int t = 0; t < kRows; ++t) {
     const int64_t i = row0 + t * kThreads;
     const acc_t qi = i < P ? q[i] : acc_t(0);
     qs[t] = qi * log2e<acc_t>();
-    ms[t] = row_max(qi, range.a, range.b) * log2e<acc_t>();
+    kst[t] = qi >= acc_t(0) ? range.b : range.a;
+    vst[t] = qi >= acc_t(0) ? range.d : range.c;
     l[t] = sv[t] = sk[t] = skv[t] = 0;
   }
   for (int64_t j0 = 0; j0 < P; j0 += kTile) {
@@ -170,13 +197,14 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
       const Pair<acc_t> e_kv = kv[j];
 #pragma unroll
       for (int t = 0; t < kRows; ++t) {
-        const acc_t e = ex2(qs[t] * e_kv.a - ms[t]);
+        const acc_t dk = e_kv.a - kst[t], dv = e_kv.b - vst[t];
+        const acc_t e = ex2(qs[t] * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
         tl[t] += e;
-        tsv[t] += e * e_kv.b;
+        tsv[t] += e * dv;
         if constexpr (kGrad) {
-          const acc_t ek = e * e_kv.a;
+          const acc_t ek = e * dk;
           tsk[t] += ek;
-          tskv[t] += ek * e_kv.b;
+          tskv[t] += ek * dv;
         }
       }
     }
@@ -193,70 +221,70 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
     const int64_t i = row0 + t * kThreads;
     if (i >= P) continue;
     const acc_t inv_l = acc_t(1) / l[t];
-    const acc_t f = sv[t] * inv_l;
+    const acc_t f = vst[t] + sv[t] * inv_l;
     const acc_t g = sigmoid(f);
     const int64_t r = b * P + i;
     gate[r] = g;
     if constexpr (kGrad) {
       const acc_t df = d[r] * g * (acc_t(1) - g);
       const acc_t qi = q[i];
-      dq[r] = df * (skv[t] - f * sk[t]) * inv_l;
+      dq[r] = df * (skv[t] - sv[t] * sk[t] * inv_l) * inv_l;
       const acc_t fa = df * inv_l, fb = fa * qi;
-      pack[r] = Quad<acc_t>{qi, ms[t], fa, fb};
-      fc[r] = fb * f;
+      pack[r] = Quad<acc_t>{qs[t], kst[t], fa, fb};
+      fr[r] = f;
     }
   }
 }
 
 // The column pass of the backward: for column j, dv_j = sum_i e_ij fa_i and
-// dk_j = v_j sum_i e_ij fb_i - sum_i e_ij fc_i, e_ij = 2^(q_i k_j log2e - m_i log2e).
+// dk_j = sum_i e_ij fb_i (v_j - f_i) (the difference per pair: no cancellation when v_j ~ f_i),
+// e_ij = 2^(q_i log2e (k_j - k*_i)).
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads) cubs_spatial_col_kernel(
-    const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ pack, const acc_t* __restrict__ fc, int64_t B,
+    const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ pack, const acc_t* __restrict__ fr, int64_t B,
     int64_t P, acc_t* __restrict__ dk, acc_t* __restrict__ dv) {
   __shared__ Quad<acc_t> rows[kTile];
-  __shared__ acc_t rows_c[kTile];
+  __shared__ acc_t rows_f[kTile];
   const int64_t BP = B * P, b = blockIdx.y;
   const acc_t* k = qkv + BP + b * P;
   const acc_t* v = qkv + 2 * BP + b * P;
   const Quad<acc_t>* pk = pack + b * P;
-  const acc_t* pc = fc + b * P;
+  const acc_t* pf = fr + b * P;
   const int64_t col0 = int64_t(blockIdx.x) * kThreads * kRows + threadIdx.x;
-  acc_t ks[kRows], sa[kRows], sb[kRows], sc[kRows];
+  acc_t ks[kRows], vj[kRows], sa[kRows], sb[kRows];
 #pragma unroll
   for (int t = 0; t < kRows; ++t) {
     const int64_t j = col0 + t * kThreads;
-    ks[t] = (j < P ? k[j] : acc_t(0)) * log2e<acc_t>();
-    sa[t] = sb[t] = sc[t] = 0;
+    ks[t] = j < P ? k[j] : acc_t(0);
+    vj[t] = j < P ? v[j] : acc_t(0);
+    sa[t] = sb[t] = 0;
   }
   for (int64_t i0 = 0; i0 < P; i0 += kTile) {
     const int n = static_cast<int>(min(int64_t(kTile), P - i0));
     __syncthreads();
     for (int i = threadIdx.x; i < n; i += kThreads) {
       rows[i] = pk[i0 + i];
-      rows_c[i] = pc[i0 + i];
+      rows_f[i] = pf[i0 + i];
     }
     __syncthreads();
-    acc_t ta[kRows], tb[kRows], tc[kRows];  // tile sums, as in the row pass
+    acc_t ta[kRows], tb[kRows];  // tile sums, as in the row pass
 #pragma unroll
-    for (int t = 0; t < kRows; ++t) ta[t] = tb[t] = tc[t] = 0;
+    for (int t = 0; t < kRows; ++t) ta[t] = tb[t] = 0;
 #pragma unroll 4
     for (int i = 0; i < n; ++i) {
       const Quad<acc_t> r = rows[i];
-      const acc_t c = rows_c[i];
+      const acc_t fi = rows_f[i];
 #pragma unroll
       for (int t = 0; t < kRows; ++t) {
-        const acc_t e = ex2(r.a * ks[t] - r.b);
+        const acc_t e = ex2(r.a * (ks[t] - r.b));
         ta[t] += e * r.c;
-        tb[t] += e * r.d;
-        tc[t] += e * c;
+        tb[t] += e * r.d * (vj[t] - fi);
       }
     }
 #pragma unroll
     for (int t = 0; t < kRows; ++t) {
       sa[t] += ta[t];
       sb[t] += tb[t];
-      sc[t] += tc[t];
     }
   }
 #pragma unroll
@@ -264,7 +292,7 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_col_kernel(
     const int64_t j = col0 + t * kThreads;
     if (j >= P) continue;
     dv[b * P + j] = sa[t];
-    dk[b * P + j] = v[j] * sb[t] - sc[t];
+    dk[b * P + j] = sb[t];
   }
 }
 
@@ -389,7 +417,7 @@ struct Launch {
 
 template <typename scalar_t, typename acc_t, bool kGrad>
 void launch_project(const Launch& L, const scalar_t* x, const scalar_t* gy, const Weights<scalar_t>& wt, acc_t* qkv,
-                    acc_t* d, Pair<acc_t>* kr) {
+                    acc_t* d, Quad<acc_t>* kr) {
   constexpr int threads = 256;
   if (L.cl) {
     cubs_spatial_project_nhwc<scalar_t, acc_t, kGrad>
@@ -399,7 +427,7 @@ void launch_project(const Launch& L, const scalar_t* x, const scalar_t* gy, cons
         <<<grid_for(L.B * L.P, threads), threads, 0, L.stream>>>(x, gy, wt, L.B, L.C, L.P, qkv, d);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  cubs_spatial_key_range_kernel<acc_t><<<L.B, 256, 0, L.stream>>>(qkv + L.B * L.P, L.P, kr);
+  cubs_spatial_key_range_kernel<acc_t><<<L.B, 256, 0, L.stream>>>(qkv + L.B * L.P, qkv + 2 * L.B * L.P, L.P, kr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -456,10 +484,10 @@ at::Tensor cubs_spatial_cuda(const at::Tensor& x_, const at::Tensor& wq, const a
                                 wc[5].const_data_ptr<scalar_t>()}};
     const int64_t BP = L.B * L.P;
     at::Tensor scratch = at::empty({4 * BP}, acc_opts);  // q, k, v, gate
-    at::Tensor key_range = at::empty({2 * L.B}, acc_opts);
+    at::Tensor key_range = at::empty({4 * L.B}, acc_opts);
     acc_t* qkv = scratch.mutable_data_ptr<acc_t>();
     acc_t* gate = qkv + 3 * BP;
-    auto* kr = reinterpret_cast<Pair<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
+    auto* kr = reinterpret_cast<Quad<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     launch_project<scalar_t, acc_t, false>(L, xp, nullptr, wt, qkv, nullptr, kr);
     cubs_spatial_row_kernel<acc_t, false><<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, nullptr, L.B, L.P, gate,
@@ -496,23 +524,23 @@ CubsSpatialGrads cubs_spatial_backward_cuda(const at::Tensor& grad_y_, const at:
                                {wc[1].const_data_ptr<scalar_t>(), wc[3].const_data_ptr<scalar_t>(),
                                 wc[5].const_data_ptr<scalar_t>()}};
     const int64_t B = L.B, C = L.C, P = L.P, BP = B * P;
-    // q, k, v | d | gate | dq, dk, dv | pack (4) | fc
+    // q, k, v | d | gate | dq, dk, dv | pack (4) | fr
     at::Tensor scratch = at::empty({13 * BP}, acc_opts);
-    at::Tensor key_range = at::empty({2 * B}, acc_opts);
+    at::Tensor key_range = at::empty({4 * B}, acc_opts);
     acc_t* qkv = scratch.mutable_data_ptr<acc_t>();
     acc_t* d = qkv + 3 * BP;
     acc_t* gate = d + BP;
     acc_t* dqkv = gate + BP;
     auto* pack = reinterpret_cast<Quad<acc_t>*>(dqkv + 3 * BP);  // 16-byte aligned: offset 8·BP elements
-    acc_t* fc = dqkv + 3 * BP + 4 * BP;
-    auto* kr = reinterpret_cast<Pair<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
+    acc_t* fr = dqkv + 3 * BP + 4 * BP;
+    auto* kr = reinterpret_cast<Quad<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     launch_project<scalar_t, acc_t, true>(L, xp, gy.const_data_ptr<scalar_t>(), wt, qkv, d, kr);
     cubs_spatial_row_kernel<acc_t, true>
-        <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, d, B, P, gate, dqkv, pack, fc);
+        <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, d, B, P, gate, dqkv, pack, fr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     cubs_spatial_col_kernel<acc_t>
-        <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, pack, fc, B, P, dqkv + BP, dqkv + 2 * BP);
+        <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, true>(L, gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gate, dqkv,
                                         wt);
