@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from recogfast import _impl
+from recogfast.ops import _double_backward
 from recogfast.ops._attn import check_like, check_shape, check_tensor, memory_format, rank_one_attention_reference
 
 OP = "recogfast::cubs_channel"
@@ -92,4 +93,5 @@ def register() -> None:
     torch.library.register_fake("recogfast::cubs_channel")(_fake)
     torch.library.register_fake("recogfast::cubs_channel_backward")(_fake_backward)
     torch.library.register_autograd("recogfast::cubs_channel", _backward, setup_context=_setup_context)
+    _double_backward.refuse("cubs_channel")
     _registered = True

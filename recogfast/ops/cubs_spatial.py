@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from recogfast import _impl
+from recogfast.ops import _double_backward
 from recogfast.ops._attn import check_like, check_shape, check_tensor, memory_format, rank_one_attention_reference
 
 OP = "recogfast::cubs_spatial"
@@ -85,4 +86,5 @@ def register() -> None:
     torch.library.register_fake("recogfast::cubs_spatial")(_fake)
     torch.library.register_fake("recogfast::cubs_spatial_backward")(_fake_backward)
     torch.library.register_autograd("recogfast::cubs_spatial", _backward, setup_context=_setup_context)
+    _double_backward.refuse("cubs_spatial")
     _registered = True

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from recogfast import _impl
+from recogfast.ops import _double_backward
 
 OP = "recogfast::ms_loss"
 MINING = ("ms", "all", "hardest")
@@ -264,3 +265,4 @@ def _register_fused() -> None:
     torch.library.register_fake("recogfast::ms_loss")(_fake)
     torch.library.register_fake("recogfast::ms_loss_backward")(_fake_backward)
     torch.library.register_autograd("recogfast::ms_loss", _backward, setup_context=_setup_context)
+    _double_backward.refuse("ms_loss")

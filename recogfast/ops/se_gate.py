@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from recogfast import _impl
+from recogfast.ops import _double_backward
 
 OP = "recogfast::se_gate"
 
@@ -98,4 +99,5 @@ def register() -> None:
     torch.library.register_fake("recogfast::se_gate")(_fake)
     torch.library.register_fake("recogfast::se_gate_backward")(_fake_backward)
     torch.library.register_autograd("recogfast::se_gate", _backward, setup_context=_setup_context)
+    _double_backward.refuse("se_gate")
     _registered = True
