@@ -127,7 +127,7 @@ def test_bad_input_messages():
         recall_at_k(torch.randn(4), torch.arange(4))
     with pytest.raises(ValueError, match="labels must be 1-D with 4"):
         recall_at_k(torch.randn(4, 2), torch.arange(3))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(FloatingPointError, match="NaN"):
         recall_at_k(torch.tensor([[float("nan"), 0.0], [1.0, 0.0]]), torch.arange(2))
     with pytest.raises(ValueError, match="K must be >= 1"):
         recall_at_k(torch.randn(4, 2), torch.arange(4), ks=(0,))
@@ -169,3 +169,26 @@ def test_search_is_chunked_never_n_by_n(monkeypatch):
     assert len(shapes) == -(-n // 128)
     full = retrieval_metrics(emb, labels, chunk_size=n)
     assert out == full
+
+
+def test_non_finite_logits_are_an_error_never_a_hit():
+    """Issue 13: NaN logits used to rank every target first (top-1 = 1.0 for a diverged model)."""
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        logits = torch.randn(4, 10)
+        logits[2, 3] = bad
+        with pytest.raises(FloatingPointError, match="1 of 4 rows"):
+            accuracy(logits, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(FloatingPointError, match="4 of 4 rows"):
+        accuracy(torch.full((4, 10), float("nan")), torch.tensor([0, 1, 2, 3]))
+
+
+@pytest.mark.parametrize("gain", [1e30, 1e-30, 1e-40])
+def test_retrieval_metrics_do_not_depend_on_the_embeddings_scale(gain):
+    """Issue 13: rows of size 1e30 overflowed |x|^2 in fp32 and became zero vectors (R@1 0.10 instead of 0.25)."""
+    torch.manual_seed(0)
+    e = torch.randn(60, 8)
+    labels = torch.arange(60) // 4
+    expected = retrieval_metrics(e, labels)
+    scaled = retrieval_metrics(e * gain, labels)
+    for k, v in expected.items():
+        assert scaled[k] == pytest.approx(v, abs=1e-12), k

@@ -14,6 +14,12 @@ def _check(logits: torch.Tensor, targets: torch.Tensor) -> None:
         )
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"accuracy: targets must be an integer tensor, got {targets.dtype}")
+    if logits.numel() and not bool(torch.isfinite(logits).all()):
+        # NaN compares false with everything, so a NaN row would rank its target first: a diverged model
+        # would score 100%. A non-finite logit is an error, never a hit.
+        bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+        raise FloatingPointError(f"accuracy: logits contain NaN or inf in {bad} of {logits.shape[0]} rows "
+                                 f"(the model diverged?)")
 
 
 @torch.no_grad()

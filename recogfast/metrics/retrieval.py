@@ -28,7 +28,7 @@ def _check(embeddings: torch.Tensor, labels: torch.Tensor, fn: str) -> None:
     if labels.dtype.is_floating_point:
         raise ValueError(f"{fn}: labels must be an integer tensor, got {labels.dtype}")
     if not torch.isfinite(embeddings).all():
-        raise ValueError(f"{fn}: embeddings contain NaN or inf")
+        raise FloatingPointError(f"{fn}: embeddings contain NaN or inf (the model diverged?)")
 
 
 def _topk_index_tiebreak(sims: torch.Tensor, k: int) -> torch.Tensor:
@@ -55,7 +55,10 @@ def _neighbours(embeddings, labels, k_of_query, chunk_size):
     """Yield (query_slice, neighbour_label_matrix [q, kmax], k per query) chunk by chunk."""
     n = embeddings.shape[0]
     x = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
-    x = F.normalize(x, dim=1)
+    # Each row scaled by a power of two (exact) to a largest entry in [0.5, 1) before normalising: |x|^2 of
+    # rows of size 1e30 overflows fp32 (they would become zero vectors), of size 1e-30 underflows.
+    _, exponent = torch.frexp(x.abs().amax(dim=1, keepdim=True))
+    x = F.normalize(torch.ldexp(x, -exponent), dim=1)
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
         ks = k_of_query[start:stop]
