@@ -41,7 +41,7 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
     for (int64_t c = 0; c < C; ++c) g[c] = sx[c] * inv_hw;
     for (int64_t r = 0; r < R; ++r) {
       u[r] = cpu::dot_row<scalar_t, acc_t, acc_t>(w1 + r * C, g, C) + acc_t(b1[r]);
-      h[r] = std::max(u[r], acc_t(0));
+      h[r] = u[r] <= acc_t(0) ? acc_t(0) : u[r];  // relu that keeps NaN, as torch.relu
     }
     for (int64_t c = 0; c < C; ++c) {
       const acc_t z = cpu::dot_row<scalar_t, acc_t, acc_t>(w2 + c * R, h, R) + acc_t(b2[c]);
@@ -60,7 +60,8 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
 #pragma omp simd
       for (int64_t r = 0; r < R; ++r) du[r] += acc_t(wc[r]) * d;
     }
-    for (int64_t r = 0; r < R; ++r) du[r] = u[r] > acc_t(0) ? du[r] : acc_t(0);
+    // The relu mask as torch's threshold_backward: u <= 0 gives 0, anything else (NaN included) passes.
+    for (int64_t r = 0; r < R; ++r) du[r] = u[r] <= acc_t(0) ? acc_t(0) : du[r];
     std::fill(coef, coef + C, acc_t(0));
     for (int64_t r = 0; r < R; ++r) {  // dg = W1^T du, row by row of W1
       const scalar_t* wr = w1 + r * C;

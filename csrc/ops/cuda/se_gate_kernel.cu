@@ -29,6 +29,12 @@
 namespace recogfast {
 namespace {
 
+// relu that keeps NaN, as torch.relu (fmax(NaN, 0) would return 0 and hide a diverged input).
+template <typename T>
+__device__ __forceinline__ T relu(T u) {
+  return u <= T(0) ? T(0) : u;
+}
+
 using namespace gpu;
 using channel_gate::launch_apply;
 using channel_gate::launch_pool;
@@ -68,7 +74,7 @@ __global__ void se_gate_mlp_kernel(const acc_t* __restrict__ partial_x, const ac
   __syncthreads();
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
     acc_t z = static_cast<acc_t>(b2[c]);
-    for (int64_t r = 0; r < R; ++r) z += static_cast<acc_t>(w2[c * R + r]) * max(u[r], acc_t(0));
+    for (int64_t r = 0; r < R; ++r) z += static_cast<acc_t>(w2[c * R + r]) * relu(u[r]);
     const acc_t s = sigmoid(z);
     gate[b * C + c] = s;
     if constexpr (kBackward) {
@@ -81,17 +87,17 @@ __global__ void se_gate_mlp_kernel(const acc_t* __restrict__ partial_x, const ac
   }
   if constexpr (kBackward) {
     __syncthreads();
-    // du[r] = [u[r] > 0] * W2[:, r] . dz
+    // du[r] = [u[r] > 0] * W2[:, r] . dz (NaN u passes, as torch's threshold_backward)
     for (int64_t r = warp; r < R; r += warps) {
       acc_t a = 0;
-      if (u[r] > acc_t(0)) {
+      if (!(u[r] <= acc_t(0))) {
         for (int64_t c = lane; c < C; c += kWarp) a += static_cast<acc_t>(w2[c * R + r]) * dz[c];
         a = warp_sum(a);
       }
       if (lane == 0) {
         du[r] = a;
         du_out[b * R + r] = a;
-        h_out[b * R + r] = max(u[r], acc_t(0));
+        h_out[b * R + r] = relu(u[r]);
       }
     }
     __syncthreads();
