@@ -1,0 +1,313 @@
+// The element-wise sweeps of the CPU Multi-Similarity loss (ms_loss_kernel.cpp, its only includer): per tile
+// row, the negatives' maximum, the mined negatives' exp sums and the backward weights, in fp32 SIMD (GCC
+// vector extensions: AVX2 + FMA chosen at run time on x86-64, the generic vectors elsewhere) and fp64
+// scalar loops; and the running log-sum-exp helpers. Internal linkage: included by one translation unit.
+#pragma once
+
+// Vector-typed helpers are always inlined into their callers; their nominal ABI does not matter.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+namespace recogfast {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Element-wise sweeps over one row of a tile. float uses 8-lane GCC vector extensions (AVX2 where the
+// compiler targets it, two SSE halves otherwise) and a Cephes-style exp; double uses scalar loops.
+
+#define RF_INLINE inline __attribute__((always_inline))
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+RF_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+RF_INLINE v8i load8(const int32_t* p) {
+  v8i v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+RF_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+RF_INLINE v8f splat(float x) { return v8f{} + x; }
+RF_INLINE v8i splat(int32_t x) { return v8i{} + x; }
+RF_INLINE float hmax(v8f v) {
+  float m = v[0];
+  for (int k = 1; k < 8; ++k) m = std::max(m, v[k]);
+  return m;
+}
+RF_INLINE float hsum(v8f v) {
+  float s = 0;
+  for (int k = 0; k < 8; ++k) s += v[k];
+  return s;
+}
+
+// exp(x) for x <= 88 (inputs here are shifted by a running maximum, so x <= 0 up to rounding);
+// results below exp(-87) flush towards zero. Cephes expf: relative error ~1e-7.
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kRound = 12582912.f;  // 1.5 * 2^23: x + kRound rounds x to an integer in the low mantissa bits
+RF_INLINE v8f exp_poly(v8f x) {
+  x = x < -87.f ? splat(-87.f) : x;
+  x = x > 88.f ? splat(88.f) : x;
+  const v8f t = x * kLog2e + kRound;
+  const v8f n = t - kRound;
+  const v8f r = x - n * kLn2Hi - n * kLn2Lo;
+  v8f p = splat(1.9875691500E-4f);
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  const v8i e = ((v8i)t - 0x4B400000 + 127) << 23;
+  return p * (v8f)e;
+}
+RF_INLINE float exp_poly(float x) {
+  x = std::min(std::max(x, -87.f), 88.f);
+  const float t = x * kLog2e + kRound;
+  const float n = t - kRound;
+  const float r = x - n * kLn2Hi - n * kLn2Lo;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t ti;
+  std::memcpy(&ti, &t, sizeof ti);
+  const int32_t e = (ti - 0x4B400000 + 127) << 23;
+  float s;
+  std::memcpy(&s, &e, sizeof s);
+  return p * s;
+}
+inline double exp_poly(double x) { return std::exp(x); }
+
+template <typename T>
+constexpr T kInf = std::numeric_limits<T>::infinity();
+
+// max over negatives (lab[k] != la) of s[k]; -inf when there is none.
+template <typename T>
+RF_INLINE T neg_max_impl(const T* s, const int32_t* lab, int64_t n, int32_t la) {
+  T m = -kInf<T>;
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    v8f vm = splat(-kInf<float>);
+    const v8i la8 = splat(la);
+    for (; k + 8 <= n; k += 8) {
+      v8f v = load8(s + k);
+      v = load8(lab + k) != la8 ? v : splat(-kInf<float>);
+      vm = v > vm ? v : vm;
+    }
+    m = hmax(vm);
+  }
+  for (; k < n; ++k)
+    if (lab[k] != la && s[k] > m) m = s[k];
+  return m;
+}
+
+// sum over mined negatives of exp(beta (s - shift)); mined: lab != la and s + eps > thr.
+template <typename T>
+RF_INLINE T neg_sum_impl(const T* s, const int32_t* lab, int64_t n, int32_t la, T eps, T thr, T beta, T shift) {
+  T acc = 0;
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    v8f va = v8f{};
+    const v8i la8 = splat(la);
+    for (; k + 8 <= n; k += 8) {
+      const v8f v = load8(s + k);
+      const v8i mined = (load8(lab + k) != la8) & ((v + eps) > thr);
+      const v8f e = exp_poly((v - shift) * beta);
+      va += mined ? e : v8f{};
+    }
+    acc = hsum(va);
+  }
+  for (; k < n; ++k)
+    if (lab[k] != la && s[k] + eps > thr) acc += exp_poly(beta * (s[k] - shift));
+  return acc;
+}
+
+// Column form, for anchors that are the columns of a tile: colmax[k] = max(colmax[k], s[k]) over negatives.
+template <typename T>
+RF_INLINE void col_neg_max_impl(const T* s, const int32_t* clab, int64_t n, int32_t rl, T* colmax) {
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    const v8i rl8 = splat(rl);
+    for (; k + 8 <= n; k += 8) {
+      v8f v = load8(s + k);
+      v = load8(clab + k) != rl8 ? v : splat(-kInf<float>);
+      const v8f c = load8(colmax + k);
+      store8(colmax + k, v > c ? v : c);
+    }
+  }
+  for (; k < n; ++k)
+    if (clab[k] != rl && s[k] > colmax[k]) colmax[k] = s[k];
+}
+
+// colsum[k] += exp(beta (s[k] - shift[k])) over mined negatives (clab != rl and s + eps > thr[k]).
+template <typename T>
+RF_INLINE void col_neg_sum_impl(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, const T* thr, T beta,
+                 const T* shift, T* colsum) {
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    const v8i rl8 = splat(rl);
+    for (; k + 8 <= n; k += 8) {
+      const v8f v = load8(s + k);
+      const v8i mined = (load8(clab + k) != rl8) & ((v + eps) > load8(thr + k));
+      const v8f e = exp_poly((v - load8(shift + k)) * beta);
+      store8(colsum + k, load8(colsum + k) + (mined ? e : v8f{}));
+    }
+  }
+  for (; k < n; ++k)
+    if (clab[k] != rl && s[k] + eps > thr[k]) colsum[k] += exp_poly(beta * (s[k] - shift[k]));
+}
+
+// Backward weights of negatives in one tile row: g[k] = scale exp(beta (s - base) - logz) for the row's
+// anchor when mined, plus (col_thr given) the same for the column's anchor. Returns whether any is mined.
+template <typename T>
+RF_INLINE bool neg_weights_impl(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, T thr, T beta, T base, T logz,
+                 T scale, const T* col_thr, const T* col_logz, T* g) {
+  bool any = false;
+  int64_t k = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    const v8i rl8 = splat(rl);
+    v8i anyv = v8i{};
+    for (; k + 8 <= n; k += 8) {
+      const v8f v = load8(s + k);
+      const v8i neg = load8(clab + k) != rl8;
+      const v8f x = (v - base) * beta;
+      const v8i mined = neg & ((v + eps) > thr);
+      v8f w = mined ? exp_poly(x - logz) : v8f{};
+      anyv |= mined;
+      if (col_thr) {
+        const v8i cmined = neg & ((v + eps) > load8(col_thr + k));
+        w += cmined ? exp_poly(x - load8(col_logz + k)) : v8f{};
+        anyv |= cmined;
+      }
+      store8(g + k, w * scale);
+    }
+    for (int l = 0; l < 8; ++l) any |= anyv[l] != 0;
+  }
+  for (; k < n; ++k) {
+    T w = 0;
+    if (clab[k] != rl) {
+      const T x = beta * (s[k] - base);
+      if (s[k] + eps > thr) {
+        w += exp_poly(x - logz);
+        any = true;
+      }
+      if (col_thr && s[k] + eps > col_thr[k]) {
+        w += exp_poly(x - col_logz[k]);
+        any = true;
+      }
+    }
+    g[k] = w * scale;
+  }
+  return any;
+}
+
+// The float sweeps again, compiled for AVX2 + FMA and chosen at run time where the CPU has them (the
+// extension itself is built for the baseline ISA). x86-64 only: elsewhere (aarch64) the generic vector
+// code above is all there is.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RF_AVX2_DISPATCH 1
+#define RF_AVX2 __attribute__((target("avx2,fma")))
+RF_AVX2 float neg_max_avx2(const float* s, const int32_t* lab, int64_t n, int32_t la) {
+  return neg_max_impl<float>(s, lab, n, la);
+}
+RF_AVX2 float neg_sum_avx2(const float* s, const int32_t* lab, int64_t n, int32_t la, float eps, float thr,
+                           float beta, float shift) {
+  return neg_sum_impl<float>(s, lab, n, la, eps, thr, beta, shift);
+}
+RF_AVX2 void col_neg_max_avx2(const float* s, const int32_t* clab, int64_t n, int32_t rl, float* colmax) {
+  col_neg_max_impl<float>(s, clab, n, rl, colmax);
+}
+RF_AVX2 void col_neg_sum_avx2(const float* s, const int32_t* clab, int64_t n, int32_t rl, float eps, const float* thr,
+                              float beta, const float* shift, float* colsum) {
+  col_neg_sum_impl<float>(s, clab, n, rl, eps, thr, beta, shift, colsum);
+}
+RF_AVX2 bool neg_weights_avx2(const float* s, const int32_t* clab, int64_t n, int32_t rl, float eps, float thr,
+                              float beta, float base, float logz, float scale, const float* col_thr,
+                              const float* col_logz, float* g) {
+  return neg_weights_impl<float>(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#define RF_IF_AVX2(call) \
+  if constexpr (std::is_same_v<T, float>)                                                                             \
+    if (cpu_has_avx2()) return call;
+#else
+#define RF_AVX2_DISPATCH 0
+#define RF_IF_AVX2(call)
+#endif
+
+template <typename T>
+T neg_max(const T* s, const int32_t* lab, int64_t n, int32_t la) {
+  RF_IF_AVX2(neg_max_avx2(s, lab, n, la))
+  return neg_max_impl<T>(s, lab, n, la);
+}
+template <typename T>
+T neg_sum(const T* s, const int32_t* lab, int64_t n, int32_t la, T eps, T thr, T beta, T shift) {
+  RF_IF_AVX2(neg_sum_avx2(s, lab, n, la, eps, thr, beta, shift))
+  return neg_sum_impl<T>(s, lab, n, la, eps, thr, beta, shift);
+}
+template <typename T>
+void col_neg_max(const T* s, const int32_t* clab, int64_t n, int32_t rl, T* colmax) {
+  RF_IF_AVX2(col_neg_max_avx2(s, clab, n, rl, colmax))
+  col_neg_max_impl<T>(s, clab, n, rl, colmax);
+}
+template <typename T>
+void col_neg_sum(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, const T* thr, T beta, const T* shift,
+                 T* colsum) {
+  RF_IF_AVX2(col_neg_sum_avx2(s, clab, n, rl, eps, thr, beta, shift, colsum))
+  col_neg_sum_impl<T>(s, clab, n, rl, eps, thr, beta, shift, colsum);
+}
+template <typename T>
+bool neg_weights(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, T thr, T beta, T base, T logz, T scale,
+                 const T* col_thr, const T* col_logz, T* g) {
+  RF_IF_AVX2(neg_weights_avx2(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g))
+  return neg_weights_impl<T>(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
+}
+
+// log(1 + exp(a)) without overflow.
+template <typename T>
+T softplus(T a) {
+  return std::max(a, T(0)) + std::log1p(std::exp(-std::abs(a)));
+}
+
+// A log-sum-exp log(sum exp(x)) kept as (xm, z) with z = sum exp(x - xm), merged chunk by chunk.
+template <typename T>
+void lse_merge(T& xm, T& z, T xm_new, T z_new) {
+  if (!(z_new > 0)) return;
+  if (!(z > 0)) {
+    xm = xm_new;
+    z = z_new;
+  } else if (xm_new > xm) {
+    z = z * std::exp(xm - xm_new) + z_new;
+    xm = xm_new;
+  } else {
+    z += z_new * std::exp(xm_new - xm);
+  }
+}
+
+// log(1 + sum exp(x)) from the running (xm, z).
+template <typename T>
+T lse_finish(T xm, T z) {
+  if (!(z > 0)) return T(0);
+  return softplus(xm + std::log(z));
+}
+
+
+}  // namespace
+}  // namespace recogfast
