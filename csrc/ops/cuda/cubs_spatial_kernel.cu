@@ -101,6 +101,40 @@ __global__ void cubs_spatial_project_nhwc(const scalar_t* __restrict__ x, const 
   }
 }
 
+struct MinOp {
+  template <typename T>
+  __device__ T operator()(T x, T y) const {
+    return min(x, y);
+  }
+};
+struct MaxOp {
+  template <typename T>
+  __device__ T operator()(T x, T y) const {
+    return max(x, y);
+  }
+};
+
+// Block-wide reduction of a and b with fa and fb; every thread gets both results. sa, sb: shared arrays of
+// one entry a warp.
+template <typename A, typename B, typename FA, typename FB>
+__device__ __forceinline__ void block_reduce2(A& a, B& b, FA fa, FB fb, A* sa, B* sb) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, warps = blockDim.x / kWarp;
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
+    a = fa(a, __shfl_xor_sync(0xffffffffu, a, offset));
+    b = fb(b, __shfl_xor_sync(0xffffffffu, b, offset));
+  }
+  if (lane == 0) {
+    sa[warp] = a;
+    sb[warp] = b;
+  }
+  __syncthreads();
+  for (int w = 0; w < warps; ++w) {
+    a = fa(a, sa[w]);
+    b = fb(b, sb[w]);
+  }
+}
+
 // kr[b] = {min k, max k, v at min k, v at max k} over the sample's pixels (first index on ties, as the CPU
 // kernel): the rows' dominant columns (csrc/ops/cpu/rank_one_attention.h). One block a sample.
 template <typename acc_t>
@@ -115,44 +149,15 @@ __global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, const
     lo = min(lo, kb[p]);
     hi = max(hi, kb[p]);
   }
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, warps = blockDim.x / kWarp;
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
-    lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, offset));
-    hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
-  }
-  if (lane == 0) {
-    lo_s[warp] = lo;
-    hi_s[warp] = hi;
-  }
-  __syncthreads();
-  for (int w = 0; w < warps; ++w) {
-    lo = min(lo, lo_s[w]);
-    hi = max(hi, hi_s[w]);
-  }
+  block_reduce2(lo, hi, MinOp{}, MaxOp{}, lo_s, hi_s);
   // The first pixel holding each extreme.
   long long ilo = P, ihi = P;
   for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
     if (kb[p] == lo && p < ilo) ilo = p;
     if (kb[p] == hi && p < ihi) ihi = p;
   }
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
-    ilo = min(ilo, __shfl_xor_sync(0xffffffffu, ilo, offset));
-    ihi = min(ihi, __shfl_xor_sync(0xffffffffu, ihi, offset));
-  }
-  if (lane == 0) {
-    ilo_s[warp] = ilo;
-    ihi_s[warp] = ihi;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < warps; ++w) {
-      ilo = min(ilo, ilo_s[w]);
-      ihi = min(ihi, ihi_s[w]);
-    }
-    kr[b] = Quad<acc_t>{lo, hi, v[b * P + ilo], v[b * P + ihi]};
-  }
+  block_reduce2(ilo, ihi, MinOp{}, MinOp{}, ilo_s, ihi_s);
+  if (threadIdx.x == 0) kr[b] = Quad<acc_t>{lo, hi, v[b * P + ilo], v[b * P + ihi]};
 }
 
 // The row pass. grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f); with kGrad also
