@@ -265,77 +265,20 @@ def _round(obj, digits: int = 4):
 
 
 def cmd_eval(args) -> int:
-    import dataclasses
-
-    import torch
-
-    from recogfast.engine import tasks
-    from recogfast.metrics import retrieval_metrics
+    from recogfast.engine.evaluate import evaluate_checkpoint
 
     _check_device(args.device)
     ckpt = _check_checkpoint(args.checkpoint)
     saved = ckpt.get("config") or {}
-    known = {f.name for f in dataclasses.fields(tasks.RunConfig)}
-    cfg = tasks.RunConfig(**{k: v for k, v in saved.items() if k in known})
-    cfg.dataset = args.dataset or cfg.dataset
-    cfg.data = args.data if args.data is not None else cfg.data
-    cfg.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg.batch_size, cfg.backend, cfg.num_workers, cfg.weights = args.batch_size, args.backend, args.num_workers, None
-    cfg.amp, cfg.patience, cfg.schedule = "auto", None, "cosine"
-    _check_dataset_args(cfg.dataset, cfg.data)
-    if args.split == "val" and cfg.val_fraction == 0:
-        raise UsageError(f"{args.checkpoint} was trained without a validation split (--val-fraction 0): use --split test")
-    trained_protocol = cfg.protocol
-    features = args.features
-    if args.features and cfg.task == "classify":
-        if trained_protocol in (None, "classification") and cfg.dataset != "tiny-imagenet":
-            print("note: this classifier was trained on all classes, the test classes included: its feature Recall@K "
-                  "is not a retrieval result (train with --protocol retrieval for that)", file=sys.stderr)
-        cfg.protocol = "retrieval"  # the disjoint-class split, whatever the checkpoint was trained for
-    if cfg.task == "classify" and cfg.protocol == "retrieval" and args.split == "test":
-        features = True  # the test classes are not the classifier's: their score is feature Recall@K
+    dataset = args.dataset or saved.get("dataset", "shapes196")
+    _check_dataset_args(dataset, args.data if args.data is not None else saved.get("data"))
     try:
-        cfg = cfg.resolved()
-        model = tasks.build_model(cfg, saved.get("num_classes"))
-        model.load_state_dict(ckpt["model"])
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    except RuntimeError as err:
-        raise UsageError(f"checkpoint {args.checkpoint} does not match its model: {str(err).splitlines()[0]}") from None
-    model = model.to(cfg.device).eval()
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    try:
-        _, val_ds, test_ds = tasks.build_datasets(cfg)
-        ds = val_ds if args.split == "val" else test_ds
-        loader = tasks.build_eval_loader(cfg, ds)
+        result, path = evaluate_checkpoint(ckpt, args.checkpoint, split=args.split, features=args.features,
+                                           baselines=args.baselines, dataset=args.dataset, data=args.data,
+                                           device=args.device, batch_size=args.batch_size, backend=args.backend,
+                                           num_workers=args.num_workers)
     except (FileNotFoundError, ValueError, OSError) as err:
         raise UsageError(str(err)) from None
-    retrieval = features or cfg.task == "retrieval"
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-
-    def score(net):
-        with torch.no_grad(), torch.autocast(torch.device(cfg.device).type, dtype=amp, enabled=amp is not None):
-            if not retrieval:
-                return tasks.classification_eval(loader)(net)
-            e, y = tasks.embed(net, loader, features=features or getattr(net, "embedding_dim", None) is None)
-            return retrieval_metrics(e, y)
-
-    result = {"checkpoint": args.checkpoint, "model": cfg.model, "dataset": cfg.dataset, "task": cfg.task,
-              "split": args.split, "features": bool(features), "images": len(ds), "classes": ds.num_classes,
-              **score(model)}
-    if args.baselines:
-        torch.manual_seed(cfg.seed)
-        untrained = tasks.build_model(dataclasses.replace(cfg, weights=None), saved.get("num_classes"))
-        untrained = untrained.to(cfg.device).eval()
-        result["baselines"] = {"untrained": score(untrained)}
-        if retrieval:
-            result["baselines"]["raw_pixels"] = retrieval_metrics(*tasks.raw_pixels(loader))
-    name = f"eval-{args.split}" + ("-features" if features else "") + ".json"
-    path = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), name)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
     print(json.dumps(_round(result), indent=2))
     print(f"written to {path}", file=sys.stderr)
     return 0

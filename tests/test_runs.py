@@ -164,9 +164,10 @@ def test_task4_chain_on_shapes196(capsys, tmp_path, shapes_cache):
     assert s["config"]["train_images"] + s["config"]["val_images"] == 98 * 4 and "top1" in s["val"]
     assert set(s["test"]) >= {"recall@1", "recall@2", "recall@4", "recall@8", "map@r"}  # features, classes 99-196
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", f"{cls}/best.pt", "--workers", "0", "--device", "cpu"]) == 0
+    assert main(["eval", "--checkpoint", f"{cls}/best.pt", "--workers", "0", "--device", "cpu", "--baselines"]) == 0
     again = json.load(open(f"{cls}/eval-test-features.json"))
     assert again["classes"] == 98 and again["recall@1"] == pytest.approx(s["test"]["recall@1"])
+    assert set(again["baselines"]) == {"untrained", "raw_pixels"} and again["baselines"]["raw_pixels"]["num_queries"] == 98 * 4
     assert main(_base(shapes_cache, "retrieval") + ["--weights", f"{cls}/best.pt", "--embedding-dim", "32",
                                                      "--epochs", "1", "--out", ms]) == 0
     out = capsys.readouterr().out
