@@ -78,7 +78,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=_positive_int, default=None, help="default 64 (224 for cars196)")
     p.add_argument("--stem", choices=("imagenet", "small"), default=None, help="default small for <= 64 px")
     p.add_argument("--attn-impl", choices=("auto", "fused", "reference"), default="auto")
-    p.add_argument("--weights", default=None, help="torchvision/recogfast checkpoint to start from")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint to start from: a torchvision .pth, a recogfast run's best.pt (its classifier is "
+                        "cropped for retrieval), or 'imagenet' (torchvision's, via $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     p.add_argument("--lr", type=float, default=None, help="default 0.1·batch/256 (sgd), 1e-3 (adamw)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -211,10 +213,10 @@ def cmd_train(args) -> int:
     if args.task == "retrieval" and args.dataset == "tiny-imagenet":
         raise UsageError("retrieval needs disjoint train/test classes: use --dataset cars196 or shapes196")
     if args.weights is not None:
-        from recogfast.models.weights import read_state_dict
+        from recogfast.models.weights import read_state_dict, resolve_weights
 
         try:
-            read_state_dict(args.weights)
+            read_state_dict(resolve_weights(args.weights, model))
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from None
     out = _run_folder(args, model)

@@ -214,3 +214,30 @@ def test_task4_chain_on_a_cars196_standin(capsys, tmp_path):
     assert r["config"]["val_classes"] == 15 and r["global_step"] >= 1 and r["test"]["epoch"] == r["val"]["epoch"]
     model = torch.load(tmp_path / "ms" / "best.pt", weights_only=True)["model"]
     assert model["embedding.weight"].shape[0] == 16 and not any(k.startswith("fc.") for k in model)
+
+
+def test_imagenet_weights_offline_message_and_cached_file(capsys, tmp_path, monkeypatch, shapes_cache):
+    from recogfast.models import create_model
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, *args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    msg = _error(capsys, _base(shapes_cache, model="resnet18") + ["--weights", "imagenet", "--out", str(tmp_path / "r")])
+    assert f"resnet18-f37072fd.pth is not in {folder}" in msg and "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
+    assert "name resolution" in msg and not (tmp_path / "r").exists()
+    assert "no ImageNet weights for 'tinynet'" in _error(capsys, _base(shapes_cache) + ["--weights", "imagenet"])
+    # the file in the hub cache (as torchvision's download leaves it) is used as is
+    import torchvision
+
+    reference = torchvision.models.resnet18().state_dict()
+    folder.mkdir(parents=True, exist_ok=True)  # made by the failed download attempt
+    torch.save(reference, folder / "resnet18-f37072fd.pth")
+    model = create_model("cubs_resnet18_serial12", num_classes=98, stem="small", weights="imagenet")
+    report = model.load_report
+    assert report.path == str(folder / "resnet18-f37072fd.pth")
+    assert torch.equal(model.state_dict()["layer3.1.conv2.weight"], reference["layer3.1.conv2.weight"])
+    assert any(".attn." in k for k in report.new) and "fc.weight" in report.replaced and "conv1.weight" in report.replaced
