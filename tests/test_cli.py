@@ -129,3 +129,18 @@ def test_demo_smoke(capsys, tmp_path, shapes_cache):
     assert result["retrieval"]["trained"]["recall@1"] == summary["test"]["recall@1"]
     assert "fused cpu/float32" in result["kernels"]["cubs_channel"]
     assert os.path.isfile(out / "retrieval" / "summary.json") and os.path.isfile(out / "classify" / "last.pt")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["info", "--help"], ["compare", "--help"], ["train", "--help"]])
+def test_help_does_not_import_torchvision_models_or_pipelines(argv):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom recogfast.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('torchvision', 'recogfast.models', 'recogfast.data', 'nvidia.dali') if m in sys.modules])"
+            % (argv,))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]
