@@ -81,12 +81,18 @@ def test_best_checkpoint_follows_val_and_test_is_read_once(tmp_path, shapes_cach
 
 
 def test_cli_prints_val_best_and_one_test_line(capsys, tmp_path, shapes_cache):
-    assert main(_base(shapes_cache) + ["--epochs", "2", "--out", str(tmp_path / "r")]) == 0
+    argv = [a for a in _base(shapes_cache) if a != "--quiet"]
+    assert main(argv + ["--epochs", "2", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
+    # the start says which data backend and why, and which kernels this model calls (tinynet: none)
+    assert "data: train 392 images / 196 classes, val 196 / 196, test 196 / 196; " in out and " backend (" in out
+    assert "kernels: none (this model calls no fused op)" in out
+    assert out.count("epoch 2/2  train_loss") == 1 and "val_top1" in out
     summary = json.load(open(tmp_path / "r" / "summary.json"))
     assert out.count("TEST") == 1 and f"TEST (epoch {summary['test']['epoch']}, best val top1)" in out
     assert f"best val top1 {summary['best_value']:.4f} at epoch {summary['val']['epoch']}" in out
     assert json.load(open(tmp_path / "r" / "config.json"))["val_fraction"] == 0.1
+    assert summary["config"]["kernels"] == {}
 
 
 def test_no_validation_means_last_epoch(capsys, tmp_path, shapes_cache):
@@ -174,6 +180,10 @@ def test_task4_chain_on_shapes196(capsys, tmp_path, shapes_cache):
     assert "new (not in the checkpoint): embedding" in out and "unused: fc" in out  # head cropped, 512-d... added
     r = json.load(open(f"{ms}/summary.json"))
     assert r["config"]["val_classes"] == 15 and r["config"]["num_classes"] == 83 and "recall@1" in r["test"]
+    assert list(r["config"]["kernels"]) == ["ms_loss"]
+    assert main(["eval", "--checkpoint", f"{ms}/best.pt", "--split", "val", "--workers", "0", "--device", "cpu"]) == 0
+    val = json.load(open(f"{ms}/eval-val.json"))  # the run's own val classes, scored as in training
+    assert val["classes"] == 15 and val["images"] == 15 * 4 and val["recall@1"] == pytest.approx(r["val"]["recall@1"])
 
 
 def _cars_standin(root, per_class=3):
