@@ -82,8 +82,9 @@ def test_best_checkpoint_follows_val_and_test_is_read_once(tmp_path, shapes_cach
 
 def test_cli_prints_val_best_and_one_test_line(capsys, tmp_path, shapes_cache):
     argv = [a for a in _base(shapes_cache) if a != "--quiet"]
-    assert main(argv + ["--epochs", "2", "--out", str(tmp_path / "r")]) == 0
+    assert main(argv + ["--epochs", "2", "--steps-per-epoch", "50", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
+    assert "--steps-per-epoch 50 is more than an epoch holds (12 steps): each epoch runs 12 steps" in out
     # the start says which data backend and why, and which kernels this model calls (tinynet: none)
     assert "data: train 392 images / 196 classes, val 196 / 196, test 196 / 196; " in out and " backend (" in out
     assert "kernels: none (this model calls no fused op)" in out
@@ -92,7 +93,7 @@ def test_cli_prints_val_best_and_one_test_line(capsys, tmp_path, shapes_cache):
     assert out.count("TEST") == 1 and f"TEST (epoch {summary['test']['epoch']}, best val top1)" in out
     assert f"best val top1 {summary['best_value']:.4f} at epoch {summary['val']['epoch']}" in out
     assert json.load(open(tmp_path / "r" / "config.json"))["val_fraction"] == 0.1
-    assert summary["config"]["kernels"] == {}
+    assert summary["config"]["kernels"] == {} and summary["global_step"] == 2 * 12  # 392 // 32 a epoch
 
 
 def test_no_validation_means_last_epoch(capsys, tmp_path, shapes_cache):
