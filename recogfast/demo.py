@@ -93,7 +93,7 @@ def _defaults(args, device: str) -> dict:
 
 
 def _fmt(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def run_demo(args) -> int:
@@ -142,7 +142,7 @@ def run_demo(args) -> int:
             raw = retrieval_metrics(*raw_pixels(test_loader))
             trainer.model.eval()
             untrained = trainer.test_evaluate_fn(trainer.model)
-            print(f"baselines: Recall@1 raw pixels {raw['recall@1']:.3f}, untrained network {untrained['recall@1']:.3f}",
+            print(f"baselines: Recall@1 raw pixels {raw['recall@1']:.4f}, untrained network {untrained['recall@1']:.4f}",
                   flush=True)
             s = trainer.fit()
             trained = {k: v for k, v in s["test"].items() if k not in ("epoch", "chosen_by")}
