@@ -22,14 +22,24 @@ from recogfast import ops  # noqa: E402
 
 ops.register_all()
 
-from recogfast import nn  # noqa: E402
-from recogfast import data  # noqa: E402
-from recogfast import losses  # noqa: E402
-from recogfast import metrics  # noqa: E402
-from recogfast import models  # noqa: E402
 from recogfast._impl import build_info  # noqa: E402
 
 build_info()  # read the build facts once, before any torch.compile traces use_fused
 
 __version__ = "0.1.0"
 __all__ = ["ops", "nn", "data", "losses", "metrics", "models", "build_info", "__version__"]
+_LAZY = ("nn", "data", "losses", "metrics", "models")
+
+
+def __getattr__(name: str):
+    # The subpackages load on first use (`recogfast.models`, `from recogfast import data`), so that
+    # `recogfast --help` and `recogfast compare` do not import torchvision, the models or the pipelines.
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"recogfast.{name}")
+    raise AttributeError(f"module 'recogfast' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,13 +1,18 @@
 """``recogfast`` (or ``python -m recogfast``): train, evaluate, benchmark, inspect, demo.
 
     recogfast train classify  --dataset tiny-imagenet --data DIR --model tinynet --epochs 30 --patience 5
-    recogfast train retrieval --dataset cars196 --data DIR --model resnet18 --weights resnet18.pth
-    recogfast eval --checkpoint runs/x/best.pt [--features]
-    recogfast compare runs/cubs-parallel runs/cubs-serial12 runs/cubs-serial21
+    recogfast train classify  --dataset cars196 --data DIR --protocol retrieval --out runs/cars-cls
+    recogfast train retrieval --dataset cars196 --data DIR --model resnet18 --weights runs/cars-cls/best.pt
+    recogfast train classify --config runs/x/config.json --out runs/y      # a saved run again (flags override)
+    recogfast eval --checkpoint runs/x/best.pt [--split val|test] [--features] [--baselines]
+    recogfast compare runs/cubs-parallel runs/cubs-serial12 runs/cubs-serial21 [--format table|md|csv]
     recogfast info | recogfast bench | recogfast demo
 
-Bad input (unknown model or dataset, a missing folder, an unreadable checkpoint) prints one line
-``recogfast: error: ...`` and exits with status 2, without a traceback.
+Every run has train / val / test splits: only val steers training (best.pt, --patience, the plateau
+schedule); the chosen checkpoint is scored on test once, at the end (``--val-fraction 0``: no val, the
+last epoch is the result). Bad input (unknown model or dataset, a missing folder, an unreadable
+checkpoint, a training split smaller than one batch, a run folder that already holds a run) prints one
+line ``recogfast: error: ...`` and exits with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -40,6 +45,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from recogfast.engine.schedule import OPTIMIZERS, SCHEDULES
     from recogfast.engine.tasks import DATASETS
@@ -47,13 +62,25 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="shapes196", help=f"one of: {', '.join(DATASETS)} (default shapes196)")
     p.add_argument("--data", default=None, help="dataset folder (Shapes196: cache folder, optional)")
     p.add_argument("--model", default=None, help="model name (see `recogfast info`); default resnet18")
-    p.add_argument("--out", default=None, help="run folder (default runs/<task>-<dataset>-<model>)")
+    p.add_argument("--out", default=None,
+                   help="run folder (default runs/<task>-<dataset>-<model>, numbered -2, -3... when it holds a run)")
+    p.add_argument("--config", default=None, help="a run's config.json to start from (flags given here override it)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that --out already holds")
+    p.add_argument("--val-fraction", type=_fraction, default=None,
+                   help="held out for validation: of each class's images (classify, default 0.1) or of the training "
+                        "classes (retrieval, default 0.15); 0 = no validation, the last epoch is the result")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--protocol", choices=("classification", "retrieval"), default=None,
+                   help="classify on the dataset's own test images (classification, default) or on the "
+                        "disjoint-class split (retrieval: test = Recall@K of the pooled features; Task 4)")
     p.add_argument("--epochs", type=_positive_int, default=30)
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--image-size", type=_positive_int, default=None, help="default 64 (224 for cars196)")
     p.add_argument("--stem", choices=("imagenet", "small"), default=None, help="default small for <= 64 px")
     p.add_argument("--attn-impl", choices=("auto", "fused", "reference"), default="auto")
-    p.add_argument("--weights", default=None, help="torchvision/recogfast checkpoint to start from")
+    p.add_argument("--weights", default=None,
+                   help="checkpoint to start from: a torchvision .pth, a recogfast run's best.pt (its classifier is "
+                        "cropped for retrieval), or 'imagenet' (torchvision's, via $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     p.add_argument("--lr", type=float, default=None, help="default 0.1·batch/256 (sgd), 1e-3 (adamw)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -94,10 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="recogfast", description="Fused attention blocks, losses and a training engine.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     train = sub.add_parser("train", help="train a model")
+    parser.train_parser = train
     train.add_argument("task", choices=("classify", "retrieval"))
     _add_train_args(train)
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on its test split")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on its test (or val) split")
     ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--split", choices=("test", "val"), default="test",
+                    help="test (default) or the run's validation split")
+    ev.add_argument("--baselines", action="store_true", help="also score raw pixels and the untrained network")
     ev.add_argument("--dataset", default=None, help="override the checkpoint's dataset")
     ev.add_argument("--data", default=None, help="override the checkpoint's data folder")
     ev.add_argument("--features", action="store_true",
@@ -108,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--workers", dest="num_workers", type=int, default=None)
     cmp = sub.add_parser("compare", help="one table of several runs' summaries (e.g. the three CUBS placements)")
     cmp.add_argument("runs", nargs="+", help="run folders (holding summary.json)")
+    cmp.add_argument("--format", choices=("table", "md", "csv"), default="table")
     sub.add_parser("info", help="build, devices, kernels, models")
     bench = sub.add_parser("bench", help="run the benchmark suites and print one table")
     bench.add_argument("filter", nargs="?", default=None, help="pytest -k expression")
@@ -155,6 +187,20 @@ def _check_checkpoint(path: str) -> dict:
         raise UsageError(str(err)) from None
 
 
+def _run_folder(args, model: str) -> str:
+    """The run folder: --out (refused when it holds a run, unless --resume or --overwrite), else
+    runs/<task>-<dataset>-<model>, numbered when taken (the unnumbered one with --resume)."""
+    from recogfast.engine.runs import holds_run, new_run_folder
+
+    if args.out is None:
+        base = os.path.join("runs", f"{args.task}-{args.dataset}-{model}")
+        return base if args.resume else new_run_folder(base)
+    if holds_run(args.out) and not (args.resume or args.overwrite):
+        raise UsageError(f"{args.out} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+                         f"or another --out")
+    return args.out
+
+
 def cmd_train(args) -> int:
     from recogfast.engine.tasks import RunConfig, build_trainer
     from recogfast.models import list_models
@@ -167,96 +213,87 @@ def cmd_train(args) -> int:
     if args.task == "retrieval" and args.dataset == "tiny-imagenet":
         raise UsageError("retrieval needs disjoint train/test classes: use --dataset cars196 or shapes196")
     if args.weights is not None:
-        from recogfast.models.weights import read_state_dict
+        from recogfast.models.weights import read_state_dict, resolve_weights
 
         try:
-            read_state_dict(args.weights)
+            read_state_dict(resolve_weights(args.weights, model))
         except (FileNotFoundError, ValueError) as err:
             raise UsageError(str(err)) from None
-    out = args.out or os.path.join("runs", f"{args.task}-{args.dataset}-{model}")
+    out = _run_folder(args, model)
     if isinstance(args.resume, str):
         _check_checkpoint(args.resume)
     elif args.resume and os.path.exists(os.path.join(out, "last.pt")):
         _check_checkpoint(os.path.join(out, "last.pt"))
-    fields = {k: v for k, v in vars(args).items() if k not in ("command", "task", "resume", "quiet", "model", "out")}
-    cfg = RunConfig(task=args.task, model=model, out=out, progress=not args.quiet, **fields)
+    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra")
+    fields = {k: v for k, v in vars(args).items() if k not in skip}
+    cfg = RunConfig(task=args.task, model=model, out=out, progress=not args.quiet, **fields, **getattr(args, "extra", {}))
     try:
+        cfg.resolved()  # option conflicts (--patience without validation...) before anything is built
         trainer = build_trainer(cfg)
     except (FileNotFoundError, ValueError, OSError) as err:
         raise UsageError(str(err)) from None
+    if args.overwrite and not args.resume and int(os.environ.get("RANK", "0")) == 0:
+        from recogfast.engine.runs import clear_run
+
+        clear_run(out)
     summary = trainer.fit(resume=args.resume)
-    print(f"run folder: {out}  best {summary['monitor']} {summary['best_value']}"
-          f" at epoch {summary['best_epoch']}" + ("  (stopped early)" if summary["stopped_early"] else ""))
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_result(out, summary)
     return 0
 
 
+def _metric_text(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k != "loss")
+
+
+def _print_result(out: str, summary: dict) -> None:
+    val, test = summary.get("val"), summary.get("test")
+    if val:
+        print(f"best val {summary['monitor']} {summary['best_value']:.4f} at epoch {val['epoch']}"
+              + ("  (stopped early)" if summary["stopped_early"] else ""))
+    else:
+        print(f"no validation split: the result is the last epoch ({summary['epochs_run']})")
+    if test:
+        print(f"TEST (epoch {test['epoch']}, {test['chosen_by']}): {_metric_text(test)}")
+    print(f"run folder: {out}")
+
+
+def _round(obj, digits: int = 4):
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: _round(v, digits) for k, v in obj.items()}
+    return obj
+
+
 def cmd_eval(args) -> int:
-    import dataclasses
-
-    import torch
-
-    from recogfast.engine import tasks
-    from recogfast.metrics import retrieval_metrics
+    from recogfast.engine.evaluate import evaluate_checkpoint
 
     _check_device(args.device)
     ckpt = _check_checkpoint(args.checkpoint)
     saved = ckpt.get("config") or {}
-    known = {f.name for f in dataclasses.fields(tasks.RunConfig)}
-    cfg = tasks.RunConfig(**{k: v for k, v in saved.items() if k in known})
-    cfg.dataset = args.dataset or cfg.dataset
-    cfg.data = args.data if args.data is not None else cfg.data
-    cfg.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg.batch_size, cfg.backend, cfg.num_workers, cfg.weights = args.batch_size, args.backend, args.num_workers, None
-    cfg.amp = "auto"
-    _check_dataset_args(cfg.dataset, cfg.data)
-    cfg = cfg.resolved()
+    dataset = args.dataset or saved.get("dataset", "shapes196")
+    _check_dataset_args(dataset, args.data if args.data is not None else saved.get("data"))
     try:
-        model = tasks.build_model(cfg, saved.get("num_classes"))
-        model.load_state_dict(ckpt["model"])
-    except (ValueError, RuntimeError) as err:
-        raise UsageError(f"checkpoint {args.checkpoint} does not match its model: {str(err).splitlines()[0]}") from None
-    model = model.to(cfg.device).eval()
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if args.features:
-        cfg.task = "retrieval"  # the disjoint-class split, whatever the checkpoint was trained for
-    try:
-        train_ds, test_ds = tasks.build_datasets(cfg)
-        _, test_loader = tasks.build_loaders(dataclasses.replace(cfg, task="classify"), train_ds, test_ds)
+        result, path = evaluate_checkpoint(ckpt, args.checkpoint, split=args.split, features=args.features,
+                                           baselines=args.baselines, dataset=args.dataset, data=args.data,
+                                           device=args.device, batch_size=args.batch_size, backend=args.backend,
+                                           num_workers=args.num_workers)
     except (FileNotFoundError, ValueError, OSError) as err:
         raise UsageError(str(err)) from None
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
-    with torch.no_grad(), torch.autocast(torch.device(cfg.device).type, dtype=amp, enabled=amp is not None):
-        if cfg.task == "classify":
-            result = tasks.classification_eval(test_loader)(model)
-        else:
-            e, y = tasks.embed(model, test_loader, features=args.features or getattr(model, "embedding_dim", None) is None)
-            result = retrieval_metrics(e, y)
-    result = {"checkpoint": args.checkpoint, "model": cfg.model, "dataset": cfg.dataset, "task": cfg.task,
-              "features": bool(args.features), "test_images": len(test_ds), **result}
-    print(json.dumps(result, indent=2))
+    print(json.dumps(_round(result), indent=2))
+    print(f"written to {path}", file=sys.stderr)
     return 0
 
 
 def cmd_compare(args) -> int:
-    rows = []
-    for folder in args.runs:
-        path = os.path.join(folder, "summary.json")
-        try:
-            with open(path) as f:
-                s = json.load(f)
-        except (OSError, ValueError) as err:
-            raise UsageError(f"cannot read {path}: {err}") from None
-        final = s.get("final") or {}
-        metrics = {k[4:]: v for k, v in final.items() if k.startswith("val_") and k != "val_loss"}
-        rows.append((folder, s.get("config", {}).get("model", "?"), s.get("monitor"), s.get("best_value"),
-                     s.get("best_epoch"), s.get("epochs_run"), final.get("train_img_per_s"), metrics))
-    name_w = max(len(r[0]) for r in rows)
-    print(f"{'run':<{name_w}}  {'model':<24} {'best':>14} {'epoch':>6} {'epochs':>6} {'img/s':>8}")
-    for folder, model, monitor, best, epoch, epochs, speed, _ in rows:
-        shown = f"{monitor} {best:.4f}" if isinstance(best, float) else "-"
-        speed = f"{speed:.0f}" if isinstance(speed, float) else "-"
-        print(f"{folder:<{name_w}}  {model:<24} {shown:>14} {str(epoch):>6} {str(epochs):>6} {speed:>8}")
+    from recogfast.engine.runs import compare_rows, format_table
+
+    try:
+        header, rows = compare_rows(args.runs)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(format_table(header, rows, args.format))
     return 0
 
 
@@ -283,6 +320,29 @@ def cmd_bench(args) -> int:
     return subprocess.call(cmd, cwd=root)
 
 
+def _with_config(parser, argv, args):
+    """Parse again with the saved config's values as the train defaults: flags given override them."""
+    import dataclasses
+
+    from recogfast.engine.runs import read_config
+    from recogfast.engine.tasks import RunConfig
+
+    try:
+        values = read_config(args.config, {f.name for f in dataclasses.fields(RunConfig)})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if values.get("task", args.task) != args.task:
+        raise UsageError(f"config file {args.config} is for `train {values['task']}`, not `train {args.task}`")
+    dests = {a.dest for a in parser.train_parser._actions}
+    values.pop("out", None)  # a new run: --out, or a new numbered folder
+    values.pop("task", None)
+    values.pop("progress", None)
+    parser.train_parser.set_defaults(**{k: v for k, v in values.items() if k in dests})
+    args = parser.parse_args(argv)
+    args.extra = {k: v for k, v in values.items() if k not in dests}
+    return args
+
+
 def _one_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
@@ -297,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "train" and args.config:
+            args = _with_config(parser, argv, args)
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE

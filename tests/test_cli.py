@@ -82,20 +82,30 @@ def test_train_resume_eval(capsys, tmp_path, shapes_cache):
     summary = json.load(open(out / "summary.json"))
     assert summary["epochs_run"] == 2 and summary["global_step"] == 4
     assert summary["config"]["model"] == "tinynet" and "kernels" in summary["config"]
+    # three splits: 1 of the 3 train images of each class is held out for validation (--val-fraction 0.1)
+    assert summary["config"]["train_images"] == 2 * 196 and summary["config"]["val_images"] == 196
+    assert summary["val"]["epoch"] == summary["best_epoch"] and summary["test"]["epoch"] == summary["best_epoch"]
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--workers", "0", "--device", "cpu"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["test_images"] == 196 and 0.0 <= result["top1"] <= 1.0
-    last = torch.load(out / "last.pt", weights_only=True)
-    assert result["top1"] == pytest.approx(last["history"][-1]["val_top1"])
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--workers", "0", "--device", "cpu"]) == 0
+    result = json.load(open(out / "eval-test.json"))  # written into the run folder; printed rounded
+    printed = json.loads(capsys.readouterr().out)
+    assert result["split"] == "test" and result["images"] == 196 and 0.0 <= result["top1"] <= 1.0
+    assert printed["top1"] == round(result["top1"], 4)
+    assert result["top1"] == pytest.approx(summary["test"]["top1"])  # the run's test line is best.pt on test
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--split", "val", "--workers", "0", "--device", "cpu"]) == 0
+    val = json.load(open(out / "eval-val.json"))
+    best_row = torch.load(out / "best.pt", weights_only=True)["history"][summary["best_epoch"] - 1]
+    assert val["images"] == 196 and val["top1"] == pytest.approx(best_row["val_top1"])
+    capsys.readouterr()
     assert main(["compare", str(out), str(out)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert len(table) == 3 and "tinynet" in table[1] and "top1" in table[1]
+    assert len(table) == 3 and "tinynet" in table[1] and "val top1" in table[0] and "test top1" in table[0]
     _one_line_error(capsys, ["compare", str(tmp_path / "nowhere")], "cannot read")
-    # Recall@K of the classifier's pooled features on the unseen-class split
+    # Recall@K of the classifier's pooled features on the unseen-class split (with a note: it saw them)
     assert main(["eval", "--checkpoint", str(out / "best.pt"), "--features", "--workers", "0", "--device", "cpu"]) == 0
     feats = json.loads(capsys.readouterr().out)
-    assert feats["task"] == "retrieval" and 0.0 <= feats["recall@1"] <= feats["recall@8"] <= 1.0
+    assert feats["features"] and feats["classes"] == 98 and 0.0 <= feats["recall@1"] <= feats["recall@8"] <= 1.0
+    assert (out / "eval-test-features.json").is_file()
 
 
 def test_demo_smoke(capsys, tmp_path, shapes_cache):
@@ -110,10 +120,27 @@ def test_demo_smoke(capsys, tmp_path, shapes_cache):
         assert needle in text, needle
     result = json.load(open(out / "demo.json"))
     assert set(result["retrieval"]) >= {"raw_pixels", "untrained", "trained"}
-    # the reported model is the last epoch's (no selection on the test split), the best is only noted
-    last = list(csv.DictReader(open(out / "retrieval" / "log.csv")))[-1]
-    assert last["epoch"] == "2" and result["retrieval"]["epochs"] == 2
-    assert result["retrieval"]["trained"]["recall@1"] == pytest.approx(float(last["val_recall@1"]), abs=1e-5)
-    assert 1 <= result["retrieval"]["best_epoch"] <= 2
+    # the reported model is the last epoch's, scored on test once: no validation, no selection, and
+    # no epoch line reads the test split
+    rows = list(csv.DictReader(open(out / "retrieval" / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and not any(k.startswith("val_") for k in rows[0])
+    summary = json.load(open(out / "retrieval" / "summary.json"))
+    assert summary["val"] is None and summary["test"]["epoch"] == 2 and result["retrieval"]["epoch"] == 2
+    assert result["retrieval"]["trained"]["recall@1"] == summary["test"]["recall@1"]
     assert "fused cpu/float32" in result["kernels"]["cubs_channel"]
     assert os.path.isfile(out / "retrieval" / "summary.json") and os.path.isfile(out / "classify" / "last.pt")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["info", "--help"], ["compare", "--help"], ["train", "--help"]])
+def test_help_does_not_import_torchvision_models_or_pipelines(argv):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom recogfast.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print([m for m in ('torchvision', 'recogfast.models', 'recogfast.data', 'nvidia.dali') if m in sys.modules])"
+            % (argv,))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]

@@ -175,3 +175,29 @@ def test_stop_training_callback(tmp_path):
     summary = t.fit()
     assert summary["epochs_run"] == 1 and len(t.step_losses) == len(t.train_loader) + 2
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1 and (tmp_path / "summary.json").is_file()
+
+
+def test_progress_bar_is_tqdm_on_a_terminal_and_lines_in_logs():
+    import io
+
+    from recogfast.engine.logs import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    bar = Progress(4, "epoch 1/2", stream=term, interval=0)  # every update drawn
+    assert bar.bar is not None  # tqdm
+    for _ in range(4):
+        bar.update(32, loss=1.25, lr=0.1)
+    bar.close()
+    text = term.getvalue()
+    assert "epoch 1/2" in text and "4/4" in text and "loss=1.25" in text and "img/s=" in text
+    log = io.StringIO()  # not a terminal: plain lines, the last step always shown
+    bar = Progress(4, "epoch 1/2", stream=log, interval=1e9)
+    for _ in range(4):
+        bar.update(32, loss=1.25)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/2 4/4  loss 1.25") and "\r" not in log.getvalue()

@@ -12,12 +12,13 @@ from recogfast.data.errors import DataError, SkippedSamplesWarning
 from recogfast.data.loaders import TorchvisionLoader, build_loader, dali_available
 from recogfast.data.samplers import MPerClassSampler, ShuffleBatchSampler
 from recogfast.data.shapes import Shapes196
+from recogfast.data.splits import split_by_class, split_by_image
 from recogfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "TinyImageNet", "Cars196", "Shapes196", "ImageList",
     "build_loader", "dali_available", "TorchvisionLoader",
-    "MPerClassSampler", "ShuffleBatchSampler",
+    "MPerClassSampler", "ShuffleBatchSampler", "split_by_image", "split_by_class",
     "DataError", "SkippedSamplesWarning",
     "IMAGENET_MEAN", "IMAGENET_STD",
 ]

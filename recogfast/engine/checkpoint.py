@@ -21,6 +21,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; a checkpoint gets the mode any new file gets
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -40,6 +41,13 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0o644 under the usual 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

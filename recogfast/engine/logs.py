@@ -105,23 +105,41 @@ def _fmt_time(seconds: float) -> str:
 class Progress:
     """A progress bar with live loss, throughput and ETA on stderr.
 
-    On a terminal it redraws one line; otherwise (logs, CI) it prints a line at most every `interval`
-    seconds, so captured output stays short.
+    On a terminal it is a tqdm bar (cleared at the end of the epoch, whose one-line summary stays);
+    otherwise (logs, CI) it prints a line at most every `interval` seconds, so captured output stays
+    short. Without tqdm installed, a terminal gets the same line redrawn in place.
     """
 
     def __init__(self, total: int | None, desc: str, enabled: bool = True, interval: float = 10.0, stream=None):
         self.total, self.desc, self.enabled = total, desc, enabled
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.interval = 0.1 if self.tty else interval
+        self.interval = min(0.1, interval) if self.tty else interval
         self.start = self.last = time.perf_counter()
         self.n = 0
         self.samples = 0
+        self.bar = None
+        if enabled and self.tty:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc=desc, file=self.stream, leave=False, dynamic_ncols=True,
+                                unit="step", mininterval=self.interval)
 
     def update(self, samples: int, **values) -> None:
         self.n += 1
         self.samples += samples
         now = time.perf_counter()
+        if self.bar is not None:
+            if now - self.last >= self.interval or self.n == self.total:
+                self.last = now
+                rate = self.samples / (now - self.start) if now > self.start else 0.0
+                post = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in values.items()}
+                self.bar.set_postfix(post | {"img/s": f"{rate:.0f}"}, refresh=False)
+            self.bar.update(1)
+            return
         if not self.enabled or (now - self.last < self.interval and self.n != self.total):
             return
         self.last = now
@@ -140,6 +158,9 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            return
         if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()

@@ -1,9 +1,12 @@
 """The two training tasks built from one flat configuration: classification and retrieval.
 
 ``run_train(RunConfig(...))`` builds the datasets, loaders, model, loss, optimizer and schedule, then
-runs :class:`~recogfast.engine.Trainer`. Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process
-group (NCCL on GPUs, gloo on CPUs), shards the loaders and evaluates on every rank's share of the test
-set, gathering the embeddings / counts.
+runs :class:`~recogfast.engine.Trainer`. Every run has three splits: train, val (carved out of the
+training split: ``val_fraction`` of each class's images for classification, of the training classes
+for retrieval; 0 = none) and test. Only val steers training (best epoch, early stopping, plateau); the
+chosen checkpoint is scored on test once, at the end. Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins
+the process group (NCCL on GPUs, gloo on CPUs), shards the loaders and evaluates on every rank's share,
+gathering the embeddings / counts.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ log = logging.getLogger("recogfast")
 
 TASKS = ("classify", "retrieval")
 DATASETS = ("shapes196", "tiny-imagenet", "cars196")
+PROTOCOLS = ("classification", "retrieval")
+DEFAULT_VAL_FRACTION = {"classify": 0.1, "retrieval": 0.15}
 
 
 @dataclass
@@ -64,6 +69,14 @@ class RunConfig:
     backend: str = "auto"
     num_workers: int | None = None
     steps_per_epoch: int | None = None
+    # splits: val_fraction None = the task's default (0.1 of each class's images for classification,
+    # 0.15 of the training classes for retrieval); 0 = no validation (the last epoch is the result).
+    val_fraction: float | None = None
+    split_seed: int = 0
+    # which classes train: "classification" (all, the dataset's own test images) or "retrieval" (the
+    # disjoint-class split; for classify: a classifier on the train classes whose test result is the
+    # Recall@K of its pooled features on the test classes: the course's Task 4). None = the task's own.
+    protocol: str | None = None
     # retrieval
     embedding_dim: int = 512
     m_per_class: int = 4
@@ -94,52 +107,28 @@ class RunConfig:
             c.amp = "bf16" if c.device.startswith("cuda") else "none"
         if c.lr is None:
             c.lr = 0.1 * c.batch_size / 256 if c.optimizer == "sgd" else 1e-3
+        if c.val_fraction is None:
+            c.val_fraction = DEFAULT_VAL_FRACTION[c.task]
+        if not 0.0 <= c.val_fraction < 1.0:
+            raise ValueError(f"--val-fraction must lie in [0, 1), got {c.val_fraction}")
+        if c.val_fraction == 0 and c.patience is not None:
+            raise ValueError("--patience needs a validation split: it cannot be used with --val-fraction 0")
+        if c.val_fraction == 0 and c.schedule == "plateau":
+            raise ValueError("--schedule plateau needs a validation split: it cannot be used with --val-fraction 0")
+        if c.protocol is None:
+            c.protocol = "classification" if c.task == "classify" else "retrieval"
+        if c.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {c.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        if c.task == "retrieval" and c.protocol != "retrieval":
+            raise ValueError("retrieval trains on the disjoint-class split: --protocol classification is for classify")
+        if c.dataset == "tiny-imagenet" and c.protocol == "retrieval":
+            raise ValueError("retrieval needs disjoint train/test classes: use --dataset cars196 or shapes196")
         return c
 
 
-# ---------------------------------------------------------------------------------------- data
-def build_datasets(cfg: RunConfig):
-    """(train, test) datasets for the task: classification uses each dataset's labelled test split,
-    retrieval the disjoint-class split (Cars196 and Shapes196: 98 train / 98 test classes)."""
-    from recogfast import data
-
-    protocol = "classification" if cfg.task == "classify" else "retrieval"
-    if cfg.dataset == "shapes196":
-        kw = dict(cache_dir=cfg.data, protocol=protocol, images_per_class=cfg.images_per_class, image_size=64, seed=0)
-        return data.Shapes196(split="train", **kw), data.Shapes196(split="test", **kw)
-    if cfg.data is None:
-        raise ValueError(f"--data is required for {cfg.dataset}")
-    if not os.path.isdir(cfg.data):
-        raise FileNotFoundError(f"data folder not found: {cfg.data}")
-    if cfg.dataset == "tiny-imagenet":
-        if cfg.task == "retrieval":
-            raise ValueError("retrieval needs disjoint train/test classes: use cars196 or shapes196")
-        return data.TinyImageNet(cfg.data, "train"), data.TinyImageNet(cfg.data, "val")
-    return data.Cars196(cfg.data, "train", protocol), data.Cars196(cfg.data, "test", protocol)
-
-
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def build_loaders(cfg: RunConfig, train_ds, test_ds):
-    from recogfast.data import MPerClassSampler, build_loader
-
-    rank, world = _dist_info()
-    common = dict(image_size=cfg.image_size, backend=cfg.backend, device=cfg.device, num_workers=cfg.num_workers,
-                  channels_last=cfg.channels_last, crop_scale=cfg.crop_scale)
-    if cfg.task == "retrieval":
-        sampler = MPerClassSampler(train_ds.labels, cfg.m_per_class, cfg.batch_size, seed=cfg.seed,
-                                   shard_id=rank, num_shards=world)
-        train = build_loader(train_ds, train=True, batch_size=cfg.batch_size, sampler=sampler, seed=cfg.seed, **common)
-    else:
-        train = build_loader(train_ds, train=True, batch_size=cfg.batch_size, seed=cfg.seed, shard_id=rank,
-                             num_shards=world, **common)
-    test = build_loader(test_ds, train=False, batch_size=max(cfg.batch_size, 256), shard_id=rank, num_shards=world,
-                        **common)
-    return train, test
+from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; RunConfig is defined above)
+    _dist_info, build_datasets, build_eval_loader, build_loaders, check_train_split, small_classes_note,
+)
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -217,14 +206,23 @@ def retrieval_eval(loader, ks=(1, 2, 4, 8), features: bool = False):
 
 
 # ---------------------------------------------------------------------------------------- runs
-def kernels_used(device: str, amp: str) -> dict[str, str]:
-    """Which implementation each fused op runs for this device and activation dtype."""
+def kernels_used(device: str, amp: str, model: str | None = None, task: str | None = None) -> dict[str, str]:
+    """Which implementation each fused op runs for this device and activation dtype; with `model` and
+    `task`, only the ops that this model and loss call."""
     from recogfast import _impl
     from recogfast.ops import FUSED_OPS
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
     dev = torch.device(device).type
-    return {op: _impl.describe(dev, dtype) for op in FUSED_OPS}
+    ops = list(FUSED_OPS)
+    if model is not None:
+        from recogfast.models import model_info
+
+        attention = model_info(model)["attention"] or ""
+        ops = (["se_gate"] if attention == "se" else []) + (["cubs_channel", "cubs_spatial"] if attention.startswith("cubs") else [])
+        ops += ["ms_loss"] if task == "retrieval" else []
+    # the loss runs in float32 (the trainer casts the outputs)
+    return {op: _impl.describe(dev, torch.float32 if op == "ms_loss" else dtype) for op in ops}
 
 
 def setup_distributed(device: str) -> tuple[int, int, str]:
@@ -264,40 +262,77 @@ def build_loss(cfg: RunConfig) -> nn.Module:
     return loss
 
 
+def saved_config(cfg: RunConfig, resolved: RunConfig) -> dict[str, Any]:
+    """What ``config.json`` holds: the resolved configuration, except the machine-dependent choices
+    (device, AMP) kept as asked, so ``recogfast train --config`` repeats the run on another machine."""
+    out = dataclasses.asdict(resolved)
+    out.update(device=cfg.device, amp=cfg.amp)
+    out.pop("progress", None)
+    return out
+
+
 def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     """Everything a run needs (data, loaders, model, loss, optimizer, schedule), ready to ``fit()``.
 
-    Input problems (unknown names, missing folders, unreadable weights) surface here, before training.
+    Input problems (unknown names, missing folders, unreadable weights, a training split smaller than
+    one batch) surface here as ``ValueError`` / ``OSError``, before any model is built.
     """
-    cfg = cfg.resolved()
+    asked, cfg = cfg, cfg.resolved()
     rank, world, cfg.device = setup_distributed(cfg.device)
     seed_everything(cfg.seed + rank)
-    train_ds, test_ds = build_datasets(cfg)
-    train_loader, test_loader = build_loaders(cfg, train_ds, test_ds)
+    train_ds, val_ds, test_ds = build_datasets(cfg)
+    check_train_split(cfg, train_ds, val_ds, world)
+    train_loader, val_loader, test_loader = build_loaders(cfg, train_ds, val_ds, test_ds)
+    main = rank == 0
+    backend = getattr(train_loader, "backend", "?")
+    if main and cfg.progress:
+        why = {"auto": "DALI imports" if backend == "dali" else "DALI is not installed"}.get(cfg.backend, "asked for")
+        sizes = f"train {len(train_ds)} images / {train_ds.num_classes} classes, " + (
+            f"val {len(val_ds)} / {val_ds.num_classes}, " if val_ds is not None else "no val (--val-fraction 0), ")
+        print(f"data: {sizes}test {len(test_ds)} / {test_ds.num_classes}; {backend} backend ({why})", flush=True)
+    if cfg.task == "retrieval" and main:
+        note = small_classes_note(train_ds.labels, cfg.m_per_class)
+        if note:
+            print(note, flush=True)
+    steps = len(train_loader) if cfg.steps_per_epoch is None else min(len(train_loader), cfg.steps_per_epoch)
+    if main and cfg.steps_per_epoch is not None and cfg.steps_per_epoch > len(train_loader):
+        print(f"note: --steps-per-epoch {cfg.steps_per_epoch} is more than an epoch holds ({len(train_loader)} "
+              f"steps): each epoch runs {len(train_loader)} steps", flush=True)
     # the model is initialised identically on every rank (DDP also broadcasts it)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, train_ds.num_classes)
-    if rank == 0 and getattr(model, "load_report", None) is not None:
+    if main and getattr(model, "load_report", None) is not None:
         print(model.load_report.summary(), flush=True)
     loss = build_loss(cfg)
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    steps = len(train_loader) if cfg.steps_per_epoch is None else min(len(train_loader), cfg.steps_per_epoch)
     monitor, mode = ("top1", "max") if cfg.task == "classify" else ("recall@1", "max")
     scheduler, interval = build_scheduler(optimizer, cfg.schedule, cfg.epochs, steps, cfg.warmup_epochs,
                                           cfg.step_size, cfg.gamma, cfg.plateau_patience, mode)
-    evaluate = classification_eval(test_loader) if cfg.task == "classify" else retrieval_eval(test_loader)
+    if cfg.task == "classify":
+        val_eval = classification_eval(val_loader) if val_loader is not None else None
+        # a classifier on the disjoint-class split is tested by the Recall@K of its pooled features
+        test_eval = (retrieval_eval(test_loader, features=True) if cfg.protocol == "retrieval"
+                     else classification_eval(test_loader))
+    else:
+        val_eval = retrieval_eval(val_loader) if val_loader is not None else None
+        test_eval = retrieval_eval(test_loader)
+    kernels = kernels_used(cfg.device, cfg.amp, cfg.model, cfg.task)
+    if main and cfg.progress:
+        print("kernels: " + ("; ".join(f"{op} {how}" for op, how in kernels.items()) or "none (this model calls no fused op)"),
+              flush=True)
     config = dataclasses.asdict(cfg)
-    config.update(world_size=world, train_images=len(train_ds), test_images=len(test_ds),
-                  num_classes=train_ds.num_classes, backend_used=getattr(train_loader, "backend", "?"),
-                  kernels=kernels_used(cfg.device, cfg.amp))
+    config.update(world_size=world, train_images=len(train_ds), val_images=len(val_ds) if val_ds is not None else 0,
+                  test_images=len(test_ds), num_classes=train_ds.num_classes,
+                  val_classes=val_ds.num_classes if val_ds is not None else 0, test_classes=test_ds.num_classes,
+                  params=sum(p.numel() for p in model.parameters()), backend_used=backend, kernels=kernels)
     options = TrainerOptions(epochs=cfg.epochs, monitor=monitor, mode=mode, patience=cfg.patience,
                              min_delta=cfg.min_delta, amp=cfg.amp, channels_last=cfg.channels_last,
                              compile=cfg.compile, steps_per_epoch=cfg.steps_per_epoch, progress=cfg.progress,
-                             config=config)
-    trainer = Trainer(model, loss, train_loader, evaluate, optimizer, scheduler, interval, out_dir=cfg.out,
-                      options=options, device=cfg.device, callbacks=callbacks)
-    trainer.test_loader = test_loader
-    trainer.datasets = (train_ds, test_ds)
+                             config=config, run_config=saved_config(asked, cfg))
+    trainer = Trainer(model, loss, train_loader, val_eval, optimizer, scheduler, interval, out_dir=cfg.out,
+                      options=options, device=cfg.device, callbacks=callbacks, test_evaluate=test_eval)
+    trainer.val_loader, trainer.test_loader = val_loader, test_loader
+    trainer.datasets = (train_ds, val_ds, test_ds)
     return trainer
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recogfast.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from recogfast.engine.checkpoint import atomic_save, file_mode, load_checkpoint, rng_state, set_rng_state
 from recogfast.engine.logs import CSVLog, Progress, TensorBoard, plot_history
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
@@ -48,6 +49,7 @@ class TrainerOptions:
     tensorboard: bool = True
     plots: bool = True
     config: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints and the summary
+    run_config: dict[str, Any] | None = None  # written to <out>/config.json (what `recogfast train --config` reads)
 
 
 def _is_main() -> bool:
@@ -63,7 +65,11 @@ class Trainer:
             cross-batch memory, for example) is checkpointed too.
         train_loader: iterable of ``(images, labels)``; ``set_epoch(epoch)`` is called on it (or on
             its ``sampler``) when it has one, so shuffling is a function of (seed, epoch).
-        evaluate: ``evaluate(model) -> dict`` of metrics (computed on the eval model, no grad).
+        evaluate: ``evaluate(model) -> dict`` of validation metrics (computed on the eval model, no
+            grad), every epoch: ``best.pt``, early stopping and the plateau schedule follow it. None: no
+            validation; then every epoch is "best" (``best.pt`` is the last epoch).
+        test_evaluate: ``test_evaluate(model) -> dict``, run once at the end of ``fit`` on the chosen
+            checkpoint (``best.pt``: best on val, or the last epoch without val); the summary's ``test``.
         optimizer, scheduler, scheduler_interval: from :mod:`recogfast.engine.schedule`.
         out_dir: run folder: ``last.pt``, ``best.pt``, ``log.csv``, ``summary.json``, plots, ``tb/``.
         callbacks: ``fn(trainer, event, **info)`` for events "step" and "epoch".
@@ -82,6 +88,7 @@ class Trainer:
         options: TrainerOptions | None = None,
         device: str | torch.device = "cpu",
         callbacks: list[Callable] | None = None,
+        test_evaluate: Callable[[nn.Module], dict] | None = None,
     ):
         self.opt = options or TrainerOptions()
         if self.opt.amp not in AMP_DTYPES:
@@ -95,6 +102,8 @@ class Trainer:
         self.loss_fn = loss_fn.to(self.device) if isinstance(loss_fn, nn.Module) else loss_fn
         self.train_loader = train_loader
         self.evaluate_fn = evaluate
+        self.test_evaluate_fn = test_evaluate
+        self.test_result: dict[str, Any] | None = None
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
@@ -183,6 +192,7 @@ class Trainer:
         if best:
             tmp = self.out_dir / ".best.pt.tmp"
             shutil.copyfile(self.out_dir / "last.pt", tmp)
+            os.chmod(tmp, file_mode())
             os.replace(tmp, self.out_dir / "best.pt")
 
     # ------------------------------------------------------------------ loop
@@ -242,6 +252,9 @@ class Trainer:
             bar.update(int(labels.shape[0]), loss=value, lr=self.optimizer.param_groups[0]["lr"])
             self._emit("step", step=step, loss=value)
         bar.close()
+        if loss_count == 0:
+            raise ValueError(f"epoch {self.epoch + 1} ran no optimizer step: the training loader yielded no batch "
+                             f"(fewer samples than one batch?)")
         return {"train_loss": float(loss_sum) / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
 
     def _improved(self, value: float) -> bool:
@@ -255,6 +268,8 @@ class Trainer:
         """Train until `epochs` or early stopping; returns (and writes) the summary."""
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.opt.run_config is not None:
+                _write_json(self.out_dir / "config.json", self.opt.run_config)
         if resume:
             self.resume(None if resume is True else resume)
         csv_log = CSVLog(self.out_dir / "log.csv") if self.is_main else None
@@ -305,17 +320,49 @@ class Trainer:
             pass
         finally:
             tb.close()
+        if self.test_evaluate_fn is not None and self.epoch > 0:
+            self.test_result = self.run_test()
         summary = self.summary(time.perf_counter() - t0)
         if self.is_main:
             summary["plots"] = plot_history(self.history, self.out_dir) if self.opt.plots else []
-            with open(self.out_dir / "summary.json.tmp", "w") as f:
-                json.dump(summary, f, indent=2, default=str)
-            os.replace(self.out_dir / "summary.json.tmp", self.out_dir / "summary.json")
+            _write_json(self.out_dir / "summary.json", summary)
         return summary
+
+    def chosen_epoch(self) -> int:
+        """The epoch whose model is the run's result: the best on val, else (no val) the last."""
+        if self.evaluate_fn is not None and self.best_epoch is not None:
+            return int(self.best_epoch)
+        return self.epoch
+
+    def run_test(self) -> dict[str, Any]:
+        """Score the chosen checkpoint on the test split (once, at the end of ``fit``). The model is
+        put back to the last epoch's weights afterwards."""
+        epoch = self.chosen_epoch()
+        last = None
+        if epoch != self.epoch:
+            if self.distributed:
+                dist.barrier()  # rank 0 wrote best.pt
+            last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(load_checkpoint(self.out_dir / "best.pt")["model"])
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            metrics = self.test_evaluate_fn(self.model)
+        if last is not None:
+            self.model.load_state_dict(last)
+        chosen = f"best val {self.opt.monitor}" if self.evaluate_fn is not None else "last epoch, no validation"
+        return {"epoch": epoch, "chosen_by": chosen, **{k: float(v) for k, v in metrics.items()}}
 
     def summary(self, seconds: float) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
+        val = None
+        if self.evaluate_fn is not None and self.best_epoch is not None:
+            row = self.history[self.best_epoch - 1]
+            val = {"epoch": self.best_epoch, **{k[4:]: v for k, v in row.items() if k.startswith("val_")}}
+        speeds = sorted(r["train_img_per_s"] for r in self.history if isinstance(r.get("train_img_per_s"), float))
         return {
+            "val": val,
+            "test": self.test_result,
+            "median_img_per_s": statistics.median(speeds) if speeds else None,
             "config": self.opt.config,
             "epochs_run": self.epoch,
             "global_step": self.global_step,
@@ -327,3 +374,10 @@ class Trainer:
             "seconds": seconds,
             "run_dir": str(self.out_dir),
         }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    os.replace(tmp, path)

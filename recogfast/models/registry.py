@@ -59,8 +59,9 @@ def create_model(
         stem: ``"imagenet"`` (torchvision's) or ``"small"`` (3×3 stride 1, no max-pool; the right one
             for 32×32–64×64 inputs). tinynet has a single design and ignores it.
         attn_impl: ``"auto" | "fused" | "reference"`` for the attention modules.
-        weights: path of a torchvision (or recogfast) checkpoint; the result's ``load_report`` says
-            what was loaded, what was new and what was re-initialised.
+        weights: path of a torchvision (or recogfast) checkpoint, or ``"imagenet"`` for torchvision's
+            ImageNet weights of the backbone (from the torch hub cache, downloaded when missing); the
+            result's ``load_report`` says what was loaded, what was new and what was re-initialised.
     """
     _check_name(name)
     if num_classes is not None and embedding_dim is not None:
@@ -72,9 +73,9 @@ def create_model(
     model.model_name = name
     model.load_report = None
     if weights is not None:
-        from recogfast.models.weights import load_weights
+        from recogfast.models.weights import load_weights, resolve_weights
 
-        model.load_report = load_weights(model, weights)
+        model.load_report = load_weights(model, resolve_weights(weights, name))
         log.info("%s: %s", name, model.load_report.summary())
     return model
 

@@ -41,6 +41,46 @@ class LoadReport:
         return "; ".join(parts)
 
 
+# `--weights imagenet`: torchvision's ImageNet weights of the backbone each model shares (the attention
+# blocks start fresh), as (torchvision builder, weights enum name).
+_IMAGENET = {"resnet18": ("resnet18", "ResNet18_Weights"), "se_resnet18": ("resnet18", "ResNet18_Weights"),
+             "cubs_resnet18_parallel": ("resnet18", "ResNet18_Weights"),
+             "cubs_resnet18_serial12": ("resnet18", "ResNet18_Weights"),
+             "cubs_resnet18_serial21": ("resnet18", "ResNet18_Weights"),
+             "se_resnext50_32x4d": ("resnext50_32x4d", "ResNeXt50_32X4D_Weights")}
+
+
+def imagenet_weights(model: str, download: bool = True) -> str:
+    """Path of torchvision's ImageNet weights for `model`'s backbone (``weights enum .DEFAULT``) in the
+    torch hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded there when missing. Offline without
+    the file: ``FileNotFoundError`` naming the file, where it comes from and where to put it."""
+    if model not in _IMAGENET:
+        raise ValueError(f"no ImageNet weights for {model!r}: --weights imagenet works for {', '.join(_IMAGENET)}")
+    import torchvision.models
+
+    arch, enum_name = _IMAGENET[model]
+    url = getattr(torchvision.models, enum_name).DEFAULT.url
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(folder, os.path.basename(url))
+    if os.path.isfile(path):
+        return path
+    reason = "downloads are off"
+    if download:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            torch.hub.download_url_to_file(url, path, progress=False)
+            return path
+        except Exception as err:  # noqa: BLE001 - offline, proxy, disk: one message says what to do
+            reason = f"download failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+    raise FileNotFoundError(f"ImageNet weights for {model} ({arch}): {os.path.basename(url)} is not in {folder} "
+                            f"and {reason}; download {url} and put it in {folder} (or set TORCH_HOME)")
+
+
+def resolve_weights(weights: str | None, model: str) -> str | None:
+    """A weights argument as a file path: ``"imagenet"`` becomes the cached torchvision file."""
+    return imagenet_weights(model) if weights == "imagenet" else weights
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a plain torchvision ``.pth`` or a recogfast checkpoint (key ``"model"``)."""
     path = os.fspath(path)

@@ -1,0 +1,85 @@
+"""``recogfast eval``: score a checkpoint on its run's test split (or, on request, its val split), with
+the same splits, transforms and metrics as training; the result also goes into the run folder as
+``eval-<split>[-features].json``. User errors are ``ValueError`` / ``OSError`` with one-line messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+import torch
+
+from recogfast.engine import tasks
+from recogfast.metrics import retrieval_metrics
+
+
+def _config(saved: dict, **override) -> tasks.RunConfig:
+    known = {f.name for f in dataclasses.fields(tasks.RunConfig)}
+    cfg = tasks.RunConfig(**{k: v for k, v in saved.items() if k in known})
+    for k, v in override.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    return cfg
+
+
+def evaluate_checkpoint(ckpt: dict, path: str, split: str = "test", features: bool = False,
+                        baselines: bool = False, dataset: str | None = None, data: str | None = None,
+                        device: str | None = None, batch_size: int = 256, backend: str = "auto",
+                        num_workers: int | None = None) -> tuple[dict[str, Any], str]:
+    """(result, path of the JSON written next to the checkpoint).
+
+    ``features``: Recall@K / MAP@R of the pooled features (a classifier's) instead of its logits or
+    embedding. A classifier trained on the disjoint-class split (``protocol="retrieval"``, Task 4) is
+    always scored that way on test, whose classes it has not seen.
+    """
+    saved = ckpt.get("config") or {}
+    cfg = _config(saved, dataset=dataset, data=data, device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                  batch_size=batch_size, backend=backend)
+    cfg.num_workers, cfg.weights, cfg.amp, cfg.patience, cfg.schedule = num_workers, None, "auto", None, "cosine"
+    if split == "val" and cfg.val_fraction == 0:
+        raise ValueError(f"{path} was trained without a validation split (--val-fraction 0): use --split test")
+    if features and cfg.task == "classify" and cfg.protocol != "retrieval":
+        if cfg.dataset != "tiny-imagenet":
+            print("note: this classifier was trained on all classes, the test classes included: its feature Recall@K "
+                  "is not a retrieval result (train it with --protocol retrieval for that)", file=sys.stderr)
+        cfg.protocol = "retrieval"  # score its features on the disjoint-class split
+    if cfg.task == "classify" and cfg.protocol == "retrieval" and split == "test":
+        features = True  # the test classes are not the classifier's: their score is feature Recall@K
+    cfg = cfg.resolved()
+    model = tasks.build_model(cfg, saved.get("num_classes"))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path} does not match its model: {str(err).splitlines()[0]}") from None
+    _, val_ds, test_ds = tasks.build_datasets(cfg)
+    ds = val_ds if split == "val" else test_ds
+    loader = tasks.build_eval_loader(cfg, ds)
+    retrieval = features or cfg.task == "retrieval"
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+
+    def score(net: torch.nn.Module) -> dict[str, float]:
+        net = net.to(cfg.device).eval()
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast(torch.device(cfg.device).type, dtype=amp, enabled=amp is not None):
+            if not retrieval:
+                return tasks.classification_eval(loader)(net)
+            e, y = tasks.embed(net, loader, features=features or getattr(net, "embedding_dim", None) is None)
+            return retrieval_metrics(e, y)
+
+    result = {"checkpoint": path, "model": cfg.model, "dataset": cfg.dataset, "task": cfg.task, "split": split,
+              "features": bool(features), "images": len(ds), "classes": ds.num_classes,
+              "epoch": ckpt.get("epoch"), **score(model)}
+    if baselines:
+        torch.manual_seed(cfg.seed)  # the run's own initialisation
+        result["baselines"] = {"untrained": score(tasks.build_model(cfg, saved.get("num_classes")))}
+        if retrieval:
+            result["baselines"]["raw_pixels"] = retrieval_metrics(*tasks.raw_pixels(loader))
+    out = os.path.join(os.path.dirname(os.path.abspath(path)), f"eval-{split}" + ("-features" if features else "") + ".json")
+    with open(out + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(out + ".tmp", out)
+    return result, out

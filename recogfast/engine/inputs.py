@@ -1,0 +1,126 @@
+"""The data half of a run: the three splits (train / val / test), the check that training can take a
+step, and the loaders (sharded over DDP ranks). Functions take a resolved
+:class:`~recogfast.engine.tasks.RunConfig`."""
+
+from __future__ import annotations
+
+import os
+
+import torch.distributed as dist
+
+
+def build_datasets(cfg):
+    """(train, val, test) datasets; val is None with ``val_fraction`` 0.
+
+    Protocol "classification": each dataset's labelled test split (Tiny ImageNet's val folder,
+    Cars196's own test flag, Shapes196's last quarter of each class); val = a seeded, class-stratified
+    ``val_fraction`` of the training images. Protocol "retrieval" (Cars196 and Shapes196: 98 train /
+    98 test classes): val = a seeded ``val_fraction`` of the training classes for the retrieval task,
+    held-out images of the training classes for a classifier (``task="classify"``).
+    `cfg` must be resolved.
+    """
+    from recogfast import data
+
+    if cfg.dataset == "shapes196":
+        kw = dict(cache_dir=cfg.data, protocol=cfg.protocol, images_per_class=cfg.images_per_class, image_size=64, seed=0)
+        train, test = data.Shapes196(split="train", **kw), data.Shapes196(split="test", **kw)
+    else:
+        if cfg.data is None:
+            raise ValueError(f"--data is required for {cfg.dataset}")
+        if not os.path.isdir(cfg.data):
+            raise FileNotFoundError(f"data folder not found: {cfg.data}")
+        if cfg.dataset == "tiny-imagenet":
+            if cfg.protocol == "retrieval":
+                raise ValueError("retrieval needs disjoint train/test classes: use cars196 or shapes196")
+            train, test = data.TinyImageNet(cfg.data, "train"), data.TinyImageNet(cfg.data, "val")
+        else:
+            train, test = data.Cars196(cfg.data, "train", cfg.protocol), data.Cars196(cfg.data, "test", cfg.protocol)
+    if not cfg.val_fraction:
+        return train, None, test
+    split = data.split_by_class if cfg.task == "retrieval" else data.split_by_image
+    train, val = split(train, cfg.val_fraction, cfg.split_seed)
+    return train, val, test
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def check_train_split(cfg, train_ds, val_ds, world: int = 1) -> None:
+    """Refuse a training split that gives no full batch per rank (an epoch of zero steps), with both
+    numbers and what to lower. ``ValueError``; the CLI turns it into one line and exit status 2."""
+    held = ""
+    if val_ds is not None:
+        unit = "classes" if cfg.task == "retrieval" else "images"
+        count = val_ds.num_classes if cfg.task == "retrieval" else len(val_ds)
+        held = f" after holding out {count} {unit} for validation (--val-fraction {cfg.val_fraction})"
+    ranks = f" over {world} ranks" if world > 1 else ""
+    lower = " or --val-fraction" if val_ds is not None else ""
+    if cfg.task == "retrieval":
+        from recogfast.data import MPerClassSampler
+
+        if cfg.batch_size % cfg.m_per_class:
+            raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of --m-per-class {cfg.m_per_class}")
+        need = cfg.batch_size // cfg.m_per_class
+        if train_ds.num_classes < need:
+            raise ValueError(
+                f"the training split has {train_ds.num_classes} classes{held}, fewer than the {need} distinct classes "
+                f"one batch needs (--batch-size {cfg.batch_size} / --m-per-class {cfg.m_per_class}): lower --batch-size "
+                f"to {train_ds.num_classes * cfg.m_per_class} or less{lower}")
+        batches = len(MPerClassSampler(train_ds.labels, cfg.m_per_class, cfg.batch_size, seed=cfg.seed))
+        if batches // world == 0:
+            raise ValueError(
+                f"the training split gives {batches} batch(es) of --batch-size {cfg.batch_size} per epoch{held}, fewer "
+                f"than one per rank{ranks}: lower --batch-size{lower}")
+        return
+    n = len(train_ds)
+    per_rank = (n - n % world) // world
+    if per_rank < cfg.batch_size:
+        share = f" ({per_rank} per rank{ranks})" if world > 1 else ""
+        raise ValueError(
+            f"the training split has {n} images{share}{held}, fewer than one batch of --batch-size {cfg.batch_size}: "
+            f"lower --batch-size to {per_rank} or less{lower}")
+
+
+def build_eval_loader(cfg, ds):
+    """In-order loader over `ds` (every image once across DDP ranks), eval transform."""
+    from recogfast.data import build_loader
+
+    rank, world = _dist_info()
+    return build_loader(ds, train=False, batch_size=max(cfg.batch_size, 256), shard_id=rank, num_shards=world,
+                        image_size=cfg.image_size, backend=cfg.backend, device=cfg.device,
+                        num_workers=cfg.num_workers, channels_last=cfg.channels_last, crop_scale=cfg.crop_scale)
+
+
+def build_loaders(cfg, train_ds, val_ds, test_ds):
+    """(train, val, test) loaders; val is None when `val_ds` is."""
+    from recogfast.data import MPerClassSampler, build_loader
+
+    rank, world = _dist_info()
+    common = dict(image_size=cfg.image_size, backend=cfg.backend, device=cfg.device, num_workers=cfg.num_workers,
+                  channels_last=cfg.channels_last, crop_scale=cfg.crop_scale)
+    if cfg.task == "retrieval":
+        sampler = MPerClassSampler(train_ds.labels, cfg.m_per_class, cfg.batch_size, seed=cfg.seed,
+                                   shard_id=rank, num_shards=world)
+        train = build_loader(train_ds, train=True, batch_size=cfg.batch_size, sampler=sampler, seed=cfg.seed, **common)
+    else:
+        train = build_loader(train_ds, train=True, batch_size=cfg.batch_size, seed=cfg.seed, shard_id=rank,
+                             num_shards=world, **common)
+    val = build_eval_loader(cfg, val_ds) if val_ds is not None else None
+    return train, val, build_eval_loader(cfg, test_ds)
+
+
+def small_classes_note(labels, m: int) -> str | None:
+    """One line on the classes with fewer than `m` images (the sampler pads them by drawing with
+    replacement), or None when there are none."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    counts = counts[counts > 0]
+    few = counts[counts < m]
+    if not len(few):
+        return None
+    return (f"note: {len(few)} of {len(counts)} training classes have fewer than --m-per-class {m} images "
+            f"(smallest: {int(few.min())}); their groups of {m} are filled by drawing with replacement")
