@@ -72,6 +72,9 @@ def _worker(rank, task, init_file, out_dir, result_file):
         if rank == 0:
             torch.save({"losses": losses / WORLD, "state": t.model.state_dict(), "history": t.history}, result_file)
     finally:
+        # Both ranks leave together: a rank tearing gloo down while the other still saves (rank 0) or
+        # sends aborted intermittently with SIGABRT under load.
+        dist.barrier()
         dist.destroy_process_group()
 
 
