@@ -20,7 +20,7 @@ from onnxscript import FLOAT, INT64
 from onnxscript import opset18 as op
 
 OPSET = 18
-ROWS = 256  # query positions per Loop iteration of the Block 2 attention: B·ROWS·HW floats live at once
+ROWS = 64  # query positions per Loop iteration of the Block 2 attention: a few B·ROWS·HW blocks live at once
 
 
 @onnxscript.script(default_opset=op)
