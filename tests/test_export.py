@@ -157,3 +157,65 @@ def test_pt2_package_runs_in_a_fresh_process(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert bare.returncode != 0 and "recogfast" in bare.stderr, bare.stderr[-2000:]
     print(f"pt2: compile {compile_s:.1f} s, load + run in a fresh process {run_s:.1f} s")
+
+
+# --- recogfast export CHECKPOINT --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def retrieval_checkpoint(tmp_path_factory):
+    """A checkpoint as the trainer writes it (model + config), for a CUBS embedding model at 32×32."""
+    model = create_model("cubs_resnet18_parallel", embedding_dim=16, stem="small")
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    config = {"task": "retrieval", "model": "cubs_resnet18_parallel", "image_size": 32, "embedding_dim": 16}
+    torch.save({"model": model.state_dict(), "config": config}, path)
+    return str(path), model.eval()
+
+
+def _one_line_error(capsys, argv, pattern):
+    from recogfast.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("recogfast: error: ") and pattern in err[0], err
+
+
+@needs_onnx
+def test_cli_export_onnx(capsys, tmp_path, retrieval_checkpoint):
+    import json
+
+    from recogfast.cli import main
+
+    ckpt, model = retrieval_checkpoint
+    assert main(["export", ckpt, "--format", "onnx"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["file"] == ckpt[:-3] + ".onnx" and result["output"] == "embeddings"
+    assert result["input"] == ["batch", 3, 32, 32] and result["max_rel_err"] < RTOL
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert _max_rel(_session(result["file"]).run(None, {"images": x.numpy()})[0], model(x)) < RTOL
+    out = tmp_path / "fixed.onnx"
+    assert main(["export", ckpt, "--format", "onnx", "--batch", "4", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["input"] == [4, 3, 32, 32]
+    assert _session(out).get_inputs()[0].shape == [4, 3, 32, 32]
+
+
+def test_cli_export_errors_are_one_line(capsys, tmp_path, retrieval_checkpoint, monkeypatch):
+    ckpt, _ = retrieval_checkpoint
+    _one_line_error(capsys, ["export", str(tmp_path / "none.pt"), "--format", "onnx"], "checkpoint not found")
+    _one_line_error(capsys, ["export", ckpt, "--format", "tflite"], "invalid choice: 'tflite'")
+    _one_line_error(capsys, ["export", ckpt], "--format")
+    _one_line_error(capsys, ["export", ckpt, "--format", "pt2", "--batch", "0"], "expected 'dynamic' or a positive integer")
+    _one_line_error(capsys, ["export", ckpt, "--format", "pt2", "--out", str(tmp_path / "no" / "m.pt2")], "output folder not found")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage")
+    _one_line_error(capsys, ["export", str(junk), "--format", "onnx"], "cannot read checkpoint")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "config": {"task": "classify", "model": "resnet18", "num_classes": 3}}, foreign)
+    _one_line_error(capsys, ["export", str(foreign), "--format", "onnx"], "does not match its model")
+
+    import recogfast.export
+
+    def no_onnx():
+        raise ImportError("ONNX export needs onnxscript: pip install 'recogfast[onnx]'")
+
+    monkeypatch.setattr(recogfast.export, "check_onnx_installed", no_onnx)
+    _one_line_error(capsys, ["export", ckpt, "--format", "onnx"], "pip install 'recogfast[onnx]'")
