@@ -198,6 +198,22 @@ def test_cli_export_onnx(capsys, tmp_path, retrieval_checkpoint):
     assert _session(out).get_inputs()[0].shape == [4, 3, 32, 32]
 
 
+def test_cli_export_pt2(capsys, retrieval_checkpoint):
+    import json
+
+    from recogfast.cli import main
+
+    ckpt, model = retrieval_checkpoint
+    assert main(["export", ckpt, "--format", "pt2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["file"] == ckpt[:-3] + ".pt2" and result["max_rel_err"] < 1e-5  # the CLI's own check
+    from recogfast.export import load_pt2
+
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        assert _max_rel(load_pt2(result["file"])(x), model(x)) < 1e-5
+
+
 def test_cli_export_errors_are_one_line(capsys, tmp_path, retrieval_checkpoint, monkeypatch):
     ckpt, _ = retrieval_checkpoint
     _one_line_error(capsys, ["export", str(tmp_path / "none.pt"), "--format", "onnx"], "checkpoint not found")
