@@ -27,9 +27,10 @@ from recogfast import data  # noqa: E402
 from recogfast import losses  # noqa: E402
 from recogfast import metrics  # noqa: E402
 from recogfast import models  # noqa: E402
+from recogfast import export  # noqa: E402  (to_onnx, to_pt2: onnx and onnxscript load only when used)
 from recogfast._impl import build_info  # noqa: E402
 
 build_info()  # read the build facts once, before any torch.compile traces use_fused
 
 __version__ = "0.1.0"
-__all__ = ["ops", "nn", "data", "losses", "metrics", "models", "build_info", "__version__"]
+__all__ = ["ops", "nn", "data", "losses", "metrics", "models", "export", "build_info", "__version__"]
