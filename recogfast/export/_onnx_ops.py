@@ -3,8 +3,9 @@
 Each function receives the op's arguments as ONNX values and builds the op's reference math (the
 ``*_reference`` functions in recogfast/ops/) from standard ONNX operators (opset 18), so the exported
 model runs in any ONNX runtime without recogfast. They are passed to the exporter through its
-``custom_translation_table`` (https://pytorch.org/docs/stable/onnx_dynamo.html, "custom_translation_table:
-A dictionary of custom decompositions for operators in the model"), keyed by the op overload.
+``custom_translation_table``, keyed by the op overload, as PyTorch's tutorial "Extending the ONNX exporter
+operator support", section "Supporting a custom PyTorch operator", documents
+(https://docs.pytorch.org/tutorials/beginner/onnx/onnx_registry_tutorial.html).
 
 Block 2 (``cubs_spatial``) does not build the [B, HW, HW] similarity matrix: an ONNX ``Loop`` goes over
 blocks of ``ROWS`` query positions, and each block needs only a [B, ROWS, HW] slice, with the stable
