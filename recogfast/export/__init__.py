@@ -13,8 +13,9 @@ Exporting needs ``pip install recogfast[onnx]`` (onnx, onnxscript, onnxruntime).
 
 PT2: ``torch.export.export`` keeps ``recogfast::*`` ops in the graph and AOTInductor compiles the rest
 to C++ (``torch._inductor.aoti_compile_and_package``); the package calls the fused kernels through the
-PyTorch dispatcher. The deploying side needs the same torch version, a C++-capable torch install and
-recogfast (its compiled ``_C`` extension) imported before ``torch._inductor.aoti_load_package``
+PyTorch dispatcher. Exporting needs a C++ compiler; the deploying side needs no compiler, but the same
+torch version and recogfast (its compiled ``_C`` extension) imported before
+``torch._inductor.aoti_load_package``
 (https://docs.pytorch.org/docs/stable/torch.compiler_aot_inductor.html).
 """
 
