@@ -223,10 +223,10 @@ def test_cli_export_errors_are_one_line(capsys, tmp_path, retrieval_checkpoint, 
     _one_line_error(capsys, ["export", ckpt, "--format", "pt2", "--out", str(tmp_path / "no" / "m.pt2")], "output folder not found")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage")
-    _one_line_error(capsys, ["export", str(junk), "--format", "onnx"], "cannot read checkpoint")
+    _one_line_error(capsys, ["export", str(junk), "--format", "pt2"], "cannot read checkpoint")
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "config": {"task": "classify", "model": "resnet18", "num_classes": 3}}, foreign)
-    _one_line_error(capsys, ["export", str(foreign), "--format", "onnx"], "does not match its model")
+    _one_line_error(capsys, ["export", str(foreign), "--format", "pt2"], "does not match its model")
 
     import recogfast.export
 
