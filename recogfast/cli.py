@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="build, devices, kernels, models")
     bench = sub.add_parser("bench", help="run the benchmark suites and print one table")
     bench.add_argument("filter", nargs="?", default=None, help="pytest -k expression")
+    _add_export_parser(sub)
     demo = sub.add_parser("demo", help="the Shapes196 end-to-end demo")
     from recogfast.demo import add_demo_args
 
@@ -343,6 +344,46 @@ def _with_config(parser, argv, args):
     return args
 
 
+def _batch_arg(text: str):
+    if text == "dynamic":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive integer, got {text!r}")
+    return int(text)
+
+
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint's model as ONNX or an AOTInductor package (.pt2)")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=("onnx", "pt2"), required=True)
+    p.add_argument("--out", default=None, help="output file (default: the checkpoint's path with .onnx / .pt2)")
+    p.add_argument("--batch", type=_batch_arg, default=None, help="dynamic (default) or a fixed batch size")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="default: the checkpoint's")
+    p.set_defaults(handler=cmd_export)
+
+
+def cmd_export(args) -> int:
+    """recogfast export CHECKPOINT --format onnx|pt2 [--out FILE] [--batch dynamic|N] (recogfast/export/)."""
+    from recogfast.export import check_onnx_installed
+    from recogfast.export._checkpoint import export_checkpoint
+
+    _check_checkpoint(args.checkpoint)
+    if args.format == "onnx":
+        try:
+            check_onnx_installed()
+        except ImportError as err:
+            raise UsageError(str(err)) from None
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"output folder not found: {os.path.dirname(os.path.abspath(args.out))}")
+    try:
+        result = export_checkpoint(args.checkpoint, args.format, out=args.out, batch=args.batch,
+                                   image_size=args.image_size)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    print(json.dumps(result))
+    return 0
+
+
 def _one_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
@@ -363,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         handler = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "bench": cmd_bench,
-                   "compare": cmd_compare}.get(args.command)
+                   "compare": cmd_compare}.get(args.command, getattr(args, "handler", None))
         if args.command == "demo":
             from recogfast.demo import run_demo
 

@@ -17,6 +17,10 @@ def _needs_attention(name):
     return pytest.mark.skipif(attn is not None and attn not in attention_names(), reason=f"no attention {attn!r} yet")
 
 
+def _rd(c):  # SE reduced width of the models (timm's SEModule rule)
+    return max(8, (c // 16 + 4) // 8 * 8)
+
+
 def _params(model):
     return sum(p.numel() for p in model.parameters())
 
@@ -66,11 +70,12 @@ def test_resnet18_matches_torchvision_layout_and_count():
 
 def test_attention_parameter_counts():
     base = _params(create_model("resnet18"))
-    se = sum(2 * c * (c // 16) + c // 16 + c for c in RESNET18_STAGES)  # fc1 + fc2 with biases
+    # fc1 + fc2 with biases, reduced width r = timm's make_divisible(C/16, 8): 8 at C = 64, C/16 from 128 on
+    se = sum(2 * c * _rd(c) + _rd(c) + c for c in RESNET18_STAGES)
     assert _params(create_model("se_resnet18")) == base + se
     tv_x50 = _params(torchvision.models.resnext50_32x4d())
     bottleneck_out = [256] * 3 + [512] * 4 + [1024] * 6 + [2048] * 3
-    assert _params(create_model("se_resnext50_32x4d")) == tv_x50 + sum(2 * c * (c // 16) + c // 16 + c for c in bottleneck_out)
+    assert _params(create_model("se_resnext50_32x4d")) == tv_x50 + sum(2 * c * _rd(c) + _rd(c) + c for c in bottleneck_out)
     if "cubs_parallel" in attention_names():
         # Block 1: q, k, v (C -> C/2) and out (C/2 -> C) with biases; Block 2: q, k, v (1×1 conv C -> 1)
         cubs = sum(3 * (c * (c // 2) + c // 2) + (c // 2) * c + c + 3 * (c + 1) for c in RESNET18_STAGES)

@@ -8,7 +8,7 @@ checkpoint into the shared part and reports what was new.
 from recogfast.models.registry import create_model, list_models, model_info, register_model
 from recogfast.models.resnet import AttnBasicBlock, AttnBottleneck, ResNet
 from recogfast.models.tinynet import TinyNet
-from recogfast.models.weights import load_weights
+from recogfast.models.weights import from_timm, load_weights
 
 __all__ = [
     "create_model",
@@ -20,4 +20,5 @@ __all__ = [
     "AttnBottleneck",
     "TinyNet",
     "load_weights",
+    "from_timm",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -106,14 +107,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return out
 
 
+_TIMM_ATTN = re.compile(r"^(layer\d+\.\d+)\.se\.")
+
+
+def from_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A timm ResNet state dict (``seresnet18``, or ``resnet18`` with any ``attn_layer``) with recogfast's
+    names: timm keeps a block's attention under ``layerX.Y.se``, recogfast under ``layerX.Y.attn``; every
+    other name (stem, blocks, downsample, ``fc``) is torchvision's in both."""
+    return {_TIMM_ATTN.sub(r"\1.attn.", k): v for k, v in state_dict.items()}
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> LoadReport:
     """Copy the checkpoint's tensors into `model`.
 
-    Every checkpoint entry must exist in the model with the same shape, except the stem conv and the
+    timm ResNet checkpoints load too (their ``layerX.Y.se.*`` go to ``layerX.Y.attn.*``: timm's
+    ``seresnet18`` into ``se_resnet18``). Every checkpoint entry must exist in the model with the same shape, except the stem conv and the
     classifier (``conv1.*``, ``fc.*``), which are skipped and reported when the model's differ or are
     absent. Anything else that does not fit raises ``ValueError`` naming the keys.
     """
-    ckpt = read_state_dict(path)
+    ckpt = from_timm(read_state_dict(path))
     own = model.state_dict()
     report = LoadReport(path=os.fspath(path))
     to_load, bad = {}, []

@@ -20,7 +20,7 @@ class CUBSBlock1(nn.Module):
     Weights are cast to the activation's dtype (as autocast does for a layer); the kernels accumulate
     in fp32 (fp64 for double)."""
 
-    def __init__(self, channels: int, inner: int | None = None, impl: str = "auto"):
+    def __init__(self, channels: int, inner: int | None = None, impl: str = "auto", *, device=None, dtype=None):
         super().__init__()
         if channels < 1:
             raise ValueError(f"CUBSBlock1: channels must be >= 1, got {channels}")
@@ -29,10 +29,11 @@ class CUBSBlock1(nn.Module):
             raise ValueError(f"CUBSBlock1: inner must be >= 1, got {inner}")
         self.channels, self.inner = channels, inner
         self.impl = _impl.check_impl(impl)
-        self.q = nn.Linear(channels, inner)
-        self.k = nn.Linear(channels, inner)
-        self.v = nn.Linear(channels, inner)
-        self.out = nn.Linear(inner, channels)
+        dd = {"device": device, "dtype": dtype}
+        self.q = nn.Linear(channels, inner, **dd)
+        self.k = nn.Linear(channels, inner, **dd)
+        self.v = nn.Linear(channels, inner, **dd)
+        self.out = nn.Linear(inner, channels, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dt = x.dtype
@@ -47,15 +48,16 @@ class CUBSBlock2(nn.Module):
     """Spatial similarity gate: 1×1 convolutions q, k, v (C -> 1) -> softmax(q kᵀ) v over the H·W
     positions -> sigmoid -> pixel-wise scaling of x. The fused kernel never builds the HW×HW matrix."""
 
-    def __init__(self, channels: int, impl: str = "auto"):
+    def __init__(self, channels: int, impl: str = "auto", *, device=None, dtype=None):
         super().__init__()
         if channels < 1:
             raise ValueError(f"CUBSBlock2: channels must be >= 1, got {channels}")
         self.channels = channels
         self.impl = _impl.check_impl(impl)
-        self.q = nn.Conv2d(channels, 1, kernel_size=1)
-        self.k = nn.Conv2d(channels, 1, kernel_size=1)
-        self.v = nn.Conv2d(channels, 1, kernel_size=1)
+        dd = {"device": device, "dtype": dtype}
+        self.q = nn.Conv2d(channels, 1, kernel_size=1, **dd)
+        self.k = nn.Conv2d(channels, 1, kernel_size=1, **dd)
+        self.v = nn.Conv2d(channels, 1, kernel_size=1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dt = x.dtype
@@ -69,15 +71,20 @@ class CUBSBlock2(nn.Module):
 class CUBSBlock(nn.Module):
     """Both CUBS blocks as one drop-in attention layer, placed after the residual body and before the
     add (SPEC "Placement"): ``parallel`` a = B1(x) + B2(x); ``serial12`` a = B2(B1(x));
-    ``serial21`` a = B1(B2(x))."""
+    ``serial21`` a = B1(B2(x)).
 
-    def __init__(self, channels: int, placement: str = "serial12", inner: int | None = None, impl: str = "auto"):
+    Every CUBS module also takes timm's calling convention ``cls(channels, device=None, dtype=None)``,
+    so it can be timm's ``attn_layer``: ``block_args=dict(attn_layer=CUBSBlock)`` (serial12), or
+    ``create_attention("cubs_parallel")`` for another placement."""
+
+    def __init__(self, channels: int, placement: str = "serial12", inner: int | None = None, impl: str = "auto", *,
+                 device=None, dtype=None):
         super().__init__()
         if placement not in PLACEMENTS:
             raise ValueError(f"CUBSBlock: placement must be one of {', '.join(map(repr, PLACEMENTS))}, got {placement!r}")
         self.placement = placement
-        self.block1 = CUBSBlock1(channels, inner=inner, impl=impl)
-        self.block2 = CUBSBlock2(channels, impl=impl)
+        self.block1 = CUBSBlock1(channels, inner=inner, impl=impl, device=device, dtype=dtype)
+        self.block2 = CUBSBlock2(channels, impl=impl, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.placement == "parallel":

@@ -1,0 +1,72 @@
+"""What ``recogfast export CHECKPOINT`` does: rebuild the checkpoint's model, export it, check the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import torch
+
+FORMATS = ("onnx", "pt2")
+
+
+def model_from_checkpoint(path: str):
+    """(model in eval mode on the CPU, resolved RunConfig) of a checkpoint written by the trainer.
+    Raises FileNotFoundError / ValueError with a one-line message for a missing or foreign file."""
+    from recogfast.engine import tasks
+    from recogfast.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("config") or {}
+    known = {f.name for f in dataclasses.fields(tasks.RunConfig)}
+    cfg = tasks.RunConfig(**{k: v for k, v in saved.items() if k in known})
+    cfg.device, cfg.weights = "cpu", None
+    cfg = cfg.resolved()
+    try:
+        model = tasks.build_model(cfg, saved.get("num_classes"))
+        model.load_state_dict(ckpt["model"])
+    except (ValueError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {path} does not match its model: {str(err).splitlines()[0]}") from None
+    return model.eval(), cfg
+
+
+def _max_rel_err(got, want) -> float:
+    got, want = torch.as_tensor(got).float(), want.float()
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+
+
+def export_checkpoint(path: str, fmt: str, out: str | None = None, batch: int | None = None,
+                      image_size: int | None = None) -> dict:
+    """Export the checkpoint's model to `out` (default: the checkpoint's path with .onnx / .pt2).
+
+    `batch` None: dynamic batch; an integer fixes it. The input is [batch, 3, S, S] with S the
+    checkpoint's image size unless `image_size` is given. After writing, the file is run once (ONNX
+    Runtime, or the AOTInductor package) on a random batch and compared with eager PyTorch; the result
+    says the largest error relative to the output's largest magnitude."""
+    from recogfast.export import load_pt2, output_name, to_onnx, to_pt2
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    model, cfg = model_from_checkpoint(path)
+    size = image_size or cfg.image_size
+    out = out or os.path.splitext(path)[0] + "." + fmt
+    example = torch.randn(batch or 2, 3, size, size)
+    t = time.perf_counter()
+    if fmt == "onnx":
+        to_onnx(model, example, out, dynamic_batch=batch is None)
+    else:
+        to_pt2(model, example, out, dynamic_batch=batch is None)
+    seconds = time.perf_counter() - t
+    check = torch.randn(batch or 3, 3, size, size)
+    with torch.no_grad():
+        want = model(check)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+        got = session.run(None, {"images": check.numpy()})[0]
+    else:
+        got = load_pt2(out)(check)
+    return {"file": out, "format": fmt, "model": cfg.model, "input": ["batch" if batch is None else batch, 3, size, size],
+            "output": output_name(model), "export_s": round(seconds, 1), "max_rel_err": _max_rel_err(got, want)}
