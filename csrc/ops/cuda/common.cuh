@@ -21,6 +21,23 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// Block-wide sum in a fixed order (deterministic); every thread gets the result. `red` holds one value a
+// warp (blockDim.x / kWarp).
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* red) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, warps = blockDim.x / kWarp;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  T s = 0;
+  for (int w = 0; w < warps; ++w) s += red[w];
+  return s;
+}
+
+// Dynamic shared memory a block may use without the opt-in attribute (cudaFuncSetAttribute).
+constexpr size_t kDefaultSmemBytes = 48 * 1024;
+
 template <typename T>
 __device__ __forceinline__ T sigmoid(T z) {
   return T(1) / (T(1) + exp(-z));

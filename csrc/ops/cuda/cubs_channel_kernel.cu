@@ -219,7 +219,7 @@ __global__ void cubs_channel_weight_grad_kernel(const acc_t* __restrict__ g, con
 
 size_t head_smem_bytes(int64_t C, int64_t N, size_t acc_size) {
   const size_t bytes = (2 * C + 11 * N) * acc_size;
-  TORCH_CHECK(bytes <= 48 * 1024, "recogfast::cubs_channel: x has C = ", C, " channels and wq N = ", N,
+  TORCH_CHECK(bytes <= gpu::kDefaultSmemBytes, "recogfast::cubs_channel: x has C = ", C, " channels and wq N = ", N,
               " rows; the CUDA kernel keeps 2 C + 11 N accumulators of ", acc_size,
               " bytes within 48 KiB of shared memory");
   return bytes;

@@ -9,6 +9,7 @@ namespace recogfast {
 namespace cubs_cuda {
 
 using gpu::acc_dtype;
+using gpu::block_sum;
 using gpu::ceil_div;
 using gpu::fits_int32;
 using gpu::grid_for;
@@ -47,19 +48,6 @@ template <typename T>
 struct alignas(4 * sizeof(T)) Quad {
   T a, b, c, d;
 };
-
-// Block-wide sum; every thread gets the result. `red` holds blockDim.x / kWarp values.
-template <typename T>
-__device__ __forceinline__ T block_sum(T v, T* red) {
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, warps = blockDim.x / kWarp;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  T s = 0;
-  for (int w = 0; w < warps; ++w) s += red[w];
-  return s;
-}
 
 }  // namespace cubs_cuda
 }  // namespace recogfast

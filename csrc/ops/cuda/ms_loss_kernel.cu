@@ -115,19 +115,6 @@ __device__ __forceinline__ void arg_merge(T& v, int64_t& idx, T v2, int64_t idx2
   }
 }
 
-// Block-wide sum in a fixed order (deterministic); every thread gets the result. sh: kRowWarps entries.
-template <typename T>
-__device__ __forceinline__ T block_sum(T v, T* sh) {
-  v = warp_sum(v);
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  __syncthreads();
-  if (lane == 0) sh[warp] = v;
-  __syncthreads();
-  T total = 0;
-  for (int w = 0; w < kRowWarps; ++w) total += sh[w];
-  return total;
-}
-
 // Block-wide arg-min (kMin) or arg-max of (v, idx); every thread gets the result.
 template <bool kMin, typename T>
 __device__ __forceinline__ void block_arg(T& v, int64_t& idx, T* shv, int64_t* shi) {

@@ -155,7 +155,7 @@ __global__ void se_gate_weight_grad_kernel(const acc_t* __restrict__ dz, const a
 // Dynamic shared memory of the MLP kernel: g and dz [C], u and du [R].
 size_t mlp_smem_bytes(int64_t C, int64_t R, size_t acc_size) {
   const size_t bytes = (2 * C + 2 * R) * acc_size;
-  TORCH_CHECK(bytes <= 48 * 1024, "recogfast::se_gate: x has C = ", C, " channels and w1 R = ", R,
+  TORCH_CHECK(bytes <= gpu::kDefaultSmemBytes, "recogfast::se_gate: x has C = ", C, " channels and w1 R = ", R,
               " rows; the CUDA kernel supports 2 * (C + R) accumulators of ", acc_size,
               " bytes within 48 KiB of shared memory");
   return bytes;
