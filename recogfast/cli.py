@@ -15,6 +15,7 @@ checkpoint, a training split smaller than one batch, a run folder that already h
 line ``recogfast: error: ...`` and exits with status 2, without a traceback.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,12 @@ import os
 import subprocess
 import sys
 
+EPILOG = """exit status: 0 done; 2 bad input (one line `recogfast: error: ...`, nothing trained); 3 training
+diverged (a non-finite loss, weight or validation output: the run stops at that step, last.pt/best.pt keep
+the last finished epoch; try a lower --lr); 130 interrupted. --debug shows the traceback of an error."""
+
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 
 class UsageError(Exception):
@@ -115,12 +121,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue from <out>/last.pt (or from the given checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="recogfast", description="Fused attention blocks, losses and a training engine.")
+    parser = _Parser(prog="recogfast", description="Fused attention blocks, losses and a training engine.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    train = sub.add_parser("train", help="train a model")
+    train = sub.add_parser("train", help="train a model", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.train_parser = train
     train.add_argument("task", choices=("classify", "retrieval"))
     _add_train_args(train)
@@ -225,7 +235,7 @@ def cmd_train(args) -> int:
         _check_checkpoint(args.resume)
     elif args.resume and os.path.exists(os.path.join(out, "last.pt")):
         _check_checkpoint(os.path.join(out, "last.pt"))
-    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra")
+    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra", "debug")
     fields = {k: v for k, v in vars(args).items() if k not in skip}
     cfg = RunConfig(task=args.task, model=model, out=out, progress=not args.quiet, **fields, **getattr(args, "extra", {}))
     try:
@@ -396,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recogfast: error: {err}", file=sys.stderr)
         return 1
     parser = build_parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
         if args.command == "train" and args.config:
@@ -411,15 +422,18 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         return handler(args)
     except UsageError as err:
+        if debug:
+            raise
         print(f"recogfast: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # data problems (missing/corrupt files) anywhere, also mid-training
         from recogfast.data import DataError
+        from recogfast.engine.trainer import Diverged
 
-        if not isinstance(err, DataError):
+        if debug or not isinstance(err, (DataError, Diverged)):
             raise
         print(f"recogfast: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_USAGE
     except KeyboardInterrupt:
         print("recogfast: interrupted (the last finished epoch is in last.pt; continue with --resume)", file=sys.stderr)
         return 130

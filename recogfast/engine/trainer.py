@@ -28,6 +28,11 @@ from recogfast.engine.logs import CSVLog, Progress, TensorBoard, plot_history
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
+class Diverged(FloatingPointError):
+    """Training produced a non-finite loss, weights or validation output: the run stops there.
+    ``last.pt`` / ``best.pt`` keep the last finished epoch (never NaN weights). The CLI exits with 3."""
+
+
 class StopTraining(Exception):
     """Raised by a callback to end training after the current step: the unfinished epoch is not
     checkpointed (``last.pt`` stays at the last finished epoch), the summary is still written."""
@@ -234,7 +239,7 @@ class Trainer:
                 outputs = self.train_model(images)
             loss = self.loss_fn(outputs.float(), labels)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {step + 1}")
+                raise Diverged(self._diverged_text(f"loss is {loss.item()}", step))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.opt.grad_clip:
@@ -256,6 +261,19 @@ class Trainer:
             raise ValueError(f"epoch {self.epoch + 1} ran no optimizer step: the training loader yielded no batch "
                              f"(fewer samples than one batch?)")
         return {"train_loss": float(loss_sum) / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
+
+    def _diverged_text(self, what: str, step: int | None = None) -> str:
+        where = f"epoch {self.epoch + 1}" + (f", step {step + 1} (global step {self.global_step + 1})" if step is not None else "")
+        last = next((v for v in reversed(self.step_losses) if math.isfinite(v)), None)
+        kept = f"last.pt keeps epoch {self.epoch}" if self.epoch > 0 else "no checkpoint was written"
+        return (f"training diverged at {where}: {what}; last finite loss "
+                f"{'none' if last is None else f'{last:.4g}'}, lr {self.optimizer.param_groups[0]['lr']:.4g}; "
+                f"{kept}; try a lower --lr")
+
+    def _check_weights(self) -> None:
+        for name, p in self.model.state_dict().items():
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                raise Diverged(self._diverged_text(f"weight {name} is not finite"))
 
     def _improved(self, value: float) -> bool:
         if self.best_value is None or math.isnan(self.best_value):
@@ -283,11 +301,17 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": self.epoch + 1}
                 row.update(self.train_one_epoch())
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
+                self._check_weights()
                 metrics = {}
                 if self.evaluate_fn is not None:
                     self.model.eval()
-                    with torch.no_grad(), self.autocast():
-                        metrics = self.evaluate_fn(self.model)
+                    try:
+                        with torch.no_grad(), self.autocast():
+                            metrics = self.evaluate_fn(self.model)
+                    except Diverged:
+                        raise
+                    except FloatingPointError as err:  # the metrics refuse non-finite outputs
+                        raise Diverged(self._diverged_text(f"validation: {str(err).splitlines()[0]}")) from None
                     row.update({f"val_{k}": v for k, v in metrics.items()})
                 row["epoch_s"] = time.perf_counter() - tick
                 self.epoch += 1
@@ -318,6 +342,12 @@ class Trainer:
                     ) + ("  *best" if best else ""), flush=True)
         except StopTraining:
             pass
+        except Diverged as err:
+            if self.is_main:  # the summary says why the run stopped; the checkpoints stay as they were
+                summary = self.summary(time.perf_counter() - t0)
+                summary["diverged"] = str(err)
+                _write_json(self.out_dir / "summary.json", summary)
+            raise
         finally:
             tb.close()
         if self.test_evaluate_fn is not None and self.epoch > 0:
