@@ -33,6 +33,15 @@ class Diverged(FloatingPointError):
     ``last.pt`` / ``best.pt`` keep the last finished epoch (never NaN weights). The CLI exits with 3."""
 
 
+class ResumeError(ValueError):
+    """``fit(resume=...)`` found nothing to resume, or a checkpoint of another run (one line)."""
+
+
+# config fields a resumed run must share with its checkpoint (the model's shape and what it learns)
+RESUME_FIELDS = ("task", "dataset", "model", "protocol", "num_classes", "image_size", "stem", "embedding_dim",
+                 "xbm_size")
+
+
 class StopTraining(Exception):
     """Raised by a callback to end training after the current step: the unfinished epoch is not
     checkpointed (``last.pt`` stays at the last finished epoch), the summary is still written."""
@@ -182,11 +191,23 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
-        """Restore from `path` (default ``<out_dir>/last.pt``); False when there is nothing to resume."""
+        """Restore from `path` (default ``<out_dir>/last.pt``); False when there is nothing to resume.
+        A checkpoint of another run (model, task, dataset... see ``RESUME_FIELDS``) is a ``ResumeError``
+        naming the field that differs."""
         path = Path(path) if path is not None else self.out_dir / "last.pt"
         if not path.exists():
             return False
-        self.load_state_dict(load_checkpoint(path))
+        state = load_checkpoint(path)
+        saved = state.get("config") or {}
+        for key in RESUME_FIELDS:
+            if key in saved and key in self.opt.config and saved[key] != self.opt.config[key]:
+                raise ResumeError(f"--resume: {path} is a checkpoint of another run: {key} is {saved[key]!r} there, "
+                                  f"{self.opt.config[key]!r} here")
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ResumeError(f"--resume: {path} does not fit this run: {first}") from None
         return True
 
     def save(self, best: bool) -> None:
@@ -283,13 +304,15 @@ class Trainer:
         return value < self.best_value - self.opt.min_delta
 
     def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
-        """Train until `epochs` or early stopping; returns (and writes) the summary."""
+        """Train until `epochs` or early stopping; returns (and writes) the summary. ``resume=True``
+        continues ``<out_dir>/last.pt`` (``ResumeError`` when there is none), a path that checkpoint."""
+        if resume and not self.resume(None if resume is True else resume):
+            where = self.out_dir / "last.pt" if resume is True else resume
+            raise ResumeError(f"--resume: nothing to resume: {where} not found (drop --resume to start a new run)")
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.opt.run_config is not None:
                 _write_json(self.out_dir / "config.json", self.opt.run_config)
-        if resume:
-            self.resume(None if resume is True else resume)
         csv_log = CSVLog(self.out_dir / "log.csv") if self.is_main else None
         if csv_log is not None and self.history:
             csv_log.load(self.history)
