@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recogfast.engine.checkpoint import atomic_save, file_mode, load_checkpoint, rng_state, set_rng_state
+from recogfast.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from recogfast.engine.logs import CSVLog, Progress, TensorBoard, plot_history
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
@@ -211,15 +210,40 @@ class Trainer:
         return True
 
     def save(self, best: bool) -> None:
+        """``best.pt`` first, then ``last.pt``, each atomically (temp file + rename): a kill at any moment
+        leaves ``best.pt`` either the previous best or this epoch's, and ``last.pt`` never ahead of it.
+        (Killed between the two, ``best.pt`` holds the epoch that the resumed run repeats exactly.)"""
         if not self.is_main:
             return
         state = self.state_dict()
-        atomic_save(state, self.out_dir / "last.pt")
         if best:
-            tmp = self.out_dir / ".best.pt.tmp"
-            shutil.copyfile(self.out_dir / "last.pt", tmp)
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, self.out_dir / "best.pt")
+            atomic_save(state, self.out_dir / "best.pt")
+        atomic_save(state, self.out_dir / "last.pt")
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove the temp files of writes that a kill interrupted (``.last.pt.*.tmp``...); their names."""
+        removed = []
+        if self.is_main and self.out_dir.is_dir():
+            for path in self.out_dir.iterdir():
+                name = path.name
+                if path.is_file() and (name.startswith((".last.pt.", ".best.pt.")) and name.endswith(".tmp")
+                                       or name in ("summary.json.tmp", "config.json.tmp")):
+                    path.unlink(missing_ok=True)
+                    removed.append(name)
+        return removed
+
+    def repair_best(self) -> None:
+        """After a resume: ``best.pt`` missing (or older) while ``last.pt`` says its epoch is the best:
+        ``best.pt`` is that state (written again from ``last.pt``)."""
+        best_path, last_path = self.out_dir / "best.pt", self.out_dir / "last.pt"
+        if not self.is_main or self.best_epoch is None or self.best_epoch != self.epoch or not last_path.is_file():
+            return
+        try:
+            ok = best_path.is_file() and int(load_checkpoint(best_path)["epoch"]) == self.epoch
+        except (ValueError, KeyError):
+            ok = False
+        if not ok:
+            atomic_save(load_checkpoint(last_path), best_path)
 
     # ------------------------------------------------------------------ loop
     def _sampler(self):
@@ -306,9 +330,12 @@ class Trainer:
     def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
         """Train until `epochs` or early stopping; returns (and writes) the summary. ``resume=True``
         continues ``<out_dir>/last.pt`` (``ResumeError`` when there is none), a path that checkpoint."""
+        self.clean_leftovers()
         if resume and not self.resume(None if resume is True else resume):
             where = self.out_dir / "last.pt" if resume is True else resume
             raise ResumeError(f"--resume: nothing to resume: {where} not found (drop --resume to start a new run)")
+        if resume:
+            self.repair_best()
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.opt.run_config is not None:
