@@ -100,6 +100,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
     p.add_argument("--backend", choices=("auto", "dali", "torchvision"), default="auto")
     p.add_argument("--workers", dest="num_workers", type=int, default=None)
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="unreadable image files (all checked before the first step): raise = stop with the file "
+                        "named (default), skip = train without them (counted each epoch)")
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--embedding-dim", type=int, default=512)
     p.add_argument("--m-per-class", type=int, default=4)

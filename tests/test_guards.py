@@ -81,3 +81,22 @@ def test_nan_validation_output_stops_the_run(tmp_path, shapes_cache):
     with pytest.raises(Diverged, match="epoch 2: validation: accuracy: logits contain NaN"):
         trainer.fit()
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+
+
+def test_bad_files_are_found_before_the_first_step(capsys, tmp_path, shapes_cache):
+    """A truncated test image (read only at the end of a run) stops the run before training, naming
+    the file; --on-error skip trains without it."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(shapes_cache, cache)
+    bad = sorted(cache.rglob("0003.jpg"))[:2]  # the last image of a class: a test image
+    bad[0].write_bytes(bad[0].read_bytes()[:200])
+    bad[1].write_bytes(b"")
+    out = tmp_path / "run"
+    assert main(_argv(str(cache), out, "--epochs", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad image file" in err[0] and str(bad[0]) in err[0] and "2 bad files" in err[0], err
+    assert not (out / "last.pt").exists() and not (out / "log.csv").exists()
+    assert main(_argv(str(cache), out, "--epochs", "1", "--on-error", "skip")) == 0
+    assert "2 unreadable image files will be skipped" in capsys.readouterr().out

@@ -70,6 +70,7 @@ class RunConfig:
     device: str | None = None
     backend: str = "auto"
     num_workers: int | None = None
+    on_error: str = "raise"  # unreadable images: "raise" (DataError naming the file) or "skip" (counted)
     steps_per_epoch: int | None = None
     # splits: val_fraction None = the task's default (0.1 of each class's images for classification,
     # 0.15 of the training classes for retrieval); 0 = no validation (the last epoch is the result).
@@ -133,7 +134,7 @@ class RunConfig:
 
 
 from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; RunConfig is defined above)
-    _dist_info, build_datasets, build_eval_loader, build_loaders, check_train_split, small_classes_note,
+    _dist_info, build_datasets, build_eval_loader, build_loaders, check_files, check_train_split, small_classes_note,
 )
 
 
@@ -312,6 +313,9 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     seed_everything(cfg.seed + rank)
     train_ds, val_ds, test_ds = build_datasets(cfg)
     check_train_split(cfg, train_ds, val_ds, world)
+    bad = check_files((train_ds, val_ds, test_ds), cfg.on_error)  # all splits, before the first step
+    if bad and rank == 0:
+        print(f"note: {len(bad)} unreadable image files will be skipped (--on-error skip); first: {bad[0]}", flush=True)
     train_loader, val_loader, test_loader = build_loaders(cfg, train_ds, val_ds, test_ds)
     main = rank == 0
     backend = getattr(train_loader, "backend", "?")

@@ -47,7 +47,7 @@ INTEGERS = {"epochs", "batch_size", "image_size", "step_size", "plateau_patience
 CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step", "plateau", "none"),
            "amp": ("auto", "bf16", "fp16", "none"), "backend": ("auto", "dali", "torchvision"),
            "stem": ("imagenet", "small"), "attn_impl": ("auto", "fused", "reference"),
-           "mining": ("ms", "all", "hardest")}
+           "mining": ("ms", "all", "hardest"), "on_error": ("raise", "skip")}
 _FLAGS = {"num_workers": "--workers", "xbm_size": "--xbm"}
 
 
