@@ -100,3 +100,28 @@ def test_bad_files_are_found_before_the_first_step(capsys, tmp_path, shapes_cach
     assert not (out / "last.pt").exists() and not (out / "log.csv").exists()
     assert main(_argv(str(cache), out, "--epochs", "1", "--on-error", "skip")) == 0
     assert "2 unreadable image files will be skipped" in capsys.readouterr().out
+
+
+def test_fp16_scaler_still_skips_overflowing_gradients(tmp_path):
+    """AMP's GradScaler skips a step whose gradients overflow (and lowers its scale): the loss is
+    finite, so the divergence guard lets the run go on."""
+    from test_engine import _trainer
+
+    class InfGrad(torch.autograd.Function):  # identity forward; an inf gradient on the 3rd step
+        calls = 0
+
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            InfGrad.calls += 1
+            return g * float("inf") if InfGrad.calls == 3 else g
+
+    t = _trainer(tmp_path, epochs=2, amp="fp16")
+    loss = t.loss_fn
+    t.loss_fn = lambda out, y: loss(InfGrad.apply(out), y)
+    t.fit()
+    assert t.epoch == 2 and t.scaler.get_scale() < 65536.0  # one skipped step halved the scale
+    assert all(bool(torch.isfinite(p).all()) for p in t.model.parameters())
