@@ -21,7 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recogfast.engine.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from recogfast.engine.checkpoint import (
+    atomic_save, clean_temp_files, load_checkpoint, repair_best, rng_state, set_rng_state,
+)
 from recogfast.engine.logs import CSVLog, Progress, TensorBoard, plot_history
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
@@ -222,28 +224,13 @@ class Trainer:
 
     def clean_leftovers(self) -> list[str]:
         """Remove the temp files of writes that a kill interrupted (``.last.pt.*.tmp``...); their names."""
-        removed = []
-        if self.is_main and self.out_dir.is_dir():
-            for path in self.out_dir.iterdir():
-                name = path.name
-                if path.is_file() and (name.startswith((".last.pt.", ".best.pt.")) and name.endswith(".tmp")
-                                       or name in ("summary.json.tmp", "config.json.tmp")):
-                    path.unlink(missing_ok=True)
-                    removed.append(name)
-        return removed
+        return clean_temp_files(self.out_dir) if self.is_main else []
 
     def repair_best(self) -> None:
         """After a resume: ``best.pt`` missing (or older) while ``last.pt`` says its epoch is the best:
-        ``best.pt`` is that state (written again from ``last.pt``)."""
-        best_path, last_path = self.out_dir / "best.pt", self.out_dir / "last.pt"
-        if not self.is_main or self.best_epoch is None or self.best_epoch != self.epoch or not last_path.is_file():
-            return
-        try:
-            ok = best_path.is_file() and int(load_checkpoint(best_path)["epoch"]) == self.epoch
-        except (ValueError, KeyError):
-            ok = False
-        if not ok:
-            atomic_save(load_checkpoint(last_path), best_path)
+        ``best.pt`` is written again from ``last.pt``."""
+        if self.is_main and self.best_epoch is not None and self.best_epoch == self.epoch:
+            repair_best(self.out_dir, self.epoch)
 
     # ------------------------------------------------------------------ loop
     def _sampler(self):
