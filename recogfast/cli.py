@@ -15,6 +15,7 @@ checkpoint, a training split smaller than one batch, a run folder that already h
 line ``recogfast: error: ...`` and exits with status 2, without a traceback.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,12 @@ import os
 import subprocess
 import sys
 
+EPILOG = """exit status: 0 done; 2 bad input (one line `recogfast: error: ...`, nothing trained); 3 training
+diverged (a non-finite loss, weight or validation output: the run stops at that step, last.pt/best.pt keep
+the last finished epoch; try a lower --lr); 130 interrupted. --debug shows the traceback of an error."""
+
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 
 class UsageError(Exception):
@@ -45,16 +51,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return value
-
-
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from recogfast.engine.schedule import OPTIMIZERS, SCHEDULES
     from recogfast.engine.tasks import DATASETS
@@ -66,33 +62,35 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="run folder (default runs/<task>-<dataset>-<model>, numbered -2, -3... when it holds a run)")
     p.add_argument("--config", default=None, help="a run's config.json to start from (flags given here override it)")
     p.add_argument("--overwrite", action="store_true", help="replace the run that --out already holds")
-    p.add_argument("--val-fraction", type=_fraction, default=None,
+    p.add_argument("--val-fraction", type=float, default=None,
                    help="held out for validation: of each class's images (classify, default 0.1) or of the training "
                         "classes (retrieval, default 0.15); 0 = no validation, the last epoch is the result")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--protocol", choices=("classification", "retrieval"), default=None,
                    help="classify on the dataset's own test images (classification, default) or on the "
                         "disjoint-class split (retrieval: test = Recall@K of the pooled features; Task 4)")
-    p.add_argument("--epochs", type=_positive_int, default=30)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--image-size", type=_positive_int, default=None, help="default 64 (224 for cars196)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=None, help="default 64 (224 for cars196)")
     p.add_argument("--stem", choices=("imagenet", "small"), default=None, help="default small for <= 64 px")
     p.add_argument("--attn-impl", choices=("auto", "fused", "reference"), default="auto")
     p.add_argument("--weights", default=None,
                    help="checkpoint to start from: a torchvision .pth, a recogfast run's best.pt (its classifier is "
                         "cropped for retrieval), or 'imagenet' (torchvision's, via $TORCH_HOME/hub/checkpoints)")
+    p.add_argument("--weights-partial", action="store_true",
+                   help="accept --weights that keep less than half of the backbone's checkpoint tensors")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     p.add_argument("--lr", type=float, default=None, help="default 0.1·batch/256 (sgd), 1e-3 (adamw)")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--step-size", type=_positive_int, default=30, help="step schedule: epochs per decay")
+    p.add_argument("--step-size", type=int, default=30, help="step schedule: epochs per decay")
     p.add_argument("--gamma", type=float, default=0.1, help="step/plateau decay factor")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--crop-scale", type=float, default=0.08,
                    help="smallest area fraction of the random resized crop (default 0.08, as torchvision)")
-    p.add_argument("--patience", type=_positive_int, default=None, help="early stopping: epochs without improvement")
+    p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
     p.add_argument("--min-delta", type=float, default=0.0, help="early stopping: smallest improvement that counts")
     p.add_argument("--plateau-patience", type=int, default=3, help="plateau schedule: epochs before a decay")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), default="auto", help="auto: bf16 on CUDA")
@@ -102,25 +100,32 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
     p.add_argument("--backend", choices=("auto", "dali", "torchvision"), default="auto")
     p.add_argument("--workers", dest="num_workers", type=int, default=None)
-    p.add_argument("--steps-per-epoch", type=_positive_int, default=None)
-    p.add_argument("--embedding-dim", type=_positive_int, default=512)
-    p.add_argument("--m-per-class", type=_positive_int, default=4)
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="unreadable image files (all checked before the first step): raise = stop with the file "
+                        "named (default), skip = train without them (counted each epoch)")
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--embedding-dim", type=int, default=512)
+    p.add_argument("--m-per-class", type=int, default=4)
     p.add_argument("--mining", choices=("ms", "all", "hardest"), default="ms")
     p.add_argument("--ms-alpha", type=float, default=2.0)
     p.add_argument("--ms-beta", type=float, default=50.0)
     p.add_argument("--ms-base", type=float, default=0.5)
     p.add_argument("--ms-epsilon", type=float, default=0.1)
     p.add_argument("--xbm", dest="xbm_size", type=int, default=0, help="cross-batch memory size (0: off)")
-    p.add_argument("--images-per-class", type=_positive_int, default=40, help="Shapes196 only")
+    p.add_argument("--images-per-class", type=int, default=40, help="Shapes196 only")
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue from <out>/last.pt (or from the given checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="recogfast", description="Fused attention blocks, losses and a training engine.")
+    parser = _Parser(prog="recogfast", description="Fused attention blocks, losses and a training engine.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    train = sub.add_parser("train", help="train a model")
+    train = sub.add_parser("train", help="train a model", epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.train_parser = train
     train.add_argument("task", choices=("classify", "retrieval"))
     _add_train_args(train)
@@ -203,16 +208,24 @@ def _run_folder(args, model: str) -> str:
 
 
 def cmd_train(args) -> int:
+    import dataclasses
+
     from recogfast.engine.tasks import RunConfig, build_trainer
+    from recogfast.engine.trainer import ResumeError
     from recogfast.models import list_models
 
     model = args.model or "resnet18"
     if model not in list_models():
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
-    _check_dataset_args(args.dataset, args.data)
     _check_device(args.device)
-    if args.task == "retrieval" and args.dataset == "tiny-imagenet":
-        raise UsageError("retrieval needs disjoint train/test classes: use --dataset cars196 or shapes196")
+    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra", "debug")
+    fields = {k: v for k, v in vars(args).items() if k not in skip}
+    cfg = RunConfig(task=args.task, model=model, progress=not args.quiet, **fields, **getattr(args, "extra", {}))
+    try:
+        cfg.resolved()  # ranges and option conflicts (RunConfig's checks), before any file is looked at
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    _check_dataset_args(args.dataset, args.data)
     if args.weights is not None:
         from recogfast.models.weights import read_state_dict, resolve_weights
 
@@ -223,13 +236,13 @@ def cmd_train(args) -> int:
     out = _run_folder(args, model)
     if isinstance(args.resume, str):
         _check_checkpoint(args.resume)
-    elif args.resume and os.path.exists(os.path.join(out, "last.pt")):
-        _check_checkpoint(os.path.join(out, "last.pt"))
-    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra")
-    fields = {k: v for k, v in vars(args).items() if k not in skip}
-    cfg = RunConfig(task=args.task, model=model, out=out, progress=not args.quiet, **fields, **getattr(args, "extra", {}))
+    elif args.resume:
+        last = os.path.join(out, "last.pt")
+        if not os.path.exists(last):
+            raise UsageError(f"--resume: nothing to resume: {last} not found (drop --resume to start a new run)")
+        _check_checkpoint(last)
+    cfg = dataclasses.replace(cfg, out=out)
     try:
-        cfg.resolved()  # option conflicts (--patience without validation...) before anything is built
         trainer = build_trainer(cfg)
     except (FileNotFoundError, ValueError, OSError) as err:
         raise UsageError(str(err)) from None
@@ -237,7 +250,10 @@ def cmd_train(args) -> int:
         from recogfast.engine.runs import clear_run
 
         clear_run(out)
-    summary = trainer.fit(resume=args.resume)
+    try:
+        summary = trainer.fit(resume=args.resume)
+    except ResumeError as err:
+        raise UsageError(str(err)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         _print_result(out, summary)
     return 0
@@ -396,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recogfast: error: {err}", file=sys.stderr)
         return 1
     parser = build_parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
         if args.command == "train" and args.config:
@@ -411,15 +428,18 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         return handler(args)
     except UsageError as err:
+        if debug:
+            raise
         print(f"recogfast: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:  # data problems (missing/corrupt files) anywhere, also mid-training
         from recogfast.data import DataError
+        from recogfast.engine.trainer import Diverged
 
-        if not isinstance(err, DataError):
+        if debug or not isinstance(err, (DataError, Diverged)):
             raise
         print(f"recogfast: error: {_one_line(err)}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_USAGE
     except KeyboardInterrupt:
         print("recogfast: interrupted (the last finished epoch is in last.pt; continue with --resume)", file=sys.stderr)
         return 130

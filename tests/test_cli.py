@@ -37,7 +37,7 @@ def _one_line_error(capsys, argv, pattern):
         (["train", "classify", "--dataset", "cars196", "--data", "/nonexistent/cars"], "data folder not found: /nonexistent/cars"),
         (["train", "classify", "--dataset", "tiny-imagenet"], "--data DIR is required for tiny-imagenet"),
         (["train", "retrieval", "--dataset", "tiny-imagenet", "--data", "."], "retrieval needs disjoint"),
-        (["train", "classify", "--epochs", "0"], "--epochs: expected a positive integer"),
+        (["train", "classify", "--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
         (["train", "nonsense"], "invalid choice: 'nonsense'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
         (["eval", "--checkpoint", "/nonexistent/best.pt"], "checkpoint not found: /nonexistent/best.pt"),

@@ -43,3 +43,39 @@ def test_retrieval_run_resumes_exactly(tmp_path, shapes_cache):
     assert resumed.step_losses == full.step_losses[3:]
     assert summary["epochs_run"] == 2
     assert [r["val_recall@1"] for r in resumed.history] == [r["val_recall@1"] for r in full.history]
+
+
+@pytest.mark.parametrize("backend, workers, steps", [("torchvision", 0, 2), ("torchvision", 2, 2), ("dali", 2, 2),
+                                                      ("dali", 2, None)])
+def test_classify_resume_with_dropout_and_workers_gives_the_same_log(tmp_path, shapes_cache, backend, workers, steps):
+    """tinynet has dropout: its masks come from the global torch RNG, which creating the (persistent-
+    worker) DataLoader iterator must not draw from, or a resumed run's masks shift. DALI's crop/flip
+    draws are seeded per (seed, epoch), with and without --steps-per-epoch."""
+    import csv
+
+    from recogfast.data import dali_available
+
+    if backend == "dali" and not dali_available():
+        pytest.skip("DALI is not installed")
+
+    def cfg(out):
+        return RunConfig(dataset="shapes196", data=shapes_cache, images_per_class=4, model="tinynet", image_size=16,
+                         batch_size=32, epochs=3, steps_per_epoch=steps, optimizer="adamw", lr=1e-3, num_workers=workers,
+                         device="cpu", backend=backend, out=str(out), progress=False)
+
+    def log(out):
+        rows = csv.DictReader(open(out / "log.csv"))
+        return [{k: v for k, v in r.items() if k not in ("epoch_s", "train_img_per_s")} for r in rows]
+
+    _, full = run_train(cfg(tmp_path / "full"))
+
+    def kill(trainer, event, **info):
+        if event == "epoch" and trainer.epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_train(cfg(tmp_path / "run"), callbacks=[kill])
+    torch.manual_seed(777)
+    _, resumed = run_train(cfg(tmp_path / "run"), resume=True)
+    assert resumed.step_losses == full.step_losses[len(full.step_losses) // 3:]
+    assert log(tmp_path / "run") == log(tmp_path / "full")

@@ -52,6 +52,7 @@ class DaliLoader(_Loader):
         self._pipe = self._iter = None
         self._exhausted = False
         self._excluded: set[int] = set()
+        self._epoch = 0
 
     # --- the external source -------------------------------------------------------------------
     def _next_batch(self):
@@ -97,7 +98,9 @@ class DaliLoader(_Loader):
             batch_size=self.max_batch,
             num_threads=max(1, self.num_workers),
             device_id=self.device.index if gpu else None,
-            seed=(self.seed * 1_000_003 + self.shard_id) % (2**31 - 1),
+            # seeded per (seed, epoch, shard): an epoch's crops and flips are the same in a resumed run,
+            # and do not repeat from epoch to epoch (the pipeline is built afresh each epoch)
+            seed=((self.seed * 1_000_003 + self._epoch) * 10_000_019 + self.shard_id) % (2**31 - 1),
             prefetch_queue_depth=3 if gpu else 2,
         )
         with pipe:
@@ -157,11 +160,9 @@ class DaliLoader(_Loader):
     def _iterate(self, epoch, skips):
         self._plan = [list(b) for b in self.batch_sampler]
         self._pos, self._fed, self._error, self._skips, self._reads = 0, [], None, skips, {}
-        if self._iter is not None and self._exhausted:
-            self._iter.reset()
-        else:
-            self._close()
-            self._build()
+        self._epoch = epoch
+        self._close()
+        self._build()  # afresh each epoch: its random state is a function of (seed, epoch)
         self._exhausted = False
         yielded = 0
         while True:

@@ -76,6 +76,24 @@ def read_encoded(path: str) -> bytes:
     return data
 
 
+def file_problem(path: str) -> str | None:
+    """Why an image file cannot be used (missing, unreadable, empty, wrong signature, no end marker),
+    or None: :func:`encoded_image_problem` on its first and last bytes only (no decoding)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= 8 + _TAIL:
+                data = f.read()
+            else:
+                head = f.read(8)
+                f.seek(size - _TAIL)
+                data = head + f.read()
+    except OSError as err:
+        return f"cannot read image file {path}: {err.strerror or err}"
+    problem = encoded_image_problem(data)
+    return None if problem is None else f"bad image file {path}: {problem}"
+
+
 class SkipLog:
     """Skipped samples of the current epoch, reported by :meth:`report` at its end."""
 

@@ -183,6 +183,10 @@ class TorchvisionLoader(_Loader):
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.num_workers > 0,
             prefetch_factor=4 if self.num_workers > 0 else None,
+            # the workers' base seed comes from this generator, not the global torch RNG: creating the
+            # iterator (once with persistent workers, each epoch without) must not shift the dropout
+            # masks of a resumed run (the augmentation is seeded per (seed, epoch, index) anyway)
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _iterate(self, epoch, skips):

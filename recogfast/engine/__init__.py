@@ -3,7 +3,7 @@
 from recogfast.engine.checkpoint import atomic_save, load_checkpoint, seed_everything
 from recogfast.engine.schedule import WarmupCosine, build_optimizer, build_scheduler
 from recogfast.engine.tasks import RunConfig, build_trainer, run_train
-from recogfast.engine.trainer import StopTraining, Trainer, TrainerOptions
+from recogfast.engine.trainer import Diverged, ResumeError, StopTraining, Trainer, TrainerOptions
 
 __all__ = [
     "RunConfig",
@@ -12,6 +12,8 @@ __all__ = [
     "Trainer",
     "TrainerOptions",
     "StopTraining",
+    "Diverged",
+    "ResumeError",
     "atomic_save",
     "load_checkpoint",
     "seed_everything",

@@ -43,6 +43,35 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         pass
 
 
+def clean_temp_files(folder: str | os.PathLike) -> list[str]:
+    """Remove the temp files that killed writes left in a run folder (``.last.pt.*.tmp``,
+    ``.best.pt.*.tmp``, ``summary.json.tmp``, ``config.json.tmp``); returns their names."""
+    folder, removed = Path(folder), []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            name = path.name
+            if path.is_file() and (name.startswith((".last.pt.", ".best.pt.")) and name.endswith(".tmp")
+                                   or name in ("summary.json.tmp", "config.json.tmp")):
+                path.unlink(missing_ok=True)
+                removed.append(name)
+    return removed
+
+
+def repair_best(folder: str | os.PathLike, epoch: int) -> bool:
+    """``<folder>/best.pt`` := ``last.pt`` when it is missing, unreadable or not of `epoch` (the best,
+    by ``last.pt``'s record). True when it was rewritten."""
+    best, last = Path(folder) / "best.pt", Path(folder) / "last.pt"
+    if not last.is_file():
+        return False
+    try:
+        if best.is_file() and int(load_checkpoint(best)["epoch"]) == epoch:
+            return False
+    except (ValueError, KeyError):
+        pass
+    atomic_save(load_checkpoint(last), best)
+    return True
+
+
 def file_mode() -> int:
     """The mode ``open()`` gives a new file under the current umask (0o644 under the usual 022)."""
     mask = os.umask(0o022)

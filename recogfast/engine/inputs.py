@@ -91,7 +91,8 @@ def build_eval_loader(cfg, ds):
     rank, world = _dist_info()
     return build_loader(ds, train=False, batch_size=max(cfg.batch_size, 256), shard_id=rank, num_shards=world,
                         image_size=cfg.image_size, backend=cfg.backend, device=cfg.device,
-                        num_workers=cfg.num_workers, channels_last=cfg.channels_last, crop_scale=cfg.crop_scale)
+                        num_workers=cfg.num_workers, channels_last=cfg.channels_last, crop_scale=cfg.crop_scale,
+                        on_error=cfg.on_error)
 
 
 def build_loaders(cfg, train_ds, val_ds, test_ds):
@@ -100,7 +101,7 @@ def build_loaders(cfg, train_ds, val_ds, test_ds):
 
     rank, world = _dist_info()
     common = dict(image_size=cfg.image_size, backend=cfg.backend, device=cfg.device, num_workers=cfg.num_workers,
-                  channels_last=cfg.channels_last, crop_scale=cfg.crop_scale)
+                  channels_last=cfg.channels_last, crop_scale=cfg.crop_scale, on_error=cfg.on_error)
     if cfg.task == "retrieval":
         sampler = MPerClassSampler(train_ds.labels, cfg.m_per_class, cfg.batch_size, seed=cfg.seed,
                                    shard_id=rank, num_shards=world)
@@ -110,6 +111,28 @@ def build_loaders(cfg, train_ds, val_ds, test_ds):
                              num_shards=world, **common)
     val = build_eval_loader(cfg, val_ds) if val_ds is not None else None
     return train, val, build_eval_loader(cfg, test_ds)
+
+
+def check_files(splits, on_error: str = "raise") -> list[str]:
+    """Every file of every split checked cheaply before the first step (existence, size, JPEG/PNG
+    signature and end marker; no decoding). ``on_error="raise"``: a DataError naming the first bad
+    file and how many there are; ``"skip"``: the problems (the loaders skip and count those files)."""
+    from recogfast.data.errors import DataError, file_problem
+
+    problems, first = [], None
+    for ds in splits:
+        if ds is None:
+            continue
+        for path in ds.files:
+            problem = file_problem(path)
+            if problem is not None:
+                problems.append(problem)
+                first = first or path
+    if problems and on_error == "raise":
+        more = f" ({len(problems)} bad files in all; --on-error skip trains without them)" if len(problems) > 1 else \
+            " (--on-error skip trains without it)"
+        raise DataError(problems[0] + more, first)
+    return problems
 
 
 def small_classes_note(labels, m: int) -> str | None:

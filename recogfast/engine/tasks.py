@@ -25,6 +25,7 @@ from torch import nn
 from recogfast.engine.checkpoint import seed_everything
 from recogfast.engine.schedule import build_optimizer, build_scheduler
 from recogfast.engine.trainer import Trainer, TrainerOptions
+from recogfast.engine.validate import check_combinations, check_out_folder, check_ranges
 from recogfast.metrics import AccuracyMeter, retrieval_metrics
 
 log = logging.getLogger("recogfast")
@@ -46,6 +47,7 @@ class RunConfig:
     stem: str | None = None  # default: "small" for image_size <= 64, else "imagenet"
     attn_impl: str = "auto"
     weights: str | None = None
+    weights_partial: bool = False  # accept --weights that keep less than MIN_WEIGHTS_KEPT of the backbone
     epochs: int = 30
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -68,6 +70,7 @@ class RunConfig:
     device: str | None = None
     backend: str = "auto"
     num_workers: int | None = None
+    on_error: str = "raise"  # unreadable images: "raise" (DataError naming the file) or "skip" (counted)
     steps_per_epoch: int | None = None
     # splits: val_fraction None = the task's default (0.1 of each class's images for classification,
     # 0.15 of the training classes for retrieval); 0 = no validation (the last epoch is the result).
@@ -92,7 +95,9 @@ class RunConfig:
     progress: bool = True
 
     def resolved(self) -> RunConfig:
+        """The defaults filled in; every value checked (ranges: recogfast.engine.validate.RANGES)."""
         c = dataclasses.replace(self)
+        check_ranges(c)
         if c.task not in TASKS:
             raise ValueError(f"unknown task {c.task!r}; choose one of: {', '.join(TASKS)}")
         if c.dataset not in DATASETS:
@@ -123,11 +128,13 @@ class RunConfig:
             raise ValueError("retrieval trains on the disjoint-class split: --protocol classification is for classify")
         if c.dataset == "tiny-imagenet" and c.protocol == "retrieval":
             raise ValueError("retrieval needs disjoint train/test classes: use --dataset cars196 or shapes196")
+        check_ranges(c)
+        check_combinations(c)
         return c
 
 
 from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; RunConfig is defined above)
-    _dist_info, build_datasets, build_eval_loader, build_loaders, check_train_split, small_classes_note,
+    _dist_info, build_datasets, build_eval_loader, build_loaders, check_files, check_train_split, small_classes_note,
 )
 
 
@@ -241,12 +248,35 @@ def setup_distributed(device: str) -> tuple[int, int, str]:
     return rank, world, device
 
 
+MIN_WEIGHTS_KEPT = 0.5  # --weights must fill at least this fraction of the backbone (else --weights-partial)
+_HEADS = ("fc.", "embedding.", "classifier.")
+
+
 def build_model(cfg: RunConfig, num_classes: int | None) -> nn.Module:
     from recogfast.models import create_model
 
     if cfg.task == "classify":
-        return create_model(cfg.model, num_classes=num_classes, stem=cfg.stem, attn_impl=cfg.attn_impl, weights=cfg.weights)
-    return create_model(cfg.model, embedding_dim=cfg.embedding_dim, stem=cfg.stem, attn_impl=cfg.attn_impl, weights=cfg.weights)
+        model = create_model(cfg.model, num_classes=num_classes, stem=cfg.stem, attn_impl=cfg.attn_impl, weights=cfg.weights)
+    else:
+        model = create_model(cfg.model, embedding_dim=cfg.embedding_dim, stem=cfg.stem, attn_impl=cfg.attn_impl,
+                             weights=cfg.weights)
+    check_weights_kept(model, cfg.weights_partial)
+    return model
+
+
+def check_weights_kept(model: nn.Module, partial: bool = False) -> None:
+    """Refuse ``--weights`` that fill less than MIN_WEIGHTS_KEPT of the backbone (the model's tensors
+    outside the classifier / embedding head and the attention blocks), unless `partial`."""
+    report = getattr(model, "load_report", None)
+    if report is None:
+        return
+    backbone = [k for k in model.state_dict() if not k.startswith(_HEADS) and ".attn." not in k]
+    loaded = set(report.loaded)
+    kept = sum(k in loaded for k in backbone)
+    if backbone and kept < MIN_WEIGHTS_KEPT * len(backbone) and not partial:
+        raise ValueError(f"--weights {report.path}: only {kept} of the backbone's {len(backbone)} tensors load "
+                         f"({report.summary()}); pass --weights-partial to accept less than "
+                         f"{MIN_WEIGHTS_KEPT:.0%}")
 
 
 def build_loss(cfg: RunConfig) -> nn.Module:
@@ -278,10 +308,14 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     one batch) surface here as ``ValueError`` / ``OSError``, before any model is built.
     """
     asked, cfg = cfg, cfg.resolved()
+    check_out_folder(cfg.out)
     rank, world, cfg.device = setup_distributed(cfg.device)
     seed_everything(cfg.seed + rank)
     train_ds, val_ds, test_ds = build_datasets(cfg)
     check_train_split(cfg, train_ds, val_ds, world)
+    bad = check_files((train_ds, val_ds, test_ds), cfg.on_error)  # all splits, before the first step
+    if bad and rank == 0:
+        print(f"note: {len(bad)} unreadable image files will be skipped (--on-error skip); first: {bad[0]}", flush=True)
     train_loader, val_loader, test_loader = build_loaders(cfg, train_ds, val_ds, test_ds)
     main = rank == 0
     backend = getattr(train_loader, "backend", "?")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -22,10 +21,26 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recogfast.engine.checkpoint import atomic_save, file_mode, load_checkpoint, rng_state, set_rng_state
+from recogfast.engine.checkpoint import (
+    atomic_save, clean_temp_files, load_checkpoint, repair_best, rng_state, set_rng_state,
+)
 from recogfast.engine.logs import CSVLog, Progress, TensorBoard, plot_history
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+
+
+class Diverged(FloatingPointError):
+    """Training produced a non-finite loss, weights or validation output: the run stops there.
+    ``last.pt`` / ``best.pt`` keep the last finished epoch (never NaN weights). The CLI exits with 3."""
+
+
+class ResumeError(ValueError):
+    """``fit(resume=...)`` found nothing to resume, or a checkpoint of another run (one line)."""
+
+
+# config fields a resumed run must share with its checkpoint (the model's shape and what it learns)
+RESUME_FIELDS = ("task", "dataset", "model", "protocol", "num_classes", "image_size", "stem", "embedding_dim",
+                 "xbm_size")
 
 
 class StopTraining(Exception):
@@ -177,23 +192,45 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def resume(self, path: str | os.PathLike | None = None) -> bool:
-        """Restore from `path` (default ``<out_dir>/last.pt``); False when there is nothing to resume."""
+        """Restore from `path` (default ``<out_dir>/last.pt``); False when there is nothing to resume.
+        A checkpoint of another run (model, task, dataset... see ``RESUME_FIELDS``) is a ``ResumeError``
+        naming the field that differs."""
         path = Path(path) if path is not None else self.out_dir / "last.pt"
         if not path.exists():
             return False
-        self.load_state_dict(load_checkpoint(path))
+        state = load_checkpoint(path)
+        saved = state.get("config") or {}
+        for key in RESUME_FIELDS:
+            if key in saved and key in self.opt.config and saved[key] != self.opt.config[key]:
+                raise ResumeError(f"--resume: {path} is a checkpoint of another run: {key} is {saved[key]!r} there, "
+                                  f"{self.opt.config[key]!r} here")
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ResumeError(f"--resume: {path} does not fit this run: {first}") from None
         return True
 
     def save(self, best: bool) -> None:
+        """``best.pt`` first, then ``last.pt``, each atomically (temp file + rename): a kill at any moment
+        leaves ``best.pt`` either the previous best or this epoch's, and ``last.pt`` never ahead of it.
+        (Killed between the two, ``best.pt`` holds the epoch that the resumed run repeats exactly.)"""
         if not self.is_main:
             return
         state = self.state_dict()
-        atomic_save(state, self.out_dir / "last.pt")
         if best:
-            tmp = self.out_dir / ".best.pt.tmp"
-            shutil.copyfile(self.out_dir / "last.pt", tmp)
-            os.chmod(tmp, file_mode())
-            os.replace(tmp, self.out_dir / "best.pt")
+            atomic_save(state, self.out_dir / "best.pt")
+        atomic_save(state, self.out_dir / "last.pt")
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove the temp files of writes that a kill interrupted (``.last.pt.*.tmp``...); their names."""
+        return clean_temp_files(self.out_dir) if self.is_main else []
+
+    def repair_best(self) -> None:
+        """After a resume: ``best.pt`` missing (or older) while ``last.pt`` says its epoch is the best:
+        ``best.pt`` is written again from ``last.pt``."""
+        if self.is_main and self.best_epoch is not None and self.best_epoch == self.epoch:
+            repair_best(self.out_dir, self.epoch)
 
     # ------------------------------------------------------------------ loop
     def _sampler(self):
@@ -234,7 +271,7 @@ class Trainer:
                 outputs = self.train_model(images)
             loss = self.loss_fn(outputs.float(), labels)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {step + 1}")
+                raise Diverged(self._diverged_text(f"loss is {loss.item()}", step))
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.opt.grad_clip:
@@ -257,6 +294,19 @@ class Trainer:
                              f"(fewer samples than one batch?)")
         return {"train_loss": float(loss_sum) / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
 
+    def _diverged_text(self, what: str, step: int | None = None) -> str:
+        where = f"epoch {self.epoch + 1}" + (f", step {step + 1} (global step {self.global_step + 1})" if step is not None else "")
+        last = next((v for v in reversed(self.step_losses) if math.isfinite(v)), None)
+        kept = f"last.pt keeps epoch {self.epoch}" if self.epoch > 0 else "no checkpoint was written"
+        return (f"training diverged at {where}: {what}; last finite loss "
+                f"{'none' if last is None else f'{last:.4g}'}, lr {self.optimizer.param_groups[0]['lr']:.4g}; "
+                f"{kept}; try a lower --lr")
+
+    def _check_weights(self) -> None:
+        for name, p in self.model.state_dict().items():
+            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+                raise Diverged(self._diverged_text(f"weight {name} is not finite"))
+
     def _improved(self, value: float) -> bool:
         if self.best_value is None or math.isnan(self.best_value):
             return not math.isnan(value)
@@ -265,13 +315,18 @@ class Trainer:
         return value < self.best_value - self.opt.min_delta
 
     def fit(self, resume: bool | str | os.PathLike = False) -> dict[str, Any]:
-        """Train until `epochs` or early stopping; returns (and writes) the summary."""
+        """Train until `epochs` or early stopping; returns (and writes) the summary. ``resume=True``
+        continues ``<out_dir>/last.pt`` (``ResumeError`` when there is none), a path that checkpoint."""
+        self.clean_leftovers()
+        if resume and not self.resume(None if resume is True else resume):
+            where = self.out_dir / "last.pt" if resume is True else resume
+            raise ResumeError(f"--resume: nothing to resume: {where} not found (drop --resume to start a new run)")
+        if resume:
+            self.repair_best()
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.opt.run_config is not None:
                 _write_json(self.out_dir / "config.json", self.opt.run_config)
-        if resume:
-            self.resume(None if resume is True else resume)
         csv_log = CSVLog(self.out_dir / "log.csv") if self.is_main else None
         if csv_log is not None and self.history:
             csv_log.load(self.history)
@@ -283,11 +338,17 @@ class Trainer:
                 row: dict[str, Any] = {"epoch": self.epoch + 1}
                 row.update(self.train_one_epoch())
                 row["lr"] = self.optimizer.param_groups[0]["lr"]
+                self._check_weights()
                 metrics = {}
                 if self.evaluate_fn is not None:
                     self.model.eval()
-                    with torch.no_grad(), self.autocast():
-                        metrics = self.evaluate_fn(self.model)
+                    try:
+                        with torch.no_grad(), self.autocast():
+                            metrics = self.evaluate_fn(self.model)
+                    except Diverged:
+                        raise
+                    except FloatingPointError as err:  # the metrics refuse non-finite outputs
+                        raise Diverged(self._diverged_text(f"validation: {str(err).splitlines()[0]}")) from None
                     row.update({f"val_{k}": v for k, v in metrics.items()})
                 row["epoch_s"] = time.perf_counter() - tick
                 self.epoch += 1
@@ -318,6 +379,12 @@ class Trainer:
                     ) + ("  *best" if best else ""), flush=True)
         except StopTraining:
             pass
+        except Diverged as err:
+            if self.is_main:  # the summary says why the run stopped; the checkpoints stay as they were
+                summary = self.summary(time.perf_counter() - t0)
+                summary["diverged"] = str(err)
+                _write_json(self.out_dir / "summary.json", summary)
+            raise
         finally:
             tb.close()
         if self.test_evaluate_fn is not None and self.epoch > 0:
