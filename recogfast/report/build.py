@@ -127,7 +127,7 @@ def classification(model, loader, ds, folder: Path, image_size: int) -> dict:
     if wrong:
         files["misclassified"] = fg.save(fg.image_grid(
             [_thumb(ds.files[i], image_size) for i in wrong],
-            [f"{names[y[i]][:14]}\n→ {names[pred[i]][:14]} {conf[i]:.2f}" for i in wrong]), folder / "misclassified.png")
+            [f"{names[y[i]][:22]}\n→ {names[pred[i]][:22]}\n{conf[i]:.2f}" for i in wrong], size=1.6), folder / "misclassified.png")
     worst = [(names_present[i], float(acc_cls[i])) for i in torch.argsort(acc_cls, stable=True)[:10].tolist()]
     return {"top1": float((pred == y).float().mean()), "images": int(y.numel()), "files": files, "pairs": pairs,
             "worst": worst}
@@ -198,9 +198,7 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
         raise ValueError(f"{run} is not a finished run (no summary.json)")
     with open(run / "summary.json") as f:
         summary = json.load(f)
-    cfg0 = summary.get("config") or {}
-    if split is None:
-        split = "val" if cfg0.get("val_fraction", 0) else "test"
+    split = split or "val"  # the test split only when asked
     folder = run / "report"
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.png"):

@@ -38,13 +38,13 @@ def cmd_report(args) -> int:
     return 0
 
 
-def report_after_training(run: str) -> str | None:
+def report_after_training(run: str, split: str | None = None) -> str | None:
     """The report at the end of ``train`` / ``demo``; never fails the run (a note on stderr instead)."""
     try:
         from recogfast.report import make_report
 
         t0 = time.perf_counter()
-        path = make_report(run)
+        path = make_report(run, split=split)
         print(f"report: {path} ({time.perf_counter() - t0:.1f} s)", flush=True)
         return str(path)
     except Exception as err:  # noqa: BLE001 - the run itself has finished and is saved
