@@ -99,7 +99,7 @@ def retrieval_grid(queries: list, neighbours: list[list], same: list[list[bool]]
     fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * size, len(queries) * (size + 0.25)), squeeze=False)
     for r, q in enumerate(queries):
         axes[r, 0].imshow(q)
-        axes[r, 0].set_title(names[r][:16], fontsize=6)
+        axes[r, 0].set_title(names[r][:22], fontsize=5)
         _frame(axes[r, 0], "black", 3)
         for c in range(k):
             ax = axes[r, c + 1]
@@ -117,7 +117,7 @@ def recall_curve(ks: list[int], values: list[float], title: str):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ks, values, marker="o", ms=3)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(ks[:: max(1, len(ks) // 8)] if len(ks) > 8 else ks)
+    ax.set_xticks([k for k in ks if k & (k - 1) == 0])  # powers of two
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("K")
@@ -136,7 +136,7 @@ def embedding_map(points: torch.Tensor, labels: torch.Tensor, thumbs: list | Non
         from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
         for i, img in thumbs:
-            ab = AnnotationBbox(OffsetImage(img, zoom=0.4), (float(points[i, 0]), float(points[i, 1])), frameon=False)
+            ab = AnnotationBbox(OffsetImage(img, zoom=0.8), (float(points[i, 0]), float(points[i, 1])), frameon=False)
             ax.add_artist(ab)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
