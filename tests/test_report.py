@@ -75,6 +75,11 @@ def test_train_writes_classification_report(classify_run):
     for name in ("loss.png", "metrics.png", "lr.png", "per_class_accuracy.png", "confusion.png"):
         assert f'src="{name}"' in page
     assert "Most confused pairs" in page
+    try:
+        import captum  # noqa: F401
+        assert 'src="why.png"' in page  # Grad-CAM / guided backprop through Captum
+    except ImportError:
+        assert "needs Captum" in page
     # the report scores best.pt on val: the same top-1 as the summary's val result
     summary = json.loads((classify_run / "summary.json").read_text())
     shown = dict(re.findall(r'data-key="([^"]+)">([^<]+)<', page))

@@ -188,6 +188,21 @@ def retrieval(model, loader, ds, folder: Path, image_size: int, n: int, seed: in
     return {"recall": dict(zip(RECALL_KS, recalls)), "images": int(y.numel()), "files": files, "method": method}
 
 
+def why_section(model, loader, ds, folder: Path) -> dict:
+    """Grad-CAM / guided backprop through Captum, or the reason it is missing."""
+    try:
+        import captum  # noqa: F401
+    except ImportError:
+        return {"missing": "needs Captum: pip install recogfast[viz]"}
+    from recogfast.report.why import one_per_class, why_figure
+
+    images, labels = one_per_class(loader)
+    model = model.float()
+    fig = why_figure(model, images.to(next(model.parameters()).device), labels.to(next(model.parameters()).device),
+                     [ds.class_names[c] for c in labels.tolist()])
+    return {"file": fg.save(fig, folder / "why.png")}
+
+
 def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | None = None, n: int = 16,
                 device: str | None = None) -> Path:
     """Write ``run/report/`` and return the path of its ``index.html``. `split`: "val" (default when
@@ -220,6 +235,8 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
                 sections["retrieval"] = retrieval(model, loader, ds, folder, cfg.image_size, n, cfg.seed, features)
         finally:
             torch.set_grad_enabled(True)
+        if cfg.task == "classify" and not features:
+            sections["why"] = why_section(model, loader, ds, folder)
         sections["evaluated"] = {"checkpoint": f"{checkpoint}.pt", "epoch": epoch, "split": split}
     sections["seconds"] = time.perf_counter() - t0
     return write_page(folder, run, summary, sections, note)

@@ -83,8 +83,12 @@ def write_page(folder: Path, run: Path, summary: dict, s: dict, note: str | None
                  + "".join(f'<td class="num" data-key="report.recall@{k}">{fmt(r["recall"][k])}</td>' for k in (1, 2, 4, 8, 16, 32))
                  + "</tr></table>",
                  f"<h3>Embedding map ({html.escape(r['method'])})</h3>", _img(r["files"]["map"], "embedding map")]
-    body.append("<h2>Not in this report</h2><p>Attention maps of the CUBS blocks and Grad-CAM / guided "
-                "backpropagation are not drawn yet.</p>")
+    w = s.get("why")
+    if w:
+        body.append("<h2>Why this class: Grad-CAM, guided backpropagation, guided Grad-CAM (last conv layer)</h2>")
+        body.append(_img(w["file"], "Grad-CAM") if "file" in w else f'<p class="note">{html.escape(w["missing"])}</p>')
+    body.append("<h2>Not in this report</h2><p>Attention maps of the CUBS blocks are not drawn yet"
+                + ("" if w else "; Grad-CAM is drawn for classification runs only") + ".</p>")
     body.append(f"<p><small>report built in {s.get('seconds', 0):.1f} s</small></p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
