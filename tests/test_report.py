@@ -90,7 +90,7 @@ def test_retrieval_report_grid_matches_metrics(retrieval_run, capsys):
     assert main(["report", str(retrieval_run), "--n", "5", "--split", "test", "--device", "cpu"]) == 0
     assert "index.html" in capsys.readouterr().out
     page = _check_page(retrieval_run)
-    for name in ("retrieval_grid.png", "recall_at_k.png", "embedding_map.png"):
+    for name in ("retrieval_grid.png", "recall_at_k.png", "embedding_map.png", "gates_spatial.png", "gates_channel.png"):
         assert f'src="{name}"' in page
     grid = json.loads((retrieval_run / "report" / "retrieval_grid.json").read_text())
     assert len(grid) == 5

@@ -203,6 +203,17 @@ def why_section(model, loader, ds, folder: Path) -> dict:
     return {"file": fg.save(fig, folder / "why.png")}
 
 
+def attention_section(model, loader, folder: Path) -> dict:
+    """CUBS gate pictures (empty for models without CUBS blocks)."""
+    from recogfast.report.gates import gate_figure, gate_maps
+    from recogfast.report.why import _show, one_per_class
+
+    images, _ = one_per_class(loader, limit=4)
+    images = images.to(next(model.parameters()).device)
+    figs = gate_figure(images, gate_maps(model.float(), images), _show)
+    return {k: fg.save(f, folder / f"gates_{k}.png") for k, f in figs.items()}
+
+
 def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | None = None, n: int = 16,
                 device: str | None = None) -> Path:
     """Write ``run/report/`` and return the path of its ``index.html``. `split`: "val" (default when
@@ -237,6 +248,7 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
             torch.set_grad_enabled(True)
         if cfg.task == "classify" and not features:
             sections["why"] = why_section(model, loader, ds, folder)
+        sections["attention"] = attention_section(model, loader, folder)
         sections["evaluated"] = {"checkpoint": f"{checkpoint}.pt", "epoch": epoch, "split": split}
     sections["seconds"] = time.perf_counter() - t0
     return write_page(folder, run, summary, sections, note)

@@ -87,8 +87,12 @@ def write_page(folder: Path, run: Path, summary: dict, s: dict, note: str | None
     if w:
         body.append("<h2>Why this class: Grad-CAM, guided backpropagation, guided Grad-CAM (last conv layer)</h2>")
         body.append(_img(w["file"], "Grad-CAM") if "file" in w else f'<p class="note">{html.escape(w["missing"])}</p>')
-    body.append("<h2>Not in this report</h2><p>Attention maps of the CUBS blocks are not drawn yet"
-                + ("" if w else "; Grad-CAM is drawn for classification runs only") + ".</p>")
+    a = s.get("attention")
+    if a:
+        body.append("<h2>Attention: CUBS gates</h2>")
+        body += [_img(a[k], f"CUBS {k} gates") for k in ("spatial", "channel") if k in a]
+    if not w:
+        body.append("<p>Grad-CAM / guided backpropagation are drawn for classification runs only.</p>")
     body.append(f"<p><small>report built in {s.get('seconds', 0):.1f} s</small></p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

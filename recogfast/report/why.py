@@ -3,6 +3,8 @@ Captum (``pip install recogfast[viz]``), one image per class for up to 10 classe
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,7 +37,8 @@ def attributions(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) 
 
     layer = last_conv(model)
     x = images.detach().float().contiguous().clone().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
         cam = LayerGradCam(model, layer).attribute(x, target=targets, relu_attributions=True)
         cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
         guided = GuidedBackprop(model).attribute(x, target=targets)
