@@ -67,7 +67,7 @@ def gate_figure(images: torch.Tensor, gates: dict[str, torch.Tensor], show):
             img = show(images[i])
             axes[i, 0].imshow(img)
             for j, (name, g) in enumerate(spatial):
-                up = F.interpolate(g[i][None, None].cpu(), size=tuple(images.shape[-2:]), mode="bilinear")[0, 0]
+                up = F.interpolate(g[i][None, None].cpu(), size=tuple(images.shape[-2:]), mode="bilinear")[0, 0].numpy()
                 axes[i, j + 1].imshow(img)
                 axes[i, j + 1].imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 if i == 0:

@@ -23,7 +23,7 @@ def last_conv(model: nn.Module) -> nn.Module:
 def _show(x: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0)
+    return (x.float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def _norm(a: torch.Tensor) -> torch.Tensor:
@@ -56,9 +56,9 @@ def why_figure(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, na
         img = _show(images[i])
         axes[i, 0].imshow(img)
         axes[i, 1].imshow(img)
-        axes[i, 1].imshow(_norm(a["gradcam"][i]).cpu(), cmap="jet", alpha=0.45)
-        axes[i, 2].imshow(_norm(a["guided"][i].abs().amax(0)).cpu(), cmap="gray")
-        axes[i, 3].imshow(_norm(a["guided_gradcam"][i].abs().amax(0)).cpu(), cmap="gray")
+        axes[i, 1].imshow(_norm(a["gradcam"][i]).cpu().numpy(), cmap="jet", alpha=0.45)
+        axes[i, 2].imshow(_norm(a["guided"][i].abs().amax(0)).cpu().numpy(), cmap="gray")
+        axes[i, 3].imshow(_norm(a["guided_gradcam"][i].abs().amax(0)).cpu().numpy(), cmap="gray")
         axes[i, 0].set_ylabel(names[i][:22], fontsize=6)
         for j, ax in enumerate(axes[i]):
             ax.set_xticks([])
