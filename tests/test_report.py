@@ -126,3 +126,21 @@ def test_report_errors(capsys, argv, pattern):
     rc = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and pattern in err[0], err
+
+
+def test_page_renders_in_headless_chromium(classify_run, tmp_path):
+    import shutil
+    import subprocess
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless Chromium on this machine (apt-get install chromium)")
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1100,2000", (classify_run / "report" / "index.html").resolve().as_uri()],
+                   check=True, timeout=120, capture_output=True)
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        lo, hi = im.convert("L").getextrema()
+    assert hi - lo > 50  # not a blank page
