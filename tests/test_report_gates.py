@@ -23,3 +23,9 @@ def test_gate_times_input_is_output(placement, impl):
         g, inp, out = maps[n], maps[n + ":input"], maps[n + ":output"]
         gate = g[:, :, None, None] if isinstance(mods[n], CUBSBlock1) else g[:, None]
         torch.testing.assert_close(gate * inp, out, rtol=1e-5, atol=1e-5)
+
+
+def test_viz_api():
+    from recogfast import viz
+
+    assert callable(viz.gate_maps) and callable(viz.retrieval_grid) and callable(viz.make_report)
