@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmark suites and print one table")
     bench.add_argument("filter", nargs="?", default=None, help="pytest -k expression")
     _add_export_parser(sub)
+    from recogfast.report.cli import add_report_parser
+
+    add_report_parser(sub)
     demo = sub.add_parser("demo", help="the Shapes196 end-to-end demo")
     from recogfast.demo import add_demo_args
 
@@ -256,6 +259,10 @@ def cmd_train(args) -> int:
         raise UsageError(str(err)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         _print_result(out, summary)
+        if not getattr(args, "no_report", False):
+            from recogfast.report.cli import report_after_training
+
+            report_after_training(out)
     return 0
 
 

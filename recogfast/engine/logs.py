@@ -54,7 +54,7 @@ class TensorBoard:
         if self.writer is None:
             return
         for k, v in values.items():
-            if isinstance(v, (int, float)):
+            if isinstance(v, (int, float)) and k not in ("epoch", "steps", "best"):  # not curves
                 self.writer.add_scalar(f"{prefix}{k}", v, step)
 
     def close(self) -> None:
@@ -62,39 +62,22 @@ class TensorBoard:
             self.writer.close()
 
 
-def plot_history(rows: list[dict], folder: str | os.PathLike) -> list[str]:
-    """``loss.png`` and ``metrics.png`` in `folder` from the epoch rows; [] when matplotlib is missing."""
+def plot_history(rows: list[dict], folder: str | os.PathLike, model: str | None = None,
+                 chosen: int | None = None) -> list[str]:
+    """``loss.png`` and ``metrics.png`` in `folder` from the epoch rows (integer epochs, the run name and
+    model in the title, the chosen epoch marked, the legend outside the lines); [] without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from recogfast.report.figures import curves, save
     except Exception:  # noqa: BLE001 - plots are optional
         return []
     if not rows:
         return []
     folder = Path(folder)
-    written = []
-    epochs = [r["epoch"] for r in rows]
+    head = folder.resolve().name + (f" · {model}" if model else "")
     loss_keys = [k for k in rows[-1] if k.endswith("loss")]
     metric_keys = [k for k in rows[-1] if k.startswith("val_") and not k.endswith("loss")]
-    for name, keys, ylabel in (("loss.png", loss_keys, "loss"), ("metrics.png", metric_keys, "metric")):
-        if not keys:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for k in keys:
-            pts = [(e, r[k]) for e, r in zip(epochs, rows) if isinstance(r.get(k), (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=k)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(folder / name, dpi=100)
-        plt.close(fig)
-        written.append(str(folder / name))
-    return written
+    return [save(curves(rows, keys, ylabel, f"{head}: {ylabel}", chosen), folder / name)
+            for name, keys, ylabel in (("loss.png", loss_keys, "loss"), ("metrics.png", metric_keys, "metric")) if keys]
 
 
 def _fmt_time(seconds: float) -> str:

@@ -29,6 +29,7 @@ def clear_run(folder: str) -> None:
             if name.startswith("eval-") and name.endswith(".json"):
                 os.remove(os.path.join(folder, name))
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
+    shutil.rmtree(os.path.join(folder, "report"), ignore_errors=True)
 
 
 def new_run_folder(base: str) -> str:

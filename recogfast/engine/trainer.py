@@ -391,7 +391,8 @@ class Trainer:
             self.test_result = self.run_test()
         summary = self.summary(time.perf_counter() - t0)
         if self.is_main:
-            summary["plots"] = plot_history(self.history, self.out_dir) if self.opt.plots else []
+            summary["plots"] = plot_history(self.history, self.out_dir, (self.opt.config or {}).get("model"),
+                                            self.chosen_epoch()) if self.opt.plots else []
             _write_json(self.out_dir / "summary.json", summary)
         return summary
 

@@ -1,0 +1,151 @@
+"""Matplotlib figures of a run (Agg backend, no display): each function returns a Figure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+GREEN, RED = (0.1, 0.7, 0.1), (0.85, 0.1, 0.1)
+
+
+def _num(rows, key):
+    return [(r["epoch"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float))]
+
+
+def curves(rows: list[dict], keys: list[str], ylabel: str, title: str, chosen: int | None = None):
+    """`keys` of the epoch rows against integer epochs; the chosen epoch as a dashed line; the legend
+    outside the axes so it never covers a line."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+        pts = _num(rows, k)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=k)
+    if chosen is not None:
+        ax.axvline(chosen, color="0.3", ls="--", lw=1, label=f"chosen epoch {chosen}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_accuracy(acc: torch.Tensor, names: list[str], worst: int = 10):
+    """Sorted per-class accuracy as a strip (readable for 200 classes), the `worst` named."""
+    order = torch.argsort(acc, stable=True)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.bar(range(len(acc)), acc[order].tolist(), width=1.0, color="tab:blue")
+    ax.set_xlim(-0.5, len(acc) - 0.5)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"class (sorted by accuracy, {len(acc)} classes)")
+    ax.set_ylabel("accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    lines = [f"{names[i][:28]}: {acc[i]:.2f}" for i in order[:worst].tolist()]
+    ax.text(1.01, 1.0, "worst classes\n" + "\n".join(lines), transform=ax.transAxes, va="top", fontsize=7,
+            family="monospace")
+    ax.set_title("per-class accuracy", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion(cm: torch.Tensor):
+    """Row-normalised confusion matrix heat map (rows: true class, columns: predicted)."""
+    rows = cm.float() / cm.sum(1, keepdim=True).clamp_min(1)
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    im = ax.imshow(rows.numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("confusion matrix (row-normalised)", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def _frame(ax, color, width=4):
+    for s in ax.spines.values():
+        s.set_visible(True)
+        s.set_color(color)
+        s.set_linewidth(width)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def image_grid(images: list, captions: list[str], colors: list | None = None, cols: int = 8, size: float = 1.3):
+    """Thumbnails (HWC uint8 arrays) with captions and optional coloured borders."""
+    rows = max(1, (len(images) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * (size + 0.35)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(images):
+            ax.axis("off")
+            continue
+        ax.imshow(images[i])
+        ax.set_title(captions[i], fontsize=6)
+        _frame(ax, colors[i] if colors else "0.7", 4 if colors else 0.5)
+    fig.tight_layout()
+    return fig
+
+
+def retrieval_grid(queries: list, neighbours: list[list], same: list[list[bool]], sims: list[list[float]],
+                   names: list[str], size: float = 1.1):
+    """One row per query: the query (black border) then its nearest gallery images, green = same class."""
+    k = max((len(n) for n in neighbours), default=0)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * size, len(queries) * (size + 0.25)), squeeze=False)
+    for r, q in enumerate(queries):
+        axes[r, 0].imshow(q)
+        axes[r, 0].set_title(names[r][:22], fontsize=5)
+        _frame(axes[r, 0], "black", 3)
+        for c in range(k):
+            ax = axes[r, c + 1]
+            if c >= len(neighbours[r]):
+                ax.axis("off")
+                continue
+            ax.imshow(neighbours[r][c])
+            ax.set_title(f"{sims[r][c]:.3f}", fontsize=6)
+            _frame(ax, GREEN if same[r][c] else RED, 4)
+    fig.tight_layout()
+    return fig
+
+
+def recall_curve(ks: list[int], values: list[float], title: str):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ks, values, marker="o", ms=3)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([k for k in ks if k & (k - 1) == 0])  # powers of two
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("K")
+    ax.set_ylabel("Recall@K")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def embedding_map(points: torch.Tensor, labels: torch.Tensor, thumbs: list | None = None, title: str = ""):
+    """2-D points coloured by class, with a few thumbnails placed at their points."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), c=labels.numpy(), cmap="tab20", s=8)
+    if thumbs:
+        from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+        for i, img in thumbs:
+            ab = AnnotationBbox(OffsetImage(img, zoom=0.8), (float(points[i, 0]), float(points[i, 1])), frameon=False)
+            ax.add_artist(ab)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path) -> str:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)

@@ -1,0 +1,96 @@
+"""CUBS gates from forward hooks: the fused ops return y = gate × x, not the gate, so each gate is
+computed from the module's input and weights with the reference math (recogfast.ops)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recogfast.nn.cubs import CUBSBlock1, CUBSBlock2
+from recogfast.ops._attn import rank_one_attention_reference
+
+
+def spatial_gate(m: CUBSBlock2, x: torch.Tensor) -> torch.Tensor:
+    """sigmoid(f) of CUBS Block 2: [B, H, W]."""
+    B, C, H, W = x.shape
+    xf = x.float().reshape(B, C, H * W)
+    q, k, v = (torch.einsum("bcp,c->bp", xf, c.weight.reshape(-1).float()) + c.bias.float() for c in (m.q, m.k, m.v))
+    return torch.sigmoid(rank_one_attention_reference(q, k, v)).reshape(B, H, W)
+
+
+def channel_gate(m: CUBSBlock1, x: torch.Tensor) -> torch.Tensor:
+    """sigmoid(z) of CUBS Block 1: [B, C]."""
+    g = x.float().mean(dim=(2, 3))
+    q, k, v = (F.linear(g, lin.weight.float(), lin.bias.float()) for lin in (m.q, m.k, m.v))
+    f = rank_one_attention_reference(q, k, v)
+    return torch.sigmoid(F.linear(f, m.out.weight.float(), m.out.bias.float()) + g)
+
+
+@torch.no_grad()
+def gate_maps(model: nn.Module, images: torch.Tensor, with_inputs: bool = False) -> dict[str, torch.Tensor]:
+    """{module name: gate} for every CUBS Block 1 (channel gate [B, C]) and Block 2 (spatial gate
+    [B, H, W]) of `model` on `images`; with `with_inputs`, also ``name + ":input"`` and ``name + ":output"``."""
+    out: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (CUBSBlock1, CUBSBlock2)):
+            def hook(mod, args, y, name=name):
+                x = args[0]
+                out[name] = (spatial_gate if isinstance(mod, CUBSBlock2) else channel_gate)(mod, x)
+                if with_inputs:
+                    out[name + ":input"], out[name + ":output"] = x.detach(), y.detach()
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        was = model.training
+        model.eval()
+        model(images)
+        model.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def gate_figure(images: torch.Tensor, gates: dict[str, torch.Tensor], show):
+    """Spatial gates overlaid on the inputs (rows: images, columns: blocks) and the channel gates as a
+    per-block heat strip (mean over the images). `show` turns an input tensor into an HWC image."""
+    import matplotlib.pyplot as plt
+
+    spatial = [(n, g) for n, g in gates.items() if g.dim() == 3]
+    channel = [(n, g) for n, g in gates.items() if g.dim() == 2]
+    figs = {}
+    if spatial:
+        rows, cols = images.shape[0], len(spatial) + 1
+        fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.4 * rows), squeeze=False)
+        for i in range(rows):
+            img = show(images[i])
+            axes[i, 0].imshow(img)
+            for j, (name, g) in enumerate(spatial):
+                up = F.interpolate(g[i][None, None].cpu(), size=tuple(images.shape[-2:]), mode="bilinear")[0, 0].numpy()
+                axes[i, j + 1].imshow(img)
+                axes[i, j + 1].imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                if i == 0:
+                    axes[i, j + 1].set_title(name.replace(".attn", "").replace(".block2", "")[:14], fontsize=5)
+            for ax in axes[i]:
+                ax.set_xticks([])
+                ax.set_yticks([])
+        axes[0, 0].set_title("input", fontsize=6)
+        fig.suptitle("CUBS Block 2 spatial gates sigmoid(f) (0 blue … 1 red)", fontsize=8)
+        fig.tight_layout()
+        figs["spatial"] = fig
+    if channel:
+        width = max(g.shape[1] for _, g in channel)
+        strip = torch.full((len(channel), width), float("nan"))
+        for r, (_, g) in enumerate(channel):
+            strip[r, : g.shape[1]] = g.mean(0).cpu()
+        fig, ax = plt.subplots(figsize=(8, 0.35 * len(channel) + 1.2))
+        im = ax.imshow(strip.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_yticks(range(len(channel)))
+        ax.set_yticklabels([n[:24] for n, _ in channel], fontsize=6)
+        ax.set_xlabel("channel")
+        ax.set_title("CUBS Block 1 channel gates sigmoid(z), mean over the images", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.03)
+        fig.tight_layout()
+        figs["channel"] = fig
+    return figs
