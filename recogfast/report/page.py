@@ -41,11 +41,13 @@ def _metrics_table(summary: dict) -> str:
 def write_page(folder: Path, run: Path, summary: dict, s: dict, note: str | None) -> Path:
     cfg = summary.get("config") or {}
     title = f"{run.name}: {cfg.get('model', '?')} · {cfg.get('task', '?')} on {cfg.get('dataset', '?')}"
+    seconds = summary.get("seconds")
+    took = f"{seconds:.0f}" if isinstance(seconds, (int, float)) else "?"
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p>epochs run {fmt(summary.get('epochs_run'))}, chosen epoch "
             f"{fmt((summary.get('test') or {}).get('epoch') or summary.get('best_epoch'))} "
             f"({html.escape(str((summary.get('test') or {}).get('chosen_by', '')))}); training took "
-            f"{fmt(summary.get('seconds'))} s</p>",
+            f"{took} s</p>",
             "<h2>Results (summary.json)</h2>", _metrics_table(summary)]
     if note:
         body.append(f'<p class="note">{html.escape(note)}</p>')
