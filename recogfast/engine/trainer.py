@@ -303,9 +303,14 @@ class Trainer:
                 f"{kept}; try a lower --lr")
 
     def _check_weights(self) -> None:
-        for name, p in self.model.state_dict().items():
-            if p.is_floating_point() and not bool(torch.isfinite(p).all()):
-                raise Diverged(self._diverged_text(f"weight {name} is not finite"))
+        tensors = {name: p for name, p in self.model.state_dict().items() if p.is_floating_point()}
+        if not tensors:
+            return
+        finite = torch.stack([torch.isfinite(p).all() for p in tensors.values()])
+        if bool(finite.all()):  # one device-to-host sync an epoch, not one a tensor
+            return
+        name = list(tensors)[int((~finite).nonzero()[0])]
+        raise Diverged(self._diverged_text(f"weight {name} is not finite"))
 
     def _improved(self, value: float) -> bool:
         if self.best_value is None or math.isnan(self.best_value):
@@ -426,7 +431,7 @@ class Trainer:
         if self.evaluate_fn is not None and self.best_epoch is not None:
             row = self.history[self.best_epoch - 1]
             val = {"epoch": self.best_epoch, **{k[4:]: v for k, v in row.items() if k.startswith("val_")}}
-        speeds = sorted(r["train_img_per_s"] for r in self.history if isinstance(r.get("train_img_per_s"), float))
+        speeds = [r["train_img_per_s"] for r in self.history if isinstance(r.get("train_img_per_s"), float)]
         return {
             "val": val,
             "test": self.test_result,

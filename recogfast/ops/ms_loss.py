@@ -21,6 +21,8 @@ reference set's share of the anchors' gradient so that the backward pass skips t
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -195,8 +197,6 @@ def ms_loss(
 
 def _check_finite() -> bool:
     """RECOGFAST_CHECK_FINITE=1: raise on NaN/inf inputs on CUDA too (one device-to-host sync a call)."""
-    import os
-
     return os.environ.get("RECOGFAST_CHECK_FINITE", "0") not in ("", "0")
 
 

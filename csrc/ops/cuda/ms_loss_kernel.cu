@@ -387,7 +387,7 @@ struct Candidates {
   const acc_t* scale_g() const { return inv2.template const_data_ptr<acc_t>(); }
 
   Candidates(const at::Tensor& emb, const at::Tensor& labels, const std::optional<at::Tensor>& ref,
-             const std::optional<at::Tensor>& ref_labels, bool /*for_backward*/, cudaStream_t stream) {
+             const std::optional<at::Tensor>& ref_labels, cudaStream_t stream) {
     B = emb.size(0);
     D = emb.size(1);
     R = ref.has_value() ? ref->size(0) : 0;
@@ -457,7 +457,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cuda(
   at::Tensor loss;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_cuda", [&] {
     using acc_t = typename Candidates<scalar_t>::acc_t;
-    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, /*for_backward=*/false, stream);
+    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream);
     const int64_t R = cd.R, M = cd.M;
     const Params p = make_params(B, M, mining, alpha, beta, base, epsilon);
     const int64_t T = tile_rows(M, B, sizeof(acc_t));
@@ -520,7 +520,7 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cuda(
   const at::Tensor g = grad_loss.reshape({1}).to(acc).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_backward_cuda", [&] {
     using acc_t = typename Candidates<scalar_t>::acc_t;
-    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, /*for_backward=*/true, stream);
+    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream);
     const int64_t M = cd.M;
     const Params p = make_params(B, M, mining, alpha, beta, base, epsilon);
     const auto acc_opts = embeddings.options().dtype(acc);
