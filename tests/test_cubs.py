@@ -1,5 +1,5 @@
 """CUBS Block 1 / Block 2 ops and modules: the references against the SPEC written out by hand, the
-fused ops against the references (values, gradients, dtypes, layouts, shapes), gradcheck, opcheck,
+fused ops against the references (values, gradients, dtypes, layouts, shapes), gradcheck (opcheck: test_op_contracts.py),
 torch.compile, bad-input messages, the placements, and a memory test proving no HW×HW matrix is built."""
 
 import math
@@ -188,7 +188,7 @@ def test_output_keeps_memory_format(device, which, fmt):
     op, _, make, shapes = OPS[which]
     x, *w = make(*shapes[0], dtype=torch.float32, device=device, memory_format=fmt)
     assert op(x, *w).is_contiguous(memory_format=fmt)
-    backward = getattr(torch.ops.recogfast, f"cubs_{which}_backward")
+    backward = getattr(torch.ops.recogfast, f"_cubs_{which}_backward")
     assert backward(torch.randn_like(x), x, *w)[0].is_contiguous(memory_format=fmt)
 
 
@@ -297,16 +297,7 @@ def test_gradcheck_float64(device, which):
         assert torch.autograd.gradcheck(OPS[which][0], args, eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("which", ["channel", "spatial"])
-def test_opcheck(device, which):
-    shapes = OPS[which][3][:4]
-    op = getattr(torch.ops.recogfast, f"cubs_{which}").default
-    backward = getattr(torch.ops.recogfast, f"cubs_{which}_backward").default
-    for args in sample_inputs(which, device, grad=True, shapes=shapes):
-        torch.library.opcheck(op, args)
-    for args in sample_inputs(which, device, shapes=shapes):
-        torch.library.opcheck(backward, [torch.randn_like(args[0]), *args])
+# opcheck of every sample: tests/test_op_contracts.py
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -504,7 +495,7 @@ x = torch.randn(1, C, H, W)
 w = [torch.randn(C) / C**0.5 if i % 2 == 0 else torch.zeros(1) for i in range(6)]
 # Warm up threads and the allocator on a small input, then measure the big one from a reset peak:
 # writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS (Linux >= 4.0).
-torch.ops.recogfast.cubs_spatial_backward(torch.randn(1, C, 8, 8), torch.randn(1, C, 8, 8), *w)
+torch.ops.recogfast._cubs_spatial_backward(torch.randn(1, C, 8, 8), torch.randn(1, C, 8, 8), *w)
 try:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -512,7 +503,7 @@ try:
 except OSError:  # no reset: measure growth of the peak itself (a weaker bound, still far below 5.4 GB)
     before, reset = status_kib("VmHWM"), 0
 y = torch.ops.recogfast.cubs_spatial(x, *w)
-gx, *gw = torch.ops.recogfast.cubs_spatial_backward(torch.ones_like(y), x, *w)
+gx, *gw = torch.ops.recogfast._cubs_spatial_backward(torch.ones_like(y), x, *w)
 assert torch.isfinite(y).all() and torch.isfinite(gx).all()
 print((status_kib("VmHWM") - before) * 1024, x.numel() * x.element_size(), reset)
 """
@@ -549,8 +540,8 @@ def test_cuda_spatial_backward_indices_past_2_to_the_31_with_one_channel():
     w = [torch.randn(1, device="cuda", dtype=torch.bfloat16) for _ in range(6)]
     gy = torch.randn_like(x)
     x_tail, gy_tail = x[-1000:].clone(), gy[-1000:].clone()
-    gx = torch.ops.recogfast.cubs_spatial_backward(gy, x, *w)[0][-1000:].clone()
+    gx = torch.ops.recogfast._cubs_spatial_backward(gy, x, *w)[0][-1000:].clone()
     del gy
     torch.cuda.empty_cache()
-    gx_tail = torch.ops.recogfast.cubs_spatial_backward(gy_tail, x_tail, *w)[0]
+    gx_tail = torch.ops.recogfast._cubs_spatial_backward(gy_tail, x_tail, *w)[0]
     torch.testing.assert_close(gx, gx_tail)

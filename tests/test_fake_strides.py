@@ -32,14 +32,14 @@ def cases(device):
     ref_labels = torch.arange(10, device=device) % 6
     ops = torch.ops.recogfast
     yield "se_gate", ops.se_gate.default, [x, *se]
-    yield "se_gate_backward", ops.se_gate_backward.default, [gy, x, *se]
+    yield "se_gate_backward", ops._se_gate_backward.default, [gy, x, *se]
     yield "cubs_channel", ops.cubs_channel.default, [x, *ch]
-    yield "cubs_channel_backward", ops.cubs_channel_backward.default, [gy, x, *ch]
+    yield "cubs_channel_backward", ops._cubs_channel_backward.default, [gy, x, *ch]
     yield "cubs_spatial", ops.cubs_spatial.default, [x, *sp]
-    yield "cubs_spatial_backward", ops.cubs_spatial_backward.default, [gy, x, *sp]
+    yield "cubs_spatial_backward", ops._cubs_spatial_backward.default, [gy, x, *sp]
     out = ops.ms_loss.default(e, labels, ref, ref_labels, 2.0, 50.0, 0.5, 0.1, "ms", False)
     yield "ms_loss", ops.ms_loss.default, [e, labels, ref, ref_labels, 2.0, 50.0, 0.5, 0.1, "ms", False]
-    yield "ms_loss_backward", ops.ms_loss_backward.default, [
+    yield "ms_loss_backward", ops._ms_loss_backward.default, [
         torch.ones((), device=device), e, labels, ref, ref_labels, out[1], out[2], out[3],
         2.0, 50.0, 0.5, 0.1, "ms", True]
 

@@ -1,5 +1,5 @@
 """The Multi-Similarity loss op against pytorch-metric-learning and against its own float64 reference:
-values, gradients, mining modes, reference sets, dtypes, gradcheck, opcheck, fuzzed label patterns, bad
+values, gradients, mining modes, reference sets, dtypes, gradcheck (opcheck: test_op_contracts.py), fuzzed label patterns, bad
 input, the cross-batch memory, cross-rank mining with two gloo processes, and bounded memory at B = 32768."""
 
 import json
@@ -246,23 +246,7 @@ def test_gradcheck_float64(device, mining):
         assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    for mining in MINING:
-        for e, labels, ref, ref_labels in sample_inputs(device):
-            e.requires_grad_(True)
-            if ref is not None:
-                ref.requires_grad_(True)
-            for cache in ([False, True] if ref is not None else [False]):
-                if cache:
-                    ref = ref.detach()  # the cached path is for a reference set without gradient
-                args = (e, labels, ref, ref_labels, 2.0, 50.0, 0.5, 0.1, mining, cache)
-                torch.library.opcheck(torch.ops.recogfast.ms_loss.default, args)
-                _, stats, hard_idx, ref_cache = torch.ops.recogfast.ms_loss(*args)
-                torch.library.opcheck(torch.ops.recogfast.ms_loss_backward.default,
-                                      (torch.tensor(1.0, dtype=e.dtype, device=device), e.detach(), labels,
-                                       None if ref is None else ref.detach(), ref_labels, stats, hard_idx,
-                                       ref_cache.detach(), 2.0, 50.0, 0.5, 0.1, mining, ref is not None and not cache))
+# opcheck of every sample: tests/test_op_contracts.py
 
 
 def test_compiled_module_matches_eager():

@@ -22,7 +22,7 @@ CubsChannelGrads cubs_channel_backward(const at::Tensor& grad_y, const at::Tenso
                                        const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
                                        const at::Tensor& bo) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::cubs_channel_backward", "")
+                       .findSchemaOrThrow("recogfast::_cubs_channel_backward", "")
                        .typed<decltype(cubs_channel_backward)>();
   return op.call(grad_y, x, wq, bq, wk, bk, wv, bv, wo, bo);
 }
@@ -32,7 +32,7 @@ TORCH_LIBRARY_FRAGMENT(recogfast, m) {
       "cubs_channel(Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv, Tensor wo,"
       " Tensor bo) -> Tensor");
   m.def(
-      "cubs_channel_backward(Tensor grad_y, Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv,"
+      "_cubs_channel_backward(Tensor grad_y, Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv,"
       " Tensor bv, Tensor wo, Tensor bo) -> (Tensor grad_x, Tensor grad_wq, Tensor grad_bq, Tensor grad_wk,"
       " Tensor grad_bk, Tensor grad_wv, Tensor grad_bv, Tensor grad_wo, Tensor grad_bo)");
 }

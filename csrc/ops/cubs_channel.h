@@ -1,4 +1,4 @@
-// CUBS Block 1, the channel similarity gate. See ../shared/SPEC.md "CUBS Block 1".
+// CUBS Block 1, the channel similarity gate. See docs/SPEC.md "CUBS Block 1".
 //   g = mean_hw(x); q, k, v = W{q,k,v} g + b{q,k,v} ([B, N]); f_i = sum_j softmax_j(q_i k_j) v_j;
 //   y = x * sigmoid(Wo f + bo + g)
 #pragma once
@@ -31,34 +31,20 @@ inline int64_t check_cubs_channel_args(const at::Tensor& x, const at::Tensor& wq
                                        const at::Tensor& wk, const at::Tensor& bk, const at::Tensor& wv,
                                        const at::Tensor& bv, const at::Tensor& wo, const at::Tensor& bo) {
   constexpr const char* op = "recogfast::cubs_channel";
-  checks::float_tensor(op, "x", x, 4);
-  checks::float_tensor(op, "wq", wq, 2);
-  checks::float_tensor(op, "bq", bq, 1);
-  checks::float_tensor(op, "wk", wk, 2);
-  checks::float_tensor(op, "bk", bk, 1);
-  checks::float_tensor(op, "wv", wv, 2);
-  checks::float_tensor(op, "bv", bv, 1);
-  checks::float_tensor(op, "wo", wo, 2);
-  checks::float_tensor(op, "bo", bo, 1);
+  const int64_t N = checks::gate_ranks(op, x,
+                                       {{"wq", wq, 2}, {"bq", bq, 1}, {"wk", wk, 2}, {"bk", bk, 1}, {"wv", wv, 2},
+                                        {"bv", bv, 1}, {"wo", wo, 2}, {"bo", bo, 1}},
+                                       &wq, "wq", "N");
   const int64_t C = x.size(1);
-  const int64_t N = wq.size(0);
-  TORCH_CHECK(N >= 1, op, ": wq must have at least one row (N >= 1), got shape ", checks::shape_str(wq));
-  checks::shape(op, "wq", wq, {N, C}, "[N, C] with C = x.size(1)");
-  checks::shape(op, "bq", bq, {N}, "[N] with N = wq.size(0)");
-  checks::shape(op, "wk", wk, {N, C}, "[N, C] with C = x.size(1), N = wq.size(0)");
-  checks::shape(op, "bk", bk, {N}, "[N] with N = wq.size(0)");
-  checks::shape(op, "wv", wv, {N, C}, "[N, C] with C = x.size(1), N = wq.size(0)");
-  checks::shape(op, "bv", bv, {N}, "[N] with N = wq.size(0)");
-  checks::shape(op, "wo", wo, {C, N}, "[C, N] with C = x.size(1), N = wq.size(0)");
-  checks::shape(op, "bo", bo, {C}, "[C] with C = x.size(1)");
-  checks::like(op, "wq", wq, "x", x);
-  checks::like(op, "bq", bq, "x", x);
-  checks::like(op, "wk", wk, "x", x);
-  checks::like(op, "bk", bk, "x", x);
-  checks::like(op, "wv", wv, "x", x);
-  checks::like(op, "bv", bv, "x", x);
-  checks::like(op, "wo", wo, "x", x);
-  checks::like(op, "bo", bo, "x", x);
+  checks::gate_shapes(op, x,
+                      {{"wq", wq, {N, C}, "[N, C] with C = x.size(1)"},
+                       {"bq", bq, {N}, "[N] with N = wq.size(0)"},
+                       {"wk", wk, {N, C}, "[N, C] with C = x.size(1), N = wq.size(0)"},
+                       {"bk", bk, {N}, "[N] with N = wq.size(0)"},
+                       {"wv", wv, {N, C}, "[N, C] with C = x.size(1), N = wq.size(0)"},
+                       {"bv", bv, {N}, "[N] with N = wq.size(0)"},
+                       {"wo", wo, {C, N}, "[C, N] with C = x.size(1), N = wq.size(0)"},
+                       {"bo", bo, {C}, "[C] with C = x.size(1)"}});
   return N;
 }
 

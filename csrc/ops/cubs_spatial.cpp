@@ -20,7 +20,7 @@ CubsSpatialGrads cubs_spatial_backward(const at::Tensor& grad_y, const at::Tenso
                                        const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
                                        const at::Tensor& wv, const at::Tensor& bv) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::cubs_spatial_backward", "")
+                       .findSchemaOrThrow("recogfast::_cubs_spatial_backward", "")
                        .typed<decltype(cubs_spatial_backward)>();
   return op.call(grad_y, x, wq, bq, wk, bk, wv, bv);
 }
@@ -28,7 +28,7 @@ CubsSpatialGrads cubs_spatial_backward(const at::Tensor& grad_y, const at::Tenso
 TORCH_LIBRARY_FRAGMENT(recogfast, m) {
   m.def("cubs_spatial(Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv) -> Tensor");
   m.def(
-      "cubs_spatial_backward(Tensor grad_y, Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv,"
+      "_cubs_spatial_backward(Tensor grad_y, Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv,"
       " Tensor bv) -> (Tensor grad_x, Tensor grad_wq, Tensor grad_bq, Tensor grad_wk, Tensor grad_bk,"
       " Tensor grad_wv, Tensor grad_bv)");
 }

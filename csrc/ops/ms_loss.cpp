@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward(
     const at::Tensor& stats, const at::Tensor& hard_idx, const at::Tensor& ref_grad_cache, double alpha, double beta,
     double base, double epsilon, std::string_view mining, bool ref_requires_grad) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::ms_loss_backward", "")
+                       .findSchemaOrThrow("recogfast::_ms_loss_backward", "")
                        .typed<decltype(ms_loss_backward)>();
   return op.call(grad_loss, embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, ref_grad_cache, alpha,
                  beta, base, epsilon, mining, ref_requires_grad);
@@ -36,7 +36,7 @@ TORCH_LIBRARY_FRAGMENT(recogfast, m) {
       "float beta, float base, float epsilon, str mining, bool cache_ref_grad=False) "
       "-> (Tensor loss, Tensor stats, Tensor hard_idx, Tensor ref_grad_cache)");
   m.def(
-      "ms_loss_backward(Tensor grad_loss, Tensor embeddings, Tensor labels, Tensor? ref_embeddings, "
+      "_ms_loss_backward(Tensor grad_loss, Tensor embeddings, Tensor labels, Tensor? ref_embeddings, "
       "Tensor? ref_labels, Tensor stats, Tensor hard_idx, Tensor ref_grad_cache, float alpha, float beta, "
       "float base, float epsilon, "
       "str mining, bool ref_requires_grad) -> (Tensor grad_embeddings, Tensor grad_ref_embeddings)");

@@ -1,4 +1,4 @@
-// Multi-Similarity loss with hard-pair mining. See ../shared/SPEC.md "Loss" and recogfast/ops/ms_loss.py.
+// Multi-Similarity loss with hard-pair mining. See docs/SPEC.md "Loss" and recogfast/ops/ms_loss.py.
 //
 // Outputs of the forward op: the loss (0-dim, the embeddings' dtype), the per-anchor statistics
 // stats [B, 4] in the accumulation dtype (float32, float64 for float64 input) with columns
@@ -57,22 +57,23 @@ inline Mining check_ms_loss_args(const at::Tensor& embeddings, const at::Tensor&
               "-D tensor of shape ", checks::shape_str(embeddings));
   TORCH_CHECK(at::isFloatingType(embeddings.scalar_type()), op,
               ": embeddings must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
-              embeddings.scalar_type());
+              checks::dtype_str(embeddings.scalar_type()));
   TORCH_CHECK(labels.defined() && labels.dim() == 1 && is_integer_dtype(labels.scalar_type()), op,
               ": labels must be a 1-D integer tensor, got a ", labels.dim(), "-D tensor of dtype ",
-              labels.scalar_type());
+              checks::dtype_str(labels.scalar_type()));
   if (ref_embeddings.has_value()) {
     const at::Tensor& r = *ref_embeddings;
     TORCH_CHECK(r.dim() == 2, op, ": ref_embeddings must be a 2-D tensor [N, D], got a ", r.dim(),
                 "-D tensor of shape ", checks::shape_str(r));
     TORCH_CHECK(at::isFloatingType(r.scalar_type()), op,
                 ": ref_embeddings must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
-                r.scalar_type());
+                checks::dtype_str(r.scalar_type()));
   }
   if (ref_labels.has_value()) {
     const at::Tensor& l = *ref_labels;
     TORCH_CHECK(l.dim() == 1 && is_integer_dtype(l.scalar_type()), op,
-                ": ref_labels must be a 1-D integer tensor, got a ", l.dim(), "-D tensor of dtype ", l.scalar_type());
+                ": ref_labels must be a 1-D integer tensor, got a ", l.dim(), "-D tensor of dtype ",
+                checks::dtype_str(l.scalar_type()));
   }
   TORCH_CHECK(ref_embeddings.has_value() == ref_labels.has_value(), op,
               ": ref_embeddings and ref_labels must be given together");
@@ -92,8 +93,9 @@ inline Mining check_ms_loss_args(const at::Tensor& embeddings, const at::Tensor&
                 " but embeddings is on ", embeddings.device(), "; move all arguments to one device");
     TORCH_CHECK(l.device() == embeddings.device(), op, ": ref_labels is on ", l.device(), " but embeddings is on ",
                 embeddings.device(), "; move all arguments to one device");
-    TORCH_CHECK(r.scalar_type() == embeddings.scalar_type(), op, ": ref_embeddings has dtype ", r.scalar_type(),
-                " but embeddings has dtype ", embeddings.scalar_type(),
+    TORCH_CHECK(r.scalar_type() == embeddings.scalar_type(), op, ": ref_embeddings has dtype ",
+                checks::dtype_str(r.scalar_type()), " but embeddings has dtype ",
+                checks::dtype_str(embeddings.scalar_type()),
                 "; cast the reference set to the embeddings' dtype");
   }
   TORCH_CHECK(alpha > 0, op, ": alpha must be > 0, got ", alpha);
@@ -116,12 +118,13 @@ inline bool ms_loss_caches_ref_grad(const at::Tensor& embeddings, const std::opt
 inline void check_ms_loss_backward_args(const at::Tensor& grad_loss, const at::Tensor& embeddings,
                                         const at::Tensor& stats, const at::Tensor& hard_idx,
                                         const at::Tensor& ref_grad_cache) {
-  constexpr const char* op = "recogfast::ms_loss_backward";
+  constexpr const char* op = "recogfast::_ms_loss_backward";
   const int64_t B = embeddings.size(0);
   TORCH_CHECK(grad_loss.numel() == 1, op, ": grad_loss must hold one value, got shape ", checks::shape_str(grad_loss));
   checks::shape(op, "stats", stats, {B, 4}, "[B, 4]");
   checks::shape(op, "hard_idx", hard_idx, {B, 2}, "[B, 2]");
-  TORCH_CHECK(hard_idx.scalar_type() == at::kLong, op, ": hard_idx must be int64, got ", hard_idx.scalar_type());
+  TORCH_CHECK(hard_idx.scalar_type() == at::kLong, op, ": hard_idx must be int64, got ",
+              checks::dtype_str(hard_idx.scalar_type()));
   TORCH_CHECK(ref_grad_cache.numel() == 0 || ref_grad_cache.sizes() == embeddings.sizes(), op,
               ": ref_grad_cache must be empty or of the shape of embeddings, got ", checks::shape_str(ref_grad_cache));
   TORCH_CHECK(stats.device() == embeddings.device() && hard_idx.device() == embeddings.device() &&

@@ -20,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_gate_b
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
     const at::Tensor& w2, const at::Tensor& b2) {
   static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::se_gate_backward", "")
+                       .findSchemaOrThrow("recogfast::_se_gate_backward", "")
                        .typed<decltype(se_gate_backward)>();
   return op.call(grad_y, x, w1, b1, w2, b2);
 }
@@ -28,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_gate_b
 TORCH_LIBRARY_FRAGMENT(recogfast, m) {
   m.def("se_gate(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor");
   m.def(
-      "se_gate_backward(Tensor grad_y, Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2)"
+      "_se_gate_backward(Tensor grad_y, Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2)"
       " -> (Tensor grad_x, Tensor grad_w1, Tensor grad_b1, Tensor grad_w2, Tensor grad_b2)");
 }
 

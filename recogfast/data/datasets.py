@@ -2,7 +2,7 @@
 
 Both loader backends (DALI and torchvision) read the same list, so a dataset never decodes anything
 itself; ``dataset[i]`` is ``(path, label)``. Labels index ``dataset.classes`` (for a retrieval split
-they run over that split's classes only). On-disk formats: ../shared/SPEC.md, "Datasets".
+they run over that split's classes only). On-disk formats: docs/SPEC.md, "Datasets".
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shapes196: the embedded, generated stand-in for Cars196 (no download). See ../shared/SPEC.md.
+"""Shapes196: the embedded, generated stand-in for Cars196 (no download). See docs/SPEC.md.
 
 196 classes = 7 shapes × 7 hues × 4 fills. Each image has a random position, size, rotation,
 background colour, a few clutter blobs and a small hue jitter, and is fully determined by

@@ -1,4 +1,4 @@
-"""Augmentation parameters (../shared/SPEC.md, "Augmentation") and the torchvision-side transforms.
+"""Augmentation parameters (docs/SPEC.md, "Augmentation") and the torchvision-side transforms.
 
 The eval geometry is written out here rather than taken from ``v2.Resize`` / ``v2.CenterCrop`` so it
 matches DALI's ``fn.resize(resize_shorter=...)`` and ``fn.crop(crop_pos=0.5)`` to the pixel: the long

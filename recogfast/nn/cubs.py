@@ -1,5 +1,5 @@
 """CUBS blocks (course figures "CUBS Block 1", "CUBS Block 2", "ARCH") on the fused ops
-``recogfast::cubs_channel`` and ``recogfast::cubs_spatial``. See ../shared/SPEC.md."""
+``recogfast::cubs_channel`` and ``recogfast::cubs_spatial``. See docs/SPEC.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Multi-Similarity loss with hard-pair mining (../shared/SPEC.md "Loss"; Wang et al., CVPR 2019).
+"""Multi-Similarity loss with hard-pair mining (docs/SPEC.md "Loss"; Wang et al., CVPR 2019).
 
 For L2-normalised embeddings e [B, D] and candidates c = batch ∪ reference set [M, D] (M = B + R),
 with S = e·cᵀ and, per anchor i, mined positives P_i and negatives N_i:
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from recogfast import _impl
-from recogfast.ops import _double_backward
+from recogfast.ops._spec import check_device, check_tensor, qualname, register_autograd
 
-OP = "recogfast::ms_loss"
+OP = qualname("ms_loss")
 MINING = ("ms", "all", "hardest")
 NORM_EPS = 1e-12  # as torch.nn.functional.normalize (and so pytorch-metric-learning's CosineSimilarity)
 # Columns of the per-anchor statistics the fused op returns beside the loss.
@@ -107,15 +107,9 @@ def _is_int(t: torch.Tensor) -> bool:
 def check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, *,
                check_values: bool = True) -> None:
     """The same checks and messages as the C++ launchers (csrc/ops/ms_loss.h)."""
-    for name, t, ndim in (("embeddings", embeddings, 2), ("ref_embeddings", ref_embeddings, 2)):
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{OP}: {name} must be a tensor, got {type(t).__name__}")
-        if t.dim() != ndim:
-            raise RuntimeError(f"{OP}: {name} must be a 2-D tensor [N, D], got a {t.dim()}-D tensor of shape {list(t.shape)}")
-        if not t.is_floating_point():
-            raise RuntimeError(f"{OP}: {name} must be a floating-point tensor (float32, float64, float16 or bfloat16), got {t.dtype}")
+    for name, t in (("embeddings", embeddings), ("ref_embeddings", ref_embeddings)):
+        if t is not None:
+            check_tensor("ms_loss", name, t, 2, " [N, D]")
     for name, t, rows_of in (("labels", labels, "embeddings"), ("ref_labels", ref_labels, "ref_embeddings")):
         if t is None:
             continue
@@ -128,8 +122,7 @@ def check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base
     if labels.shape[0] != embeddings.shape[0]:
         raise RuntimeError(f"{OP}: labels must have one entry per row of embeddings: labels has {labels.shape[0]}, "
                            f"embeddings has {embeddings.shape[0]} rows")
-    if labels.device != embeddings.device:
-        raise RuntimeError(f"{OP}: labels is on {labels.device} but embeddings is on {embeddings.device}; move all arguments to one device")
+    check_device("ms_loss", "labels", labels, "embeddings", embeddings)
     if ref_embeddings is not None:
         if ref_embeddings.shape[1] != embeddings.shape[1]:
             raise RuntimeError(f"{OP}: ref_embeddings must have D = embeddings.size(1) = {embeddings.shape[1]} columns, "
@@ -138,17 +131,16 @@ def check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base
             raise RuntimeError(f"{OP}: ref_labels must have one entry per row of ref_embeddings: ref_labels has "
                                f"{ref_labels.shape[0]}, ref_embeddings has {ref_embeddings.shape[0]} rows")
         for name, t in (("ref_embeddings", ref_embeddings), ("ref_labels", ref_labels)):
-            if t.device != embeddings.device:
-                raise RuntimeError(f"{OP}: {name} is on {t.device} but embeddings is on {embeddings.device}; move all arguments to one device")
+            check_device("ms_loss", name, t, "embeddings", embeddings)
         if ref_embeddings.dtype != embeddings.dtype:
             raise RuntimeError(f"{OP}: ref_embeddings has dtype {ref_embeddings.dtype} but embeddings has dtype "
                                f"{embeddings.dtype}; cast the reference set to the embeddings' dtype")
     if not alpha > 0:
-        raise RuntimeError(f"{OP}: alpha must be > 0, got {alpha}")
+        raise RuntimeError(f"{OP}: alpha must be > 0, got {alpha:g}")
     if not beta > 0:
-        raise RuntimeError(f"{OP}: beta must be > 0, got {beta}")
+        raise RuntimeError(f"{OP}: beta must be > 0, got {beta:g}")
     if not epsilon >= 0:
-        raise RuntimeError(f"{OP}: epsilon must be >= 0, got {epsilon}")
+        raise RuntimeError(f"{OP}: epsilon must be >= 0, got {epsilon:g}")
     if mining not in MINING:
         raise RuntimeError(f"{OP}: mining must be one of {', '.join(map(repr, MINING))}, got {mining!r}")
     if check_values:
@@ -182,7 +174,7 @@ def ms_loss(
     ``RECOGFAST_CHECK_FINITE=1`` makes it raise the same error as the CPU, at the cost of one sync a call.
     """
     alpha, beta, base, epsilon = float(alpha), float(beta), float(base), float(epsilon)
-    if isinstance(embeddings, torch.Tensor) and _fused_available() and _impl.use_fused("ms_loss", impl, embeddings):
+    if isinstance(embeddings, torch.Tensor) and _impl.use_fused("ms_loss", impl, embeddings):
         # On the CPU, a reference set that needs no gradient (a cross-batch memory) gets its share of the
         # anchors' gradient gathered in the forward pass instead of recomputed in the backward pass.
         cache = (torch.is_grad_enabled() and embeddings.requires_grad and ref_embeddings is not None
@@ -198,22 +190,6 @@ def ms_loss(
 def _check_finite() -> bool:
     """RECOGFAST_CHECK_FINITE=1: raise on NaN/inf inputs on CUDA too (one device-to-host sync a call)."""
     return os.environ.get("RECOGFAST_CHECK_FINITE", "0") not in ("", "0")
-
-
-def _fused_available() -> bool:
-    return hasattr(torch.ops.recogfast, "ms_loss")
-
-
-def register() -> None:
-    """Autograd and fake kernels of the fused op (a no-op until the extension defines it)."""
-    global _registered
-    if _registered or not _fused_available():
-        return
-    _register_fused()
-    _registered = True
-
-
-_registered = False
 
 
 def caches_ref_grad(embeddings, ref_embeddings, mining, cache_ref_grad) -> bool:
@@ -256,13 +232,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_loss, _grad_stats, _grad_hard_idx, _grad_cache):
     embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, cache = ctx.saved_tensors
     ref_grad = ctx.has_ref and ctx.needs_input_grad[2]
-    grad_e, grad_r = torch.ops.recogfast.ms_loss_backward(grad_loss, embeddings, labels, ref_embeddings, ref_labels,
+    grad_e, grad_r = torch.ops.recogfast._ms_loss_backward(grad_loss, embeddings, labels, ref_embeddings, ref_labels,
                                                           stats, hard_idx, cache, *ctx.params, ref_grad)
     return grad_e, None, (grad_r if ref_grad else None), None, None, None, None, None, None, None
 
 
-def _register_fused() -> None:
-    torch.library.register_fake("recogfast::ms_loss")(_fake)
-    torch.library.register_fake("recogfast::ms_loss_backward")(_fake_backward)
-    torch.library.register_autograd("recogfast::ms_loss", _backward, setup_context=_setup_context)
-    _double_backward.refuse("ms_loss")
+def register() -> None:
+    """Fake kernels and autograd of the fused op (recogfast/ops/_spec.py)."""
+    register_autograd("ms_loss", _fake, _fake_backward, _backward, _setup_context)

@@ -219,7 +219,7 @@ CubsChannelGrads cubs_channel_backward_cpu(const at::Tensor& grad_y_, const at::
                                            const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
                                            const at::Tensor& bo) {
   const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
-  const auto act = checks::activation("recogfast::cubs_channel_backward", x_, grad_y_);
+  const auto act = checks::activation("recogfast::_cubs_channel_backward", x_, grad_y_);
   const at::Tensor &x = act.x, &gy = act.grad_y;
   const bool cl = act.channels_last;
   const at::Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
@@ -240,7 +240,7 @@ CubsChannelGrads cubs_channel_backward_cpu(const at::Tensor& grad_y_, const at::
 
 TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
   m.impl("cubs_channel", &cubs_channel_cpu);
-  m.impl("cubs_channel_backward", &cubs_channel_backward_cpu);
+  m.impl("_cubs_channel_backward", &cubs_channel_backward_cpu);
 }
 
 }  // namespace recogfast

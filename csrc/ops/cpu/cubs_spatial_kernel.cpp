@@ -318,7 +318,7 @@ CubsSpatialGrads cubs_spatial_backward_cpu(const at::Tensor& grad_y_, const at::
                                            const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
                                            const at::Tensor& wv, const at::Tensor& bv) {
   detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
-  const auto act = checks::activation("recogfast::cubs_spatial_backward", x_, grad_y_);
+  const auto act = checks::activation("recogfast::_cubs_spatial_backward", x_, grad_y_);
   const at::Tensor &x = act.x, &gy = act.grad_y;
   const bool cl = act.channels_last;
   at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
@@ -341,7 +341,7 @@ CubsSpatialGrads cubs_spatial_backward_cpu(const at::Tensor& grad_y_, const at::
 
 TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
   m.impl("cubs_spatial", &cubs_spatial_cpu);
-  m.impl("cubs_spatial_backward", &cubs_spatial_backward_cpu);
+  m.impl("_cubs_spatial_backward", &cubs_spatial_backward_cpu);
 }
 
 }  // namespace recogfast

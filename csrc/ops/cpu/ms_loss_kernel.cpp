@@ -636,7 +636,7 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cpu(
     const int64_t M = B + R;
     const int64_t* h = hard_idx.const_data_ptr<int64_t>();
     for (int64_t k = 0; k < 2 * B; ++k)
-      TORCH_CHECK(h[k] >= -1 && h[k] < M, "recogfast::ms_loss_backward: hard_idx holds ", h[k],
+      TORCH_CHECK(h[k] >= -1 && h[k] < M, "recogfast::_ms_loss_backward: hard_idx holds ", h[k],
                   ", outside [-1, B + R = ", M, ")");
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_backward_cpu", [&] {
@@ -656,7 +656,7 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cpu(
 
 TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
   m.impl("ms_loss", &ms_loss_cpu);
-  m.impl("ms_loss_backward", &ms_loss_backward_cpu);
+  m.impl("_ms_loss_backward", &ms_loss_backward_cpu);
 }
 
 }  // namespace recogfast

@@ -171,7 +171,7 @@ detail::SEGateGrads se_gate_backward_cpu(const at::Tensor& grad_y, const at::Ten
 
 TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
   m.impl("se_gate", &se_gate_cpu);
-  m.impl("se_gate_backward", &se_gate_backward_cpu);
+  m.impl("_se_gate_backward", &se_gate_backward_cpu);
 }
 
 }  // namespace recogfast

@@ -275,10 +275,10 @@ CubsChannelGrads cubs_channel_backward_cuda(const at::Tensor& grad_y_, const at:
                                             const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
                                             const at::Tensor& bo) {
   const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
-  TORCH_CHECK(x_.is_cuda(), "recogfast::cubs_channel_backward: x must be a CUDA tensor for the CUDA kernel, got ",
+  TORCH_CHECK(x_.is_cuda(), "recogfast::_cubs_channel_backward: x must be a CUDA tensor for the CUDA kernel, got ",
               x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
-  const auto act = checks::activation("recogfast::cubs_channel_backward", x_, grad_y_);
+  const auto act = checks::activation("recogfast::_cubs_channel_backward", x_, grad_y_);
   const at::Tensor &x = act.x, &gy = act.grad_y;
   const bool cl = act.channels_last;
   const at::Tensor w[8] = {wq.contiguous(), bq.contiguous(), wk.contiguous(), bk.contiguous(),
@@ -328,7 +328,7 @@ CubsChannelGrads cubs_channel_backward_cuda(const at::Tensor& grad_y_, const at:
 
 TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
   m.impl("cubs_channel", &cubs_channel_cuda);
-  m.impl("cubs_channel_backward", &cubs_channel_backward_cuda);
+  m.impl("_cubs_channel_backward", &cubs_channel_backward_cuda);
 }
 
 }  // namespace recogfast

@@ -507,10 +507,10 @@ CubsSpatialGrads cubs_spatial_backward_cuda(const at::Tensor& grad_y_, const at:
                                             const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
                                             const at::Tensor& wv, const at::Tensor& bv) {
   detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
-  TORCH_CHECK(x_.is_cuda(), "recogfast::cubs_spatial_backward: x must be a CUDA tensor for the CUDA kernel, got ",
+  TORCH_CHECK(x_.is_cuda(), "recogfast::_cubs_spatial_backward: x must be a CUDA tensor for the CUDA kernel, got ",
               x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
-  const auto act = checks::activation("recogfast::cubs_spatial_backward", x_, grad_y_);
+  const auto act = checks::activation("recogfast::_cubs_spatial_backward", x_, grad_y_);
   const at::Tensor &x = act.x, &gy = act.grad_y;
   const bool cl = act.channels_last;
   at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
@@ -581,7 +581,7 @@ CubsSpatialGrads cubs_spatial_backward_cuda(const at::Tensor& grad_y_, const at:
 
 TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
   m.impl("cubs_spatial", &cubs_spatial_cuda);
-  m.impl("cubs_spatial_backward", &cubs_spatial_backward_cuda);
+  m.impl("_cubs_spatial_backward", &cubs_spatial_backward_cuda);
 }
 
 }  // namespace recogfast

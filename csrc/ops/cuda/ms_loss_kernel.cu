@@ -584,7 +584,7 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cuda(
 
 TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
   m.impl("ms_loss", &ms_loss_cuda);
-  m.impl("ms_loss_backward", &ms_loss_backward_cuda);
+  m.impl("_ms_loss_backward", &ms_loss_backward_cuda);
 }
 
 }  // namespace recogfast

@@ -200,8 +200,8 @@ at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1, const at::Te
 detail::SEGateGrads se_gate_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_, const at::Tensor& w1,
                                           const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
   detail::check_se_gate_args(x_, w1, b1, w2, b2);
-  if (grad_y.defined()) checks::like("recogfast::se_gate_backward", "grad_y", grad_y, "x", x_);
-  TORCH_CHECK(x_.is_cuda(), "recogfast::se_gate_backward: x must be a CUDA tensor for the CUDA kernel, got ",
+  if (grad_y.defined()) checks::like("recogfast::_se_gate_backward", "grad_y", grad_y, "x", x_);
+  TORCH_CHECK(x_.is_cuda(), "recogfast::_se_gate_backward: x must be a CUDA tensor for the CUDA kernel, got ",
               x_.device());
   const c10::cuda::CUDAGuard guard(x_.device());
   const auto a = detail::prepare_se_gate(x_, w1, b1, w2, b2, grad_y);
@@ -252,7 +252,7 @@ detail::SEGateGrads se_gate_backward_cuda(const at::Tensor& grad_y, const at::Te
 
 TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
   m.impl("se_gate", &se_gate_cuda);
-  m.impl("se_gate_backward", &se_gate_backward_cuda);
+  m.impl("_se_gate_backward", &se_gate_backward_cuda);
 }
 
 }  // namespace recogfast

@@ -1,0 +1,187 @@
+"""Each op's contract, written once.
+
+A gate op (SE, CUBS Block 1, CUBS Block 2) is y = x * gate(x; weights) for an activation x [B, C, H, W]. Its
+`GateOp` spec lists the weights (name, shape rule, how the message writes the shape), the hidden width if
+there is one, and the pure-PyTorch reference. From the spec come:
+
+- ``check``: the argument checks, in the order and with the messages of the C++ launchers
+  (csrc/ops/checks.h ``gate_ranks`` / ``gate_shapes``); tests/test_op_contracts.py holds one table of bad
+  inputs and asserts both entry points give the same exception type and message;
+- ``call``: the Python wrapper's body (fused kernel or checked reference, as `recogfast._impl` decides);
+- the fake (meta) kernels of the op and of its private backward op ``recogfast::_<op>_backward``, and
+  the autograd registration, with a double-backward formula that refuses with an error naming the op.
+
+`register_autograd` is the registration every op (the MS loss included) goes through.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from recogfast import _impl
+
+FLOAT_KINDS = "float32, float64, float16 or bfloat16"
+
+
+def qualname(op: str) -> str:
+    return f"recogfast::{op}"
+
+
+def backward_name(op: str) -> str:
+    """The private schema name of an op's backward (torchvision keeps these private, too)."""
+    return f"_{op}_backward"
+
+
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """The layout the kernels keep: channels_last only when x is that and not also plain contiguous."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+# ------------------------------------------------------------------------------------------ checks
+def check_tensor(op: str, name: str, t, ndim: int, what: str = "") -> None:
+    """`t` is a floating-point tensor of rank `ndim` (`what`, e.g. " [N, D]", follows the rank in the message)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{qualname(op)}: {name} must be a tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise RuntimeError(f"{qualname(op)}: {name} must be a {ndim}-D tensor{what}, got a {t.dim()}-D tensor of shape "
+                           f"{list(t.shape)}")
+    if not t.is_floating_point():
+        raise RuntimeError(f"{qualname(op)}: {name} must be a floating-point tensor ({FLOAT_KINDS}), got {t.dtype}")
+
+
+def check_shape(op: str, name: str, t: torch.Tensor, want: tuple, what: str) -> None:
+    if tuple(t.shape) != tuple(want):
+        raise RuntimeError(f"{qualname(op)}: {name} must have shape {what} = {list(want)}, got {list(t.shape)}")
+
+
+def check_device(op: str, name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.device != ref.device:
+        raise RuntimeError(f"{qualname(op)}: {name} is on {t.device} but {ref_name} is on {ref.device}; "
+                           f"move all arguments to one device")
+
+
+def check_like(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    check_device(op, name, t, "x", x)
+    if t.dtype != x.dtype:
+        raise RuntimeError(f"{qualname(op)}: {name} has dtype {t.dtype} but x has dtype {x.dtype}; "
+                           f"cast the weights to the input dtype")
+
+
+# -------------------------------------------------------------------------------------- registration
+def refuse_double_backward(op: str) -> None:
+    """Register, for the op's backward op, an autograd formula that raises.
+
+    The backward op is a compiled op whose own derivative is not implemented. Without a formula PyTorch
+    would treat its outputs as constants when a caller differentiates a gradient (``create_graph=True``)
+    and hand back wrong second derivatives or None with only a warning; this makes that one clear error.
+    First derivatives, with or without ``create_graph``, are unaffected."""
+
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"{qualname(op)}: double backward (the gradient of a gradient through the fused kernel, "
+            f"create_graph=True) is not implemented; use impl='reference' for higher-order derivatives")
+
+    torch.library.register_autograd(qualname(backward_name(op)), backward, setup_context=setup_context)
+
+
+def register_autograd(op: str, fake: Callable, fake_backward: Callable, backward: Callable,
+                      setup_context: Callable) -> None:
+    """Fake kernels of the op and its backward op, the op's autograd formula and the double-backward refusal."""
+    torch.library.register_fake(qualname(op))(fake)
+    torch.library.register_fake(qualname(backward_name(op)))(fake_backward)
+    torch.library.register_autograd(qualname(op), backward, setup_context=setup_context)
+    refuse_double_backward(op)
+
+
+# ------------------------------------------------------------------------------------------ gate ops
+@dataclass(frozen=True)
+class Weight:
+    """One weight of a gate op: its rank, its shape from (C, hidden width), and the shape as messages write it."""
+
+    name: str
+    ndim: int
+    shape: Callable[[int, int], tuple]
+    what: str
+
+
+@dataclass(frozen=True)
+class GateOp:
+    name: str                   # the schema name, "se_gate"
+    weights: tuple[Weight, ...]
+    reference: Callable         # reference(x, *weights) -> y
+    hidden: str | None = None   # the weight whose rows give the hidden width, which must be >= 1 ...
+    hidden_letter: str = ""     # ... and its letter in the messages ("R", "N")
+
+    @property
+    def arg_names(self) -> tuple[str, ...]:
+        return ("x", *(w.name for w in self.weights))
+
+    def check(self, x, *weights) -> int:
+        """Raise as the C++ launcher would for a bad call; return the hidden width (0 without one)."""
+        op = self.name
+        if len(weights) != len(self.weights):
+            raise TypeError(f"{qualname(op)}: expected {len(self.arg_names)} arguments "
+                            f"({', '.join(self.arg_names)}), got {1 + len(weights)}")
+        check_tensor(op, "x", x, 4)
+        for spec, t in zip(self.weights, weights):
+            check_tensor(op, spec.name, t, spec.ndim)
+        width = 0
+        if self.hidden is not None:
+            h = weights[[w.name for w in self.weights].index(self.hidden)]
+            width = h.shape[0]
+            if width < 1:
+                raise RuntimeError(f"{qualname(op)}: {self.hidden} must have at least one row "
+                                   f"({self.hidden_letter} >= 1), got shape {list(h.shape)}")
+        C = x.shape[1]
+        for spec, t in zip(self.weights, weights):
+            check_shape(op, spec.name, t, spec.shape(C, width), spec.what)
+        for spec, t in zip(self.weights, weights):
+            check_like(op, spec.name, t, x)
+        return width
+
+    def check_backward(self, grad_y, x, *weights) -> None:
+        self.check(x, *weights)
+        op = backward_name(self.name)
+        if not isinstance(grad_y, torch.Tensor):
+            raise TypeError(f"{qualname(op)}: grad_y must be a tensor, got {type(grad_y).__name__}")
+        check_shape(op, "grad_y", grad_y, tuple(x.shape), "x.shape")
+        check_like(op, "grad_y", grad_y, x)
+
+    def call(self, impl: str, x, *weights) -> torch.Tensor:
+        """The Python wrapper: the fused op where `recogfast._impl` picks it, else the checked reference."""
+        if _impl.use_fused(self.name, impl, x):
+            return getattr(torch.ops.recogfast, self.name)(x, *weights)
+        self.check(x, *weights)
+        # The reference as its module holds it now (so that patching the module's function takes effect).
+        reference = getattr(sys.modules[self.reference.__module__], self.reference.__name__, self.reference)
+        return reference(x, *weights)
+
+    # The fake kernels: outputs shaped and laid out as the kernels return them (torch.compile trusts these).
+    def fake(self, x, *weights):
+        self.check(x, *weights)
+        return torch.empty_like(x, memory_format=memory_format(x))
+
+    def fake_backward(self, grad_y, x, *weights):
+        self.check_backward(grad_y, x, *weights)
+        gx = torch.empty_like(x, memory_format=memory_format(x))
+        return (gx, *(torch.empty_like(t, memory_format=torch.contiguous_format) for t in weights))
+
+    def register(self) -> None:
+        backward_op = getattr(torch.ops.recogfast, backward_name(self.name))
+
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*inputs)
+
+        def backward(ctx, grad_y):
+            return backward_op(grad_y, *ctx.saved_tensors)
+
+        register_autograd(self.name, self.fake, self.fake_backward, backward, setup_context)
