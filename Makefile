@@ -1,6 +1,6 @@
 # The README's commands. Every target sets up .venv first (idempotent: a no-op when nothing changed).
 #   make demo    set up, then the main job
-#   make test    set up, then the whole test suite (Python, then the C++ ctest)
+#   make test    set up, then the whole test suite (the C++ ctest, then Python)
 #   make bench   set up, then pytest benchmarks --benchmark-only
 SHELL := /bin/bash
 PYTHON ?= python3

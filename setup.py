@@ -125,7 +125,7 @@ def _extensions():
 
     sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp")) + ["csrc/python_module.cpp"]
     include_dirs = [str(ROOT / "csrc")]
-    cxx = ["-O3", "-fopenmp", "-DRECOGFAST_PYTHON_MODULE"]
+    cxx = ["-O3", "-fopenmp"]
     link = ["-fopenmp"]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)

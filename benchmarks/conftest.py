@@ -11,7 +11,7 @@ import torch
 
 import recogfast  # noqa: F401  (loads the extension)
 
-HAS_GPU = torch.cuda.is_available() and recogfast._impl.cuda_kernels_compiled()
+HAS_GPU = torch.cuda.is_available() and recogfast.dispatch.cuda_kernels_compiled()
 BENCH_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_GPU, reason="needs a GPU and the CUDA kernels"))]
 
 _results: dict[str, dict[str, dict]] = defaultdict(dict)

@@ -22,13 +22,13 @@ from recogfast import ops  # noqa: E402
 
 ops.register_all()
 
-from recogfast._impl import build_info  # noqa: E402
+from recogfast.dispatch import build_info  # noqa: E402
 
 build_info()  # read the build facts once, before any torch.compile traces use_fused
 
 __version__ = "0.1.0"
-__all__ = ["ops", "nn", "data", "losses", "metrics", "models", "export", "build_info", "__version__"]
-_LAZY = ("nn", "data", "losses", "metrics", "models", "export")  # export: onnx/onnxscript load only when used
+__all__ = ["ops", "nn", "data", "losses", "metrics", "models", "engine", "export", "dispatch", "build_info", "__version__"]
+_LAZY = ("nn", "data", "losses", "metrics", "models", "engine", "export")  # export: onnx/onnxscript load only when used
 
 
 def __getattr__(name: str):

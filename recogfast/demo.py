@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-from collections import defaultdict
 
 import torch
 
@@ -50,28 +49,17 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 class KernelRecorder:
-    """Records, per op, which implementation ``recogfast._impl.use_fused`` chose during the demo."""
-
-    def __init__(self):
-        from recogfast import _impl
-
-        self._impl = _impl
-        self.calls: dict[str, set[str]] = defaultdict(set)
+    """Records, per op, which implementation ``recogfast.dispatch.use_fused`` chose during the demo."""
 
     def __enter__(self):
-        self._orig = self._impl.use_fused
+        from recogfast import dispatch
 
-        def recording(op, impl, x):
-            fused = self._orig(op, impl, x)
-            dtype = str(x.dtype).replace("torch.", "")
-            self.calls[op].add(f"{'fused' if fused else 'reference'} {x.device.type}/{dtype}")
-            return fused
-
-        self._impl.use_fused = recording
+        self._ctx = dispatch.record()
+        self.calls = self._ctx.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._impl.use_fused = self._orig
+        self._ctx.__exit__(*exc)
 
     def table(self) -> dict[str, str]:
         from recogfast.ops import FUSED_OPS

@@ -28,10 +28,10 @@ def _dali() -> str:
 
 def report() -> str:
     import recogfast
-    from recogfast import _impl
+    from recogfast import dispatch
     from recogfast.ops import FUSED_OPS
 
-    info = _impl.build_info()
+    info = dispatch.build_info()
     lines = [
         f"recogfast      {recogfast.__version__}  ({recogfast.__file__})",
         f"python         {platform.python_version()} ({sys.executable})",
@@ -41,7 +41,7 @@ def report() -> str:
         f"CPU kernels    compiled (OpenMP {'on' if info.get('openmp') == '1' else 'off'}, "
         f"{torch.get_num_threads()} threads)",
     ]
-    if _impl.cuda_kernels_compiled():
+    if dispatch.cuda_kernels_compiled():
         lines.append(f"CUDA kernels   compiled for {info.get('cuda_archs') or '?'} with nvcc {info.get('nvcc') or '?'}")
     else:
         lines.append("CUDA kernels   not compiled (built without a CUDA toolkit, a CUDA torch, or with FORCE_CUDA=0)")
@@ -56,11 +56,11 @@ def report() -> str:
     lines.append(f"DALI           {_dali()}")
     lines.append("")
     lines.append("implementation each module runs (impl='auto'):")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() or _impl.cuda_kernels_compiled() else [])
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() or dispatch.cuda_kernels_compiled() else [])
     for op in FUSED_OPS:
         for dev in devices:
             for dtype in (torch.float32, torch.bfloat16):
-                lines.append(f"  {op:<12} {dev:<5} {str(dtype).replace('torch.', ''):<9} -> {_impl.describe(dev, dtype)}")
+                lines.append(f"  {op:<12} {dev:<5} {str(dtype).replace('torch.', ''):<9} -> {dispatch.describe(dev, dtype)}")
     return "\n".join(lines)
 
 

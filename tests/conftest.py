@@ -4,7 +4,7 @@ import torch
 import recogfast  # noqa: F401  (loads the extension and registers the ops)
 
 HAS_CUDA = torch.cuda.is_available()
-CUDA_KERNELS = recogfast._impl.cuda_kernels_compiled()
+CUDA_KERNELS = recogfast.dispatch.cuda_kernels_compiled()
 
 # Tests run on the CPU by default; every CUDA case is a separate parameter that skips without a GPU.
 DEVICES = [

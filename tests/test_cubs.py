@@ -526,7 +526,7 @@ def test_spatial_192x192_never_builds_the_hw_by_hw_matrix():
     assert grown <= 16 * input_bytes, f"peak RSS grew by {grown / 2**20:.1f} MiB for a {input_bytes / 2**20:.1f} MiB input"
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and recogfast._impl.cuda_kernels_compiled()),
+@pytest.mark.skipif(not (torch.cuda.is_available() and recogfast.dispatch.cuda_kernels_compiled()),
                     reason="needs a GPU and the CUDA kernels")
 def test_cuda_spatial_backward_indices_past_2_to_the_31_with_one_channel():
     """C = 1: the backward kernel reads dqkv[2·B·P + bp] < 3·B·P, beyond x's numel: with B·P = 7.3e8 that

@@ -8,7 +8,7 @@ import sys
 import torch
 
 import recogfast
-from recogfast import _impl
+from recogfast import dispatch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ def _run(code: str, env=None) -> subprocess.CompletedProcess:
 
 
 def test_build_info_is_read_from_the_binary():
-    info = _impl.build_info()
+    info = dispatch.build_info()
     assert set(info) >= {"cuda", "cuda_archs", "nvcc", "openmp"}
     assert info["cuda"] in ("0", "1")
     if info["cuda"] == "1":
@@ -34,8 +34,8 @@ def test_info_reports_build_gpu_dali_and_implementations():
     text = out.stdout
     for needle in ("torch", "torchvision", "CUDA kernels", "GPU", "DALI", "se_gate      cpu   float32   -> fused"):
         assert needle in text, f"{needle!r} missing from:\n{text}"
-    if _impl.cuda_kernels_compiled():
-        assert f"compiled for {_impl.build_info()['cuda_archs']}" in text
+    if dispatch.cuda_kernels_compiled():
+        assert f"compiled for {dispatch.build_info()['cuda_archs']}" in text
 
 
 def test_info_shows_reference_when_forced():

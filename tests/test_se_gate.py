@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import DEVICES
-from recogfast import _impl
+from recogfast import dispatch
 from recogfast.nn import SEBlock
 from recogfast.ops import se_gate, se_gate_reference
 
@@ -243,8 +243,8 @@ def test_mixed_cpu_cuda_names_the_argument():
 def test_env_forces_reference(monkeypatch):
     x, *w = make_args(2, 8, 4, 4, 2, dtype=torch.float32)
     monkeypatch.setenv("RECOGFAST_IMPL", "reference")
-    assert not _impl.use_fused("se_gate", "fused", x)
-    assert _impl.describe("cpu") == "reference (RECOGFAST_IMPL=reference)"
+    assert not dispatch.use_fused("se_gate", "fused", x)
+    assert dispatch.describe("cpu") == "reference (RECOGFAST_IMPL=reference)"
     calls = []
     op_module = sys.modules["recogfast.ops.se_gate"]  # the attribute recogfast.ops.se_gate is the function
     monkeypatch.setattr(op_module, "se_gate_reference", lambda *a: calls.append(1) or a[0])
@@ -258,8 +258,8 @@ def test_env_forces_reference(monkeypatch):
 def test_auto_falls_back_with_one_warning_and_fused_refuses(monkeypatch):
     x, *w = make_args(2, 8, 4, 4, 2, dtype=torch.float32)
     monkeypatch.delenv("RECOGFAST_IMPL", raising=False)
-    monkeypatch.setattr(_impl, "unsupported_reason", lambda device, dtype: "test reason")
-    monkeypatch.setattr(_impl, "_warned", set())
+    monkeypatch.setattr(dispatch, "unsupported_reason", lambda device, dtype: "test reason")
+    monkeypatch.setattr(dispatch, "_warned", set())
     with pytest.warns(RuntimeWarning, match="se_gate: running the pure-PyTorch reference because test reason"):
         y = se_gate(x, *w)
     torch.testing.assert_close(y, se_gate_reference(x, *w))
@@ -273,6 +273,6 @@ def test_auto_falls_back_with_one_warning_and_fused_refuses(monkeypatch):
 def test_auto_uses_fused_kernel_on_cpu(monkeypatch):
     monkeypatch.delenv("RECOGFAST_IMPL", raising=False)
     x = torch.randn(1, 4, 2, 2)
-    assert _impl.use_fused("se_gate", "auto", x)
-    assert _impl.describe("cpu", torch.bfloat16) == "fused (cpu kernel)"
-    assert not _impl.use_fused("se_gate", "reference", x)
+    assert dispatch.use_fused("se_gate", "auto", x)
+    assert dispatch.describe("cpu", torch.bfloat16) == "fused (cpu kernel)"
+    assert not dispatch.use_fused("se_gate", "reference", x)

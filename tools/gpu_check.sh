@@ -84,7 +84,7 @@ step env 30 "versions, nvidia-smi" -- bash -c "
   nvidia-smi || echo 'no nvidia-smi'"
 
 # 2. the extension: a carried build if it loads, else compile (GPU mode only; CI has built it already)
-LOADS="import sys, recogfast; sys.exit(0 if recogfast._impl.cuda_kernels_compiled() or '$MODE' == 'rehearsal' else 3)"
+LOADS="import sys, recogfast; sys.exit(0 if recogfast.dispatch.cuda_kernels_compiled() or '$MODE' == 'rehearsal' else 3)"
 if $PY -c "$LOADS" >"$OUT/logs/load.log" 2>&1; then
   record build ok 0 "extension loads ($(ls recogfast/_C*.so 2>/dev/null | xargs -n1 basename | tr '\n' ' '))"
 elif [[ $GPU == 1 ]]; then

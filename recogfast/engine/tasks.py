@@ -216,7 +216,7 @@ def retrieval_eval(loader, ks=(1, 2, 4, 8), features: bool = False):
 def kernels_used(device: str, amp: str, model: str | None = None, task: str | None = None) -> dict[str, str]:
     """Which implementation each fused op runs for this device and activation dtype; with `model` and
     `task`, only the ops that this model and loss call."""
-    from recogfast import _impl
+    from recogfast import dispatch
     from recogfast.ops import FUSED_OPS
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
@@ -229,7 +229,7 @@ def kernels_used(device: str, amp: str, model: str | None = None, task: str | No
         ops = (["se_gate"] if attention == "se" else []) + (["cubs_channel", "cubs_spatial"] if attention.startswith("cubs") else [])
         ops += ["ms_loss"] if task == "retrieval" else []
     # the loss runs in float32 (the trainer casts the outputs)
-    return {op: _impl.describe(dev, torch.float32 if op == "ms_loss" else dtype) for op in ops}
+    return {op: dispatch.describe(dev, torch.float32 if op == "ms_loss" else dtype) for op in ops}
 
 
 def setup_distributed(device: str) -> tuple[int, int, str]:

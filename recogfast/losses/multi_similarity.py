@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from recogfast import _impl
+from recogfast import dispatch
 from recogfast.ops.ms_loss import MINING, ms_loss
 
 
@@ -90,7 +90,7 @@ class MultiSimilarityLoss(nn.Module):
         self.alpha, self.beta, self.base, self.epsilon = float(alpha), float(beta), float(base), float(epsilon)
         self.mining = mining
         self.gather_across_ranks = gather_across_ranks
-        self.impl = _impl.check_impl(impl)
+        self.impl = dispatch.check_impl(impl)
         self.process_group = process_group
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_embeddings: torch.Tensor | None = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recogfast import _impl
+from recogfast import dispatch
 from recogfast.ops.cubs_channel import cubs_channel
 from recogfast.ops.cubs_spatial import cubs_spatial
 
@@ -28,7 +28,7 @@ class CUBSBlock1(nn.Module):
         if inner < 1:
             raise ValueError(f"CUBSBlock1: inner must be >= 1, got {inner}")
         self.channels, self.inner = channels, inner
-        self.impl = _impl.check_impl(impl)
+        self.impl = dispatch.check_impl(impl)
         dd = {"device": device, "dtype": dtype}
         self.q = nn.Linear(channels, inner, **dd)
         self.k = nn.Linear(channels, inner, **dd)
@@ -53,7 +53,7 @@ class CUBSBlock2(nn.Module):
         if channels < 1:
             raise ValueError(f"CUBSBlock2: channels must be >= 1, got {channels}")
         self.channels = channels
-        self.impl = _impl.check_impl(impl)
+        self.impl = dispatch.check_impl(impl)
         dd = {"device": device, "dtype": dtype}
         self.q = nn.Conv2d(channels, 1, kernel_size=1, **dd)
         self.k = nn.Conv2d(channels, 1, kernel_size=1, **dd)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recogfast import _impl
+from recogfast import dispatch
 from recogfast.ops.se_gate import se_gate
 
 # timm's SEModule options that this module computes as timm does only at their defaults
@@ -64,7 +64,7 @@ class SEBlock(nn.Module):
                                               8 if rd_divisor is None else rd_divisor)
         else:
             self.rd_channels = max(1, channels // reduction)
-        self.impl = _impl.check_impl(impl)
+        self.impl = dispatch.check_impl(impl)
         dd = {"device": device, "dtype": dtype}
         self.fc1 = nn.Conv2d(channels, self.rd_channels, kernel_size=1, bias=True, **dd)
         self.fc2 = nn.Conv2d(self.rd_channels, channels, kernel_size=1, bias=True, **dd)

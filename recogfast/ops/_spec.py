@@ -7,7 +7,7 @@ there is one, and the pure-PyTorch reference. From the spec come:
 - ``check``: the argument checks, in the order and with the messages of the C++ launchers
   (csrc/ops/checks.h ``gate_ranks`` / ``gate_shapes``); tests/test_op_contracts.py holds one table of bad
   inputs and asserts both entry points give the same exception type and message;
-- ``call``: the Python wrapper's body (fused kernel or checked reference, as `recogfast._impl` decides);
+- ``call``: the Python wrapper's body (fused kernel or checked reference, as `recogfast.dispatch` decides);
 - the fake (meta) kernels of the op and of its private backward op ``recogfast::_<op>_backward``, and
   the autograd registration, with a double-backward formula that refuses with an error naming the op.
 
@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from recogfast import _impl
+from recogfast import dispatch
 
 FLOAT_KINDS = "float32, float64, float16 or bfloat16"
 
@@ -157,8 +157,8 @@ class GateOp:
         check_like(op, "grad_y", grad_y, x)
 
     def call(self, impl: str, x, *weights) -> torch.Tensor:
-        """The Python wrapper: the fused op where `recogfast._impl` picks it, else the checked reference."""
-        if _impl.use_fused(self.name, impl, x):
+        """The Python wrapper: the fused op where `recogfast.dispatch` picks it, else the checked reference."""
+        if dispatch.use_fused(self.name, impl, x):
             return getattr(torch.ops.recogfast, self.name)(x, *weights)
         self.check(x, *weights)
         # The reference as its module holds it now (so that patching the module's function takes effect).

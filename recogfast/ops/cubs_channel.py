@@ -49,5 +49,5 @@ SPEC = GateOp(
 def cubs_channel(x, wq, bq, wk, bk, wv, bv, wo, bo, *, impl: str = "auto") -> torch.Tensor:
     """CUBS Block 1 of a [B, C, H, W] activation: wq/wk/wv [N, C], bq/bk/bv [N], wo [C, N], bo [C],
     all of x's dtype. The output has x's memory format. ``impl`` picks the fused kernel or the reference
-    as `recogfast._impl` describes."""
+    as `recogfast.dispatch` describes."""
     return SPEC.call(impl, x, wq, bq, wk, bk, wv, bv, wo, bo)

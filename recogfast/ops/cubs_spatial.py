@@ -47,5 +47,5 @@ SPEC = GateOp(
 def cubs_spatial(x, wq, bq, wk, bk, wv, bv, *, impl: str = "auto") -> torch.Tensor:
     """CUBS Block 2 of a [B, C, H, W] activation: wq/wk/wv [C], bq/bk/bv [1], all of x's dtype.
     The output has x's memory format. ``impl`` picks the fused kernel or the reference as
-    `recogfast._impl` describes."""
+    `recogfast.dispatch` describes."""
     return SPEC.call(impl, x, wq, bq, wk, bk, wv, bv)

@@ -26,7 +26,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from recogfast import _impl
+from recogfast import dispatch
 from recogfast.ops._spec import check_device, check_tensor, qualname, register_autograd
 
 OP = qualname("ms_loss")
@@ -167,14 +167,14 @@ def ms_loss(
     ``ref_embeddings`` [R, D] / ``ref_labels`` [R] add candidates (a cross-batch memory, other ranks'
     embeddings); anchors stay the B rows of ``embeddings``. The gradient flows to ``embeddings`` and,
     where it requires grad, to ``ref_embeddings``. ``impl`` picks the fused kernel or the reference as
-    `recogfast._impl` describes.
+    `recogfast.dispatch` describes.
 
     NaN or inf in the inputs: the CPU kernel and the reference raise "... contains NaN or inf". The CUDA
     kernel decides on the device, without a host sync, and returns a NaN loss (and NaN gradients);
     ``RECOGFAST_CHECK_FINITE=1`` makes it raise the same error as the CPU, at the cost of one sync a call.
     """
     alpha, beta, base, epsilon = float(alpha), float(beta), float(base), float(epsilon)
-    if isinstance(embeddings, torch.Tensor) and _impl.use_fused("ms_loss", impl, embeddings):
+    if isinstance(embeddings, torch.Tensor) and dispatch.use_fused("ms_loss", impl, embeddings):
         # On the CPU, a reference set that needs no gradient (a cross-batch memory) gets its share of the
         # anchors' gradient gathered in the forward pass instead of recomputed in the backward pass.
         cache = (torch.is_grad_enabled() and embeddings.requires_grad and ref_embeddings is not None

@@ -40,6 +40,6 @@ def se_gate(x, w1, b1, w2, b2, *, impl: str = "auto") -> torch.Tensor:
     """SE gate of a [B, C, H, W] activation; w1 [R, C], b1 [R], w2 [C, R], b2 [C], all of x's dtype.
 
     The output has x's memory format (contiguous or channels_last). ``impl`` picks the fused kernel or
-    the reference as `recogfast._impl` describes.
+    the reference as `recogfast.dispatch` describes.
     """
     return SPEC.call(impl, x, w1, b1, w2, b2)

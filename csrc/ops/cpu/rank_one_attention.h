@@ -16,8 +16,8 @@
 // outputs f_i:
 //   sum_i e_ij a_i and sum_i e_ij b_i (v_j - f_i), the difference formed per pair (no cancellation of
 //   v_j sum e b - sum e b f when v_j ~ f_i).
-// float runs a polynomial exp2 that the compiler vectorises (8 lanes under AVX2, chosen at run time
-// by target_clones; 4 lanes of SSE2 otherwise); double uses std::exp, so the float64 path matches the
+// float runs a polynomial exp2 in explicit SIMD (8 lanes under AVX2+FMA, a function pointer chosen at run time
+// from the CPU's features; 4 lanes of SSE2 otherwise); double uses std::exp, so the float64 path matches the
 // reference to rounding.
 #pragma once
 

@@ -8,14 +8,17 @@ the reference, warning once per (op, reason). ``impl="fused"`` raises where the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections import defaultdict
 
 import torch
 
 IMPLS = ("auto", "fused", "reference")
 FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _warned: set[tuple[str, str]] = set()
+_recorders: list[dict[str, set[str]]] = []
 
 
 _build_info: dict[str, str] = {}
@@ -65,6 +68,24 @@ def unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 
 def use_fused(op: str, impl: str, x: torch.Tensor) -> bool:
     """Decide, for one call of `op` on activation `x`, whether the fused kernel runs."""
+    fused = _use_fused(op, impl, x)
+    for calls in _recorders:
+        calls[op].add(f"{'fused' if fused else 'reference'} {x.device.type}/{str(x.dtype).replace('torch.', '')}")
+    return fused
+
+
+@contextlib.contextmanager
+def record():
+    """Within the block, collect per op which implementations ran: {"se_gate": {"fused cpu/float32"}, …}."""
+    calls: dict[str, set[str]] = defaultdict(set)
+    _recorders.append(calls)
+    try:
+        yield calls
+    finally:
+        _recorders.remove(calls)
+
+
+def _use_fused(op: str, impl: str, x: torch.Tensor) -> bool:
     impl = _env_override() or check_impl(impl)
     if impl == "reference":
         return False
@@ -75,7 +96,7 @@ def use_fused(op: str, impl: str, x: torch.Tensor) -> bool:
         raise RuntimeError(f"{op}: impl='fused' was asked for, but {reason}")
     if (op, reason) not in _warned:
         _warned.add((op, reason))
-        warnings.warn(f"{op}: running the pure-PyTorch reference because {reason}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{op}: running the pure-PyTorch reference because {reason}", RuntimeWarning, stacklevel=5)
     return False
 
 
