@@ -4,91 +4,35 @@
 // scalar loops; and the running log-sum-exp helpers. Internal linkage: included by one translation unit.
 #pragma once
 
-// Vector-typed helpers are always inlined into their callers; their nominal ABI does not matter.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <type_traits>
+
+#include "ops/cpu/simd.h"
 
 namespace recogfast {
 namespace {
 
 // ---------------------------------------------------------------------------------------------
-// Element-wise sweeps over one row of a tile. float uses 8-lane GCC vector extensions (AVX2 where the
-// compiler targets it, two SSE halves otherwise) and a Cephes-style exp; double uses scalar loops.
+// Element-wise sweeps over one row of a tile. float uses 8-lane vectors (simd.h: one AVX2 register, or two
+// SSE halves on the baseline) and simd::exp_poly; double uses scalar loops and std::exp.
 
-#define RF_INLINE inline __attribute__((always_inline))
+#define RF_INLINE RECOGFAST_SIMD_INLINE
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
+typedef cpu::simd::Vec<8>::F v8f;
+typedef cpu::simd::Vec<8>::I v8i;
 
-RF_INLINE v8f load8(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-RF_INLINE v8i load8(const int32_t* p) {
-  v8i v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-RF_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
-RF_INLINE v8f splat(float x) { return v8f{} + x; }
-RF_INLINE v8i splat(int32_t x) { return v8i{} + x; }
-RF_INLINE float hmax(v8f v) {
-  float m = v[0];
-  for (int k = 1; k < 8; ++k) m = std::max(m, v[k]);
-  return m;
-}
-RF_INLINE float hsum(v8f v) {
-  float s = 0;
-  for (int k = 0; k < 8; ++k) s += v[k];
-  return s;
-}
-
-// exp(x) for x <= 88 (inputs here are shifted by a running maximum, so x <= 0 up to rounding);
-// results below exp(-87) flush towards zero. Cephes expf: relative error ~1e-7.
-constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-constexpr float kRound = 12582912.f;  // 1.5 * 2^23: x + kRound rounds x to an integer in the low mantissa bits
-RF_INLINE v8f exp_poly(v8f x) {
-  x = x < -87.f ? splat(-87.f) : x;
-  x = x > 88.f ? splat(88.f) : x;
-  const v8f t = x * kLog2e + kRound;
-  const v8f n = t - kRound;
-  const v8f r = x - n * kLn2Hi - n * kLn2Lo;
-  v8f p = splat(1.9875691500E-4f);
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  const v8i e = ((v8i)t - 0x4B400000 + 127) << 23;
-  return p * (v8f)e;
-}
-RF_INLINE float exp_poly(float x) {
-  x = std::min(std::max(x, -87.f), 88.f);
-  const float t = x * kLog2e + kRound;
-  const float n = t - kRound;
-  const float r = x - n * kLn2Hi - n * kLn2Lo;
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t ti;
-  std::memcpy(&ti, &t, sizeof ti);
-  const int32_t e = (ti - 0x4B400000 + 127) << 23;
-  float s;
-  std::memcpy(&s, &e, sizeof s);
-  return p * s;
-}
+RF_INLINE v8f load8(const float* p) { return cpu::simd::load<8>(p); }
+RF_INLINE v8i load8(const int32_t* p) { return cpu::simd::load<8>(p); }
+RF_INLINE void store8(float* p, v8f v) { cpu::simd::store<8>(p, v); }
+RF_INLINE v8f splat(float x) { return cpu::simd::splat<8>(x); }
+RF_INLINE v8i splat(int32_t x) { return cpu::simd::splat<8>(x); }
+RF_INLINE float hmax(v8f v) { return cpu::simd::hmax<8>(v); }
+RF_INLINE float hsum(v8f v) { return cpu::simd::hsum<8>(v); }
+RF_INLINE v8f exp_poly(v8f x) { return cpu::simd::exp_poly<8>(x); }
+RF_INLINE float exp_poly(float x) { return cpu::simd::exp_poly(x); }
 inline double exp_poly(double x) { return std::exp(x); }
 
 template <typename T>
@@ -214,12 +158,10 @@ RF_INLINE bool neg_weights_impl(const T* s, const int32_t* clab, int64_t n, int3
   return any;
 }
 
-// The float sweeps again, compiled for AVX2 + FMA and chosen at run time where the CPU has them (the
-// extension itself is built for the baseline ISA). x86-64 only: elsewhere (aarch64) the generic vector
-// code above is all there is.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define RF_AVX2_DISPATCH 1
-#define RF_AVX2 __attribute__((target("avx2,fma")))
+// The float sweeps again, compiled for AVX2 + FMA and chosen at run time where the CPU has them (simd.h;
+// x86-64 only: elsewhere the generic vector code above is all there is).
+#if RECOGFAST_X86_DISPATCH
+#define RF_AVX2 RECOGFAST_TARGET_AVX2
 RF_AVX2 float neg_max_avx2(const float* s, const int32_t* lab, int64_t n, int32_t la) {
   return neg_max_impl<float>(s, lab, n, la);
 }
@@ -240,15 +182,10 @@ RF_AVX2 bool neg_weights_avx2(const float* s, const int32_t* clab, int64_t n, in
   return neg_weights_impl<float>(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
 }
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#define RF_IF_AVX2(call) \
-  if constexpr (std::is_same_v<T, float>)                                                                             \
-    if (cpu_has_avx2()) return call;
+#define RF_IF_AVX2(call)                   \
+  if constexpr (std::is_same_v<T, float>) \
+    if (cpu::simd::has_avx2_fma()) return call;
 #else
-#define RF_AVX2_DISPATCH 0
 #define RF_IF_AVX2(call)
 #endif
 

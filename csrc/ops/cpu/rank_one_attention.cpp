@@ -1,18 +1,8 @@
-// Vectorised float loops of rank_one_attention.h, written twice on x86-64 -- for AVX2+FMA (8 lanes)
-// and for the baseline (SSE2, 4 lanes) -- and picked once at run time with __builtin_cpu_supports.
+// Vectorised float loops of rank_one_attention.h, compiled twice on x86-64 -- for AVX2+FMA (8 lanes)
+// and for the baseline (SSE2, 4 lanes) -- and picked once at run time (simd.h).
 // Sums go to fp32 SIMD lanes per chunk of 256 elements and then into double, so long rows
 // (H·W = 36864) keep fp32 rounding per chunk only.
 #include "ops/cpu/rank_one_attention.h"
-
-// Vector-typed helpers are always inlined into the AVX2 functions; their nominal ABI does not matter.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define RECOGFAST_X86_DISPATCH 1
-#define RECOGFAST_INLINE inline __attribute__((always_inline))
-#else
-#define RECOGFAST_INLINE inline
-#endif
 
 namespace recogfast {
 namespace cpu {
@@ -20,59 +10,21 @@ namespace cpu {
 namespace {
 constexpr int64_t kChunk = 256;
 
-// Explicit SIMD with GCC/Clang vector extensions (the auto-vectoriser does not reliably keep these
-// loops vectorised): W floats a vector, W = 8 under AVX2+FMA, 4 on the SSE2 baseline.
+using simd::exp2_poly;
+using simd::hsum;
+using simd::load;
 template <int W>
-struct Simd {
-  typedef float F __attribute__((vector_size(4 * W)));
-  typedef int32_t I __attribute__((vector_size(4 * W)));
-};
+using Simd = simd::Vec<W>;
 
 template <int W>
-RECOGFAST_INLINE typename Simd<W>::F load(const float* p) {
-  typename Simd<W>::F v;
-  __builtin_memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <int W>
-RECOGFAST_INLINE float hsum(typename Simd<W>::F v) {
-  float s = 0;
-  for (int i = 0; i < W; ++i) s += v[i];
-  return s;
-}
-
-// exp2_nonpos (rank_one_attention.h), W lanes at a time.
-template <int W>
-RECOGFAST_INLINE typename Simd<W>::F exp2_simd(typename Simd<W>::F t) {
-  using F = typename Simd<W>::F;
-  using I = typename Simd<W>::I;
-  const F lo = F{} - 126.0f;
-  t = t < lo ? lo : t;
-  const F magic = F{} + 12582912.0f;
-  const F r = t + magic;
-  const F f = t - (r - magic);
-  const I ni = __builtin_bit_cast(I, r) - 0x4B400000;
-  F p = F{} + 1.5403530393381606e-4f;
-  p = p * f + 1.3333558146428443e-3f;
-  p = p * f + 9.6181291076284772e-3f;
-  p = p * f + 5.5504108664821580e-2f;
-  p = p * f + 2.4022650695910071e-1f;
-  p = p * f + 6.9314718055994531e-1f;
-  p = p * f + 1.0f;
-  const I sb = (ni + 127) << 23;
-  return p * __builtin_bit_cast(F, sb);
-}
-
-template <int W>
-RECOGFAST_INLINE void row_chunk_impl(float qs, const float* k, const float* v, int64_t n, bool grad, float ks,
+RECOGFAST_SIMD_INLINE void row_chunk_impl(float qs, const float* k, const float* v, int64_t n, bool grad, float ks,
                                      float vs, float* out) {
   using F = typename Simd<W>::F;
   F l = F{}, sv = F{}, sk = F{}, skv = F{};
   int64_t j = 0;
   for (; j + W <= n; j += W) {
     const F dk = load<W>(k + j) - ks, dv = load<W>(v + j) - vs;
-    const F e = exp2_simd<W>(dk * qs);
+    const F e = exp2_poly<W>(dk * qs);
     l += e;
     sv += e * dv;
     if (grad) {
@@ -83,7 +35,7 @@ RECOGFAST_INLINE void row_chunk_impl(float qs, const float* k, const float* v, i
   }
   float tl = hsum<W>(l), tsv = hsum<W>(sv), tsk = hsum<W>(sk), tskv = hsum<W>(skv);
   for (; j < n; ++j) {
-    const float dk = k[j] - ks, dv = v[j] - vs, e = exp2_nonpos(dk * qs), ek = e * dk;
+    const float dk = k[j] - ks, dv = v[j] - vs, e = exp2_poly(dk * qs), ek = e * dk;
     tl += e;
     tsv += e * dv;
     tsk += ek;
@@ -96,19 +48,19 @@ RECOGFAST_INLINE void row_chunk_impl(float qs, const float* k, const float* v, i
 }
 
 template <int W>
-RECOGFAST_INLINE void col_chunk_impl(float kj, float vj, const float* qs, const float* kst, const float* a,
+RECOGFAST_SIMD_INLINE void col_chunk_impl(float kj, float vj, const float* qs, const float* kst, const float* a,
                                      const float* b, const float* f, int64_t n, float* out) {
   using F = typename Simd<W>::F;
   F sa = F{}, sb = F{};
   int64_t i = 0;
   for (; i + W <= n; i += W) {
-    const F e = exp2_simd<W>(load<W>(qs + i) * (kj - load<W>(kst + i)));
+    const F e = exp2_poly<W>(load<W>(qs + i) * (kj - load<W>(kst + i)));
     sa += e * load<W>(a + i);
     sb += e * load<W>(b + i) * (vj - load<W>(f + i));
   }
   float ta = hsum<W>(sa), tb = hsum<W>(sb);
   for (; i < n; ++i) {
-    const float e = exp2_nonpos(qs[i] * (kj - kst[i]));
+    const float e = exp2_poly(qs[i] * (kj - kst[i]));
     ta += e * a[i];
     tb += e * b[i] * (vj - f[i]);
   }
@@ -129,22 +81,18 @@ void col_chunk_default(float kj, float vj, const float* qs, const float* kst, co
   col_chunk_impl<4>(kj, vj, qs, kst, a, b, f, n, out);
 }
 
-#ifdef RECOGFAST_X86_DISPATCH
-__attribute__((target("avx2,fma"))) void row_chunk_avx2(float qs, const float* k, const float* v, int64_t n,
+#if RECOGFAST_X86_DISPATCH
+RECOGFAST_TARGET_AVX2 void row_chunk_avx2(float qs, const float* k, const float* v, int64_t n,
                                                         bool grad, float ks, float vs, float* out) {
   row_chunk_impl<8>(qs, k, v, n, grad, ks, vs, out);
 }
-__attribute__((target("avx2,fma"))) void col_chunk_avx2(float kj, float vj, const float* qs, const float* kst,
+RECOGFAST_TARGET_AVX2 void col_chunk_avx2(float kj, float vj, const float* qs, const float* kst,
                                                         const float* a, const float* b, const float* f, int64_t n,
                                                         float* out) {
   col_chunk_impl<8>(kj, vj, qs, kst, a, b, f, n, out);
 }
-bool has_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-const RowChunk row_chunk = has_avx2_fma() ? row_chunk_avx2 : row_chunk_default;
-const ColChunk col_chunk = has_avx2_fma() ? col_chunk_avx2 : col_chunk_default;
+const RowChunk row_chunk = simd::has_avx2_fma() ? row_chunk_avx2 : row_chunk_default;
+const ColChunk col_chunk = simd::has_avx2_fma() ? col_chunk_avx2 : col_chunk_default;
 #else
 const RowChunk row_chunk = row_chunk_default;
 const ColChunk col_chunk = col_chunk_default;
@@ -154,7 +102,7 @@ const ColChunk col_chunk = col_chunk_default;
 
 template <bool kGrad>
 RowSums row_sums_f32(float qi, const float* k, const float* v, int64_t L, float kstar, float vstar) {
-  const float qs = qi * kLog2e;  // exp(q (k - k*)) = 2^(q log2e (k - k*))
+  const float qs = qi * simd::kLog2e;  // exp(q (k - k*)) = 2^(q log2e (k - k*))
   RowSums r{0, 0, 0, 0};
   float part[4];
   for (int64_t j0 = 0; j0 < L; j0 += kChunk) {

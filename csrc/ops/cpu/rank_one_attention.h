@@ -16,8 +16,8 @@
 // outputs f_i:
 //   sum_i e_ij a_i and sum_i e_ij b_i (v_j - f_i), the difference formed per pair (no cancellation of
 //   v_j sum e b - sum e b f when v_j ~ f_i).
-// float runs a polynomial exp2 in explicit SIMD (8 lanes under AVX2+FMA, a function pointer chosen at run time
-// from the CPU's features; 4 lanes of SSE2 otherwise); double uses std::exp, so the float64 path matches the
+// float runs simd::exp2_poly (simd.h) in explicit SIMD (8 lanes under AVX2+FMA, chosen at run time by
+// simd::has_avx2_fma; 4 lanes of SSE2 otherwise); double uses std::exp, so the float64 path matches the
 // reference to rounding.
 #pragma once
 
@@ -28,31 +28,10 @@
 #include <type_traits>
 
 #include "ops/cpu/parallel.h"
+#include "ops/cpu/simd.h"
 
 namespace recogfast {
 namespace cpu {
-
-constexpr float kLog2e = 1.4426950408889634f;
-
-// 2^t for t <= 0 (t below -126 flushes to 0, far below the l_i >= 1 it is added to). Relative error
-// about 1.2e-7: a degree-6 polynomial for 2^f, |f| <= 1/2, times 2^n built in the exponent bits.
-inline float exp2_nonpos(float t) {
-  // Branch-free and memcpy-free so that the loops calling it vectorise.
-  t = t < -126.0f ? -126.0f : t;
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
-  const float r = t + kMagic;
-  const float n = r - kMagic;
-  const float f = t - n;
-  const int32_t ni = __builtin_bit_cast(int32_t, r) - 0x4B400000;  // round(t)
-  float p = 1.5403530393381606e-4f;
-  p = p * f + 1.3333558146428443e-3f;
-  p = p * f + 9.6181291076284772e-3f;
-  p = p * f + 5.5504108664821580e-2f;
-  p = p * f + 2.4022650695910071e-1f;
-  p = p * f + 6.9314718055994531e-1f;
-  p = p * f + 1.0f;
-  return p * __builtin_bit_cast(float, (ni + 127) << 23);
-}
 
 struct RowSums {
   double l, sv, sk, skv;
@@ -72,7 +51,7 @@ RowSums row_sums_f32(float qi, const float* k, const float* v, int64_t L, float 
 // the array qs holds q_i * exp_scale<T>() (log2 e for float, whose loop runs on exp2; 1 for double).
 template <typename T>
 constexpr T exp_scale() {
-  return std::is_same<T, float>::value ? T(kLog2e) : T(1);
+  return std::is_same<T, float>::value ? T(simd::kLog2e) : T(1);
 }
 
 void col_sums_f32(float kj, float vj, const float* qs, const float* kst, const float* a, const float* b,

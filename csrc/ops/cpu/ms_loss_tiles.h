@@ -1,0 +1,231 @@
+// The candidates of the CPU Multi-Similarity loss and the order their similarity tiles are visited in
+// (ms_loss_kernel.cpp, its only includer, holds the algorithm): the normalised [M, D] candidate buffer, the
+// label groups that positive pairs are found through, and the tile scheduler of the negative pass, which
+// groups tiles into rounds of disjoint anchor and candidate blocks so that a round runs in parallel without
+// locks. Internal linkage.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/mm.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <optional>
+#include <vector>
+
+namespace recogfast {
+namespace {
+
+constexpr int64_t kTile = 256;        // rows and columns of a batch x batch tile (256 KB in fp32)
+constexpr int64_t kRefTile = 1024;    // columns of a batch x reference-set tile
+constexpr int64_t kSmallGroup = 64;   // label groups up to this size use direct dot products
+constexpr double kNormEps = 1e-12;    // as torch.nn.functional.normalize
+
+template <typename T>
+struct Candidates {
+  int64_t B = 0, R = 0, M = 0, D = 0;
+  at::Tensor chat;                 // [M, D] normalised candidates; rows [0, B) are the anchors
+  std::vector<T> norms;            // [M] norms before the clamp at kNormEps
+  std::vector<int32_t> gid;        // [M] label group of every candidate
+  at::Tensor order;                // [M] int64: candidates sorted by (group, index)
+  std::vector<int64_t> gstart;     // members of group g: order[gstart[g], gstart[g + 1])
+  std::vector<int64_t> ganchors;   // number of anchors (index < B) in group g: a prefix of its members
+
+  template <typename scalar_t>
+  void normalise(const at::Tensor& x_, int64_t row0, const char* name) {
+    const at::Tensor x = x_.contiguous();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    T* c = chat.data_ptr<T>() + row0 * D;
+    const int64_t rows = x.size(0);
+    std::atomic<bool> bad{false};
+    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* xr = xp + r * D;
+        double ss = 0;  // double: no overflow of the squares of finite fp32 values
+        for (int64_t d = 0; d < D; ++d) ss += double(xr[d]) * double(xr[d]);
+        if (!std::isfinite(ss)) bad = true;
+        const double nrm = std::sqrt(ss);
+        norms[row0 + r] = T(nrm);
+        const T inv = T(1) / T(std::max(nrm, kNormEps));
+        T* cr = c + r * D;
+        for (int64_t d = 0; d < D; ++d) cr[d] = T(xr[d]) * inv;
+      }
+    });
+    TORCH_CHECK(!bad.load(), "recogfast::ms_loss: ", name, " contains NaN or inf");
+  }
+
+  template <typename scalar_t>
+  void prepare(const at::Tensor& emb, const at::Tensor& labels, const std::optional<at::Tensor>& ref,
+               const std::optional<at::Tensor>& ref_labels) {
+    B = emb.size(0);
+    D = emb.size(1);
+    R = ref.has_value() ? ref->size(0) : 0;
+    M = B + R;
+    chat = at::empty({M, D}, emb.options().dtype(c10::CppTypeToScalarType<T>::value));
+    norms.assign(M, T(0));
+    normalise<scalar_t>(emb, 0, "embeddings");
+    if (R > 0) normalise<scalar_t>(*ref, B, "ref_embeddings");
+    // Label groups.
+    std::vector<int64_t> lab(M);
+    {
+      const at::Tensor l = labels.to(at::kLong).contiguous();
+      std::copy(l.const_data_ptr<int64_t>(), l.const_data_ptr<int64_t>() + B, lab.begin());
+      if (R > 0) {
+        const at::Tensor rl = ref_labels->to(at::kLong).contiguous();
+        std::copy(rl.const_data_ptr<int64_t>(), rl.const_data_ptr<int64_t>() + R, lab.begin() + B);
+      }
+    }
+    order = at::empty({M}, at::TensorOptions().dtype(at::kLong));
+    int64_t* ord = order.data_ptr<int64_t>();
+    std::iota(ord, ord + M, int64_t(0));
+    std::stable_sort(ord, ord + M, [&](int64_t a, int64_t b) { return lab[a] < lab[b]; });
+    gid.assign(M, 0);
+    gstart.clear();
+    ganchors.clear();
+    for (int64_t k = 0; k < M; ++k) {
+      if (k == 0 || lab[ord[k]] != lab[ord[k - 1]]) {
+        gstart.push_back(k);
+        ganchors.push_back(0);
+      }
+      gid[ord[k]] = int32_t(gstart.size() - 1);
+      if (ord[k] < B) ++ganchors.back();
+    }
+    gstart.push_back(M);
+  }
+
+  const T* row(int64_t i) const { return chat.const_data_ptr<T>() + i * D; }
+
+  T dot(int64_t i, int64_t j) const {
+    const T* a = row(i);
+    const T* b = row(j);
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t d = 0; d < D; ++d) s += a[d] * b[d];
+    return s;
+  }
+
+  // Calls fn(anchor ids, na, member ids, nm, S [na x nm] row-major, big) for every block of positive
+  // candidates: each label group's anchors against all its members (the anchor itself included; fn skips
+  // it). Small groups run in parallel, one group per thread and big == false; big groups run one after the
+  // other in tiles from at::mm with big == true (fn may then parallelise over rows).
+  template <typename Fn>
+  void for_each_positive_block(const Fn& fn) const {
+    const int64_t G = int64_t(ganchors.size());
+    std::vector<int64_t> small, big;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t nm = gstart[g + 1] - gstart[g];
+      if (ganchors[g] == 0 || nm < 2) continue;
+      (nm <= kSmallGroup ? small : big).push_back(g);
+    }
+    const int64_t* ord = order.const_data_ptr<int64_t>();
+    at::parallel_for(0, int64_t(small.size()), 4, [&](int64_t begin, int64_t end) {
+      std::vector<T> S;
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t g = small[k];
+        const int64_t* m = ord + gstart[g];
+        const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
+        S.resize(na * nm);
+        for (int64_t a = 0; a < na; ++a)
+          for (int64_t j = 0; j < nm; ++j) S[a * nm + j] = dot(m[a], m[j]);
+        fn(m, na, m, nm, S.data(), false);
+      }
+    });
+    for (const int64_t g : big) {
+      const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
+      for (int64_t a0 = 0; a0 < na; a0 += kTile) {
+        const int64_t ta = std::min(kTile, na - a0);
+        const at::Tensor A = at::index_select(chat, 0, order.narrow(0, gstart[g] + a0, ta));
+        for (int64_t m0 = 0; m0 < nm; m0 += kRefTile) {
+          const int64_t tm = std::min(kRefTile, nm - m0);
+          const at::Tensor Cm = at::index_select(chat, 0, order.narrow(0, gstart[g] + m0, tm));
+          const at::Tensor S = at::mm(A, Cm.t()).contiguous();
+          fn(ord + gstart[g] + a0, ta, ord + gstart[g] + m0, tm, S.const_data_ptr<T>(), true);
+        }
+      }
+    }
+  }
+
+  // Runs row_fn(r) for r in [0, n): in parallel when `parallel`, else in this thread.
+  template <typename Fn>
+  static void rows(bool parallel, int64_t n, const Fn& row_fn) {
+    if (parallel) {
+      at::parallel_for(0, n, 8, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) row_fn(r);
+      });
+    } else {
+      for (int64_t r = 0; r < n; ++r) row_fn(r);
+    }
+  }
+
+  // Visits every similarity tile of the negative pass: tile(i0, ti, j0, tj, S, symmetric) with S [ti x tj]
+  // row-major. Batch x batch tiles (j0 >= i0 only) and batch x reference tiles come in rounds whose tiles
+  // touch disjoint anchor blocks and disjoint candidate blocks; the tiles of a round run in parallel, one
+  // per thread (at::mm and at::parallel_for inside a task run single-threaded), so the whole pass opens a
+  // handful of parallel regions instead of several per tile, and a task may update the per-anchor state of
+  // its rows and columns, and their gradient rows, without locks.
+  template <typename Fn>
+  void for_each_tile(const Fn& tile, bool with_ref = true) const {
+    struct Task {
+      int64_t i0, ti, j0, tj;
+      bool symmetric;
+    };
+    const int64_t nb = (B + kTile - 1) / kTile, nr = (R + kRefTile - 1) / kRefTile;
+    auto sym = [&](int64_t I, int64_t J) {
+      return Task{I * kTile, std::min(kTile, B - I * kTile), J * kTile, std::min(kTile, B - J * kTile), true};
+    };
+    std::vector<std::vector<Task>> rounds;
+    // Diagonal tiles are disjoint from each other.
+    rounds.emplace_back();
+    for (int64_t I = 0; I < nb; ++I) rounds.back().push_back(sym(I, I));
+    // Off-diagonal pairs by the circle method of round-robin tournaments: n - 1 rounds of n / 2 pairs.
+    const int64_t n = nb + (nb % 2);
+    for (int64_t r = 0; r + 1 < n; ++r) {
+      rounds.emplace_back();
+      for (int64_t k = 0; k < n / 2; ++k) {
+        auto pos = [&](int64_t p) { return p == n - 1 ? n - 1 : (p + r) % (n - 1); };
+        int64_t I = pos(k), J = pos(n - 1 - k);
+        if (I > J) std::swap(I, J);
+        if (J < nb) rounds.back().push_back(sym(I, J));
+      }
+    }
+    // Batch x reference tiles: round q holds the tiles (I, J) with (I + J) mod K == q, K = max(nb, nr).
+    const int64_t K = std::max(nb, nr);
+    for (int64_t q = 0; q < K && nr > 0 && with_ref; ++q) {
+      rounds.emplace_back();
+      for (int64_t I = 0; I < nb; ++I) {
+        const int64_t J = ((q - I) % K + K) % K;
+        if (J >= nr) continue;
+        const int64_t j0 = B + J * kRefTile;
+        rounds.back().push_back(Task{I * kTile, std::min(kTile, B - I * kTile), j0, std::min(kRefTile, M - j0), false});
+      }
+    }
+    const int64_t threads = at::get_num_threads();
+    for (const auto& round : rounds) {
+      if (int64_t(round.size()) < threads) {
+        // Too few tiles to go around (small batches, long reference sets): one tile at a time, each with
+        // the threads inside it (at::mm and the row/column sweeps are parallel when not nested).
+        for (const Task& t : round) {
+          const at::Tensor S = at::mm(chat.narrow(0, t.i0, t.ti), chat.narrow(0, t.j0, t.tj).t()).contiguous();
+          tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
+        }
+        continue;
+      }
+      at::parallel_for(0, int64_t(round.size()), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          const Task& t = round[k];
+          const at::Tensor S = at::mm(chat.narrow(0, t.i0, t.ti), chat.narrow(0, t.j0, t.tj).t()).contiguous();
+          tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
+        }
+      });
+    }
+  }
+};
+
+}  // namespace
+}  // namespace recogfast

@@ -1,0 +1,92 @@
+"""Time every CPU op of two builds of recogfast in one run, interleaved, and print the ratio B / A.
+
+    python tools/bench_ab.py A_TREE B_TREE [--rounds 5] [--threads 2]
+
+Each tree is a source checkout with its extension built in place (`setup.py build_ext --inplace`). Every
+round starts one fresh process per tree and case (so the two builds alternate and share the machine's
+drift), times forward + backward of the case with the median of several repetitions, and the table gives
+the median over rounds per tree. Used for refactors of csrc/ that must not cost speed (issue 17: no op
+may move beyond noise; issue 20: no op may lose more than 5 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+# (name, python expression building `args` and `fn`), timed as fn(*args).backward() on the CPU, float32.
+CASES = {
+    "se_gate 32x256x28x28": (
+        "x = torch.randn(32, 256, 28, 28, requires_grad=True); C, R = 256, 16\n"
+        "w = [torch.randn(R, C) / 16, torch.zeros(R), torch.randn(C, R) / 4, torch.zeros(C)]\n"
+        "fn = lambda: torch.ops.recogfast.se_gate(x, *w).sum()"),
+    "cubs_channel 32x256x14x14": (
+        "x = torch.randn(32, 256, 14, 14, requires_grad=True); C, N = 256, 128\n"
+        "w = [torch.randn(N, C) / 16, torch.zeros(N), torch.randn(N, C) / 16, torch.zeros(N),"
+        " torch.randn(N, C) / 16, torch.zeros(N), torch.randn(C, N) / 11, torch.zeros(C)]\n"
+        "fn = lambda: torch.ops.recogfast.cubs_channel(x, *w).sum()"),
+    "cubs_spatial 8x64x56x56": (
+        "x = torch.randn(8, 64, 56, 56, requires_grad=True); C = 64\n"
+        "w = [torch.randn(C) / 8, torch.zeros(1), torch.randn(C) / 8, torch.zeros(1), torch.randn(C) / 8, torch.zeros(1)]\n"
+        "fn = lambda: torch.ops.recogfast.cubs_spatial(x, *w).sum()"),
+    "ms_loss B=2048 D=512": (
+        "x = torch.randn(2048, 512, requires_grad=True); lab = torch.arange(2048) // 4\n"
+        "fn = lambda: recogfast.ops.ms_loss(x, lab, impl='fused')"),
+    "ms_loss B=256 R=16384 D=512": (
+        "x = torch.randn(256, 512, requires_grad=True); lab = torch.arange(256) // 4\n"
+        "ref = torch.randn(16384, 512); rl = torch.randint(0, 4000, (16384,))\n"
+        "fn = lambda: recogfast.ops.ms_loss(x, lab, ref_embeddings=ref, ref_labels=rl, impl='fused')"),
+}
+
+CHILD = """
+import json, sys, time, statistics, torch, recogfast
+torch.manual_seed(0)
+torch.set_num_threads({threads})
+{setup}
+for _ in range(2):
+    fn().backward()
+ts = []
+for _ in range({reps}):
+    t0 = time.perf_counter(); fn().backward(); ts.append(time.perf_counter() - t0)
+print(json.dumps(statistics.median(ts)))
+"""
+
+
+def time_case(tree: str, setup: str, threads: int, reps: int) -> float:
+    env = dict(os.environ, PYTHONPATH=tree)
+    code = CHILD.format(setup=setup, threads=threads, reps=reps)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    times = {name: {"a": [], "b": []} for name in CASES}
+    for r in range(args.rounds):
+        for name, setup in CASES.items():
+            order = ("a", "b") if r % 2 == 0 else ("b", "a")
+            for side in order:
+                times[name][side].append(time_case(getattr(args, side), setup, args.threads, args.reps))
+    print(f"{'case (fwd + bwd, fp32, CPU)':<30} {'A ms':>9} {'B ms':>9} {'B/A':>6}  spread A / B")
+    rows = {}
+    for name, t in times.items():
+        a, b = statistics.median(t["a"]), statistics.median(t["b"])
+        spread = [(max(v) - min(v)) / statistics.median(v) for v in (t["a"], t["b"])]
+        rows[name] = {"a_ms": a * 1e3, "b_ms": b * 1e3, "ratio": b / a}
+        print(f"{name:<30} {a * 1e3:9.2f} {b * 1e3:9.2f} {b / a:6.3f}  {spread[0]:.0%} / {spread[1]:.0%}")
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
