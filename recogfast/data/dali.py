@@ -16,8 +16,8 @@ import concurrent.futures
 import numpy as np
 import torch
 
-from recogfast.data.errors import DataError, encoded_image_problem
-from recogfast.data.loaders import _Loader, decode_rgb
+from recogfast.data.errors import DataError, read_encoded
+from recogfast.data.base import Loader, decode_rgb
 from recogfast.data.transforms import (
     FLIP_PROB, IMAGENET_MEAN, IMAGENET_STD, TRAIN_RATIO, eval_resize_size,
 )
@@ -26,17 +26,14 @@ __all__ = ["DaliLoader"]
 
 
 def _read(path: str):
+    """(uint8 array, None), or (None, why) for a file the loader must skip or report."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as err:
-        return None, f"cannot read image file {path}: {err.strerror or err}"
-    problem = encoded_image_problem(memoryview(data))
-    if problem is not None:
-        return None, f"bad image file {path}: {problem}"
-    return data, None
+        return np.frombuffer(bytearray(read_encoded(path)), dtype=np.uint8), None  # writable, as DALI expects
+    except DataError as err:
+        return None, str(err)
 
 
-class DaliLoader(_Loader):
+class DaliLoader(Loader):
     backend = "dali"
 
     def __init__(self, *args, shard_id: int = 0):

@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import warnings
 
 import torch
 
-from recogfast.data.errors import DataError, SkipLog, check_on_error, read_encoded
+from recogfast.data.base import Loader, decode_rgb
+from recogfast.data.errors import DataError, check_on_error, read_encoded
 from recogfast.data.samplers import ShuffleBatchSampler
 from recogfast.data.transforms import (
-    TRAIN_SCALE, check_crop_scale, eval_transform, normalize_batch, train_transform,
+    TRAIN_SCALE, eval_transform, normalize_batch, train_transform,
 )
 
 __all__ = ["build_loader", "dali_available", "TorchvisionLoader"]
@@ -43,44 +43,6 @@ def _default_workers() -> int:
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
     return max(1, min(cores, 16))
-
-
-class _Loader:
-    """Common part of the two backends: epochs, sampler, device, output format, skip reports."""
-
-    backend = "?"
-
-    def __init__(self, dataset, batch_sampler, image_size, train, device, dtype, channels_last, on_error,
-                 num_workers, seed, crop_scale=TRAIN_SCALE[0]):
-        self.crop_scale = check_crop_scale(crop_scale)
-        self.dataset, self.batch_sampler = dataset, batch_sampler
-        self.image_size, self.train = image_size, train
-        self.device, self.dtype, self.channels_last = device, dtype, channels_last
-        self.on_error, self.num_workers, self.seed = on_error, num_workers, seed
-        self.epoch = 0
-        self.skipped: list[tuple[str, str]] = []  # (path, reason) skipped in the last epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch used by the next iteration (otherwise each iteration advances it by one)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        self.batch_sampler.set_epoch(self.epoch)
-        return len(self.batch_sampler)
-
-    def __iter__(self):
-        self.batch_sampler.set_epoch(self.epoch)
-        skips = SkipLog()
-        try:
-            yield from self._iterate(self.epoch, skips)
-        finally:
-            self.skipped = skips.items
-        self.epoch += 1
-        skips.report(self.backend)
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(images={len(self.dataset)}, train={self.train}, size={self.image_size}, "
-                f"device={self.device}, dtype={self.dtype}, workers={self.num_workers})")
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
@@ -130,23 +92,6 @@ class _EpochTagged:
         return len(self.batch_sampler)
 
 
-def decode_rgb(data: bytes, path: str = "<bytes>") -> torch.Tensor:
-    """JPEG (incl. grayscale and CMYK) or PNG bytes → uint8 [3, H, W] RGB; DataError naming the path."""
-    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
-
-    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    try:
-        with warnings.catch_warnings():
-            # torchvision 0.29 deprecates its decoders in favour of torchcodec; they still are the
-            # libjpeg-turbo / libpng decoders this backend is specified with.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            if data[:2] == b"\xff\xd8":
-                return decode_jpeg(encoded, mode=ImageReadMode.RGB)
-            return decode_png(encoded, mode=ImageReadMode.RGB)
-    except RuntimeError as err:
-        raise DataError(f"cannot decode image file {path}: {err}", path) from err
-
-
 def _collate(items, channels_last=True):
     """Stack the decoded samples (uint8) and list the skipped ones. With ``channels_last`` the batch
     is built as NHWC in the worker and viewed as NCHW, so the main process copies nothing."""
@@ -161,7 +106,7 @@ def _collate(items, channels_last=True):
     return images, torch.tensor([it[1] for it in good], dtype=torch.int64), skipped
 
 
-class TorchvisionLoader(_Loader):
+class TorchvisionLoader(Loader):
     """DataLoader workers decode with ``torchvision.io`` and crop/flip with ``transforms.v2``; the
     uint8 batch moves to the device (pinned, non-blocking) and is normalised there. Workers persist
     across epochs (starting 16 of them costs about a second, as long as a Shapes196 epoch)."""

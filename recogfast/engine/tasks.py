@@ -133,6 +133,7 @@ class RunConfig:
         return c
 
 
+from recogfast.distributed import all_gather_rows  # noqa: E402
 from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; RunConfig is defined above)
     _dist_info, build_datasets, build_eval_loader, build_loaders, check_files, check_train_split, small_classes_note,
 )
@@ -141,17 +142,7 @@ from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; Ru
 # ---------------------------------------------------------------------------------------- evaluation
 def _gather(t: torch.Tensor) -> torch.Tensor:
     """All ranks' rows, concatenated in rank order (sizes may differ)."""
-    rank, world = _dist_info()
-    if world == 1:
-        return t
-    sizes = [torch.zeros((), dtype=torch.int64, device=t.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor(t.shape[0], device=t.device))
-    top = int(max(s.item() for s in sizes))
-    padded = torch.zeros((top, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    out = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(out, padded)
-    return torch.cat([o[: int(s)] for o, s in zip(out, sizes)])
+    return t if _dist_info()[1] == 1 else all_gather_rows(t)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch import nn
 
 from recogfast import dispatch
+from recogfast.distributed import all_gather_rows, gather_sizes
 from recogfast.ops.ms_loss import MINING, ms_loss
 
 
@@ -20,12 +21,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         ctx.group, ctx.sizes = group, sizes
         rank = dist.get_rank(group)
         ctx.start = sum(sizes[:rank])
-        n_max = max(sizes)
-        padded = x.new_zeros((n_max,) + tuple(x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous(), group=group)
-        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+        return all_gather_rows(x, group, sizes)
 
     @staticmethod
     def backward(ctx, grad):
@@ -33,14 +29,6 @@ class _AllGatherWithGrad(torch.autograd.Function):
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         n = ctx.sizes[dist.get_rank(ctx.group)]
         return grad[ctx.start : ctx.start + n], None, None
-
-
-def _gather_sizes(n: int, device: torch.device, group) -> list[int]:
-    world = dist.get_world_size(group)
-    t = torch.tensor([n], dtype=torch.int64, device=device)
-    out = [torch.zeros_like(t) for _ in range(world)]
-    dist.all_gather(out, t, group=group)
-    return [int(s.item()) for s in out]
 
 
 def gather_reference_set(embeddings: torch.Tensor, labels: torch.Tensor, group=None):
@@ -52,14 +40,9 @@ def gather_reference_set(embeddings: torch.Tensor, labels: torch.Tensor, group=N
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
         return None, None
     rank = dist.get_rank(group)
-    sizes = _gather_sizes(embeddings.shape[0], embeddings.device, group)
+    sizes = gather_sizes(embeddings.shape[0], embeddings.device, group)
     all_emb = _AllGatherWithGrad.apply(embeddings, sizes, group)
-    lab = labels.to(torch.int64)
-    padded = lab.new_zeros(max(sizes))
-    padded[: lab.shape[0]] = lab
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded, group=group)
-    all_lab = torch.cat([p[:n] for p, n in zip(parts, sizes)])
+    all_lab = all_gather_rows(labels.to(torch.int64), group, sizes)
     start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
     keep = torch.ones(all_emb.shape[0], dtype=torch.bool, device=embeddings.device)
     keep[start:stop] = False
