@@ -106,3 +106,14 @@ def test_crosscheck_flags_a_kernel_outside_the_bound(small):
     # A gradient that is zero in exact arithmetic is measured on the call's gradient scale.
     noisy = gpu_crosscheck._compare("case", torch.float32, [t[0], t[1] + 1e-7, t[2]], cpu, t)
     assert noisy[1]["ok"] and noisy[1]["scale"] == 2.0
+
+
+@pytest.mark.parametrize("kernel", ["se_gate", "cubs_spatial", "cubs_channel", "ms_loss"])
+def test_cuda_emulation_transform_renames_each_kernel_namespace(tmp_path, kernel):
+    """tools/cuda_emulation/run.sh (minutes, not in CI) calls the launchers through the renamed namespace;
+    a kernel file the rewrite no longer fits must fail here, in CI, not only when someone runs the emulation."""
+    out = tmp_path / f"{kernel}.cpp"
+    subprocess.run([sys.executable, str(ROOT / "tools/cuda_emulation/transform.py"),
+                    str(ROOT / f"csrc/ops/cuda/{kernel}_kernel.cu"), str(out), "emu_x"], check=True)
+    text = out.read_text()
+    assert "namespace emu_x {" in text and "<<<" not in text and "TORCH_LIBRARY_IMPL" not in text

@@ -19,5 +19,8 @@ src = re.sub(r"([A-Za-z_][\w:]*(?:<[^<>;]*>)?)\s*<<<(.*?)>>>\(",
 src = re.sub(r"TORCH_LIBRARY_IMPL\(recogfast, CUDA, m\) \{.*?\n\}\n", "", src, flags=re.S)
 src = src.replace("x_.is_cuda()", "true")
 if len(sys.argv) > 3:
-    src = re.sub(r"namespace \{\n\nusing namespace", "namespace " + sys.argv[3] + " {\n\nusing namespace", src, count=1)
+    # The kernel file's first anonymous namespace (the one inside `namespace recogfast {`).
+    src, n = re.subn(r"^namespace \{\n", "namespace " + sys.argv[3] + " {\n", src, count=1, flags=re.M)
+    if n != 1:
+        sys.exit(f"transform.py: no anonymous namespace to rename in {sys.argv[1]}")
 open(sys.argv[2], "w").write('#include "emu.h"\n' + src)
