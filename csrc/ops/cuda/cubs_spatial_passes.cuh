@@ -1,0 +1,221 @@
+// The two B·HW² passes of CUBS Block 2 on CUDA (cubs_spatial_kernel.cu, its only includer, holds the
+// projections, the gating, the weight gradients and the launches): the key range of each sample, the row pass
+// (softmax sums per row i over all j) and the column pass of the backward (per column j over all i), each
+// thread owning kRows rows (columns) against tiles of the other side staged in shared memory. Internal linkage.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/cuda/cubs_common.cuh"
+
+namespace recogfast {
+namespace {
+
+using namespace cubs_cuda;
+
+constexpr int kThreads = 128;  // threads a block in the two quadratic passes
+constexpr int kRows = 2;       // rows (columns) a thread
+constexpr int kTile = 512;     // staged j (i) values a tile
+
+struct MinOp {
+  template <typename T>
+  __device__ T operator()(T x, T y) const {
+    return min(x, y);
+  }
+};
+struct MaxOp {
+  template <typename T>
+  __device__ T operator()(T x, T y) const {
+    return max(x, y);
+  }
+};
+
+// Block-wide reduction of a and b with fa and fb; every thread gets both results. sa, sb: shared arrays of
+// one entry a warp.
+template <typename A, typename B, typename FA, typename FB>
+__device__ __forceinline__ void block_reduce2(A& a, B& b, FA fa, FB fb, A* sa, B* sb) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, warps = blockDim.x / kWarp;
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset >>= 1) {
+    a = fa(a, __shfl_xor_sync(0xffffffffu, a, offset));
+    b = fb(b, __shfl_xor_sync(0xffffffffu, b, offset));
+  }
+  if (lane == 0) {
+    sa[warp] = a;
+    sb[warp] = b;
+  }
+  __syncthreads();
+  for (int w = 0; w < warps; ++w) {
+    a = fa(a, sa[w]);
+    b = fb(b, sb[w]);
+  }
+}
+
+// kr[b] = {min k, max k, v at min k, v at max k} over the sample's pixels (first index on ties, as the CPU
+// kernel): the rows' dominant columns (csrc/ops/cpu/rank_one_attention.h). One block a sample.
+template <typename acc_t>
+__global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, const acc_t* __restrict__ v, int64_t P,
+                                              Quad<acc_t>* __restrict__ kr) {
+  __shared__ acc_t lo_s[32], hi_s[32];
+  __shared__ long long ilo_s[32], ihi_s[32];
+  const int64_t b = blockIdx.x;
+  const acc_t* kb = k + b * P;
+  acc_t lo = kb[0], hi = kb[0];
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
+    lo = min(lo, kb[p]);
+    hi = max(hi, kb[p]);
+  }
+  block_reduce2(lo, hi, MinOp{}, MaxOp{}, lo_s, hi_s);
+  // The first pixel holding each extreme.
+  long long ilo = P, ihi = P;
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
+    if (kb[p] == lo && p < ilo) ilo = p;
+    if (kb[p] == hi && p < ihi) ihi = p;
+  }
+  block_reduce2(ilo, ihi, MinOp{}, MinOp{}, ilo_s, ihi_s);
+  if (threadIdx.x == 0) kr[b] = Quad<acc_t>{lo, hi, v[b * P + ilo], v[b * P + ihi]};
+}
+
+// The row pass. grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f); with kGrad also
+// dq and the column pass's per-row factors: pack = {q log2e, k*, df / l, df q / l}, fr = f. Sums relative to
+// the row's dominant column (k*, v*; csrc/ops/cpu/rank_one_attention.h): f = v* + sum e (v - v*) / l and
+// dq = df (sum e (k - k*)(v - v*) - sum e (v - v*) sum e (k - k*) / l) / l, free of cancellation when the
+// softmax saturates.
+template <typename acc_t, bool kGrad>
+__global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
+    const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ kr, const acc_t* __restrict__ d, int64_t B,
+    int64_t P, acc_t* __restrict__ gate, acc_t* __restrict__ dq, Quad<acc_t>* __restrict__ pack,
+    acc_t* __restrict__ fr) {
+  __shared__ Pair<acc_t> kv[kTile];
+  const int64_t BP = B * P, b = blockIdx.y;
+  const acc_t* q = qkv + b * P;
+  const acc_t* k = qkv + BP + b * P;
+  const acc_t* v = qkv + 2 * BP + b * P;
+  const Quad<acc_t> range = kr[b];
+  const int64_t row0 = int64_t(blockIdx.x) * kThreads * kRows + threadIdx.x;
+  acc_t qs[kRows], kst[kRows], vst[kRows], l[kRows], sv[kRows], sk[kRows], skv[kRows];
+#pragma unroll
+  for (int t = 0; t < kRows; ++t) {
+    const int64_t i = row0 + t * kThreads;
+    const acc_t qi = i < P ? q[i] : acc_t(0);
+    qs[t] = qi * log2e<acc_t>();
+    kst[t] = qi >= acc_t(0) ? range.b : range.a;
+    vst[t] = qi >= acc_t(0) ? range.d : range.c;
+    l[t] = sv[t] = sk[t] = skv[t] = 0;
+  }
+  for (int64_t j0 = 0; j0 < P; j0 += kTile) {
+    const int n = static_cast<int>(min(int64_t(kTile), P - j0));
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += kThreads) kv[j] = Pair<acc_t>{k[j0 + j], v[j0 + j]};
+    __syncthreads();
+    // Sums of one tile, then added to the totals: two-level summation keeps fp32 rounding at
+    // about (kTile + P / kTile) eps rather than P eps for long rows.
+    acc_t tl[kRows], tsv[kRows], tsk[kRows], tskv[kRows];
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) tl[t] = tsv[t] = tsk[t] = tskv[t] = 0;
+#pragma unroll 4
+    for (int j = 0; j < n; ++j) {
+      const Pair<acc_t> e_kv = kv[j];
+#pragma unroll
+      for (int t = 0; t < kRows; ++t) {
+        const acc_t dk = e_kv.a - kst[t], dv = e_kv.b - vst[t];
+        const acc_t e = ex2(qs[t] * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
+        tl[t] += e;
+        tsv[t] += e * dv;
+        if constexpr (kGrad) {
+          const acc_t ek = e * dk;
+          tsk[t] += ek;
+          tskv[t] += ek * dv;
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) {
+      l[t] += tl[t];
+      sv[t] += tsv[t];
+      sk[t] += tsk[t];
+      skv[t] += tskv[t];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kRows; ++t) {
+    const int64_t i = row0 + t * kThreads;
+    if (i >= P) continue;
+    const acc_t inv_l = acc_t(1) / l[t];
+    const acc_t f = vst[t] + sv[t] * inv_l;
+    const acc_t g = sigmoid(f);
+    const int64_t r = b * P + i;
+    gate[r] = g;
+    if constexpr (kGrad) {
+      const acc_t df = d[r] * g * (acc_t(1) - g);
+      const acc_t qi = q[i];
+      dq[r] = df * (skv[t] - sv[t] * sk[t] * inv_l) * inv_l;
+      const acc_t fa = df * inv_l, fb = fa * qi;
+      pack[r] = Quad<acc_t>{qs[t], kst[t], fa, fb};
+      fr[r] = f;
+    }
+  }
+}
+
+// The column pass of the backward: for column j, dv_j = sum_i e_ij fa_i and
+// dk_j = sum_i e_ij fb_i (v_j - f_i) (the difference per pair: no cancellation when v_j ~ f_i),
+// e_ij = 2^(q_i log2e (k_j - k*_i)).
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads) cubs_spatial_col_kernel(
+    const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ pack, const acc_t* __restrict__ fr, int64_t B,
+    int64_t P, acc_t* __restrict__ dk, acc_t* __restrict__ dv) {
+  __shared__ Quad<acc_t> rows[kTile];
+  __shared__ acc_t rows_f[kTile];
+  const int64_t BP = B * P, b = blockIdx.y;
+  const acc_t* k = qkv + BP + b * P;
+  const acc_t* v = qkv + 2 * BP + b * P;
+  const Quad<acc_t>* pk = pack + b * P;
+  const acc_t* pf = fr + b * P;
+  const int64_t col0 = int64_t(blockIdx.x) * kThreads * kRows + threadIdx.x;
+  acc_t ks[kRows], vj[kRows], sa[kRows], sb[kRows];
+#pragma unroll
+  for (int t = 0; t < kRows; ++t) {
+    const int64_t j = col0 + t * kThreads;
+    ks[t] = j < P ? k[j] : acc_t(0);
+    vj[t] = j < P ? v[j] : acc_t(0);
+    sa[t] = sb[t] = 0;
+  }
+  for (int64_t i0 = 0; i0 < P; i0 += kTile) {
+    const int n = static_cast<int>(min(int64_t(kTile), P - i0));
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+      rows[i] = pk[i0 + i];
+      rows_f[i] = pf[i0 + i];
+    }
+    __syncthreads();
+    acc_t ta[kRows], tb[kRows];  // tile sums, as in the row pass
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) ta[t] = tb[t] = 0;
+#pragma unroll 4
+    for (int i = 0; i < n; ++i) {
+      const Quad<acc_t> r = rows[i];
+      const acc_t fi = rows_f[i];
+#pragma unroll
+      for (int t = 0; t < kRows; ++t) {
+        const acc_t e = ex2(r.a * (ks[t] - r.b));
+        ta[t] += e * r.c;
+        tb[t] += e * r.d * (vj[t] - fi);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kRows; ++t) {
+      sa[t] += ta[t];
+      sb[t] += tb[t];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kRows; ++t) {
+    const int64_t j = col0 + t * kThreads;
+    if (j >= P) continue;
+    dv[b * P + j] = sa[t];
+    dk[b * P + j] = sb[t];
+  }
+}
+
+}  // namespace
+}  // namespace recogfast
