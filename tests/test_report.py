@@ -144,3 +144,24 @@ def test_page_renders_in_headless_chromium(classify_run, tmp_path):
     with Image.open(shot) as im:
         lo, hi = im.convert("L").getextrema()
     assert hi - lo > 50  # not a blank page
+
+
+def test_viz_retrieval_grid_from_model_and_dataset(shapes_cache):
+    """The notebook API: a model and a dataset in, a Figure out, with a row of k + 1 images per query whose
+    frames are green exactly where the neighbour (in recogfast.metrics' order) shares the query's class."""
+    from recogfast import viz
+    from recogfast.data import Shapes196, build_loader
+    from recogfast.models import create_model
+    from recogfast.report.build import _outputs, neighbour_grid
+
+    torch.manual_seed(0)
+    ds = Shapes196(cache_dir=shapes_cache, split="test", images_per_class=4)
+    model = create_model("tinynet", num_classes=10)
+    fig = viz.retrieval_grid(model, ds, n=3, k=4, image_size=16)
+    assert len(fig.axes) == 3 * 5
+    loader = build_loader(ds, train=False, batch_size=128, image_size=16, backend="torchvision", num_workers=0)
+    e, y = _outputs(model.eval(), loader, False)
+    _, grid, _ = neighbour_grid(e, y, ds, 3, 0, 16, k=4)
+    green = [[ax.spines["top"].get_edgecolor() for ax in fig.axes[r * 5 + 1:(r + 1) * 5]] for r in range(3)]
+    for row, colors in zip(grid, green):
+        assert [c[1] > c[0] for c in colors] == row["same"]  # green frame (more G than R) iff same class

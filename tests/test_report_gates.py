@@ -29,3 +29,22 @@ def test_viz_api():
     from recogfast import viz
 
     assert callable(viz.gate_maps) and callable(viz.retrieval_grid) and callable(viz.make_report)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_se_gate_times_input_is_output_and_strip(impl, tmp_path):
+    from recogfast.models import create_model
+    from recogfast.nn.se import SEBlock
+    from recogfast.report.gates import gate_figure
+
+    torch.manual_seed(0)
+    model = create_model("se_resnet18", num_classes=5, stem="small", attn_impl=impl)
+    x = torch.randn(2, 3, 32, 32)
+    maps = gate_maps(model, x, with_inputs=True)
+    names = [n for n, m in model.named_modules() if isinstance(m, SEBlock)]
+    assert len(names) == 8
+    for n in names:
+        torch.testing.assert_close(maps[n][:, :, None, None] * maps[n + ":input"], maps[n + ":output"],
+                                   rtol=1e-5, atol=1e-5)
+    figs = gate_figure(x, {n: maps[n] for n in names}, lambda t: t.permute(1, 2, 0).clamp(0, 1).numpy())
+    assert set(figs) == {"channel"} and "SE channel gates" in figs["channel"].axes[0].get_title()

@@ -161,28 +161,35 @@ def _pca2(e: torch.Tensor) -> tuple[torch.Tensor, str]:
     return x @ v[:2].T, "PCA"
 
 
+def neighbour_grid(e: torch.Tensor, y: torch.Tensor, ds, n: int, seed: int, image_size: int, k: int = 8):
+    """The retrieval grid of `n` seeded queries of `ds` with embeddings `e`: (figure, the grid as records,
+    the generator that drew the queries, to draw more from)."""
+    idx, sims = nearest(e, k)
+    g = torch.Generator().manual_seed(seed)
+    queries = torch.randperm(e.shape[0], generator=g)[:n].tolist()
+    same = [(y[idx[q]] == y[q]).tolist() for q in queries]
+    fig = fg.retrieval_grid(
+        [_thumb(ds.files[q], image_size) for q in queries],
+        [[_thumb(ds.files[j], image_size) for j in idx[q].tolist()] for q in queries],
+        same, [sims[q].tolist() for q in queries], [ds.class_names[y[q]] for q in queries])
+    grid = [{"query": q, "label": int(y[q]), "neighbours": idx[q].tolist(), "labels": y[idx[q]].tolist(),
+             "same": same[i], "similarity": sims[q].tolist()} for i, q in enumerate(queries)]
+    return fig, grid, g
+
+
 def retrieval(model, loader, ds, folder: Path, image_size: int, n: int, seed: int, features: bool) -> dict:
     from recogfast.metrics import retrieval_metrics
 
     e, y = _outputs(model, loader, features)
     metrics = retrieval_metrics(e, y, RECALL_KS)
-    idx, sims = nearest(e, 8)
-    g = torch.Generator().manual_seed(seed)
-    queries = torch.randperm(e.shape[0], generator=g)[:n].tolist()
-    same = [(y[idx[q]] == y[q]).tolist() for q in queries]
-    names = ds.class_names
-    files = {"grid": fg.save(fg.retrieval_grid(
-        [_thumb(ds.files[q], image_size) for q in queries],
-        [[_thumb(ds.files[j], image_size) for j in idx[q].tolist()] for q in queries],
-        same, [sims[q].tolist() for q in queries], [names[y[q]] for q in queries]), folder / "retrieval_grid.png")}
+    fig, grid, g = neighbour_grid(e, y, ds, n, seed, image_size)
+    files = {"grid": fg.save(fig, folder / "retrieval_grid.png")}
     recalls = [metrics[f"recall@{k}"] for k in RECALL_KS]
     files["recall"] = fg.save(fg.recall_curve(RECALL_KS, recalls, "Recall@K"), folder / "recall_at_k.png")
     pts, method = _pca2(e)
     thumbs = [(i, _thumb(ds.files[i], 32)) for i in torch.randperm(e.shape[0], generator=g)[:12].tolist()]
     files["map"] = fg.save(fg.embedding_map(pts, y, thumbs, f"embeddings ({method}), coloured by class"),
                            folder / "embedding_map.png")
-    grid = [{"query": q, "label": int(y[q]), "neighbours": idx[q].tolist(), "labels": y[idx[q]].tolist(),
-             "same": same[i], "similarity": sims[q].tolist()} for i, q in enumerate(queries)]
     with open(folder / "retrieval_grid.json", "w") as f:
         json.dump(grid, f, indent=1)
     return {"recall": dict(zip(RECALL_KS, recalls)), "images": int(y.numel()), "files": files, "method": method}

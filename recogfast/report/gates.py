@@ -1,4 +1,4 @@
-"""CUBS gates from forward hooks: the fused ops return y = gate × x, not the gate, so each gate is
+"""CUBS and SE gates from forward hooks: the fused ops return y = gate × x, not the gate, so each gate is
 computed from the module's input and weights with the reference math (recogfast.ops)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recogfast.nn.cubs import CUBSBlock1, CUBSBlock2
+from recogfast.nn.se import SEBlock
 from recogfast.ops._attn import rank_one_attention_reference
 
 
@@ -27,17 +28,28 @@ def channel_gate(m: CUBSBlock1, x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(F.linear(f, m.out.weight.float(), m.out.bias.float()) + g)
 
 
+def se_gate(m: SEBlock, x: torch.Tensor) -> torch.Tensor:
+    """sigmoid(W2 relu(W1 g + b1) + b2) of an SE block: [B, C]."""
+    g = x.float().mean(dim=(2, 3))
+    h = torch.relu(F.linear(g, m.fc1.weight.flatten(1).float(), m.fc1.bias.float()))
+    return torch.sigmoid(F.linear(h, m.fc2.weight.flatten(1).float(), m.fc2.bias.float()))
+
+
+_GATES = {CUBSBlock1: channel_gate, CUBSBlock2: spatial_gate, SEBlock: se_gate}
+
+
 @torch.no_grad()
 def gate_maps(model: nn.Module, images: torch.Tensor, with_inputs: bool = False) -> dict[str, torch.Tensor]:
-    """{module name: gate} for every CUBS Block 1 (channel gate [B, C]) and Block 2 (spatial gate
-    [B, H, W]) of `model` on `images`; with `with_inputs`, also ``name + ":input"`` and ``name + ":output"``."""
+    """{module name: gate} for every CUBS Block 1 and SE block (channel gate [B, C]) and CUBS Block 2 (spatial
+    gate [B, H, W]) of `model` on `images`; with `with_inputs`, also ``name + ":input"`` and ``name + ":output"``."""
     out: dict[str, torch.Tensor] = {}
     hooks = []
     for name, m in model.named_modules():
-        if isinstance(m, (CUBSBlock1, CUBSBlock2)):
-            def hook(mod, args, y, name=name):
+        gate = next((fn for cls, fn in _GATES.items() if isinstance(m, cls)), None)
+        if gate is not None:
+            def hook(mod, args, y, name=name, gate=gate):
                 x = args[0]
-                out[name] = (spatial_gate if isinstance(mod, CUBSBlock2) else channel_gate)(mod, x)
+                out[name] = gate(mod, x)
                 if with_inputs:
                     out[name + ":input"], out[name + ":output"] = x.detach(), y.detach()
             hooks.append(m.register_forward_hook(hook))
@@ -89,7 +101,8 @@ def gate_figure(images: torch.Tensor, gates: dict[str, torch.Tensor], show):
         ax.set_yticks(range(len(channel)))
         ax.set_yticklabels([n[:24] for n, _ in channel], fontsize=6)
         ax.set_xlabel("channel")
-        ax.set_title("CUBS Block 1 channel gates sigmoid(z), mean over the images", fontsize=8)
+        what = " / ".join(sorted({"CUBS Block 1" if n.endswith("block1") else "SE" for n, _ in channel}))
+        ax.set_title(f"{what} channel gates, mean over the images", fontsize=8)
         fig.colorbar(im, ax=ax, fraction=0.03)
         fig.tight_layout()
         figs["channel"] = fig
