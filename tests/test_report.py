@@ -165,3 +165,20 @@ def test_viz_retrieval_grid_from_model_and_dataset(shapes_cache):
     green = [[ax.spines["top"].get_edgecolor() for ax in fig.axes[r * 5 + 1:(r + 1) * 5]] for r in range(3)]
     for row, colors in zip(grid, green):
         assert [c[1] > c[0] for c in colors] == row["same"]  # green frame (more G than R) iff same class
+
+
+def test_report_goes_to_tensorboard(classify_run):
+    """The report's pictures as TensorBoard images and the run's hyperparameters with its val/test results."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(classify_run / "tb")).Reload()
+    tags = scalars.Tags()
+    assert {"report/confusion", "report/per_class_accuracy", "report/loss"} <= set(tags["images"])
+    assert not {"epoch", "steps", "best"} & set(tags["scalars"])  # per-epoch curves only
+    hp_dir = next(p for p in (classify_run / "tb").rglob("*") if p.is_dir() and p.name == "hparams")
+    hp = EventAccumulator(str(hp_dir)).Reload()
+    summary = json.loads((classify_run / "summary.json").read_text())
+    logged = {t: hp.Scalars(t)[-1].value for t in hp.Tags()["scalars"]}
+    assert abs(logged["hparam/test_top1"] - summary["test"]["top1"]) < 1e-6
+    assert abs(logged["hparam/val_top1"] - summary["val"]["top1"]) < 1e-6

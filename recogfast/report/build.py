@@ -257,5 +257,8 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
             sections["why"] = why_section(model, loader, ds, folder)
         sections["attention"] = attention_section(model, loader, folder)
         sections["evaluated"] = {"checkpoint": f"{checkpoint}.pt", "epoch": epoch, "split": split}
+    from recogfast.report.tensorboard import report_to_tensorboard
+
+    sections["tensorboard"] = report_to_tensorboard(run, folder, summary, (sections.get("evaluated") or {}).get("epoch"))
     sections["seconds"] = time.perf_counter() - t0
     return write_page(folder, run, summary, sections, note)
