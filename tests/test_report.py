@@ -182,3 +182,27 @@ def test_report_goes_to_tensorboard(classify_run):
     logged = {t: hp.Scalars(t)[-1].value for t in hp.Tags()["scalars"]}
     assert abs(logged["hparam/test_top1"] - summary["test"]["top1"]) < 1e-6
     assert abs(logged["hparam/val_top1"] - summary["val"]["top1"]) < 1e-6
+
+
+def test_embedding_map_prefers_umap_when_installed(monkeypatch):
+    import sys
+    import types
+
+    from recogfast.report.build import _pca2
+
+    calls = []
+
+    class FakeUMAP:
+        def __init__(self, **kw):
+            calls.append(kw)
+
+        def fit_transform(self, x):
+            return x[:, :2] * 2
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
+    e = torch.randn(20, 8)
+    pts, method = _pca2(e)
+    assert method == "UMAP" and pts.shape == (20, 2) and calls[0]["n_components"] == 2
+    torch.testing.assert_close(pts, torch.nn.functional.normalize(e, dim=1)[:, :2] * 2)
+    monkeypatch.setitem(sys.modules, "umap", None)  # not installed: t-SNE (scikit-learn) or PCA
+    assert _pca2(e)[1] in ("t-SNE", "PCA")

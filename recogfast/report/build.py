@@ -147,6 +147,16 @@ def nearest(e: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _pca2(e: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """2-D map of the embeddings: UMAP when umap-learn is installed, else t-SNE (scikit-learn, up to 3000
+    points), else PCA."""
+    try:
+        import umap
+
+        pts = umap.UMAP(n_components=2, random_state=0, n_neighbors=min(15, max(2, e.shape[0] - 1))).fit_transform(
+            F.normalize(e, dim=1).numpy())
+        return torch.as_tensor(pts), "UMAP"
+    except ImportError:
+        pass
     try:  # t-SNE when scikit-learn is installed and the set is small enough to be quick
         from sklearn.manifold import TSNE
 
