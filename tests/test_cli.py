@@ -144,3 +144,20 @@ def test_help_does_not_import_torchvision_models_or_pipelines(argv):
                          env={**os.environ, "PYTHONPATH": root})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-500:]
+
+
+def test_train_flag_defaults_are_run_config_defaults():
+    """A default is written once, in RunConfig: every train flag of a RunConfig field has RunConfig's default
+    (except the flags whose None is resolved later from the task, dataset or run folder)."""
+    import dataclasses
+
+    from recogfast.cli import DECIDED_LATER, build_parser
+    from recogfast.engine.tasks import RunConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    checked = 0
+    for action in build_parser().train_parser._actions:
+        if action.dest in defaults and action.dest not in DECIDED_LATER:
+            assert action.default == defaults[action.dest], (action.option_strings, action.default)
+            checked += 1
+    assert checked >= 40
