@@ -24,6 +24,7 @@ from torch import nn
 from recogfast.engine.checkpoint import (
     atomic_save, clean_temp_files, load_checkpoint, repair_best, rng_state, set_rng_state,
 )
+from recogfast.engine.finetune import build_ema, ema_weights
 from recogfast.engine.logs import CSVLog, Progress, TensorBoard, plot_history
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
@@ -40,7 +41,7 @@ class ResumeError(ValueError):
 
 # config fields a resumed run must share with its checkpoint (the model's shape and what it learns)
 RESUME_FIELDS = ("task", "dataset", "model", "protocol", "num_classes", "image_size", "stem", "embedding_dim",
-                 "xbm_size")
+                 "xbm_size", "ema", "accumulate")
 
 
 class StopTraining(Exception):
@@ -59,6 +60,8 @@ class TrainerOptions:
     channels_last: bool = False
     compile: bool = False
     grad_clip: float | None = None
+    accumulate: int = 1  # optimizer steps every N batches (loss / N; the schedule counts optimizer steps)
+    ema_decay: float | None = None  # weight EMA (val and test score it); None = off
     steps_per_epoch: int | None = None  # cap on steps per epoch (None = whole loader)
     progress: bool = True
     tensorboard: bool = True
@@ -87,7 +90,10 @@ class Trainer:
             checkpoint (``best.pt``: best on val, or the last epoch without val); the summary's ``test``.
         optimizer, scheduler, scheduler_interval: from :mod:`recogfast.engine.schedule`.
         out_dir: run folder: ``last.pt``, ``best.pt``, ``log.csv``, ``summary.json``, plots, ``tb/``.
-        callbacks: ``fn(trainer, event, **info)`` for events "step" and "epoch".
+        callbacks: ``fn(trainer, event, **info)`` for events "epoch_start" (after ``model.train()``),
+            "step" (every batch; ``optimizer_step`` says whether the optimizer stepped) and "epoch".
+        batch_transform: ``(images, labels) -> (images, labels)`` on the device before the forward
+            (MixUp / CutMix: soft labels for the loss).
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class Trainer:
         device: str | torch.device = "cpu",
         callbacks: list[Callable] | None = None,
         test_evaluate: Callable[[nn.Module], dict] | None = None,
+        batch_transform: Callable | None = None,
     ):
         self.opt = options or TrainerOptions()
         if self.opt.amp not in AMP_DTYPES:
@@ -124,14 +131,13 @@ class Trainer:
         self.scheduler_interval = scheduler_interval
         self.out_dir = Path(out_dir)
         self.callbacks = list(callbacks or [])
+        self.batch_transform = batch_transform
         self.distributed = dist.is_available() and dist.is_initialized()
         self.is_main = _is_main()
-        self.train_model: nn.Module = self.model
-        if self.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if self.opt.compile:
-            self.train_model = torch.compile(self.train_model)
+        self.rewrap()
+        self.ema = None
+        if self.opt.ema_decay is not None:
+            self.ema = build_ema(self.model, self.opt.ema_decay)
         amp_dtype = AMP_DTYPES[self.opt.amp]
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
@@ -147,6 +153,21 @@ class Trainer:
         self.step_losses: list[float] = []  # this process's losses, for tests and the progress bar
         self.stopped_early = False
 
+    def rewrap(self) -> None:
+        """(Re)build the training wrapper: DDP (which registers the parameters that take gradients when
+        it is built: again after an unfreeze) and ``torch.compile``."""
+        self.train_model: nn.Module = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.opt.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What val and test score: the EMA weights with ``ema_decay``, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -155,6 +176,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, nn.Module) else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "best_value": self.best_value,
@@ -179,6 +201,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if isinstance(self.loss_fn, nn.Module) and state.get("loss") is not None:
             self.loss_fn.load_state_dict(state["loss"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         sampler = self._sampler()
         if sampler is not None and hasattr(sampler, "load_state_dict") and state.get("sampler") is not None:
             sampler.load_state_dict(state["sampler"])
@@ -254,10 +278,14 @@ class Trainer:
 
     def train_one_epoch(self) -> dict[str, float]:
         self.train_model.train()
+        self._emit("epoch_start")
         sampler = self._sampler()
         if sampler is not None:
             sampler.set_epoch(self.epoch)
         total = self._steps_in_epoch()
+        accumulate = self.opt.accumulate
+        if accumulate > 1 and total is None:
+            raise ValueError("gradient accumulation needs a training loader with a length (or steps_per_epoch)")
         bar = Progress(total, f"epoch {self.epoch + 1}/{self.opt.epochs}", enabled=self.opt.progress and self.is_main)
         loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
         for step, (images, labels) in enumerate(self.train_loader):
@@ -265,34 +293,56 @@ class Trainer:
                 break
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
+            if self.batch_transform is not None:
+                images, labels = self.batch_transform(images, labels)
             if self.opt.channels_last and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                outputs = self.train_model(images)
-            loss = self.loss_fn(outputs.float(), labels)
-            if not torch.isfinite(loss):
-                raise Diverged(self._diverged_text(f"loss is {loss.item()}", step))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.opt.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.opt.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.scheduler is not None and self.scheduler_interval == "step":
-                self.scheduler.step()
-            self.global_step += 1
+            # groups of `accumulate` batches (the epoch's last group may be shorter: its own mean)
+            first = step - step % accumulate
+            group = accumulate if total is None else min(accumulate, total - first)
+            steps_now = step - first + 1 == group
+            if step == first:
+                self.optimizer.zero_grad(set_to_none=True)
+            with self._sync(steps_now):
+                with self.autocast():
+                    outputs = self.train_model(images)
+                loss = self.loss_fn(outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs,
+                                    labels)
+                if not torch.isfinite(loss):
+                    raise Diverged(self._diverged_text(f"loss is {loss.item()}", step))
+                self.scaler.scale(loss / group if group > 1 else loss).backward()
+            if steps_now:
+                self._optimizer_step()
             value = float(loss.detach())
             self.step_losses.append(value)
             loss_sum += value
             loss_count += 1
             bar.update(int(labels.shape[0]), loss=value, lr=self.optimizer.param_groups[0]["lr"])
-            self._emit("step", step=step, loss=value)
+            self._emit("step", step=step, loss=value, optimizer_step=steps_now)
         bar.close()
         if loss_count == 0:
             raise ValueError(f"epoch {self.epoch + 1} ran no optimizer step: the training loader yielded no batch "
                              f"(fewer samples than one batch?)")
         return {"train_loss": float(loss_sum) / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
+
+    def _sync(self, steps_now: bool):
+        """DDP all-reduces the gradients only on the batch that ends an accumulation group."""
+        ddp = getattr(self.train_model, "_orig_mod", self.train_model)  # under torch.compile
+        if steps_now or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+            return nullcontext()
+        return ddp.no_sync()
+
+    def _optimizer_step(self) -> None:
+        if self.opt.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.opt.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self.global_step += 1
 
     def _diverged_text(self, what: str, step: int | None = None) -> str:
         where = f"epoch {self.epoch + 1}" + (f", step {step + 1} (global step {self.global_step + 1})" if step is not None else "")
@@ -346,10 +396,10 @@ class Trainer:
                 self._check_weights()
                 metrics = {}
                 if self.evaluate_fn is not None:
-                    self.model.eval()
+                    self.eval_model.eval()
                     try:
                         with torch.no_grad(), self.autocast():
-                            metrics = self.evaluate_fn(self.model)
+                            metrics = self.evaluate_fn(self.eval_model)
                     except Diverged:
                         raise
                     except FloatingPointError as err:  # the metrics refuse non-finite outputs
@@ -412,16 +462,18 @@ class Trainer:
         put back to the last epoch's weights afterwards."""
         epoch = self.chosen_epoch()
         last = None
+        scored = self.eval_model
         if epoch != self.epoch:
             if self.distributed:
                 dist.barrier()  # rank 0 wrote best.pt
-            last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(load_checkpoint(self.out_dir / "best.pt")["model"])
-        self.model.eval()
+            last = {k: v.detach().clone() for k, v in scored.state_dict().items()}
+            best = load_checkpoint(self.out_dir / "best.pt")
+            scored.load_state_dict(best["model"] if self.ema is None else ema_weights(best))
+        scored.eval()
         with torch.no_grad(), self.autocast():
-            metrics = self.test_evaluate_fn(self.model)
+            metrics = self.test_evaluate_fn(scored)
         if last is not None:
-            self.model.load_state_dict(last)
+            scored.load_state_dict(last)
         chosen = f"best val {self.opt.monitor}" if self.evaluate_fn is not None else "last epoch, no validation"
         return {"epoch": epoch, "chosen_by": chosen, **{k: float(v) for k, v in metrics.items()}}
 

@@ -41,13 +41,21 @@ RANGES: dict[str, tuple[Any, str]] = {
     "ms_epsilon": (lambda v: 0 <= v < math.inf, "a number >= 0"),
     "xbm_size": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "images_per_class": (lambda v: v >= 2, "an integer >= 2"),
+    "head_lr_mult": (lambda v: 0 < v < math.inf, "a number > 0"),
+    "unfreeze_at": (lambda v: v >= 2, "an integer >= 2 (the first epoch that trains everything)"),
+    "ema": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "mixup": (lambda v: 0 <= v < math.inf, "a number >= 0 (0 = off)"),
+    "cutmix": (lambda v: 0 <= v < math.inf, "a number >= 0 (0 = off)"),
+    "accumulate": (lambda v: v >= 1, "an integer >= 1"),
 }
 INTEGERS = {"epochs", "batch_size", "image_size", "step_size", "plateau_patience", "patience", "seed", "split_seed",
-            "num_workers", "steps_per_epoch", "embedding_dim", "m_per_class", "xbm_size", "images_per_class"}
+            "num_workers", "steps_per_epoch", "embedding_dim", "m_per_class", "xbm_size", "images_per_class",
+            "unfreeze_at", "accumulate"}
 CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step", "plateau", "none"),
            "amp": ("auto", "bf16", "fp16", "none"), "backend": ("auto", "dali", "torchvision"),
            "stem": ("imagenet", "small"), "attn_impl": ("auto", "fused", "reference"),
-           "mining": ("ms", "all", "hardest"), "on_error": ("raise", "skip")}
+           "mining": ("ms", "all", "hardest"), "on_error": ("raise", "skip"),
+           "freeze": ("stem", "layer1", "layer2", "layer3", "layer4")}
 _FLAGS = {"num_workers": "--workers", "xbm_size": "--xbm"}
 
 
