@@ -12,6 +12,7 @@ from recogfast.engine import RunConfig, Trainer, TrainerOptions, build_optimizer
 from recogfast.engine.finetune import Freezer, batch_mix, ema_weights
 from recogfast.models import create_model
 from test_engine import Killed, _data, _evaluate, _model
+from test_runs import shapes_cache  # noqa: F401  (fixture)
 
 
 def test_freeze_leaves_frozen_weights_and_bn_statistics_bit_identical():
@@ -133,7 +134,7 @@ def test_mixup_and_cutmix_soft_labels_sum_to_one():
     assert batch_mix(5) is None
     loss = nn.CrossEntropyLoss(label_smoothing=0.1)(torch.randn(8, 5), soft)  # probabilities as targets
     assert torch.isfinite(loss)
-    with pytest.raises(ValueError, match="--mixup: classification only"):
+    with pytest.raises(ValueError, match="--mixup: classification only, not retrieval"):
         RunConfig(task="retrieval", mixup=0.2).resolved()
     with pytest.raises(ValueError, match="--unfreeze-at needs --freeze"):
         RunConfig(unfreeze_at=3).resolved()
@@ -163,3 +164,30 @@ def test_resume_is_exact_with_ema_accumulation_and_mixup(tmp_path):
                     list(full.model.state_dict().values()) + list(full.ema.state_dict().values())):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert [r["val_top1"] for r in resumed.history] == [r["val_top1"] for r in full.history]
+
+
+def test_cli_fine_tuning_run_and_refusals(tmp_path, shapes_cache, capsys, monkeypatch):
+    from recogfast.cli import main
+    from test_runs import _base, _error
+
+    monkeypatch.setattr("recogfast.report.cli.report_after_training", lambda *a, **k: None)  # not under test here
+    out = tmp_path / "ft"
+    argv = _base(shapes_cache, model="resnet18") + [
+        "--steps-per-epoch", "1", "--epochs", "2", "--stem", "imagenet", "--no-channels-last", "--freeze", "layer2", "--unfreeze-at", "2",
+        "--head-lr-mult", "5", "--ema", "0.9", "--accumulate", "2", "--mixup", "0.2", "--cutmix", "1.0",
+        "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "TEST (epoch" in text
+    import json
+
+    saved = json.load(open(out / "config.json"))
+    assert (saved["freeze"], saved["unfreeze_at"], saved["ema"], saved["accumulate"], saved["mixup"]) == \
+        ("layer2", 2, 0.9, 2, 0.2)
+    last = load_checkpoint(out / "last.pt")
+    assert last["global_step"] == 2 and int(last["ema"]["n_averaged"]) == 2  # one optimizer step an epoch
+    base = _base(shapes_cache) + ["--out", str(tmp_path / "x")]
+    assert "--mixup: classification only, not retrieval" in _error(capsys, base[:1] + ["retrieval"] + base[2:] + ["--mixup", "0.2"])
+    assert "TinyNet has no conv1" in _error(capsys, base + ["--freeze", "stem"])
+    assert "--unfreeze-at needs --freeze" in _error(capsys, base + ["--unfreeze-at", "3"])
+    assert "--accumulate: expected an integer >= 1, got 0" in _error(capsys, base + ["--accumulate", "0"])

@@ -316,7 +316,7 @@ def finish(study, spec: dict) -> dict[str, Any]:
         result["best"] = {"trial": best.number, "value": best.value, "params": best.params, "run_dir": str(run_dir)}
     result["plots"] = _plots(study, folder)
     print(table)
-    print(f"trials: " + ", ".join(f"{n} {k}" for k, n in result["states"].items()))
+    print("trials: " + ", ".join(f"{n} {k}" for k, n in result["states"].items()))
     if result["best"]:
         b = result["best"]
         print(f"best trial {b['trial']} (val {spec['metric']} {b['value']:.4f}): {_params_text(b['params'])}; "
@@ -370,7 +370,7 @@ def cmd_sweep(args) -> int:
     from recogfast.cli import UsageError
 
     try:
-        import optuna  # noqa: F401
+        import optuna  # noqa: F401  (installed?)
     except ImportError:
         raise UsageError("recogfast sweep needs optuna and pyyaml: pip install 'recogfast[sweep]'") from None
     try:

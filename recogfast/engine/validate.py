@@ -88,9 +88,9 @@ def check_combinations(cfg) -> None:
     if cfg.amp == "fp16" and not cfg.device.startswith("cuda"):
         raise ValueError(f"--amp fp16: fp16 autocast with a gradient scaler needs a CUDA device, not {cfg.device!r} "
                          f"(use --amp bf16 or none)")
-    if cfg.task == "retrieval" and (cfg.mixup or cfg.cutmix):
-        raise ValueError(f"{'--mixup' if cfg.mixup else '--cutmix'}: classification only (the Multi-Similarity loss "
-                         f"pairs images by their hard labels)")
+    if cfg.task != "classify" and (cfg.mixup or cfg.cutmix):
+        raise ValueError(f"{'--mixup' if cfg.mixup else '--cutmix'}: classification only, not {cfg.task} (its loss "
+                         f"needs the hard labels)")
     if cfg.unfreeze_at is not None and cfg.freeze is None:
         raise ValueError("--unfreeze-at needs --freeze STAGE (nothing is frozen)")
 
