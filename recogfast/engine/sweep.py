@@ -185,7 +185,7 @@ def open_study(spec: dict, storage: str | None = None):
         raise SpecError(f"--storage {url}: {str(err).strip().splitlines()[0]}") from None
     sampler = optuna.samplers.TPESampler(seed=spec["seed"])
     pruner = optuna.pruners.MedianPruner(n_startup_trials=spec["pruner"]["startup_trials"],
-                                         n_warmup_steps=spec["pruner"]["warmup_epochs"])
+                                         n_warmup_steps=spec["pruner"]["warmup_epochs"] + 1)  # steps are 1-based epochs
     study = optuna.create_study(study_name=spec["study"], storage=rdb, sampler=sampler, pruner=pruner,
                                 direction=spec["direction"], load_if_exists=True)
     for params in spec["enqueue"]:
