@@ -8,7 +8,7 @@ sweep folder::
     direction: maximize             # default: minimize for loss, maximize otherwise
     trials: 20                      # trials in all (complete + pruned + running), over every worker
     seed: 0                         # TPE seed: a reproducible single-worker sweep (leave out with several)
-    pruner: {startup_trials: 2, warmup_epochs: 1}    # optuna.pruners.MedianPruner
+    pruner: {startup_trials: 2, warmup_epochs: 1}    # optuna's MedianPruner (never after the last epoch)
     heartbeat: 10                   # seconds; a trial silent for 2x is failed and retried (resumed)
     enqueue: [{lr: 0.003}]          # trials to run first (optuna's enqueue_trial)
     base: {task: classify, dataset: shapes196, model: tinynet, epochs: 6}
@@ -234,7 +234,7 @@ def _objective(spec: dict, callbacks: list):
                 if row["epoch"] not in reported and value is not None:
                     trial.report(float(value), row["epoch"])
                 reported.add(row["epoch"])
-            if trial.should_prune():
+            if trainer.epoch < trainer.opt.epochs and not trainer.stopped_early and trial.should_prune():
                 trainer.pruned_at, trainer.test_evaluate_fn = trainer.epoch, None  # a pruned trial is not tested
                 raise StopTraining
 
