@@ -114,27 +114,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ms-epsilon", type=float, default=0.1)
     p.add_argument("--xbm", dest="xbm_size", type=int, default=0, help="cross-batch memory size (0: off)")
     p.add_argument("--images-per-class", type=int, default=40, help="Shapes196 only")
-    _add_finetune_args(p)
+    from recogfast.engine.finetune import add_finetune_args
+
+    add_finetune_args(p)
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue from <out>/last.pt (or from the given checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-
-
-def _add_finetune_args(p: argparse.ArgumentParser) -> None:
-    from recogfast.engine.finetune import STAGES
-
-    g = p.add_argument_group("fine-tuning (recogfast/engine/finetune.py)")
-    g.add_argument("--freeze", choices=STAGES, default=None,
-                   help="freeze the stem up to and including this stage (its BatchNorm stays in eval mode)")
-    g.add_argument("--head-lr-mult", type=float, default=1.0, help="learning-rate factor of the fc/embedding head")
-    g.add_argument("--unfreeze-at", type=int, default=None, help="the epoch (1-based) from which everything trains")
-    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
-                   help="weight EMA (torch.optim.swa_utils): val and test score the EMA weights")
-    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="MixUp Beta alpha (classify; 0 = off)")
-    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="CutMix Beta alpha (classify; 0 = off)")
-    g.add_argument("--accumulate", type=int, default=1, metavar="N",
-                   help="optimizer step every N batches (loss / N; the schedule counts optimizer steps)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from recogfast.engine import RunConfig, Trainer, TrainerOptions, build_optimizer
 from recogfast.engine.finetune import Freezer, batch_mix, ema_weights
 from recogfast.models import create_model
 from test_engine import Killed, _data, _evaluate, _model
-from test_runs import shapes_cache  # noqa: F401  (fixture)
+from test_runs import shapes_cache  # noqa: F401,F811  (the fixture)
 
 
 def test_freeze_leaves_frozen_weights_and_bn_statistics_bit_identical():

@@ -109,3 +109,18 @@ def batch_mix(num_classes: int, mixup: float = 0.0, cutmix: float = 0.0):
     if not mixes:
         return None
     return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
+def add_finetune_args(p) -> None:
+    """The fine-tuning flags of ``recogfast train`` (RunConfig fields of the same names)."""
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--freeze", choices=STAGES, default=None,
+                   help="freeze the stem up to and including this stage (its BatchNorm stays in eval mode)")
+    g.add_argument("--head-lr-mult", type=float, default=1.0, help="learning-rate factor of the fc/embedding head")
+    g.add_argument("--unfreeze-at", type=int, default=None, help="the epoch (1-based) from which everything trains")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="weight EMA (torch.optim.swa_utils): val and test score the EMA weights")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="MixUp Beta alpha (classify; 0 = off)")
+    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="CutMix Beta alpha (classify; 0 = off)")
+    g.add_argument("--accumulate", type=int, default=1, metavar="N",
+                   help="optimizer step every N batches (loss / N; the schedule counts optimizer steps)")
