@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-TEST_DEPS := pytest pytest-benchmark hypothesis scipy expecttest numpy matplotlib timm onnx onnxscript onnxruntime pillow scikit-learn captum tensorboard
+TEST_DEPS := pytest pytest-benchmark hypothesis scipy expecttest numpy matplotlib timm onnx onnxscript onnxruntime pillow scikit-learn captum tensorboard optuna pyyaml
 DEPS_STAMP := $(VENV)/.recogfast-deps
 BUILD_STAMP := $(VENV)/.recogfast-build
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') setup.py pyproject.toml

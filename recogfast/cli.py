@@ -6,6 +6,7 @@
     recogfast train classify --config runs/x/config.json --out runs/y      # a saved run again (flags override)
     recogfast eval --checkpoint runs/x/best.pt [--split val|test] [--features] [--baselines]
     recogfast compare runs/cubs-parallel runs/cubs-serial12 runs/cubs-serial21 [--format table|md|csv]
+    recogfast sweep examples/sweep-shapes.yaml [--trials N] [--storage URL]   # an Optuna sweep (README: Sweeps)
     recogfast info | recogfast bench | recogfast demo
 
 Every run has train / val / test splits: only val steers training (best.pt, --patience, the plateau
@@ -113,6 +114,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ms-epsilon", type=float)
     p.add_argument("--xbm", dest="xbm_size", type=int, help="cross-batch memory size (0: off)")
     p.add_argument("--images-per-class", type=int, help="Shapes196 only")
+    from recogfast.engine.finetune import add_finetune_args
+
+    add_finetune_args(p)
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue from <out>/last.pt (or from the given checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -161,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", choices=("auto", "dali", "torchvision"), default="auto")
     ev.add_argument("--workers", dest="num_workers", type=int, default=None)
     cmp = sub.add_parser("compare", help="one table of several runs' summaries (e.g. the three CUBS placements)")
-    cmp.add_argument("runs", nargs="+", help="run folders (holding summary.json)")
+    cmp.add_argument("runs", nargs="+", help="run folders (holding summary.json), or sweep folders (their trials)")
     cmp.add_argument("--format", choices=("table", "md", "csv"), default="table")
     sub.add_parser("info", help="build, devices, kernels, models")
     bench = sub.add_parser("bench", help="run the benchmark suites and print one table")
@@ -170,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     from recogfast.report.cli import add_report_parser
 
     add_report_parser(sub)
+    from recogfast.engine.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     demo = sub.add_parser("demo", help="the Shapes196 end-to-end demo")
     from recogfast.demo import add_demo_args
 

@@ -45,7 +45,7 @@ class _Shard:
             yield x[self.rank :: self.world], y[self.rank :: self.world]
 
 
-def _run(task, rank, world, out_dir):
+def _run(task, rank, world, out_dir, accumulate=1):
     from recogfast.engine import Trainer, TrainerOptions
     from recogfast.engine.tasks import classification_eval
     from recogfast.losses import MultiSimilarityLoss
@@ -56,17 +56,18 @@ def _run(task, rank, world, out_dir):
     loader = _Shard(batches, rank, world)
     evaluate = classification_eval(_Shard(batches[:1], rank, world)) if task == "classify" else None
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    options = TrainerOptions(epochs=1, progress=False, tensorboard=False, plots=False, monitor="top1")
+    options = TrainerOptions(epochs=1, progress=False, tensorboard=False, plots=False, monitor="top1",
+                             accumulate=accumulate)
     t = Trainer(model, loss, loader, evaluate, opt, out_dir=out_dir, options=options)
     t.fit()
     return t
 
 
-def _worker(rank, task, init_file, out_dir, result_file):
+def _worker(rank, task, init_file, out_dir, result_file, accumulate):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        t = _run(task, rank, WORLD, out_dir)
+        t = _run(task, rank, WORLD, out_dir, accumulate)
         losses = torch.tensor(t.step_losses, dtype=torch.float64)
         dist.all_reduce(losses)  # each rank's loss is its local mean; the global loss is their average
         if rank == 0:
@@ -78,11 +79,13 @@ def _worker(rank, task, init_file, out_dir, result_file):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("task", ["classify", "retrieval"])
-def test_two_gloo_ranks_match_one_process(tmp_path, task):
-    single = _run(task, 0, 1, tmp_path / "single")
+@pytest.mark.parametrize("task, accumulate", [("classify", 1), ("retrieval", 1), ("classify", 3)])
+def test_two_gloo_ranks_match_one_process(tmp_path, task, accumulate):
+    # accumulate 3: one optimizer step over the 3 batches; DDP all-reduces only on the last (no_sync before)
+    single = _run(task, 0, 1, tmp_path / "single", accumulate)
+    assert single.global_step == STEPS // accumulate
     result_file = tmp_path / "ddp.pt"
-    mp.start_processes(_worker, args=(task, str(tmp_path / "init"), str(tmp_path / "ddp"), str(result_file)),
+    mp.start_processes(_worker, args=(task, str(tmp_path / "init"), str(tmp_path / "ddp"), str(result_file), accumulate),
                        nprocs=WORLD, join=True, start_method="spawn")
     ddp = torch.load(result_file, weights_only=True)
     torch.testing.assert_close(ddp["losses"], torch.tensor(single.step_losses, dtype=torch.float64), rtol=1e-5, atol=1e-6)

@@ -84,9 +84,24 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
+def expand_sweeps(folders: list[str]) -> list[str]:
+    """A sweep folder (``recogfast sweep``: sweep.json, trial-NNN/) stands for its trials' run folders
+    (those with a summary: finished or pruned)."""
+    out = []
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "sweep.json")) and not os.path.exists(os.path.join(folder, "summary.json")):
+            out += sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                          if name.startswith("trial-") and os.path.isfile(os.path.join(folder, name, "summary.json")))
+        else:
+            out.append(folder)
+    return out
+
+
 def compare_rows(folders: list[str]) -> tuple[list[str], list[list[str]]]:
     """Header and one row per run folder (its summary.json): model, params, best val epoch, val and
-    test metrics, median training img/s, wall time. ValueError names an unreadable summary."""
+    test metrics, median training img/s, wall time; sweep trials also their state and parameters.
+    ValueError names an unreadable summary."""
+    folders = expand_sweeps(folders)
     summaries = []
     for folder in folders:
         path = os.path.join(folder, "summary.json")
@@ -96,8 +111,9 @@ def compare_rows(folders: list[str]) -> tuple[list[str], list[list[str]]]:
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot read {path}: {err}") from None
     keys = [k for k in _METRIC_ORDER if any(k in _metrics(s.get(part)) for s in summaries for part in ("val", "test"))]
+    swept = sorted({k for s in summaries for k in ((s.get("sweep") or {}).get("params") or {})})
     header = ["run", "model", "params", "val epoch"] + [f"val {k}" for k in keys] + [f"test {k}" for k in keys]
-    header += ["img/s", "wall"]
+    header += ["img/s", "wall"] + (["state", "value"] + swept if swept else [])
     rows = []
     for folder, s in zip(folders, summaries):
         cfg = s.get("config") or {}
@@ -106,8 +122,16 @@ def compare_rows(folders: list[str]) -> tuple[list[str], list[list[str]]]:
         row = [folder, str(cfg.get("model", "?")), _fmt_params(cfg.get("params")), _fmt(val.get("epoch"))]
         row += [_fmt(val.get(k)) for k in keys] + [_fmt(test.get(k)) for k in keys]
         row += [f"{speed:.0f}" if isinstance(speed, (int, float)) else "-", _fmt_time(s.get("seconds"))]
+        if swept:
+            sweep = s.get("sweep") or {}
+            value = f"{sweep.get('metric', '')} {_fmt(sweep.get('value'))}"
+            row += [str(sweep.get("state", "-")), value] + [_fmt_param((sweep.get("params") or {}).get(k)) for k in swept]
         rows.append(row)
     return header, rows
+
+
+def _fmt_param(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else _fmt(v)
 
 
 def format_table(header: list[str], rows: list[list[str]], fmt: str = "table") -> str:

@@ -11,6 +11,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "plateau", "none")
 
 
+HEADS = ("fc.", "embedding.", "classifier.")  # parameter-name prefixes of the classifier / embedding head
+
+
 def build_optimizer(
     model: nn.Module,
     name: str = "sgd",
@@ -18,15 +21,20 @@ def build_optimizer(
     weight_decay: float = 5e-4,
     momentum: float = 0.9,
     extra_params: list | None = None,
+    head_lr_mult: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """SGD (Nesterov momentum) or AdamW; no weight decay on biases and normalisation parameters."""
+    """SGD (Nesterov momentum) or AdamW; no weight decay on biases and normalisation parameters.
+    ``head_lr_mult`` != 1: the head's parameters (``fc`` / ``embedding`` / ``classifier``) get their
+    own groups with ``lr * head_lr_mult`` (the schedules scale every group's rate alike)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    decay, no_decay = [], []
-    for p in list(model.parameters()) + list(extra_params or []):
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    named = list(model.named_parameters()) + [("", p) for p in extra_params or []]
+    groups = []
+    for head in ((False, True) if head_lr_mult != 1.0 else (None,)):
+        chosen = [p for n, p in named if p.requires_grad and (head is None or n.startswith(HEADS) == head)]
+        rate = {"lr": lr * head_lr_mult} if head else {}
+        groups += [{"params": [p for p in chosen if p.ndim > 1], "weight_decay": weight_decay, **rate},
+                   {"params": [p for p in chosen if p.ndim <= 1], "weight_decay": 0.0, **rate}]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     return torch.optim.AdamW(groups, lr=lr)

@@ -92,6 +92,16 @@ class RunConfig:
     gather_across_ranks: bool = True
     # Shapes196
     images_per_class: int = 40
+    # fine-tuning (recogfast.engine.finetune): freeze the stem .. STAGE, a head learning-rate factor,
+    # the epoch from which everything trains; weight EMA; MixUp / CutMix (Beta alpha, 0 = off);
+    # gradient accumulation over N batches
+    freeze: str | None = None
+    head_lr_mult: float = 1.0
+    unfreeze_at: int | None = None
+    ema: float | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    accumulate: int = 1
     progress: bool = True
 
     def resolved(self) -> RunConfig:
@@ -329,8 +339,11 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     if main and getattr(model, "load_report", None) is not None:
         print(model.load_report.summary(), flush=True)
     loss = build_loss(cfg)
-    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                                head_lr_mult=cfg.head_lr_mult)
+    callbacks, mix = finetune_parts(cfg, model, train_ds.num_classes, callbacks)  # after the optimizer: it holds all
     monitor, mode = ("top1", "max") if cfg.task == "classify" else ("recall@1", "max")
+    steps = -(-steps // cfg.accumulate)  # the schedule counts optimizer steps
     scheduler, interval = build_scheduler(optimizer, cfg.schedule, cfg.epochs, steps, cfg.warmup_epochs,
                                           cfg.step_size, cfg.gamma, cfg.plateau_patience, mode)
     if cfg.task == "classify":
@@ -353,12 +366,24 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     options = TrainerOptions(epochs=cfg.epochs, monitor=monitor, mode=mode, patience=cfg.patience,
                              min_delta=cfg.min_delta, amp=cfg.amp, channels_last=cfg.channels_last,
                              compile=cfg.compile, steps_per_epoch=cfg.steps_per_epoch, progress=cfg.progress,
+                             accumulate=cfg.accumulate, ema_decay=cfg.ema,
                              config=config, run_config=saved_config(asked, cfg))
     trainer = Trainer(model, loss, train_loader, val_eval, optimizer, scheduler, interval, out_dir=cfg.out,
-                      options=options, device=cfg.device, callbacks=callbacks, test_evaluate=test_eval)
+                      options=options, device=cfg.device, callbacks=callbacks, test_evaluate=test_eval,
+                      batch_transform=mix)
     trainer.val_loader, trainer.test_loader = val_loader, test_loader
     trainer.datasets = (train_ds, val_ds, test_ds)
     return trainer
+
+
+def finetune_parts(cfg: RunConfig, model: nn.Module, num_classes: int, callbacks=None):
+    """(callbacks with the ``--freeze`` one first, the MixUp/CutMix batch transform or None)."""
+    from recogfast.engine.finetune import Freezer, batch_mix
+
+    callbacks = list(callbacks or [])
+    if cfg.freeze is not None:
+        callbacks.insert(0, Freezer(model, cfg.freeze, cfg.unfreeze_at))
+    return callbacks, batch_mix(num_classes, cfg.mixup, cfg.cutmix) if cfg.task == "classify" else None
 
 
 def run_train(cfg: RunConfig, resume: bool | str = False, callbacks=None) -> tuple[dict[str, Any], Trainer]:

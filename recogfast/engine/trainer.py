@@ -24,28 +24,14 @@ from torch import nn
 from recogfast.engine.checkpoint import (
     atomic_save, clean_temp_files, load_checkpoint, repair_best, rng_state, set_rng_state,
 )
-from recogfast.engine.logs import CSVLog, Progress, TensorBoard, plot_history
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-
-
-class Diverged(FloatingPointError):
-    """Training produced a non-finite loss, weights or validation output: the run stops there.
-    ``last.pt`` / ``best.pt`` keep the last finished epoch (never NaN weights). The CLI exits with 3."""
-
-
-class ResumeError(ValueError):
-    """``fit(resume=...)`` found nothing to resume, or a checkpoint of another run (one line)."""
-
+from recogfast.engine.finetune import build_ema, ema_weights
+from recogfast.engine.logs import CSVLog, TensorBoard, plot_history
+from recogfast.engine.loop import Diverged, EpochLoop, ResumeError, StopTraining  # noqa: F401  (public here too)
 
 # config fields a resumed run must share with its checkpoint (the model's shape and what it learns)
 RESUME_FIELDS = ("task", "dataset", "model", "protocol", "num_classes", "image_size", "stem", "embedding_dim",
-                 "xbm_size")
-
-
-class StopTraining(Exception):
-    """Raised by a callback to end training after the current step: the unfinished epoch is not
-    checkpointed (``last.pt`` stays at the last finished epoch), the summary is still written."""
+                 "xbm_size", "ema", "accumulate")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
 @dataclass
@@ -59,6 +45,8 @@ class TrainerOptions:
     channels_last: bool = False
     compile: bool = False
     grad_clip: float | None = None
+    accumulate: int = 1  # optimizer steps every N batches (loss / N; the schedule counts optimizer steps)
+    ema_decay: float | None = None  # weight EMA (val and test score it); None = off
     steps_per_epoch: int | None = None  # cap on steps per epoch (None = whole loader)
     progress: bool = True
     tensorboard: bool = True
@@ -71,7 +59,7 @@ def _is_main() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-class Trainer:
+class Trainer(EpochLoop):
     """Train `model` with `loss_fn(model(images), labels)` over `train_loader`; evaluate each epoch.
 
     Args:
@@ -87,7 +75,10 @@ class Trainer:
             checkpoint (``best.pt``: best on val, or the last epoch without val); the summary's ``test``.
         optimizer, scheduler, scheduler_interval: from :mod:`recogfast.engine.schedule`.
         out_dir: run folder: ``last.pt``, ``best.pt``, ``log.csv``, ``summary.json``, plots, ``tb/``.
-        callbacks: ``fn(trainer, event, **info)`` for events "step" and "epoch".
+        callbacks: ``fn(trainer, event, **info)`` for events "epoch_start" (after ``model.train()``),
+            "step" (every batch; ``optimizer_step`` says whether the optimizer stepped) and "epoch".
+        batch_transform: ``(images, labels) -> (images, labels)`` on the device before the forward
+            (MixUp / CutMix: soft labels for the loss).
     """
 
     def __init__(
@@ -104,6 +95,7 @@ class Trainer:
         device: str | torch.device = "cpu",
         callbacks: list[Callable] | None = None,
         test_evaluate: Callable[[nn.Module], dict] | None = None,
+        batch_transform: Callable | None = None,
     ):
         self.opt = options or TrainerOptions()
         if self.opt.amp not in AMP_DTYPES:
@@ -124,14 +116,13 @@ class Trainer:
         self.scheduler_interval = scheduler_interval
         self.out_dir = Path(out_dir)
         self.callbacks = list(callbacks or [])
+        self.batch_transform = batch_transform
         self.distributed = dist.is_available() and dist.is_initialized()
         self.is_main = _is_main()
-        self.train_model: nn.Module = self.model
-        if self.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if self.opt.compile:
-            self.train_model = torch.compile(self.train_model)
+        self.rewrap()
+        self.ema = None
+        if self.opt.ema_decay is not None:
+            self.ema = build_ema(self.model, self.opt.ema_decay)
         amp_dtype = AMP_DTYPES[self.opt.amp]
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
@@ -147,6 +138,21 @@ class Trainer:
         self.step_losses: list[float] = []  # this process's losses, for tests and the progress bar
         self.stopped_early = False
 
+    def rewrap(self) -> None:
+        """(Re)build the training wrapper: DDP (which registers the parameters that take gradients when
+        it is built: again after an unfreeze) and ``torch.compile``."""
+        self.train_model: nn.Module = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.opt.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What val and test score: the EMA weights with ``ema_decay``, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -155,6 +161,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict(),
             "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, nn.Module) else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "global_step": self.global_step,
             "best_value": self.best_value,
@@ -179,6 +186,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if isinstance(self.loss_fn, nn.Module) and state.get("loss") is not None:
             self.loss_fn.load_state_dict(state["loss"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         sampler = self._sampler()
         if sampler is not None and hasattr(sampler, "load_state_dict") and state.get("sampler") is not None:
             sampler.load_state_dict(state["sampler"])
@@ -233,85 +242,6 @@ class Trainer:
             repair_best(self.out_dir, self.epoch)
 
     # ------------------------------------------------------------------ loop
-    def _sampler(self):
-        for obj in (self.train_loader, getattr(self.train_loader, "sampler", None), getattr(self.train_loader, "batch_sampler", None)):
-            if obj is not None and hasattr(obj, "set_epoch"):
-                return obj
-        return None
-
-    def _emit(self, event: str, **info) -> None:
-        for cb in self.callbacks:
-            cb(self, event, **info)
-
-    def _steps_in_epoch(self) -> int | None:
-        try:
-            n = len(self.train_loader)
-        except TypeError:
-            n = None
-        if self.opt.steps_per_epoch is not None:
-            n = self.opt.steps_per_epoch if n is None else min(n, self.opt.steps_per_epoch)
-        return n
-
-    def train_one_epoch(self) -> dict[str, float]:
-        self.train_model.train()
-        sampler = self._sampler()
-        if sampler is not None:
-            sampler.set_epoch(self.epoch)
-        total = self._steps_in_epoch()
-        bar = Progress(total, f"epoch {self.epoch + 1}/{self.opt.epochs}", enabled=self.opt.progress and self.is_main)
-        loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
-        for step, (images, labels) in enumerate(self.train_loader):
-            if total is not None and step >= total:
-                break
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            if self.opt.channels_last and images.dim() == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                outputs = self.train_model(images)
-            loss = self.loss_fn(outputs.float(), labels)
-            if not torch.isfinite(loss):
-                raise Diverged(self._diverged_text(f"loss is {loss.item()}", step))
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.opt.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.opt.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.scheduler is not None and self.scheduler_interval == "step":
-                self.scheduler.step()
-            self.global_step += 1
-            value = float(loss.detach())
-            self.step_losses.append(value)
-            loss_sum += value
-            loss_count += 1
-            bar.update(int(labels.shape[0]), loss=value, lr=self.optimizer.param_groups[0]["lr"])
-            self._emit("step", step=step, loss=value)
-        bar.close()
-        if loss_count == 0:
-            raise ValueError(f"epoch {self.epoch + 1} ran no optimizer step: the training loader yielded no batch "
-                             f"(fewer samples than one batch?)")
-        return {"train_loss": float(loss_sum) / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
-
-    def _diverged_text(self, what: str, step: int | None = None) -> str:
-        where = f"epoch {self.epoch + 1}" + (f", step {step + 1} (global step {self.global_step + 1})" if step is not None else "")
-        last = next((v for v in reversed(self.step_losses) if math.isfinite(v)), None)
-        kept = f"last.pt keeps epoch {self.epoch}" if self.epoch > 0 else "no checkpoint was written"
-        return (f"training diverged at {where}: {what}; last finite loss "
-                f"{'none' if last is None else f'{last:.4g}'}, lr {self.optimizer.param_groups[0]['lr']:.4g}; "
-                f"{kept}; try a lower --lr")
-
-    def _check_weights(self) -> None:
-        tensors = {name: p for name, p in self.model.state_dict().items() if p.is_floating_point()}
-        if not tensors:
-            return
-        finite = torch.stack([torch.isfinite(p).all() for p in tensors.values()])
-        if bool(finite.all()):  # one device-to-host sync an epoch, not one a tensor
-            return
-        name = list(tensors)[int((~finite).nonzero()[0])]
-        raise Diverged(self._diverged_text(f"weight {name} is not finite"))
-
     def _improved(self, value: float) -> bool:
         if self.best_value is None or math.isnan(self.best_value):
             return not math.isnan(value)
@@ -346,10 +276,10 @@ class Trainer:
                 self._check_weights()
                 metrics = {}
                 if self.evaluate_fn is not None:
-                    self.model.eval()
+                    self.eval_model.eval()
                     try:
                         with torch.no_grad(), self.autocast():
-                            metrics = self.evaluate_fn(self.model)
+                            metrics = self.evaluate_fn(self.eval_model)
                     except Diverged:
                         raise
                     except FloatingPointError as err:  # the metrics refuse non-finite outputs
@@ -412,16 +342,18 @@ class Trainer:
         put back to the last epoch's weights afterwards."""
         epoch = self.chosen_epoch()
         last = None
+        scored = self.eval_model
         if epoch != self.epoch:
             if self.distributed:
                 dist.barrier()  # rank 0 wrote best.pt
-            last = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(load_checkpoint(self.out_dir / "best.pt")["model"])
-        self.model.eval()
+            last = {k: v.detach().clone() for k, v in scored.state_dict().items()}
+            best = load_checkpoint(self.out_dir / "best.pt")
+            scored.load_state_dict(best["model"] if self.ema is None else ema_weights(best))
+        scored.eval()
         with torch.no_grad(), self.autocast():
-            metrics = self.test_evaluate_fn(self.model)
+            metrics = self.test_evaluate_fn(scored)
         if last is not None:
-            self.model.load_state_dict(last)
+            scored.load_state_dict(last)
         chosen = f"best val {self.opt.monitor}" if self.evaluate_fn is not None else "last epoch, no validation"
         return {"epoch": epoch, "chosen_by": chosen, **{k: float(v) for k, v in metrics.items()}}
 

@@ -41,13 +41,21 @@ RANGES: dict[str, tuple[Any, str]] = {
     "ms_epsilon": (lambda v: 0 <= v < math.inf, "a number >= 0"),
     "xbm_size": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
     "images_per_class": (lambda v: v >= 2, "an integer >= 2"),
+    "head_lr_mult": (lambda v: 0 < v < math.inf, "a number > 0"),
+    "unfreeze_at": (lambda v: v >= 2, "an integer >= 2 (the first epoch that trains everything)"),
+    "ema": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "mixup": (lambda v: 0 <= v < math.inf, "a number >= 0 (0 = off)"),
+    "cutmix": (lambda v: 0 <= v < math.inf, "a number >= 0 (0 = off)"),
+    "accumulate": (lambda v: v >= 1, "an integer >= 1"),
 }
 INTEGERS = {"epochs", "batch_size", "image_size", "step_size", "plateau_patience", "patience", "seed", "split_seed",
-            "num_workers", "steps_per_epoch", "embedding_dim", "m_per_class", "xbm_size", "images_per_class"}
+            "num_workers", "steps_per_epoch", "embedding_dim", "m_per_class", "xbm_size", "images_per_class",
+            "unfreeze_at", "accumulate"}
 CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step", "plateau", "none"),
            "amp": ("auto", "bf16", "fp16", "none"), "backend": ("auto", "dali", "torchvision"),
            "stem": ("imagenet", "small"), "attn_impl": ("auto", "fused", "reference"),
-           "mining": ("ms", "all", "hardest"), "on_error": ("raise", "skip")}
+           "mining": ("ms", "all", "hardest"), "on_error": ("raise", "skip"),
+           "freeze": ("stem", "layer1", "layer2", "layer3", "layer4")}
 _FLAGS = {"num_workers": "--workers", "xbm_size": "--xbm"}
 
 
@@ -80,6 +88,11 @@ def check_combinations(cfg) -> None:
     if cfg.amp == "fp16" and not cfg.device.startswith("cuda"):
         raise ValueError(f"--amp fp16: fp16 autocast with a gradient scaler needs a CUDA device, not {cfg.device!r} "
                          f"(use --amp bf16 or none)")
+    if cfg.task != "classify" and (cfg.mixup or cfg.cutmix):
+        raise ValueError(f"{'--mixup' if cfg.mixup else '--cutmix'}: classification only, not {cfg.task} (its loss "
+                         f"needs the hard labels)")
+    if cfg.unfreeze_at is not None and cfg.freeze is None:
+        raise ValueError("--unfreeze-at needs --freeze STAGE (nothing is frozen)")
 
 
 def check_out_folder(out: str) -> None:
