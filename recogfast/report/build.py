@@ -240,7 +240,11 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
         torch.set_grad_enabled(False)
         try:
             features = cfg.task == "classify" and cfg.protocol == "retrieval" and split == "test"
-            if cfg.task == "classify" and not features:
+            if cfg.task == "multilabel":
+                from recogfast.report.tasks import multilabel
+
+                sections["multilabel"] = multilabel(model, loader, ds, folder, cfg.image_size, _thumb)
+            elif cfg.task == "classify" and not features:
                 sections["classification"] = classification(model, loader, ds, folder, cfg.image_size)
             else:
                 sections["retrieval"] = retrieval(model, loader, ds, folder, cfg.image_size, n, cfg.seed, features)
@@ -250,5 +254,8 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
             sections["why"] = why_section(model, loader, ds, folder)
         sections["attention"] = attention_section(model, loader, folder)
         sections["evaluated"] = {"checkpoint": f"{checkpoint}.pt", "epoch": epoch, "split": split}
+    from recogfast.report.tasks import verification
+
+    sections["verification"] = verification(run, folder)  # the results of `recogfast verify`, if any
     sections["seconds"] = time.perf_counter() - t0
     return write_page(folder, run, summary, sections, note)
