@@ -87,6 +87,12 @@ def _text(node, tag: str, path: str) -> str:
     return child.text.strip()
 
 
+def _line_of(path: str, text: str) -> int | None:
+    """The first line of `path` that holds `text` (ElementTree keeps no line numbers)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return next((n for n, line in enumerate(f, 1) if text in line), None)
+
+
 def read_voc_annotation(path: str, index: dict[str, int]) -> np.ndarray:
     """One ``Annotations/<id>.xml`` as a target row: 1 for a class with a non-difficult object, -1 for
     a class whose objects are all difficult, 0 otherwise (the VOC devkit's classification labels)."""
@@ -100,7 +106,7 @@ def read_voc_annotation(path: str, index: dict[str, int]) -> np.ndarray:
     for obj in root.iter("object"):
         name = _text(obj, "name", path)
         if name not in index:
-            line = getattr(obj.find("name"), "sourceline", None)
+            line = _line_of(path, f">{name}<")
             where = f"{path}:{line}" if line else path
             raise DataError(f"VOC2007: {where}: unknown class name {name!r} (VOC has: {', '.join(index)})", path)
         difficult = obj.find("difficult")
