@@ -186,8 +186,14 @@ def run_verify(checkpoint: str, pairs: str | None = None, val_pairs: str | None 
         raise ValueError(f"checkpoint {checkpoint} does not match its model: {str(err).splitlines()[0]}") from None
     model = model.to(cfg.device).eval()
     features = cfg.task != "retrieval"
-    need_splits = pairs is None or val_pairs is None
-    _, val_ds, test_ds = tasks.build_datasets(cfg) if need_splits else (None, None, None)
+    val_ds = test_ds = note = None
+    if pairs is None:
+        _, val_ds, test_ds = tasks.build_datasets(cfg)
+    elif val_pairs is None and cfg.task != "multilabel":
+        try:  # the threshold's pairs from the run's val split, when its data is still there
+            _, val_ds, _ = tasks.build_datasets(cfg)
+        except (OSError, ValueError, DataError) as err:
+            note = f"no val pairs: the run's data cannot be read ({str(err).splitlines()[0]}); pass --val-pairs FILE"
     if pairs is None:
         if cfg.task == "multilabel":
             raise ValueError("a multilabel run's test split has no identities to pair: give --pairs FILE")
@@ -201,13 +207,15 @@ def run_verify(checkpoint: str, pairs: str | None = None, val_pairs: str | None 
     if val_pairs is not None:
         val_s, val_y = _scores_of_list(model, val_pairs, root, cfg, features)
         val_source = f"pair list {val_pairs}"
-    elif val_ds is not None and cfg.task != "multilabel":
+    elif val_ds is not None and cfg.task != "multilabel" and len(val_ds):
         val_s, val_y = _scores_of_split(model, val_ds, cfg, features, num_pairs, seed + 1)
         val_source = f"{num_pairs} seeded balanced pairs of the val split"
     else:
         val_s = None
     result = {"checkpoint": os.path.abspath(checkpoint), "epoch": ckpt.get("epoch"), "model": cfg.model,
               "task": cfg.task, "embedding": "pooled features" if features else "embedding", "name": name}
+    if note:
+        result["note"] = note
     threshold = None
     if val_s is not None:
         threshold, _ = best_threshold(val_s, val_y)

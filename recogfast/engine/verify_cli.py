@@ -49,9 +49,11 @@ def cmd_verify(args) -> int:
         result, out = run_verify(path, pairs=args.pairs, val_pairs=args.val_pairs, root=args.root,
                                  num_pairs=args.num_pairs, folds=args.folds, seed=args.seed, device=args.device,
                                  batch_size=args.batch_size, num_workers=args.num_workers, backend=args.backend)
-    except (ValueError, OSError, DataError) as err:
+    except (ValueError, OSError, DataError, FloatingPointError) as err:  # NaN embeddings: FloatingPointError
         raise UsageError(str(err)) from None
     test = result["test"]
+    if result.get("note"):
+        print(f"note: {result['note']}")
     if "val" in result:
         print(f"val ({result['val']['source']}): {_line(result['val'])}; threshold {test['threshold']:.4f}")
     print(f"VERIFY {result['name']} ({test['source']}; {result['embedding']} of {os.path.basename(path)}, epoch "
