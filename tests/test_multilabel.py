@@ -121,6 +121,10 @@ def test_train_multilabel_on_voc_layout(tmp_path, capsys):
     assert 0 < summary["test"]["map"] <= 1 and 0 < summary["test"]["map_voc07"] <= 1
     page = (out / "report" / "index.html").read_text()
     assert "Multi-label classification" in page and (out / "report" / "per_class_ap.png").is_file()
+    capsys.readouterr()
+    assert main(["compare", str(out)]) == 0  # mAP columns in the comparison table
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "val map" in header and "test map_voc07" in header
 
 
 @pytest.fixture(scope="module")

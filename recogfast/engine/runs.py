@@ -60,7 +60,7 @@ def read_config(path: str, known: set[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ compare
-_METRIC_ORDER = ("top1", "top5", "recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+_METRIC_ORDER = ("top1", "top5", "recall@1", "recall@2", "recall@4", "recall@8", "map@r", "map", "map_voc07")
 
 
 def _metrics(d: dict | None) -> dict:

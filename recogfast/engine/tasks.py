@@ -93,7 +93,7 @@ class RunConfig:
     mining: str = "ms"
     xbm_size: int = 0  # cross-batch memory entries (0 = off)
     gather_across_ranks: bool = True
-    # Shapes196
+    # Shapes196 (images per class); shapes-multi: 20× this trainval, 5× this test images
     images_per_class: int = 40
     progress: bool = True
 
