@@ -49,6 +49,28 @@ def test_voc07_eleven_point_by_hand():
     assert average_precision([0.5, 0.5], [1, 0]) == average_precision([0.5, 0.5], [0, 1]) == 0.5
 
 
+def _devkit_voc07(scores, t):
+    """The VOC 2007 devkit's VOCevalcls (11-point AP), transcribed: difficult entries stay in the ranked
+    list but count as neither true nor false positives."""
+    order = np.argsort(-scores)
+    gt = t[order]
+    tp, fp = np.cumsum(gt == 1), np.cumsum(gt == 0)
+    prec = tp / np.maximum(tp + fp, np.finfo(float).tiny)
+    reach = [10 * tp >= k * (t == 1).sum() for k in range(11)]  # rec >= k/10, exactly
+    return np.mean([prec[r].max() if r.any() else 0.0 for r in reach])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_voc07_equals_the_devkit_without_ties(seed):
+    rng = np.random.default_rng(seed)
+    t = (rng.random((200, 20)) < 0.2).astype(np.int64)
+    t[rng.random((200, 20)) < 0.05] = -1
+    scores = rng.normal(size=(200, 20)) + t  # continuous: no ties, where the devkit's order is defined
+    out = mean_average_precision(scores, t, "voc07")
+    for c in range(20):
+        assert out["per_class"][c] == pytest.approx(_devkit_voc07(scores[:, c], t[:, c]), abs=1e-12)
+
+
 def test_map_edge_cases():
     scores = np.array([[0.1, 0.9], [0.8, 0.2]])
     out = mean_average_precision(scores, np.array([[0, 1], [0, 0]]))

@@ -11,7 +11,8 @@ Two definitions of a class's AP (``method``):
   under the step-wise precision-recall curve, AP = Σ_k (R_k − R_{k−1}) · P_k over the distinct
   thresholds k (highest first, R_0 = 0). No interpolation.
 - ``"voc07"`` (the VOC 2007 devkit's 11-point interpolated AP, what VOC 2007 papers report):
-  AP = (1/11) Σ_{t ∈ {0, 0.1, …, 1}} max{P_k : R_k ≥ t} (0 where no threshold reaches recall t).
+  AP = (1/11) Σ_{t ∈ {0, 0.1, …, 1}} max{P_k : R_k ≥ t} (0 where no threshold reaches recall t);
+  R_k ≥ t is decided exactly (10·TP ≥ 10t·P), not with the float grid of ``np.arange(0, 1.1, 0.1)``.
 
 mAP is the mean over the classes that have at least one positive; a class without one has no AP (NaN
 in ``per_class``) and is left out of the mean (``classes`` says how many counted).
@@ -41,14 +42,14 @@ def _as_numpy(x, name: str, fn: str) -> np.ndarray:
 
 
 def _pr_points(scores: np.ndarray, positive: np.ndarray):
-    """(precision, recall) at each distinct threshold, highest first; scores and positive are 1-D."""
+    """(precision, recall, true positives) at each distinct threshold, highest first."""
     order = np.argsort(-scores, kind="stable")
     s, pos = scores[order], positive[order]
     tp = np.cumsum(pos, dtype=np.float64)
     fp = np.cumsum(~pos, dtype=np.float64)
     last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]  # the last item of each run of equal scores
     tp, fp = tp[last], fp[last]
-    return tp / (tp + fp), tp / tp[-1]
+    return tp / (tp + fp), tp / tp[-1], tp
 
 
 def average_precision(scores, targets, method: str = "area") -> float:
@@ -67,13 +68,14 @@ def average_precision(scores, targets, method: str = "area") -> float:
                                  f"(the model diverged?)")
     if not positive.any():
         return float("nan")
-    precision, recall = _pr_points(s, positive)
+    precision, recall, tp = _pr_points(s, positive)
     if method == "area":
         return float(np.sum(np.diff(recall, prepend=0.0) * precision))
     # precision envelope from the right: the best precision at recall >= r_k
     best = np.maximum.accumulate(precision[::-1])[::-1]
-    points = np.linspace(0.0, 1.0, 11)
-    first = np.searchsorted(recall, points - 1e-12, side="left")  # first threshold with recall >= t
+    # recall >= k/10 compared exactly, as 10·TP >= k·P (np.arange(0, 1.1, 0.1) holds 0.30000000000000004,
+    # which would miss a recall of exactly 0.3)
+    first = np.searchsorted(10 * tp, np.arange(11) * tp[-1], side="left")  # first threshold reaching recall k/10
     return float(np.mean(np.where(first < recall.size, best[np.minimum(first, recall.size - 1)], 0.0)))
 
 
