@@ -152,3 +152,24 @@ def test_verify_errors_are_one_line(retrieval_run, tmp_path, capsys):
     _one_line_error(capsys, ["verify", str(tmp_path / "nothing")], "checkpoint not found")
     _one_line_error(capsys, ["verify", str(retrieval_run), "--folds", "1"], "--folds: expected an integer >= 2")
     _one_line_error(capsys, ["verify", str(retrieval_run), "--num-pairs", "1"], "--num-pairs")
+
+
+def test_pair_list_without_the_runs_data_says_why_there_is_no_accuracy(retrieval_run, shapes_cache, tmp_path,
+                                                                      capsys, monkeypatch):
+    from recogfast.data import Shapes196
+    from recogfast.engine import tasks
+
+    ds = Shapes196(cache_dir=shapes_cache, split="test", images_per_class=4)
+    (tmp_path / "l.txt").write_text(f"{ds.files[0]} {ds.files[1]} 1\n{ds.files[0]} {ds.files[9]} 0\n")
+
+    def gone(cfg):
+        raise FileNotFoundError("data folder not found: /gone")
+
+    monkeypatch.setattr(tasks, "build_datasets", gone)
+    assert main(["verify", str(retrieval_run), "--pairs", str(tmp_path / "l.txt"), "--workers", "0",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "note: no val pairs: the run's data cannot be read (data folder not found: /gone)" in out
+    assert "accuracy needs --val-pairs or --folds" in out
+    r = json.load(open(retrieval_run / "verify-pairs-l.json"))
+    assert "accuracy" not in r["test"] and "val" not in r and r["test"]["pairs"] == 2
