@@ -173,3 +173,21 @@ def test_pair_list_without_the_runs_data_says_why_there_is_no_accuracy(retrieval
     assert "accuracy needs --val-pairs or --folds" in out
     r = json.load(open(retrieval_run / "verify-pairs-l.json"))
     assert "accuracy" not in r["test"] and "val" not in r and r["test"]["pairs"] == 2
+
+
+def test_read_lfw_pairs_txt(tmp_path):
+    from PIL import Image
+
+    for name, n in (("Ann_Lee", 1), ("Ann_Lee", 3), ("Bob_Roe", 2)):
+        (tmp_path / "lfw" / name).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "lfw" / name / f"{name}_{n:04d}.jpg")
+    (tmp_path / "pairs.txt").write_text("1\t1\nAnn_Lee\t1\t3\nAnn_Lee\t1\tBob_Roe\t2\n")
+    a, b, same = read_pairs(str(tmp_path / "pairs.txt"), root=str(tmp_path / "lfw"))
+    assert a[0].endswith("Ann_Lee/Ann_Lee_0001.jpg") and b[0].endswith("Ann_Lee/Ann_Lee_0003.jpg")
+    assert b[1].endswith("Bob_Roe/Bob_Roe_0002.jpg") and same.tolist() == [True, False]
+    (tmp_path / "bad.txt").write_text("1\t1\nAnn_Lee\t1\t3\nAnn_Lee\tx\n")
+    with pytest.raises(DataError, match=r"bad\.txt:3: expected LFW's"):
+        read_pairs(str(tmp_path / "bad.txt"), root=str(tmp_path / "lfw"))
+    (tmp_path / "miss.txt").write_text("1\t1\nAnn_Lee\t1\t2\nAnn_Lee\t1\tBob_Roe\t2\n")
+    with pytest.raises(DataError, match=r"miss\.txt:2: image not found: .*Ann_Lee_0002\.jpg"):
+        read_pairs(str(tmp_path / "miss.txt"), root=str(tmp_path / "lfw"))

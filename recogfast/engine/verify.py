@@ -11,6 +11,9 @@ pairs drawn from the run's val split), and LFW's k-fold protocol is an option (`
 Pair list format (LFW-style): one pair a line, ``PATH_A PATH_B LABEL`` with LABEL 1 (same) or 0
 (different), separated by tabs (then paths may hold spaces) or whitespace; blank lines and lines
 starting with ``#`` are skipped; relative paths are relative to ``root`` (default: the list's folder).
+LFW's own ``pairs.txt`` is read too (recognised by its header line of two integers, e.g. ``10 300``):
+``NAME N1 N2`` (same person) and ``NAME1 N1 NAME2 N2`` (different), images at
+``root/NAME/NAME_000N.jpg``; its folds are consecutive blocks, as ``--folds 10`` takes them.
 """
 
 from __future__ import annotations
@@ -36,21 +39,28 @@ def read_pairs(path: str, root: str | None = None) -> tuple[list[str], list[str]
         raise DataError(f"pair list {path} not found", path)
     root = os.path.dirname(os.path.abspath(path)) if root is None else root
     a, b, same = [], [], []
+    lfw = False
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             text = line.strip()
             if not text or text.startswith("#"):
                 continue
             parts = [p.strip() for p in text.split("\t")] if "\t" in text else text.split()
-            if len(parts) != 3 or parts[2] not in ("0", "1"):
+            if not a and not lfw and len(parts) == 2 and all(p.isdigit() for p in parts):
+                lfw = True  # LFW's header: folds, pairs of each kind a fold
+                continue
+            if lfw:
+                pair, label = _lfw_pair(parts, root, path, lineno, text)
+            elif len(parts) != 3 or parts[2] not in ("0", "1"):
                 raise DataError(f"{path}:{lineno}: expected two image paths and 0 or 1, got {text[:100]!r}", path)
-            pair = [p if os.path.isabs(p) else os.path.join(root, p) for p in parts[:2]]
+            else:
+                pair, label = [p if os.path.isabs(p) else os.path.join(root, p) for p in parts[:2]], parts[2]
             for p in pair:
                 if not os.path.isfile(p):
                     raise DataError(f"{path}:{lineno}: image not found: {p}", path)
             a.append(pair[0])
             b.append(pair[1])
-            same.append(parts[2] == "1")
+            same.append(label == "1")
     if not a:
         raise DataError(f"pair list {path} holds no pairs", path)
     y = np.asarray(same, dtype=bool)
@@ -58,6 +68,17 @@ def read_pairs(path: str, root: str | None = None) -> tuple[list[str], list[str]
         raise DataError(f"pair list {path}: needs both same (1) and different (0) pairs, got {int(y.sum())} same of "
                         f"{y.size}", path)
     return a, b, y
+
+
+def _lfw_pair(parts: list[str], root: str, path: str, lineno: int, text: str) -> tuple[list[str], str]:
+    def image(name: str, number: str) -> str:
+        return os.path.join(root, name, f"{name}_{int(number):04d}.jpg")
+
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return [image(parts[0], parts[1]), image(parts[0], parts[2])], "1"
+    if len(parts) == 4 and parts[1].isdigit() and parts[3].isdigit():
+        return [image(parts[0], parts[1]), image(parts[2], parts[3])], "0"
+    raise DataError(f"{path}:{lineno}: expected LFW's 'NAME N1 N2' or 'NAME1 N1 NAME2 N2', got {text[:100]!r}", path)
 
 
 def balanced_pairs(labels, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,7 +10,8 @@ def add_verify_parser(sub) -> None:
     p = sub.add_parser("verify", help="pair verification with a checkpoint: ROC AUC, EER, TAR@FAR, accuracy")
     p.add_argument("run", help="run folder (its best.pt) or a checkpoint file")
     p.add_argument("--pairs", default=None,
-                   help="test pair list: 'PATH_A PATH_B 0|1' a line (default: seeded balanced pairs of the test split)")
+                   help="test pair list: 'PATH_A PATH_B 0|1' a line, or LFW's pairs.txt (default: seeded balanced "
+                        "pairs of the test split)")
     p.add_argument("--val-pairs", default=None,
                    help="pair list that chooses the threshold (default: pairs of the run's val split)")
     p.add_argument("--root", default=None, help="folder of relative paths in the pair lists (default: the list's)")
