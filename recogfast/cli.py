@@ -3,6 +3,8 @@
     recogfast train classify  --dataset tiny-imagenet --data DIR --model tinynet --epochs 30 --patience 5
     recogfast train classify  --dataset cars196 --data DIR --protocol retrieval --out runs/cars-cls
     recogfast train retrieval --dataset cars196 --data DIR --model resnet18 --weights runs/cars-cls/best.pt
+    recogfast train multilabel --dataset voc2007 --data VOCdevkit/VOC2007 --model resnet18 --weights imagenet
+    recogfast verify runs/cars-ms [--pairs pairs.txt] [--folds 10]          # ROC AUC, EER, TAR@FAR, accuracy
     recogfast train classify --config runs/x/config.json --out runs/y      # a saved run again (flags override)
     recogfast eval --checkpoint runs/x/best.pt [--split val|test] [--features] [--baselines]
     recogfast compare runs/cubs-parallel runs/cubs-serial12 runs/cubs-serial21 [--format table|md|csv]
@@ -56,8 +58,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     from recogfast.engine.schedule import OPTIMIZERS, SCHEDULES
     from recogfast.engine.tasks import DATASETS
 
-    p.add_argument("--dataset", default="shapes196", help=f"one of: {', '.join(DATASETS)} (default shapes196)")
-    p.add_argument("--data", default=None, help="dataset folder (Shapes196: cache folder, optional)")
+    p.add_argument("--dataset", default=None,
+                   help=f"one of: {', '.join(DATASETS)} (default shapes196; shapes-multi for multilabel)")
+    p.add_argument("--data", default=None,
+                   help="dataset folder (voc2007: VOCdevkit/VOC2007; shapes196 / shapes-multi: cache folder, optional)")
     p.add_argument("--model", default=None, help="model name (see `recogfast info`); default resnet18")
     p.add_argument("--out", default=None,
                    help="run folder (default runs/<task>-<dataset>-<model>, numbered -2, -3... when it holds a run)")
@@ -113,7 +117,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ms-base", type=float)
     p.add_argument("--ms-epsilon", type=float)
     p.add_argument("--xbm", dest="xbm_size", type=int, help="cross-batch memory size (0: off)")
-    p.add_argument("--images-per-class", type=int, help="Shapes196 only")
+    p.add_argument("--images-per-class", type=int,
+                   help="Shapes196: images per class; shapes-multi: 20× this trainval and 5× this test images")
     from recogfast.engine.finetune import add_finetune_args
 
     add_finetune_args(p)
@@ -149,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model", epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.train_parser = train
-    train.add_argument("task", choices=("classify", "retrieval"))
+    train.add_argument("task", choices=("classify", "retrieval", "multilabel"))
     _add_train_args(train)
     ev = sub.add_parser("eval", help="evaluate a checkpoint on its test (or val) split")
     ev.add_argument("--checkpoint", required=True)
@@ -177,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     from recogfast.engine.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
+    from recogfast.engine.verify_cli import add_verify_parser
+
+    add_verify_parser(sub)
     demo = sub.add_parser("demo", help="the Shapes196 end-to-end demo")
     from recogfast.demo import add_demo_args
 
@@ -185,13 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_dataset_args(dataset: str, data: str | None) -> None:
-    from recogfast.engine.tasks import DATASETS
+    from recogfast.engine.tasks import DATASETS, EMBEDDED
 
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-    if data is not None and dataset != "shapes196" and not os.path.isdir(data):
+    if data is not None and dataset not in EMBEDDED and not os.path.isdir(data):
         raise UsageError(f"data folder not found: {data}")
-    if data is None and dataset != "shapes196":
+    if data is None and dataset not in EMBEDDED:
         raise UsageError(f"--data DIR is required for {dataset}")
 
 
@@ -243,6 +251,7 @@ def cmd_train(args) -> int:
     from recogfast.models import list_models
 
     model = args.model or "resnet18"
+    args.dataset = args.dataset or ("shapes-multi" if args.task == "multilabel" else "shapes196")
     if model not in list_models():
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
     _check_device(args.device)

@@ -5,8 +5,14 @@ embedded Shapes196 (no download).
 2. Retrieval: the same network with a 512-d embedding head, trained with the Multi-Similarity loss on
    M-per-class batches of the 98 train classes; Recall@1/2/4/8 and MAP@R on the 98 unseen classes,
    against raw pixels and against the untrained network.
-It prints one table (accuracy, Recall@K, throughput, which kernels ran) and leaves the run folders
-(checkpoints, log.csv, summary.json, loss/metric plots) under ``--out``.
+3. Multi-label classification (``--tasks ...,multilabel``): the same network with a BCE-with-logits
+   head on the embedded ShapesMulti (20 labels, 1-4 objects an image); mAP (area under the PR curve and
+   VOC07 11-point) on its test images, against the label-frequency baseline.
+4. Verification (``--tasks ...,verify``): 6000 seeded balanced pairs of the retrieval run's test
+   classes (or, without it, of the classification run's test images), scored by the cosine of their
+   embeddings: ROC AUC, EER, TAR@FAR=1e-3 / 1e-2 and LFW's 10-fold accuracy; ROC in the run folder.
+It prints one table (accuracy, Recall@K, mAP, verification, throughput, which kernels ran) and leaves the
+run folders (checkpoints, log.csv, summary.json, loss/metric plots) under ``--out``.
 
 Both runs train without a validation split (``val_fraction=0``): the result is the last epoch's model,
 scored on the test split once, at the end; nothing is ever chosen on the test split. (The training
@@ -43,6 +49,9 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-scale", type=float, default=0.35,
                    help="smallest crop area (0.35: at 0.08 most crops miss the shape, SPEC's default for photos)")
     p.add_argument("--workers", dest="num_workers", type=int, default=None)
+    p.add_argument("--tasks", default="classify,retrieval,multilabel,verify",
+                   help="comma-separated: classify, retrieval, multilabel, verify (default: all four)")
+    p.add_argument("--multilabel-epochs", type=int, default=None)
     p.add_argument("--skip-classify", action="store_true")
     p.add_argument("--skip-retrieval", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -75,9 +84,13 @@ def _defaults(args, device: str) -> dict:
         "stem": args.stem or ("small" if gpu else "imagenet"),
         "classify_epochs": args.classify_epochs or (30 if gpu else 4),
         "retrieval_epochs": args.retrieval_epochs or (30 if gpu else 4),
+        "multilabel_epochs": args.multilabel_epochs or (30 if gpu else 6),
         "batch_size": args.batch_size or (128 if gpu else 64),
         "num_workers": args.num_workers if args.num_workers is not None else (None if gpu else 0),
     }
+
+
+DEMO_TASKS = ("classify", "retrieval", "multilabel", "verify")
 
 
 def _fmt(v) -> str:
@@ -96,6 +109,14 @@ def run_demo(args) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"recogfast: error: device {device!r} asked for, but no CUDA GPU is visible", file=sys.stderr)
         return 2
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in DEMO_TASKS]
+    if unknown or not tasks:
+        print(f"recogfast: error: --tasks: unknown task {unknown[0] if unknown else '(none)'!r}; choose from: "
+              f"{', '.join(DEMO_TASKS)}", file=sys.stderr)
+        return 2
+    args.skip_classify = args.skip_classify or "classify" not in tasks
+    args.skip_retrieval = args.skip_retrieval or "retrieval" not in tasks
     d = _defaults(args, device)
     os.makedirs(args.out, exist_ok=True)
     print(f"recogfast demo: {args.model} ({d['stem']} stem) on Shapes196 at {d['image_size']}×{d['image_size']}, "
@@ -110,7 +131,7 @@ def run_demo(args) -> int:
     t_start = time.perf_counter()
     with KernelRecorder() as rec:
         if not args.skip_classify:
-            print("\n[1/2] classification: 196 classes, 30 train / 10 test images each", flush=True)
+            print("\n[classify] classification: 196 classes, 30 train / 10 test images each", flush=True)
             cfg = RunConfig(task="classify", out=os.path.join(args.out, "classify"), epochs=d["classify_epochs"],
                             lr=2e-3, label_smoothing=0.1, **common)
             trainer = build_trainer(cfg)
@@ -122,7 +143,7 @@ def run_demo(args) -> int:
                                   "epochs": s["epochs_run"], "epoch": test["epoch"]}
             rows.append(("classification (test)", {"top-1": test["top1"], "top-5": test["top5"], "img/s": speed}))
         if not args.skip_retrieval:
-            print("\n[2/2] retrieval: MS loss on the 98 train classes, Recall@K on the 98 unseen classes", flush=True)
+            print("\n[retrieval] MS loss on the 98 train classes, Recall@K on the 98 unseen classes", flush=True)
             cfg = RunConfig(task="retrieval", out=os.path.join(args.out, "retrieval"), epochs=d["retrieval_epochs"],
                             lr=1e-3, m_per_class=4, embedding_dim=512, **common)
             trainer = build_trainer(cfg)
@@ -144,16 +165,22 @@ def run_demo(args) -> int:
                 if speed is not None:
                     row["img/s"] = speed
                 rows.append((name, row))
+        if "multilabel" in tasks:
+            result["multilabel"] = _multilabel(args, d, common, rows)
+        if "verify" in tasks:
+            result["verify"] = _verify(args, device, d, rows)
     result["kernels"] = rec.table()
     result["seconds"] = time.perf_counter() - t_start
-    cols: list[str] = []
-    for _, r in rows:
-        cols += [c for c in r if c not in cols]
     width = max(len(n) for n, _ in rows) if rows else 10
-    print("\n" + "what".ljust(width) + "".join(c.rjust(9) for c in cols))
-    for name, r in rows:
-        print(name.ljust(width) + "".join(
-            (f"{r[c]:.0f}" if c == "img/s" and c in r else _fmt(r.get(c, ""))).rjust(9) for c in cols))
+    for task in dict.fromkeys(n.split(":")[0].split(" (")[0] for n, _ in rows):  # one block a task
+        block = [(n, r) for n, r in rows if n.split(":")[0].split(" (")[0] == task]
+        cols: list[str] = []
+        for _, r in block:
+            cols += [c for c in r if c not in cols]
+        print("\n" + "what".ljust(width) + "".join(c.rjust(10) for c in cols))
+        for name, r in block:
+            print(name.ljust(width) + "".join(
+                (f"{r[c]:.0f}" if c == "img/s" and c in r else _fmt(r.get(c, ""))).rjust(10) for c in cols))
     print("\nkernels that ran:")
     for op, how in result["kernels"].items():
         print(f"  {op:<13} {how}")
@@ -162,10 +189,53 @@ def run_demo(args) -> int:
         json.dump(result, f, indent=2, default=str)
     from recogfast.report.cli import report_after_training  # demo runs have no val: their test is the result
 
-    for part in ("classify", "retrieval"):
+    for part in ("classify", "retrieval", "multilabel"):
         if os.path.exists(os.path.join(args.out, part, "summary.json")):
             report_after_training(os.path.join(args.out, part), split="test")
     return 0
+
+
+def _multilabel(args, d: dict, common: dict, rows: list) -> dict:
+    import numpy as np
+
+    from recogfast.engine.tasks import RunConfig, build_trainer
+    from recogfast.metrics import mean_average_precision
+
+    print("\n[multilabel] ShapesMulti: 20 labels, 1-4 objects an image, BCE-with-logits head; mAP on its test images",
+          flush=True)
+    cfg = RunConfig(task="multilabel", out=os.path.join(args.out, "multilabel"), epochs=d["multilabel_epochs"], lr=2e-3,
+                    **{**common, "dataset": "shapes-multi"})
+    trainer = build_trainer(cfg)
+    s = trainer.fit()
+    targets = trainer.datasets[2].targets
+    baseline = mean_average_precision(np.zeros(targets.shape), targets)["map"]  # every image alike: AP = frequency
+    speed = trainer.history[-1]["train_img_per_s"]
+    rows.append(("multilabel: label frequency", {"mAP": baseline}))
+    rows.append(("multilabel: trained (BCE)", {"mAP": s["test"]["map"], "mAP-VOC07": s["test"]["map_voc07"],
+                                               "img/s": speed}))
+    return {"map": s["test"]["map"], "map_voc07": s["test"]["map_voc07"], "label_frequency_map": baseline,
+            "img_per_s": speed, "epochs": s["epochs_run"], "epoch": s["test"]["epoch"]}
+
+
+def _verify(args, device: str, d: dict, rows: list) -> dict | None:
+    from recogfast.engine.verify import run_verify
+
+    run = next((os.path.join(args.out, p) for p in ("retrieval", "classify")
+                if os.path.exists(os.path.join(args.out, p, "best.pt"))), None)
+    if run is None:
+        print("\n[verify] skipped: it needs the retrieval or the classification run (--tasks retrieval,verify)",
+              flush=True)
+        return None
+    print(f"\n[verify] 6000 seeded balanced pairs of {os.path.basename(run)}'s test split, LFW's 10 folds", flush=True)
+    r, path = run_verify(os.path.join(run, "best.pt"), folds=10, device=device, num_workers=d["num_workers"])
+    t = r["test"]
+    rows.append((f"verification ({os.path.basename(run)})", {"AUC": t["auc"], "EER": t["eer"],
+                                                             "TAR@1e-3": t["tar@far=0.001"],
+                                                             "TAR@1e-2": t["tar@far=0.01"],
+                                                             "acc10f": t["kfold"]["accuracy"]}))
+    print(f"verification: {path}, ROC {r['roc_png']}", flush=True)
+    return {"run": run, **{k: t[k] for k in ("auc", "eer", "tar@far=0.001", "tar@far=0.01", "pairs")},
+            "kfold_accuracy": t["kfold"]["accuracy"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,7 @@ def _one_line_error(capsys, argv, pattern):
         (["eval", "--checkpoint", "/nonexistent/best.pt"], "checkpoint not found: /nonexistent/best.pt"),
         (["train", "classify", "--weights", "/nonexistent/w.pth"], "weights file not found"),
         (["demo", "--model", "nope"], "unknown model 'nope'"),
+        (["demo", "--tasks", "classify,nope"], "--tasks: unknown task 'nope'; choose from: classify, retrieval"),
         (["train", "classify", "--device", "tpu"], "device"),
     ],
 )
@@ -116,7 +117,8 @@ def test_demo_smoke(capsys, tmp_path, shapes_cache):
     assert rc == 0
     text = capsys.readouterr().out
     for needle in ("classification (test)", "retrieval: raw pixels", "retrieval: untrained net",
-                   "retrieval: trained (MS loss)", "kernels that ran", "cubs_spatial"):
+                   "retrieval: trained (MS loss)", "kernels that ran", "cubs_spatial", "multilabel: label frequency",
+                   "multilabel: trained (BCE)", "verification (retrieval)"):
         assert needle in text, needle
     result = json.load(open(out / "demo.json"))
     assert set(result["retrieval"]) >= {"raw_pixels", "untrained", "trained"}
@@ -128,6 +130,10 @@ def test_demo_smoke(capsys, tmp_path, shapes_cache):
     assert summary["val"] is None and summary["test"]["epoch"] == 2 and result["retrieval"]["epoch"] == 2
     assert result["retrieval"]["trained"]["recall@1"] == summary["test"]["recall@1"]
     assert "fused cpu/float32" in result["kernels"]["cubs_channel"]
+    assert 0 < result["multilabel"]["label_frequency_map"] < 0.2 and 0 < result["multilabel"]["map"] <= 1
+    v = json.load(open(out / "retrieval" / "verify-test.json"))
+    assert result["verify"]["auc"] == v["test"]["auc"] and v["test"]["pairs"] == 6000
+    assert len(v["test"]["kfold"]["fold_accuracy"]) == 10 and (out / "retrieval" / "roc-test.png").is_file()
     assert os.path.isfile(out / "retrieval" / "summary.json") and os.path.isfile(out / "classify" / "last.pt")
 
 

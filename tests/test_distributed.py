@@ -1,6 +1,7 @@
 """DDP through the Trainer: two CPU processes on gloo give the same losses and weights as one process
 with the same global batch (classification with cross-entropy, retrieval with the MS loss and
-cross-rank mining), and the evaluation gathers metrics over ranks."""
+cross-rank mining, multi-label BCE on index-carrying batches), and the evaluation gathers metrics over
+ranks (top-1 and loss; mAP)."""
 
 import os
 import sys
@@ -21,12 +22,20 @@ def _model(out_dim):
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, out_dim))
 
 
+def _targets():
+    # multilabel: [samples, 4] in {0, 1}; no ignored (-1) entry, so every rank counts as many entries and
+    # the DDP average of the ranks' mean losses is the global mean
+    return (torch.rand(STEPS * GLOBAL_BATCH, 4, generator=torch.Generator().manual_seed(2)) < 0.4).to(torch.int8)
+
+
 def _batches(task):
     g = torch.Generator().manual_seed(1)
     out = []
-    for _ in range(STEPS):
+    for step in range(STEPS):
         x = torch.randn(GLOBAL_BATCH, 3, 8, 8, generator=g)
         y = torch.arange(GLOBAL_BATCH) % 4 if task == "classify" else torch.arange(GLOBAL_BATCH) // 2 % 8
+        if task == "multilabel":
+            y = torch.arange(GLOBAL_BATCH) + step * GLOBAL_BATCH  # the samples' indices into _targets()
         out.append((x, y))
     return out
 
@@ -47,17 +56,20 @@ class _Shard:
 
 def _run(task, rank, world, out_dir, accumulate=1):
     from recogfast.engine import Trainer, TrainerOptions
+    from recogfast.engine.multilabel import multilabel_eval
     from recogfast.engine.tasks import classification_eval
-    from recogfast.losses import MultiSimilarityLoss
+    from recogfast.losses import MultiLabelBCELoss, MultiSimilarityLoss
 
-    model = _model(4 if task == "classify" else 16)
-    loss = nn.CrossEntropyLoss() if task == "classify" else MultiSimilarityLoss(gather_across_ranks=world > 1)
+    model = _model(16 if task == "retrieval" else 4)
+    loss = {"classify": nn.CrossEntropyLoss(), "multilabel": MultiLabelBCELoss(_targets())}.get(
+        task, MultiSimilarityLoss(gather_across_ranks=world > 1))
     batches = _batches(task)
     loader = _Shard(batches, rank, world)
-    evaluate = classification_eval(_Shard(batches[:1], rank, world)) if task == "classify" else None
+    evaluate = {"classify": classification_eval(_Shard(batches[:1], rank, world)),
+                "multilabel": multilabel_eval(_Shard(batches[:2], rank, world), _targets())}.get(task)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    options = TrainerOptions(epochs=1, progress=False, tensorboard=False, plots=False, monitor="top1",
-                             accumulate=accumulate)
+    options = TrainerOptions(epochs=1, progress=False, tensorboard=False, plots=False,
+                             monitor="map" if task == "multilabel" else "top1", accumulate=accumulate)
     t = Trainer(model, loss, loader, evaluate, opt, out_dir=out_dir, options=options)
     t.fit()
     return t
@@ -79,7 +91,7 @@ def _worker(rank, task, init_file, out_dir, result_file, accumulate):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("task, accumulate", [("classify", 1), ("retrieval", 1), ("classify", 3)])
+@pytest.mark.parametrize("task, accumulate", [("classify", 1), ("retrieval", 1), ("multilabel", 1), ("classify", 3)])
 def test_two_gloo_ranks_match_one_process(tmp_path, task, accumulate):
     # accumulate 3: one optimizer step over the 3 batches; DDP all-reduces only on the last (no_sync before)
     single = _run(task, 0, 1, tmp_path / "single", accumulate)
@@ -94,4 +106,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, task, accumulate):
     if task == "classify":  # metrics gathered over both ranks' shards equal the single-process ones
         assert ddp["history"][0]["val_top1"] == pytest.approx(single.history[0]["val_top1"])
         assert ddp["history"][0]["val_loss"] == pytest.approx(single.history[0]["val_loss"], rel=1e-5)
+    if task == "multilabel":  # logits and indices gathered over both ranks: the same mAP and loss
+        assert ddp["history"][0]["val_map"] == pytest.approx(single.history[0]["val_map"], abs=1e-12)
+        assert ddp["history"][0]["val_loss"] == pytest.approx(single.history[0]["val_loss"], rel=1e-5)
+        assert 0.0 < single.history[0]["val_map"] <= 1.0
     assert os.path.isfile(tmp_path / "ddp" / "last.pt")  # rank 0 writes the checkpoint

@@ -127,9 +127,11 @@ def test_run_folders_are_never_overwritten(capsys, tmp_path, shapes_cache, monke
     msg = _error(capsys, argv + ["--out", "runs/classify-shapes196-tinynet"])
     assert "already holds a run" in msg and "--overwrite" in msg
     assert open("runs/classify-shapes196-tinynet/log.csv").read() == before
-    open("runs/classify-shapes196-tinynet/eval-test.json", "w").write("{}")
+    for name in ("eval-test.json", "verify-test.json", "roc-test.png"):
+        open(f"runs/classify-shapes196-tinynet/{name}", "w").write("{}")
     assert main(argv + ["--out", "runs/classify-shapes196-tinynet", "--overwrite"]) == 0
-    assert not os.path.exists("runs/classify-shapes196-tinynet/eval-test.json")  # the old run's outputs are gone
+    for name in ("eval-test.json", "verify-test.json", "roc-test.png"):  # the old run's outputs are gone
+        assert not os.path.exists(f"runs/classify-shapes196-tinynet/{name}"), name
 
 
 def test_config_round_trip_gives_the_same_log(capsys, tmp_path, shapes_cache):

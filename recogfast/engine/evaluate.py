@@ -40,6 +40,9 @@ def evaluate_checkpoint(ckpt: dict, path: str, split: str = "test", features: bo
     cfg = _config(saved, dataset=dataset, data=data, device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
                   batch_size=batch_size, backend=backend)
     cfg.num_workers, cfg.weights, cfg.amp, cfg.patience, cfg.schedule = num_workers, None, "auto", None, "cosine"
+    if features and cfg.task == "multilabel":
+        raise ValueError("--features scores Recall@K on single-label classes: a multilabel run is scored by mAP "
+                         "(`recogfast verify` uses its pooled features for pairs)")
     if split == "val" and cfg.val_fraction == 0:
         raise ValueError(f"{path} was trained without a validation split (--val-fraction 0): use --split test")
     if features and cfg.task == "classify" and cfg.protocol != "retrieval":
@@ -66,6 +69,10 @@ def evaluate_checkpoint(ckpt: dict, path: str, split: str = "test", features: bo
         if cfg.channels_last:
             net = net.to(memory_format=torch.channels_last)
         with torch.no_grad(), torch.autocast(torch.device(cfg.device).type, dtype=amp, enabled=amp is not None):
+            if cfg.task == "multilabel":
+                from recogfast.engine.multilabel import multilabel_eval
+
+                return multilabel_eval(loader, ds.targets)(net)
             if not retrieval:
                 return tasks.classification_eval(loader)(net)
             e, y = tasks.embed(net, loader, features=features or getattr(net, "embedding_dim", None) is None)

@@ -21,6 +21,10 @@ def build_datasets(cfg):
     """
     from recogfast import data
 
+    if cfg.task == "multilabel":
+        from recogfast.engine.multilabel import build_multilabel_datasets
+
+        return build_multilabel_datasets(cfg)
     if cfg.dataset == "shapes196":
         kw = dict(cache_dir=cfg.data, protocol=cfg.protocol, images_per_class=cfg.images_per_class, image_size=64, seed=0)
         train, test = data.Shapes196(split="train", **kw), data.Shapes196(split="test", **kw)

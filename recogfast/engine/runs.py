@@ -26,7 +26,8 @@ def clear_run(folder: str) -> None:
             os.remove(path)
     if os.path.isdir(folder):
         for name in os.listdir(folder):
-            if name.startswith("eval-") and name.endswith(".json"):
+            if name.startswith(("eval-", "verify-")) and name.endswith(".json") or (
+                    name.startswith("roc-") and name.endswith(".png")):  # recogfast eval / verify results
                 os.remove(os.path.join(folder, name))
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
     shutil.rmtree(os.path.join(folder, "report"), ignore_errors=True)
@@ -60,7 +61,7 @@ def read_config(path: str, known: set[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ compare
-_METRIC_ORDER = ("top1", "top5", "recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+_METRIC_ORDER = ("top1", "top5", "recall@1", "recall@2", "recall@4", "recall@8", "map@r", "map", "map_voc07")
 
 
 def _metrics(d: dict | None) -> dict:

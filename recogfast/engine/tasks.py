@@ -1,4 +1,5 @@
-"""The two training tasks built from one flat configuration: classification and retrieval.
+"""The three training tasks built from one flat configuration: classification, retrieval and multi-label
+classification (recogfast.engine.multilabel).
 
 ``run_train(RunConfig(...))`` builds the datasets, loaders, model, loss, optimizer and schedule, then
 runs :class:`~recogfast.engine.Trainer`. Every run has three splits: train, val (carved out of the
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recogfast.engine.checkpoint import seed_everything
+from recogfast.engine.multilabel import MULTILABEL_DATASETS, multilabel_eval
 from recogfast.engine.schedule import build_optimizer, build_scheduler
 from recogfast.engine.trainer import Trainer, TrainerOptions
 from recogfast.engine.validate import check_combinations, check_out_folder, check_ranges
@@ -30,10 +32,11 @@ from recogfast.metrics import AccuracyMeter, retrieval_metrics
 
 log = logging.getLogger("recogfast")
 
-TASKS = ("classify", "retrieval")
-DATASETS = ("shapes196", "tiny-imagenet", "cars196")
+TASKS = ("classify", "retrieval", "multilabel")
+DATASETS = ("shapes196", "tiny-imagenet", "cars196") + MULTILABEL_DATASETS
+EMBEDDED = ("shapes196", "shapes-multi")  # generated, no --data needed
 PROTOCOLS = ("classification", "retrieval")
-DEFAULT_VAL_FRACTION = {"classify": 0.1, "retrieval": 0.15}
+DEFAULT_VAL_FRACTION = {"classify": 0.1, "retrieval": 0.15, "multilabel": 0.1}
 
 
 @dataclass
@@ -90,7 +93,7 @@ class RunConfig:
     mining: str = "ms"
     xbm_size: int = 0  # cross-batch memory entries (0 = off)
     gather_across_ranks: bool = True
-    # Shapes196
+    # Shapes196 (images per class); shapes-multi: 20× this trainval, 5× this test images
     images_per_class: int = 40
     # fine-tuning (recogfast.engine.finetune): freeze the stem .. STAGE, a head learning-rate factor,
     # the epoch from which everything trains; weight EMA; MixUp / CutMix (Beta alpha, 0 = off);
@@ -115,7 +118,7 @@ class RunConfig:
         if c.device is None:
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
         if c.image_size is None:
-            c.image_size = 224 if c.dataset == "cars196" else 64
+            c.image_size = 224 if c.dataset in ("cars196", "voc2007") else 64
         if c.stem is None:
             c.stem = "small" if c.image_size <= 64 else "imagenet"
         if c.amp == "auto":
@@ -131,9 +134,14 @@ class RunConfig:
         if c.val_fraction == 0 and c.schedule == "plateau":
             raise ValueError("--schedule plateau needs a validation split: it cannot be used with --val-fraction 0")
         if c.protocol is None:
-            c.protocol = "classification" if c.task == "classify" else "retrieval"
+            c.protocol = "retrieval" if c.task == "retrieval" else "classification"
         if c.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {c.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+        if (c.task == "multilabel") != (c.dataset in MULTILABEL_DATASETS):
+            raise ValueError(f"multilabel trains on a multi-label dataset ({' or '.join(MULTILABEL_DATASETS)})" if
+                             c.task == "multilabel" else f"{c.dataset} is multi-label: use `train multilabel`")
+        if c.task == "multilabel" and c.protocol == "retrieval":
+            raise ValueError("--protocol retrieval is for classify and retrieval, not multilabel")
         if c.task == "retrieval" and c.protocol != "retrieval":
             raise ValueError("retrieval trains on the disjoint-class split: --protocol classification is for classify")
         if c.dataset == "tiny-imagenet" and c.protocol == "retrieval":
@@ -256,7 +264,7 @@ _HEADS = ("fc.", "embedding.", "classifier.")
 def build_model(cfg: RunConfig, num_classes: int | None) -> nn.Module:
     from recogfast.models import create_model
 
-    if cfg.task == "classify":
+    if cfg.task in ("classify", "multilabel"):
         model = create_model(cfg.model, num_classes=num_classes, stem=cfg.stem, attn_impl=cfg.attn_impl, weights=cfg.weights)
     else:
         model = create_model(cfg.model, embedding_dim=cfg.embedding_dim, stem=cfg.stem, attn_impl=cfg.attn_impl,
@@ -280,9 +288,13 @@ def check_weights_kept(model: nn.Module, partial: bool = False) -> None:
                          f"{MIN_WEIGHTS_KEPT:.0%}")
 
 
-def build_loss(cfg: RunConfig) -> nn.Module:
+def build_loss(cfg: RunConfig, train_ds=None) -> nn.Module:
     if cfg.task == "classify":
         return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if cfg.task == "multilabel":  # BCE-with-logits on the training split's targets (difficult entries ignored)
+        from recogfast.losses import MultiLabelBCELoss
+
+        return MultiLabelBCELoss(train_ds.targets)
     from recogfast.losses import CrossBatchMemory, MultiSimilarityLoss
 
     _, world = _dist_info()
@@ -338,15 +350,18 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     model = build_model(cfg, train_ds.num_classes)
     if main and getattr(model, "load_report", None) is not None:
         print(model.load_report.summary(), flush=True)
-    loss = build_loss(cfg)
+    loss = build_loss(cfg, train_ds)
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                 head_lr_mult=cfg.head_lr_mult)
     callbacks, mix = finetune_parts(cfg, model, train_ds.num_classes, callbacks)  # after the optimizer: it holds all
-    monitor, mode = ("top1", "max") if cfg.task == "classify" else ("recall@1", "max")
+    monitor, mode = {"classify": ("top1", "max"), "multilabel": ("map", "max")}.get(cfg.task, ("recall@1", "max"))
     steps = -(-steps // cfg.accumulate)  # the schedule counts optimizer steps
     scheduler, interval = build_scheduler(optimizer, cfg.schedule, cfg.epochs, steps, cfg.warmup_epochs,
                                           cfg.step_size, cfg.gamma, cfg.plateau_patience, mode)
-    if cfg.task == "classify":
+    if cfg.task == "multilabel":
+        val_eval = multilabel_eval(val_loader, val_ds.targets) if val_loader is not None else None
+        test_eval = multilabel_eval(test_loader, test_ds.targets)
+    elif cfg.task == "classify":
         val_eval = classification_eval(val_loader) if val_loader is not None else None
         # a classifier on the disjoint-class split is tested by the Recall@K of its pooled features
         test_eval = (retrieval_eval(test_loader, features=True) if cfg.protocol == "retrieval"

@@ -258,7 +258,11 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
         torch.set_grad_enabled(False)
         try:
             features = cfg.task == "classify" and cfg.protocol == "retrieval" and split == "test"
-            if cfg.task == "classify" and not features:
+            if cfg.task == "multilabel":
+                from recogfast.report.tasks import multilabel
+
+                sections["multilabel"] = multilabel(model, loader, ds, folder, cfg.image_size, _thumb)
+            elif cfg.task == "classify" and not features:
                 sections["classification"] = classification(model, loader, ds, folder, cfg.image_size)
             else:
                 sections["retrieval"] = retrieval(model, loader, ds, folder, cfg.image_size, n, cfg.seed, features)
@@ -268,8 +272,10 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
             sections["why"] = why_section(model, loader, ds, folder)
         sections["attention"] = attention_section(model, loader, folder)
         sections["evaluated"] = {"checkpoint": f"{checkpoint}.pt", "epoch": epoch, "split": split}
+    from recogfast.report.tasks import verification
     from recogfast.report.tensorboard import report_to_tensorboard
 
+    sections["verification"] = verification(run, folder)  # the results of `recogfast verify`, if any
     sections["tensorboard"] = report_to_tensorboard(run, folder, summary, (sections.get("evaluated") or {}).get("epoch"))
     sections["seconds"] = time.perf_counter() - t0
     return write_page(folder, run, summary, sections, note)

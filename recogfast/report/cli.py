@@ -38,6 +38,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def add_verification_after(run: str) -> str | None:
+    """After ``recogfast verify``: its ROC and numbers into the run's report page, when there is one;
+    never fails the command (a note on stderr instead)."""
+    try:
+        from recogfast.report.tasks import update_page
+
+        path = update_page(run)
+        if path:
+            print(f"report: {path} (verification section)", flush=True)
+        return path
+    except Exception as err:  # noqa: BLE001 - the verification result is written already
+        print(f"note: the report page was not updated: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+              file=sys.stderr)
+        return None
+
+
 def report_after_training(run: str, split: str | None = None) -> str | None:
     """The report at the end of ``train`` / ``demo``; never fails the run (a note on stderr instead)."""
     try:

@@ -85,6 +85,14 @@ def write_page(folder: Path, run: Path, summary: dict, s: dict, note: str | None
                  + "".join(f'<td class="num" data-key="report.recall@{k}">{fmt(r["recall"][k])}</td>' for k in (1, 2, 4, 8, 16, 32))
                  + "</tr></table>",
                  f"<h3>Embedding map ({html.escape(r['method'])})</h3>", _img(r["files"]["map"], "embedding map")]
+    if s.get("multilabel"):
+        from recogfast.report.tasks import multilabel_html
+
+        body += multilabel_html(s["multilabel"], fmt, _img)
+    if s.get("verification"):
+        from recogfast.report.tasks import verification_html
+
+        body.append(verification_html(s["verification"], fmt, _img))
     w = s.get("why")
     if w:
         body.append("<h2>Why this class: Grad-CAM, guided backpropagation, guided Grad-CAM (last conv layer)</h2>")
@@ -94,7 +102,7 @@ def write_page(folder: Path, run: Path, summary: dict, s: dict, note: str | None
         body.append("<h2>Attention: CUBS gates</h2>")
         body += [_img(a[k], f"CUBS {k} gates") for k in ("spatial", "channel") if k in a]
     if not w:
-        body.append("<p>Grad-CAM / guided backpropagation are drawn for classification runs only.</p>")
+        body.append("<p>Grad-CAM / guided backpropagation are drawn for (single-label) classification runs only.</p>")
     body.append(f"<p><small>report built in {s.get('seconds', 0):.1f} s</small></p>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

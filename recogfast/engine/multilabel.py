@@ -1,0 +1,63 @@
+"""The multi-label task's data and evaluation (``recogfast train multilabel``): PASCAL VOC 2007 or the
+embedded ShapesMulti, a BCE-with-logits head, mean average precision on val (every choice) and test.
+
+Splits: the training pool is VOC's ``trainval`` list (ShapesMulti: its trainval images); val is a
+seeded ``val_fraction`` of it (default 0.1; 0 = no validation); test is VOC's ``test`` list.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recogfast.metrics import mean_average_precision
+
+MULTILABEL_DATASETS = ("voc2007", "shapes-multi")
+
+
+def build_multilabel_datasets(cfg):
+    """(train, val, test) multi-label lists; val is None with ``val_fraction`` 0."""
+    from recogfast import data
+
+    if cfg.dataset == "shapes-multi":
+        kw = dict(cache_dir=cfg.data, images_per_class=cfg.images_per_class, image_size=64, seed=0)
+        pool, test = data.ShapesMulti(split="trainval", **kw), data.ShapesMulti(split="test", **kw)
+    else:
+        if cfg.data is None:
+            raise ValueError(f"--data is required for {cfg.dataset}")
+        if not os.path.isdir(cfg.data):
+            raise FileNotFoundError(f"data folder not found: {cfg.data}")
+        pool, test = data.VOC2007(cfg.data, "trainval"), data.VOC2007(cfg.data, "test")
+    if not cfg.val_fraction:
+        return pool, None, test
+    train, val = data.split_multilabel(pool, cfg.val_fraction, cfg.split_seed)
+    return train, val, test
+
+
+@torch.no_grad()
+def multilabel_outputs(model: nn.Module, loader, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [N, C] float32 on the CPU, targets [N, C] int8) of every image of `loader` (gathered
+    over DDP ranks; each batch's labels are the images' indices into `targets`)."""
+    from recogfast.engine.tasks import embed
+
+    logits, index = embed(model, loader)
+    return logits.cpu(), torch.as_tensor(targets)[index.cpu().long()]
+
+
+def multilabel_scores(logits: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
+    """mAP (area under the PR curve), mAP (VOC07 11-point) and the BCE loss of the counted entries."""
+    area = mean_average_precision(logits, t, "area")  # raises FloatingPointError on NaN logits
+    voc07 = mean_average_precision(logits, t, "voc07")
+    weight = (t >= 0).float()
+    loss = F.binary_cross_entropy_with_logits(logits.float(), t.clamp(min=0).float(), weight=weight, reduction="sum")
+    return {"map": area["map"], "map_voc07": voc07["map"], "loss": float(loss / weight.sum().clamp(min=1))}
+
+
+def multilabel_eval(loader, targets):
+    def run(model: nn.Module) -> dict[str, float]:
+        return multilabel_scores(*multilabel_outputs(model, loader, targets))
+
+    return run
