@@ -147,7 +147,7 @@ def run_demo(args) -> int:
             cfg = RunConfig(task="retrieval", out=os.path.join(args.out, "retrieval"), epochs=d["retrieval_epochs"],
                             lr=1e-3, m_per_class=4, embedding_dim=512, **common)
             trainer = build_trainer(cfg)
-            test_loader = trainer.test_loader
+            test_loader = trainer.data.test_loader
             raw = retrieval_metrics(*raw_pixels(test_loader))
             trainer.model.eval()
             untrained = trainer.test_evaluate_fn(trainer.model)
@@ -207,7 +207,7 @@ def _multilabel(args, d: dict, common: dict, rows: list) -> dict:
                     **{**common, "dataset": "shapes-multi"})
     trainer = build_trainer(cfg)
     s = trainer.fit()
-    targets = trainer.datasets[2].targets
+    targets = trainer.data.datasets[2].targets
     baseline = mean_average_precision(np.zeros(targets.shape), targets)["map"]  # every image alike: AP = frequency
     speed = trainer.history[-1]["train_img_per_s"]
     rows.append(("multilabel: label frequency", {"mAP": baseline}))

@@ -157,7 +157,8 @@ def test_train_flag_defaults_are_run_config_defaults():
     (except the flags whose None is resolved later from the task, dataset or run folder)."""
     import dataclasses
 
-    from recogfast.cli import DECIDED_LATER, build_parser
+    from recogfast.cli import build_parser
+    from recogfast.cli_train import DECIDED_LATER
     from recogfast.engine.tasks import RunConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}

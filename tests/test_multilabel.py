@@ -192,7 +192,7 @@ def test_map_rises_well_above_the_label_frequency_baseline(tmp_path):
     the class's share of positives) 0.083 on test. Bound: 3× the baseline and 0.25."""
     summary, trainer = run_train(_cfg(tmp_path / "run", str(tmp_path / "cache"), images_per_class=40, image_size=32,
                                       batch_size=64, epochs=6, lr=2e-3, crop_scale=0.35))
-    test = trainer.datasets[2]
+    test = trainer.data.datasets[2]
     baseline = mean_average_precision(np.zeros(test.targets.shape), test.targets)["map"]
     prevalence = [((test.targets[:, c] == 1).sum() / (test.targets[:, c] >= 0).sum()) for c in range(20)]
     assert baseline == pytest.approx(np.mean(prevalence), abs=1e-12) and baseline < 0.1

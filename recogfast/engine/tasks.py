@@ -39,6 +39,16 @@ PROTOCOLS = ("classification", "retrieval")
 DEFAULT_VAL_FRACTION = {"classify": 0.1, "retrieval": 0.15, "multilabel": 0.1}
 
 
+@dataclass(frozen=True)
+class RunData:
+    """What `build_trainer` built the run from: (train, val, test) datasets (val None without a val split) and
+    the val / test loaders (``Trainer.data``)."""
+
+    datasets: tuple
+    val_loader: Any
+    test_loader: Any
+
+
 @dataclass
 class RunConfig:
     task: str = "classify"
@@ -385,9 +395,7 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
                              config=config, run_config=saved_config(asked, cfg))
     trainer = Trainer(model, loss, train_loader, val_eval, optimizer, scheduler, interval, out_dir=cfg.out,
                       options=options, device=cfg.device, callbacks=callbacks, test_evaluate=test_eval,
-                      batch_transform=mix)
-    trainer.val_loader, trainer.test_loader = val_loader, test_loader
-    trainer.datasets = (train_ds, val_ds, test_ds)
+                      batch_transform=mix, data=RunData((train_ds, val_ds, test_ds), val_loader, test_loader))
     return trainer
 
 

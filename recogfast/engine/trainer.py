@@ -79,6 +79,8 @@ class Trainer(EpochLoop):
             "step" (every batch; ``optimizer_step`` says whether the optimizer stepped) and "epoch".
         batch_transform: ``(images, labels) -> (images, labels)`` on the device before the forward
             (MixUp / CutMix: soft labels for the loss).
+        data: what the run was built from, for callers that need it after training (the demo, tests):
+            ``recogfast.engine.tasks.RunData`` (datasets and the val/test loaders), or None.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Trainer(EpochLoop):
         callbacks: list[Callable] | None = None,
         test_evaluate: Callable[[nn.Module], dict] | None = None,
         batch_transform: Callable | None = None,
+        data: Any = None,
     ):
         self.opt = options or TrainerOptions()
         if self.opt.amp not in AMP_DTYPES:
@@ -117,6 +120,7 @@ class Trainer(EpochLoop):
         self.out_dir = Path(out_dir)
         self.callbacks = list(callbacks or [])
         self.batch_transform = batch_transform
+        self.data = data
         self.distributed = dist.is_available() and dist.is_initialized()
         self.is_main = _is_main()
         self.rewrap()

@@ -1,0 +1,121 @@
+"""The flags of `recogfast train` (every RunConfig field; defaults come from RunConfig) and `--config`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    from recogfast.engine.schedule import OPTIMIZERS, SCHEDULES
+    from recogfast.engine.tasks import DATASETS
+
+    p.add_argument("--dataset", default=None,
+                   help=f"one of: {', '.join(DATASETS)} (default shapes196; shapes-multi for multilabel)")
+    p.add_argument("--data", default=None,
+                   help="dataset folder (voc2007: VOCdevkit/VOC2007; shapes196 / shapes-multi: cache folder, optional)")
+    p.add_argument("--model", default=None, help="model name (see `recogfast info`); default resnet18")
+    p.add_argument("--out", default=None,
+                   help="run folder (default runs/<task>-<dataset>-<model>, numbered -2, -3... when it holds a run)")
+    p.add_argument("--config", default=None, help="a run's config.json to start from (flags given here override it)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run that --out already holds")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="held out for validation: of each class's images (classify, default 0.1) or of the training "
+                        "classes (retrieval, default 0.15); 0 = no validation, the last epoch is the result")
+    p.add_argument("--split-seed", type=int, help="seed of the validation split")
+    p.add_argument("--protocol", choices=("classification", "retrieval"), default=None,
+                   help="classify on the dataset's own test images (classification, default) or on the "
+                        "disjoint-class split (retrieval: test = Recall@K of the pooled features; Task 4)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--image-size", type=int, default=None, help="default 64 (224 for cars196)")
+    p.add_argument("--stem", choices=("imagenet", "small"), default=None, help="default small for <= 64 px")
+    p.add_argument("--attn-impl", choices=("auto", "fused", "reference"))
+    p.add_argument("--weights", default=None,
+                   help="checkpoint to start from: a torchvision .pth, a recogfast run's best.pt (its classifier is "
+                        "cropped for retrieval), or 'imagenet' (torchvision's, via $TORCH_HOME/hub/checkpoints)")
+    p.add_argument("--weights-partial", action="store_true",
+                   help="accept --weights that keep less than half of the backbone's checkpoint tensors")
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float, default=None, help="default 0.1·batch/256 (sgd), 1e-3 (adamw)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--step-size", type=int, help="step schedule: epochs per decay")
+    p.add_argument("--gamma", type=float, help="step/plateau decay factor")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--crop-scale", type=float,
+                   help="smallest area fraction of the random resized crop (default 0.08, as torchvision)")
+    p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
+    p.add_argument("--min-delta", type=float, help="early stopping: smallest improvement that counts")
+    p.add_argument("--plateau-patience", type=int, help="plateau schedule: epochs before a decay")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="auto: bf16 on CUDA")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
+    p.add_argument("--backend", choices=("auto", "dali", "torchvision"))
+    p.add_argument("--workers", dest="num_workers", type=int, default=None)
+    p.add_argument("--on-error", choices=("raise", "skip"),
+                   help="unreadable image files (all checked before the first step): raise = stop with the file "
+                        "named (default), skip = train without them (counted each epoch)")
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--embedding-dim", type=int)
+    p.add_argument("--m-per-class", type=int)
+    p.add_argument("--mining", choices=("ms", "all", "hardest"))
+    p.add_argument("--ms-alpha", type=float)
+    p.add_argument("--ms-beta", type=float)
+    p.add_argument("--ms-base", type=float)
+    p.add_argument("--ms-epsilon", type=float)
+    p.add_argument("--xbm", dest="xbm_size", type=int, help="cross-batch memory size (0: off)")
+    p.add_argument("--images-per-class", type=int,
+                   help="Shapes196: images per class; shapes-multi: 20× this trainval and 5× this test images")
+    from recogfast.engine.finetune import add_finetune_args
+
+    add_finetune_args(p)
+    p.add_argument("--resume", nargs="?", const=True, default=False,
+                   help="continue from <out>/last.pt (or from the given checkpoint)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    config_defaults(p)
+
+
+# Train flags whose None means "decided later" (from the task, the dataset or the run folder), not RunConfig's default.
+DECIDED_LATER = ("dataset", "model", "out")
+
+
+def config_defaults(p: argparse.ArgumentParser) -> None:
+    """Every train flag that sets a RunConfig field takes its default from RunConfig, the one place where
+    defaults are written (tests/test_cli.py checks that no flag carries another)."""
+    import dataclasses
+
+    from recogfast.engine.tasks import RunConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    for action in p._actions:
+        if action.dest in defaults and action.default is None and action.dest not in DECIDED_LATER:
+            action.default = defaults[action.dest]
+
+
+def with_config(parser, argv, args):
+    """Parse again with the saved config's values as the train defaults: flags given override them."""
+    import dataclasses
+
+    from recogfast.cli import UsageError
+    from recogfast.engine.runs import read_config
+    from recogfast.engine.tasks import RunConfig
+
+    try:
+        values = read_config(args.config, {f.name for f in dataclasses.fields(RunConfig)})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if values.get("task", args.task) != args.task:
+        raise UsageError(f"config file {args.config} is for `train {values['task']}`, not `train {args.task}`")
+    dests = {a.dest for a in parser.train_parser._actions}
+    values.pop("out", None)  # a new run: --out, or a new numbered folder
+    values.pop("task", None)
+    values.pop("progress", None)
+    parser.train_parser.set_defaults(**{k: v for k, v in values.items() if k in dests})
+    args = parser.parse_args(argv)
+    args.extra = {k: v for k, v in values.items() if k not in dests}
+    return args
