@@ -457,13 +457,17 @@ def _bad_file(kind, folder, good):
         "garbage": b"this is not an image" * 20,
         "truncated": raw[: len(raw) // 2],
         "bad_header": b"\xff\xd8\xff" + b"\x00\x13garbage-garbage" * 8 + b"\xff\xd9",
+        # garbage inside the entropy-coded data, header and end marker intact: libjpeg-turbo (torchvision)
+        # fails on its invalid markers, DALI would decode it with a warning; both must refuse it alike
+        "garbage_mid": raw[: raw.find(b"\xff\xda") + 20] + bytes((i * 37) % 256 for i in range(len(raw) // 3))
+        + raw[raw.find(b"\xff\xda") + 20 + len(raw) // 3:],
     }[kind]
     with open(path, "wb") as f:
         f.write(content)
     return path
 
 
-BAD_KINDS = ["missing", "empty", "garbage", "truncated", "bad_header"]
+BAD_KINDS = ["missing", "empty", "garbage", "truncated", "bad_header", "garbage_mid"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
