@@ -7,6 +7,8 @@ when DALI is not importable; everything runs on the CPU (DALI with device_id=Non
 
 import logging
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -670,3 +672,34 @@ def test_cuda_output(backend, train, mixed_dir):
         cpu = torch.cat([x for x, _ in _loader(ds, False, 4, 16, "torchvision")])
         diff = (_pixels(torch.cat([x for x, _ in gpu]).float().cpu()) - _pixels(cpu)).abs()
         assert diff.mean() < 2.5 and diff.max() < 24, (diff.mean(), diff.max())
+
+
+_FORK_AFTER_DALI = """
+import gc, sys
+import recogfast.data as rd
+files = sys.argv[1:]
+ds = rd.ImageList(files, list(range(len(files))), [f"c{i}" for i in range(len(files))])
+dali = rd.build_loader(ds, train=False, batch_size=2, image_size=8, backend="dali", device="cpu", num_workers=1)
+for _ in dali:
+    pass
+cycle = [dali]
+cycle.append(cycle)  # the pipeline now dies only when the garbage collector runs
+del dali, cycle
+gc.disable()  # ... and it must not run here, before the fork
+
+
+tv = rd.build_loader(ds, train=False, batch_size=2, image_size=8, backend="torchvision", device="cpu", num_workers=1)
+orig = tv._loader.dataset.__class__.__getitem__
+tv._loader.dataset.__class__.__getitem__ = lambda self, key: (gc.collect(), orig(self, key))[1]  # GC in the worker
+print(sum(len(y) for _, y in tv))
+"""
+
+
+@pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed")
+def test_forked_workers_never_finalise_an_inherited_dali_pipeline(mixed_dir):
+    """A DALI pipeline still waiting for the garbage collector when the torchvision loader forks its workers
+    must not be collected in a worker: its destructor would wait forever for the parent's executor threads."""
+    out = subprocess.run([sys.executable, "-c", _FORK_AFTER_DALI, *mixed_dir[:4]], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "4"

@@ -9,6 +9,7 @@ torch tensors on the target device: images [B, 3, S, S] normalised with the Imag
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 
@@ -136,7 +137,7 @@ class TorchvisionLoader(Loader):
 
     def _iterate(self, epoch, skips):
         self._tagged.epoch = epoch
-        for images, labels, skipped in self._loader:
+        for images, labels, skipped in _start_workers(self._loader):
             for path, reason in skipped:
                 if self.on_error == "raise":
                     raise DataError(reason, path)
@@ -145,6 +146,20 @@ class TorchvisionLoader(Loader):
                 continue
             images = images.to(self.device, non_blocking=True)
             yield normalize_batch(images, self.dtype, self.channels_last), labels.to(self.device, non_blocking=True)
+
+
+def _start_workers(loader):
+    """``iter(loader)``, with the objects the garbage collector tracks frozen while the workers fork: a forked
+    worker must never finalise an object it inherited. (A DALI pipeline left in a reference cycle by the parent,
+    collected in the child, waits in its destructor for executor threads that exist only in the parent: the
+    worker hangs, and with it the epoch.)"""
+    if loader.num_workers == 0:
+        return iter(loader)
+    gc.freeze()
+    try:
+        return iter(loader)
+    finally:
+        gc.unfreeze()
 
 
 def build_loader(
