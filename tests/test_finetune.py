@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from recogfast.engine import RunConfig, Trainer, TrainerOptions, build_optimizer, build_scheduler, load_checkpoint
-from recogfast.engine.finetune import Freezer, batch_mix, ema_weights
+from recogfast.engine.finetune import Freezer, batch_mix, scored_weights
 from recogfast.models import create_model
 from test_engine import Killed, _data, _evaluate, _model
 from test_runs import shapes_cache  # noqa: F401,F811  (the fixture)
@@ -79,7 +79,7 @@ def test_ema_equals_the_closed_form_and_is_what_val_scores(tmp_path):
             (1 - decay) * decay ** (k - 1 - j) * weights[j][name] for j in range(1, k))
         torch.testing.assert_close(ema[name].double(), closed, rtol=1e-5, atol=1e-6)
     assert not torch.equal(ema["6.weight"], t.model.state_dict()["6.weight"])
-    saved = ema_weights(load_checkpoint(tmp_path / "last.pt"))  # what recogfast eval / export load
+    saved = scored_weights(load_checkpoint(tmp_path / "last.pt"))  # what recogfast eval / export load
     assert all(torch.equal(saved[n], v) for n, v in ema.items())
 
 

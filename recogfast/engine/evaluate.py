@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from recogfast.engine import tasks
-from recogfast.engine.finetune import ema_weights
+from recogfast.engine.finetune import scored_weights
 from recogfast.metrics import retrieval_metrics
 
 
@@ -55,7 +55,7 @@ def evaluate_checkpoint(ckpt: dict, path: str, split: str = "test", features: bo
     cfg = cfg.resolved()
     model = tasks.build_model(cfg, saved.get("num_classes"))
     try:
-        model.load_state_dict(ema_weights(ckpt) or ckpt["model"])  # the EMA weights when the run kept them
+        model.load_state_dict(scored_weights(ckpt))  # the EMA weights when the run kept them
     except RuntimeError as err:
         raise ValueError(f"checkpoint {path} does not match its model: {str(err).splitlines()[0]}") from None
     _, val_ds, test_ds = tasks.build_datasets(cfg)

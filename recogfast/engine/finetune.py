@@ -89,12 +89,12 @@ def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedM
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def ema_weights(state: dict) -> dict[str, torch.Tensor] | None:
-    """The EMA model's state dict from a checkpoint (or None without EMA): what val, test and
-    ``recogfast eval`` score."""
+def scored_weights(state: dict) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint is scored with (val, test, ``recogfast eval``, report, verify, export): the EMA
+    model's when the run kept one, else the model's."""
     ema = state.get("ema")
     if not ema:
-        return None
+        return state["model"]
     return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
 
 

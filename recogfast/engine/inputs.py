@@ -9,6 +9,14 @@ import os
 import torch.distributed as dist
 
 
+def require_data_folder(cfg) -> None:
+    """A dataset that is not embedded needs an existing --data folder (ValueError / FileNotFoundError, one line)."""
+    if cfg.data is None:
+        raise ValueError(f"--data is required for {cfg.dataset}")
+    if not os.path.isdir(cfg.data):
+        raise FileNotFoundError(f"data folder not found: {cfg.data}")
+
+
 def build_datasets(cfg):
     """(train, val, test) datasets; val is None with ``val_fraction`` 0.
 
@@ -29,10 +37,7 @@ def build_datasets(cfg):
         kw = dict(cache_dir=cfg.data, protocol=cfg.protocol, images_per_class=cfg.images_per_class, image_size=64, seed=0)
         train, test = data.Shapes196(split="train", **kw), data.Shapes196(split="test", **kw)
     else:
-        if cfg.data is None:
-            raise ValueError(f"--data is required for {cfg.dataset}")
-        if not os.path.isdir(cfg.data):
-            raise FileNotFoundError(f"data folder not found: {cfg.data}")
+        require_data_folder(cfg)
         if cfg.dataset == "tiny-imagenet":
             if cfg.protocol == "retrieval":
                 raise ValueError("retrieval needs disjoint train/test classes: use cars196 or shapes196")

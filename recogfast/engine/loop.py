@@ -60,7 +60,7 @@ class EpochLoop:
         if accumulate > 1 and total is None:
             raise ValueError("gradient accumulation needs a training loader with a length (or steps_per_epoch)")
         bar = Progress(total, f"epoch {self.epoch + 1}/{self.opt.epochs}", enabled=self.opt.progress and self.is_main)
-        loss_sum, loss_count = torch.zeros((), dtype=torch.float64), 0
+        loss_sum, loss_count = 0.0, 0
         for step, (images, labels) in enumerate(self.train_loader):
             if total is not None and step >= total:
                 break
@@ -81,12 +81,12 @@ class EpochLoop:
                     outputs = self.train_model(images)
                 loss = self.loss_fn(outputs.float() if outputs.dtype in (torch.float16, torch.bfloat16) else outputs,
                                     labels)
-                if not torch.isfinite(loss):
-                    raise Diverged(self._diverged_text(f"loss is {loss.item()}", step))
+                value = float(loss.detach())  # the step's one device-to-host sync
+                if not math.isfinite(value):
+                    raise Diverged(self._diverged_text(f"loss is {value}", step))
                 self.scaler.scale(loss / group if group > 1 else loss).backward()
             if steps_now:
                 self._optimizer_step()
-            value = float(loss.detach())
             self.step_losses.append(value)
             loss_sum += value
             loss_count += 1
@@ -96,7 +96,7 @@ class EpochLoop:
         if loss_count == 0:
             raise ValueError(f"epoch {self.epoch + 1} ran no optimizer step: the training loader yielded no batch "
                              f"(fewer samples than one batch?)")
-        return {"train_loss": float(loss_sum) / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
+        return {"train_loss": loss_sum / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
 
     def _sync(self, steps_now: bool):
         """DDP all-reduces the gradients only on the batch that ends an accumulation group."""

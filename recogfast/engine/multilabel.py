@@ -7,12 +7,10 @@ seeded ``val_fraction`` of it (default 0.1; 0 = no validation); test is VOC's ``
 
 from __future__ import annotations
 
-import os
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from recogfast.losses.multilabel import masked_bce
 from recogfast.metrics import mean_average_precision
 
 MULTILABEL_DATASETS = ("voc2007", "shapes-multi")
@@ -26,10 +24,9 @@ def build_multilabel_datasets(cfg):
         kw = dict(cache_dir=cfg.data, images_per_class=cfg.images_per_class, image_size=64, seed=0)
         pool, test = data.ShapesMulti(split="trainval", **kw), data.ShapesMulti(split="test", **kw)
     else:
-        if cfg.data is None:
-            raise ValueError(f"--data is required for {cfg.dataset}")
-        if not os.path.isdir(cfg.data):
-            raise FileNotFoundError(f"data folder not found: {cfg.data}")
+        from recogfast.engine.inputs import require_data_folder
+
+        require_data_folder(cfg)
         pool, test = data.VOC2007(cfg.data, "trainval"), data.VOC2007(cfg.data, "test")
     if not cfg.val_fraction:
         return pool, None, test
@@ -51,9 +48,7 @@ def multilabel_scores(logits: torch.Tensor, t: torch.Tensor) -> dict[str, float]
     """mAP (area under the PR curve), mAP (VOC07 11-point) and the BCE loss of the counted entries."""
     area = mean_average_precision(logits, t, "area")  # raises FloatingPointError on NaN logits
     voc07 = mean_average_precision(logits, t, "voc07")
-    weight = (t >= 0).float()
-    loss = F.binary_cross_entropy_with_logits(logits.float(), t.clamp(min=0).float(), weight=weight, reduction="sum")
-    return {"map": area["map"], "map_voc07": voc07["map"], "loss": float(loss / weight.sum().clamp(min=1))}
+    return {"map": area["map"], "map_voc07": voc07["map"], "loss": float(masked_bce(logits.float(), t))}
 
 
 def multilabel_eval(loader, targets):

@@ -24,7 +24,7 @@ from torch import nn
 from recogfast.engine.checkpoint import (
     atomic_save, clean_temp_files, load_checkpoint, repair_best, rng_state, set_rng_state,
 )
-from recogfast.engine.finetune import build_ema, ema_weights
+from recogfast.engine.finetune import build_ema, scored_weights
 from recogfast.engine.logs import CSVLog, TensorBoard, plot_history
 from recogfast.engine.loop import Diverged, EpochLoop, ResumeError, StopTraining  # noqa: F401  (public here too)
 
@@ -352,7 +352,7 @@ class Trainer(EpochLoop):
                 dist.barrier()  # rank 0 wrote best.pt
             last = {k: v.detach().clone() for k, v in scored.state_dict().items()}
             best = load_checkpoint(self.out_dir / "best.pt")
-            scored.load_state_dict(best["model"] if self.ema is None else ema_weights(best))
+            scored.load_state_dict(scored_weights(best))
         scored.eval()
         with torch.no_grad(), self.autocast():
             metrics = self.test_evaluate_fn(scored)

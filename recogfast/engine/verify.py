@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from recogfast.data.errors import DataError
+from recogfast.engine.finetune import scored_weights
 from recogfast.metrics.verification import best_threshold, kfold_accuracy, roc_curve, verification_metrics
 
 DEFAULT_PAIRS = 6000  # LFW's size: 3000 same + 3000 different
@@ -160,8 +161,7 @@ def _embed_files(model, files: list[str], cfg, features: bool) -> torch.Tensor:
     from recogfast.engine import tasks
 
     ds = ImageList(files, [0] * len(files), ["image"], split="pairs")
-    bad = tasks.check_files((ds,), "raise")  # a DataError naming the first unreadable image
-    assert not bad
+    tasks.check_files((ds,), "raise")  # a DataError naming the first unreadable image
     loader = tasks.build_eval_loader(cfg, ds)
     e, _ = tasks.embed(model, loader, features=features)
     return e.cpu()
@@ -202,7 +202,7 @@ def run_verify(checkpoint: str, pairs: str | None = None, val_pairs: str | None 
         raise ValueError(f"--folds must be at least 2, got {folds}")
     model = tasks.build_model(cfg, saved.get("num_classes"))
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(scored_weights(ckpt))  # the EMA weights when the run kept them, as val/test
     except RuntimeError as err:
         raise ValueError(f"checkpoint {checkpoint} does not match its model: {str(err).splitlines()[0]}") from None
     model = model.to(cfg.device).eval()

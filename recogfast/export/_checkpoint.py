@@ -16,7 +16,7 @@ def model_from_checkpoint(path: str):
     Raises FileNotFoundError / ValueError with a one-line message for a missing or foreign file."""
     from recogfast.engine import tasks
     from recogfast.engine.checkpoint import load_checkpoint
-    from recogfast.engine.finetune import ema_weights
+    from recogfast.engine.finetune import scored_weights
 
     ckpt = load_checkpoint(path)
     saved = ckpt.get("config") or {}
@@ -26,7 +26,7 @@ def model_from_checkpoint(path: str):
     cfg = cfg.resolved()
     try:
         model = tasks.build_model(cfg, saved.get("num_classes"))
-        model.load_state_dict(ema_weights(ckpt) or ckpt["model"])  # the EMA weights when the run kept them
+        model.load_state_dict(scored_weights(ckpt))  # the EMA weights when the run kept them
     except (ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} does not match its model: {str(err).splitlines()[0]}") from None
     return model.eval(), cfg

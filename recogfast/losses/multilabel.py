@@ -23,7 +23,12 @@ class MultiLabelBCELoss(nn.Module):
         if logits.shape != t.shape:
             raise ValueError(f"MultiLabelBCELoss: logits {tuple(logits.shape)} do not match targets {tuple(t.shape)} "
                              f"(the model's head must have one output per class)")
-        weight = (t >= 0).to(logits.dtype)
-        loss = F.binary_cross_entropy_with_logits(logits, t.clamp(min=0).to(logits.dtype), weight=weight,
-                                                  reduction="sum")
-        return loss / weight.sum().clamp(min=1)
+        return masked_bce(logits, t)
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE-with-logits averaged over the entries of `targets` ({1, 0, -1}) that count (-1: ignored)."""
+    weight = (targets >= 0).to(logits.dtype)
+    loss = F.binary_cross_entropy_with_logits(logits, targets.clamp(min=0).to(logits.dtype), weight=weight,
+                                              reduction="sum")
+    return loss / weight.sum().clamp(min=1)

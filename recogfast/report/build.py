@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from recogfast.engine.finetune import ema_weights
+from recogfast.engine.finetune import scored_weights
 from recogfast.report import figures as fg
 from recogfast.report.page import write_page
 
@@ -78,7 +78,7 @@ def _load(run: Path, checkpoint: str, split: str, device: str | None):
         return None
     cfg = cfg.resolved()
     model = tasks.build_model(cfg, saved.get("num_classes"))
-    model.load_state_dict(ema_weights(ckpt) or ckpt["model"])  # the EMA weights when the run kept them
+    model.load_state_dict(scored_weights(ckpt))  # the EMA weights when the run kept them
     model = model.to(cfg.device).eval()
     _, val_ds, test_ds = tasks.build_datasets(cfg)
     ds = val_ds if split == "val" else test_ds
