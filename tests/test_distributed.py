@@ -89,6 +89,11 @@ def _worker(rank, task, init_file, out_dir, result_file, accumulate):
         # sends aborted intermittently with SIGABRT under load.
         dist.barrier()
         dist.destroy_process_group()
+    # Skip the interpreter's teardown: with gloo's threads gone it has nothing left to do, and a rank that
+    # aborted in it (SIGABRT, seen under load in CI after the result was saved) failed the test for nothing.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.mark.parametrize("task, accumulate", [("classify", 1), ("retrieval", 1), ("multilabel", 1), ("classify", 3)])
