@@ -1,7 +1,9 @@
-"""Build recogfast and its one compiled extension, ``recogfast._C``.
+"""Build recogfast and its one compiled extension, ``recogfast._C`` (``_C.abi3.so``).
 
-The kernels must be compiled against the torch that is installed (the C++ ABI of the
-dispatcher changes between releases), so install with ``--no-build-isolation``:
+The extension uses only the LibTorch Stable ABI (TORCH_STABLE_ONLY, TORCH_TARGET_VERSION below) and
+Python's limited API, so one build runs on every torch from STABLE_ABI_TARGET on and every CPython
+from 3.10 on (README: "Build once"). Building needs torch >= 2.14's headers; install with
+``--no-build-isolation`` so that the installed torch's headers are the ones used:
 
     pip install -e . --no-build-isolation
 
@@ -25,6 +27,15 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCH_LIST = "9.0+PTX"
+# The oldest torch the binary supports: 2.11, the oldest release the project tests the binary on (the GPU
+# machine's torch, and CI's second environment). Everything csrc/ uses exists in the stable ABI of 2.10;
+# 2.10 is not claimed because nothing here runs it.
+STABLE_ABI_TARGET = (2, 11)
+STABLE_DEFINES = [
+    f"-DTORCH_TARGET_VERSION=0x{STABLE_ABI_TARGET[0]:02x}{STABLE_ABI_TARGET[1]:02x}000000000000",
+    "-DTORCH_STABLE_ONLY",
+    "-DPy_LIMITED_API=0x030A0000",
+]
 
 
 def _log(msg: str) -> None:
@@ -125,14 +136,14 @@ def _extensions():
 
     sources = sorted(glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp")) + ["csrc/python_module.cpp"]
     include_dirs = [str(ROOT / "csrc")]
-    cxx = ["-O3", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden"] + STABLE_DEFINES
     link = ["-fopenmp"]
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
         arch = os.environ["TORCH_CUDA_ARCH_LIST"]
         sources += sorted(glob.glob("csrc/ops/cuda/*.cu"))
         include_dirs += _pip_cuda_include_dirs()
-        defines = ["-DRECOGFAST_WITH_CUDA", f'-DRECOGFAST_CUDA_ARCHS="{arch}"',
+        defines = ["-DRECOGFAST_WITH_CUDA", "-DUSE_CUDA", f'-DRECOGFAST_CUDA_ARCHS="{arch}"',
                    f'-DRECOGFAST_NVCC_VERSION="{_nvcc_version(cuda_home)}"']
         _log(f"building CPU and CUDA kernels for {arch} with {cuda_home}/bin/nvcc ({why}); MAX_JOBS={os.environ['MAX_JOBS']}")
         return [
@@ -142,23 +153,35 @@ def _extensions():
                 include_dirs=include_dirs,
                 extra_compile_args={
                     "cxx": cxx + defines,
-                    "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"] + defines,  # no fast math: see cubs_common.cuh
+                    "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-fvisibility=hidden"] + STABLE_DEFINES + defines,  # no fast math: see cubs_common.cuh
                 },
                 extra_link_args=link,
+                py_limited_api=True,
             )
         ]
     _log(f"building CPU kernels only, no CUDA kernels: {why}")
-    return [CppExtension("recogfast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
+    return [CppExtension("recogfast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                         extra_link_args=link, py_limited_api=True)]
 
 
 def _cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    class Build(BuildExtension):
+        def run(self):
+            super().run()
+            # A per-interpreter build left from before the stable-ABI port would shadow _C.abi3.so
+            # (Python tries the cpython-3XY suffix first).
+            for stale in glob.glob(str(ROOT / "recogfast" / "_C.cpython-*.so")):
+                _log(f"removing {stale}: superseded by _C.abi3.so")
+                os.remove(stale)
+
+    return {"build_ext": Build.with_options(use_ninja=True)}
 
 
 setup(
     packages=find_packages(include=["recogfast", "recogfast.*"]),
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

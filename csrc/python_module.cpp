@@ -1,5 +1,9 @@
 // `import recogfast._C` loads this shared library, whose static initialisers register the ops with
-// the dispatcher. Ops are reached through torch.ops.recogfast.*, so no pybind11 bindings are needed.
+// the dispatcher. Ops are reached through torch.ops.recogfast.*, so no bindings are needed, and the
+// stub uses only Python's limited API (3.10 on): one _C.abi3.so serves every CPython from 3.10 on.
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030A0000
+#endif
 #include <Python.h>
 
 static struct PyModuleDef recogfast_c_module = {PyModuleDef_HEAD_INIT, "_C",

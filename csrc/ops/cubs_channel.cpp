@@ -3,31 +3,23 @@
 // (recogfast/ops/cubs_channel.py).
 #include "ops/cubs_channel.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/library.h>
 
 namespace recogfast {
 
-at::Tensor cubs_channel(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
-                        const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
-                        const at::Tensor& bo) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::cubs_channel", "")
-                       .typed<decltype(cubs_channel)>();
-  return op.call(x, wq, bq, wk, bk, wv, bv, wo, bo);
+Tensor cubs_channel(const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wk,
+                        const Tensor& bk, const Tensor& wv, const Tensor& bv, const Tensor& wo,
+                        const Tensor& bo) {
+  return call_op("recogfast::cubs_channel", "", x, wq, bq, wk, bk, wv, bv, wo, bo);
 }
 
-CubsChannelGrads cubs_channel_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& wq,
-                                       const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
-                                       const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
-                                       const at::Tensor& bo) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::_cubs_channel_backward", "")
-                       .typed<decltype(cubs_channel_backward)>();
-  return op.call(grad_y, x, wq, bq, wk, bk, wv, bv, wo, bo);
+CubsChannelGrads cubs_channel_backward(const Tensor& grad_y, const Tensor& x, const Tensor& wq,
+                                       const Tensor& bq, const Tensor& wk, const Tensor& bk,
+                                       const Tensor& wv, const Tensor& bv, const Tensor& wo,
+                                       const Tensor& bo) {
+  return as_tuple(call_op_n<9>("recogfast::_cubs_channel_backward", "", grad_y, x, wq, bq, wk, bk, wv, bv, wo, bo));
 }
 
-TORCH_LIBRARY_FRAGMENT(recogfast, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(recogfast, m) {
   m.def(
       "cubs_channel(Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv, Tensor wo,"
       " Tensor bo) -> Tensor");

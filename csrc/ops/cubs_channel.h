@@ -3,7 +3,6 @@
 //   y = x * sigmoid(Wo f + bo + g)
 #pragma once
 
-#include <ATen/core/Tensor.h>
 
 #include <tuple>
 
@@ -12,24 +11,24 @@
 namespace recogfast {
 
 // C++ API: calls the op through the dispatcher.
-at::Tensor cubs_channel(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
-                        const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
-                        const at::Tensor& bo);
+Tensor cubs_channel(const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wk,
+                        const Tensor& bk, const Tensor& wv, const Tensor& bv, const Tensor& wo,
+                        const Tensor& bo);
 
-using CubsChannelGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                    at::Tensor, at::Tensor, at::Tensor>;
+using CubsChannelGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                    Tensor, Tensor, Tensor>;
 
-CubsChannelGrads cubs_channel_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& wq,
-                                       const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
-                                       const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
-                                       const at::Tensor& bo);
+CubsChannelGrads cubs_channel_backward(const Tensor& grad_y, const Tensor& x, const Tensor& wq,
+                                       const Tensor& bq, const Tensor& wk, const Tensor& bk,
+                                       const Tensor& wv, const Tensor& bv, const Tensor& wo,
+                                       const Tensor& bo);
 
 namespace detail {
 
 // Validates the arguments of cubs_channel and returns N, the inner width.
-inline int64_t check_cubs_channel_args(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& bq,
-                                       const at::Tensor& wk, const at::Tensor& bk, const at::Tensor& wv,
-                                       const at::Tensor& bv, const at::Tensor& wo, const at::Tensor& bo) {
+inline int64_t check_cubs_channel_args(const Tensor& x, const Tensor& wq, const Tensor& bq,
+                                       const Tensor& wk, const Tensor& bk, const Tensor& wv,
+                                       const Tensor& bv, const Tensor& wo, const Tensor& bo) {
   constexpr const char* op = "recogfast::cubs_channel";
   const int64_t N = checks::gate_ranks(op, x,
                                        {{"wq", wq, 2}, {"bq", bq, 1}, {"wk", wk, 2}, {"bk", bk, 1}, {"wv", wv, 2},

@@ -3,29 +3,21 @@
 // (recogfast/ops/cubs_spatial.py).
 #include "ops/cubs_spatial.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/library.h>
 
 namespace recogfast {
 
-at::Tensor cubs_spatial(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
-                        const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::cubs_spatial", "")
-                       .typed<decltype(cubs_spatial)>();
-  return op.call(x, wq, bq, wk, bk, wv, bv);
+Tensor cubs_spatial(const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wk,
+                        const Tensor& bk, const Tensor& wv, const Tensor& bv) {
+  return call_op("recogfast::cubs_spatial", "", x, wq, bq, wk, bk, wv, bv);
 }
 
-CubsSpatialGrads cubs_spatial_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& wq,
-                                       const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
-                                       const at::Tensor& wv, const at::Tensor& bv) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::_cubs_spatial_backward", "")
-                       .typed<decltype(cubs_spatial_backward)>();
-  return op.call(grad_y, x, wq, bq, wk, bk, wv, bv);
+CubsSpatialGrads cubs_spatial_backward(const Tensor& grad_y, const Tensor& x, const Tensor& wq,
+                                       const Tensor& bq, const Tensor& wk, const Tensor& bk,
+                                       const Tensor& wv, const Tensor& bv) {
+  return as_tuple(call_op_n<7>("recogfast::_cubs_spatial_backward", "", grad_y, x, wq, bq, wk, bk, wv, bv));
 }
 
-TORCH_LIBRARY_FRAGMENT(recogfast, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(recogfast, m) {
   m.def("cubs_spatial(Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv, Tensor bv) -> Tensor");
   m.def(
       "_cubs_spatial_backward(Tensor grad_y, Tensor x, Tensor wq, Tensor bq, Tensor wk, Tensor bk, Tensor wv,"

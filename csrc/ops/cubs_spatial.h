@@ -3,7 +3,6 @@
 //   y = x * sigmoid(f)  (one gate per pixel)
 #pragma once
 
-#include <ATen/core/Tensor.h>
 
 #include <tuple>
 
@@ -11,21 +10,21 @@
 
 namespace recogfast {
 
-at::Tensor cubs_spatial(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
-                        const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv);
+Tensor cubs_spatial(const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wk,
+                        const Tensor& bk, const Tensor& wv, const Tensor& bv);
 
 using CubsSpatialGrads =
-    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-CubsSpatialGrads cubs_spatial_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& wq,
-                                       const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
-                                       const at::Tensor& wv, const at::Tensor& bv);
+CubsSpatialGrads cubs_spatial_backward(const Tensor& grad_y, const Tensor& x, const Tensor& wq,
+                                       const Tensor& bq, const Tensor& wk, const Tensor& bk,
+                                       const Tensor& wv, const Tensor& bv);
 
 namespace detail {
 
-inline void check_cubs_spatial_args(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& bq,
-                                    const at::Tensor& wk, const at::Tensor& bk, const at::Tensor& wv,
-                                    const at::Tensor& bv) {
+inline void check_cubs_spatial_args(const Tensor& x, const Tensor& wq, const Tensor& bq,
+                                    const Tensor& wk, const Tensor& bk, const Tensor& wv,
+                                    const Tensor& bv) {
   constexpr const char* op = "recogfast::cubs_spatial";
   checks::gate_ranks(op, x, {{"wq", wq, 1}, {"bq", bq, 1}, {"wk", wk, 1}, {"bk", bk, 1}, {"wv", wv, 1}, {"bv", bv, 1}});
   const int64_t C = x.size(1);

@@ -3,34 +3,26 @@
 // (recogfast/ops/ms_loss.py) so that torch.compile sees through the op.
 #include "ops/ms_loss.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/library.h>
 
 namespace recogfast {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss(
-    const at::Tensor& embeddings, const at::Tensor& labels, const std::optional<at::Tensor>& ref_embeddings,
-    const std::optional<at::Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
+std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss(
+    const Tensor& embeddings, const Tensor& labels, const std::optional<Tensor>& ref_embeddings,
+    const std::optional<Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
     std::string_view mining, bool cache_ref_grad) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::ms_loss", "")
-                       .typed<decltype(ms_loss)>();
-  return op.call(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, cache_ref_grad);
+  return as_tuple(call_op_n<4>("recogfast::ms_loss", "", embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, std::string(mining), cache_ref_grad));
 }
 
-std::tuple<at::Tensor, at::Tensor> ms_loss_backward(
-    const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
-    const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
-    const at::Tensor& stats, const at::Tensor& hard_idx, const at::Tensor& ref_grad_cache, double alpha, double beta,
+std::tuple<Tensor, Tensor> ms_loss_backward(
+    const Tensor& grad_loss, const Tensor& embeddings, const Tensor& labels,
+    const std::optional<Tensor>& ref_embeddings, const std::optional<Tensor>& ref_labels,
+    const Tensor& stats, const Tensor& hard_idx, const Tensor& ref_grad_cache, double alpha, double beta,
     double base, double epsilon, std::string_view mining, bool ref_requires_grad) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::_ms_loss_backward", "")
-                       .typed<decltype(ms_loss_backward)>();
-  return op.call(grad_loss, embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, ref_grad_cache, alpha,
-                 beta, base, epsilon, mining, ref_requires_grad);
+  return as_tuple(call_op_n<2>("recogfast::_ms_loss_backward", "", grad_loss, embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, ref_grad_cache, alpha,
+                 beta, base, epsilon, std::string(mining), ref_requires_grad));
 }
 
-TORCH_LIBRARY_FRAGMENT(recogfast, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(recogfast, m) {
   m.def(
       "ms_loss(Tensor embeddings, Tensor labels, Tensor? ref_embeddings, Tensor? ref_labels, float alpha, "
       "float beta, float base, float epsilon, str mining, bool cache_ref_grad=False) "

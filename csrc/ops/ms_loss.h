@@ -15,8 +15,6 @@
 // Candidates are the B rows of embeddings followed by the R rows of ref_embeddings.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
 
 #include <optional>
 #include <string_view>
@@ -28,108 +26,109 @@ namespace recogfast {
 
 enum class Mining : int { kMS = 0, kAll = 1, kHardest = 2 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss(
-    const at::Tensor& embeddings, const at::Tensor& labels, const std::optional<at::Tensor>& ref_embeddings,
-    const std::optional<at::Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
+std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss(
+    const Tensor& embeddings, const Tensor& labels, const std::optional<Tensor>& ref_embeddings,
+    const std::optional<Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
     std::string_view mining, bool cache_ref_grad = false);
 
-std::tuple<at::Tensor, at::Tensor> ms_loss_backward(
-    const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
-    const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
-    const at::Tensor& stats, const at::Tensor& hard_idx, const at::Tensor& ref_grad_cache, double alpha, double beta,
+std::tuple<Tensor, Tensor> ms_loss_backward(
+    const Tensor& grad_loss, const Tensor& embeddings, const Tensor& labels,
+    const std::optional<Tensor>& ref_embeddings, const std::optional<Tensor>& ref_labels,
+    const Tensor& stats, const Tensor& hard_idx, const Tensor& ref_grad_cache, double alpha, double beta,
     double base, double epsilon, std::string_view mining, bool ref_requires_grad);
 
 namespace detail {
 
-inline bool is_integer_dtype(at::ScalarType t) {
-  return at::isIntegralType(t, /*includeBool=*/false);
+inline bool is_integer_dtype(ScalarType t) {
+  return t == kLong || t == kInt || t == ScalarType::Short || t == ScalarType::Char || t == ScalarType::Byte ||
+         t == ScalarType::UInt16 || t == ScalarType::UInt32 || t == ScalarType::UInt64;
 }
 
 // Validates the arguments of ms_loss (everything but the values of the embeddings, which the kernels
 // check for NaN/inf while they normalise) and returns the mining mode.
-inline Mining check_ms_loss_args(const at::Tensor& embeddings, const at::Tensor& labels,
-                                 const std::optional<at::Tensor>& ref_embeddings,
-                                 const std::optional<at::Tensor>& ref_labels, double alpha, double beta,
+inline Mining check_ms_loss_args(const Tensor& embeddings, const Tensor& labels,
+                                 const std::optional<Tensor>& ref_embeddings,
+                                 const std::optional<Tensor>& ref_labels, double alpha, double beta,
                                  double epsilon, std::string_view mining) {
   constexpr const char* op = "recogfast::ms_loss";
-  TORCH_CHECK(embeddings.defined(), op, ": embeddings is undefined");
-  TORCH_CHECK(embeddings.dim() == 2, op, ": embeddings must be a 2-D tensor [N, D], got a ", embeddings.dim(),
+  RF_CHECK(embeddings.defined(), op, ": embeddings is undefined");
+  RF_CHECK(embeddings.dim() == 2, op, ": embeddings must be a 2-D tensor [N, D], got a ", embeddings.dim(),
               "-D tensor of shape ", checks::shape_str(embeddings));
-  TORCH_CHECK(at::isFloatingType(embeddings.scalar_type()), op,
+  RF_CHECK(is_floating(embeddings.scalar_type()), op,
               ": embeddings must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
               checks::dtype_str(embeddings.scalar_type()));
-  TORCH_CHECK(labels.defined() && labels.dim() == 1 && is_integer_dtype(labels.scalar_type()), op,
+  RF_CHECK(labels.defined() && labels.dim() == 1 && is_integer_dtype(labels.scalar_type()), op,
               ": labels must be a 1-D integer tensor, got a ", labels.dim(), "-D tensor of dtype ",
               checks::dtype_str(labels.scalar_type()));
   if (ref_embeddings.has_value()) {
-    const at::Tensor& r = *ref_embeddings;
-    TORCH_CHECK(r.dim() == 2, op, ": ref_embeddings must be a 2-D tensor [N, D], got a ", r.dim(),
+    const Tensor& r = *ref_embeddings;
+    RF_CHECK(r.dim() == 2, op, ": ref_embeddings must be a 2-D tensor [N, D], got a ", r.dim(),
                 "-D tensor of shape ", checks::shape_str(r));
-    TORCH_CHECK(at::isFloatingType(r.scalar_type()), op,
+    RF_CHECK(is_floating(r.scalar_type()), op,
                 ": ref_embeddings must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
                 checks::dtype_str(r.scalar_type()));
   }
   if (ref_labels.has_value()) {
-    const at::Tensor& l = *ref_labels;
-    TORCH_CHECK(l.dim() == 1 && is_integer_dtype(l.scalar_type()), op,
+    const Tensor& l = *ref_labels;
+    RF_CHECK(l.dim() == 1 && is_integer_dtype(l.scalar_type()), op,
                 ": ref_labels must be a 1-D integer tensor, got a ", l.dim(), "-D tensor of dtype ",
                 checks::dtype_str(l.scalar_type()));
   }
-  TORCH_CHECK(ref_embeddings.has_value() == ref_labels.has_value(), op,
+  RF_CHECK(ref_embeddings.has_value() == ref_labels.has_value(), op,
               ": ref_embeddings and ref_labels must be given together");
-  TORCH_CHECK(labels.size(0) == embeddings.size(0), op,
+  RF_CHECK(labels.size(0) == embeddings.size(0), op,
               ": labels must have one entry per row of embeddings: labels has ", labels.size(0), ", embeddings has ",
               embeddings.size(0), " rows");
-  TORCH_CHECK(labels.device() == embeddings.device(), op, ": labels is on ", labels.device(),
-              " but embeddings is on ", embeddings.device(), "; move all arguments to one device");
+  RF_CHECK(labels.device() == embeddings.device(), op, ": labels is on ", device_str(labels.device()),
+              " but embeddings is on ", device_str(embeddings.device()), "; move all arguments to one device");
   if (ref_embeddings.has_value()) {
-    const at::Tensor& r = *ref_embeddings;
-    const at::Tensor& l = *ref_labels;
-    TORCH_CHECK(r.size(1) == embeddings.size(1), op, ": ref_embeddings must have D = embeddings.size(1) = ",
+    const Tensor& r = *ref_embeddings;
+    const Tensor& l = *ref_labels;
+    RF_CHECK(r.size(1) == embeddings.size(1), op, ": ref_embeddings must have D = embeddings.size(1) = ",
                 embeddings.size(1), " columns, got shape ", checks::shape_str(r));
-    TORCH_CHECK(l.size(0) == r.size(0), op, ": ref_labels must have one entry per row of ref_embeddings: ref_labels has ",
+    RF_CHECK(l.size(0) == r.size(0), op, ": ref_labels must have one entry per row of ref_embeddings: ref_labels has ",
                 l.size(0), ", ref_embeddings has ", r.size(0), " rows");
-    TORCH_CHECK(r.device() == embeddings.device(), op, ": ref_embeddings is on ", r.device(),
-                " but embeddings is on ", embeddings.device(), "; move all arguments to one device");
-    TORCH_CHECK(l.device() == embeddings.device(), op, ": ref_labels is on ", l.device(), " but embeddings is on ",
-                embeddings.device(), "; move all arguments to one device");
-    TORCH_CHECK(r.scalar_type() == embeddings.scalar_type(), op, ": ref_embeddings has dtype ",
+    RF_CHECK(r.device() == embeddings.device(), op, ": ref_embeddings is on ", device_str(r.device()),
+                " but embeddings is on ", device_str(embeddings.device()), "; move all arguments to one device");
+    RF_CHECK(l.device() == embeddings.device(), op, ": ref_labels is on ", device_str(l.device()), " but embeddings is on ",
+                device_str(embeddings.device()), "; move all arguments to one device");
+    RF_CHECK(r.scalar_type() == embeddings.scalar_type(), op, ": ref_embeddings has dtype ",
                 checks::dtype_str(r.scalar_type()), " but embeddings has dtype ",
                 checks::dtype_str(embeddings.scalar_type()),
                 "; cast the reference set to the embeddings' dtype");
   }
-  TORCH_CHECK(alpha > 0, op, ": alpha must be > 0, got ", alpha);
-  TORCH_CHECK(beta > 0, op, ": beta must be > 0, got ", beta);
-  TORCH_CHECK(epsilon >= 0, op, ": epsilon must be >= 0, got ", epsilon);
+  RF_CHECK(alpha > 0, op, ": alpha must be > 0, got ", alpha);
+  RF_CHECK(beta > 0, op, ": beta must be > 0, got ", beta);
+  RF_CHECK(epsilon >= 0, op, ": epsilon must be >= 0, got ", epsilon);
   if (mining == "ms") return Mining::kMS;
   if (mining == "all") return Mining::kAll;
   if (mining == "hardest") return Mining::kHardest;
-  TORCH_CHECK(false, op, ": mining must be one of 'ms', 'all', 'hardest', got '", std::string(mining), "'");
+  RF_CHECK(false, op, ": mining must be one of 'ms', 'all', 'hardest', got '", std::string(mining), "'");
 }
 
 // Whether the forward op fills ref_grad_cache (only the CPU kernel does; see above).
-inline bool ms_loss_caches_ref_grad(const at::Tensor& embeddings, const std::optional<at::Tensor>& ref_embeddings,
+inline bool ms_loss_caches_ref_grad(const Tensor& embeddings, const std::optional<Tensor>& ref_embeddings,
                                     Mining mining, bool cache_ref_grad) {
   return cache_ref_grad && embeddings.device().is_cpu() && ref_embeddings.has_value() &&
          ref_embeddings->size(0) > 0 && mining != Mining::kHardest;
 }
 
 // Extra checks of the backward op's saved tensors.
-inline void check_ms_loss_backward_args(const at::Tensor& grad_loss, const at::Tensor& embeddings,
-                                        const at::Tensor& stats, const at::Tensor& hard_idx,
-                                        const at::Tensor& ref_grad_cache) {
+inline void check_ms_loss_backward_args(const Tensor& grad_loss, const Tensor& embeddings,
+                                        const Tensor& stats, const Tensor& hard_idx,
+                                        const Tensor& ref_grad_cache) {
   constexpr const char* op = "recogfast::_ms_loss_backward";
   const int64_t B = embeddings.size(0);
-  TORCH_CHECK(grad_loss.numel() == 1, op, ": grad_loss must hold one value, got shape ", checks::shape_str(grad_loss));
+  RF_CHECK(grad_loss.numel() == 1, op, ": grad_loss must hold one value, got shape ", checks::shape_str(grad_loss));
   checks::shape(op, "stats", stats, {B, 4}, "[B, 4]");
   checks::shape(op, "hard_idx", hard_idx, {B, 2}, "[B, 2]");
-  TORCH_CHECK(hard_idx.scalar_type() == at::kLong, op, ": hard_idx must be int64, got ",
+  RF_CHECK(hard_idx.scalar_type() == kLong, op, ": hard_idx must be int64, got ",
               checks::dtype_str(hard_idx.scalar_type()));
-  TORCH_CHECK(ref_grad_cache.numel() == 0 || ref_grad_cache.sizes() == embeddings.sizes(), op,
+  RF_CHECK(ref_grad_cache.numel() == 0 || ref_grad_cache.sizes() == embeddings.sizes(), op,
               ": ref_grad_cache must be empty or of the shape of embeddings, got ", checks::shape_str(ref_grad_cache));
-  TORCH_CHECK(stats.device() == embeddings.device() && hard_idx.device() == embeddings.device() &&
+  RF_CHECK(stats.device() == embeddings.device() && hard_idx.device() == embeddings.device() &&
                   grad_loss.device() == embeddings.device(),
-              op, ": grad_loss, stats and hard_idx must be on the device of embeddings (", embeddings.device(), ")");
+              op, ": grad_loss, stats and hard_idx must be on the device of embeddings (", device_str(embeddings.device()), ")");
 }
 
 }  // namespace detail

@@ -3,29 +3,21 @@
 // (recogfast/ops/se_gate.py) so that torch.compile sees through the op.
 #include "ops/se_gate.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/library.h>
 
 namespace recogfast {
 
-at::Tensor se_gate(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                   const at::Tensor& b2) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::se_gate", "")
-                       .typed<decltype(se_gate)>();
-  return op.call(x, w1, b1, w2, b2);
+Tensor se_gate(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                   const Tensor& b2) {
+  return call_op("recogfast::se_gate", "", x, w1, b1, w2, b2);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> se_gate_backward(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
-    const at::Tensor& w2, const at::Tensor& b2) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("recogfast::_se_gate_backward", "")
-                       .typed<decltype(se_gate_backward)>();
-  return op.call(grad_y, x, w1, b1, w2, b2);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> se_gate_backward(
+    const Tensor& grad_y, const Tensor& x, const Tensor& w1, const Tensor& b1,
+    const Tensor& w2, const Tensor& b2) {
+  return as_tuple(call_op_n<5>("recogfast::_se_gate_backward", "", grad_y, x, w1, b1, w2, b2));
 }
 
-TORCH_LIBRARY_FRAGMENT(recogfast, m) {
+STABLE_TORCH_LIBRARY_FRAGMENT(recogfast, m) {
   m.def("se_gate(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2) -> Tensor");
   m.def(
       "_se_gate_backward(Tensor grad_y, Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2)"

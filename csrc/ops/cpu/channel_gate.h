@@ -8,8 +8,6 @@
 // inference) the work is split into (sample, channel block) tasks in three parallel phases instead.
 #pragma once
 
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -54,7 +52,7 @@ inline acc_t dot_row(const T* a, const U* b, int64_t n) {
 
 template <typename scalar_t>
 struct ChannelGate {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
 
   const scalar_t* x;
   int64_t B, C, HW;
@@ -116,7 +114,7 @@ struct ChannelGate {
 
   // How many channel blocks each sample is cut into so that every thread has work.
   int64_t channel_blocks() const {
-    const int64_t threads = at::get_num_threads();
+    const int64_t threads = num_threads();
     if (B >= threads) return 1;
     return std::min<int64_t>(C, (4 * threads + B - 1) / B);
   }
@@ -127,7 +125,7 @@ struct ChannelGate {
   void schedule(const Pass1& pass1, const PerSample& per_sample, const Pass2& pass2, int64_t head_work) const {
     const int64_t nblk = channel_blocks();
     if (nblk == 1) {
-      at::parallel_for(0, B, grain_for(2 * C * HW + head_work), [&](int64_t begin, int64_t end) {
+      parallel_for(0, B, grain_for(2 * C * HW + head_work), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
           pass1(b, 0, C);
           per_sample(b);
@@ -138,7 +136,7 @@ struct ChannelGate {
     }
     const int64_t cb = (C + nblk - 1) / nblk;
     auto blocks = [&](const auto& fn) {
-      at::parallel_for(0, B * nblk, grain_for(cb * HW), [&](int64_t begin, int64_t end) {
+      parallel_for(0, B * nblk, grain_for(cb * HW), [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           const int64_t b = t / nblk, c0 = (t % nblk) * cb, c1 = std::min(C, c0 + cb);
           if (c0 < c1) fn(b, c0, c1);
@@ -146,7 +144,7 @@ struct ChannelGate {
       });
     };
     blocks(pass1);
-    at::parallel_for(0, B, grain_for(head_work), [&](int64_t begin, int64_t end) {
+    parallel_for(0, B, grain_for(head_work), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) per_sample(b);
     });
     blocks(pass2);

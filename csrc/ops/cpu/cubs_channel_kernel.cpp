@@ -6,12 +6,6 @@
 // (dq from the row pass, dk and dv from a column pass); dg = dz + Wqᵀ dq + Wkᵀ dk + Wvᵀ dv;
 // grad_x = grad_y gate + dg / HW; then the weight gradients as fixed-order sums over the batch.
 // The pooling and scaling passes and their schedule are channel_gate.h's, shared with the SE gate.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -142,7 +136,7 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
              [&](int64_t b, int64_t c0, int64_t c1) { this->apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); },
              8 * N * (N + C));
     // grad W{q,k,v}[r, c] = sum_b dqkv[b, r] g[b, c]; grad b{q,k,v}[r] = sum_b dqkv[b, r]
-    at::parallel_for(0, 3 * N, cpu::grain_for(B * C), [&](int64_t begin, int64_t end) {
+    parallel_for(0, 3 * N, cpu::grain_for(B * C), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> row(C);
       for (int64_t r = begin; r < end; ++r) {
         std::fill(row.begin(), row.end(), acc_t(0));
@@ -161,7 +155,7 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
       }
     });
     // grad Wo[c, n] = sum_b dz[b, c] f[b, n]; grad bo[c] = sum_b dz[b, c]
-    at::parallel_for(0, C, cpu::grain_for(B * N), [&](int64_t begin, int64_t end) {
+    parallel_for(0, C, cpu::grain_for(B * N), [&](int64_t begin, int64_t end) {
       std::vector<acc_t> row(N);
       for (int64_t c = begin; c < end; ++c) {
         std::fill(row.begin(), row.end(), acc_t(0));
@@ -180,12 +174,12 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
 };
 
 template <typename scalar_t>
-CubsChannelCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor* w, int64_t N, bool cl) {
-  using acc_t = at::opmath_type<scalar_t>;
+CubsChannelCPU<scalar_t> make_kernel(const Tensor& x, const Tensor* w, int64_t N, bool cl) {
+  using acc_t = opmath_t<scalar_t>;
   CubsChannelCPU<scalar_t> k{{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3), cl},
                              N, {}, {}, {}, {}};
-  auto to_acc = [](const at::Tensor& t, std::vector<acc_t>& out) {
-    const at::Tensor c = t.contiguous();
+  auto to_acc = [](const Tensor& t, std::vector<acc_t>& out) {
+    const Tensor c = contiguous(t);
     const scalar_t* p = c.const_data_ptr<scalar_t>();
     out.insert(out.end(), p, p + c.numel());
   };
@@ -198,37 +192,37 @@ CubsChannelCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor* w, i
   return k;
 }
 
-at::Tensor cubs_channel_cpu(const at::Tensor& x_, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
-                            const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
-                            const at::Tensor& bo) {
+Tensor cubs_channel_cpu(const Tensor& x_, const Tensor& wq, const Tensor& bq, const Tensor& wk,
+                            const Tensor& bk, const Tensor& wv, const Tensor& bv, const Tensor& wo,
+                            const Tensor& bo) {
   const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
   const auto act = checks::activation("recogfast::cubs_channel", x_);
-  const at::Tensor& x = act.x;
+  const Tensor& x = act.x;
   const bool cl = act.channels_last;
-  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
+  Tensor y = empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
-  const at::Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_channel_cpu", [&] {
+  const Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
+  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_channel_cpu", [&] {
     make_kernel<scalar_t>(x, w, N, cl).forward(y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
 
-CubsChannelGrads cubs_channel_backward_cpu(const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& wq,
-                                           const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
-                                           const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
-                                           const at::Tensor& bo) {
+CubsChannelGrads cubs_channel_backward_cpu(const Tensor& grad_y_, const Tensor& x_, const Tensor& wq,
+                                           const Tensor& bq, const Tensor& wk, const Tensor& bk,
+                                           const Tensor& wv, const Tensor& bv, const Tensor& wo,
+                                           const Tensor& bo) {
   const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
   const auto act = checks::activation("recogfast::_cubs_channel_backward", x_, grad_y_);
-  const at::Tensor &x = act.x, &gy = act.grad_y;
+  const Tensor &x = act.x, &gy = act.grad_y;
   const bool cl = act.channels_last;
-  const at::Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
-  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
+  const Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
+  Tensor gx = empty_like(x, checks::layout_of(cl));
   const auto g = checks::param_grads({w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]}, x.numel() == 0);
   if (x.numel() == 0) {
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_channel_backward_cpu", [&] {
+  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_channel_backward_cpu", [&] {
     scalar_t* gp[8];
     for (int i = 0; i < 8; ++i) gp[i] = g[i].mutable_data_ptr<scalar_t>();
     make_kernel<scalar_t>(x, w, N, cl).backward(gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gp);
@@ -238,9 +232,9 @@ CubsChannelGrads cubs_channel_backward_cpu(const at::Tensor& grad_y_, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
-  m.impl("cubs_channel", &cubs_channel_cpu);
-  m.impl("_cubs_channel_backward", &cubs_channel_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
+  m.impl("cubs_channel", TORCH_BOX(&cubs_channel_cpu));
+  m.impl("_cubs_channel_backward", TORCH_BOX(&cubs_channel_backward_cpu));
 }
 
 }  // namespace recogfast

@@ -9,12 +9,6 @@
 //           -> grad_x = grad_y gate + wq dq + wk dk + wv dv and the weight sums over pixels.
 // Work is split into (sample, pixel chunk) tasks for the per-pixel passes and into rows / columns for
 // the two B·HW² passes, so B = 1 uses every thread too.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -28,7 +22,7 @@ namespace {
 
 template <typename scalar_t>
 struct CubsSpatialCPU {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = opmath_t<scalar_t>;
   static constexpr int64_t kPixelChunk = 512;
 
   const scalar_t* x;
@@ -43,7 +37,7 @@ struct CubsSpatialCPU {
   template <typename Fn>
   void for_chunks(const Fn& fn) const {
     const int64_t nc = chunks();
-    at::parallel_for(0, B * nc, cpu::grain_for(4 * C * kPixelChunk), [&](int64_t begin, int64_t end) {
+    parallel_for(0, B * nc, cpu::grain_for(4 * C * kPixelChunk), [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         const int64_t b = t / nc, p0 = (t % nc) * kPixelChunk;
         fn(b, p0, std::min(P, p0 + kPixelChunk), t);
@@ -170,7 +164,7 @@ struct CubsSpatialCPU {
     const acc_t* k = q + B * P;
     const acc_t* v = k + B * P;
     const auto kr = key_ranges(k, v);
-    at::parallel_for(0, B * P, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
+    parallel_for(0, B * P, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P;
         acc_t ks, vs;
@@ -197,7 +191,7 @@ struct CubsSpatialCPU {
     acc_t* dk = dq + BP;
     acc_t* dv = dk + BP;
     const auto kr = key_ranges(k, v);
-    at::parallel_for(0, BP, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
+    parallel_for(0, BP, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P;
         acc_t ks, vs;
@@ -216,7 +210,7 @@ struct CubsSpatialCPU {
         fr[r] = acc_t(f);
       }
     });
-    at::parallel_for(0, BP, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
+    parallel_for(0, BP, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
       double out[2];
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P, o = b * P;
@@ -285,13 +279,13 @@ struct CubsSpatialCPU {
 };
 
 template <typename scalar_t>
-CubsSpatialCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor* wb, bool cl) {
-  using acc_t = at::opmath_type<scalar_t>;
+CubsSpatialCPU<scalar_t> make_kernel(const Tensor& x, const Tensor* wb, bool cl) {
+  using acc_t = opmath_t<scalar_t>;
   CubsSpatialCPU<scalar_t> k{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3), cl, {}, {}};
   const int64_t C = x.size(1);
   k.w.resize(3 * C);
   for (int i = 0; i < 3; ++i) {
-    const at::Tensor wi = wb[2 * i].contiguous(), bi = wb[2 * i + 1];
+    const Tensor wi = contiguous(wb[2 * i]), bi = wb[2 * i + 1];
     const scalar_t* wp = wi.const_data_ptr<scalar_t>();
     for (int64_t c = 0; c < C; ++c) k.w[i * C + c] = acc_t(wp[c]);
     k.bias[i] = acc_t(bi.const_data_ptr<scalar_t>()[0]);
@@ -299,35 +293,35 @@ CubsSpatialCPU<scalar_t> make_kernel(const at::Tensor& x, const at::Tensor* wb, 
   return k;
 }
 
-at::Tensor cubs_spatial_cpu(const at::Tensor& x_, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
-                            const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv) {
+Tensor cubs_spatial_cpu(const Tensor& x_, const Tensor& wq, const Tensor& bq, const Tensor& wk,
+                            const Tensor& bk, const Tensor& wv, const Tensor& bv) {
   detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
   const auto act = checks::activation("recogfast::cubs_spatial", x_);
-  const at::Tensor& x = act.x;
+  const Tensor& x = act.x;
   const bool cl = act.channels_last;
-  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
+  Tensor y = empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
-  const at::Tensor wb[6] = {wq, bq, wk, bk, wv, bv};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_spatial_cpu", [&] {
+  const Tensor wb[6] = {wq, bq, wk, bk, wv, bv};
+  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_cpu", [&] {
     make_kernel<scalar_t>(x, wb, cl).forward(y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
 
-CubsSpatialGrads cubs_spatial_backward_cpu(const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& wq,
-                                           const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
-                                           const at::Tensor& wv, const at::Tensor& bv) {
+CubsSpatialGrads cubs_spatial_backward_cpu(const Tensor& grad_y_, const Tensor& x_, const Tensor& wq,
+                                           const Tensor& bq, const Tensor& wk, const Tensor& bk,
+                                           const Tensor& wv, const Tensor& bv) {
   detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
   const auto act = checks::activation("recogfast::_cubs_spatial_backward", x_, grad_y_);
-  const at::Tensor &x = act.x, &gy = act.grad_y;
+  const Tensor &x = act.x, &gy = act.grad_y;
   const bool cl = act.channels_last;
-  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
+  Tensor gx = empty_like(x, checks::layout_of(cl));
   const auto g = checks::param_grads({wq, bq, wk, bk, wv, bv}, x.numel() == 0);
   if (x.numel() == 0) {
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
   }
-  const at::Tensor wb[6] = {wq, bq, wk, bk, wv, bv};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_spatial_backward_cpu", [&] {
+  const Tensor wb[6] = {wq, bq, wk, bk, wv, bv};
+  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_backward_cpu", [&] {
     scalar_t* gw[3] = {g[0].mutable_data_ptr<scalar_t>(), g[2].mutable_data_ptr<scalar_t>(),
                        g[4].mutable_data_ptr<scalar_t>()};
     scalar_t* gb[3] = {g[1].mutable_data_ptr<scalar_t>(), g[3].mutable_data_ptr<scalar_t>(),
@@ -339,9 +333,9 @@ CubsSpatialGrads cubs_spatial_backward_cpu(const at::Tensor& grad_y_, const at::
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
-  m.impl("cubs_spatial", &cubs_spatial_cpu);
-  m.impl("_cubs_spatial_backward", &cubs_spatial_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
+  m.impl("cubs_spatial", TORCH_BOX(&cubs_spatial_cpu));
+  m.impl("_cubs_spatial_backward", TORCH_BOX(&cubs_spatial_backward_cpu));
 }
 
 }  // namespace recogfast

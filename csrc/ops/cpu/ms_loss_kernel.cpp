@@ -21,17 +21,6 @@
 // end, as in a softmax-weighted sum), so the backward pass skips the B x R tiles entirely.
 //
 // Work, B anchors and no reference set: forward 0.5 and backward 1.5 products of size B x B x D.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/index_add.h>
-#include <ATen/ops/index_select.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -44,11 +33,45 @@
 #include <vector>
 
 #include "ops/cpu/ms_loss_sweeps.h"
+#include "ops/cpu/parallel.h"
 #include "ops/cpu/ms_loss_tiles.h"
 #include "ops/ms_loss.h"
 
 namespace recogfast {
 namespace {
+
+// The accumulations that ATen would do with addmm_ / index_add_ / add_, whose Scalar arguments cannot cross the
+// stable ABI: the products still go through aten::mm, the "+=" is these loops over contiguous [*, D] rows.
+// dst[r] = dst[r] * scale[r] + src[r] (scale may be null: 1).
+template <typename T>
+void add_rows(T* dst, const T* src, int64_t rows, int64_t D, const T* scale = nullptr) {
+  parallel_for(0, rows, cpu::grain_for(D), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      T* o = dst + r * D;
+      const T* x = src + r * D;
+      const T f = scale ? scale[r] : T(1);
+      if (scale)
+        for (int64_t d = 0; d < D; ++d) o[d] = o[d] * f + x[d];
+      else
+        for (int64_t d = 0; d < D; ++d) o[d] += x[d];
+    }
+  });
+}
+// dst[idx[r]] += src[r] for r < n, in order (an index may repeat).
+template <typename T>
+void index_add_rows(T* dst, const int64_t* idx, int64_t n, const T* src, int64_t D) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* o = dst + idx[r] * D;
+    const T* x = src + r * D;
+    for (int64_t d = 0; d < D; ++d) o[d] += x[d];
+  }
+}
+// A host buffer seen as a contiguous CPU tensor (no copy, no ownership).
+inline Tensor host_view(void* data, std::initializer_list<int64_t> sizes, ScalarType dtype) {
+  std::vector<int64_t> sz(sizes), strides(sz.size(), 1);
+  for (int64_t k = int64_t(sz.size()) - 2; k >= 0; --k) strides[k] = strides[k + 1] * sz[k + 1];
+  return torch::stable::from_blob(data, sz, strides, Device(torch::headeronly::DeviceType::CPU), dtype);
+}
 
 template <typename T>
 struct MSLossCPU : Candidates<T> {
@@ -69,7 +92,7 @@ struct MSLossCPU : Candidates<T> {
     // maximum ref_xm_i, and finally scaled to sum_n exp(x_in - log_z_neg_i) c_n: the reference set's share of
     // the anchors' gradient, computed from the tiles of the forward pass instead of recomputed in backward.
     std::vector<T> ref_xm;
-    at::Tensor cache;
+    Tensor cache;
   };
 
   // cache: also accumulate the reference set's share of the anchors' gradient (see Stats::cache).
@@ -78,7 +101,7 @@ struct MSLossCPU : Candidates<T> {
     cache = cache && R > 0 && mining != Mining::kHardest;
     if (cache) {
       st.ref_xm.assign(B, -kInf<T>);
-      st.cache = at::zeros({B, D}, chat.options());
+      st.cache = zeros_as(chat, {B, D});
     }
     st.min_pos.assign(B, kInf<T>);
     st.max_neg.assign(B, -kInf<T>);
@@ -120,18 +143,18 @@ struct MSLossCPU : Candidates<T> {
     for_each_tile([&](int64_t i0, int64_t ti, int64_t j0, int64_t tj, const T* S, bool symmetric) {
       const int32_t* cl = gid.data() + j0;
       const bool cache_tile = cache && !symmetric;
-      at::Tensor P;  // cache_tile: exp(x - ref_xm) of the mined negatives, [ti, tj]
+      Tensor P;  // cache_tile: exp(x - ref_xm) of the mined negatives, [ti, tj]
       std::vector<T> rescale;
       if (cache_tile) {
-        P = at::empty({ti, tj}, chat.options());
+        P = empty_as(chat, {ti, tj});
         rescale.assign(ti, T(1));
       }
       // Rows: anchors i0.., candidates j0...
-      at::parallel_for(0, ti, 8, [&](int64_t b, int64_t e) {
+      parallel_for(0, ti, 8, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) {
           const int64_t i = i0 + r;
           const T* s = S + r * tj;
-          if (cache_tile) std::fill(P.data_ptr<T>() + r * tj, P.data_ptr<T>() + (r + 1) * tj, T(0));
+          if (cache_tile) std::fill(P.mutable_data_ptr<T>() + r * tj, P.mutable_data_ptr<T>() + (r + 1) * tj, T(0));
           const T m = neg_max(s, cl, tj, gid[i]);
           if (m == -kInf<T>) continue;
           int64_t arg = -1;
@@ -152,18 +175,18 @@ struct MSLossCPU : Candidates<T> {
               st.ref_xm[i] = xm;
             }
             neg_weights(s, cl, tj, gid[i], eps, thr[i], beta, base, st.ref_xm[i], T(1), static_cast<const T*>(nullptr),
-                        static_cast<const T*>(nullptr), P.data_ptr<T>() + r * tj);
+                        static_cast<const T*>(nullptr), P.mutable_data_ptr<T>() + r * tj);
           }
         }
       });
       if (cache_tile) {
-        at::Tensor acc = st.cache.narrow(0, i0, ti);
-        acc.mul_(at::from_blob(rescale.data(), {ti, 1}, chat.options()));
-        acc.addmm_(P, chat.narrow(0, j0, tj));
+        const Tensor prod = mm(P, narrow(chat, 0, j0, tj));
+        add_rows(st.cache.template mutable_data_ptr<T>() + i0 * D, prod.template const_data_ptr<T>(), ti, D,
+                 rescale.data());
       }
       if (!symmetric || i0 == j0) return;
       // Columns: anchors j0.., candidates i0.. (S is symmetric).
-      at::parallel_for(0, tj, 64, [&](int64_t c0, int64_t c1) {
+      parallel_for(0, tj, 64, [&](int64_t c0, int64_t c1) {
         const int64_t n = c1 - c0;
         std::vector<T> colmax(n, -kInf<T>), colsum(n, T(0));
         std::vector<int64_t> colarg(n, -1);
@@ -230,7 +253,11 @@ struct MSLossCPU : Candidates<T> {
       std::vector<T> f(B);
       for (int64_t i = 0; i < B; ++i)
         f[i] = st.ref_xm[i] == -kInf<T> ? T(0) : std::exp(st.ref_xm[i] - st.log_z_neg[i]);
-      st.cache.mul_(at::from_blob(f.data(), {B, 1}, chat.options()));
+      T* c = st.cache.template mutable_data_ptr<T>();
+      parallel_for(0, B, cpu::grain_for(D), [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i)
+          for (int64_t d = 0; d < D; ++d) c[i * D + d] *= f[i];
+      });
     }
     return st;
   }
@@ -238,10 +265,10 @@ struct MSLossCPU : Candidates<T> {
   // ------------------------------------------------------------------------------ backward
   // Returns dL/d(normalised candidates), [B or M, D] (M rows when the reference set needs its gradient).
   // cache: the forward pass's Stats::cache ([B, D]) or empty; when given, the reference-set tiles are skipped.
-  at::Tensor backward(T scale, const T* stats, const int64_t* hard_idx, bool ref_grad, const at::Tensor& cache) const {
+  Tensor backward(T scale, const T* stats, const int64_t* hard_idx, bool ref_grad, const Tensor& cache) const {
     const int64_t GR = ref_grad ? M : B;  // rows of the gradient that are kept
-    at::Tensor gall = at::zeros({GR, D}, chat.options());
-    T* gp = gall.data_ptr<T>();
+    Tensor gall = zeros_as(chat, {GR, D});
+    T* gp = gall.mutable_data_ptr<T>();
     auto log_z_pos = [&](int64_t i) { return stats[i * 4 + 0]; };
     auto log_z_neg = [&](int64_t i) { return stats[i * 4 + 1]; };
     auto min_pos = [&](int64_t i) { return stats[i * 4 + 2]; };
@@ -250,7 +277,7 @@ struct MSLossCPU : Candidates<T> {
     if (mining == Mining::kHardest) {
       // Two pairs per anchor: weights first (parallel over anchors), then the sums (parallel over D).
       std::vector<T> wp(B, 0), wn(B, 0);
-      at::parallel_for(0, B, 64, [&](int64_t b, int64_t e) {
+      parallel_for(0, B, 64, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) {
           const int64_t p = hard_idx[2 * i], n = hard_idx[2 * i + 1];
           if (p < 0 || n < 0) continue;
@@ -258,7 +285,7 @@ struct MSLossCPU : Candidates<T> {
           wn[i] = scale * std::exp(beta * (dot(i, n) - base) - log_z_neg(i));
         }
       });
-      at::parallel_for(0, D, 16, [&](int64_t d0, int64_t d1) {
+      parallel_for(0, D, 16, [&](int64_t d0, int64_t d1) {
         for (int64_t i = 0; i < B; ++i) {
           if (wp[i] == T(0) && wn[i] == T(0)) continue;
           const int64_t p = hard_idx[2 * i], n = hard_idx[2 * i + 1];
@@ -303,14 +330,15 @@ struct MSLossCPU : Candidates<T> {
         }
         return;
       }
-      const at::Tensor Wt = at::from_blob(W.data(), {na, nmem}, chat.options());
-      const at::Tensor aidx = at::from_blob(const_cast<int64_t*>(a), {na}, at::TensorOptions().dtype(at::kLong));
-      const at::Tensor midx = at::from_blob(const_cast<int64_t*>(m), {nmem}, at::TensorOptions().dtype(at::kLong));
-      const at::Tensor A = at::index_select(chat, 0, aidx), Cm = at::index_select(chat, 0, midx);
-      gall.index_add_(0, aidx, at::mm(Wt, Cm));
+      const Tensor Wt = host_view(W.data(), {na, nmem}, chat.scalar_type());
+      const Tensor aidx = host_view(const_cast<int64_t*>(a), {na}, kLong);
+      const Tensor midx = host_view(const_cast<int64_t*>(m), {nmem}, kLong);
+      const Tensor A = index_select(chat, 0, aidx), Cm = index_select(chat, 0, midx);
+      index_add_rows(gp, a, na, mm(Wt, Cm).template const_data_ptr<T>(), D);
       // Members are in ascending index order, so those with a kept gradient row are a prefix.
       const int64_t keep = std::lower_bound(m, m + nmem, GR) - m;
-      if (keep > 0) gall.index_add_(0, midx.narrow(0, 0, keep), at::mm(Wt.narrow(1, 0, keep).t(), A));
+      if (keep > 0)
+        index_add_rows(gp, m, keep, contiguous(mm(transposed(narrow(Wt, 1, 0, keep)), A)).template const_data_ptr<T>(), D);
     });
 
     // Negatives, tile by tile.
@@ -321,11 +349,11 @@ struct MSLossCPU : Candidates<T> {
       lzn[i] = log_z_neg(i);
     }
     for_each_tile([&](int64_t i0, int64_t ti, int64_t j0, int64_t tj, const T* S, bool symmetric) {
-      at::Tensor G = at::empty({ti, tj}, chat.options());
-      T* g = G.data_ptr<T>();
+      Tensor G = empty_as(chat, {ti, tj});
+      T* g = G.mutable_data_ptr<T>();
       const bool cols = symmetric && i0 != j0;
       std::atomic<bool> any{false};
-      at::parallel_for(0, ti, 8, [&](int64_t b, int64_t e) {
+      parallel_for(0, ti, 8, [&](int64_t b, int64_t e) {
         bool local = false;
         for (int64_t r = b; r < e; ++r) {
           const int64_t i = i0 + r;
@@ -335,25 +363,31 @@ struct MSLossCPU : Candidates<T> {
         if (local) any = true;
       });
       if (!any.load()) return;
-      at::Tensor gi = gall.narrow(0, i0, ti);
-      gi.addmm_(G, chat.narrow(0, j0, tj));
+      add_rows(gp + i0 * D, mm(G, narrow(chat, 0, j0, tj)).template const_data_ptr<T>(), ti, D);
       if (symmetric && i0 == j0) {
-        gi.addmm_(G.t(), chat.narrow(0, i0, ti));
+        add_rows(gp + i0 * D, contiguous(mm(transposed(G), narrow(chat, 0, i0, ti))).template const_data_ptr<T>(), ti, D);
       } else if (j0 < GR) {
-        gall.narrow(0, j0, tj).addmm_(G.t(), chat.narrow(0, i0, ti));
+        add_rows(gp + j0 * D, contiguous(mm(transposed(G), narrow(chat, 0, i0, ti))).template const_data_ptr<T>(),
+                 std::min(tj, GR - j0), D);
       }
     }, /*with_ref=*/!use_cache);
-    if (use_cache) gall.narrow(0, 0, B).add_(cache, scale);
+    if (use_cache) {
+      const T* c = cache.template const_data_ptr<T>();
+      parallel_for(0, B, cpu::grain_for(D), [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i)
+          for (int64_t d = 0; d < D; ++d) gp[i * D + d] += scale * c[i * D + d];
+      });
+    }
     return gall;
   }
 
   // dL/dx from dL/d(x / max(|x|, eps)) for rows [row0, row0 + rows) of the candidates.
   template <typename scalar_t>
-  at::Tensor normalise_backward(const at::Tensor& gall, int64_t row0, int64_t rows, const at::Tensor& like) const {
-    at::Tensor out = at::empty({rows, D}, like.options());
-    scalar_t* o = out.data_ptr<scalar_t>();
+  Tensor normalise_backward(const Tensor& gall, int64_t row0, int64_t rows, const Tensor& like) const {
+    Tensor out = empty_as(like, {rows, D});
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const T* g = gall.const_data_ptr<T>() + row0 * D;
-    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const T* c = row(row0 + r);
         const T* gr = g + r * D;
@@ -372,32 +406,32 @@ struct MSLossCPU : Candidates<T> {
   }
 };
 
-at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+ScalarType acc_type_of(ScalarType t) { return t == kDouble ? kDouble : kFloat; }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cpu(const at::Tensor& embeddings, const at::Tensor& labels,
-                                                           const std::optional<at::Tensor>& ref_embeddings,
-                                                           const std::optional<at::Tensor>& ref_labels, double alpha,
+std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss_cpu(const Tensor& embeddings, const Tensor& labels,
+                                                           const std::optional<Tensor>& ref_embeddings,
+                                                           const std::optional<Tensor>& ref_labels, double alpha,
                                                            double beta, double base, double epsilon,
                                                            std::string_view mining_name, bool cache_ref_grad) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   const int64_t B = embeddings.size(0);
   const auto acc = acc_type_of(embeddings.scalar_type());
-  at::Tensor loss = at::zeros({}, embeddings.options());
-  at::Tensor stats = at::empty({B, 4}, embeddings.options().dtype(acc));
-  at::Tensor hard_idx = at::full({B, 2}, -1, embeddings.options().dtype(at::kLong));
+  Tensor loss = zeros_as(embeddings, {});
+  Tensor stats = empty_as(embeddings, {B, 4}, acc);
+  Tensor hard_idx = full_as(embeddings, {B, 2}, -1, kLong);
   const bool cache = detail::ms_loss_caches_ref_grad(embeddings, ref_embeddings, mining, cache_ref_grad);
-  at::Tensor ref_grad_cache = cache ? at::zeros({B, embeddings.size(1)}, embeddings.options().dtype(acc))
-                                    : at::empty({0}, embeddings.options().dtype(acc));
+  Tensor ref_grad_cache = cache ? zeros_as(embeddings, {B, embeddings.size(1)}, acc)
+                                    : empty_as(embeddings, {0}, acc);
   if (B == 0) return {loss, stats, hard_idx, ref_grad_cache};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_cpu", [&] {
+  RF_DISPATCH_FLOATING(embeddings.scalar_type(), "ms_loss_cpu", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     MSLossCPU<T> k(mining, alpha, beta, base, epsilon);
     k.template prepare<scalar_t>(embeddings, labels, ref_embeddings, ref_labels);
     const auto st = k.forward(cache);
-    if (cache) ref_grad_cache.copy_(st.cache);
-    T* sp = stats.data_ptr<T>();
-    int64_t* hp = hard_idx.data_ptr<int64_t>();
+    if (cache) copy_(ref_grad_cache, st.cache);
+    T* sp = stats.mutable_data_ptr<T>();
+    int64_t* hp = hard_idx.mutable_data_ptr<int64_t>();
     double total = 0;
     for (int64_t i = 0; i < B; ++i) {
       sp[i * 4 + 0] = st.log_z_pos[i];
@@ -410,15 +444,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cpu(const at:
       }
       total += double(st.log_z_pos[i]) / alpha + double(st.log_z_neg[i]) / beta;
     }
-    loss.fill_(total / double(B));
+    torch::stable::fill_(loss, total / double(B));
   });
   return {loss, stats, hard_idx, ref_grad_cache};
 }
 
-std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cpu(
-    const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
-    const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
-    const at::Tensor& stats_, const at::Tensor& hard_idx_, const at::Tensor& ref_grad_cache, double alpha,
+std::tuple<Tensor, Tensor> ms_loss_backward_cpu(
+    const Tensor& grad_loss, const Tensor& embeddings, const Tensor& labels,
+    const std::optional<Tensor>& ref_embeddings, const std::optional<Tensor>& ref_labels,
+    const Tensor& stats_, const Tensor& hard_idx_, const Tensor& ref_grad_cache, double alpha,
     double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
@@ -426,27 +460,27 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cpu(
   const int64_t B = embeddings.size(0), D = embeddings.size(1);
   const bool ref_grad = ref_requires_grad && ref_embeddings.has_value();
   const int64_t R = ref_embeddings.has_value() ? ref_embeddings->size(0) : 0;
-  at::Tensor grad_e = at::zeros({B, D}, embeddings.options());
-  at::Tensor grad_r = ref_grad ? at::zeros({R, D}, embeddings.options()) : at::empty({0}, embeddings.options());
+  Tensor grad_e = zeros_as(embeddings, {B, D});
+  Tensor grad_r = ref_grad ? zeros_as(embeddings, {R, D}) : empty_as(embeddings, {0});
   if (B == 0) return {grad_e, grad_r};
   const auto acc = acc_type_of(embeddings.scalar_type());
-  const at::Tensor stats = stats_.to(acc).contiguous();
-  const at::Tensor hard_idx = hard_idx_.contiguous();
-  const double g = grad_loss.to(at::kDouble).item<double>();
+  const Tensor stats = contiguous(to_dtype(stats_, acc));
+  const Tensor hard_idx = contiguous(hard_idx_);
+  const double g = item_double(grad_loss);
   if (mining == Mining::kHardest) {
     const int64_t M = B + R;
     const int64_t* h = hard_idx.const_data_ptr<int64_t>();
     for (int64_t k = 0; k < 2 * B; ++k)
-      TORCH_CHECK(h[k] >= -1 && h[k] < M, "recogfast::_ms_loss_backward: hard_idx holds ", h[k],
+      RF_CHECK(h[k] >= -1 && h[k] < M, "recogfast::_ms_loss_backward: hard_idx holds ", h[k],
                   ", outside [-1, B + R = ", M, ")");
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_backward_cpu", [&] {
+  RF_DISPATCH_FLOATING(embeddings.scalar_type(), "ms_loss_backward_cpu", [&] {
     using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     MSLossCPU<T> k(mining, alpha, beta, base, epsilon);
     k.template prepare<scalar_t>(embeddings, labels, ref_embeddings, ref_labels);
-    const at::Tensor gall = k.backward(T(g / double(B)), stats.const_data_ptr<T>(),
+    const Tensor gall = k.backward(T(g / double(B)), stats.const_data_ptr<T>(),
                                        hard_idx.const_data_ptr<int64_t>(), ref_grad,
-                                       ref_grad_cache.numel() > 0 ? ref_grad_cache.to(acc).contiguous() : at::Tensor());
+                                       ref_grad_cache.numel() > 0 ? contiguous(to_dtype(ref_grad_cache, acc)) : Tensor());
     grad_e = k.template normalise_backward<scalar_t>(gall, 0, B, embeddings);
     if (ref_grad) grad_r = k.template normalise_backward<scalar_t>(gall, B, R, embeddings);
   });
@@ -455,9 +489,9 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
-  m.impl("ms_loss", &ms_loss_cpu);
-  m.impl("_ms_loss_backward", &ms_loss_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
+  m.impl("ms_loss", TORCH_BOX(&ms_loss_cpu));
+  m.impl("_ms_loss_backward", TORCH_BOX(&ms_loss_backward_cpu));
 }
 
 }  // namespace recogfast

@@ -5,11 +5,6 @@
 // locks. Internal linkage.
 #pragma once
 
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/index_select.h>
-#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <atomic>
@@ -18,6 +13,8 @@
 #include <numeric>
 #include <optional>
 #include <vector>
+
+#include "ops/stable.h"
 
 namespace recogfast {
 namespace {
@@ -30,21 +27,21 @@ constexpr double kNormEps = 1e-12;    // as torch.nn.functional.normalize
 template <typename T>
 struct Candidates {
   int64_t B = 0, R = 0, M = 0, D = 0;
-  at::Tensor chat;                 // [M, D] normalised candidates; rows [0, B) are the anchors
+  Tensor chat;                 // [M, D] normalised candidates; rows [0, B) are the anchors
   std::vector<T> norms;            // [M] norms before the clamp at kNormEps
   std::vector<int32_t> gid;        // [M] label group of every candidate
-  at::Tensor order;                // [M] int64: candidates sorted by (group, index)
+  Tensor order;                // [M] int64: candidates sorted by (group, index)
   std::vector<int64_t> gstart;     // members of group g: order[gstart[g], gstart[g + 1])
   std::vector<int64_t> ganchors;   // number of anchors (index < B) in group g: a prefix of its members
 
   template <typename scalar_t>
-  void normalise(const at::Tensor& x_, int64_t row0, const char* name) {
-    const at::Tensor x = x_.contiguous();
+  void normalise(const Tensor& x_, int64_t row0, const char* name) {
+    const Tensor x = contiguous(x_);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    T* c = chat.data_ptr<T>() + row0 * D;
+    T* c = chat.mutable_data_ptr<T>() + row0 * D;
     const int64_t rows = x.size(0);
     std::atomic<bool> bad{false};
-    at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* xr = xp + r * D;
         double ss = 0;  // double: no overflow of the squares of finite fp32 values
@@ -57,32 +54,32 @@ struct Candidates {
         for (int64_t d = 0; d < D; ++d) cr[d] = T(xr[d]) * inv;
       }
     });
-    TORCH_CHECK(!bad.load(), "recogfast::ms_loss: ", name, " contains NaN or inf");
+    RF_CHECK(!bad.load(), "recogfast::ms_loss: ", name, " contains NaN or inf");
   }
 
   template <typename scalar_t>
-  void prepare(const at::Tensor& emb, const at::Tensor& labels, const std::optional<at::Tensor>& ref,
-               const std::optional<at::Tensor>& ref_labels) {
+  void prepare(const Tensor& emb, const Tensor& labels, const std::optional<Tensor>& ref,
+               const std::optional<Tensor>& ref_labels) {
     B = emb.size(0);
     D = emb.size(1);
     R = ref.has_value() ? ref->size(0) : 0;
     M = B + R;
-    chat = at::empty({M, D}, emb.options().dtype(c10::CppTypeToScalarType<T>::value));
+    chat = empty_as(emb, {M, D}, scalar_type_of<T>());
     norms.assign(M, T(0));
     normalise<scalar_t>(emb, 0, "embeddings");
     if (R > 0) normalise<scalar_t>(*ref, B, "ref_embeddings");
     // Label groups.
     std::vector<int64_t> lab(M);
     {
-      const at::Tensor l = labels.to(at::kLong).contiguous();
+      const Tensor l = contiguous(to_dtype(labels, kLong));
       std::copy(l.const_data_ptr<int64_t>(), l.const_data_ptr<int64_t>() + B, lab.begin());
       if (R > 0) {
-        const at::Tensor rl = ref_labels->to(at::kLong).contiguous();
+        const Tensor rl = contiguous(to_dtype(*ref_labels, kLong));
         std::copy(rl.const_data_ptr<int64_t>(), rl.const_data_ptr<int64_t>() + R, lab.begin() + B);
       }
     }
-    order = at::empty({M}, at::TensorOptions().dtype(at::kLong));
-    int64_t* ord = order.data_ptr<int64_t>();
+    order = empty({M}, kLong, Device(torch::headeronly::DeviceType::CPU));
+    int64_t* ord = order.mutable_data_ptr<int64_t>();
     std::iota(ord, ord + M, int64_t(0));
     std::stable_sort(ord, ord + M, [&](int64_t a, int64_t b) { return lab[a] < lab[b]; });
     gid.assign(M, 0);
@@ -124,7 +121,7 @@ struct Candidates {
       (nm <= kSmallGroup ? small : big).push_back(g);
     }
     const int64_t* ord = order.const_data_ptr<int64_t>();
-    at::parallel_for(0, int64_t(small.size()), 4, [&](int64_t begin, int64_t end) {
+    parallel_for(0, int64_t(small.size()), 4, [&](int64_t begin, int64_t end) {
       std::vector<T> S;
       for (int64_t k = begin; k < end; ++k) {
         const int64_t g = small[k];
@@ -140,11 +137,11 @@ struct Candidates {
       const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
       for (int64_t a0 = 0; a0 < na; a0 += kTile) {
         const int64_t ta = std::min(kTile, na - a0);
-        const at::Tensor A = at::index_select(chat, 0, order.narrow(0, gstart[g] + a0, ta));
+        const Tensor A = index_select(chat, 0, narrow(order, 0, gstart[g] + a0, ta));
         for (int64_t m0 = 0; m0 < nm; m0 += kRefTile) {
           const int64_t tm = std::min(kRefTile, nm - m0);
-          const at::Tensor Cm = at::index_select(chat, 0, order.narrow(0, gstart[g] + m0, tm));
-          const at::Tensor S = at::mm(A, Cm.t()).contiguous();
+          const Tensor Cm = index_select(chat, 0, narrow(order, 0, gstart[g] + m0, tm));
+          const Tensor S = contiguous(mm(A, transposed(Cm)));
           fn(ord + gstart[g] + a0, ta, ord + gstart[g] + m0, tm, S.const_data_ptr<T>(), true);
         }
       }
@@ -155,7 +152,7 @@ struct Candidates {
   template <typename Fn>
   static void rows(bool parallel, int64_t n, const Fn& row_fn) {
     if (parallel) {
-      at::parallel_for(0, n, 8, [&](int64_t b, int64_t e) {
+      parallel_for(0, n, 8, [&](int64_t b, int64_t e) {
         for (int64_t r = b; r < e; ++r) row_fn(r);
       });
     } else {
@@ -205,21 +202,21 @@ struct Candidates {
         rounds.back().push_back(Task{I * kTile, std::min(kTile, B - I * kTile), j0, std::min(kRefTile, M - j0), false});
       }
     }
-    const int64_t threads = at::get_num_threads();
+    const int64_t threads = num_threads();
     for (const auto& round : rounds) {
       if (int64_t(round.size()) < threads) {
         // Too few tiles to go around (small batches, long reference sets): one tile at a time, each with
         // the threads inside it (at::mm and the row/column sweeps are parallel when not nested).
         for (const Task& t : round) {
-          const at::Tensor S = at::mm(chat.narrow(0, t.i0, t.ti), chat.narrow(0, t.j0, t.tj).t()).contiguous();
+          const Tensor S = contiguous(mm(narrow(chat, 0, t.i0, t.ti), transposed(narrow(chat, 0, t.j0, t.tj))));
           tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
         }
         continue;
       }
-      at::parallel_for(0, int64_t(round.size()), 1, [&](int64_t begin, int64_t end) {
+      parallel_for(0, int64_t(round.size()), 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
           const Task& t = round[k];
-          const at::Tensor S = at::mm(chat.narrow(0, t.i0, t.ti), chat.narrow(0, t.j0, t.tj).t()).contiguous();
+          const Tensor S = contiguous(mm(narrow(chat, 0, t.i0, t.ti), transposed(narrow(chat, 0, t.j0, t.tj))));
           tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
         }
       });

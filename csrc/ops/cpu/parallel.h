@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "ops/stable.h"
+
 namespace recogfast {
 namespace cpu {
 

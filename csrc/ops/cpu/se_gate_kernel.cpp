@@ -1,12 +1,6 @@
 // SE gate on the CPU: pooling, the two-layer MLP and the channel scaling in one op, forward and
 // backward, with fp32 (fp64 for double) accumulation. The pooling and scaling passes and their
 // schedule are channel_gate.h's (shared with CUBS Block 1); this file holds the MLP.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -98,7 +92,7 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
                    [&](int64_t b, int64_t c0, int64_t c1) { this->apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); },
                    4 * C * R);
     // grad_w2[c, r] = sum_b dz[b, c] h[b, r]; grad_b2[c] = sum_b dz[b, c]
-    at::parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
+    parallel_for(0, C, 16, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> row(R);
       for (int64_t c = begin; c < end; ++c) {
         std::fill(row.begin(), row.end(), acc_t(0));
@@ -113,7 +107,7 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
       }
     });
     // grad_w1[r, c] = sum_b du[b, r] g[b, c]; grad_b1[r] = sum_b du[b, r]
-    at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+    parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> row(C);
       for (int64_t r = begin; r < end; ++r) {
         std::fill(row.begin(), row.end(), acc_t(0));
@@ -135,31 +129,31 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
 
 template <typename scalar_t>
 SEGateCPU<scalar_t> make_kernel(const detail::SEGateArgs& a) {
-  const at::Tensor& x = a.x;
+  const Tensor& x = a.x;
   return SEGateCPU<scalar_t>{{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3),
                               a.channels_last},
                              a.w1.const_data_ptr<scalar_t>(), a.b1.const_data_ptr<scalar_t>(),
                              a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), a.R};
 }
 
-at::Tensor se_gate_cpu(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                       const at::Tensor& b2) {
+Tensor se_gate_cpu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                       const Tensor& b2) {
   const auto a = detail::prepare_se_gate(x, w1, b1, w2, b2);
-  at::Tensor y = at::empty_like(a.x, checks::layout_of(a.channels_last));
+  Tensor y = empty_like(a.x, checks::layout_of(a.channels_last));
   if (a.x.numel() == 0) return y;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "se_gate_cpu", [&] {
+  RF_DISPATCH_FLOATING(a.x.scalar_type(), "se_gate_cpu", [&] {
     make_kernel<scalar_t>(a).forward(y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
 
-detail::SEGateGrads se_gate_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w1,
-                                         const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+detail::SEGateGrads se_gate_backward_cpu(const Tensor& grad_y, const Tensor& x, const Tensor& w1,
+                                         const Tensor& b1, const Tensor& w2, const Tensor& b2) {
   const auto a = detail::prepare_se_gate(x, w1, b1, w2, b2, grad_y);
   auto grads = detail::alloc_se_gate_grads(a);
   if (a.x.numel() == 0) return grads;
   auto& [gx, gw1, gb1, gw2, gb2] = grads;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "se_gate_backward_cpu", [&] {
+  RF_DISPATCH_FLOATING(a.x.scalar_type(), "se_gate_backward_cpu", [&] {
     make_kernel<scalar_t>(a).backward(a.grad_y.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
                                       gw1.mutable_data_ptr<scalar_t>(), gb1.mutable_data_ptr<scalar_t>(),
                                       gw2.mutable_data_ptr<scalar_t>(), gb2.mutable_data_ptr<scalar_t>());
@@ -169,9 +163,9 @@ detail::SEGateGrads se_gate_backward_cpu(const at::Tensor& grad_y, const at::Ten
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
-  m.impl("se_gate", &se_gate_cpu);
-  m.impl("_se_gate_backward", &se_gate_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(recogfast, CPU, m) {
+  m.impl("se_gate", TORCH_BOX(&se_gate_cpu));
+  m.impl("_se_gate_backward", TORCH_BOX(&se_gate_backward_cpu));
 }
 
 }  // namespace recogfast

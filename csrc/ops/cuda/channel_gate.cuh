@@ -4,7 +4,6 @@
 // NCHW and NHWC (channels_last), any dtype, accumulation in acc_t.
 #pragma once
 
-#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -128,7 +127,7 @@ void launch_pool(const scalar_t* x, const scalar_t* gy, acc_t* px, acc_t* pgx, i
     channel_gate_pool_nhwc_kernel<scalar_t, acc_t, kGrad>
         <<<dim3(B * ceil_div(C, kWarp), chunks), dim3(kWarp, 8), 0, stream>>>(x, gy, px, pgx, B, C, HW, per_chunk);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  RF_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, typename acc_t, bool kGrad>
@@ -147,7 +146,7 @@ void launch_apply(const scalar_t* in, scalar_t* out, const acc_t* gate, const ac
                                 : channel_gate_apply_kernel<scalar_t, acc_t, index_t, V, false, kGrad>;
     kernel<<<gpu::grid_for(nvec, threads), threads, 0, stream>>>(in, out, gate, coef, index_t(nvec), index_t(C),
                                                                  index_t(HW));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
   };
   // 32-bit index arithmetic (cheaper divisions) whenever the grid-stride loop cannot overflow it.
   const bool small = gpu::fits_int32(numel, gpu::grid_for(numel, threads) * threads);

@@ -2,12 +2,24 @@
 // the launch-shape helpers. Host functions are `inline` so each .cu may include this.
 #pragma once
 
-#include <c10/core/ScalarType.h>
-#include <c10/cuda/CUDAException.h>
 #include <cuda_runtime.h>
+#include <torch/csrc/stable/accelerator.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+
+#include "ops/stable.h"
+
+// A CUDA runtime error as a RuntimeError naming the call (the stable ABI's STD_CUDA_CHECK, without its
+// C++ source location in the message).
+#define RF_CUDA_CHECK(EXPR)                                                                               \
+  do {                                                                                                    \
+    const cudaError_t rf_err_ = (EXPR);                                                                   \
+    if (rf_err_ != cudaSuccess)                                                                           \
+      throw std::runtime_error(::recogfast::str("CUDA error: ", cudaGetErrorString(rf_err_), " (", #EXPR, ")")); \
+  } while (0)
+#define RF_CUDA_KERNEL_LAUNCH_CHECK() RF_CUDA_CHECK(cudaGetLastError())
 
 namespace recogfast {
 namespace gpu {
@@ -54,11 +66,11 @@ struct alignas(sizeof(scalar_t) * kVec) VecT {
 // Streaming multiprocessors of the current device (cached per device).
 inline int64_t num_sms() {
   int dev = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  RF_CUDA_CHECK(cudaGetDevice(&dev));
   static int64_t cache[64] = {};
   if (dev < 64 && cache[dev]) return cache[dev];
   int n = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  RF_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
   if (dev < 64) cache[dev] = n;
   return n;
 }
@@ -75,7 +87,20 @@ inline bool fits_int32(int64_t max_index, int64_t grid_threads) {
 }
 
 // Accumulator dtype of the per-sample scratch buffers: fp32, or fp64 for double inputs.
-inline c10::ScalarType acc_dtype(c10::ScalarType t) { return t == c10::kDouble ? c10::kDouble : c10::kFloat; }
+inline ScalarType acc_dtype(ScalarType t) { return t == kDouble ? kDouble : kFloat; }
+
+// The current CUDA stream of t's device (torch.cuda.current_stream()), where every kernel is launched.
+inline cudaStream_t current_stream(const Tensor& t) {
+  void* stream = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream));
+  return static_cast<cudaStream_t>(stream);
+}
+
+// Makes t's device current for the guard's lifetime (c10::cuda::CUDAGuard).
+struct DeviceGuard {
+  explicit DeviceGuard(const Tensor& t) : guard(t.get_device_index()) {}
+  torch::stable::accelerator::DeviceGuard guard;
+};
 
 }  // namespace gpu
 }  // namespace recogfast

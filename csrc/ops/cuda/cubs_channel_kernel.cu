@@ -9,15 +9,6 @@
 // Backward: 1. channel sums of x and grad_y * x; 2. the head forward again and its backward
 //           (df = Woᵀ dz, the attention backward with a column pass, dg) -> coef = dg / HW;
 //           3. grad_x = grad_y * gate + coef; 4. weight gradients, fixed-order sums over the batch.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -219,14 +210,14 @@ __global__ void cubs_channel_weight_grad_kernel(const acc_t* __restrict__ g, con
 
 size_t head_smem_bytes(int64_t C, int64_t N, size_t acc_size) {
   const size_t bytes = (2 * C + 11 * N) * acc_size;
-  TORCH_CHECK(bytes <= gpu::kDefaultSmemBytes, "recogfast::cubs_channel: x has C = ", C, " channels and wq N = ", N,
+  RF_CHECK(bytes <= gpu::kDefaultSmemBytes, "recogfast::cubs_channel: x has C = ", C, " channels and wq N = ", N,
               " rows; the CUDA kernel keeps 2 C + 11 N accumulators of ", acc_size,
               " bytes within 48 KiB of shared memory");
   return bytes;
 }
 
 template <typename scalar_t>
-Params<scalar_t> params(const at::Tensor* w) {
+Params<scalar_t> params(const Tensor* w) {
   return Params<scalar_t>{{w[0].const_data_ptr<scalar_t>(), w[2].const_data_ptr<scalar_t>(),
                            w[4].const_data_ptr<scalar_t>()},
                           {w[1].const_data_ptr<scalar_t>(), w[3].const_data_ptr<scalar_t>(),
@@ -235,68 +226,68 @@ Params<scalar_t> params(const at::Tensor* w) {
                           w[7].const_data_ptr<scalar_t>()};
 }
 
-at::Tensor cubs_channel_cuda(const at::Tensor& x_, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
-                             const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
-                             const at::Tensor& bo) {
+Tensor cubs_channel_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, const Tensor& wk,
+                             const Tensor& bk, const Tensor& wv, const Tensor& bv, const Tensor& wo,
+                             const Tensor& bo) {
   const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
-  TORCH_CHECK(x_.is_cuda(), "recogfast::cubs_channel: x must be a CUDA tensor for the CUDA kernel, got ",
-              x_.device());
-  const c10::cuda::CUDAGuard guard(x_.device());
+  RF_CHECK(x_.is_cuda(), "recogfast::cubs_channel: x must be a CUDA tensor for the CUDA kernel, got ",
+              device_str(x_.device()));
+  const gpu::DeviceGuard guard(x_);
   const auto act = checks::activation("recogfast::cubs_channel", x_);
-  const at::Tensor& x = act.x;
+  const Tensor& x = act.x;
   const bool cl = act.channels_last;
-  const at::Tensor w[8] = {wq.contiguous(), bq.contiguous(), wk.contiguous(), bk.contiguous(),
-                           wv.contiguous(), bv.contiguous(), wo.contiguous(), bo.contiguous()};
-  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
+  const Tensor w[8] = {contiguous(wq), contiguous(bq), contiguous(wk), contiguous(bk),
+                           contiguous(wv), contiguous(bv), contiguous(wo), contiguous(bo)};
+  Tensor y = empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  const cudaStream_t stream = gpu::current_stream(x_);
+  const ScalarType acc_type = acc_dtype(x.scalar_type());
   int64_t per_chunk = 0;
   const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_channel_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    at::Tensor scratch = at::empty({chunks * B * C + B * C}, acc_opts);
+  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_channel_cuda", [&] {
+    using acc_t = opmath_t<scalar_t>;
+    Tensor scratch = empty_as(x, {chunks * B * C + B * C}, acc_type);
     acc_t* px = scratch.mutable_data_ptr<acc_t>();
     acc_t* gate = px + chunks * B * C;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     launch_pool<scalar_t, acc_t, false>(xp, nullptr, px, nullptr, B, C, HW, cl, chunks, per_chunk, stream);
     cubs_channel_head_kernel<scalar_t, acc_t, false><<<B, 256, head_smem_bytes(C, N, sizeof(acc_t)), stream>>>(
         px, nullptr, chunks, params<scalar_t>(w), B, C, N, HW, gate, nullptr, nullptr, nullptr, nullptr, nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, false>(xp, y.mutable_data_ptr<scalar_t>(), gate, nullptr, x.numel(), C, HW, cl,
                                          stream);
   });
   return y;
 }
 
-CubsChannelGrads cubs_channel_backward_cuda(const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& wq,
-                                            const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
-                                            const at::Tensor& wv, const at::Tensor& bv, const at::Tensor& wo,
-                                            const at::Tensor& bo) {
+CubsChannelGrads cubs_channel_backward_cuda(const Tensor& grad_y_, const Tensor& x_, const Tensor& wq,
+                                            const Tensor& bq, const Tensor& wk, const Tensor& bk,
+                                            const Tensor& wv, const Tensor& bv, const Tensor& wo,
+                                            const Tensor& bo) {
   const int64_t N = detail::check_cubs_channel_args(x_, wq, bq, wk, bk, wv, bv, wo, bo);
-  TORCH_CHECK(x_.is_cuda(), "recogfast::_cubs_channel_backward: x must be a CUDA tensor for the CUDA kernel, got ",
-              x_.device());
-  const c10::cuda::CUDAGuard guard(x_.device());
+  RF_CHECK(x_.is_cuda(), "recogfast::_cubs_channel_backward: x must be a CUDA tensor for the CUDA kernel, got ",
+              device_str(x_.device()));
+  const gpu::DeviceGuard guard(x_);
   const auto act = checks::activation("recogfast::_cubs_channel_backward", x_, grad_y_);
-  const at::Tensor &x = act.x, &gy = act.grad_y;
+  const Tensor &x = act.x, &gy = act.grad_y;
   const bool cl = act.channels_last;
-  const at::Tensor w[8] = {wq.contiguous(), bq.contiguous(), wk.contiguous(), bk.contiguous(),
-                           wv.contiguous(), bv.contiguous(), wo.contiguous(), bo.contiguous()};
-  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
+  const Tensor w[8] = {contiguous(wq), contiguous(bq), contiguous(wk), contiguous(bk),
+                           contiguous(wv), contiguous(bv), contiguous(wo), contiguous(bo)};
+  Tensor gx = empty_like(x, checks::layout_of(cl));
   const auto g = checks::param_grads({w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]}, x.numel() == 0);
   if (x.numel() == 0) {
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
   }
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  const cudaStream_t stream = gpu::current_stream(x_);
+  const ScalarType acc_type = acc_dtype(x.scalar_type());
   int64_t per_chunk = 0;
   const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_channel_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_channel_backward_cuda", [&] {
+    using acc_t = opmath_t<scalar_t>;
     // px, pgx [chunks, B, C] | gate, coef, g, dz [B, C] | f [B, N] | dqkv [B, 3N]
-    at::Tensor scratch = at::empty({2 * chunks * B * C + 4 * B * C + 4 * B * N}, acc_opts);
+    Tensor scratch = empty_as(x, {2 * chunks * B * C + 4 * B * C + 4 * B * N}, acc_type);
     acc_t* px = scratch.mutable_data_ptr<acc_t>();
     acc_t* pgx = px + chunks * B * C;
     acc_t* gate = pgx + chunks * B * C;
@@ -310,7 +301,7 @@ CubsChannelGrads cubs_channel_backward_cuda(const at::Tensor& grad_y_, const at:
     launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, chunks, per_chunk, stream);
     cubs_channel_head_kernel<scalar_t, acc_t, true><<<B, 256, head_smem_bytes(C, N, sizeof(acc_t)), stream>>>(
         px, pgx, chunks, params<scalar_t>(w), B, C, N, HW, gate, coef, gs, f, dz, dqkv);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, true>(gyp, gx.mutable_data_ptr<scalar_t>(), gate, coef, x.numel(), C, HW, cl,
                                         stream);
     constexpr int threads = 256;
@@ -319,16 +310,16 @@ CubsChannelGrads cubs_channel_backward_cuda(const at::Tensor& grad_y_, const at:
         gs, f, dz, dqkv, B, C, N, g[0].mutable_data_ptr<scalar_t>(), g[2].mutable_data_ptr<scalar_t>(),
         g[4].mutable_data_ptr<scalar_t>(), g[1].mutable_data_ptr<scalar_t>(), g[3].mutable_data_ptr<scalar_t>(),
         g[5].mutable_data_ptr<scalar_t>(), g[6].mutable_data_ptr<scalar_t>(), g[7].mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
-  m.impl("cubs_channel", &cubs_channel_cuda);
-  m.impl("_cubs_channel_backward", &cubs_channel_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
+  m.impl("cubs_channel", TORCH_BOX(&cubs_channel_cuda));
+  m.impl("_cubs_channel_backward", TORCH_BOX(&cubs_channel_backward_cuda));
 }
 
 }  // namespace recogfast

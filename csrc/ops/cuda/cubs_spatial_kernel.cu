@@ -14,15 +14,6 @@
 // inner loop per pair is one FFMA, one MUFU.EX2 and two or three FFMA/FADD: it is bound by the
 // exponential rate (16 MUFU ops/clk/SM on sm_90), the floor the benchmark reports. Those passes (steps 2-4 of
 // the forward, 3-4 of the backward) are in cubs_spatial_passes.cuh; this file holds the rest and the launches.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 
@@ -229,9 +220,9 @@ void launch_project(const Launch& L, const scalar_t* x, const scalar_t* gy, cons
     cubs_spatial_project_nchw<scalar_t, acc_t, kGrad>
         <<<grid_for(L.B * L.P, threads), threads, 0, L.stream>>>(x, gy, wt, L.B, L.C, L.P, qkv, d);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  RF_CUDA_KERNEL_LAUNCH_CHECK();
   cubs_spatial_key_range_kernel<acc_t><<<L.B, 256, 0, L.stream>>>(qkv + L.B * L.P, qkv + 2 * L.B * L.P, L.P, kr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  RF_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, typename acc_t, bool kGrad>
@@ -246,7 +237,7 @@ void launch_apply(const Launch& L, const scalar_t* in, scalar_t* out, const acc_
                        : cubs_spatial_apply_kernel<scalar_t, acc_t, index_t, false, kGrad>;
     kernel<<<blocks, threads, 0, L.stream>>>(in, out, gate, dqkv, wt, index_t(numel), index_t(L.C), index_t(L.P),
                                              index_t(L.B * L.P));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
   };
   // The largest index formed: e < numel, and with kGrad dqkv[2 * BP + bp] < 3 * B * P, which exceeds numel
   // when C <= 2.
@@ -261,33 +252,33 @@ void launch_apply(const Launch& L, const scalar_t* in, scalar_t* out, const acc_
 dim3 quad_grid(const Launch& L) { return dim3(static_cast<unsigned>(ceil_div(L.P, kThreads * kRows)), L.B); }
 
 void check_launch(const Launch& L) {
-  TORCH_CHECK(L.B <= 65535, "recogfast::cubs_spatial: the CUDA kernel takes at most 65535 samples, x has ", L.B);
+  RF_CHECK(L.B <= 65535, "recogfast::cubs_spatial: the CUDA kernel takes at most 65535 samples, x has ", L.B);
 }
 
-at::Tensor cubs_spatial_cuda(const at::Tensor& x_, const at::Tensor& wq, const at::Tensor& bq, const at::Tensor& wk,
-                             const at::Tensor& bk, const at::Tensor& wv, const at::Tensor& bv) {
+Tensor cubs_spatial_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, const Tensor& wk,
+                             const Tensor& bk, const Tensor& wv, const Tensor& bv) {
   detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
-  TORCH_CHECK(x_.is_cuda(), "recogfast::cubs_spatial: x must be a CUDA tensor for the CUDA kernel, got ",
-              x_.device());
-  const c10::cuda::CUDAGuard guard(x_.device());
+  RF_CHECK(x_.is_cuda(), "recogfast::cubs_spatial: x must be a CUDA tensor for the CUDA kernel, got ",
+              device_str(x_.device()));
+  const gpu::DeviceGuard guard(x_);
   const auto act = checks::activation("recogfast::cubs_spatial", x_);
-  const at::Tensor& x = act.x;
+  const Tensor& x = act.x;
   const bool cl = act.channels_last;
-  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
+  Tensor y = empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
-  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, c10::cuda::getCurrentCUDAStream()};
-  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, gpu::current_stream(x_)};
+  const ScalarType acc_type = acc_dtype(x.scalar_type());
   check_launch(L);
-  const at::Tensor wc[6] = {wq.contiguous(), bq, wk.contiguous(), bk, wv.contiguous(), bv};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_spatial_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  const Tensor wc[6] = {contiguous(wq), bq, contiguous(wk), bk, contiguous(wv), bv};
+  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_cuda", [&] {
+    using acc_t = opmath_t<scalar_t>;
     const Weights<scalar_t> wt{{wc[0].const_data_ptr<scalar_t>(), wc[2].const_data_ptr<scalar_t>(),
                                 wc[4].const_data_ptr<scalar_t>()},
                                {wc[1].const_data_ptr<scalar_t>(), wc[3].const_data_ptr<scalar_t>(),
                                 wc[5].const_data_ptr<scalar_t>()}};
     const int64_t BP = L.B * L.P;
-    at::Tensor scratch = at::empty({4 * BP}, acc_opts);  // q, k, v, gate
-    at::Tensor key_range = at::empty({4 * L.B}, acc_opts);
+    Tensor scratch = empty_as(x, {4 * BP}, acc_type);  // q, k, v, gate
+    Tensor key_range = empty_as(x, {4 * L.B}, acc_type);
     acc_t* qkv = scratch.mutable_data_ptr<acc_t>();
     acc_t* gate = qkv + 3 * BP;
     auto* kr = reinterpret_cast<Quad<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
@@ -295,41 +286,41 @@ at::Tensor cubs_spatial_cuda(const at::Tensor& x_, const at::Tensor& wq, const a
     launch_project<scalar_t, acc_t, false>(L, xp, nullptr, wt, qkv, nullptr, kr);
     cubs_spatial_row_kernel<acc_t, false><<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, nullptr, L.B, L.P, gate,
                                                                                   nullptr, nullptr, nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, false>(L, xp, y.mutable_data_ptr<scalar_t>(), gate, nullptr, wt);
   });
   return y;
 }
 
-CubsSpatialGrads cubs_spatial_backward_cuda(const at::Tensor& grad_y_, const at::Tensor& x_, const at::Tensor& wq,
-                                            const at::Tensor& bq, const at::Tensor& wk, const at::Tensor& bk,
-                                            const at::Tensor& wv, const at::Tensor& bv) {
+CubsSpatialGrads cubs_spatial_backward_cuda(const Tensor& grad_y_, const Tensor& x_, const Tensor& wq,
+                                            const Tensor& bq, const Tensor& wk, const Tensor& bk,
+                                            const Tensor& wv, const Tensor& bv) {
   detail::check_cubs_spatial_args(x_, wq, bq, wk, bk, wv, bv);
-  TORCH_CHECK(x_.is_cuda(), "recogfast::_cubs_spatial_backward: x must be a CUDA tensor for the CUDA kernel, got ",
-              x_.device());
-  const c10::cuda::CUDAGuard guard(x_.device());
+  RF_CHECK(x_.is_cuda(), "recogfast::_cubs_spatial_backward: x must be a CUDA tensor for the CUDA kernel, got ",
+              device_str(x_.device()));
+  const gpu::DeviceGuard guard(x_);
   const auto act = checks::activation("recogfast::_cubs_spatial_backward", x_, grad_y_);
-  const at::Tensor &x = act.x, &gy = act.grad_y;
+  const Tensor &x = act.x, &gy = act.grad_y;
   const bool cl = act.channels_last;
-  at::Tensor gx = at::empty_like(x, checks::layout_of(cl));
+  Tensor gx = empty_like(x, checks::layout_of(cl));
   const auto g = checks::param_grads({wq, bq, wk, bk, wv, bv}, x.numel() == 0);
   if (x.numel() == 0) {
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
   }
-  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, c10::cuda::getCurrentCUDAStream()};
-  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, gpu::current_stream(x_)};
+  const ScalarType acc_type = acc_dtype(x.scalar_type());
   check_launch(L);
-  const at::Tensor wc[6] = {wq.contiguous(), bq, wk.contiguous(), bk, wv.contiguous(), bv};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "cubs_spatial_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  const Tensor wc[6] = {contiguous(wq), bq, contiguous(wk), bk, contiguous(wv), bv};
+  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_backward_cuda", [&] {
+    using acc_t = opmath_t<scalar_t>;
     const Weights<scalar_t> wt{{wc[0].const_data_ptr<scalar_t>(), wc[2].const_data_ptr<scalar_t>(),
                                 wc[4].const_data_ptr<scalar_t>()},
                                {wc[1].const_data_ptr<scalar_t>(), wc[3].const_data_ptr<scalar_t>(),
                                 wc[5].const_data_ptr<scalar_t>()}};
     const int64_t B = L.B, C = L.C, P = L.P, BP = B * P;
     // q, k, v | d | gate | dq, dk, dv | pack (4) | fr
-    at::Tensor scratch = at::empty({13 * BP}, acc_opts);
-    at::Tensor key_range = at::empty({4 * B}, acc_opts);
+    Tensor scratch = empty_as(x, {13 * BP}, acc_type);
+    Tensor key_range = empty_as(x, {4 * B}, acc_type);
     acc_t* qkv = scratch.mutable_data_ptr<acc_t>();
     acc_t* d = qkv + 3 * BP;
     acc_t* gate = d + BP;
@@ -341,14 +332,14 @@ CubsSpatialGrads cubs_spatial_backward_cuda(const at::Tensor& grad_y_, const at:
     launch_project<scalar_t, acc_t, true>(L, xp, gy.const_data_ptr<scalar_t>(), wt, qkv, d, kr);
     cubs_spatial_row_kernel<acc_t, true>
         <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, d, B, P, gate, dqkv, pack, fr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
     cubs_spatial_col_kernel<acc_t>
         <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, true>(L, gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gate, dqkv,
                                         wt);
     int64_t tasks = B;
-    at::Tensor part;
+    Tensor part;
     if (cl) {
       const int64_t cblocks = ceil_div(C, kWarp);
       const int64_t want = std::max<int64_t>(1, ceil_div(num_sms() * 8, B * cblocks));
@@ -356,30 +347,30 @@ CubsSpatialGrads cubs_spatial_backward_cuda(const at::Tensor& grad_y_, const at:
       const int64_t per_chunk = ceil_div(P, chunks);
       const int64_t n_chunks = ceil_div(P, per_chunk);
       tasks = B * n_chunks;
-      part = at::empty({tasks * 3 * C}, acc_opts);
+      part = empty_as(x, {tasks * 3 * C}, acc_type);
       cubs_spatial_wgrad_nhwc<scalar_t, acc_t><<<dim3(B * cblocks, n_chunks), dim3(kWarp, 8), 0, L.stream>>>(
           xp, dqkv, B, C, P, per_chunk, part.mutable_data_ptr<acc_t>());
     } else {
-      part = at::empty({tasks * 3 * C}, acc_opts);
+      part = empty_as(x, {tasks * 3 * C}, acc_type);
       constexpr int threads = 256;
       cubs_spatial_wgrad_nchw<scalar_t, acc_t><<<ceil_div(B * C * kWarp, threads), threads, 0, L.stream>>>(
           xp, dqkv, B, C, P, part.mutable_data_ptr<acc_t>());
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
     cubs_spatial_wgrad_reduce<scalar_t, acc_t><<<3 * C + 3, 256, 0, L.stream>>>(
         part.const_data_ptr<acc_t>(), tasks, dqkv, BP, C, g[0].mutable_data_ptr<scalar_t>(),
         g[2].mutable_data_ptr<scalar_t>(), g[4].mutable_data_ptr<scalar_t>(), g[1].mutable_data_ptr<scalar_t>(),
         g[3].mutable_data_ptr<scalar_t>(), g[5].mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
-  m.impl("cubs_spatial", &cubs_spatial_cuda);
-  m.impl("_cubs_spatial_backward", &cubs_spatial_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
+  m.impl("cubs_spatial", TORCH_BOX(&cubs_spatial_cuda));
+  m.impl("_cubs_spatial_backward", TORCH_BOX(&cubs_spatial_backward_cuda));
 }
 
 }  // namespace recogfast

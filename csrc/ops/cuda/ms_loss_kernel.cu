@@ -26,7 +26,7 @@
 //             first index on ties, for "hardest"), excluding the anchor itself; sweep 2 (same row, in L2) the
 //             two mined sums with the shift known from sweep 1 (the largest term is exp(0) = 1), then
 //             log_z = softplus(shift + log z). Per-anchor stats [B, 4], hard_idx [B, 2], per-anchor loss [B].
-//   loss = sum(per-anchor loss) / B (at::sum: deterministic).
+//   loss = sum(per-anchor loss) / B (ms_loss_finish_kernel: one block, fixed order: deterministic).
 // Backward, per block of T anchor rows, with the per-anchor stats saved by the forward op:
 //   GEMM      S_I again (same shapes and operands as the forward pass: the same values)
 //   ms_loss_weights_kernel  W'_I[i, j] = (dL/dS_ij + [j < B] dL/dS_ji) · scale_j  (S is symmetric on the
@@ -45,19 +45,7 @@
 // G T·D·4, O(M) norms/scales/labels, and the scaled copy M·D·2 (16 MB at B = 16384): ~41 MB at B = 16384
 // (T = 256); fp32 has a 16 MB W tile and a 32 MB copy. The tile is at least two row blocks per SM
 // (round_up(2·SMs, 16) rows, within kMaxTileBytes) so that the per-row kernels fill the GPU at large M.
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/sum.h>
-#include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -75,16 +63,44 @@ using namespace gpu;
 
 // out = a · b with out in the accumulation dtype: cuBLAS through at::mm; bf16/fp16 operands accumulate and
 // store in fp32 (aten::mm.dtype_out). The host emulation (CPU tensors: no mm.dtype) multiplies fp32 copies.
-void gemm(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+void gemm(Tensor out, const Tensor& a, const Tensor& b) {
   if (a.scalar_type() == out.scalar_type()) {
-    at::mm_out(out, a, b);
+    mm_out(out, a, b);
     return;
   }
 #ifdef RECOGFAST_MS_LOSS_EMULATION
-  out.copy_(at::mm(a.to(out.scalar_type()), b.to(out.scalar_type())));
+  copy_(out, mm(to_dtype(a, out.scalar_type()), to_dtype(b, out.scalar_type())));
 #else
-  at::mm_out(out, a, b, out.scalar_type());
+  mm_out_dtype(out, a, b);
 #endif
+}
+
+// loss = sum(per_anchor) / B in the embeddings' dtype, NaN when a row held NaN/inf (flags): one block, fixed
+// order, on the device (no host sync).
+template <typename acc_t, typename scalar_t>
+__global__ void ms_loss_finish_kernel(const acc_t* __restrict__ per_anchor, int64_t B, const int* __restrict__ flags,
+                                      scalar_t* __restrict__ loss) {
+  __shared__ acc_t red[kThreads / kWarp];
+  acc_t s = 0;
+  for (int64_t i = threadIdx.x; i < B; i += blockDim.x) s += per_anchor[i];
+  s = block_sum(s, red);
+  if (threadIdx.x == 0) loss[0] = static_cast<scalar_t>((flags[0] | flags[1]) ? acc_t(NAN) : s / acc_t(B));
+}
+
+// x[0, n) = NaN when a row held NaN/inf (flags): NaN in, NaN out, decided on the device.
+template <typename scalar_t>
+__global__ void ms_loss_nan_if_kernel(scalar_t* __restrict__ x, int64_t n, const int* __restrict__ flags) {
+  if (!(flags[0] | flags[1])) return;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = static_cast<scalar_t>(NAN);
+}
+
+template <typename scalar_t>
+void nan_if_nonfinite(Tensor& x, const Tensor& flags, cudaStream_t stream) {
+  if (x.numel() == 0) return;
+  ms_loss_nan_if_kernel<scalar_t><<<grid_for(x.numel(), kThreads), kThreads, 0, stream>>>(
+      x.mutable_data_ptr<scalar_t>(), x.numel(), flags.const_data_ptr<int>());
+  RF_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Rows of a tile with `cols` candidates so that the S tile stays within kTileBytes (at least kMinTileRows;
@@ -104,30 +120,30 @@ template <typename scalar_t>
 struct Candidates {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   int64_t B = 0, R = 0, M = 0, D = 0;
-  at::Tensor x[2];                // raw rows, contiguous: batch, reference ([0, D] when none)
-  at::Tensor xs[2], xg[2];         // operands of S and of the backward product: x or x · p2
-  at::Tensor norms, inv, p2, inv2;  // [M] acc (see ms_loss_norms_kernel)
-  at::Tensor lab;                  // [M] int64
-  at::Tensor nonfinite;            // 0-dim bool on the device: some row holds NaN/inf
+  Tensor x[2];                // raw rows, contiguous: batch, reference ([0, D] when none)
+  Tensor xs[2], xg[2];         // operands of S and of the backward product: x or x · p2
+  Tensor norms, inv, p2, inv2;  // [M] acc (see ms_loss_norms_kernel)
+  Tensor lab;                  // [M] int64
+  Tensor flags;                // [2] int on the device: some batch / reference row holds NaN/inf
 
   // Per-candidate factors that turn a row of an operand (the scaled copy) into its normalised row.
   const acc_t* scale_s() const { return inv2.template const_data_ptr<acc_t>(); }
   const acc_t* scale_g() const { return inv2.template const_data_ptr<acc_t>(); }
 
-  Candidates(const at::Tensor& emb, const at::Tensor& labels, const std::optional<at::Tensor>& ref,
-             const std::optional<at::Tensor>& ref_labels, cudaStream_t stream) {
+  Candidates(const Tensor& emb, const Tensor& labels, const std::optional<Tensor>& ref,
+             const std::optional<Tensor>& ref_labels, cudaStream_t stream) {
     B = emb.size(0);
     D = emb.size(1);
     R = ref.has_value() ? ref->size(0) : 0;
     M = B + R;
-    const auto acc = emb.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-    x[0] = emb.contiguous();
-    x[1] = R > 0 ? ref->contiguous() : at::empty({0, D}, emb.options());
-    norms = at::empty({M}, acc);
-    inv = at::empty({M}, acc);
-    p2 = at::empty({M}, acc);
-    inv2 = at::empty({M}, acc);
-    at::Tensor flags = at::zeros({2}, emb.options().dtype(at::kInt));
+    const ScalarType acc = scalar_type_of<acc_t>();
+    x[0] = contiguous(emb);
+    x[1] = R > 0 ? contiguous(*ref) : empty_as(emb, {0, D});
+    norms = empty_as(emb, {M}, acc);
+    inv = empty_as(emb, {M}, acc);
+    p2 = empty_as(emb, {M}, acc);
+    inv2 = empty_as(emb, {M}, acc);
+    flags = zeros_as(emb, {2}, kInt);
     constexpr int rows_per_block = kThreads / kWarp;
     for (int part = 0; part < 2; ++part) {
       const int64_t rows = part == 0 ? B : R, off = part == 0 ? 0 : B;
@@ -136,22 +152,26 @@ struct Candidates {
           x[part].const_data_ptr<scalar_t>(), norms.mutable_data_ptr<acc_t>() + off,
           inv.mutable_data_ptr<acc_t>() + off, p2.mutable_data_ptr<acc_t>() + off,
           inv2.mutable_data_ptr<acc_t>() + off, flags.mutable_data_ptr<int>(), part, rows, D);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      RF_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    nonfinite = flags.any();  // stays on the device: no sync
-    at::Tensor c[2];
+    Tensor c[2];
     for (int part = 0; part < 2; ++part) {
       const int64_t rows = part == 0 ? B : R, off = part == 0 ? 0 : B;
-      c[part] = at::empty({rows, D}, emb.options());
+      c[part] = empty_as(emb, {rows, D});
       if (rows * D == 0) continue;
       ms_loss_scale_rows_kernel<scalar_t, acc_t><<<grid_for(rows * D, kThreads), kThreads, 0, stream>>>(
           x[part].const_data_ptr<scalar_t>(), p2.const_data_ptr<acc_t>() + off, inv2.const_data_ptr<acc_t>() + off,
           c[part].mutable_data_ptr<scalar_t>(), rows, D);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      RF_CUDA_KERNEL_LAUNCH_CHECK();
     }
     for (int part = 0; part < 2; ++part) xs[part] = xg[part] = c[part];
-    lab = R > 0 ? at::cat({labels.to(at::kLong), ref_labels->to(at::kLong)}).contiguous()
-                : labels.to(at::kLong).contiguous();
+    lab = empty_as(emb, {M}, kLong);
+    Tensor lab_b = narrow(lab, 0, 0, B);
+    copy_(lab_b, labels);  // copy_ casts to int64
+    if (R > 0) {
+      Tensor lab_r = narrow(lab, 0, B, R);
+      copy_(lab_r, *ref_labels);
+    }
   }
 };
 
@@ -168,52 +188,55 @@ Params make_params(int64_t B, int64_t M, Mining mining, double alpha, double bet
 }
 
 // ref_grad_cache is always empty here (cache_ref_grad is a CPU optimisation; see ms_loss.h).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ms_loss_cuda(
-    const at::Tensor& embeddings, const at::Tensor& labels, const std::optional<at::Tensor>& ref_embeddings,
-    const std::optional<at::Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
+std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss_cuda(
+    const Tensor& embeddings, const Tensor& labels, const std::optional<Tensor>& ref_embeddings,
+    const std::optional<Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
     std::string_view mining_name, bool /*cache_ref_grad*/) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
-  const c10::cuda::CUDAGuard guard(embeddings.device());
+  const gpu::DeviceGuard guard(embeddings);
   const int64_t B = embeddings.size(0);
   const auto acc = acc_dtype(embeddings.scalar_type());
-  at::Tensor stats = at::empty({B, 4}, embeddings.options().dtype(acc));
-  at::Tensor hard_idx = at::full({B, 2}, -1, embeddings.options().dtype(at::kLong));
-  at::Tensor ref_grad_cache = at::empty({0}, embeddings.options().dtype(acc));
-  if (B == 0) return {at::zeros({}, embeddings.options()), stats, hard_idx, ref_grad_cache};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor loss;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_cuda", [&] {
+  Tensor stats = empty_as(embeddings, {B, 4}, acc);
+  Tensor hard_idx = full_as(embeddings, {B, 2}, -1, kLong);
+  Tensor ref_grad_cache = empty_as(embeddings, {0}, acc);
+  if (B == 0) return {zeros_as(embeddings, {}), stats, hard_idx, ref_grad_cache};
+  const cudaStream_t stream = gpu::current_stream(embeddings);
+  Tensor loss;
+  RF_DISPATCH_FLOATING(embeddings.scalar_type(), "ms_loss_cuda", [&] {
     using acc_t = typename Candidates<scalar_t>::acc_t;
     const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream);
     const int64_t R = cd.R, M = cd.M;
     const Params p = make_params(B, M, mining, alpha, beta, base, epsilon);
     const int64_t T = tile_rows(M, B, sizeof(acc_t));
-    at::Tensor sbuf = at::empty({T * M}, embeddings.options().dtype(acc));
-    at::Tensor per_anchor = at::empty({B}, embeddings.options().dtype(acc));
+    Tensor sbuf = empty_as(embeddings, {T * M}, acc);
+    Tensor per_anchor = empty_as(embeddings, {B}, acc);
     for (int64_t i0 = 0; i0 < B; i0 += T) {
       const int64_t ti = std::min(T, B - i0);
-      const at::Tensor a = cd.xs[0].narrow(0, i0, ti);
-      at::Tensor se = sbuf.narrow(0, 0, ti * B).view({ti, B});
-      at::Tensor sr = sbuf.narrow(0, ti * B, ti * R).view({ti, R});
-      gemm(se, a, cd.xs[0].t());
-      if (R > 0) gemm(sr, a, cd.xs[1].t());
+      const Tensor a = narrow(cd.xs[0], 0, i0, ti);
+      Tensor se = view(narrow(sbuf, 0, 0, ti * B), {ti, B});
+      Tensor sr = view(narrow(sbuf, 0, ti * B, ti * R), {ti, R});
+      gemm(se, a, transposed(cd.xs[0]));
+      if (R > 0) gemm(sr, a, transposed(cd.xs[1]));
       ms_loss_rows_kernel<acc_t><<<static_cast<unsigned>(ti), kRowThreads, 0, stream>>>(
           se.const_data_ptr<acc_t>(), sr.const_data_ptr<acc_t>(), i0, cd.scale_s(), cd.lab.const_data_ptr<int64_t>(),
           stats.mutable_data_ptr<acc_t>(), hard_idx.mutable_data_ptr<int64_t>(),
           per_anchor.mutable_data_ptr<acc_t>(), p);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      RF_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    loss = at::sum(per_anchor).div_(double(B)).masked_fill_(cd.nonfinite, NAN).to(embeddings.scalar_type());
+    loss = empty_as(embeddings, {});
+    ms_loss_finish_kernel<acc_t, scalar_t><<<1, kThreads, 0, stream>>>(
+        per_anchor.const_data_ptr<acc_t>(), B, cd.flags.const_data_ptr<int>(), loss.mutable_data_ptr<scalar_t>());
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, stats, hard_idx, ref_grad_cache};
 }
 
 // Launches the weights kernel on a tile (rows x (nb + nr)).
 template <typename acc_t, typename op_t>
-void launch_weights(const at::Tensor& se, const at::Tensor& sr, int64_t rows, int64_t nb, int64_t nr, int64_t row0,
-                    const acc_t* scale_s, const acc_t* scale_g, const at::Tensor& lab, const at::Tensor& stats,
-                    const at::Tensor& hard_idx, at::Tensor& we, at::Tensor& wr, const Params& p,
+void launch_weights(const Tensor& se, const Tensor& sr, int64_t rows, int64_t nb, int64_t nr, int64_t row0,
+                    const acc_t* scale_s, const acc_t* scale_g, const Tensor& lab, const Tensor& stats,
+                    const Tensor& hard_idx, Tensor& we, Tensor& wr, const Params& p,
                     cudaStream_t stream) {
   const int64_t col_blocks = ceil_div(nb + nr, kThreads);
   const int64_t row_blocks = std::max<int64_t>(1, std::min<int64_t>(rows, std::min<int64_t>(
@@ -223,75 +246,76 @@ void launch_weights(const at::Tensor& se, const at::Tensor& sr, int64_t rows, in
       se.const_data_ptr<acc_t>(), sr.defined() ? sr.const_data_ptr<acc_t>() : nullptr, rows, nb, nr, row0, scale_s,
       scale_g, lab.const_data_ptr<int64_t>(), stats.const_data_ptr<acc_t>(), hard_idx.const_data_ptr<int64_t>(),
       we.mutable_data_ptr<op_t>(), wr.defined() ? wr.mutable_data_ptr<op_t>() : nullptr, p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  RF_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cuda(
-    const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& labels,
-    const std::optional<at::Tensor>& ref_embeddings, const std::optional<at::Tensor>& ref_labels,
-    const at::Tensor& stats_, const at::Tensor& hard_idx_, const at::Tensor& ref_grad_cache, double alpha,
+std::tuple<Tensor, Tensor> ms_loss_backward_cuda(
+    const Tensor& grad_loss, const Tensor& embeddings, const Tensor& labels,
+    const std::optional<Tensor>& ref_embeddings, const std::optional<Tensor>& ref_labels,
+    const Tensor& stats_, const Tensor& hard_idx_, const Tensor& ref_grad_cache, double alpha,
     double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_, ref_grad_cache);
-  const c10::cuda::CUDAGuard guard(embeddings.device());
+  const gpu::DeviceGuard guard(embeddings);
   const int64_t B = embeddings.size(0), D = embeddings.size(1);
   const int64_t R = ref_embeddings.has_value() ? ref_embeddings->size(0) : 0;
   const bool ref_grad = ref_requires_grad && ref_embeddings.has_value();
-  at::Tensor grad_e = at::zeros({B, D}, embeddings.options());
-  at::Tensor grad_r = ref_grad ? at::zeros({R, D}, embeddings.options()) : at::empty({0}, embeddings.options());
+  Tensor grad_e = zeros_as(embeddings, {B, D});
+  Tensor grad_r = ref_grad ? zeros_as(embeddings, {R, D}) : empty_as(embeddings, {0});
   if (B == 0 || D == 0) return {grad_e, grad_r};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = gpu::current_stream(embeddings);
   const auto acc = acc_dtype(embeddings.scalar_type());
-  const at::Tensor stats = stats_.to(acc).contiguous();
-  const at::Tensor hard_idx = hard_idx_.contiguous();
-  const at::Tensor g = grad_loss.reshape({1}).to(acc).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, embeddings.scalar_type(), "ms_loss_backward_cuda", [&] {
+  const Tensor stats = contiguous(to_dtype(stats_, acc));
+  const Tensor hard_idx = contiguous(hard_idx_);
+  const Tensor g = contiguous(to_dtype(reshape(grad_loss, {1}), acc));
+  RF_DISPATCH_FLOATING(embeddings.scalar_type(), "ms_loss_backward_cuda", [&] {
     using acc_t = typename Candidates<scalar_t>::acc_t;
     const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream);
     const int64_t M = cd.M;
     const Params p = make_params(B, M, mining, alpha, beta, base, epsilon);
-    const auto acc_opts = embeddings.options().dtype(acc);
+    const ScalarType acc_type = acc;
     constexpr int rows_per_block = kThreads / kWarp;
     // Anchor rows: all M candidates per row.
     {
       const int64_t T = tile_rows(M, B, sizeof(acc_t));
-      at::Tensor sbuf = at::empty({T * M}, acc_opts);
-      at::Tensor wbuf = at::empty({T * M}, embeddings.options());
-      at::Tensor gbuf = at::empty({2, T, D}, acc_opts);
+      Tensor sbuf = empty_as(embeddings, {T * M}, acc_type);
+      Tensor wbuf = empty_as(embeddings, {T * M});
+      Tensor gbuf = empty_as(embeddings, {2, T, D}, acc_type);
       for (int64_t i0 = 0; i0 < B; i0 += T) {
         const int64_t ti = std::min(T, B - i0);
-        const at::Tensor a = cd.xs[0].narrow(0, i0, ti);
-        at::Tensor se = sbuf.narrow(0, 0, ti * B).view({ti, B});
-        at::Tensor sr = sbuf.narrow(0, ti * B, ti * R).view({ti, R});
-        at::Tensor we = wbuf.narrow(0, 0, ti * B).view({ti, B});
-        at::Tensor wr = wbuf.narrow(0, ti * B, ti * R).view({ti, R});
-        gemm(se, a, cd.xs[0].t());
-        if (R > 0) gemm(sr, a, cd.xs[1].t());
+        const Tensor a = narrow(cd.xs[0], 0, i0, ti);
+        Tensor se = view(narrow(sbuf, 0, 0, ti * B), {ti, B});
+        Tensor sr = view(narrow(sbuf, 0, ti * B, ti * R), {ti, R});
+        Tensor we = view(narrow(wbuf, 0, 0, ti * B), {ti, B});
+        Tensor wr = view(narrow(wbuf, 0, ti * B, ti * R), {ti, R});
+        gemm(se, a, transposed(cd.xs[0]));
+        if (R > 0) gemm(sr, a, transposed(cd.xs[1]));
         launch_weights<acc_t, scalar_t>(se, sr, ti, B, R, i0, cd.scale_s(), cd.scale_g(), cd.lab, stats, hard_idx,
                                         we, wr, p, stream);
-        at::Tensor g1 = gbuf[0].narrow(0, 0, ti), g2 = gbuf[1].narrow(0, 0, ti);
+        Tensor g1 = narrow(torch::stable::select(gbuf, 0, 0), 0, 0, ti);
+        Tensor g2 = narrow(torch::stable::select(gbuf, 0, 1), 0, 0, ti);
         gemm(g1, we, cd.xg[0]);
         if (R > 0) gemm(g2, wr, cd.xg[1]);
         ms_loss_normalize_backward_kernel<scalar_t, acc_t><<<ceil_div(ti, rows_per_block), kThreads, 0, stream>>>(
             g1.const_data_ptr<acc_t>(), R > 0 ? g2.const_data_ptr<acc_t>() : nullptr,
             cd.x[0].const_data_ptr<scalar_t>() + i0 * D, cd.norms.const_data_ptr<acc_t>() + i0,
             g.const_data_ptr<acc_t>(), B, grad_e.mutable_data_ptr<scalar_t>() + i0 * D, ti, D);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        RF_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
     // Reference rows (only when they need a gradient): rows are candidates B + j, columns the B anchors.
     if (ref_grad && R > 0) {
       const int64_t T = tile_rows(B, R, sizeof(acc_t));
-      at::Tensor sbuf = at::empty({T, B}, acc_opts);
-      at::Tensor wbuf = at::empty({T, B}, embeddings.options());
-      at::Tensor gbuf = at::empty({T, D}, acc_opts);
-      const at::Tensor none;
-      at::Tensor none_w;
+      Tensor sbuf = empty_as(embeddings, {T, B}, acc_type);
+      Tensor wbuf = empty_as(embeddings, {T, B});
+      Tensor gbuf = empty_as(embeddings, {T, D}, acc_type);
+      const Tensor none;
+      Tensor none_w;
       for (int64_t j0 = 0; j0 < R; j0 += T) {
         const int64_t tj = std::min(T, R - j0);
-        at::Tensor s = sbuf.narrow(0, 0, tj), w = wbuf.narrow(0, 0, tj), g1 = gbuf.narrow(0, 0, tj);
-        gemm(s, cd.xs[1].narrow(0, j0, tj), cd.xs[0].t());
+        Tensor s = narrow(sbuf, 0, 0, tj), w = narrow(wbuf, 0, 0, tj), g1 = narrow(gbuf, 0, 0, tj);
+        gemm(s, narrow(cd.xs[1], 0, j0, tj), transposed(cd.xs[0]));
         launch_weights<acc_t, scalar_t>(s, none, tj, B, 0, B + j0, cd.scale_s(), cd.scale_g(), cd.lab, stats,
                                         hard_idx, w, none_w, p, stream);
         gemm(g1, w, cd.xg[0]);
@@ -299,20 +323,20 @@ std::tuple<at::Tensor, at::Tensor> ms_loss_backward_cuda(
             g1.const_data_ptr<acc_t>(), nullptr, cd.x[1].const_data_ptr<scalar_t>() + j0 * D,
             cd.norms.const_data_ptr<acc_t>() + B + j0, g.const_data_ptr<acc_t>(), B,
             grad_r.mutable_data_ptr<scalar_t>() + j0 * D, tj, D);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        RF_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
-    grad_e.masked_fill_(cd.nonfinite, NAN);  // NaN/inf in: NaN out, decided on the device
-    if (ref_grad) grad_r.masked_fill_(cd.nonfinite, NAN);
+    nan_if_nonfinite<scalar_t>(grad_e, cd.flags, stream);  // NaN/inf in: NaN out, decided on the device
+    if (ref_grad) nan_if_nonfinite<scalar_t>(grad_r, cd.flags, stream);
   });
   return {grad_e, grad_r};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
-  m.impl("ms_loss", &ms_loss_cuda);
-  m.impl("_ms_loss_backward", &ms_loss_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
+  m.impl("ms_loss", TORCH_BOX(&ms_loss_cuda));
+  m.impl("_ms_loss_backward", TORCH_BOX(&ms_loss_backward_cuda));
 }
 
 }  // namespace recogfast

@@ -9,15 +9,6 @@
 //           3. grad_x = grad_y * gate + coef
 //           4. weight and bias gradients, a deterministic sum over the batch (se_gate_weight_grad_kernel)
 // The only buffers are per-(sample, channel) vectors; nothing of the size of x is allocated but the output.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -155,34 +146,34 @@ __global__ void se_gate_weight_grad_kernel(const acc_t* __restrict__ dz, const a
 // Dynamic shared memory of the MLP kernel: g and dz [C], u and du [R].
 size_t mlp_smem_bytes(int64_t C, int64_t R, size_t acc_size) {
   const size_t bytes = (2 * C + 2 * R) * acc_size;
-  TORCH_CHECK(bytes <= gpu::kDefaultSmemBytes, "recogfast::se_gate: x has C = ", C, " channels and w1 R = ", R,
+  RF_CHECK(bytes <= gpu::kDefaultSmemBytes, "recogfast::se_gate: x has C = ", C, " channels and w1 R = ", R,
               " rows; the CUDA kernel supports 2 * (C + R) accumulators of ", acc_size,
               " bytes within 48 KiB of shared memory");
   return bytes;
 }
 
 
-at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                        const at::Tensor& b2) {
+Tensor se_gate_cuda(const Tensor& x_, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                        const Tensor& b2) {
   // Arguments first (a CUDA weight with a CPU x names the weight), then the device.
   detail::check_se_gate_args(x_, w1, b1, w2, b2);
-  TORCH_CHECK(x_.is_cuda(), "recogfast::se_gate: x must be a CUDA tensor for the CUDA kernel, got ", x_.device());
-  const c10::cuda::CUDAGuard guard(x_.device());
+  RF_CHECK(x_.is_cuda(), "recogfast::se_gate: x must be a CUDA tensor for the CUDA kernel, got ", device_str(x_.device()));
+  const gpu::DeviceGuard guard(x_);
   const auto a = detail::prepare_se_gate(x_, w1, b1, w2, b2);
-  const at::Tensor& x = a.x;
+  const Tensor& x = a.x;
   const bool cl = a.channels_last;
-  at::Tensor y = at::empty_like(x, checks::layout_of(cl));
+  Tensor y = empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = a.R;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  const cudaStream_t stream = gpu::current_stream(x_);
+  const ScalarType acc_type = acc_dtype(x.scalar_type());
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  RF_DISPATCH_FLOATING(x.scalar_type(), "se_gate_cuda", [&] {
+    using acc_t = opmath_t<scalar_t>;
     int64_t per_chunk = 0;
     const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
-    at::Tensor partial = at::empty({chunks * B * C}, acc_opts);
-    at::Tensor gate = at::empty({B, C}, acc_opts);
+    Tensor partial = empty_as(x, {chunks * B * C}, acc_type);
+    Tensor gate = empty_as(x, {B, C}, acc_type);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     launch_pool<scalar_t, acc_t, false>(xp, nullptr, partial.mutable_data_ptr<acc_t>(), nullptr, B, C, HW, cl, chunks,
                                         per_chunk, stream);
@@ -190,45 +181,45 @@ at::Tensor se_gate_cuda(const at::Tensor& x_, const at::Tensor& w1, const at::Te
         partial.const_data_ptr<acc_t>(), nullptr, chunks, a.w1.const_data_ptr<scalar_t>(),
         a.b1.const_data_ptr<scalar_t>(), a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), B, C, R,
         HW, gate.mutable_data_ptr<acc_t>(), nullptr, nullptr, nullptr, nullptr, nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, false>(xp, y.mutable_data_ptr<scalar_t>(), gate.const_data_ptr<acc_t>(), nullptr,
                                          x.numel(), C, HW, cl, stream);
   });
   return y;
 }
 
-detail::SEGateGrads se_gate_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x_, const at::Tensor& w1,
-                                          const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+detail::SEGateGrads se_gate_backward_cuda(const Tensor& grad_y, const Tensor& x_, const Tensor& w1,
+                                          const Tensor& b1, const Tensor& w2, const Tensor& b2) {
   detail::check_se_gate_args(x_, w1, b1, w2, b2);
   if (grad_y.defined()) checks::like("recogfast::_se_gate_backward", "grad_y", grad_y, "x", x_);
-  TORCH_CHECK(x_.is_cuda(), "recogfast::_se_gate_backward: x must be a CUDA tensor for the CUDA kernel, got ",
-              x_.device());
-  const c10::cuda::CUDAGuard guard(x_.device());
+  RF_CHECK(x_.is_cuda(), "recogfast::_se_gate_backward: x must be a CUDA tensor for the CUDA kernel, got ",
+              device_str(x_.device()));
+  const gpu::DeviceGuard guard(x_);
   const auto a = detail::prepare_se_gate(x_, w1, b1, w2, b2, grad_y);
   auto grads = detail::alloc_se_gate_grads(a);
-  const at::Tensor& x = a.x;
+  const Tensor& x = a.x;
   if (x.numel() == 0) return grads;
   auto& [gx, gw1, gb1, gw2, gb2] = grads;
   const bool cl = a.channels_last;
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = a.R;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto acc_opts = x.options().dtype(acc_dtype(x.scalar_type()));
+  const cudaStream_t stream = gpu::current_stream(x_);
+  const ScalarType acc_type = acc_dtype(x.scalar_type());
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "se_gate_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  RF_DISPATCH_FLOATING(x.scalar_type(), "se_gate_backward_cuda", [&] {
+    using acc_t = opmath_t<scalar_t>;
     int64_t per_chunk = 0;
     const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
-    at::Tensor partial = at::empty({2, chunks * B * C}, acc_opts);
+    Tensor partial = empty_as(x, {2, chunks * B * C}, acc_type);
     // Per-sample vectors: gate, coef, dz, g ([B, C] each) and h, du ([B, R] each).
-    at::Tensor per_c = at::empty({4, B, C}, acc_opts), per_r = at::empty({2, B, R}, acc_opts);
-    acc_t* gate = per_c[0].mutable_data_ptr<acc_t>();
-    acc_t* coef = per_c[1].mutable_data_ptr<acc_t>();
-    acc_t* dz = per_c[2].mutable_data_ptr<acc_t>();
-    acc_t* g = per_c[3].mutable_data_ptr<acc_t>();
-    acc_t* h = per_r[0].mutable_data_ptr<acc_t>();
-    acc_t* du = per_r[1].mutable_data_ptr<acc_t>();
-    acc_t* px = partial[0].mutable_data_ptr<acc_t>();
-    acc_t* pgx = partial[1].mutable_data_ptr<acc_t>();
+    Tensor per_c = empty_as(x, {4, B, C}, acc_type), per_r = empty_as(x, {2, B, R}, acc_type);
+    acc_t* gate = per_c.mutable_data_ptr<acc_t>() ;
+    acc_t* coef = per_c.mutable_data_ptr<acc_t>() + 1 * B * C;
+    acc_t* dz = per_c.mutable_data_ptr<acc_t>() + 2 * B * C;
+    acc_t* g = per_c.mutable_data_ptr<acc_t>() + 3 * B * C;
+    acc_t* h = per_r.mutable_data_ptr<acc_t>() ;
+    acc_t* du = per_r.mutable_data_ptr<acc_t>() + 1 * B * R;
+    acc_t* px = partial.mutable_data_ptr<acc_t>() ;
+    acc_t* pgx = partial.mutable_data_ptr<acc_t>() + 1 * chunks * B * C;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gyp = a.grad_y.const_data_ptr<scalar_t>();
 
@@ -236,23 +227,23 @@ detail::SEGateGrads se_gate_backward_cuda(const at::Tensor& grad_y, const at::Te
     se_gate_mlp_kernel<scalar_t, acc_t, true><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
         px, pgx, chunks, a.w1.const_data_ptr<scalar_t>(), a.b1.const_data_ptr<scalar_t>(),
         a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), B, C, R, HW, gate, coef, dz, h, du, g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, true>(gyp, gx.mutable_data_ptr<scalar_t>(), gate, coef, x.numel(), C, HW, cl,
                                         stream);
     constexpr int threads = 256;
     se_gate_weight_grad_kernel<scalar_t, acc_t><<<grid_for((2 * C * R + C + R) * kWarp, threads), threads, 0, stream>>>(
         dz, h, du, g, B, C, R, gw1.mutable_data_ptr<scalar_t>(), gb1.mutable_data_ptr<scalar_t>(),
         gw2.mutable_data_ptr<scalar_t>(), gb2.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grads;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
-  m.impl("se_gate", &se_gate_cuda);
-  m.impl("_se_gate_backward", &se_gate_backward_cuda);
+STABLE_TORCH_LIBRARY_IMPL(recogfast, CUDA, m) {
+  m.impl("se_gate", TORCH_BOX(&se_gate_cuda));
+  m.impl("_se_gate_backward", TORCH_BOX(&se_gate_backward_cuda));
 }
 
 }  // namespace recogfast
