@@ -1,6 +1,7 @@
 # The README's commands. Every target sets up .venv first (idempotent: a no-op when nothing changed).
 #   make demo    set up, then the main job
-#   make test    set up, then the whole test suite (the C++ ctest, then Python)
+#   make test    set up, then the whole test suite (the C++ ctest, Python, then the same binary under a
+#                second torch and Python: make compat-test)
 #   make bench   set up, then pytest benchmarks --benchmark-only
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,8 +14,14 @@ BUILD_STAMP := $(VENV)/.recogfast-build
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') setup.py pyproject.toml
 CMAKE_BUILD := build/cmake
 CMAKE_CUDA ?= OFF
+# The second environment of compat-test: the GPU machine's pair (torch 2.11 / Python 3.12), the oldest
+# torch the stable-ABI binary targets (setup.py STABLE_ABI_TARGET).
+COMPAT_VENV ?= .venv-compat
+COMPAT_TORCH ?= 2.11.0
+COMPAT_PYTHON ?= $(shell command -v python3.12 2>/dev/null && python3.12 -c 1 2>/dev/null || ls -1 $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+COMPAT_TESTS := tests/test_op_contracts.py tests/test_se_gate.py tests/test_cubs.py tests/test_ms_loss.py
 
-.PHONY: setup demo test pytest cpp-test bench clean
+.PHONY: setup demo test pytest cpp-test compat-test bench clean
 
 setup: $(BUILD_STAMP)
 
@@ -58,10 +65,25 @@ cpp-test: setup
 	cmake --build $(CMAKE_BUILD) -j2
 	ctest --test-dir $(CMAKE_BUILD) --output-on-failure
 
-test: cpp-test pytest
+# The binary built above (recogfast/_C.abi3.so: torch 2.14 headers, Python 3.11) loaded, unchanged, by torch
+# $(COMPAT_TORCH) under Python 3.12 in a venv of its own, running every op test there. torch is installed
+# without its CUDA wheels (--no-deps): it borrows them from .venv (the same cu13 family), as tools/gpu_prepare.sh.
+compat-test: setup
+	@[[ -n "$(COMPAT_PYTHON)" ]] || { echo "compat-test: no python3.12 found (set COMPAT_PYTHON)"; exit 2; }
+	@[[ -x $(COMPAT_VENV)/bin/python ]] || $(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
+	@$(COMPAT_VENV)/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "$(COMPAT_TORCH)")' 2>/dev/null || \
+	  { $(COMPAT_VENV)/bin/python -m pip install -q --no-deps torch==$(COMPAT_TORCH) && \
+	    $(COMPAT_VENV)/bin/python -m pip install -q numpy pytest hypothesis typing_extensions sympy mpmath filelock \
+	      jinja2 markupsafe networkx fsspec; }
+	@nv=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia; \
+	export LD_LIBRARY_PATH=$$nv/cu13/lib:$$nv/cudnn/lib:$$nv/cusparselt/lib:$$nv/nccl/lib:$$nv/nvshmem/lib; \
+	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python tools/compat_check.py && \
+	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python -m pytest $(COMPAT_TESTS) -q -p no:cacheprovider
+
+test: cpp-test pytest compat-test
 
 bench: setup
 	$(PY) -m pytest benchmarks --benchmark-only -q
 
 clean:
-	rm -rf build *.egg-info recogfast/_C*.so $(BUILD_STAMP)
+	rm -rf build *.egg-info recogfast/_C*.so $(BUILD_STAMP) $(COMPAT_VENV)

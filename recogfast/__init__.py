@@ -14,8 +14,9 @@ try:
 except ImportError as err:  # pragma: no cover - exercised in a subprocess by tests/test_package.py
     raise ImportError(
         "recogfast: the compiled extension recogfast._C failed to load "
-        f"({type(err).__name__}: {err}). It must be built against the installed torch "
-        f"{torch.__version__}: run `pip install -e . --no-build-isolation` (or `make`) in the source tree."
+        f"({type(err).__name__}: {err}). It is built on torch's stable ABI and runs on torch >= 2.11 "
+        f"(this is {torch.__version__}); otherwise rebuild it: `pip install -e . --no-build-isolation` (or "
+        "`make`) in the source tree."
     ) from err
 
 from recogfast import ops  # noqa: E402

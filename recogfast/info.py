@@ -38,6 +38,8 @@ def report() -> str:
         f"torch          {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
         f"torchvision    {_version('torchvision')}",
         f"extension      {recogfast._C.__file__}",
+        f"runs on        torch >= {info.get('stable_abi', '?')} (LibTorch stable ABI; built with torch "
+        f"{info.get('torch_headers', '?')}'s headers), CPython >= 3.10 (limited API)",
         f"CPU kernels    compiled (OpenMP {'on' if info.get('openmp') == '1' else 'off'}, "
         f"{torch.get_num_threads()} threads)",
     ]

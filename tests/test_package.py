@@ -32,7 +32,8 @@ def test_info_reports_build_gpu_dali_and_implementations():
                          timeout=300)
     assert out.returncode == 0, out.stderr
     text = out.stdout
-    for needle in ("torch", "torchvision", "CUDA kernels", "GPU", "DALI", "se_gate      cpu   float32   -> fused"):
+    for needle in ("torch", "torchvision", "runs on        torch >= ", "CUDA kernels", "GPU", "DALI",
+                   "se_gate      cpu   float32   -> fused"):
         assert needle in text, f"{needle!r} missing from:\n{text}"
     if dispatch.cuda_kernels_compiled():
         assert f"compiled for {dispatch.build_info()['cuda_archs']}" in text
@@ -56,3 +57,28 @@ def test_ops_are_registered_under_the_recogfast_namespace():
     assert recogfast.ops.se_gate is not None
     schema = str(torch.ops.recogfast.se_gate.default._schema)
     assert schema.startswith("recogfast::se_gate(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2)")
+
+
+def test_extension_is_one_stable_abi_binary():
+    """Issue 20: recogfast._C is the abi3 binary on the LibTorch stable ABI, its target written the same in
+    setup.py, CMakeLists.txt, the binary's build record and the import error; it imports no C++ symbol of
+    libtorch or c10 (only the stable C shim), which is what lets it load under another torch."""
+    import re
+    import shutil
+
+    so = recogfast._C.__file__
+    assert os.path.basename(so) == "_C.abi3.so"
+    info = dispatch.build_info()
+    major, minor = re.search(r"STABLE_ABI_TARGET = \((\d+), (\d+)\)", open(os.path.join(ROOT, "setup.py")).read()).groups()
+    assert info["stable_abi"] == f"{major}.{minor}"
+    cmake = re.search(r'RECOGFAST_TORCH_TARGET_VERSION "0x([0-9a-f]{2})([0-9a-f]{2})0{12}"',
+                      open(os.path.join(ROOT, "CMakeLists.txt")).read())
+    assert cmake and (int(cmake.group(1), 16), int(cmake.group(2), 16)) == (int(major), int(minor))
+    assert f"runs on torch >= {major}.{minor}" in open(os.path.join(ROOT, "recogfast", "__init__.py")).read()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", info["torch_headers"])
+    if shutil.which("nm") is None:
+        return
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", so], capture_output=True, text=True, check=True).stdout
+    cxx_torch = sorted(set(re.findall(r"_ZN(?:2at|3c10|5torch)\w+", undefined)))
+    assert not cxx_torch, f"non-stable libtorch symbols: {cxx_torch[:5]}"
+    assert "torch_call_dispatcher" in undefined

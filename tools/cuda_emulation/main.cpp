@@ -5,23 +5,20 @@
 #include <cstdio>
 #include <string>
 #include <tuple>
-#include "ops/cubs_channel.h"
-#include "ops/cubs_spatial.h"
-#include "ops/ms_loss.h"
-#include "ops/se_gate.h"
+#include "tests/aten_ops.h"
 namespace recogfast {
 at::Tensor emu_cubs_spatial(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, const at::Tensor&, const at::Tensor&);
-CubsSpatialGrads emu_cubs_spatial_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+recogfast_aten::T7 emu_cubs_spatial_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 at::Tensor emu_cubs_channel(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&);
-CubsChannelGrads emu_cubs_channel_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+recogfast_aten::T9 emu_cubs_channel_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                            const at::Tensor&, const at::Tensor&);
 at::Tensor emu_se_gate(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
-detail::SEGateGrads emu_se_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+recogfast_aten::T5 emu_se_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, const at::Tensor&);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
@@ -124,12 +121,12 @@ void run_ms_loss() {
       const at::Tensor gl = at::full({}, 0.7, at::TensorOptions().dtype(dt));
       for (const char* mining : {"ms", "all", "hardest"}) {
         const std::string tag = std::string(c.name) + " " + c10::toString(dt) + " " + mining;
-        const auto cpu = recogfast::ms_loss(e, c.labels, r, rl, alpha, beta, base, eps, mining, false);
+        const auto cpu = recogfast_aten::ms_loss(e, c.labels, r, rl, alpha, beta, base, eps, mining, false);
         const auto emu = recogfast::emu_ms_loss(e, c.labels, r, rl, alpha, beta, base, eps, mining);
         ms_cmp(std::get<0>(emu), std::get<0>(cpu), "loss", tag, rtol_l, dt);
         ms_cmp(std::get<1>(emu), std::get<1>(cpu), "stats", tag, lowp ? 1e-4 : rtol_l, dt);
         ms_cmp(std::get<2>(emu), std::get<2>(cpu), "hard_idx", tag, 0, dt, 0);
-        const auto gcpu = recogfast::ms_loss_backward(gl, e, c.labels, r, rl, std::get<1>(cpu), std::get<2>(cpu),
+        const auto gcpu = recogfast_aten::ms_loss_backward(gl, e, c.labels, r, rl, std::get<1>(cpu), std::get<2>(cpu),
                                                       std::get<3>(cpu), alpha, beta, base, eps, mining, c.ref_grad);
         const auto gemu = recogfast::emu_ms_loss_backward(gl, e, c.labels, r, rl, std::get<1>(emu), std::get<2>(emu),
                                                           alpha, beta, base, eps, mining, c.ref_grad);
@@ -183,9 +180,9 @@ int main(int argc, char** argv) {
     at::Tensor gy = at::randn_like(x);
     const double rtol = s.dt == at::kDouble ? 1e-10 : (s.dt == at::kFloat ? 1e-5 : 2e-2);
     cmp(recogfast::emu_cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]),
-        recogfast::cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]), "y", (std::string("spatial ") + tag).c_str(), rtol);
+        recogfast_aten::cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]), "y", (std::string("spatial ") + tag).c_str(), rtol);
     cmp_tuple(recogfast::emu_cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]),
-              recogfast::cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]),
+              recogfast_aten::cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]),
               (std::string("spatial ") + tag).c_str(), rtol * 10);
     const int64_t N = std::max<int64_t>(1, s.C / 2);
     const double sn = 2.0 / std::sqrt(double(N));
@@ -193,18 +190,18 @@ int main(int argc, char** argv) {
                        at::randn({N}, o) * 0.3, at::randn({N, s.C}, o) * (2 * sc), at::randn({N}, o) * 0.3,
                        at::randn({s.C, N}, o) * sn, at::randn({s.C}, o) * 0.3};
     cmp(recogfast::emu_cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
-        recogfast::cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), "y",
+        recogfast_aten::cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), "y",
         (std::string("channel ") + tag).c_str(), rtol);
     cmp_tuple(recogfast::emu_cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
-              recogfast::cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
+              recogfast_aten::cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
               (std::string("channel ") + tag).c_str(), rtol * 10);
     const int64_t R = std::max<int64_t>(1, s.C / 4);
     at::Tensor u[4] = {at::randn({R, s.C}, o) * sc, at::randn({R}, o) * 0.3, at::randn({s.C, R}, o) / std::sqrt(double(R)),
                        at::randn({s.C}, o) * 0.3};
-    cmp(recogfast::emu_se_gate(x, u[0], u[1], u[2], u[3]), recogfast::se_gate(x, u[0], u[1], u[2], u[3]), "y",
+    cmp(recogfast::emu_se_gate(x, u[0], u[1], u[2], u[3]), recogfast_aten::se_gate(x, u[0], u[1], u[2], u[3]), "y",
         (std::string("se ") + tag).c_str(), rtol);
     cmp_tuple(recogfast::emu_se_gate_backward(gy, x, u[0], u[1], u[2], u[3]),
-              recogfast::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]), (std::string("se ") + tag).c_str(), rtol * 10);
+              recogfast_aten::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]), (std::string("se ") + tag).c_str(), rtol * 10);
   }
   }
   run_ms_loss();

@@ -22,63 +22,68 @@ $PY transform.py "$ROOT/csrc/ops/cuda/se_gate_kernel.cu" "$OUT/se_emu.cpp" emu_s
 $PY transform.py "$ROOT/csrc/ops/cuda/cubs_spatial_kernel.cu" "$OUT/sp_emu.cpp" emu_sp
 $PY transform.py "$ROOT/csrc/ops/cuda/cubs_channel_kernel.cu" "$OUT/ch_emu.cpp" emu_ch
 $PY transform.py "$ROOT/csrc/ops/cuda/ms_loss_kernel.cu" "$OUT/ms_emu.cpp" emu_ms
+for f in ms_emu sp_emu ch_emu se_emu; do sed -i '1a #include "bridge.h"' "$OUT/$f.cpp"; done
 cat >> "$OUT/ms_emu.cpp" <<'CPP'
 namespace recogfast {
+using namespace recogfast_emu;
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor& e, const at::Tensor& l, const std::optional<at::Tensor>& r, const std::optional<at::Tensor>& rl,
     double alpha, double beta, double base, double eps, std::string_view mining) {
-  return emu_ms::ms_loss_cuda(e, l, r, rl, alpha, beta, base, eps, mining, false);
+  return A(emu_ms::ms_loss_cuda(S(e), S(l), S(r), S(rl), alpha, beta, base, eps, mining, false));
 }
 std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(
     const at::Tensor& g, const at::Tensor& e, const at::Tensor& l, const std::optional<at::Tensor>& r,
     const std::optional<at::Tensor>& rl, const at::Tensor& stats, const at::Tensor& hard_idx, double alpha,
     double beta, double base, double eps, std::string_view mining, bool ref_grad) {
-  return emu_ms::ms_loss_backward_cuda(g, e, l, r, rl, stats, hard_idx, at::empty({0}, stats.options()), alpha, beta,
-                                       base, eps, mining, ref_grad);
+  return A(emu_ms::ms_loss_backward_cuda(S(g), S(e), S(l), S(r), S(rl), S(stats), S(hard_idx),
+                                         S(at::zeros({0}, stats.options())), alpha, beta, base, eps, mining, ref_grad));
 }
 }  // namespace recogfast
 CPP
 cat >> "$OUT/sp_emu.cpp" <<'CPP'
 namespace recogfast {
+using namespace recogfast_emu;
 at::Tensor emu_cubs_spatial(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
                             const at::Tensor& d, const at::Tensor& e, const at::Tensor& f) {
-  return emu_sp::cubs_spatial_cuda(x, a, b, c, d, e, f);
+  return A(emu_sp::cubs_spatial_cuda(S(x), S(a), S(b), S(c), S(d), S(e), S(f)));
 }
-CubsSpatialGrads emu_cubs_spatial_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& a,
-                                           const at::Tensor& b, const at::Tensor& c, const at::Tensor& d,
-                                           const at::Tensor& e, const at::Tensor& f) {
-  return emu_sp::cubs_spatial_backward_cuda(gy, x, a, b, c, d, e, f);
+recogfast_aten::T7 emu_cubs_spatial_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& a,
+                                            const at::Tensor& b, const at::Tensor& c, const at::Tensor& d,
+                                            const at::Tensor& e, const at::Tensor& f) {
+  return A(emu_sp::cubs_spatial_backward_cuda(S(gy), S(x), S(a), S(b), S(c), S(d), S(e), S(f)));
 }
 }  // namespace recogfast
 CPP
 cat >> "$OUT/ch_emu.cpp" <<'CPP'
 namespace recogfast {
+using namespace recogfast_emu;
 at::Tensor emu_cubs_channel(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
                             const at::Tensor& d, const at::Tensor& e, const at::Tensor& f, const at::Tensor& g,
                             const at::Tensor& h) {
-  return emu_ch::cubs_channel_cuda(x, a, b, c, d, e, f, g, h);
+  return A(emu_ch::cubs_channel_cuda(S(x), S(a), S(b), S(c), S(d), S(e), S(f), S(g), S(h)));
 }
-CubsChannelGrads emu_cubs_channel_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& a,
-                                           const at::Tensor& b, const at::Tensor& c, const at::Tensor& d,
-                                           const at::Tensor& e, const at::Tensor& f, const at::Tensor& g,
-                                           const at::Tensor& h) {
-  return emu_ch::cubs_channel_backward_cuda(gy, x, a, b, c, d, e, f, g, h);
+recogfast_aten::T9 emu_cubs_channel_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& a,
+                                            const at::Tensor& b, const at::Tensor& c, const at::Tensor& d,
+                                            const at::Tensor& e, const at::Tensor& f, const at::Tensor& g,
+                                            const at::Tensor& h) {
+  return A(emu_ch::cubs_channel_backward_cuda(S(gy), S(x), S(a), S(b), S(c), S(d), S(e), S(f), S(g), S(h)));
 }
 }  // namespace recogfast
 CPP
 cat >> "$OUT/se_emu.cpp" <<'CPP'
 namespace recogfast {
+using namespace recogfast_emu;
 at::Tensor emu_se_gate(const at::Tensor& x, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
                        const at::Tensor& d) {
-  return emu_se::se_gate_cuda(x, a, b, c, d);
+  return A(emu_se::se_gate_cuda(S(x), S(a), S(b), S(c), S(d)));
 }
-detail::SEGateGrads emu_se_gate_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& a,
-                                         const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
-  return emu_se::se_gate_backward_cuda(gy, x, a, b, c, d);
+recogfast_aten::T5 emu_se_gate_backward(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& a,
+                                        const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
+  return A(emu_se::se_gate_backward_cuda(S(gy), S(x), S(a), S(b), S(c), S(d)));
 }
 }  // namespace recogfast
 CPP
-FL="-std=c++20 -O1 -I$ROOT/csrc -I$PWD -I$OUT -I$T/include -I$T/include/torch/csrc/api/include"
+FL="-std=c++20 -O1 -Wno-attributes -DRECOGFAST_CUDA_EMULATION -I$ROOT/csrc -I$PWD -I$OUT -I$T/include -I$T/include/torch/csrc/api/include"
 g++ $FL -c "$OUT/sp_emu.cpp" -o "$OUT/sp.o" &
 g++ $FL -c "$OUT/ch_emu.cpp" -o "$OUT/ch.o" &
 g++ $FL -c "$OUT/se_emu.cpp" -o "$OUT/se.o" &
@@ -87,6 +92,6 @@ g++ $FL -DRECOGFAST_MS_LOSS_EMULATION -DRECOGFAST_MS_LOSS_TILE_BYTES=1024 -DRECO
   -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o" &
 g++ $FL -c main.cpp -o "$OUT/main.o"
 wait
-g++ "$OUT/main.o" "$OUT/sp.o" "$OUT/ch.o" "$OUT/se.o" "$OUT/ms.o" -o "$OUT/emu_test" -L"$ROOT/build/cmake" -lrecogfast -L"$T/lib" -ltorch \
+g++ "$OUT/main.o" "$OUT/sp.o" "$OUT/ch.o" "$OUT/se.o" "$OUT/ms.o" -o "$OUT/emu_test" -Wl,--no-as-needed -L"$ROOT/build/cmake" -lrecogfast -L"$T/lib" -ltorch \
   -ltorch_cpu -lc10 -Wl,-rpath,"$T/lib" -Wl,-rpath,"$ROOT/build/cmake" -Wl,--no-as-needed -lpthread
 "$OUT/emu_test" "$@"

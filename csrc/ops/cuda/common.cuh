@@ -89,6 +89,7 @@ inline bool fits_int32(int64_t max_index, int64_t grid_threads) {
 // Accumulator dtype of the per-sample scratch buffers: fp32, or fp64 for double inputs.
 inline ScalarType acc_dtype(ScalarType t) { return t == kDouble ? kDouble : kFloat; }
 
+#ifndef RECOGFAST_CUDA_EMULATION
 // The current CUDA stream of t's device (torch.cuda.current_stream()), where every kernel is launched.
 inline cudaStream_t current_stream(const Tensor& t) {
   void* stream = nullptr;
@@ -101,6 +102,12 @@ struct DeviceGuard {
   explicit DeviceGuard(const Tensor& t) : guard(t.get_device_index()) {}
   torch::stable::accelerator::DeviceGuard guard;
 };
+#else  // tools/cuda_emulation runs the launchers on CPU tensors
+inline cudaStream_t current_stream(const Tensor&) { return nullptr; }
+struct DeviceGuard {
+  explicit DeviceGuard(const Tensor&) {}
+};
+#endif
 
 }  // namespace gpu
 }  // namespace recogfast
