@@ -18,7 +18,8 @@ CMAKE_CUDA ?= OFF
 # torch the stable-ABI binary targets (setup.py STABLE_ABI_TARGET).
 COMPAT_VENV ?= .venv-compat
 COMPAT_TORCH ?= 2.11.0
-COMPAT_PYTHON ?= $(shell command -v python3.12 2>/dev/null && python3.12 -c 1 2>/dev/null || ls -1 $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+COMPAT_PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do \
+  $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { command -v $$p; break; }; done)
 COMPAT_TESTS := tests/test_op_contracts.py tests/test_se_gate.py tests/test_cubs.py tests/test_ms_loss.py
 
 .PHONY: setup demo test pytest cpp-test compat-test bench clean
@@ -71,10 +72,10 @@ cpp-test: setup
 compat-test: setup
 	@[[ -n "$(COMPAT_PYTHON)" ]] || { echo "compat-test: no python3.12 found (set COMPAT_PYTHON)"; exit 2; }
 	@[[ -x $(COMPAT_VENV)/bin/python ]] || $(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
-	@$(COMPAT_VENV)/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "$(COMPAT_TORCH)")' 2>/dev/null || \
+	@[[ -f $(COMPAT_VENV)/.deps-$(COMPAT_TORCH) ]] || \
 	  { $(COMPAT_VENV)/bin/python -m pip install -q --no-deps torch==$(COMPAT_TORCH) && \
 	    $(COMPAT_VENV)/bin/python -m pip install -q numpy pytest hypothesis typing_extensions sympy mpmath filelock \
-	      jinja2 markupsafe networkx fsspec; }
+	      jinja2 markupsafe networkx fsspec setuptools && touch $(COMPAT_VENV)/.deps-$(COMPAT_TORCH); }
 	@nv=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia; \
 	export LD_LIBRARY_PATH=$$nv/cu13/lib:$$nv/cudnn/lib:$$nv/cusparselt/lib:$$nv/nccl/lib:$$nv/nvshmem/lib; \
 	PYTHONPATH=$(CURDIR) $(COMPAT_VENV)/bin/python tools/compat_check.py && \

@@ -101,7 +101,7 @@ inline Activation activation(const char* op, const Tensor& x, const Tensor& grad
     like(op, "grad_y", grad_y, "x", x);
   }
   const bool cl = use_channels_last(x);
-  return {contiguous(x, layout_of(cl)), grad_y.defined() ? contiguous(grad_y, layout_of(cl)) : Tensor(), cl};
+  return {as_contiguous(x, layout_of(cl)), grad_y.defined() ? as_contiguous(grad_y, layout_of(cl)) : Tensor(), cl};
 }
 
 // Gradients shaped like `params`, zero-filled when the batch is empty (a sum over no samples) so that

@@ -3,7 +3,6 @@
 // (recogfast/ops/cubs_channel.py).
 #include "ops/cubs_channel.h"
 
-
 namespace recogfast {
 
 Tensor cubs_channel(const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wk,

@@ -3,7 +3,6 @@
 //   y = x * sigmoid(Wo f + bo + g)
 #pragma once
 
-
 #include <tuple>
 
 #include "ops/checks.h"

@@ -3,7 +3,6 @@
 // (recogfast/ops/cubs_spatial.py).
 #include "ops/cubs_spatial.h"
 
-
 namespace recogfast {
 
 Tensor cubs_spatial(const Tensor& x, const Tensor& wq, const Tensor& bq, const Tensor& wk,

@@ -3,7 +3,6 @@
 //   y = x * sigmoid(f)  (one gate per pixel)
 #pragma once
 
-
 #include <tuple>
 
 #include "ops/checks.h"

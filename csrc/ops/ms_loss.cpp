@@ -3,7 +3,6 @@
 // (recogfast/ops/ms_loss.py) so that torch.compile sees through the op.
 #include "ops/ms_loss.h"
 
-
 namespace recogfast {
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss(

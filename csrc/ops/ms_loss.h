@@ -15,7 +15,6 @@
 // Candidates are the B rows of embeddings followed by the R rows of ref_embeddings.
 #pragma once
 
-
 #include <optional>
 #include <string_view>
 #include <tuple>

@@ -3,7 +3,6 @@
 // (recogfast/ops/se_gate.py) so that torch.compile sees through the op.
 #include "ops/se_gate.h"
 
-
 namespace recogfast {
 
 Tensor se_gate(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,

@@ -1,7 +1,6 @@
 // SE gate: y = x * sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2). See docs/SPEC.md "SE gate".
 #pragma once
 
-
 #include <tuple>
 
 #include "ops/checks.h"
@@ -46,7 +45,7 @@ inline SEGateArgs prepare_se_gate(const Tensor& x, const Tensor& w1, const Tenso
                                   const Tensor& grad_y = Tensor()) {
   const int64_t R = check_se_gate_args(x, w1, b1, w2, b2);
   auto act = checks::activation("recogfast::_se_gate_backward", x, grad_y);
-  return {act.x, act.grad_y, contiguous(w1), contiguous(b1), contiguous(w2), contiguous(b2), R,
+  return {act.x, act.grad_y, as_contiguous(w1), as_contiguous(b1), as_contiguous(w2), as_contiguous(b2), R,
           act.channels_last};
 }
 

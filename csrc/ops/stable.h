@@ -186,9 +186,7 @@ Tensor call_op(const char* name, const char* overload, const A&... args) {
 }
 
 // ---- tensors ----------------------------------------------------------------------------------------------
-// The stable API's own free functions (found by argument-dependent lookup on Tensor): contiguous(t, fmt),
-// view, reshape, index_select, copy_, zero_, transpose, empty_like(t), sum, full, from_blob.
-using torch::stable::contiguous;
+// The stable API's own free functions (found by argument-dependent lookup on Tensor): view, reshape, index_select, copy_, zero_, transpose, empty_like(t), sum, full, from_blob.
 using torch::stable::copy_;
 using torch::stable::index_select;
 using torch::stable::reshape;
@@ -225,6 +223,11 @@ inline bool is_contiguous(const Tensor& t, MemoryFormat fmt = MemoryFormat::Cont
     expected *= size;
   }
   return true;
+}
+// t itself when it already has that layout (no dispatcher call: each boxed call costs about a microsecond of
+// host time, which the small CUDA calls feel), else aten::contiguous's copy.
+inline Tensor as_contiguous(const Tensor& t, MemoryFormat fmt = MemoryFormat::Contiguous) {
+  return is_contiguous(t, fmt) ? t : torch::stable::contiguous(t, fmt);
 }
 inline Tensor narrow(const Tensor& t, int64_t dim, int64_t start, int64_t length) {
   return call_op("aten::narrow", "", t, dim, start, length);

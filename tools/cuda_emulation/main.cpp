@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <string>
 #include <tuple>
+#include <vector>
 #include "tests/aten_ops.h"
 namespace recogfast {
 at::Tensor emu_cubs_spatial(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -159,9 +160,85 @@ void run_ms_loss() {
   std::printf("ms_loss: %d comparisons; worst err/scale fp64 %.3g, fp32 %.3g, bf16 %.3g, fp16 %.3g\n",
               ms_comparisons, ms_max_rel[0], ms_max_rel[1], ms_max_rel[2], ms_max_rel[3]);
 }
+
+// fp32 accuracy against the float64 truth (the CPU kernel in double): every emulated CUDA output and gradient
+// within 2x the CPU fp32 kernel's own error plus 2e-6 of the output's scale -- tools/gpu_crosscheck.py's bound.
+// The scale tolerance of cmp() cannot see a 3-24x loss of accuracy, which the H200 showed for these CUBS
+// gradients (benchmarks/RESULTS.md, 2026-12-04) and this emulation reproduces: the cause is in the CUDA
+// kernels' arithmetic, not in the GPU's exp or FMA. Known gaps (kGaps: output -> the factor over the CPU
+// kernel's error measured on 2026-12-04) are held to that factor and must not close silently (strict, as
+// an xfail: a closed gap fails until it is removed from the list).
+struct Gap {
+  const char* what;
+  size_t output;
+  double factor;
+};
+constexpr Gap kGaps[] = {{"spatial 2x64x28x28", 2, 6}, {"spatial 2x64x28x28", 5, 10},
+                         {"channel 2x256x14x14 N=128", 2, 3}, {"channel 2x256x14x14 N=128", 3, 3},
+                         {"channel 2x256x14x14 N=128", 8, 4}};
+void accuracy_check() {
+  auto err = [](const at::Tensor& a, const at::Tensor& t) { return (a.to(at::kDouble) - t).abs().max().item<double>(); };
+  auto check = [&](const char* what, const std::vector<at::Tensor>& emu, const std::vector<at::Tensor>& cpu,
+                   const std::vector<at::Tensor>& truth) {
+    for (size_t i = 0; i < truth.size(); ++i) {
+      const double e = err(emu[i], truth[i]), c = err(cpu[i], truth[i]);
+      const double slack = 2e-6 * truth[i].abs().max().item<double>(), bound = 2 * c + slack;
+      double factor = 0;
+      for (const Gap& g : kGaps)
+        if (std::string(g.what) == what && g.output == i) factor = g.factor;
+      const bool ok = factor > 0 ? (e > bound && e <= factor * c + slack) : e <= bound;
+      if (!ok) ++failures;
+      std::printf("%s fp32 accuracy %-28s output %zu: emulated CUDA %.3g, CPU %.3g (bound %.3g%s)\n",
+                  ok ? (factor > 0 ? "gap " : "ok  ") : "FAIL", what, i, e, c, factor > 0 ? factor * c + slack : bound,
+                  factor > 0 ? (e <= bound ? ": the known gap closed, remove it from kGaps" : ", a known gap") : "");
+    }
+  };
+  auto vec = [](auto&& t) { return std::apply([](auto&... x) { return std::vector<at::Tensor>{x...}; }, t); };
+  at::manual_seed(1);
+  auto d = at::TensorOptions().dtype(at::kDouble);
+  {  // Block 2, 2x64x28x28
+    const int64_t C = 64;
+    at::Tensor x = at::randn({2, C, 28, 28}, d), gy = at::randn_like(x);
+    const double sc = 1.5 / std::sqrt(double(C));
+    std::vector<at::Tensor> w = {at::randn({C}, d) * sc, at::randn({1}, d) * 0.3, at::randn({C}, d) * sc,
+                                 at::randn({1}, d) * 0.3, at::randn({C}, d) * sc, at::randn({1}, d) * 0.3};
+    std::vector<at::Tensor> f;
+    for (auto& t : w) f.push_back(t.to(at::kFloat));
+    const at::Tensor xf = x.to(at::kFloat), gf = gy.to(at::kFloat);
+    auto truth = vec(recogfast_aten::cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]));
+    truth.insert(truth.begin(), recogfast_aten::cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]));
+    auto cpu = vec(recogfast_aten::cubs_spatial_backward(gf, xf, f[0], f[1], f[2], f[3], f[4], f[5]));
+    cpu.insert(cpu.begin(), recogfast_aten::cubs_spatial(xf, f[0], f[1], f[2], f[3], f[4], f[5]));
+    auto emu = vec(recogfast::emu_cubs_spatial_backward(gf, xf, f[0], f[1], f[2], f[3], f[4], f[5]));
+    emu.insert(emu.begin(), recogfast::emu_cubs_spatial(xf, f[0], f[1], f[2], f[3], f[4], f[5]));
+    check("spatial 2x64x28x28", emu, cpu, truth);
+  }
+  {  // Block 1, 2x256x14x14, N = 128
+    const int64_t C = 256, N = 128;
+    at::Tensor x = at::randn({2, C, 14, 14}, d), gy = at::randn_like(x);
+    const double sc = 3.0 / std::sqrt(double(C)), sn = 2.0 / std::sqrt(double(N));
+    std::vector<at::Tensor> v = {at::randn({N, C}, d) * sc, at::randn({N}, d) * 0.3, at::randn({N, C}, d) * sc,
+                                 at::randn({N}, d) * 0.3, at::randn({N, C}, d) * sc, at::randn({N}, d) * 0.3,
+                                 at::randn({C, N}, d) * sn, at::randn({C}, d) * 0.3};
+    std::vector<at::Tensor> f;
+    for (auto& t : v) f.push_back(t.to(at::kFloat));
+    const at::Tensor xf = x.to(at::kFloat), gf = gy.to(at::kFloat);
+    auto truth = vec(recogfast_aten::cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]));
+    truth.insert(truth.begin(), recogfast_aten::cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]));
+    auto cpu = vec(recogfast_aten::cubs_channel_backward(gf, xf, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]));
+    cpu.insert(cpu.begin(), recogfast_aten::cubs_channel(xf, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]));
+    auto emu = vec(recogfast::emu_cubs_channel_backward(gf, xf, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]));
+    emu.insert(emu.begin(), recogfast::emu_cubs_channel(xf, f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]));
+    check("channel 2x256x14x14 N=128", emu, cpu, truth);
+  }
+}
 }  // namespace
 int main(int argc, char** argv) {
   const bool only_ms = argc > 1 && std::string(argv[1]) == "ms";
+  if (argc > 1 && std::string(argv[1]) == "acc") {  // `run.sh acc`: only the fp32 accuracy check
+    accuracy_check();
+    return failures != 0;
+  }
   if (!only_ms) {
   at::manual_seed(0);
   struct S { int64_t B, C, H, W; bool cl; at::ScalarType dt; };
@@ -204,6 +281,7 @@ int main(int argc, char** argv) {
               recogfast_aten::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]), (std::string("se ") + tag).c_str(), rtol * 10);
   }
   }
+  if (!only_ms) accuracy_check();
   run_ms_loss();
   std::printf("%s\n", failures ? "FAILURES" : "all emulated CUDA results match the CPU kernels");
   return failures != 0;

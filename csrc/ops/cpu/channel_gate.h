@@ -8,7 +8,6 @@
 // inference) the work is split into (sample, channel block) tasks in three parallel phases instead.
 #pragma once
 
-
 #include <algorithm>
 #include <cstdint>
 

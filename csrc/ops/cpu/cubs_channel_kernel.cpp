@@ -179,7 +179,7 @@ CubsChannelCPU<scalar_t> make_kernel(const Tensor& x, const Tensor* w, int64_t N
   CubsChannelCPU<scalar_t> k{{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3), cl},
                              N, {}, {}, {}, {}};
   auto to_acc = [](const Tensor& t, std::vector<acc_t>& out) {
-    const Tensor c = contiguous(t);
+    const Tensor c = as_contiguous(t);
     const scalar_t* p = c.const_data_ptr<scalar_t>();
     out.insert(out.end(), p, p + c.numel());
   };

@@ -285,7 +285,7 @@ CubsSpatialCPU<scalar_t> make_kernel(const Tensor& x, const Tensor* wb, bool cl)
   const int64_t C = x.size(1);
   k.w.resize(3 * C);
   for (int i = 0; i < 3; ++i) {
-    const Tensor wi = contiguous(wb[2 * i]), bi = wb[2 * i + 1];
+    const Tensor wi = as_contiguous(wb[2 * i]), bi = wb[2 * i + 1];
     const scalar_t* wp = wi.const_data_ptr<scalar_t>();
     for (int64_t c = 0; c < C; ++c) k.w[i * C + c] = acc_t(wp[c]);
     k.bias[i] = acc_t(bi.const_data_ptr<scalar_t>()[0]);

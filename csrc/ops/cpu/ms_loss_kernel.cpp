@@ -3,7 +3,7 @@
 // Candidates are the B anchors followed by the R reference rows (M = B + R), all L2-normalised into
 // one [M, D] buffer in the accumulation dtype (float32; float64 for float64 input). Positive pairs
 // share a label, so they are found through label groups (candidates sorted by label) and computed
-// group by group: small groups with direct dot products, large ones in gathered tiles with at::mm.
+// group by group: small groups with direct dot products, large ones in gathered tiles with aten::mm.
 // Negative pairs are everything else and are reduced from tiles of S = e·cᵀ:
 //
 //   P1  positives:  min_pos per anchor (the "ms" negative threshold; the "hardest" positive)
@@ -14,7 +14,7 @@
 // multiplied, and each feeds its rows (anchors I, candidates J) and its columns (anchors J,
 // candidates I). The backward pass recomputes the tiles; dL/dS_ij is a per-pair weight
 // w = ±(g/B)·exp(x_ij − log_z_i) from the saved statistics, and the gradient of the normalised
-// embeddings is accumulated tile by tile as W·c (anchor side) and Wᵀ·e (candidate side) with at::addmm,
+// embeddings is accumulated tile by tile as W·c (anchor side) and Wᵀ·e (candidate side) with aten::mm and add_rows,
 // i.e. two matrix products per tile pair, then pulled back through the normalisation. A reference set
 // that needs no gradient (a cross-batch memory) can instead have its share of the anchors' gradient
 // gathered in the forward pass (cache_ref_grad: running-maximum-scaled sums of exp(x)·c, rescaled at the
@@ -338,7 +338,7 @@ struct MSLossCPU : Candidates<T> {
       // Members are in ascending index order, so those with a kept gradient row are a prefix.
       const int64_t keep = std::lower_bound(m, m + nmem, GR) - m;
       if (keep > 0)
-        index_add_rows(gp, m, keep, contiguous(mm(transposed(narrow(Wt, 1, 0, keep)), A)).template const_data_ptr<T>(), D);
+        index_add_rows(gp, m, keep, as_contiguous(mm(transposed(narrow(Wt, 1, 0, keep)), A)).template const_data_ptr<T>(), D);
     });
 
     // Negatives, tile by tile.
@@ -365,9 +365,9 @@ struct MSLossCPU : Candidates<T> {
       if (!any.load()) return;
       add_rows(gp + i0 * D, mm(G, narrow(chat, 0, j0, tj)).template const_data_ptr<T>(), ti, D);
       if (symmetric && i0 == j0) {
-        add_rows(gp + i0 * D, contiguous(mm(transposed(G), narrow(chat, 0, i0, ti))).template const_data_ptr<T>(), ti, D);
+        add_rows(gp + i0 * D, as_contiguous(mm(transposed(G), narrow(chat, 0, i0, ti))).template const_data_ptr<T>(), ti, D);
       } else if (j0 < GR) {
-        add_rows(gp + j0 * D, contiguous(mm(transposed(G), narrow(chat, 0, i0, ti))).template const_data_ptr<T>(),
+        add_rows(gp + j0 * D, as_contiguous(mm(transposed(G), narrow(chat, 0, i0, ti))).template const_data_ptr<T>(),
                  std::min(tj, GR - j0), D);
       }
     }, /*with_ref=*/!use_cache);
@@ -464,8 +464,8 @@ std::tuple<Tensor, Tensor> ms_loss_backward_cpu(
   Tensor grad_r = ref_grad ? zeros_as(embeddings, {R, D}) : empty_as(embeddings, {0});
   if (B == 0) return {grad_e, grad_r};
   const auto acc = acc_type_of(embeddings.scalar_type());
-  const Tensor stats = contiguous(to_dtype(stats_, acc));
-  const Tensor hard_idx = contiguous(hard_idx_);
+  const Tensor stats = as_contiguous(to_dtype(stats_, acc));
+  const Tensor hard_idx = as_contiguous(hard_idx_);
   const double g = item_double(grad_loss);
   if (mining == Mining::kHardest) {
     const int64_t M = B + R;
@@ -480,7 +480,7 @@ std::tuple<Tensor, Tensor> ms_loss_backward_cpu(
     k.template prepare<scalar_t>(embeddings, labels, ref_embeddings, ref_labels);
     const Tensor gall = k.backward(T(g / double(B)), stats.const_data_ptr<T>(),
                                        hard_idx.const_data_ptr<int64_t>(), ref_grad,
-                                       ref_grad_cache.numel() > 0 ? contiguous(to_dtype(ref_grad_cache, acc)) : Tensor());
+                                       ref_grad_cache.numel() > 0 ? as_contiguous(to_dtype(ref_grad_cache, acc)) : Tensor());
     grad_e = k.template normalise_backward<scalar_t>(gall, 0, B, embeddings);
     if (ref_grad) grad_r = k.template normalise_backward<scalar_t>(gall, B, R, embeddings);
   });

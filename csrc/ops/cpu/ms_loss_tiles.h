@@ -5,7 +5,6 @@
 // locks. Internal linkage.
 #pragma once
 
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -36,7 +35,7 @@ struct Candidates {
 
   template <typename scalar_t>
   void normalise(const Tensor& x_, int64_t row0, const char* name) {
-    const Tensor x = contiguous(x_);
+    const Tensor x = as_contiguous(x_);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     T* c = chat.mutable_data_ptr<T>() + row0 * D;
     const int64_t rows = x.size(0);
@@ -71,10 +70,10 @@ struct Candidates {
     // Label groups.
     std::vector<int64_t> lab(M);
     {
-      const Tensor l = contiguous(to_dtype(labels, kLong));
+      const Tensor l = as_contiguous(to_dtype(labels, kLong));
       std::copy(l.const_data_ptr<int64_t>(), l.const_data_ptr<int64_t>() + B, lab.begin());
       if (R > 0) {
-        const Tensor rl = contiguous(to_dtype(*ref_labels, kLong));
+        const Tensor rl = as_contiguous(to_dtype(*ref_labels, kLong));
         std::copy(rl.const_data_ptr<int64_t>(), rl.const_data_ptr<int64_t>() + R, lab.begin() + B);
       }
     }
@@ -110,7 +109,7 @@ struct Candidates {
   // Calls fn(anchor ids, na, member ids, nm, S [na x nm] row-major, big) for every block of positive
   // candidates: each label group's anchors against all its members (the anchor itself included; fn skips
   // it). Small groups run in parallel, one group per thread and big == false; big groups run one after the
-  // other in tiles from at::mm with big == true (fn may then parallelise over rows).
+  // other in tiles from aten::mm with big == true (fn may then parallelise over rows).
   template <typename Fn>
   void for_each_positive_block(const Fn& fn) const {
     const int64_t G = int64_t(ganchors.size());
@@ -141,7 +140,7 @@ struct Candidates {
         for (int64_t m0 = 0; m0 < nm; m0 += kRefTile) {
           const int64_t tm = std::min(kRefTile, nm - m0);
           const Tensor Cm = index_select(chat, 0, narrow(order, 0, gstart[g] + m0, tm));
-          const Tensor S = contiguous(mm(A, transposed(Cm)));
+          const Tensor S = as_contiguous(mm(A, transposed(Cm)));
           fn(ord + gstart[g] + a0, ta, ord + gstart[g] + m0, tm, S.const_data_ptr<T>(), true);
         }
       }
@@ -163,7 +162,7 @@ struct Candidates {
   // Visits every similarity tile of the negative pass: tile(i0, ti, j0, tj, S, symmetric) with S [ti x tj]
   // row-major. Batch x batch tiles (j0 >= i0 only) and batch x reference tiles come in rounds whose tiles
   // touch disjoint anchor blocks and disjoint candidate blocks; the tiles of a round run in parallel, one
-  // per thread (at::mm and at::parallel_for inside a task run single-threaded), so the whole pass opens a
+  // per thread (aten::mm and parallel_for inside a task run single-threaded), so the whole pass opens a
   // handful of parallel regions instead of several per tile, and a task may update the per-anchor state of
   // its rows and columns, and their gradient rows, without locks.
   template <typename Fn>
@@ -206,9 +205,9 @@ struct Candidates {
     for (const auto& round : rounds) {
       if (int64_t(round.size()) < threads) {
         // Too few tiles to go around (small batches, long reference sets): one tile at a time, each with
-        // the threads inside it (at::mm and the row/column sweeps are parallel when not nested).
+        // the threads inside it (aten::mm and the row/column sweeps are parallel when not nested).
         for (const Task& t : round) {
-          const Tensor S = contiguous(mm(narrow(chat, 0, t.i0, t.ti), transposed(narrow(chat, 0, t.j0, t.tj))));
+          const Tensor S = as_contiguous(mm(narrow(chat, 0, t.i0, t.ti), transposed(narrow(chat, 0, t.j0, t.tj))));
           tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
         }
         continue;
@@ -216,7 +215,7 @@ struct Candidates {
       parallel_for(0, int64_t(round.size()), 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
           const Task& t = round[k];
-          const Tensor S = contiguous(mm(narrow(chat, 0, t.i0, t.ti), transposed(narrow(chat, 0, t.j0, t.tj))));
+          const Tensor S = as_contiguous(mm(narrow(chat, 0, t.i0, t.ti), transposed(narrow(chat, 0, t.j0, t.tj))));
           tile(t.i0, t.ti, t.j0, t.tj, S.const_data_ptr<T>(), t.symmetric);
         }
       });

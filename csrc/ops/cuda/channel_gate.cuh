@@ -4,7 +4,6 @@
 // NCHW and NHWC (channels_last), any dtype, accumulation in acc_t.
 #pragma once
 
-
 #include <cstdint>
 #include <type_traits>
 

@@ -97,7 +97,7 @@ inline cudaStream_t current_stream(const Tensor& t) {
   return static_cast<cudaStream_t>(stream);
 }
 
-// Makes t's device current for the guard's lifetime (c10::cuda::CUDAGuard).
+// Makes t's device current for the guard's lifetime (the stable ABI's DeviceGuard, as c10::cuda::CUDAGuard).
 struct DeviceGuard {
   explicit DeviceGuard(const Tensor& t) : guard(t.get_device_index()) {}
   torch::stable::accelerator::DeviceGuard guard;

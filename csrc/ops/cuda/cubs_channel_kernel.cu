@@ -236,8 +236,8 @@ Tensor cubs_channel_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, c
   const auto act = checks::activation("recogfast::cubs_channel", x_);
   const Tensor& x = act.x;
   const bool cl = act.channels_last;
-  const Tensor w[8] = {contiguous(wq), contiguous(bq), contiguous(wk), contiguous(bk),
-                           contiguous(wv), contiguous(bv), contiguous(wo), contiguous(bo)};
+  const Tensor w[8] = {as_contiguous(wq), as_contiguous(bq), as_contiguous(wk), as_contiguous(bk),
+                           as_contiguous(wv), as_contiguous(bv), as_contiguous(wo), as_contiguous(bo)};
   Tensor y = empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -272,8 +272,8 @@ CubsChannelGrads cubs_channel_backward_cuda(const Tensor& grad_y_, const Tensor&
   const auto act = checks::activation("recogfast::_cubs_channel_backward", x_, grad_y_);
   const Tensor &x = act.x, &gy = act.grad_y;
   const bool cl = act.channels_last;
-  const Tensor w[8] = {contiguous(wq), contiguous(bq), contiguous(wk), contiguous(bk),
-                           contiguous(wv), contiguous(bv), contiguous(wo), contiguous(bo)};
+  const Tensor w[8] = {as_contiguous(wq), as_contiguous(bq), as_contiguous(wk), as_contiguous(bk),
+                           as_contiguous(wv), as_contiguous(bv), as_contiguous(wo), as_contiguous(bo)};
   Tensor gx = empty_like(x, checks::layout_of(cl));
   const auto g = checks::param_grads({w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]}, x.numel() == 0);
   if (x.numel() == 0) {

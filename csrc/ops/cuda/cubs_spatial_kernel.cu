@@ -269,7 +269,7 @@ Tensor cubs_spatial_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, c
   const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, gpu::current_stream(x_)};
   const ScalarType acc_type = acc_dtype(x.scalar_type());
   check_launch(L);
-  const Tensor wc[6] = {contiguous(wq), bq, contiguous(wk), bk, contiguous(wv), bv};
+  const Tensor wc[6] = {as_contiguous(wq), bq, as_contiguous(wk), bk, as_contiguous(wv), bv};
   RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
     const Weights<scalar_t> wt{{wc[0].const_data_ptr<scalar_t>(), wc[2].const_data_ptr<scalar_t>(),
@@ -310,7 +310,7 @@ CubsSpatialGrads cubs_spatial_backward_cuda(const Tensor& grad_y_, const Tensor&
   const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, gpu::current_stream(x_)};
   const ScalarType acc_type = acc_dtype(x.scalar_type());
   check_launch(L);
-  const Tensor wc[6] = {contiguous(wq), bq, contiguous(wk), bk, contiguous(wv), bv};
+  const Tensor wc[6] = {as_contiguous(wq), bq, as_contiguous(wk), bk, as_contiguous(wv), bv};
   RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_backward_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
     const Weights<scalar_t> wt{{wc[0].const_data_ptr<scalar_t>(), wc[2].const_data_ptr<scalar_t>(),

@@ -16,9 +16,9 @@
 // gradients) come out NaN, decided on the device — no host sync in a training step. The CPU kernel raises
 // instead; RECOGFAST_CHECK_FINITE=1 makes the Python wrapper raise the CPU's error on CUDA too (one sync).
 // Products: bf16/fp16 operands with fp32 accumulation and fp32 output (aten::mm.dtype_out, torch >= 2.8);
-// fp32 through at::mm, which follows torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision
+// fp32 through aten::mm (the dispatcher), which follows torch.backends.cuda.matmul.allow_tf32 / set_float32_matmul_precision
 // (TF32 tensor cores when the user allows them, exact fp32 otherwise — then the fp32 SIMT rate bounds it);
-// fp64 through at::mm in fp64. Everything else accumulates in fp32 (fp64 for fp64).
+// fp64 through aten::mm in fp64. Everything else accumulates in fp32 (fp64 for fp64).
 //
 // Forward, per block of T anchor rows (T x M fp32 tile of S, T from kTileBytes):
 //   GEMM      S_I = x_I · x_Bᵀ (and x_I · x_Rᵀ into the tile's reference part)
@@ -61,7 +61,7 @@ namespace {
 
 using namespace gpu;
 
-// out = a · b with out in the accumulation dtype: cuBLAS through at::mm; bf16/fp16 operands accumulate and
+// out = a · b with out in the accumulation dtype: cuBLAS through aten::mm; bf16/fp16 operands accumulate and
 // store in fp32 (aten::mm.dtype_out). The host emulation (CPU tensors: no mm.dtype) multiplies fp32 copies.
 void gemm(Tensor out, const Tensor& a, const Tensor& b) {
   if (a.scalar_type() == out.scalar_type()) {
@@ -137,8 +137,8 @@ struct Candidates {
     R = ref.has_value() ? ref->size(0) : 0;
     M = B + R;
     const ScalarType acc = scalar_type_of<acc_t>();
-    x[0] = contiguous(emb);
-    x[1] = R > 0 ? contiguous(*ref) : empty_as(emb, {0, D});
+    x[0] = as_contiguous(emb);
+    x[1] = R > 0 ? as_contiguous(*ref) : empty_as(emb, {0, D});
     norms = empty_as(emb, {M}, acc);
     inv = empty_as(emb, {M}, acc);
     p2 = empty_as(emb, {M}, acc);
@@ -266,9 +266,9 @@ std::tuple<Tensor, Tensor> ms_loss_backward_cuda(
   if (B == 0 || D == 0) return {grad_e, grad_r};
   const cudaStream_t stream = gpu::current_stream(embeddings);
   const auto acc = acc_dtype(embeddings.scalar_type());
-  const Tensor stats = contiguous(to_dtype(stats_, acc));
-  const Tensor hard_idx = contiguous(hard_idx_);
-  const Tensor g = contiguous(to_dtype(reshape(grad_loss, {1}), acc));
+  const Tensor stats = as_contiguous(to_dtype(stats_, acc));
+  const Tensor hard_idx = as_contiguous(hard_idx_);
+  const Tensor g = as_contiguous(to_dtype(reshape(grad_loss, {1}), acc));
   RF_DISPATCH_FLOATING(embeddings.scalar_type(), "ms_loss_backward_cuda", [&] {
     using acc_t = typename Candidates<scalar_t>::acc_t;
     const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream);
