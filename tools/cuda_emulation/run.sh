@@ -7,6 +7,10 @@
 # MS loss: its cuBLAS products run through at::mm on the CPU (bf16/fp16 operands as fp32 copies: the same
 # exact products and fp32 accumulation as aten::mm.dtype_out), with a tile budget of a few rows so that small
 # inputs span several tiles. `run.sh ms` runs only the MS-loss section.
+# fp32 accuracy (main.cpp run_accuracy): each emulated CUBS fp32 output's error against the float64 CPU kernel
+# must stay within 2x the fp32 CPU kernel's (tools/gpu_crosscheck.py's rule) -- in every run, on the crosscheck's
+# 14x14 channel and 28x28 spatial shapes among others; `run.sh acc` runs only that section, `run.sh acc full`
+# adds the 56x56 spatial shape.
 # Needs the CMake library: `make cpp-test` (build/cmake/librecogfast.so). Takes about two minutes.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -90,21 +90,44 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
     const acc_t qs = q[i] * log2e<acc_t>();
     const acc_t ks = q[i] >= acc_t(0) ? kmax : kmin, vs = q[i] >= acc_t(0) ? v[jmax] : v[jmin];
-    acc_t sl = 0, sv = 0, s_k = 0, s_kv = 0;
-    for (int64_t j = 0; j < N; ++j) {
-      const acc_t dk = k[j] - ks, dv = v[j] - vs;
-      const acc_t e = ex2(qs * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
-      sl += e;
-      sv += e * dv;
+    // Blocked sums (cubs_common.cuh: kLanes partials a chunk of kChunk terms, compensated chunk totals).
+    CompSum<acc_t> tl{0, 0}, tv{0, 0}, tk{0, 0}, tkv{0, 0};
+    for (int64_t j0 = 0; j0 < N; j0 += kChunk) {
+      const int64_t j1 = min(N, j0 + kChunk);
+      acc_t pl[kLanes] = {}, pv[kLanes] = {}, pk[kLanes] = {}, pkv[kLanes] = {};
+      auto term = [&](int u, int64_t j) {
+        const acc_t dk = k[j] - ks, dv = v[j] - vs;
+        const acc_t e = ex2(qs * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
+        pl[u] += e;
+        pv[u] += e * dv;
+        if constexpr (kGrad) {
+          const acc_t ek = e * dk;
+          pk[u] += ek;
+          pkv[u] += ek * dv;
+        }
+      };
+      int64_t j = j0;
+      for (; j + kLanes <= j1; j += kLanes) {
+#pragma unroll
+        for (int u = 0; u < kLanes; ++u) term(u, j + u);
+      }
+#pragma unroll
+      for (int u = 0; u < kLanes; ++u)
+        if (j + u < j1) term(u, j + u);
+      tl.add(lanes_sum(pl));
+      tv.add(lanes_sum(pv));
       if constexpr (kGrad) {
-        const acc_t ek = e * dk;
-        s_k += ek;
-        s_kv += ek * dv;
+        tk.add(lanes_sum(pk));
+        tkv.add(lanes_sum(pkv));
       }
     }
-    f[i] = vs + sv / sl;
-    l[i] = sl;
-    skv[i] = (s_kv - sv * s_k / sl) / sl;  // cov: sum_j a_ij k_j (v_j - f_i)
+    // f and cov in double from the compensated sums (hi + lo exact in double), as the CPU kernel (row_value,
+    // row_cov of csrc/ops/cpu/rank_one_attention.h): cov cancels when the softmax saturates.
+    const double sl = double(tl.hi) + double(tl.lo), sv = double(tv.hi) + double(tv.lo);
+    const double s_k = double(tk.hi) + double(tk.lo), s_kv = double(tkv.hi) + double(tkv.lo);
+    f[i] = acc_t(double(vs) + sv / sl);
+    l[i] = acc_t(sl);
+    skv[i] = acc_t((s_kv - sv * s_k / sl) / sl);  // cov: sum_j a_ij k_j (v_j - f_i)
     ms[i] = ks;                            // the row's dominant key, for the column pass
   }
   __syncthreads();
@@ -138,14 +161,28 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   // Column pass: dv_j = sum_i e_ij fa_i, dk_j = sum_i e_ij fb_i (v_j - f_i), the difference per pair.
   for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
     const acc_t kj = k[j], vj = v[j];
-    acc_t sa = 0, sb = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      const acc_t e = ex2(skv[i] * (kj - ms[i]));
-      sa += e * l[i];
-      sb += e * sk[i] * (vj - f[i]);
+    CompSum<acc_t> ta{0, 0}, tb{0, 0};  // blocked as the row pass
+    for (int64_t i0 = 0; i0 < N; i0 += kChunk) {
+      const int64_t i1 = min(N, i0 + kChunk);
+      acc_t pa[kLanes] = {}, pb[kLanes] = {};
+      auto term = [&](int u, int64_t i) {
+        const acc_t e = ex2(skv[i] * (kj - ms[i]));
+        pa[u] += e * l[i];
+        pb[u] += e * sk[i] * (vj - f[i]);
+      };
+      int64_t i = i0;
+      for (; i + kLanes <= i1; i += kLanes) {
+#pragma unroll
+        for (int u = 0; u < kLanes; ++u) term(u, i + u);
+      }
+#pragma unroll
+      for (int u = 0; u < kLanes; ++u)
+        if (i + u < i1) term(u, i + u);
+      ta.add(lanes_sum(pa));
+      tb.add(lanes_sum(pb));
     }
-    dqkv[2 * N + j] = sa;
-    dqkv[N + j] = sb;
+    dqkv[2 * N + j] = ta.value();
+    dqkv[N + j] = tb.value();
   }
   __syncthreads();
   // dg_c = dz_c + sum_r W[r, c] dqkv_r: a thread a channel (reads of W coalesced across threads).

@@ -16,6 +16,7 @@ using namespace cubs_cuda;
 constexpr int kThreads = 128;  // threads a block in the two quadratic passes
 constexpr int kRows = 2;       // rows (columns) a thread
 constexpr int kTile = 512;     // staged j (i) values a tile
+static_assert(kTile % kChunk == 0, "a tile holds whole summation chunks");
 
 struct MinOp {
   template <typename T>
@@ -93,7 +94,8 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
   const acc_t* v = qkv + 2 * BP + b * P;
   const Quad<acc_t> range = kr[b];
   const int64_t row0 = int64_t(blockIdx.x) * kThreads * kRows + threadIdx.x;
-  acc_t qs[kRows], kst[kRows], vst[kRows], l[kRows], sv[kRows], sk[kRows], skv[kRows];
+  acc_t qs[kRows], kst[kRows], vst[kRows];
+  CompSum<acc_t> l[kRows], sv[kRows], sk[kRows], skv[kRows];
 #pragma unroll
   for (int t = 0; t < kRows; ++t) {
     const int64_t i = row0 + t * kThreads;
@@ -101,58 +103,74 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
     qs[t] = qi * log2e<acc_t>();
     kst[t] = qi >= acc_t(0) ? range.b : range.a;
     vst[t] = qi >= acc_t(0) ? range.d : range.c;
-    l[t] = sv[t] = sk[t] = skv[t] = 0;
+    l[t] = sv[t] = sk[t] = skv[t] = CompSum<acc_t>{0, 0};
   }
   for (int64_t j0 = 0; j0 < P; j0 += kTile) {
     const int n = static_cast<int>(min(int64_t(kTile), P - j0));
     __syncthreads();
     for (int j = threadIdx.x; j < n; j += kThreads) kv[j] = Pair<acc_t>{k[j0 + j], v[j0 + j]};
     __syncthreads();
-    // Sums of one tile, then added to the totals: two-level summation keeps fp32 rounding at
-    // about (kTile + P / kTile) eps rather than P eps for long rows.
-    acc_t tl[kRows], tsv[kRows], tsk[kRows], tskv[kRows];
+    // Blocked sums (cubs_common.cuh): kLanes partial sums a chunk of kChunk terms (kTile is a multiple),
+    // combined pairwise and added to the compensated totals.
+    for (int c0 = 0; c0 < n; c0 += kChunk) {
+      const int c1 = min(n, c0 + kChunk);
+      acc_t pl[kRows][kLanes] = {}, psv[kRows][kLanes] = {}, psk[kRows][kLanes] = {}, pskv[kRows][kLanes] = {};
+      auto term = [&](int u, int j) {
+        const Pair<acc_t> e_kv = kv[j];
 #pragma unroll
-    for (int t = 0; t < kRows; ++t) tl[t] = tsv[t] = tsk[t] = tskv[t] = 0;
-#pragma unroll 4
-    for (int j = 0; j < n; ++j) {
-      const Pair<acc_t> e_kv = kv[j];
+        for (int t = 0; t < kRows; ++t) {
+          const acc_t dk = e_kv.a - kst[t], dv = e_kv.b - vst[t];
+          const acc_t e = ex2(qs[t] * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
+          pl[t][u] += e;
+          psv[t][u] += e * dv;
+          if constexpr (kGrad) {
+            const acc_t ek = e * dk;
+            psk[t][u] += ek;
+            pskv[t][u] += ek * dv;
+          }
+        }
+      };
+      int j = c0;
+      for (; j + kLanes <= c1; j += kLanes) {
+#pragma unroll
+        for (int u = 0; u < kLanes; ++u) term(u, j + u);
+      }
+#pragma unroll
+      for (int u = 0; u < kLanes; ++u)
+        if (j + u < c1) term(u, j + u);
 #pragma unroll
       for (int t = 0; t < kRows; ++t) {
-        const acc_t dk = e_kv.a - kst[t], dv = e_kv.b - vst[t];
-        const acc_t e = ex2(qs[t] * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
-        tl[t] += e;
-        tsv[t] += e * dv;
+        l[t].add(lanes_sum(pl[t]));
+        sv[t].add(lanes_sum(psv[t]));
         if constexpr (kGrad) {
-          const acc_t ek = e * dk;
-          tsk[t] += ek;
-          tskv[t] += ek * dv;
+          sk[t].add(lanes_sum(psk[t]));
+          skv[t].add(lanes_sum(pskv[t]));
         }
       }
-    }
-#pragma unroll
-    for (int t = 0; t < kRows; ++t) {
-      l[t] += tl[t];
-      sv[t] += tsv[t];
-      sk[t] += tsk[t];
-      skv[t] += tskv[t];
     }
   }
 #pragma unroll
   for (int t = 0; t < kRows; ++t) {
     const int64_t i = row0 + t * kThreads;
     if (i >= P) continue;
-    const acc_t inv_l = acc_t(1) / l[t];
-    const acc_t f = vst[t] + sv[t] * inv_l;
-    const acc_t g = sigmoid(f);
+    // The row's outputs in double, from the compensated sums (hi + lo exact in double), as the CPU kernel
+    // (csrc/ops/cpu/cubs_spatial_kernel.cpp): in fp32 the cancelling cov (skv - sv sk / l) and the column
+    // pass's factors (df / l, summed over columns with weights up to l) took several roundings each. Once a
+    // row: a few fp64 operations against P ex2.
+    const double lt = double(l[t].hi) + double(l[t].lo), inv_l = 1.0 / lt;
+    const double svt = double(sv[t].hi) + double(sv[t].lo);
+    const double f = double(vst[t]) + svt * inv_l;
+    const double g = sigmoid(f);
     const int64_t r = b * P + i;
-    gate[r] = g;
+    gate[r] = acc_t(g);
     if constexpr (kGrad) {
-      const acc_t df = d[r] * g * (acc_t(1) - g);
-      const acc_t qi = q[i];
-      dq[r] = df * (skv[t] - sv[t] * sk[t] * inv_l) * inv_l;
-      const acc_t fa = df * inv_l, fb = fa * qi;
-      pack[r] = Quad<acc_t>{qs[t], kst[t], fa, fb};
-      fr[r] = f;
+      const double skt = double(sk[t].hi) + double(sk[t].lo), skvt = double(skv[t].hi) + double(skv[t].lo);
+      const double df = double(d[r]) * g * (1.0 - g);
+      const double qi = double(q[i]);
+      dq[r] = acc_t(df * (skvt - svt * skt * inv_l) * inv_l);
+      const double fa = df * inv_l, fb = fa * qi;
+      pack[r] = Quad<acc_t>{qs[t], kst[t], acc_t(fa), acc_t(fb)};
+      fr[r] = acc_t(f);
     }
   }
 }
@@ -172,13 +190,14 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_col_kernel(
   const Quad<acc_t>* pk = pack + b * P;
   const acc_t* pf = fr + b * P;
   const int64_t col0 = int64_t(blockIdx.x) * kThreads * kRows + threadIdx.x;
-  acc_t ks[kRows], vj[kRows], sa[kRows], sb[kRows];
+  acc_t ks[kRows], vj[kRows];
+  CompSum<acc_t> sa[kRows], sb[kRows];
 #pragma unroll
   for (int t = 0; t < kRows; ++t) {
     const int64_t j = col0 + t * kThreads;
     ks[t] = j < P ? k[j] : acc_t(0);
     vj[t] = j < P ? v[j] : acc_t(0);
-    sa[t] = sb[t] = 0;
+    sa[t] = sb[t] = CompSum<acc_t>{0, 0};
   }
   for (int64_t i0 = 0; i0 < P; i0 += kTile) {
     const int n = static_cast<int>(min(int64_t(kTile), P - i0));
@@ -188,32 +207,40 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_col_kernel(
       rows_f[i] = pf[i0 + i];
     }
     __syncthreads();
-    acc_t ta[kRows], tb[kRows];  // tile sums, as in the row pass
+    for (int c0 = 0; c0 < n; c0 += kChunk) {  // blocked sums, as in the row pass
+      const int c1 = min(n, c0 + kChunk);
+      acc_t pa[kRows][kLanes] = {}, pb[kRows][kLanes] = {};
+      auto term = [&](int u, int i) {
+        const Quad<acc_t> r = rows[i];
+        const acc_t fi = rows_f[i];
 #pragma unroll
-    for (int t = 0; t < kRows; ++t) ta[t] = tb[t] = 0;
-#pragma unroll 4
-    for (int i = 0; i < n; ++i) {
-      const Quad<acc_t> r = rows[i];
-      const acc_t fi = rows_f[i];
+        for (int t = 0; t < kRows; ++t) {
+          const acc_t e = ex2(r.a * (ks[t] - r.b));
+          pa[t][u] += e * r.c;
+          pb[t][u] += e * r.d * (vj[t] - fi);
+        }
+      };
+      int i = c0;
+      for (; i + kLanes <= c1; i += kLanes) {
+#pragma unroll
+        for (int u = 0; u < kLanes; ++u) term(u, i + u);
+      }
+#pragma unroll
+      for (int u = 0; u < kLanes; ++u)
+        if (i + u < c1) term(u, i + u);
 #pragma unroll
       for (int t = 0; t < kRows; ++t) {
-        const acc_t e = ex2(r.a * (ks[t] - r.b));
-        ta[t] += e * r.c;
-        tb[t] += e * r.d * (vj[t] - fi);
+        sa[t].add(lanes_sum(pa[t]));
+        sb[t].add(lanes_sum(pb[t]));
       }
-    }
-#pragma unroll
-    for (int t = 0; t < kRows; ++t) {
-      sa[t] += ta[t];
-      sb[t] += tb[t];
     }
   }
 #pragma unroll
   for (int t = 0; t < kRows; ++t) {
     const int64_t j = col0 + t * kThreads;
     if (j >= P) continue;
-    dv[b * P + j] = sa[t];
-    dk[b * P + j] = sb[t];
+    dv[b * P + j] = sa[t].value();
+    dk[b * P + j] = sb[t].value();
   }
 }
 
