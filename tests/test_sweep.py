@@ -119,7 +119,7 @@ def test_sweep_resumes_after_a_kill_with_two_workers_on_one_sqlite_study(tmp_pat
         out: {tmp_path / 'sweep'}
         metric: top1
         trials: 4
-        heartbeat: 1
+        heartbeat: 4
         pruner: {{startup_trials: 10}}
         base: BASE
         space:
@@ -128,7 +128,11 @@ def test_sweep_resumes_after_a_kill_with_two_workers_on_one_sqlite_study(tmp_pat
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
     killed = subprocess.run([sys.executable, "-c", KILLER, path], env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    time.sleep(2.5)  # the grace period (2 heartbeats) passes: the killed trial is stale
+    # The grace period (2 heartbeats) passes: the killed trial is stale. Heartbeats of 1 s were too short for a
+    # loaded 2-core CI machine: a live trial's heartbeat thread was starved past the 2 s grace, the other worker
+    # declared it stale and retried it into the same run folder while it was still running (log.csv.tmp vanished
+    # under one of them; "Cannot tell a FAIL trial" in the other), so both workers exited 2.
+    time.sleep(8.5)
     workers = [subprocess.Popen([sys.executable, "-m", "recogfast", "sweep", path], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
