@@ -128,13 +128,21 @@ def test_sweep_resumes_after_a_kill_with_two_workers_on_one_sqlite_study(tmp_pat
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
     killed = subprocess.run([sys.executable, "-c", KILLER, path], env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr[-2000:]
-    # The grace period (2 heartbeats) passes: the killed trial is stale. Heartbeats of 1 s were too short for a
-    # loaded 2-core CI machine: a live trial's heartbeat thread was starved past the 2 s grace, the other worker
-    # declared it stale and retried it into the same run folder while it was still running (log.csv.tmp vanished
-    # under one of them; "Cannot tell a FAIL trial" in the other), so both workers exited 2.
-    time.sleep(8.5)
-    workers = [subprocess.Popen([sys.executable, "-m", "recogfast", "sweep", path], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    time.sleep(8.5)  # the grace period (2 heartbeats) passes: the killed trial is stale
+    # The second worker starts once the first runs the retried trial: two workers starting together can both pop
+    # the one waiting trial from SQLite (it has no SELECT ... FOR UPDATE; Optuna advises against SQLite for
+    # simultaneous workers) and run it twice in one folder -- CI saw "Cannot tell a COMPLETE trial" and a
+    # vanished log.csv.tmp, exit 2. A server database (--storage) does not have this race.
+    cmd = [sys.executable, "-m", "recogfast", "sweep", path]
+    env1 = {**env, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(cmd, env=env1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    storage = f"sqlite:///{tmp_path / 'sweep' / 'study.db'}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+            t.state.name != "WAITING" and t.system_attrs.get("failed_trial") == 0
+            for t in optuna.load_study(study_name="sweep", storage=storage).get_trials()):
+        time.sleep(0.5)
+    workers.append(subprocess.Popen(cmd, env=env1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     codes = [w.returncode for w in workers]
     if codes != [0, 0]:  # the whole of both outputs (an assert message would be cut short)
