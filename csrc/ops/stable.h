@@ -46,7 +46,6 @@ constexpr ScalarType kHalf = ScalarType::Half;
 constexpr ScalarType kBFloat16 = ScalarType::BFloat16;
 constexpr ScalarType kLong = ScalarType::Long;
 constexpr ScalarType kInt = ScalarType::Int;
-constexpr ScalarType kBool = ScalarType::Bool;
 
 // ---- messages and errors ----------------------------------------------------------------------------
 
