@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 
-from recogfast.cli_train import add_train_args, with_config
+from recogfast.cli_train import add_train_args, with_config, with_run_folder
 
 EPILOG = """exit status: 0 done; 2 bad input (one line `recogfast: error: ...`, nothing trained); 3 training
 diverged (a non-finite loss, weight or validation output: the run stops at that step, last.pt/best.pt keep
@@ -165,7 +165,7 @@ def cmd_train(args) -> int:
     if model not in list_models():
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
     _check_device(args.device)
-    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra", "debug")
+    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra", "debug", "no_report")
     fields = {k: v for k, v in vars(args).items() if k not in skip}
     cfg = RunConfig(task=args.task, model=model, progress=not args.quiet, **fields, **getattr(args, "extra", {}))
     try:
@@ -345,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "train" and args.config:
             args = with_config(parser, argv, args)
+        if args.command == "train" and args.resume:
+            args = with_run_folder(parser, argv, args)
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE

@@ -76,6 +76,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue from <out>/last.pt (or from the given checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="no report page after training (`recogfast report RUN` later)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     config_defaults(p)
 
@@ -118,4 +119,70 @@ def with_config(parser, argv, args):
     parser.train_parser.set_defaults(**{k: v for k, v in values.items() if k in dests})
     args = parser.parse_args(argv)
     args.extra = {k: v for k, v in values.items() if k not in dests}
+    return args
+
+
+# What `--resume` may change beside a run's own config.json: where and how long it runs, not what it is.
+RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "on_error")
+
+
+def _given(parser, argv) -> set[str]:
+    """The train flags written on the command line (dests), whatever their values."""
+    import copy
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    quiet = copy.deepcopy(parser.train_parser)
+    for action in quiet._actions:
+        if action.dest not in ("task", "help"):
+            action.default = argparse.SUPPRESS
+    words = list(argv)
+    words = words[words.index("train") + 1:] if "train" in words else words
+    return set(vars(quiet.parse_args(words)))
+
+
+def _same(a, b) -> bool:
+    norm = (lambda v: tuple(v) if isinstance(v, list) else v)
+    return norm(a) == norm(b)
+
+
+def with_run_folder(parser, argv, args):
+    """``--resume RUN`` / ``--out RUN --resume``: RUN/config.json is the configuration; a flag given beside
+    it must agree with it (except ``RESUME_MAY_CHANGE``), else one line names the difference."""
+    import dataclasses
+    import os
+
+    from recogfast.cli import UsageError
+    from recogfast.engine.runs import read_config
+    from recogfast.engine.tasks import RunConfig
+
+    if isinstance(args.resume, str) and os.path.isdir(args.resume):
+        if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise UsageError(f"--resume {args.resume} and --out {args.out} name two different run folders")
+        args.out, args.resume = args.resume, True
+    if args.resume is not True or args.out is None:
+        return args
+    path = os.path.join(args.out, "config.json")
+    if not os.path.isfile(path):
+        return args  # an older run folder: the flags as given (the checkpoint's own check still applies)
+    try:
+        values = read_config(path, {f.name for f in dataclasses.fields(RunConfig)})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if values.get("task", args.task) != args.task:
+        raise UsageError(f"--resume: {args.out} is a `train {values['task']}` run, not `train {args.task}`")
+    given = _given(parser, argv) - {"task", "resume", "out", "quiet", "debug", "config", "overwrite", "no_report"}
+    for dest in sorted(given):
+        if dest in values and dest not in RESUME_MAY_CHANGE and not _same(getattr(args, dest), values[dest]):
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"--resume: {flag} is {getattr(args, dest)!r} here but {values[dest]!r} in {path} "
+                             f"(drop the flag to continue that run, or start a new one with --config {path})")
+    out, resume = args.out, args.resume
+    dests = {a.dest for a in parser.train_parser._actions}
+    keep = {k: v for k, v in values.items() if k in dests and k not in ("out", "task", "progress")}
+    keep.update({k: getattr(args, k) for k in given if k in RESUME_MAY_CHANGE})
+    parser.train_parser.set_defaults(**keep)
+    args = parser.parse_args(argv)
+    args.out, args.resume = out, resume
+    args.extra = {k: v for k, v in values.items() if k not in dests and k not in ("out", "task", "progress")}
     return args
