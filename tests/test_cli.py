@@ -194,3 +194,9 @@ def test_resume_from_the_run_folder_alone(capsys, tmp_path, shapes_cache):
     assert main(["train", "classify", "--out", str(out), "--resume", "--epochs", "3", "--model", "tinynet",
                  "--image-size", "16", "--quiet", "--no-report"]) == 0
     assert json.load(open(out / "summary.json"))["epochs_run"] == 3
+    # eval results are named by checkpoint: last.pt's never replaces best.pt's
+    capsys.readouterr()
+    for name in ("best.pt", "last.pt"):
+        assert main(["eval", "--checkpoint", str(out / name), "--workers", "0", "--device", "cpu"]) == 0
+    best, last = json.load(open(out / "eval-test.json")), json.load(open(out / "eval-test-last.json"))
+    assert best["checkpoint"].endswith("best.pt") and last["checkpoint"].endswith("last.pt")

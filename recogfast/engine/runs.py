@@ -30,7 +30,9 @@ def clear_run(folder: str) -> None:
                     name.startswith("roc-") and name.endswith(".png")):  # recogfast eval / verify results
                 os.remove(os.path.join(folder, name))
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
-    shutil.rmtree(os.path.join(folder, "report"), ignore_errors=True)
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        if name == "report" or name.startswith("report-"):  # recogfast report's folders
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 def new_run_folder(base: str) -> str:

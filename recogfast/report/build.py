@@ -232,10 +232,16 @@ def attention_section(model, loader, folder: Path) -> dict:
     return {k: fg.save(f, folder / f"gates_{k}.png") for k, f in figs.items()}
 
 
+def report_folder(checkpoint: str = "best", split: str = "val") -> str:
+    """``report`` for best.pt on val (what training writes), else named by both, so that no report
+    replaces another: ``report-test``, ``report-last``, ``report-test-last``."""
+    return "report" + ("" if split == "val" else f"-{split}") + ("" if checkpoint == "best" else f"-{checkpoint}")
+
+
 def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | None = None, n: int = 16,
                 device: str | None = None) -> Path:
-    """Write ``run/report/`` and return the path of its ``index.html``. `split`: "val" (default when
-    the run has one) or "test" (read only when asked)."""
+    """Write ``run/report/`` (best.pt on val; others: ``report_folder``) and return the path of its
+    ``index.html``. `split`: "val" (default when the run has one) or "test" (read only when asked)."""
     t0 = time.perf_counter()
     run = Path(run)
     if not (run / "summary.json").exists():
@@ -243,7 +249,7 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
     with open(run / "summary.json") as f:
         summary = json.load(f)
     split = split or "val"  # the test split only when asked
-    folder = run / "report"
+    folder = run / report_folder(checkpoint, split)
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.png"):
         old.unlink()
