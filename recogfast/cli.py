@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    train = sub.add_parser("train", help="train a model", epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    from recogfast.cli_train import HelpFormatter
+
+    train = sub.add_parser("train", help="train a model", epilog=EPILOG, formatter_class=HelpFormatter)
     parser.train_parser = train
     train.add_argument("task", choices=("classify", "retrieval", "multilabel"))
     add_train_args(train)

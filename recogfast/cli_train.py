@@ -25,25 +25,26 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=("classification", "retrieval"), default=None,
                    help="classify on the dataset's own test images (classification, default) or on the "
                         "disjoint-class split (retrieval: test = Recall@K of the pooled features; Task 4)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--batch-size", type=int, help="images per step (per rank under torchrun)")
     p.add_argument("--image-size", type=int, default=None, help="default 64 (224 for cars196)")
     p.add_argument("--stem", choices=("imagenet", "small"), default=None, help="default small for <= 64 px")
-    p.add_argument("--attn-impl", choices=("auto", "fused", "reference"))
+    p.add_argument("--attn-impl", choices=("auto", "fused", "reference"),
+                   help="CUBS/SE attention: the fused kernels, the pure-PyTorch reference, or auto (fused when built)")
     p.add_argument("--weights", default=None,
                    help="checkpoint to start from: a torchvision .pth, a recogfast run's best.pt (its classifier is "
                         "cropped for retrieval), or 'imagenet' (torchvision's, via $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--weights-partial", action="store_true",
                    help="accept --weights that keep less than half of the backbone's checkpoint tensors")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
     p.add_argument("--lr", type=float, default=None, help="default 0.1·batch/256 (sgd), 1e-3 (adamw)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--weight-decay", type=float, help="weight decay (not on norms and biases)")
+    p.add_argument("--momentum", type=float, help="SGD momentum")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up, in epochs (fractions allowed)")
     p.add_argument("--step-size", type=int, help="step schedule: epochs per decay")
     p.add_argument("--gamma", type=float, help="step/plateau decay factor")
-    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
     p.add_argument("--crop-scale", type=float,
                    help="smallest area fraction of the random resized crop (default 0.08, as torchvision)")
     p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
@@ -52,21 +53,24 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="auto: bf16 on CUDA")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of initialisation, sampling and augmentation")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
-    p.add_argument("--backend", choices=("auto", "dali", "torchvision"))
-    p.add_argument("--workers", dest="num_workers", type=int, default=None)
+    p.add_argument("--backend", choices=("auto", "dali", "torchvision"),
+                   help="data loading: NVIDIA DALI, torchvision, or auto (DALI when installed and usable)")
+    p.add_argument("--workers", dest="num_workers", type=int, default=None,
+                   help="loader worker processes / DALI threads (default: from the CPU count)")
     p.add_argument("--on-error", choices=("raise", "skip"),
                    help="unreadable image files (all checked before the first step): raise = stop with the file "
                         "named (default), skip = train without them (counted each epoch)")
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--embedding-dim", type=int)
-    p.add_argument("--m-per-class", type=int)
-    p.add_argument("--mining", choices=("ms", "all", "hardest"))
-    p.add_argument("--ms-alpha", type=float)
-    p.add_argument("--ms-beta", type=float)
-    p.add_argument("--ms-base", type=float)
-    p.add_argument("--ms-epsilon", type=float)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap the steps of an epoch (default: the whole split)")
+    p.add_argument("--embedding-dim", type=int, help="retrieval: embedding size")
+    p.add_argument("--m-per-class", type=int, help="retrieval: images of each class in a batch")
+    p.add_argument("--mining", choices=("ms", "all", "hardest"),
+                   help="retrieval: pair mining (ms = Multi-Similarity's hard-pair rule, docs/SPEC.md)")
+    p.add_argument("--ms-alpha", type=float, help="MS loss: positive scale alpha")
+    p.add_argument("--ms-beta", type=float, help="MS loss: negative scale beta")
+    p.add_argument("--ms-base", type=float, help="MS loss: similarity margin lambda")
+    p.add_argument("--ms-epsilon", type=float, help="MS loss: mining margin epsilon")
     p.add_argument("--xbm", dest="xbm_size", type=int, help="cross-batch memory size (0: off)")
     p.add_argument("--images-per-class", type=int,
                    help="Shapes196: images per class; shapes-multi: 20× this trainval and 5× this test images")
@@ -79,6 +83,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-report", action="store_true", help="no report page after training (`recogfast report RUN` later)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     config_defaults(p)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every train flag's help shows its default (from RunConfig), unless the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" not in text and action.default not in (None, False, argparse.SUPPRESS)
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
 
 
 # Train flags whose None means "decided later" (from the task, the dataset or the run folder), not RunConfig's default.

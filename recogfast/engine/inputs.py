@@ -57,6 +57,24 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def val_split_note(cfg, train_ds, val_ds) -> str | None:
+    """A note when the val split is much larger than ``--val-fraction`` asked (small classes: every class
+    of two or more images gives at least one, so 0.1 of 2.5 images a class holds out 40%); None when not."""
+    if val_ds is None:
+        return None
+    by_class = cfg.task == "retrieval"
+    held = val_ds.num_classes if by_class else len(val_ds)
+    total = held + (train_ds.num_classes if by_class else len(train_ds))
+    share = held / max(1, total)
+    if share <= max(1.5 * cfg.val_fraction, cfg.val_fraction + 0.05):
+        return None
+    unit = "classes" if by_class else "images"
+    why = ("at least 2 classes go to val" if by_class
+           else f"each class of two or more images gives at least one; {total / max(1, train_ds.num_classes):.1f} a class here")
+    return (f"note: --val-fraction {cfg.val_fraction} held out {held} of {total} training {unit} ({share:.0%}): {why}; "
+            f"pass --val-fraction 0 to train on all of them (the last epoch is then the result)")
+
+
 def check_train_split(cfg, train_ds, val_ds, world: int = 1) -> None:
     """Refuse a training split that gives no full batch per rank (an epoch of zero steps), with both
     numbers and what to lower. ``ValueError``; the CLI turns it into one line and exit status 2."""

@@ -164,6 +164,7 @@ class RunConfig:
 from recogfast.distributed import all_gather_rows  # noqa: E402
 from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; RunConfig is defined above)
     _dist_info, build_datasets, build_eval_loader, build_loaders, check_files, check_train_split, small_classes_note,
+    val_split_note,
 )
 
 
@@ -336,6 +337,9 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     seed_everything(cfg.seed + rank)
     train_ds, val_ds, test_ds = build_datasets(cfg)
     check_train_split(cfg, train_ds, val_ds, world)
+    note = val_split_note(cfg, train_ds, val_ds)
+    if note and rank == 0:
+        print(note, flush=True)
     bad = check_files((train_ds, val_ds, test_ds), cfg.on_error)  # all splits, before the first step
     if bad and rank == 0:
         print(f"note: {len(bad)} unreadable image files will be skipped (--on-error skip); first: {bad[0]}", flush=True)
