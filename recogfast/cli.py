@@ -259,7 +259,7 @@ def cmd_compare(args) -> int:
     from recogfast.engine.runs import compare_rows, format_table
 
     try:
-        header, rows = compare_rows(args.runs)
+        header, rows = compare_rows(args.runs, raw=args.format == "csv")
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(format_table(header, rows, args.format))

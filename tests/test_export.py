@@ -224,6 +224,12 @@ def test_cli_export_errors_are_one_line(capsys, tmp_path, retrieval_checkpoint, 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage")
     _one_line_error(capsys, ["export", str(junk), "--format", "pt2"], "cannot read checkpoint")
+    text = tmp_path / "notes.pt"  # a text file: the unpickler's "KeyError: 105" is not what the user reads
+    text.write_text("image classification notes\n")
+    _one_line_error(capsys, ["export", str(text), "--format", "onnx"], "not a file written by torch.save, or damaged")
+    state_dict = tmp_path / "state_dict.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), state_dict)
+    _one_line_error(capsys, ["export", str(state_dict), "--format", "onnx"], "is not a recogfast checkpoint")
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "config": {"task": "classify", "model": "resnet18", "num_classes": 3}}, foreign)
     _one_line_error(capsys, ["export", str(foreign), "--format", "pt2"], "does not match its model")
