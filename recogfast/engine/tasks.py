@@ -368,7 +368,9 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                 head_lr_mult=cfg.head_lr_mult)
     callbacks, mix = finetune_parts(cfg, model, train_ds.num_classes, callbacks)  # after the optimizer: it holds all
-    monitor, mode = {"classify": ("top1", "max"), "multilabel": ("map", "max")}.get(cfg.task, ("recall@1", "max"))
+    # Retrieval chooses on val MAP@R: it scores every relevant image of every query, where Recall@1 on
+    # val's 15 classes moves by a query or two between epochs (docs/SPEC.md, "Validation")
+    monitor, mode = {"classify": ("top1", "max"), "multilabel": ("map", "max")}.get(cfg.task, ("map@r", "max"))
     steps = -(-steps // cfg.accumulate)  # the schedule counts optimizer steps
     scheduler, interval = build_scheduler(optimizer, cfg.schedule, cfg.epochs, steps, cfg.warmup_epochs,
                                           cfg.step_size, cfg.gamma, cfg.plateau_patience, mode)
