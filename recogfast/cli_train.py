@@ -12,7 +12,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
                    help=f"one of: {', '.join(DATASETS)} (default shapes196; shapes-multi for multilabel)")
     p.add_argument("--data", default=None,
-                   help="dataset folder (voc2007: VOCdevkit/VOC2007; shapes196 / shapes-multi: cache folder, optional)")
+                   help="dataset folder (voc2007: VOCdevkit/VOC2007; shapes196 / shapes-multi: cache folder, optional; "
+                        "folder: your class folders, DIR/<class>/ or DIR/train|val|test/<class>/)")
     p.add_argument("--model", default=None, help="model name (see `recogfast info`); default resnet18")
     p.add_argument("--out", default=None,
                    help="run folder (default runs/<task>-<dataset>-<model>, numbered -2, -3... when it holds a run)")

@@ -33,7 +33,12 @@ def build_datasets(cfg):
         from recogfast.engine.multilabel import build_multilabel_datasets
 
         return build_multilabel_datasets(cfg)
-    if cfg.dataset == "shapes196":
+    if cfg.dataset == "folder":  # a user's class folders: train/ [val/] [test/], or one set split here
+        require_data_folder(cfg)
+        train, val, test = data.folder_splits(cfg.data, cfg.protocol)
+        if not cfg.val_fraction or val is not None:  # its own val/ folder is the val split
+            return train, (val if cfg.val_fraction else None), test
+    elif cfg.dataset == "shapes196":
         kw = dict(cache_dir=cfg.data, protocol=cfg.protocol, images_per_class=cfg.images_per_class, image_size=64, seed=0)
         train, test = data.Shapes196(split="train", **kw), data.Shapes196(split="test", **kw)
     else:

@@ -33,7 +33,7 @@ from recogfast.metrics import AccuracyMeter, retrieval_metrics
 log = logging.getLogger("recogfast")
 
 TASKS = ("classify", "retrieval", "multilabel")
-DATASETS = ("shapes196", "tiny-imagenet", "cars196") + MULTILABEL_DATASETS
+DATASETS = ("shapes196", "tiny-imagenet", "cars196", "folder") + MULTILABEL_DATASETS  # folder: your own (data/folder.py)
 EMBEDDED = ("shapes196", "shapes-multi")  # generated, no --data needed
 PROTOCOLS = ("classification", "retrieval")
 DEFAULT_VAL_FRACTION = {"classify": 0.1, "retrieval": 0.15, "multilabel": 0.1}
@@ -128,7 +128,7 @@ class RunConfig:
         if c.device is None:
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
         if c.image_size is None:
-            c.image_size = 224 if c.dataset in ("cars196", "voc2007") else 64
+            c.image_size = 224 if c.dataset in ("cars196", "voc2007", "folder") else 64
         if c.stem is None:
             c.stem = "small" if c.image_size <= 64 else "imagenet"
         if c.amp == "auto":
