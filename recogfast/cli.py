@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmark suites and print one table")
     bench.add_argument("filter", nargs="?", default=None, help="pytest -k expression")
     _add_export_parser(sub)
+    from recogfast.predict import add_predict_parser
+
+    add_predict_parser(sub)
     from recogfast.report.cli import add_report_parser
 
     add_report_parser(sub)

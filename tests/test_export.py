@@ -211,7 +211,12 @@ def test_cli_export_pt2(capsys, retrieval_checkpoint):
 
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        assert _max_rel(load_pt2(result["file"])(x), model(x)) < 1e-5
+        assert _max_rel(load_pt2(result["file"])(x), model(x)) < 1e-5  # the package still loads with its metadata
+    import zipfile
+
+    with zipfile.ZipFile(result["file"]) as archive:  # the preprocessing travels inside the package
+        meta = json.loads(archive.read("recogfast/preprocessing.json"))
+    assert meta == result["preprocessing"] and meta["size"] == 32 and meta["output"] == "embedding" and meta["l2_normalised"]
 
 
 def test_cli_export_errors_are_one_line(capsys, tmp_path, retrieval_checkpoint, monkeypatch):

@@ -394,6 +394,8 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
                   test_images=len(test_ds), num_classes=train_ds.num_classes,
                   val_classes=val_ds.num_classes if val_ds is not None else 0, test_classes=test_ds.num_classes,
                   params=sum(p.numel() for p in model.parameters()), backend_used=backend, kernels=kernels)
+    if cfg.task != "retrieval":  # what the outputs mean, carried by the checkpoint (recogfast predict, export)
+        config["class_names"] = list(train_ds.class_names)
     options = TrainerOptions(epochs=cfg.epochs, monitor=monitor, mode=mode, patience=cfg.patience,
                              min_delta=cfg.min_delta, amp=cfg.amp, channels_last=cfg.channels_last,
                              compile=cfg.compile, steps_per_epoch=cfg.steps_per_epoch, progress=cfg.progress,
