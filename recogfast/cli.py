@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     from recogfast.predict import add_predict_parser
 
     add_predict_parser(sub)
+    from recogfast.search import add_search_parser
+
+    add_search_parser(sub)
     from recogfast.report.cli import add_report_parser
 
     add_report_parser(sub)

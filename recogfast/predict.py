@@ -76,6 +76,33 @@ def _load(source: str, device: str):
     return model.to(device), cfg, config, path
 
 
+def run_model(model, files: list[str], image_size: int, batch_size: int, device: str, features: bool = False,
+              progress: bool = True, what: str = "predict"):
+    """float32 [N, ...] outputs (or pooled features) of `model` on `files`, eval-transformed, in batches;
+    DataError naming an unreadable image, ValueError on a non-finite output."""
+    import torch
+
+    from recogfast.data.base import decode_rgb
+    from recogfast.data.errors import read_encoded
+    from recogfast.data.transforms import eval_transform, normalize_batch
+    from recogfast.engine.logs import Progress
+
+    outputs = []
+    bar = Progress(-(-len(files) // batch_size), what, enabled=progress and len(files) > batch_size)
+    with torch.no_grad():
+        for i in range(0, len(files), batch_size):
+            chunk = files[i:i + batch_size]
+            images = torch.stack([eval_transform(decode_rgb(read_encoded(f), f), image_size) for f in chunk])
+            x = normalize_batch(images.to(device), torch.float32, channels_last=False)
+            outputs.append((model.forward_features(x) if features else model(x)).float().cpu())
+            bar.update(len(chunk))
+    bar.close()
+    out = torch.cat(outputs)
+    if not torch.isfinite(out).all():
+        raise ValueError("the model gave non-finite outputs on these images (a diverged checkpoint?)")
+    return out
+
+
 def predict(source: str, inputs: list[str], topk: int = 5, batch_size: int = 64, device: str | None = None,
             progress: bool = True) -> dict:
     """The model of `source` (a run folder: its best.pt; or a checkpoint) on the images of `inputs`.
@@ -84,29 +111,12 @@ def predict(source: str, inputs: list[str], topk: int = 5, batch_size: int = 64,
     import numpy as np
     import torch
 
-    from recogfast.data.base import decode_rgb
-    from recogfast.data.errors import read_encoded
-    from recogfast.data.transforms import eval_transform, normalize_batch
-    from recogfast.engine.logs import Progress
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     files = collect_images(inputs)
     model, cfg, config, path = _load(source, device)
     meta = preprocessing(config)
-    outputs = []
-    bar = Progress(-(-len(files) // batch_size), "predict", enabled=progress and len(files) > batch_size)
-    with torch.no_grad():
-        for i in range(0, len(files), batch_size):
-            chunk = files[i:i + batch_size]
-            images = torch.stack([eval_transform(decode_rgb(read_encoded(f), f), cfg.image_size) for f in chunk])
-            x = normalize_batch(images.to(device), torch.float32, channels_last=False)
-            outputs.append(model(x).float().cpu())
-            bar.update(len(chunk))
-    bar.close()
-    out = torch.cat(outputs)
+    out = run_model(model, files, cfg.image_size, batch_size, device, progress=progress, what="predict")
     result = {"checkpoint": os.path.abspath(path), "preprocessing": meta, "files": files}
-    if not torch.isfinite(out).all():
-        raise ValueError(f"{path}: the model gave non-finite outputs on these images (a diverged checkpoint?)")
     if meta["output"] == "embedding":
         result["embeddings"] = out.numpy().astype(np.float32)
         return result

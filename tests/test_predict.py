@@ -103,3 +103,32 @@ def test_predict_errors_are_one_line(runs, capsys, tmp_path, args, pattern):
     assert main(["predict", *[swap.get(a, a) for a in args]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and pattern in err[0], err
+
+
+def test_search_returns_the_nearest_gallery_images(runs, capsys, tmp_path):
+    tmp, data = runs
+    queries = [os.path.join(data, "kind-3", "0.png"), os.path.join(data, "kind-5", "4.png")]
+    out = tmp_path / "s"
+    assert main(["search", str(tmp / "ret"), "--gallery", data, "--query", *queries, "--k", "5", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    result = json.load(open(out / "search.json"))
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/jpeg;base64,") == 2 * 6  # self-contained: each query and its 5 neighbours
+    # the same neighbours from predict's embeddings, a query never its own neighbour
+    assert main(["predict", str(tmp / "ret"), data, "--out", str(tmp_path / "e.npy"), "--device", "cpu"]) == 0
+    e, files = np.load(tmp_path / "e.npy"), json.load(open(tmp_path / "e.json"))["files"]
+    for entry in result["queries"]:
+        qi = files.index(entry["query"])
+        sims = e @ e[qi]
+        sims[qi] = -np.inf
+        want = np.argsort(-sims, kind="stable")[:5]
+        got = [n["similarity"] for n in entry["neighbours"]]
+        np.testing.assert_allclose(got, sims[want], atol=1e-5)
+        assert entry["query"] not in [n["file"] for n in entry["neighbours"]] and got == sorted(got, reverse=True)
+    capsys.readouterr()
+    assert main(["search", str(tmp / "ret"), "--gallery", data, "--query", queries[0], "--out", str(out)]) == 2
+    assert "already holds search results" in capsys.readouterr().err
+    # a classifier searches with its pooled features
+    assert main(["search", str(tmp / "cls"), "--gallery", data, "--query", queries[0], "--out", str(tmp_path / "c"),
+                 "--device", "cpu"]) == 0
+    assert json.load(open(tmp_path / "c" / "search.json"))["embedding"] == "pooled features"
