@@ -206,3 +206,15 @@ def test_embedding_map_prefers_umap_when_installed(monkeypatch):
     torch.testing.assert_close(pts, torch.nn.functional.normalize(e, dim=1)[:, :2] * 2)
     monkeypatch.setitem(sys.modules, "umap", None)  # not installed: t-SNE (scikit-learn) or PCA
     assert _pca2(e)[1] in ("t-SNE", "PCA")
+
+
+def test_long_class_names_are_wrapped_not_cut():
+    from recogfast.report.figures import wrap
+
+    name = "AM General Hummer SUV 2000 extended-cab"
+    text = wrap(name, 16, 3)
+    assert text.replace("\n", " ") == name  # every character kept, on three lines
+    assert all(len(line) <= 16 for line in text.splitlines()) and len(text.splitlines()) == 3
+    assert wrap("x" * 60, 16, 2).endswith("…") and wrap("cat", 16, 2) == "cat"
+    assert wrap("diamond_blue_stripes", 10, 3) == "diamond_\nblue_\nstripes"
+    assert wrap("diamond_blue_stripes", 10, 2) == "diamond_\nblue_…"

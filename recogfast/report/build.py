@@ -128,7 +128,8 @@ def classification(model, loader, ds, folder: Path, image_size: int) -> dict:
     if wrong:
         files["misclassified"] = fg.save(fg.image_grid(
             [_thumb(ds.files[i], image_size) for i in wrong],
-            [f"{names[y[i]][:22]}\n→ {names[pred[i]][:22]}\n{conf[i]:.2f}" for i in wrong], size=1.6), folder / "misclassified.png")
+            [f"{fg.wrap(names[y[i]], 24, 2)}\n→ {fg.wrap(names[pred[i]], 24, 2)}\n{conf[i]:.2f}" for i in wrong], size=1.6),
+            folder / "misclassified.png")
     worst = [(names_present[i], float(acc_cls[i])) for i in torch.argsort(acc_cls, stable=True)[:10].tolist()]
     return {"top1": float((pred == y).float().mean()), "images": int(y.numel()), "files": files, "pairs": pairs,
             "worst": worst}
