@@ -98,6 +98,10 @@ def test_train_classify_and_retrieval_on_a_folder(tmp_path, capsys):
                  "--val-fraction", "0", "--out", str(out)]) == 0
     s = json.load(open(out / "summary.json"))
     assert s["config"]["test_classes"] == 4 and "recall@1" in s["test"] and "map@r" in s["test"]
+    # verification reads the folder run's test classes like any other run's
+    assert main(["verify", str(out), "--num-pairs", "40", "--workers", "0", "--device", "cpu"]) == 0
+    v = json.load(open(out / "verify-test.json"))
+    assert v["test"]["pairs"] == 40 and 0.0 <= v["test"]["auc"] <= 1.0
     capsys.readouterr()
     os.makedirs(tmp_path / "d" / "empty class")
     assert main(["train", "classify", *base, "--out", str(tmp_path / "x")]) == 2
