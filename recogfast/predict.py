@@ -13,36 +13,10 @@ import json
 import os
 import sys
 
+from recogfast.data.transforms import preprocessing
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
-def preprocessing(config: dict) -> dict:
-    """What a model of this run expects and returns, for a deployment that has no recogfast: a dict of
-    plain values (written as JSON into checkpoints' exports)."""
-    from recogfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size
-
-    size = int(config.get("image_size") or 64)
-    task = config.get("task", "classify")
-    out = {
-        "input": "RGB, float32 [N, 3, size, size], (pixel / 255 - mean) / std",
-        "size": size,
-        "resize_shorter": eval_resize_size(size),
-        "resize": "bilinear, antialiased; the longer side rounded half up",
-        "crop": "centre, offset (length - size + 1) // 2",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "task": task,
-    }
-    if task == "retrieval":
-        out.update(output="embedding", l2_normalised=True)
-    elif task == "multilabel":
-        out.update(output="logits", activation="sigmoid per class")
-    else:
-        out.update(output="logits", activation="softmax")
-    names = config.get("class_names")
-    if names and task != "retrieval":
-        out["class_names"] = list(names)
-    return out
+__all__ = ["predict", "preprocessing", "collect_images", "run_model"]
 
 
 def collect_images(inputs: list[str]) -> list[str]:

@@ -38,7 +38,8 @@ def search(source: str, gallery: list[str], queries: list[str], k: int = 8, batc
            device: str | None = None, progress: bool = True) -> dict:
     import torch
 
-    from recogfast.predict import _load, collect_images, preprocessing, run_model
+    from recogfast.data.transforms import preprocessing
+    from recogfast.predict import _load, collect_images, run_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     g_files, q_files = collect_images(gallery), collect_images(queries)

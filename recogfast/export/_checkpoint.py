@@ -86,7 +86,7 @@ def attach_preprocessing(out: str, fmt: str, checkpoint: str, size: int) -> dict
     import zipfile
 
     from recogfast.engine.checkpoint import load_checkpoint
-    from recogfast.predict import preprocessing
+    from recogfast.data.transforms import preprocessing
 
     meta = preprocessing({**(load_checkpoint(checkpoint).get("config") or {}), "image_size": size})
     text = json.dumps(meta)
