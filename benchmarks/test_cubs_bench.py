@@ -61,7 +61,7 @@ def _module(name, impl, C, device, dtype, shape=None):
         m = create_attention(name, C, impl="reference" if impl != "fused" else "fused").to(device)
         if device == "cuda":
             m = m.to(dtype)
-        _modules[key] = (m, compile_peer(m, impl) if impl in COMPILE_MODES else m)
+        _modules[key] = (m, compile_peer(m, impl, device) if impl in COMPILE_MODES else m)
     return _modules[key]
 
 

@@ -29,7 +29,7 @@ def _fn(impl, key):
     if impl == "reference":
         return se_gate_reference
     if (impl, key) not in _compiled:  # one compiled object per shape and mode (static shapes)
-        _compiled[impl, key] = compile_peer(se_gate_reference, impl)
+        _compiled[impl, key] = compile_peer(se_gate_reference, impl, key[0])
     return _compiled[impl, key]
 
 
