@@ -190,7 +190,7 @@ NCU_KERNELS='regex:se_gate|channel_gate|cubs_'
 if [[ $GPU == 1 ]] && command -v ncu >/dev/null; then
   step ncu 100 "Nsight Compute, key kernels (launch count 24)" -- bash -c "
     ncu --clock-control none --target-processes all --kernel-name '$NCU_KERNELS' --launch-count 24 \
-      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section LaunchStats \
       --export '$OUT/logs/ncu' --force-overwrite $PY tools/gpu_profile.py --ncu-driver 2>&1 | tee '$OUT/logs/ncu_run.txt'
     if grep -q ERR_NVGPUCTRPERM '$OUT/logs/ncu_run.txt'; then
       echo 'not permitted: ERR_NVGPUCTRPERM (no access to the GPU performance counters)' >'$OUT/logs/ncu.skip'; exit 0
