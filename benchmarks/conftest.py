@@ -25,9 +25,17 @@ import time
 from collections import defaultdict
 
 import pytest
-import torch
 
-import recogfast  # noqa: F401  (loads the extension)
+# On a small machine (make bench on 2 cores) compile in-process: inductor's pool of compile workers would
+# share the two cores with the timed rounds (a precaution: on a shared 2-core machine compiled peers showed
+# rounds of 20-130 ms for a 0.1-0.5 ms call, with and without the pool; use min / median there, and the
+# GPU's events / graph columns). A GPU machine keeps parallel compilation.
+if (os.cpu_count() or 1) <= 4:
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import torch  # noqa: E402
+
+import recogfast  # noqa: E402,F401  (loads the extension)
 
 HAS_GPU = torch.cuda.is_available() and recogfast.dispatch.cuda_kernels_compiled()
 BENCH_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_GPU, reason="needs a GPU and the CUDA kernels"))]

@@ -188,8 +188,8 @@ fi
 # 9. Nsight Compute: speed of light, memory, occupancy and warp stalls of the key recogfast kernels
 NCU_KERNELS='regex:se_gate|channel_gate|cubs_'
 if [[ $GPU == 1 ]] && command -v ncu >/dev/null; then
-  step ncu 100 "Nsight Compute, key kernels (launch count 24)" -- bash -c "
-    ncu --clock-control none --target-processes all --kernel-name '$NCU_KERNELS' --launch-count 24 \
+  step ncu 100 "Nsight Compute, key kernels (launch count 25)" -- bash -c "
+    ncu --clock-control none --target-processes all --kernel-name '$NCU_KERNELS' --launch-count 25 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section LaunchStats \
       --export '$OUT/logs/ncu' --force-overwrite $PY tools/gpu_profile.py --ncu-driver 2>&1 | tee '$OUT/logs/ncu_run.txt'
     if grep -q ERR_NVGPUCTRPERM '$OUT/logs/ncu_run.txt'; then

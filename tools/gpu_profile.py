@@ -187,13 +187,13 @@ def ncu_driver(device: str) -> None:
     B = 64 if device == "cuda" else 2
     x = torch.randn(B, 64, 56, 56, device=device, dtype=dtype).to(memory_format=torch.channels_last)
     x.requires_grad_(True)
-    for name in ("se", "cubs1", "cubs2"):
+    for name in ("cubs2", "se", "cubs1"):  # Block 2's passes first: the launch count cuts the end
         fn, reset = _module_case(name, 64, x, "fused")
         reset()
         fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    print("ncu driver: se, cubs1, cubs2 fused fwd+bwd once each at", tuple(x.shape), dtype)
+    print("ncu driver: cubs2, se, cubs1 fused fwd+bwd once each at", tuple(x.shape), dtype)
 
 
 def main(argv=None) -> int:

@@ -233,7 +233,17 @@ def parse_ncu(text: str) -> list[dict]:
 
 def _ncu(out: Path) -> list[dict]:
     path = out / "ncu.csv"
-    return parse_ncu(path.read_text()) if path.exists() else []
+    return parse_ncu(path.read_text(errors="replace")) if path.exists() else []
+
+
+def _safe(load, out: Path, empty):
+    """A reader that fails (a file cut at the deadline, a format not foreseen) leaves its part empty and says
+    why on stderr: the summary is always written."""
+    try:
+        return load(out)
+    except Exception as exc:  # noqa: BLE001
+        print(f"gpu_results: {load.__name__} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return empty
 
 
 def _env(out: Path) -> str:
@@ -243,12 +253,12 @@ def _env(out: Path) -> str:
 
 def summarize(out: Path, mode: str, budget: int, seconds: int) -> int:
     steps = _steps(out)
-    junit = _junit(out)
-    cross = _crosscheck(out)
-    bench = _bench(out)
+    junit = _safe(_junit, out, None)
+    cross = _safe(_crosscheck, out, None)
+    bench = _safe(_bench, out, [])
     summary = dict(date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), mode=mode, budget_s=budget,
                    seconds=seconds, steps=steps, tests=junit, crosscheck=cross, bench=bench, goals=goals(bench),
-                   profile=_profile(out), ncu=_ncu(out), env=_env(out))
+                   profile=_safe(_profile, out, {}), ncu=_safe(_ncu, out, []), env=_env(out))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(render_md(summary, full=True))
     print(render_md(summary, full=False))
