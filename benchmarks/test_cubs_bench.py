@@ -19,8 +19,9 @@ Floors (in extra_info):
   boost) manages 132 · 16 · 1.98e9 ≈ 4.2e12 exp/s. The floor is max(DRAM time, exp time), using the
   device's SM count and clock when a GPU is present.
 
-A whole training step of CUBS-ResNet-18 (serial12 in every basic block) against plain torchvision
-ResNet-18 (impl "plain") and against CUBS-ResNet-18 on the reference blocks: bf16 autocast and
+A whole training step of CUBS-ResNet-18 (serial12 in every basic block, impl "fused"; the parallel and
+serial21 placements, "fused_parallel" and "fused_serial21") against plain torchvision ResNet-18 (impl
+"plain") and against CUBS-ResNet-18 (serial12) on the reference blocks: bf16 autocast and
 channels_last on CUDA at 64×64 (B=256) and 224×224 (B=64); fp32 at 64×64, B=8, on the CPU. extra_info
 has images/s and, on CUDA, the peak memory.
 """
@@ -123,7 +124,9 @@ def cubs_resnet18(attention: str | None, impl: str, num_classes: int = 200) -> t
 
 # (input size, batch) per device; the CUDA sizes are the issue's (64×64 at B=256, 224×224 at B=64).
 TRAIN = {"cpu": [(64, 8)], "cuda": [(64, 256), (224, 64)]}
-TRAIN_MODELS = {"fused": ("cubs_serial12", "fused"), "reference": ("cubs_serial12", "reference"),
+# "fused" is serial12 (the default placement); the other two placements on the fused blocks beside it.
+TRAIN_MODELS = {"fused": ("cubs_serial12", "fused"), "fused_parallel": ("cubs_parallel", "fused"),
+                "fused_serial21": ("cubs_serial21", "fused"), "reference": ("cubs_serial12", "reference"),
                 "plain": (None, "fused")}
 
 
