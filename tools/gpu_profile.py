@@ -113,14 +113,15 @@ def _profile_rows(fn, reset, device):
             torch.cuda.synchronize()
     rows, launches, kernels, ops = [], 0, 0, 0
     for e in prof.key_averages():
-        if "::" in e.key:
-            ops += e.count
         gpu = getattr(e, "device_time_total", None)
         gpu = getattr(e, "cuda_time_total", 0) if gpu is None else gpu
+        on_device = str(getattr(e, "device_type", "")).endswith("CUDA")  # a kernel, memcpy or memset
         if e.key in LAUNCH_APIS:
             launches += e.count
-        if str(getattr(e, "device_type", "")).endswith("CUDA"):
+        if on_device:
             kernels += e.count
+        elif "::" in e.key:  # a dispatcher op (a kernel's C++ name has "::" too: counted above)
+            ops += e.count
         rows.append(dict(name=e.key, calls=e.count, gpu_us=round(float(gpu), 1), cpu_us=round(float(e.cpu_time_total), 1),
                          self_cpu_us=round(float(e.self_cpu_time_total), 1)))
     top_gpu = sorted((r for r in rows if r["gpu_us"] > 0), key=lambda r: -r["gpu_us"])[:ROWS]
