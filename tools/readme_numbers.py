@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "readme"))
     args = p.parse_args(argv)
     readme = os.path.join(ROOT, "README.md")
-    text = original = open(readme).read()
+    found = {}
     for name, cmd in chain(args.out):
         print("$ recogfast " + " ".join(cmd), flush=True)
         run = subprocess.run([sys.executable, "-m", "recogfast", *cmd], capture_output=True, text=True, cwd=ROOT)
@@ -63,6 +63,9 @@ def main(argv=None) -> int:
             return run.returncode
         lines = result_lines(run.stdout, args.out, "runs/" + cmd[cmd.index("--out") + 1].rsplit(os.sep, 1)[-1])
         print("\n".join(lines), flush=True)
+        found[name] = lines
+    text = original = open(readme).read()  # read now: the README may have changed while the chain ran
+    for name, lines in found.items():
         text = replace_block(text, name, lines)
     if text == original:
         print("README.md: the numbers are the ones the chain prints")
