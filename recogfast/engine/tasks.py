@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from recogfast.data.augment import Augment
 from recogfast.engine.checkpoint import seed_everything
 from recogfast.engine.multilabel import MULTILABEL_DATASETS, multilabel_eval
 from recogfast.engine.schedule import build_optimizer, build_scheduler
@@ -74,6 +75,16 @@ class RunConfig:
     plateau_patience: int = 3
     label_smoothing: float = 0.1
     crop_scale: float = 0.08  # smallest area fraction of the train crop (SPEC: 0.08)
+    # train augmentation after the crop (recogfast.data.augment, in this order): flips, an auto-augment policy
+    # ("none", "randaugment", "trivialaugment", "autoaugment"; aa_* for RandAugment, None = 2 ops at 9/30),
+    # colour jitter strength (brightness, contrast, saturation; 0 = off), random erasing probability
+    hflip: float = 0.5
+    vflip: float = 0.0
+    auto_augment: str = "none"
+    aa_magnitude: int | None = None
+    aa_num_ops: int | None = None
+    color_jitter: float = 0.0
+    reprob: float = 0.0
     patience: int | None = None
     min_delta: float = 0.0
     amp: str = "auto"  # auto = bf16 on CUDA, none on CPU
@@ -347,6 +358,7 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
         sizes = f"train {len(train_ds)} images / {train_ds.num_classes} classes, " + (
             f"val {len(val_ds)} / {val_ds.num_classes}, " if val_ds is not None else "no val (--val-fraction 0), ")
         print(f"data: {sizes}test {len(test_ds)} / {test_ds.num_classes}; {backend} backend ({why})", flush=True)
+        print(f"augment: random resized crop (scale {cfg.crop_scale:g}-1), {Augment.of(cfg).describe()}", flush=True)
     if cfg.task == "retrieval" and main:
         note = small_classes_note(train_ds.labels, cfg.m_per_class)
         if note:
