@@ -23,7 +23,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from recogfast.data.augment import Augment
 from recogfast.engine.checkpoint import seed_everything
 from recogfast.engine.multilabel import MULTILABEL_DATASETS, multilabel_eval
 from recogfast.engine.schedule import build_optimizer, build_scheduler
@@ -358,6 +357,8 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
         sizes = f"train {len(train_ds)} images / {train_ds.num_classes} classes, " + (
             f"val {len(val_ds)} / {val_ds.num_classes}, " if val_ds is not None else "no val (--val-fraction 0), ")
         print(f"data: {sizes}test {len(test_ds)} / {test_ds.num_classes}; {backend} backend ({why})", flush=True)
+        from recogfast.data.augment import Augment
+
         print(f"augment: random resized crop (scale {cfg.crop_scale:g}-1), {Augment.of(cfg).describe()}", flush=True)
     if cfg.task == "retrieval" and main:
         note = small_classes_note(train_ds.labels, cfg.m_per_class)
