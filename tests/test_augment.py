@@ -7,6 +7,7 @@ area), as the libraries' random streams differ; a resumed run draws what an unin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 
@@ -292,3 +293,80 @@ def test_policy_draws_are_seeded_per_epoch(backend, smooth):
     e0, e1 = epochs(rd.build_loader(ds, **kw), 0, 1)
     (again,) = epochs(rd.build_loader(ds, **kw), 1)  # a resumed run starts at its epoch
     assert torch.equal(e1, again) and not torch.equal(e0, e1)
+
+
+# --- runs: config.json, --config, resume -----------------------------------------------------------------------
+AUG_FIELDS = {"hflip": 0.0, "vflip": 0.5, "auto_augment": "randaugment", "aa_magnitude": 7, "aa_num_ops": 1,
+              "color_jitter": 0.2, "reprob": 0.25}
+
+
+@pytest.fixture(scope="module")
+def shapes_cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes")
+    rd.Shapes196(cache_dir=folder, images_per_class=4)
+    return str(folder)
+
+
+def test_cli_records_the_augmentation_and_config_repeats_it(tmp_path, shapes_cache, capsys):
+    import json
+
+    from recogfast.cli import main
+
+    base = ["train", "classify", "--data", shapes_cache, "--images-per-class", "4", "--model", "tinynet",
+            "--image-size", "16", "--batch-size", "32", "--steps-per-epoch", "1", "--epochs", "1", "--workers", "0",
+            "--device", "cpu", "--backend", "torchvision"]
+    flags = ["--hflip", "0", "--vflip", "0.5", "--auto-augment", "randaugment", "--aa-magnitude", "7",
+             "--aa-num-ops", "1", "--color-jitter", "0.2", "--reprob", "0.25"]
+    line = ("augment: random resized crop (scale 0.08-1), vflip 0.5, randaugment (ops 1, magnitude 7/30), "
+            "color jitter 0.2, random erasing 0.25")
+    assert main(base + flags + ["--out", str(tmp_path / "a")]) == 0
+    assert line in capsys.readouterr().out.splitlines()
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert {k: saved[k] for k in AUG_FIELDS} == AUG_FIELDS
+    assert main(["train", "classify", "--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b")]) == 0
+    assert line in capsys.readouterr().out.splitlines()
+    again = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert {k: again[k] for k in AUG_FIELDS} == AUG_FIELDS
+    assert main(base + ["--out", str(tmp_path / "c")]) == 0  # the defaults: today's flip only
+    assert "augment: random resized crop (scale 0.08-1), hflip 0.5" in capsys.readouterr().out.splitlines()
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("backend, policy", [("torchvision", "randaugment"), pytest.param(
+    "dali", "trivialaugment", marks=pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed"))])
+def test_resumed_run_draws_the_same_augmentation(tmp_path, shapes_cache, backend, policy):
+    """Killed after its first epoch and resumed, a run with every option on repeats the uninterrupted run's
+    losses (they depend on every augmented pixel) and log."""
+    import csv
+
+    from recogfast.engine import RunConfig, run_train
+
+    fields = dict(AUG_FIELDS, auto_augment=policy) if policy == "randaugment" else \
+        dict(AUG_FIELDS, auto_augment=policy, aa_magnitude=None, aa_num_ops=None)
+
+    def cfg(out):
+        return RunConfig(dataset="shapes196", data=shapes_cache, images_per_class=4, model="tinynet", image_size=16,
+                         batch_size=32, epochs=3, steps_per_epoch=2, optimizer="adamw", lr=1e-3, num_workers=1,
+                         device="cpu", backend=backend, out=str(out), progress=False, **fields)
+
+    def log(out):
+        return [{k: v for k, v in r.items() if k not in ("epoch_s", "train_img_per_s")}
+                for r in csv.DictReader(open(out / "log.csv"))]
+
+    _, full = run_train(cfg(tmp_path / "full"))
+
+    def kill(trainer, event, **info):
+        if event == "epoch" and trainer.epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_train(cfg(tmp_path / "run"), callbacks=[kill])
+    torch.manual_seed(777)
+    _, resumed = run_train(cfg(tmp_path / "run"), resume=True)
+    assert len(full.step_losses) == 6 and resumed.step_losses == full.step_losses[2:]
+    assert log(tmp_path / "run") == log(tmp_path / "full")
+    _, plain = run_train(dataclasses.replace(cfg(tmp_path / "plain"), **dataclasses.asdict(Augment())))
+    assert plain.step_losses[:2] != full.step_losses[:2]  # the options did change what the model saw
