@@ -7,6 +7,7 @@ ShapesMulti, read through NVIDIA DALI (GPU decoding) or a torchvision DataLoader
 >>> for images, labels in loader: ...
 """
 
+from recogfast.data.augment import Augment
 from recogfast.data.datasets import Cars196, ImageList, TinyImageNet
 from recogfast.data.errors import DataError, SkippedSamplesWarning
 from recogfast.data.multilabel import VOC2007, VOC_CLASSES, MultiLabelList, split_multilabel
@@ -20,7 +21,7 @@ from recogfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 __all__ = [
     "TinyImageNet", "Cars196", "Shapes196", "ImageList",
     "MultiLabelList", "VOC2007", "VOC_CLASSES", "ShapesMulti", "MULTI_CLASSES", "split_multilabel",
-    "build_loader", "dali_available", "TorchvisionLoader",
+    "build_loader", "dali_available", "TorchvisionLoader", "Augment",
     "MPerClassSampler", "ShuffleBatchSampler", "split_by_image", "split_by_class",
     "DataError", "SkippedSamplesWarning",
     "IMAGENET_MEAN", "IMAGENET_STD",

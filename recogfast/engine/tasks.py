@@ -74,9 +74,8 @@ class RunConfig:
     plateau_patience: int = 3
     label_smoothing: float = 0.1
     crop_scale: float = 0.08  # smallest area fraction of the train crop (SPEC: 0.08)
-    # train augmentation after the crop (recogfast.data.augment, in this order): flips, an auto-augment policy
-    # ("none", "randaugment", "trivialaugment", "autoaugment"; aa_* for RandAugment, None = 2 ops at 9/30),
-    # colour jitter strength (brightness, contrast, saturation; 0 = off), random erasing probability
+    # train augmentation after the crop, in this order (recogfast.data.augment.Augment; aa_*: RandAugment's,
+    # None = 2 ops at magnitude 9); color_jitter: brightness/contrast/saturation strength; reprob: random erasing
     hflip: float = 0.5
     vflip: float = 0.0
     auto_augment: str = "none"
