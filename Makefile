@@ -22,7 +22,7 @@ COMPAT_PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/py
   $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { command -v $$p; break; }; done)
 COMPAT_TESTS := tests/test_op_contracts.py tests/test_se_gate.py tests/test_cubs.py tests/test_ms_loss.py
 
-.PHONY: setup demo test pytest cpp-test compat-test bench clean
+.PHONY: setup demo test pytest cpp-test compat-test bench clean readme-numbers readme-check
 
 setup: $(BUILD_STAMP)
 
@@ -88,3 +88,10 @@ bench: setup
 
 clean:
 	rm -rf build *.egg-info recogfast/_C*.so $(BUILD_STAMP) $(COMPAT_VENV)
+
+# The README's Task 4 lines, re-run (a few minutes a run on 2 cores): written into README.md, or checked.
+readme-numbers: setup
+	$(PY) tools/readme_numbers.py
+
+readme-check: setup
+	$(PY) tools/readme_numbers.py --check

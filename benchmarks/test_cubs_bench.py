@@ -1,5 +1,8 @@
-"""CUBS blocks: fused kernels vs the eager reference vs torch.compile(reference), per block (cubs1,
-cubs2) and per placement (parallel, serial12, serial21), forward and forward+backward.
+"""CUBS blocks: fused kernels vs the eager reference vs torch.compile(reference) (default mode, "compiled";
+max-autotune, "compiled_maxautotune"), per block (cubs1, cubs2) and per placement (parallel, serial12,
+serial21), forward and forward+backward. Every side gets the same input and weights (dtype, channels_last);
+x's and the parameters' gradients are set to None before each timed call; on CUDA each case is also timed
+by CUDA events and by CUDA-graph replay (conftest.py).
 
 CPU: one small shape (B=8 at 28×28×64) so the suite runs on a 2-core machine; the closing
 table gives each implementation's time relative to the fused kernel. CUDA (skipped without a GPU):
@@ -16,8 +19,9 @@ Floors (in extra_info):
   boost) manages 132 · 16 · 1.98e9 ≈ 4.2e12 exp/s. The floor is max(DRAM time, exp time), using the
   device's SM count and clock when a GPU is present.
 
-A whole training step of CUBS-ResNet-18 (serial12 in every basic block) against plain torchvision
-ResNet-18 (impl "plain") and against CUBS-ResNet-18 on the reference blocks: bf16 autocast and
+A whole training step of CUBS-ResNet-18 (serial12 in every basic block, impl "fused"; the parallel and
+serial21 placements, "fused_parallel" and "fused_serial21") against plain torchvision ResNet-18 (impl
+"plain") and against CUBS-ResNet-18 (serial12) on the reference blocks: bf16 autocast and
 channels_last on CUDA at 64×64 (B=256) and 224×224 (B=64); fp32 at 64×64, B=8, on the CPU. extra_info
 has images/s and, on CUDA, the peak memory.
 """
@@ -25,11 +29,11 @@ has images/s and, on CUDA, the peak memory.
 import pytest
 import torch
 
-from conftest import BENCH_DEVICES, copy_bandwidth, run_benchmark
+from conftest import BENCH_DEVICES, COMPILE_MODES, compile_peer, copy_bandwidth, grad_reset, run_benchmark
 from recogfast.nn import create_attention
 
 NAMES = ["cubs1", "cubs2", "cubs_parallel", "cubs_serial12", "cubs_serial21"]
-IMPLS = ["fused", "reference", "compiled"]
+IMPLS = ["fused", "reference", *COMPILE_MODES]
 # (B, C, H) per device.
 STAGES = {
     "cpu": [(8, 64, 28)],
@@ -50,14 +54,15 @@ def exp_rate(device) -> float | None:
     return props.multi_processor_count * MUFU_EX2_PER_CLOCK_PER_SM * clock_hz
 
 
-def _module(name, impl, C, device, dtype):
-    key = (name, impl, C, device, dtype)
+def _module(name, impl, C, device, dtype, shape=None):
+    """The module (the same weights for every impl); a compiled peer gets its own object per shape and mode."""
+    key = (name, impl, C, device, dtype, shape if impl in COMPILE_MODES else None)
     if key not in _modules:
         torch.manual_seed(0)
         m = create_attention(name, C, impl="reference" if impl != "fused" else "fused").to(device)
         if device == "cuda":
             m = m.to(dtype)
-        _modules[key] = torch.compile(m) if impl == "compiled" else m
+        _modules[key] = (m, compile_peer(m, impl, device) if impl in COMPILE_MODES else m)
     return _modules[key]
 
 
@@ -71,7 +76,7 @@ def test_cubs(benchmark, device, stage, name, impl, mode):
         pytest.skip(f"{device} runs {len(STAGES[device])} shapes")
     B, C, H = STAGES[device][stage]
     dtype = DTYPE[device]
-    m = _module(name, impl, C, device, dtype)
+    module, m = _module(name, impl, C, device, dtype, shape=(B, H, mode))
     x = torch.randn(B, C, H, H, device=device, dtype=dtype).to(memory_format=torch.channels_last)
     nbytes = x.numel() * x.element_size()
     blocks = 2 if name.startswith("cubs_") else 1
@@ -99,7 +104,7 @@ def test_cubs(benchmark, device, stage, name, impl, mode):
         benchmark.extra_info.update(exp_rate_per_s=rate, exp_floor_ms=exps / rate * 1e3)
     group = f"{name} {mode} {device} {str(dtype)[6:]} B={B} C={C} {H}x{H}"
     run_benchmark(benchmark, step, device=device, group=group, impl=impl, floor_seconds=floor_s, floor_what=what,
-                  rounds=5 if device == "cpu" else 20)
+                  rounds=5 if device == "cpu" else 20, reset=grad_reset(x, module), graph=True)
 
 
 # --- a whole training step: CUBS-ResNet-18 against plain torchvision ResNet-18 -------------------------
@@ -119,7 +124,9 @@ def cubs_resnet18(attention: str | None, impl: str, num_classes: int = 200) -> t
 
 # (input size, batch) per device; the CUDA sizes are the issue's (64×64 at B=256, 224×224 at B=64).
 TRAIN = {"cpu": [(64, 8)], "cuda": [(64, 256), (224, 64)]}
-TRAIN_MODELS = {"fused": ("cubs_serial12", "fused"), "reference": ("cubs_serial12", "reference"),
+# "fused" is serial12 (the default placement); the other two placements on the fused blocks beside it.
+TRAIN_MODELS = {"fused": ("cubs_serial12", "fused"), "fused_parallel": ("cubs_parallel", "fused"),
+                "fused_serial21": ("cubs_serial21", "fused"), "reference": ("cubs_serial12", "reference"),
                 "plain": (None, "fused")}
 
 
@@ -148,7 +155,8 @@ def test_resnet18_train_step(benchmark, device, size, impl):
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     group = f"resnet18 train step {device} {'bf16' if device == 'cuda' else 'fp32'} B={B} {S}x{S}"
-    run_benchmark(benchmark, step, device=device, group=group, impl=impl, rounds=3 if device == "cpu" else 20)
+    run_benchmark(benchmark, step, device=device, group=group, impl=impl, rounds=3 if device == "cpu" else 20,
+                  reset=grad_reset(model), graph=True)
     stats = getattr(benchmark, "stats", None)
     if stats is not None and getattr(stats, "stats", None) is not None:
         benchmark.extra_info["images_per_s"] = B / stats.stats.mean

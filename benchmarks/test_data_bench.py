@@ -134,7 +134,8 @@ def _bench(benchmark, dataset, backend, device, size, batch_size, group, augment
     usage["cores_used"] = (_cpu_seconds() - c0) / (time.perf_counter() - t0)
     floor = n * decode_s / workers
     run_benchmark(benchmark, epoch, device=device, group=group, impl=impl or backend, floor_seconds=floor,
-                  floor_what=f"full libjpeg-turbo decode of {n} images on {workers} core(s)", rounds=3)
+                  floor_what=f"full libjpeg-turbo decode of {n} images on {workers} core(s)", rounds=3,
+                  events=False)
     mean = benchmark.extra_info.get("mean_ms")
     if mean:
         benchmark.extra_info["images_per_s"] = n / (mean / 1e3)

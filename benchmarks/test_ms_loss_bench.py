@@ -23,7 +23,7 @@ import time
 import pytest
 import torch
 
-from conftest import BENCH_DEVICES, run_benchmark, sync
+from conftest import BENCH_DEVICES, grad_reset, run_benchmark, sync
 from recogfast.ops import ms_loss, ms_loss_reference
 
 D = 512
@@ -110,7 +110,8 @@ def test_ms_loss_fwd_bwd(benchmark, device, size, impl):
     run_benchmark(benchmark, step, device=device, group=group, impl=impl, floor_seconds=floor_seconds,
                   floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
                              f"{gemm_flops(device) / 1e9:.0f} GFLOP/s fp32 GEMM rate",
-                  rounds=5 if device == "cpu" else 10)
+                  rounds=5 if device == "cpu" else 10, reset=grad_reset(e),
+                  graph=True if impl == "fused" else f"{impl}: host syncs (data-dependent mining / masking)")
 
 
 def _cuda_extra_peak_mb(step) -> float:
@@ -150,6 +151,7 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode):
         run_benchmark(benchmark, step, device=device, group=f"ms_loss fwd+bwd {device} {mode} B={B} R={R} D={D}",
                       impl="fused", floor_seconds=flops / rate,
                       floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
-                                 f"{rate / 1e9:.0f} GFLOP/s {mode} GEMM rate", rounds=10)
+                                 f"{rate / 1e9:.0f} GFLOP/s {mode} GEMM rate", rounds=10,
+                      reset=grad_reset(e), graph=True)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev

@@ -1,5 +1,7 @@
-"""SE gate: fused kernel vs the eager reference vs torch.compile(reference), forward and
-forward+backward, at ResNet-18 stage shapes.
+"""SE gate: fused kernel vs the eager reference vs torch.compile(reference) (default mode, "compiled";
+max-autotune, "compiled_maxautotune"), forward and forward+backward, at ResNet-18 stage shapes. Every side
+gets the same tensors (dtype, channels_last); the gradients are set to None before each timed call; on
+CUDA each case is also timed by CUDA events and by CUDA-graph replay (conftest.py).
 
 Floor: the DRAM traffic no implementation can avoid once x exceeds the caches — forward reads x and
 writes y (2|x|); forward+backward adds reading x and grad_y and writing grad_x (5|x| in all) — over the
@@ -10,25 +12,25 @@ measured copy bandwidth. The fused kernels move 3|x| forward and 7|x| forward+ba
 import pytest
 import torch
 
-from conftest import BENCH_DEVICES, run_benchmark
+from conftest import BENCH_DEVICES, COMPILE_MODES, compile_peer, grad_reset, run_benchmark
 from recogfast.ops import se_gate_reference
 
 # (B, C, H) per device: small batches on the CPU so `make bench` runs on a 2-core machine.
 STAGES = {"cpu": [(4, 64, 56), (4, 128, 28), (4, 256, 14), (4, 512, 7)],
           "cuda": [(256, 64, 56), (256, 128, 28), (256, 256, 14), (256, 512, 7)]}
 DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
-IMPLS = ["fused", "reference", "compiled"]
+IMPLS = ["fused", "reference", *COMPILE_MODES]
 _compiled = {}
 
 
-def _fn(impl):
+def _fn(impl, key):
     if impl == "fused":
         return torch.ops.recogfast.se_gate
     if impl == "reference":
         return se_gate_reference
-    if "fn" not in _compiled:
-        _compiled["fn"] = torch.compile(se_gate_reference)
-    return _compiled["fn"]
+    if (impl, key) not in _compiled:  # one compiled object per shape and mode (static shapes)
+        _compiled[impl, key] = compile_peer(se_gate_reference, impl, key[0])
+    return _compiled[impl, key]
 
 
 def _inputs(device, B, C, H, grad):
@@ -50,7 +52,7 @@ def _inputs(device, B, C, H, grad):
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_se_gate(benchmark, device, stage, impl, mode):
     B, C, H = STAGES[device][stage]
-    fn = _fn(impl)
+    fn = _fn(impl, (device, stage, mode))
     args = _inputs(device, B, C, H, grad=mode != "fwd")
     x = args[0]
     nbytes = x.numel() * x.element_size()
@@ -67,4 +69,5 @@ def test_se_gate(benchmark, device, stage, impl, mode):
         floor = 5 * nbytes
     group = f"se_gate {mode} {device} {str(DTYPE[device])[6:]} B={B} C={C} {H}x{H}"
     run_benchmark(benchmark, step, device=device, group=group, impl=impl, floor_bytes=floor,
-                  floor_what=f"{floor // nbytes}|x| = {floor / 2**20:.0f} MiB of DRAM traffic")
+                  floor_what=f"{floor // nbytes}|x| = {floor / 2**20:.0f} MiB of DRAM traffic",
+                  reset=grad_reset(args), graph=True)

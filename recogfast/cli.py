@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 
-from recogfast.cli_train import add_train_args, with_config
+from recogfast.cli_train import add_train_args, with_config, with_run_folder
 
 EPILOG = """exit status: 0 done; 2 bad input (one line `recogfast: error: ...`, nothing trained); 3 training
 diverged (a non-finite loss, weight or validation output: the run stops at that step, last.pt/best.pt keep
@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    train = sub.add_parser("train", help="train a model", epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    from recogfast.cli_train import HelpFormatter
+
+    train = sub.add_parser("train", help="train a model", epilog=EPILOG, formatter_class=HelpFormatter)
     parser.train_parser = train
     train.add_argument("task", choices=("classify", "retrieval", "multilabel"))
     add_train_args(train)
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run the benchmark suites and print one table")
     bench.add_argument("filter", nargs="?", default=None, help="pytest -k expression")
     _add_export_parser(sub)
+    from recogfast.predict import add_predict_parser
+
+    add_predict_parser(sub)
+    from recogfast.search import add_search_parser
+
+    add_search_parser(sub)
     from recogfast.report.cli import add_report_parser
 
     add_report_parser(sub)
@@ -165,7 +172,7 @@ def cmd_train(args) -> int:
     if model not in list_models():
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
     _check_device(args.device)
-    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra", "debug")
+    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra", "debug", "no_report")
     fields = {k: v for k, v in vars(args).items() if k not in skip}
     cfg = RunConfig(task=args.task, model=model, progress=not args.quiet, **fields, **getattr(args, "extra", {}))
     try:
@@ -258,7 +265,7 @@ def cmd_compare(args) -> int:
     from recogfast.engine.runs import compare_rows, format_table
 
     try:
-        header, rows = compare_rows(args.runs)
+        header, rows = compare_rows(args.runs, raw=args.format == "csv")
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(format_table(header, rows, args.format))
@@ -345,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "train" and args.config:
             args = with_config(parser, argv, args)
+        if args.command == "train" and args.resume:
+            args = with_run_folder(parser, argv, args)
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE

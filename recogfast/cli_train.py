@@ -12,7 +12,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None,
                    help=f"one of: {', '.join(DATASETS)} (default shapes196; shapes-multi for multilabel)")
     p.add_argument("--data", default=None,
-                   help="dataset folder (voc2007: VOCdevkit/VOC2007; shapes196 / shapes-multi: cache folder, optional)")
+                   help="dataset folder (voc2007: VOCdevkit/VOC2007; shapes196 / shapes-multi: cache folder, optional; "
+                        "folder: your class folders, DIR/<class>/ or DIR/train|val|test/<class>/)")
     p.add_argument("--model", default=None, help="model name (see `recogfast info`); default resnet18")
     p.add_argument("--out", default=None,
                    help="run folder (default runs/<task>-<dataset>-<model>, numbered -2, -3... when it holds a run)")
@@ -25,25 +26,26 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=("classification", "retrieval"), default=None,
                    help="classify on the dataset's own test images (classification, default) or on the "
                         "disjoint-class split (retrieval: test = Recall@K of the pooled features; Task 4)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--batch-size", type=int, help="images per step (per rank under torchrun)")
     p.add_argument("--image-size", type=int, default=None, help="default 64 (224 for cars196)")
     p.add_argument("--stem", choices=("imagenet", "small"), default=None, help="default small for <= 64 px")
-    p.add_argument("--attn-impl", choices=("auto", "fused", "reference"))
+    p.add_argument("--attn-impl", choices=("auto", "fused", "reference"),
+                   help="CUBS/SE attention: the fused kernels, the pure-PyTorch reference, or auto (fused when built)")
     p.add_argument("--weights", default=None,
                    help="checkpoint to start from: a torchvision .pth, a recogfast run's best.pt (its classifier is "
                         "cropped for retrieval), or 'imagenet' (torchvision's, via $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--weights-partial", action="store_true",
                    help="accept --weights that keep less than half of the backbone's checkpoint tensors")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
     p.add_argument("--lr", type=float, default=None, help="default 0.1·batch/256 (sgd), 1e-3 (adamw)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--weight-decay", type=float, help="weight decay (not on norms and biases)")
+    p.add_argument("--momentum", type=float, help="SGD momentum")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule")
+    p.add_argument("--warmup-epochs", type=float, help="linear warm-up, in epochs (fractions allowed)")
     p.add_argument("--step-size", type=int, help="step schedule: epochs per decay")
     p.add_argument("--gamma", type=float, help="step/plateau decay factor")
-    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
     p.add_argument("--crop-scale", type=float,
                    help="smallest area fraction of the random resized crop (default 0.08, as torchvision)")
     aug = p.add_argument_group("augmentation (train only; in this order, after the crop; README: Augmentation)")
@@ -63,21 +65,24 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="auto: bf16 on CUDA")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of initialisation, sampling and augmentation")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
-    p.add_argument("--backend", choices=("auto", "dali", "torchvision"))
-    p.add_argument("--workers", dest="num_workers", type=int, default=None)
+    p.add_argument("--backend", choices=("auto", "dali", "torchvision"),
+                   help="data loading: NVIDIA DALI, torchvision, or auto (DALI when installed and usable)")
+    p.add_argument("--workers", dest="num_workers", type=int, default=None,
+                   help="loader worker processes / DALI threads (default: from the CPU count)")
     p.add_argument("--on-error", choices=("raise", "skip"),
                    help="unreadable image files (all checked before the first step): raise = stop with the file "
                         "named (default), skip = train without them (counted each epoch)")
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--embedding-dim", type=int)
-    p.add_argument("--m-per-class", type=int)
-    p.add_argument("--mining", choices=("ms", "all", "hardest"))
-    p.add_argument("--ms-alpha", type=float)
-    p.add_argument("--ms-beta", type=float)
-    p.add_argument("--ms-base", type=float)
-    p.add_argument("--ms-epsilon", type=float)
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap the steps of an epoch (default: the whole split)")
+    p.add_argument("--embedding-dim", type=int, help="retrieval: embedding size")
+    p.add_argument("--m-per-class", type=int, help="retrieval: images of each class in a batch")
+    p.add_argument("--mining", choices=("ms", "all", "hardest"),
+                   help="retrieval: pair mining (ms = Multi-Similarity's hard-pair rule, docs/SPEC.md)")
+    p.add_argument("--ms-alpha", type=float, help="MS loss: positive scale alpha")
+    p.add_argument("--ms-beta", type=float, help="MS loss: negative scale beta")
+    p.add_argument("--ms-base", type=float, help="MS loss: similarity margin lambda")
+    p.add_argument("--ms-epsilon", type=float, help="MS loss: mining margin epsilon")
     p.add_argument("--xbm", dest="xbm_size", type=int, help="cross-batch memory size (0: off)")
     p.add_argument("--images-per-class", type=int,
                    help="Shapes196: images per class; shapes-multi: 20× this trainval and 5× this test images")
@@ -87,8 +92,20 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="continue from <out>/last.pt (or from the given checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="no report page after training (`recogfast report RUN` later)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     config_defaults(p)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every train flag's help shows its default (from RunConfig), unless the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" not in text and action.default not in (None, False, argparse.SUPPRESS)
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
 
 
 # Train flags whose None means "decided later" (from the task, the dataset or the run folder), not RunConfig's default.
@@ -129,4 +146,70 @@ def with_config(parser, argv, args):
     parser.train_parser.set_defaults(**{k: v for k, v in values.items() if k in dests})
     args = parser.parse_args(argv)
     args.extra = {k: v for k, v in values.items() if k not in dests}
+    return args
+
+
+# What `--resume` may change beside a run's own config.json: where and how long it runs, not what it is.
+RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "on_error")
+
+
+def _given(parser, argv) -> set[str]:
+    """The train flags written on the command line (dests), whatever their values."""
+    import copy
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    quiet = copy.deepcopy(parser.train_parser)
+    for action in quiet._actions:
+        if action.dest not in ("task", "help"):
+            action.default = argparse.SUPPRESS
+    words = list(argv)
+    words = words[words.index("train") + 1:] if "train" in words else words
+    return set(vars(quiet.parse_args(words)))
+
+
+def _same(a, b) -> bool:
+    norm = (lambda v: tuple(v) if isinstance(v, list) else v)
+    return norm(a) == norm(b)
+
+
+def with_run_folder(parser, argv, args):
+    """``--resume RUN`` / ``--out RUN --resume``: RUN/config.json is the configuration; a flag given beside
+    it must agree with it (except ``RESUME_MAY_CHANGE``), else one line names the difference."""
+    import dataclasses
+    import os
+
+    from recogfast.cli import UsageError
+    from recogfast.engine.runs import read_config
+    from recogfast.engine.tasks import RunConfig
+
+    if isinstance(args.resume, str) and os.path.isdir(args.resume):
+        if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise UsageError(f"--resume {args.resume} and --out {args.out} name two different run folders")
+        args.out, args.resume = args.resume, True
+    if args.resume is not True or args.out is None:
+        return args
+    path = os.path.join(args.out, "config.json")
+    if not os.path.isfile(path):
+        return args  # an older run folder: the flags as given (the checkpoint's own check still applies)
+    try:
+        values = read_config(path, {f.name for f in dataclasses.fields(RunConfig)})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if values.get("task", args.task) != args.task:
+        raise UsageError(f"--resume: {args.out} is a `train {values['task']}` run, not `train {args.task}`")
+    given = _given(parser, argv) - {"task", "resume", "out", "quiet", "debug", "config", "overwrite", "no_report"}
+    for dest in sorted(given):
+        if dest in values and dest not in RESUME_MAY_CHANGE and not _same(getattr(args, dest), values[dest]):
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"--resume: {flag} is {getattr(args, dest)!r} here but {values[dest]!r} in {path} "
+                             f"(drop the flag to continue that run, or start a new one with --config {path})")
+    out, resume = args.out, args.resume
+    dests = {a.dest for a in parser.train_parser._actions}
+    keep = {k: v for k, v in values.items() if k in dests and k not in ("out", "task", "progress")}
+    keep.update({k: getattr(args, k) for k in given if k in RESUME_MAY_CHANGE})
+    parser.train_parser.set_defaults(**keep)
+    args = parser.parse_args(argv)
+    args.out, args.resume = out, resume
+    args.extra = {k: v for k, v in values.items() if k not in dests and k not in ("out", "task", "progress")}
     return args

@@ -168,3 +168,35 @@ def test_train_flag_defaults_are_run_config_defaults():
             assert action.default == defaults[action.dest], (action.option_strings, action.default)
             checked += 1
     assert checked >= 40
+
+
+def test_resume_from_the_run_folder_alone(capsys, tmp_path, shapes_cache):
+    """`--resume RUN` (or `--out RUN --resume`) takes RUN/config.json, not the defaults; a flag beside it that
+    disagrees with the run is refused in one line naming it; --epochs may grow."""
+    out = tmp_path / "run"
+    assert main(["train", "classify", "--dataset", "shapes196", "--data", shapes_cache, "--images-per-class", "4",
+                 "--model", "tinynet", "--image-size", "16", "--batch-size", "32", "--steps-per-epoch", "2",
+                 "--workers", "0", "--optimizer", "adamw", "--out", str(out), "--quiet", "--device", "cpu",
+                 "--epochs", "1", "--no-report"]) == 0
+    _one_line_error(capsys, ["train", "classify", "--out", str(out), "--resume", "--image-size", "32"],
+                    "--image-size is 32 here but 16 in")
+    _one_line_error(capsys, ["train", "retrieval", "--resume", str(out)], "is a `train classify` run")
+    _one_line_error(capsys, ["train", "classify", "--resume", str(out), "--out", str(tmp_path / "x")],
+                    "two different run folders")
+    capsys.readouterr()
+    assert main(["train", "classify", "--resume", str(out), "--epochs", "2", "--quiet", "--no-report"]) == 0
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["config"]["model"] == "tinynet" and summary["config"]["image_size"] == 16
+    assert summary["config"]["optimizer"] == "adamw" and summary["global_step"] == 4
+    # the same flags as the run's are accepted (they agree)
+    assert main(["train", "classify", "--out", str(out), "--resume", "--epochs", "3", "--model", "tinynet",
+                 "--image-size", "16", "--quiet", "--no-report"]) == 0
+    assert json.load(open(out / "summary.json"))["epochs_run"] == 3
+    # eval results are named by checkpoint: last.pt's never replaces best.pt's
+    capsys.readouterr()
+    for name in ("best.pt", "last.pt"):
+        assert main(["eval", "--checkpoint", str(out / name), "--workers", "0", "--device", "cpu"]) == 0
+    best, last = json.load(open(out / "eval-test.json")), json.load(open(out / "eval-test-last.json"))
+    assert best["checkpoint"].endswith("best.pt") and last["checkpoint"].endswith("last.pt")

@@ -194,10 +194,16 @@ def test_progress_bar_is_tqdm_on_a_terminal_and_lines_in_logs():
     bar.close()
     text = term.getvalue()
     assert "epoch 1/2" in text and "4/4" in text and "loss=1.25" in text and "img/s=" in text
-    log = io.StringIO()  # not a terminal: plain lines, the last step always shown
-    bar = Progress(4, "epoch 1/2", stream=log, interval=1e9)
+    log = io.StringIO()  # not a terminal: nothing for a short epoch (its epoch line follows)
+    bar = Progress(4, "epoch 1/2", stream=log)
+    for _ in range(4):
+        bar.update(32, loss=1.25)
+    bar.close()
+    assert log.getvalue() == ""
+    log = io.StringIO()  # a long one: plain lines, one per interval, never the last step's
+    bar = Progress(4, "epoch 1/2", stream=log, interval=0)
     for _ in range(4):
         bar.update(32, loss=1.25)
     bar.close()
     lines = log.getvalue().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("epoch 1/2 4/4  loss 1.25") and "\r" not in log.getvalue()
+    assert len(lines) == 3 and lines[2].startswith("epoch 1/2 3/4  loss 1.25") and "\r" not in log.getvalue()

@@ -211,7 +211,12 @@ def test_cli_export_pt2(capsys, retrieval_checkpoint):
 
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        assert _max_rel(load_pt2(result["file"])(x), model(x)) < 1e-5
+        assert _max_rel(load_pt2(result["file"])(x), model(x)) < 1e-5  # the package still loads with its metadata
+    import zipfile
+
+    with zipfile.ZipFile(result["file"]) as archive:  # the preprocessing travels inside the package
+        meta = json.loads(archive.read("recogfast/preprocessing.json"))
+    assert meta == result["preprocessing"] and meta["size"] == 32 and meta["output"] == "embedding" and meta["l2_normalised"]
 
 
 def test_cli_export_errors_are_one_line(capsys, tmp_path, retrieval_checkpoint, monkeypatch):
@@ -224,6 +229,12 @@ def test_cli_export_errors_are_one_line(capsys, tmp_path, retrieval_checkpoint, 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00garbage")
     _one_line_error(capsys, ["export", str(junk), "--format", "pt2"], "cannot read checkpoint")
+    text = tmp_path / "notes.pt"  # a text file: the unpickler's "KeyError: 105" is not what the user reads
+    text.write_text("image classification notes\n")
+    _one_line_error(capsys, ["export", str(text), "--format", "onnx"], "not a file written by torch.save, or damaged")
+    state_dict = tmp_path / "state_dict.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), state_dict)
+    _one_line_error(capsys, ["export", str(state_dict), "--format", "onnx"], "is not a recogfast checkpoint")
     foreign = tmp_path / "foreign.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "config": {"task": "classify", "model": "resnet18", "num_classes": 3}}, foreign)
     _one_line_error(capsys, ["export", str(foreign), "--format", "pt2"], "does not match its model")

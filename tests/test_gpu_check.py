@@ -24,11 +24,25 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
     status = {s["step"]: s["status"] for s in summary["steps"]}
     assert summary["mode"] == "rehearsal"
     assert status == {"env": "ok", "build": "ok", "tests": "ok", "crosscheck": "ok", "memcheck": "skipped",
-                      "racecheck": "skipped", "bench": "ok", "profile": "skipped"}, status
+                      "racecheck": "skipped", "bench": "ok", "profile": "ok", "compiled": "skipped",
+                      "ncu": "skipped", "maxautotune": "skipped"}, status
+    notes = {s["step"]: s["note"] for s in summary["steps"]}
+    # The torch.compile peers skip on the CPU, but their -k selections must name CUDA benchmarks.
+    for step in ("compiled", "maxautotune"):
+        n = int(notes[step].split("no GPU: ")[1].split()[0])
+        assert n >= (10 if step == "compiled" else 5), notes[step]
     assert summary["crosscheck"]["summary"]["comparisons"] > 100
     assert summary["crosscheck"]["summary"]["failed"] == 0
+    # The benchmark records come from the JSON lines, written as each benchmark finished.
+    lines = (out / "bench.jsonl").read_text().splitlines()
+    assert lines and json.loads(lines[0])["extra_info"]["timing"].startswith("wall clock only")
     assert summary["bench"] and summary["bench"][0]["group"].startswith("se_gate fwd cpu")
-    assert (out / "summary.md").read_text().startswith("# gpu_check rehearsal")
+    assert summary["bench"][0]["events_ms"] is None and summary["bench"][0]["graph_ms"] is None  # CPU: wall only
+    # The profiler harness ran on the CPU: a table and an op count a case, fused and reference.
+    cases = summary["profile"]["cases"]
+    assert {c["impl"] for c in cases} == {"fused", "reference"} and all(c["rows"] and c["ops"] > 0 for c in cases)
+    md = (out / "summary.md").read_text()
+    assert md.startswith("# gpu_check rehearsal") and "| name | calls | GPU µs | CPU µs |" in md
     assert (out / "logs.tar.gz").stat().st_size > 0
     assert len(list(out.iterdir())) <= 8  # what the device tool brings back
 
@@ -48,30 +62,80 @@ def test_step_deadline_is_shared(tmp_path):
 def _bench_row(group, impl, mean_ms, **extra):
     return dict(group=group, impl=impl, name=f"{group}-{impl}", mean_ms=mean_ms, min_ms=mean_ms, floor_ms=extra.get(
         "floor_ms"), floor=None, ratio_to_floor=extra.get("ratio"), images_per_s=extra.get("ips"),
-        extra_peak_mb=extra.get("mb"), peak_memory_gib=None)
+        extra_peak_mb=extra.get("mb"), peak_memory_gib=None, events_ms=extra.get("events"), graph_ms=extra.get("graph"))
 
 
 def test_goals_are_read_from_the_benchmark_records():
     rows = [
-        _bench_row("se_gate fwd+bwd cuda bfloat16 B=256 C=64 56x56", "fused", 0.3, floor_ms=0.12, ratio=2.5),
-        _bench_row("cubs2 fwd+bwd cuda bfloat16 B=64 C=64 56x56", "fused", 1.2),
-        _bench_row("resnet18 train step cuda bf16 B=256 64x64", "fused", 10.0),
-        _bench_row("resnet18 train step cuda bf16 B=256 64x64", "plain", 9.0),
+        _bench_row("se_gate fwd+bwd cuda bfloat16 B=256 C=64 56x56", "fused", 0.8, floor_ms=0.12, events=0.5, graph=0.3),
+        _bench_row("se_gate fwd+bwd cuda bfloat16 B=256 C=512 7x7", "fused", 0.3, floor_ms=0.1, events=0.19),
+        _bench_row("cubs2 fwd+bwd cuda bfloat16 B=64 C=64 56x56", "fused", 1.2, events=0.9, graph=0.7),
+        _bench_row("cubs2 fwd+bwd cuda bfloat16 B=64 C=64 56x56", "compiled", 1.2, events=0.9, graph=1.2),
+        _bench_row("cubs2 fwd+bwd cuda bfloat16 B=64 C=64 56x56", "compiled_maxautotune", 1.2, events=0.9),
+        _bench_row("resnet18 train step cuda bf16 B=256 64x64", "fused", 10.0, graph=5.0),
+        _bench_row("resnet18 train step cuda bf16 B=256 64x64", "plain", 9.0, graph=4.0),
         _bench_row("ms_loss fwd+bwd cuda fp32 B=16384 R=0 D=512", "fused", 4.0, mb=50.0),
         _bench_row("ms_loss fwd+bwd cuda fp32 B=16384 R=0 D=512", "pml", 100.0),
     ]
     goals = gpu_results.goals(rows)
 
-    def met(text):
-        return next(g["met"] for g in goals if text in g["goal"])
+    def goal(text):
+        return next(g for g in goals if text in g["goal"])
 
-    assert met("SE fwd+bwd") is False  # 2.5x its floor
-    assert met("CUBS Block 2") is True  # 1.2 ms
-    assert met("plain ResNet-18 at 64x64") is True  # 9 / 10 = 0.9x >= 0.8x
-    assert met("extra peak memory") is True
-    assert [g["met"] for g in goals].count(None) == 2  # 224x224 step and the bf16 MS loss were not measured
-    speed = next(g for g in goals if "faster than" in g["goal"])
+    assert goal("SE fwd+bwd <= 1.3x")["measured"] == "2.50x (graph)" and goal("SE fwd+bwd <= 1.3x")["met"] is False
+    assert goal("SE fwd+bwd <= 2.0x")["measured"] == "1.90x (events)" and goal("SE fwd+bwd <= 2.0x")["met"] is True
+    assert goal("CUBS Block 2")["measured"] == "0.700 ms (graph)" and goal("CUBS Block 2")["met"] is True
+    assert goal("(serial12) throughput >= 0.8x plain ResNet-18 at 64x64")["measured"] == "0.90x (wall)"  # 9 / 10
+    assert goal("(serial12) throughput >= 0.8x plain ResNet-18 at 64x64")["met"] is True
+    assert goal("(serial12), both captured in a CUDA graph, >= 0.85x at 64x64")["measured"] == "0.80x (graph)"
+    assert not any("(parallel)" in g["goal"] for g in goals)  # not measured: no row, no goal
+    assert goal("compiled): cubs2")["measured"] == "1.71x (graph)" and goal("compiled): cubs2")["met"] is True
+    assert goal("compiled_maxautotune): cubs2")["measured"] == "1.00x (events)"  # no graph column: events
+    assert goal("extra peak memory")["met"] is True
+    assert [g["met"] for g in goals].count(None) == 3  # 224x224 (eager and graph) and the bf16 MS loss
+    speed = next(g for g in goals if "faster than pytorch" in g["goal"])
     assert speed["measured"] == "25.0x" and speed["met"] is True
+
+
+def test_bench_records_from_json_lines_keep_what_finished(tmp_path):
+    """bench.jsonl: a line a finished benchmark; a later line of the same test replaces the earlier one, and a
+    line cut by a kill at the deadline is ignored."""
+    def line(name, mean, **info):
+        return json.dumps(dict(name=name, fullname=f"b.py::{name}", group="g cuda", extra_info=dict(impl=name, **info),
+                               stats=dict(min=mean, max=mean, mean=mean, stddev=0, median=mean, rounds=3)))
+
+    (tmp_path / "bench.jsonl").write_text("\n".join([
+        line("fused", 1e-3, events_ms=0.9, graph_ms=0.5), line("compiled", 3e-3, first_call_s=20.5, events_ms=2.0,
+                                                                 graph_ms=1.5), line("fused", 2e-3, events_ms=1.8),
+        line("reference", 5e-3)[:40]]) + "\n")
+    rows = {r["impl"]: r for r in gpu_results._bench(tmp_path)}
+    assert set(rows) == {"fused", "compiled"}
+    assert rows["fused"]["mean_ms"] == 2.0 and rows["fused"]["graph_ms"] is None
+    table = gpu_results.bench_tables(list(rows.values()))
+    assert "| g cuda | compiled | 3.000 | 2.000 | 1.500 | 1.11 (e) | - | - | 20.5 |" in table
+
+
+NCU_RAW = (
+    '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size",'
+    '"Device","CC","gpu__time_duration.sum","sm__throughput.avg.pct_of_peak_sustained_elapsed",'
+    '"gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed","dram__throughput.avg.pct_of_peak_sustained_elapsed",'
+    '"sm__warps_active.avg.pct_of_peak_sustained_active","launch__registers_per_thread",'
+    '"smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",'
+    '"smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",'
+    '"smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio"\n'
+    '"","","","","","","","","","","","usecond","%","%","%","%","register/thread","ratio","ratio","ratio"\n'
+    '"0","1","python3","h","cubs_spatial_row_kernel","1","7","(256, 1, 1)","(3136, 1, 1)","0","9.0","1,234.5",'
+    '"61.2","20.5","18.0","45.1","72","3.5","0.4","7.25"\n')
+
+
+def test_ncu_raw_csv_is_parsed_to_one_record_a_kernel():
+    (rec,) = gpu_results.parse_ncu("==PROF== noise\n" + NCU_RAW)
+    assert rec["kernel"] == "cubs_spatial_row_kernel" and rec["duration"] == 1234.5 and rec["duration_unit"] == "usecond"
+    assert rec["sm_sol_pct"] == 61.2 and rec["mem_sol_pct"] == 20.5 and rec["occupancy_pct"] == 45.1
+    assert rec["registers"] == 72 and rec["stalls"][0] == ("math_pipe_throttle", 7.25)
+    md = "\n".join(gpu_results.ncu_table([rec]))
+    assert "cubs_spatial_row_kernel" in md and "math_pipe_throttle 7.2" in md
+    assert gpu_results.parse_ncu("") == []
 
 
 def test_results_md_replaces_only_its_block(tmp_path):
@@ -88,7 +152,7 @@ def test_results_md_replaces_only_its_block(tmp_path):
     gpu_results.results_md(sp, results, "cmd")
     assert results.read_text() == once  # idempotent: the block is replaced, not appended
     assert once.count(gpu_results.BEGIN) == 1 and "prose stays" in once and "cpu stays" in once
-    assert "| cubs2 fwd+bwd cuda bfloat16 B=64 C=64 56x56 | fused | 1.200 | 1.00 | 0.450 | 2.70 |" in once
+    assert "| cubs2 fwd+bwd cuda bfloat16 B=64 C=64 56x56 | fused | 1.200 | - | - | 1.00 (w) | 0.450 | 2.67 | - |" in once
     assert "NVIDIA H200" in once
 
 

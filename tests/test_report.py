@@ -51,15 +51,15 @@ def _png_size(path: Path) -> tuple[int, int]:
     return w, h
 
 
-def _check_page(run: Path) -> str:
-    page = (run / "report" / "index.html").read_text()
+def _check_page(run: Path, folder: str = "report") -> str:
+    page = (run / folder / "index.html").read_text()
     srcs = re.findall(r'<img src="([^"]+)"', page)
     assert srcs
     for src in srcs:
         assert "/" not in src and not src.startswith("http"), src
-        w, h = _png_size(run / "report" / src)
+        w, h = _png_size(run / folder / src)
         assert 50 <= w <= 4000 and 50 <= h <= 6000, (src, w, h)
-        assert (run / "report" / src).stat().st_size > 500
+        assert (run / folder / src).stat().st_size > 500
     assert "http://" not in page and "https://" not in page  # no external assets
     summary = json.loads((run / "summary.json").read_text())
     shown = dict(re.findall(r'data-key="([^"]+)">([^<]+)<', page))
@@ -90,11 +90,11 @@ def test_train_writes_classification_report(classify_run):
 
 def test_retrieval_report_grid_matches_metrics(retrieval_run, capsys):
     assert main(["report", str(retrieval_run), "--n", "5", "--split", "test", "--device", "cpu"]) == 0
-    assert "index.html" in capsys.readouterr().out
-    page = _check_page(retrieval_run)
+    assert "report-test" in capsys.readouterr().out  # the val report (report/) is kept
+    page = _check_page(retrieval_run, "report-test")
     for name in ("retrieval_grid.png", "recall_at_k.png", "embedding_map.png", "gates_spatial.png", "gates_channel.png"):
         assert f'src="{name}"' in page
-    grid = json.loads((retrieval_run / "report" / "retrieval_grid.json").read_text())
+    grid = json.loads((retrieval_run / "report-test" / "retrieval_grid.json").read_text())
     assert len(grid) == 5
     for row in grid:
         assert row["same"] == [lab == row["label"] for lab in row["labels"]]
@@ -208,3 +208,15 @@ def test_embedding_map_prefers_umap_when_installed(monkeypatch):
     torch.testing.assert_close(pts, torch.nn.functional.normalize(e, dim=1)[:, :2] * 2)
     monkeypatch.setitem(sys.modules, "umap", None)  # not installed: t-SNE (scikit-learn) or PCA
     assert _pca2(e)[1] in ("t-SNE", "PCA")
+
+
+def test_long_class_names_are_wrapped_not_cut():
+    from recogfast.report.figures import wrap
+
+    name = "AM General Hummer SUV 2000 extended-cab"
+    text = wrap(name, 16, 3)
+    assert text.replace("\n", " ") == name  # every character kept, on three lines
+    assert all(len(line) <= 16 for line in text.splitlines()) and len(text.splitlines()) == 3
+    assert wrap("x" * 60, 16, 2).endswith("…") and wrap("cat", 16, 2) == "cat"
+    assert wrap("diamond_blue_stripes", 10, 3) == "diamond_\nblue_\nstripes"
+    assert wrap("diamond_blue_stripes", 10, 2) == "diamond_\nblue_…"

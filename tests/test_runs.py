@@ -156,13 +156,15 @@ def test_compare_formats(capsys, tmp_path, shapes_cache):
     assert main(_base(shapes_cache) + ["--epochs", "1", "--out", str(tmp_path / "r")]) == 0
     s = json.load(open(tmp_path / "r" / "summary.json"))
     capsys.readouterr()
-    for fmt in ("table", "md", "csv"):
+    for fmt in ("table", "md"):
         assert main(["compare", str(tmp_path / "r"), "--format", fmt]) == 0
         text = capsys.readouterr().out
-        assert f"{s['test']['top1']:.4f}" in text and f"{s['val']['top1']:.4f}" in text
-    rows = list(csv.DictReader(text.splitlines()))
-    assert rows[0]["model"] == "tinynet" and rows[0]["val epoch"] == "1" and rows[0]["params"].endswith("M")
-    assert float(rows[0]["test top1"]) == round(s["test"]["top1"], 4) and rows[0]["img/s"] != "-"
+        assert f"{s['test']['top1']:.4f}" in text and f"{s['val']['top1']:.4f}" in text and "M " in text
+    assert main(["compare", str(tmp_path / "r"), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))  # numbers as numbers, for a spreadsheet
+    assert rows[0]["model"] == "tinynet" and rows[0]["val epoch"] == "1" and int(rows[0]["params"]) == s["config"]["params"]
+    assert float(rows[0]["test top1"]) == s["test"]["top1"] and float(rows[0]["val top1"]) == s["val"]["top1"]
+    assert float(rows[0]["img/s"]) > 0 and float(rows[0]["wall s"]) == s["seconds"]
 
 
 def test_task4_chain_on_shapes196(capsys, tmp_path, shapes_cache):

@@ -85,3 +85,17 @@ def test_val_fraction_zero_refuses_patience_and_plateau():
         RunConfig(val_fraction=0.0, schedule="plateau").resolved()
     assert RunConfig(task="retrieval").resolved().val_fraction == 0.15
     assert RunConfig(task="classify").resolved().val_fraction == 0.1
+
+
+def test_a_val_split_much_larger_than_asked_is_said_with_the_numbers():
+    from recogfast.engine.tasks import val_split_note
+
+    cfg = RunConfig(task="classify", val_fraction=0.1)
+    ds = _images(10, 3)  # 3 images a class: one of each goes to val, a third instead of a tenth
+    note = val_split_note(cfg, *split_by_image(ds, 0.1))
+    assert note is not None and "held out 10 of 30 training images (33%)" in note and "3.0 a class" in note
+    assert val_split_note(cfg, *split_by_image(_images(10, 30), 0.1)) is None  # 3 of 30: as asked
+    assert val_split_note(cfg, split_by_image(ds, 0.1)[0], None) is None
+    retrieval = RunConfig(task="retrieval", val_fraction=0.15)
+    note = val_split_note(retrieval, *split_by_class(_images(6, 5), 0.15))  # 2 of 6 classes at least
+    assert note is not None and "held out 2 of 6 training classes" in note

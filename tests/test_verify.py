@@ -82,6 +82,24 @@ def test_balanced_pairs_are_seeded_and_balanced():
     assert not (balanced_pairs(labels, 1001, seed=4)[0] == ia).all()
     with pytest.raises(ValueError, match="at least 2 classes"):
         balanced_pairs(np.arange(5), 10)
+    with pytest.raises(ValueError, match="the val split is too small .* give --val-pairs FILE"):
+        balanced_pairs(np.arange(5), 10, split="val")
+
+
+def test_pairs_that_must_repeat_are_said():
+    from itertools import combinations
+
+    from recogfast.engine.verify import distinct_pairs, repeats_note
+
+    labels = np.repeat(np.arange(10), [1, 2, 3, 4, 5, 1, 2, 3, 4, 5])
+    pairs = list(combinations(range(len(labels)), 2))
+    same = sum(labels[a] == labels[b] for a, b in pairs)
+    assert distinct_pairs(labels) == (same, len(pairs) - same) == (40, 395)
+    note = repeats_note(labels, 1001, "test")
+    assert "only 40 distinct same-class pairs (30 images)" in note and "--num-pairs 80 or less" in note
+    assert repeats_note(labels, 80, "test") is None
+    ia, ib, s = balanced_pairs(labels, 80, seed=0)
+    assert len(s) == 80  # (a draw with replacement may still repeat; the note speaks of what must)
 
 
 def test_pair_scores_are_cosines_without_a_full_matrix():

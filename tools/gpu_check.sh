@@ -9,10 +9,15 @@
 # others' time): env (versions, nvidia-smi) · build (load a carried recogfast/_C*.so, else compile with
 # MAX_JOBS=16 for sm_90) · tests (pytest -k cuda, without the learning test) · crosscheck (CUDA vs CPU
 # kernels: tools/gpu_crosscheck.py) · memcheck and racecheck (compute-sanitizer on a small crosscheck) ·
-# bench (the headline benchmark shapes, with floors and ratios) · profile (tools/gpu_profile.py). It always ends with OUTDIR/summary.json
-# and OUTDIR/summary.md (tools/gpu_results.py), and packs every log into OUTDIR/logs.tar.gz: at most
-# eight files come back (summary.json, summary.md, logs.tar.gz, junit.xml, crosscheck.json, bench.json,
-# memcheck.txt, profile.txt).
+# bench (the headline shapes, fused vs eager reference, each timed by synced wall clock, CUDA events and
+# CUDA-graph replay, with floors and ratios) · profile (tools/gpu_profile.py: kernel tables, launches per
+# fwd+bwd) · compiled (torch.compile default mode of the references: the peer column) · ncu (Nsight Compute
+# on the key kernels; "not permitted" in one line where the counters are refused) · maxautotune
+# (torch.compile mode max-autotune, as far as the deadline allows). Every benchmark appends a JSON line to
+# OUTDIR/bench.jsonl as it finishes, so a step cut at its cap keeps what finished. It always ends with
+# OUTDIR/summary.json and OUTDIR/summary.md (tools/gpu_results.py), and packs every log into
+# OUTDIR/logs.tar.gz: at most eight files come back (summary.json, summary.md, logs.tar.gz, junit.xml,
+# crosscheck.json, bench.jsonl, profile.json, ncu.csv).
 #
 # Carried wheels: a folder .whl/ with pytorch_metric_learning-*.whl (pure Python) is installed into
 # /tmp/site for the PML comparison of the MS-loss benchmark.
@@ -22,12 +27,12 @@ mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT/logs"
 PY=${PYTHON:-python3}
-BUDGET=${BUDGET:-470}
+BUDGET=${BUDGET:-540}
 START=$(date +%s)
 DEADLINE=$((START + BUDGET))
 STEPS="$OUT/logs/steps.tsv"
 : >"$STEPS"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 RECOGFAST_BENCH_JSONL="$OUT/bench.jsonl"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # `import recogfast` from tools/ without an install
 
 record() {  # name status seconds note
@@ -49,6 +54,10 @@ step() {
   timeout -k 5 "$t" "$@" >"$OUT/logs/$name.log" 2>&1
   rc=$?
   local dt=$(($(date +%s) - t0))
+  if [[ -s "$OUT/logs/$name.skip" ]]; then  # the step decided it cannot run here (say, ncu not permitted)
+    record "$name" skipped "$dt" "$(head -1 "$OUT/logs/$name.skip")"
+    return 0
+  fi
   if ((rc == 0)); then
     record "$name" ok "$dt" "$note"
   elif ((rc == 124 || rc == 137)); then
@@ -123,39 +132,90 @@ if [[ $GPU == 1 ]] && command -v compute-sanitizer >/dev/null; then
   step racecheck 60 "compute-sanitizer racecheck, recogfast kernels" -- compute-sanitizer --tool racecheck \
     --kernel-name kns=recogfast --error-exitcode 9 --print-limit 30 $PY tools/gpu_crosscheck.py --small --tiny
   unset PYTORCH_NO_CUDA_MEMORY_CACHING
-  cp "$OUT/logs/memcheck.log" "$OUT/memcheck.txt" 2>/dev/null
 else
   skip memcheck "no GPU or no compute-sanitizer"
   skip racecheck "no GPU or no compute-sanitizer"
 fi
 
-# 6. the headline benchmark shapes (benchmarks/RESULTS.md), each with its floor and ratio
+# 6. the headline benchmark shapes (benchmarks/RESULTS.md), each with its floor and ratio, three timings
 SE="test_se_gate and (fused or reference)"
 CUBS="(test_cubs and fwd+bwd and (stage0 or stage4) and (fused or reference))"
 TRAIN="test_resnet18_train_step"
 MS="(test_ms_loss_fwd_bwd and (size2 or size3 or size4))"
 SEL="cuda and (($SE) or $CUBS or $TRAIN or $MS)"
+# torch.compile peers of the references (SE, Block 1, Block 2, the three placements): the default mode at the
+# headline shapes, max-autotune at the largest (it autotunes every GEMM: minutes), SE first.
+COMPILED="cuda and compiled and not maxautotune and ((test_se_gate and fwd+bwd and (56 or 7)) or (test_cubs and fwd+bwd and (stage0 or stage4)))"
+MAXAT="cuda and maxautotune and fwd+bwd and ((test_se_gate and 56) or (test_cubs and stage0))"
+PEER_FILES="benchmarks/test_se_gate_bench.py benchmarks/test_cubs_bench.py"
+BENCH_ARGS="--benchmark-only -q -p no:cacheprovider --benchmark-columns=min,mean,stddev,rounds"
+collect() {  # the number of benchmarks a -k selection names (CUDA ones are collected, then skipped, on a CPU)
+  [[ $GPU == 1 ]] && { echo "?"; return; }  # no device seconds spent counting on the GPU machine
+  $PY -m pytest benchmarks -q --collect-only -p no:cacheprovider -k "$1" 2>/dev/null | grep -c '::'
+}
 if [[ $GPU == 1 ]]; then
-  step bench 240 "headline shapes" -- $PY -m pytest benchmarks --benchmark-only -q -p no:cacheprovider -k "$SEL" \
-    --benchmark-json="$OUT/bench.json" --benchmark-columns=min,mean,stddev,rounds
+  step bench 240 "headline shapes: wall, CUDA events, CUDA-graph replay" -- $PY -m pytest benchmarks $BENCH_ARGS \
+    -k "$SEL" --benchmark-json="$OUT/logs/bench.json"
 else
-  # Rehearsal: the selection must name the CUDA benchmarks; one CPU benchmark exercises the JSON path.
+  # Rehearsal: the selection must name the CUDA benchmarks; one CPU benchmark exercises the JSON lines.
   step bench 60 "selection collected; one CPU benchmark" -- bash -c "
     n=\$($PY -m pytest benchmarks -q --collect-only -p no:cacheprovider -k '$SEL' | grep -c '::')
     echo \"\$n CUDA benchmarks selected\"; test \"\$n\" -ge 40 &&
-    $PY -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
-      -k 'test_se_gate and cpu and fused and fwd and not bwd and 7' --benchmark-json='$OUT/bench.json'"
+    $PY -m pytest benchmarks $BENCH_ARGS -k 'test_se_gate and cpu and fused and fwd and not bwd and 7' \
+      --benchmark-json='$OUT/logs/bench.json'"
 fi
 
-# 7. where the GPU time goes: per-kernel profile and CUDA-graph replay of the headline calls
+# 7. where the GPU time goes: kernel tables, launches per fwd+bwd, CUDA-graph replay vs eager
 if [[ $GPU == 1 ]]; then
-  step profile 60 "torch.profiler kernel tables, CUDA-graph vs eager" -- $PY tools/gpu_profile.py
-  cp "$OUT/logs/profile.log" "$OUT/profile.txt" 2>/dev/null
+  step profile 75 "torch.profiler kernel tables, launches, CUDA-graph vs eager" -- $PY tools/gpu_profile.py \
+    --json "$OUT/profile.json"
 else
-  skip profile "no GPU"
+  step profile 60 "the profiler harness on the CPU (small; CPU ops only)" -- $PY tools/gpu_profile.py --device cpu \
+    --small --json "$OUT/profile.json"
 fi
 
-# 8. the summary (always)
+# 8. torch.compile (default mode) of the references as the peer column
+N_COMPILED=$(collect "$COMPILED")
+if [[ $GPU == 1 ]]; then
+  step compiled 180 "torch.compile default mode peers ($N_COMPILED)" -- $PY -m pytest $PEER_FILES $BENCH_ARGS \
+    -k "$COMPILED" --benchmark-json="$OUT/logs/bench_compiled.json"
+elif [[ $N_COMPILED -gt 0 ]]; then
+  skip compiled "no GPU: $N_COMPILED torch.compile default-mode peers selected"
+else
+  record compiled failed 0 "the torch.compile peer selection is empty"
+fi
+
+# 9. Nsight Compute: speed of light, memory, occupancy and warp stalls of the key recogfast kernels
+NCU_KERNELS='regex:se_gate|channel_gate|cubs_'
+if [[ $GPU == 1 ]] && command -v ncu >/dev/null; then
+  step ncu 100 "Nsight Compute, key kernels (launch count 25)" -- bash -c "
+    ncu --clock-control none --target-processes all --kernel-name '$NCU_KERNELS' --launch-count 25 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section LaunchStats \
+      --export '$OUT/logs/ncu' --force-overwrite $PY tools/gpu_profile.py --ncu-driver 2>&1 | tee '$OUT/logs/ncu_run.txt'
+    if grep -q ERR_NVGPUCTRPERM '$OUT/logs/ncu_run.txt'; then
+      echo 'not permitted: ERR_NVGPUCTRPERM (no access to the GPU performance counters)' >'$OUT/logs/ncu.skip'; exit 0
+    elif grep -qE 'LibraryNotLoaded|Failed to initialize the profiler' '$OUT/logs/ncu_run.txt'; then
+      echo 'not permitted: the profiler does not initialise here (LibraryNotLoaded; gVisor?)' >'$OUT/logs/ncu.skip'; exit 0
+    fi
+    test -s '$OUT/logs/ncu.ncu-rep' || exit 3
+    ncu --import '$OUT/logs/ncu.ncu-rep' --csv --page raw >'$OUT/ncu.csv' &&
+    ncu --import '$OUT/logs/ncu.ncu-rep' --csv --page details >'$OUT/logs/ncu_details.csv'"
+else
+  skip ncu "no GPU or no ncu"
+fi
+
+# 10. torch.compile mode max-autotune, with what is left of the deadline
+N_MAXAT=$(collect "$MAXAT")
+if [[ $GPU == 1 ]]; then
+  step maxautotune 150 "torch.compile max-autotune peers ($N_MAXAT)" -- $PY -m pytest $PEER_FILES $BENCH_ARGS \
+    -k "$MAXAT" --benchmark-json="$OUT/logs/bench_maxautotune.json"
+elif [[ $N_MAXAT -gt 0 ]]; then
+  skip maxautotune "no GPU: $N_MAXAT torch.compile max-autotune peers selected"
+else
+  record maxautotune failed 0 "the max-autotune peer selection is empty"
+fi
+
+# 11. the summary (always)
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs 2>/dev/null
 $PY tools/gpu_results.py summarize "$OUT" --mode "$MODE" --budget "$BUDGET" --seconds "$(($(date +%s) - START))"
 rc=$?

@@ -75,3 +75,30 @@ def normalize_batch(images: torch.Tensor, dtype: torch.dtype, channels_last: boo
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).mul_(255).view(1, 3, 1, 1)
     inv_std = torch.tensor(IMAGENET_STD, device=images.device).mul_(255).reciprocal_().view(1, 3, 1, 1)
     return images.float().sub_(mean).mul_(inv_std).to(dtype)
+
+
+def preprocessing(config: dict) -> dict:
+    """What a model of this run expects and returns, for a deployment that has no recogfast: a dict of
+    plain values (written as JSON into checkpoints' exports)."""
+    size = int(config.get("image_size") or 64)
+    task = config.get("task", "classify")
+    out = {
+        "input": "RGB, float32 [N, 3, size, size], (pixel / 255 - mean) / std",
+        "size": size,
+        "resize_shorter": eval_resize_size(size),
+        "resize": "bilinear, antialiased; the longer side rounded half up",
+        "crop": "centre, offset (length - size + 1) // 2",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "task": task,
+    }
+    if task == "retrieval":
+        out.update(output="embedding", l2_normalised=True)
+    elif task == "multilabel":
+        out.update(output="logits", activation="sigmoid per class")
+    else:
+        out.update(output="logits", activation="softmax")
+    names = config.get("class_names")
+    if names and task != "retrieval":
+        out["class_names"] = list(names)
+    return out

@@ -87,7 +87,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets one explanation
-        raise ValueError(f"cannot read checkpoint {path} (not a torch.save file, or damaged): {type(err).__name__}: {err}") from None
+        # the loader's own text (an unpickler's "KeyError: 105", a page on weights_only) says nothing to a user
+        raise ValueError(f"cannot read checkpoint {path}: not a file written by torch.save, or damaged "
+                         f"({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise ValueError(f"{path} is not a recogfast checkpoint (no 'model' entry)")
     return ckpt

@@ -26,6 +26,13 @@ def _config(saved: dict, **override) -> tasks.RunConfig:
     return cfg
 
 
+def eval_file_name(checkpoint: str, split: str, features: bool = False) -> str:
+    """``eval-<split>[-features].json`` for best.pt, ``eval-<split>[-features]-<name>.json`` for another
+    checkpoint (``eval-test-last.json``): one checkpoint's result never replaces another's."""
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    return f"eval-{split}" + ("-features" if features else "") + ("" if stem == "best" else f"-{stem}") + ".json"
+
+
 def evaluate_checkpoint(ckpt: dict, path: str, split: str = "test", features: bool = False,
                         baselines: bool = False, dataset: str | None = None, data: str | None = None,
                         device: str | None = None, batch_size: int = 256, backend: str = "auto",
@@ -86,7 +93,7 @@ def evaluate_checkpoint(ckpt: dict, path: str, split: str = "test", features: bo
         result["baselines"] = {"untrained": score(tasks.build_model(cfg, saved.get("num_classes")))}
         if retrieval:
             result["baselines"]["raw_pixels"] = retrieval_metrics(*tasks.raw_pixels(loader))
-    out = os.path.join(os.path.dirname(os.path.abspath(path)), f"eval-{split}" + ("-features" if features else "") + ".json")
+    out = os.path.join(os.path.dirname(os.path.abspath(path)), eval_file_name(path, split, features))
     with open(out + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
     os.replace(out + ".tmp", out)

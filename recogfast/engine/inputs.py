@@ -33,7 +33,12 @@ def build_datasets(cfg):
         from recogfast.engine.multilabel import build_multilabel_datasets
 
         return build_multilabel_datasets(cfg)
-    if cfg.dataset == "shapes196":
+    if cfg.dataset == "folder":  # a user's class folders: train/ [val/] [test/], or one set split here
+        require_data_folder(cfg)
+        train, val, test = data.folder_splits(cfg.data, cfg.protocol)
+        if not cfg.val_fraction or val is not None:  # its own val/ folder is the val split
+            return train, (val if cfg.val_fraction else None), test
+    elif cfg.dataset == "shapes196":
         kw = dict(cache_dir=cfg.data, protocol=cfg.protocol, images_per_class=cfg.images_per_class, image_size=64, seed=0)
         train, test = data.Shapes196(split="train", **kw), data.Shapes196(split="test", **kw)
     else:
@@ -55,6 +60,24 @@ def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def val_split_note(cfg, train_ds, val_ds) -> str | None:
+    """A note when the val split is much larger than ``--val-fraction`` asked (small classes: every class
+    of two or more images gives at least one, so 0.1 of 2.5 images a class holds out 40%); None when not."""
+    if val_ds is None:
+        return None
+    by_class = cfg.task == "retrieval"
+    held = val_ds.num_classes if by_class else len(val_ds)
+    total = held + (train_ds.num_classes if by_class else len(train_ds))
+    share = held / max(1, total)
+    if share <= max(1.5 * cfg.val_fraction, cfg.val_fraction + 0.05):
+        return None
+    unit = "classes" if by_class else "images"
+    why = ("at least 2 classes go to val" if by_class
+           else f"each class of two or more images gives at least one; {total / max(1, train_ds.num_classes):.1f} a class here")
+    return (f"note: --val-fraction {cfg.val_fraction} held out {held} of {total} training {unit} ({share:.0%}): {why}; "
+            f"pass --val-fraction 0 to train on all of them (the last epoch is then the result)")
 
 
 def check_train_split(cfg, train_ds, val_ds, world: int = 1) -> None:

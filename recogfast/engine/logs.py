@@ -89,11 +89,12 @@ class Progress:
     """A progress bar with live loss, throughput and ETA on stderr.
 
     On a terminal it is a tqdm bar (cleared at the end of the epoch, whose one-line summary stays);
-    otherwise (logs, CI) it prints a line at most every `interval` seconds, so captured output stays
-    short. Without tqdm installed, a terminal gets the same line redrawn in place.
+    otherwise (piped logs, CI) only a long epoch prints, a line every `interval` seconds (a minute), so a
+    log holds the epoch lines and little else. Without tqdm installed, a terminal gets the same line
+    redrawn in place.
     """
 
-    def __init__(self, total: int | None, desc: str, enabled: bool = True, interval: float = 10.0, stream=None):
+    def __init__(self, total: int | None, desc: str, enabled: bool = True, interval: float = 60.0, stream=None):
         self.total, self.desc, self.enabled = total, desc, enabled
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -123,8 +124,8 @@ class Progress:
                 self.bar.set_postfix(post | {"img/s": f"{rate:.0f}"}, refresh=False)
             self.bar.update(1)
             return
-        if not self.enabled or (now - self.last < self.interval and self.n != self.total):
-            return
+        if not self.enabled or now - self.last < self.interval or (not self.tty and self.n == self.total):
+            return  # in a log, the epoch's own line follows the last step
         self.last = now
         elapsed = now - self.start
         rate = self.samples / elapsed if elapsed > 0 else 0.0

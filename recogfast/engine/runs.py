@@ -30,7 +30,9 @@ def clear_run(folder: str) -> None:
                     name.startswith("roc-") and name.endswith(".png")):  # recogfast eval / verify results
                 os.remove(os.path.join(folder, name))
     shutil.rmtree(os.path.join(folder, "tb"), ignore_errors=True)
-    shutil.rmtree(os.path.join(folder, "report"), ignore_errors=True)
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        if name == "report" or name.startswith("report-"):  # recogfast report's folders
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 def new_run_folder(base: str) -> str:
@@ -98,10 +100,13 @@ def expand_sweeps(folders: list[str]) -> list[str]:
     return out
 
 
-def compare_rows(folders: list[str]) -> tuple[list[str], list[list[str]]]:
+def compare_rows(folders: list[str], raw: bool = False) -> tuple[list[str], list[list]]:
     """Header and one row per run folder (its summary.json): model, params, best val epoch, val and
     test metrics, median training img/s, wall time; sweep trials also their state and parameters.
+    ``raw``: numbers as numbers (params as a count, wall time in seconds, metrics unrounded), for CSV.
     ValueError names an unreadable summary."""
+    plain = (lambda v: "" if v is None else v)
+    fmt, fmt_params, fmt_time, fmt_param = (plain,) * 4 if raw else (_fmt, _fmt_params, _fmt_time, _fmt_param)
     folders = expand_sweeps(folders)
     summaries = []
     for folder in folders:
@@ -114,19 +119,22 @@ def compare_rows(folders: list[str]) -> tuple[list[str], list[list[str]]]:
     keys = [k for k in _METRIC_ORDER if any(k in _metrics(s.get(part)) for s in summaries for part in ("val", "test"))]
     swept = sorted({k for s in summaries for k in ((s.get("sweep") or {}).get("params") or {})})
     header = ["run", "model", "params", "val epoch"] + [f"val {k}" for k in keys] + [f"test {k}" for k in keys]
-    header += ["img/s", "wall"] + (["state", "value"] + swept if swept else [])
+    header += ["img/s", "wall s" if raw else "wall"] + (["state", "value"] + swept if swept else [])
     rows = []
     for folder, s in zip(folders, summaries):
         cfg = s.get("config") or {}
         val, test = s.get("val") or {}, s.get("test") or {}
         speed = s.get("median_img_per_s")
-        row = [folder, str(cfg.get("model", "?")), _fmt_params(cfg.get("params")), _fmt(val.get("epoch"))]
-        row += [_fmt(val.get(k)) for k in keys] + [_fmt(test.get(k)) for k in keys]
-        row += [f"{speed:.0f}" if isinstance(speed, (int, float)) else "-", _fmt_time(s.get("seconds"))]
+        row = [folder, str(cfg.get("model", "?")), fmt_params(cfg.get("params")), fmt(val.get("epoch"))]
+        row += [fmt(val.get(k)) for k in keys] + [fmt(test.get(k)) for k in keys]
+        if raw:
+            row += [plain(speed), plain(s.get("seconds"))]
+        else:
+            row += [f"{speed:.0f}" if isinstance(speed, (int, float)) else "-", fmt_time(s.get("seconds"))]
         if swept:
             sweep = s.get("sweep") or {}
-            value = f"{sweep.get('metric', '')} {_fmt(sweep.get('value'))}"
-            row += [str(sweep.get("state", "-")), value] + [_fmt_param((sweep.get("params") or {}).get(k)) for k in swept]
+            value = f"{sweep.get('metric', '')} {fmt(sweep.get('value'))}"
+            row += [str(sweep.get("state", "-")), value] + [fmt_param((sweep.get("params") or {}).get(k)) for k in swept]
         rows.append(row)
     return header, rows
 

@@ -92,7 +92,7 @@ def load_spec(path: str, trials: int | None = None, out: str | None = None) -> d
         if name in _NOT_SWEPT:
             raise SpecError(f"sweep spec: {name!r} cannot be swept")
     task = base.get("task", "classify")
-    metric = str(spec.get("metric", "top1" if task == "classify" else "recall@1"))
+    metric = str(spec.get("metric", {"classify": "top1", "multilabel": "map"}.get(task, "map@r")))
     for prefix in ("val_", "val "):
         metric = metric[len(prefix):] if metric.startswith(prefix) else metric
     if metric.startswith("test"):

@@ -33,7 +33,7 @@ from recogfast.metrics import AccuracyMeter, retrieval_metrics
 log = logging.getLogger("recogfast")
 
 TASKS = ("classify", "retrieval", "multilabel")
-DATASETS = ("shapes196", "tiny-imagenet", "cars196") + MULTILABEL_DATASETS
+DATASETS = ("shapes196", "tiny-imagenet", "cars196", "folder") + MULTILABEL_DATASETS  # folder: your own (data/folder.py)
 EMBEDDED = ("shapes196", "shapes-multi")  # generated, no --data needed
 PROTOCOLS = ("classification", "retrieval")
 DEFAULT_VAL_FRACTION = {"classify": 0.1, "retrieval": 0.15, "multilabel": 0.1}
@@ -137,7 +137,7 @@ class RunConfig:
         if c.device is None:
             c.device = "cuda" if torch.cuda.is_available() else "cpu"
         if c.image_size is None:
-            c.image_size = 224 if c.dataset in ("cars196", "voc2007") else 64
+            c.image_size = 224 if c.dataset in ("cars196", "voc2007", "folder") else 64
         if c.stem is None:
             c.stem = "small" if c.image_size <= 64 else "imagenet"
         if c.amp == "auto":
@@ -173,6 +173,7 @@ class RunConfig:
 from recogfast.distributed import all_gather_rows  # noqa: E402
 from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; RunConfig is defined above)
     _dist_info, build_datasets, build_eval_loader, build_loaders, check_files, check_train_split, small_classes_note,
+    val_split_note,
 )
 
 
@@ -345,6 +346,9 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     seed_everything(cfg.seed + rank)
     train_ds, val_ds, test_ds = build_datasets(cfg)
     check_train_split(cfg, train_ds, val_ds, world)
+    note = val_split_note(cfg, train_ds, val_ds)
+    if note and rank == 0:
+        print(note, flush=True)
     bad = check_files((train_ds, val_ds, test_ds), cfg.on_error)  # all splits, before the first step
     if bad and rank == 0:
         print(f"note: {len(bad)} unreadable image files will be skipped (--on-error skip); first: {bad[0]}", flush=True)
@@ -376,7 +380,9 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                 head_lr_mult=cfg.head_lr_mult)
     callbacks, mix = finetune_parts(cfg, model, train_ds.num_classes, callbacks)  # after the optimizer: it holds all
-    monitor, mode = {"classify": ("top1", "max"), "multilabel": ("map", "max")}.get(cfg.task, ("recall@1", "max"))
+    # Retrieval chooses on val MAP@R: it scores every relevant image of every query, where Recall@1 on
+    # val's 15 classes moves by a query or two between epochs (docs/SPEC.md, "Validation")
+    monitor, mode = {"classify": ("top1", "max"), "multilabel": ("map", "max")}.get(cfg.task, ("map@r", "max"))
     steps = -(-steps // cfg.accumulate)  # the schedule counts optimizer steps
     scheduler, interval = build_scheduler(optimizer, cfg.schedule, cfg.epochs, steps, cfg.warmup_epochs,
                                           cfg.step_size, cfg.gamma, cfg.plateau_patience, mode)
@@ -400,6 +406,8 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
                   test_images=len(test_ds), num_classes=train_ds.num_classes,
                   val_classes=val_ds.num_classes if val_ds is not None else 0, test_classes=test_ds.num_classes,
                   params=sum(p.numel() for p in model.parameters()), backend_used=backend, kernels=kernels)
+    if cfg.task != "retrieval":  # what the outputs mean, carried by the checkpoint (recogfast predict, export)
+        config["class_names"] = list(train_ds.class_names)
     options = TrainerOptions(epochs=cfg.epochs, monitor=monitor, mode=mode, patience=cfg.patience,
                              min_delta=cfg.min_delta, amp=cfg.amp, channels_last=cfg.channels_last,
                              compile=cfg.compile, steps_per_epoch=cfg.steps_per_epoch, progress=cfg.progress,

@@ -31,6 +31,13 @@ from recogfast.engine.loop import Diverged, EpochLoop, ResumeError, StopTraining
 # config fields a resumed run must share with its checkpoint (the model's shape and what it learns)
 RESUME_FIELDS = ("task", "dataset", "model", "protocol", "num_classes", "image_size", "stem", "embedding_dim",
                  "xbm_size", "ema", "accumulate")
+def _epoch_value(key: str, value) -> str:
+    """An epoch line's number: metrics and losses with 4 decimals (as the TEST line), throughput whole."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.0f}" if key.endswith("img_per_s") else f"{value:.4f}"
+
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 
 
@@ -314,8 +321,7 @@ class Trainer(EpochLoop):
                 if self.is_main and self.opt.progress:
                     shown = {k: v for k, v in row.items() if k in ("train_loss", "train_img_per_s") or k.startswith("val_")}
                     print(f"epoch {self.epoch}/{self.opt.epochs}  " + "  ".join(
-                        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()
-                    ) + ("  *best" if best else ""), flush=True)
+                        f"{k} {_epoch_value(k, v)}" for k, v in shown.items()) + ("  *best" if best else ""), flush=True)
         except StopTraining:
             pass
         except Diverged as err:

@@ -82,17 +82,35 @@ def _lfw_pair(parts: list[str], root: str, path: str, lineno: int, text: str) ->
     raise DataError(f"{path}:{lineno}: expected LFW's 'NAME N1 N2' or 'NAME1 N1 NAME2 N2', got {text[:100]!r}", path)
 
 
-def balanced_pairs(labels, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def distinct_pairs(labels) -> tuple[int, int]:
+    """How many distinct (unordered) same-class and different-class pairs a labelled split holds."""
+    counts = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)[1].astype(np.int64)
+    n = int(counts.sum())
+    return int((counts * (counts - 1) // 2).sum()), int((n * n - (counts * counts).sum()) // 2)
+
+
+def repeats_note(labels, n: int, split: str) -> str | None:
+    """A note when `n` balanced pairs of this split must repeat some pairs (None when they need not)."""
+    same, diff = distinct_pairs(labels)
+    if n // 2 <= same and n - n // 2 <= diff:
+        return None
+    return (f"the {split} split holds only {same} distinct same-class pairs ({len(labels)} images): {n} balanced pairs "
+            f"repeat some; --num-pairs {2 * min(same, diff)} or less draws each at most once")
+
+
+def balanced_pairs(labels, n: int, seed: int = 0, split: str = "labelled") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(index A, index B, same) of `n` seeded pairs of a labelled split: n // 2 same-class pairs (two
     different images of a class with at least two), the rest different-class pairs, shuffled. Drawn with
-    replacement: a pair may repeat on a small split."""
+    replacement: a pair may repeat on a small split (``repeats_note`` says when it must)."""
     y = np.asarray(labels, dtype=np.int64)
     if n < 2:
         raise ValueError(f"--num-pairs must be at least 2, got {n}")
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     if len(classes) < 2 or counts.max() < 2:
-        raise ValueError(f"balanced pairs need at least 2 classes and a class with 2 images; the split has "
-                         f"{len(classes)} classes, the largest with {counts.max() if len(counts) else 0} images")
+        fix = "give --val-pairs FILE" if split == "val" else "give --pairs FILE"
+        raise ValueError(f"the {split} split is too small for balanced pairs: it needs at least 2 classes and a class "
+                         f"with 2 images, and has {len(classes)} classes, the largest with "
+                         f"{counts.max() if len(counts) else 0} images; {fix}")
     rng = np.random.default_rng([seed, 0x70616972])
     order = np.argsort(inverse, kind="stable")  # images grouped by class
     start = np.r_[0, np.cumsum(counts)[:-1]]
@@ -168,7 +186,7 @@ def _embed_files(model, files: list[str], cfg, features: bool) -> torch.Tensor:
 
 
 def _scores_of_split(model, ds, cfg, features: bool, n: int, seed: int):
-    ia, ib, same = balanced_pairs(ds.labels, n, seed)
+    ia, ib, same = balanced_pairs(ds.labels, n, seed, split=ds.split)
     e = _embed_files(model, ds.files, cfg, features)
     return pair_scores(e, ia, ib), same
 
@@ -208,6 +226,7 @@ def run_verify(checkpoint: str, pairs: str | None = None, val_pairs: str | None 
     model = model.to(cfg.device).eval()
     features = cfg.task != "retrieval"
     val_ds = test_ds = note = None
+    notes: list[str | None] = []
     if pairs is None:
         _, val_ds, test_ds = tasks.build_datasets(cfg)
     elif val_pairs is None and cfg.task != "multilabel":
@@ -220,6 +239,7 @@ def run_verify(checkpoint: str, pairs: str | None = None, val_pairs: str | None 
             raise ValueError("a multilabel run's test split has no identities to pair: give --pairs FILE")
         test_s, test_y = _scores_of_split(model, test_ds, cfg, features, num_pairs, seed)
         name, source = "test", f"{num_pairs} seeded balanced pairs of the test split"
+        notes.append(repeats_note(test_ds.labels, num_pairs, "test"))
     else:
         test_s, test_y = _scores_of_list(model, pairs, root, cfg, features)
         name = "pairs-" + os.path.splitext(os.path.basename(pairs))[0]
@@ -231,12 +251,14 @@ def run_verify(checkpoint: str, pairs: str | None = None, val_pairs: str | None 
     elif val_ds is not None and cfg.task != "multilabel" and len(val_ds):
         val_s, val_y = _scores_of_split(model, val_ds, cfg, features, num_pairs, seed + 1)
         val_source = f"{num_pairs} seeded balanced pairs of the val split"
+        notes.append(repeats_note(val_ds.labels, num_pairs, "val"))
     else:
         val_s = None
     result = {"checkpoint": os.path.abspath(checkpoint), "epoch": ckpt.get("epoch"), "model": cfg.model,
               "task": cfg.task, "embedding": "pooled features" if features else "embedding", "name": name}
-    if note:
-        result["note"] = note
+    notes = [text for text in [note] + notes if text]
+    if notes:
+        result["note"] = "; ".join(notes)
     threshold = None
     if val_s is not None:
         threshold, _ = best_threshold(val_s, val_y)

@@ -59,6 +59,7 @@ def export_checkpoint(path: str, fmt: str, out: str | None = None, batch: int | 
     else:
         to_pt2(model, example, out, dynamic_batch=batch is None)
     seconds = time.perf_counter() - t
+    meta = attach_preprocessing(out, fmt, path, size)
     check = torch.randn(batch or 3, 3, size, size)
     with torch.no_grad():
         want = model(check)
@@ -70,4 +71,32 @@ def export_checkpoint(path: str, fmt: str, out: str | None = None, batch: int | 
     else:
         got = load_pt2(out)(check)
     return {"file": out, "format": fmt, "model": cfg.model, "input": ["batch" if batch is None else batch, 3, size, size],
-            "output": output_name(model), "export_s": round(seconds, 1), "max_rel_err": _max_rel_err(got, want)}
+            "output": output_name(model), "export_s": round(seconds, 1), "max_rel_err": _max_rel_err(got, want),
+            "preprocessing": meta}
+
+
+PREPROCESSING_KEY = "recogfast.preprocessing"  # ONNX metadata_props key; in a .pt2 package: recogfast/preprocessing.json
+
+
+def attach_preprocessing(out: str, fmt: str, checkpoint: str, size: int) -> dict:
+    """Write the checkpoint's preprocessing (recogfast.predict.preprocessing: input size, resize and crop,
+    mean/std, class names, whether the output is an L2-normalised embedding) into the exported file, so
+    a deployment needs nothing else: ONNX ``metadata_props`` as JSON, a JSON entry in the .pt2 archive."""
+    import json
+    import zipfile
+
+    from recogfast.engine.checkpoint import load_checkpoint
+    from recogfast.data.transforms import preprocessing
+
+    meta = preprocessing({**(load_checkpoint(checkpoint).get("config") or {}), "image_size": size})
+    text = json.dumps(meta)
+    if fmt == "onnx":
+        import onnx
+
+        proto = onnx.load(out)
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, PREPROCESSING_KEY: text})
+        onnx.save(proto, out)
+    else:
+        with zipfile.ZipFile(out, "a") as archive:
+            archive.writestr("recogfast/preprocessing.json", text)
+    return meta

@@ -6,6 +6,12 @@ misclassified images (classification), a retrieval grid, Recall@K curve and 2-D 
 tensors / rows, so a notebook gets the same pictures.
 """
 
-from recogfast.report.build import make_report
-
 __all__ = ["make_report"]
+
+
+def __getattr__(name):  # lazily: `recogfast --help` (which imports report.cli) needs no matplotlib
+    if name == "make_report":
+        from recogfast.report.build import make_report
+
+        return make_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

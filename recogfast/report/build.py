@@ -128,7 +128,8 @@ def classification(model, loader, ds, folder: Path, image_size: int) -> dict:
     if wrong:
         files["misclassified"] = fg.save(fg.image_grid(
             [_thumb(ds.files[i], image_size) for i in wrong],
-            [f"{names[y[i]][:22]}\n→ {names[pred[i]][:22]}\n{conf[i]:.2f}" for i in wrong], size=1.6), folder / "misclassified.png")
+            [f"{fg.wrap(names[y[i]], 24, 2)}\n→ {fg.wrap(names[pred[i]], 24, 2)}\n{conf[i]:.2f}" for i in wrong], size=1.6),
+            folder / "misclassified.png")
     worst = [(names_present[i], float(acc_cls[i])) for i in torch.argsort(acc_cls, stable=True)[:10].tolist()]
     return {"top1": float((pred == y).float().mean()), "images": int(y.numel()), "files": files, "pairs": pairs,
             "worst": worst}
@@ -232,10 +233,16 @@ def attention_section(model, loader, folder: Path) -> dict:
     return {k: fg.save(f, folder / f"gates_{k}.png") for k, f in figs.items()}
 
 
+def report_folder(checkpoint: str = "best", split: str = "val") -> str:
+    """``report`` for best.pt on val (what training writes), else named by both, so that no report
+    replaces another: ``report-test``, ``report-last``, ``report-test-last``."""
+    return "report" + ("" if split == "val" else f"-{split}") + ("" if checkpoint == "best" else f"-{checkpoint}")
+
+
 def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | None = None, n: int = 16,
                 device: str | None = None) -> Path:
-    """Write ``run/report/`` and return the path of its ``index.html``. `split`: "val" (default when
-    the run has one) or "test" (read only when asked)."""
+    """Write ``run/report/`` (best.pt on val; others: ``report_folder``) and return the path of its
+    ``index.html``. `split`: "val" (default when the run has one) or "test" (read only when asked)."""
     t0 = time.perf_counter()
     run = Path(run)
     if not (run / "summary.json").exists():
@@ -243,7 +250,7 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
     with open(run / "summary.json") as f:
         summary = json.load(f)
     split = split or "val"  # the test split only when asked
-    folder = run / "report"
+    folder = run / report_folder(checkpoint, split)
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.png"):
         old.unlink()

@@ -8,7 +8,7 @@ import time
 
 
 def add_report_parser(sub) -> None:
-    p = sub.add_parser("report", help="pictures of a run: RUN/report/index.html")
+    p = sub.add_parser("report", help="pictures of a run: RUN/report/index.html (other checkpoints / splits: report-test/, report-last/...)")
     p.add_argument("run", help="run folder (holding summary.json and best.pt / last.pt)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--split", choices=("val", "test"), default=None,

@@ -12,6 +12,31 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 GREEN, RED = (0.1, 0.7, 0.1), (0.85, 0.1, 0.1)
 
 
+def wrap(name: str, width: int = 16, lines: int = 3) -> str:
+    """A class name on at most `lines` lines of at most `width` characters, broken after spaces, dashes
+    and underscores (inside a word only when it is longer than a line); never cut silently: what does
+    not fit ends in "…"."""
+    import re
+
+    out = [""]
+    for token in re.split(r"(?<=[ _-])", str(name)):
+        while token:
+            room = width - len(out[-1])
+            if len(token.rstrip()) <= room:
+                out[-1] += token
+                break
+            if out[-1].strip():  # the token starts a new line
+                out.append("")
+                continue
+            out[-1], token = token[:width], token[width:]  # a token longer than a line
+            out.append("")
+    out = [line.rstrip() for line in out if line.strip()]
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][: width - 1].rstrip() + "…"
+    return "\n".join(out)
+
+
 def _num(rows, key):
     return [(r["epoch"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float))]
 
@@ -47,7 +72,7 @@ def per_class_accuracy(acc: torch.Tensor, names: list[str], worst: int = 10):
     ax.set_xlabel(f"class (sorted by accuracy, {len(acc)} classes)")
     ax.set_ylabel("accuracy")
     ax.grid(axis="y", alpha=0.3)
-    lines = [f"{names[i][:28]}: {acc[i]:.2f}" for i in order[:worst].tolist()]
+    lines = [f"{wrap(names[i], 40, 1)}: {acc[i]:.2f}" for i in order[:worst].tolist()]
     ax.text(1.01, 1.0, "worst classes\n" + "\n".join(lines), transform=ax.transAxes, va="top", fontsize=7,
             family="monospace")
     ax.set_title("per-class accuracy", fontsize=10)
@@ -80,7 +105,9 @@ def _frame(ax, color, width=4):
 def image_grid(images: list, captions: list[str], colors: list | None = None, cols: int = 8, size: float = 1.3):
     """Thumbnails (HWC uint8 arrays) with captions and optional coloured borders."""
     rows = max(1, (len(images) + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * (size + 0.35)), squeeze=False)
+    caption_lines = max((c.count("\n") + 1 for c in captions), default=1)
+    # each caption line at 6 pt takes about 0.1 inch: rows leave room for the longest, so none overlaps
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * (size + 0.12 * caption_lines + 0.15)), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= len(images):
             ax.axis("off")
@@ -96,10 +123,10 @@ def retrieval_grid(queries: list, neighbours: list[list], same: list[list[bool]]
                    names: list[str], size: float = 1.1):
     """One row per query: the query (black border) then its nearest gallery images, green = same class."""
     k = max((len(n) for n in neighbours), default=0)
-    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * size, len(queries) * (size + 0.25)), squeeze=False)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=((k + 1) * size, len(queries) * (size + 0.35)), squeeze=False)
     for r, q in enumerate(queries):
         axes[r, 0].imshow(q)
-        axes[r, 0].set_title(names[r][:22], fontsize=5)
+        axes[r, 0].set_title(wrap(names[r], 18, 2), fontsize=5)
         _frame(axes[r, 0], "black", 3)
         for c in range(k):
             ax = axes[r, c + 1]

@@ -69,6 +69,8 @@ def gate_figure(images: torch.Tensor, gates: dict[str, torch.Tensor], show):
     per-block heat strip (mean over the images). `show` turns an input tensor into an HWC image."""
     import matplotlib.pyplot as plt
 
+    from recogfast.report.figures import wrap
+
     spatial = [(n, g) for n, g in gates.items() if g.dim() == 3]
     channel = [(n, g) for n, g in gates.items() if g.dim() == 2]
     figs = {}
@@ -83,13 +85,17 @@ def gate_figure(images: torch.Tensor, gates: dict[str, torch.Tensor], show):
                 axes[i, j + 1].imshow(img)
                 axes[i, j + 1].imshow(up, cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 if i == 0:
-                    axes[i, j + 1].set_title(name.replace(".attn", "").replace(".block2", "")[:14], fontsize=5)
+                    axes[i, j + 1].set_title(wrap(name.replace(".attn", "").replace(".block2", ""), 14, 2), fontsize=5)
             for ax in axes[i]:
                 ax.set_xticks([])
                 ax.set_yticks([])
         axes[0, 0].set_title("input", fontsize=6)
-        fig.suptitle("CUBS Block 2 spatial gates sigmoid(f) (0 blue … 1 red)", fontsize=8)
-        fig.tight_layout()
+        fig.suptitle("CUBS Block 2 spatial gates sigmoid(f)", fontsize=8)
+        fig.tight_layout(rect=(0, 0, 0.9, 1))
+        bar = fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap="jet"),
+                           cax=fig.add_axes((0.92, 0.15, 0.02, 0.7)))
+        bar.set_label("gate", fontsize=6)
+        bar.ax.tick_params(labelsize=5)
         figs["spatial"] = fig
     if channel:
         width = max(g.shape[1] for _, g in channel)
@@ -99,7 +105,7 @@ def gate_figure(images: torch.Tensor, gates: dict[str, torch.Tensor], show):
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(channel) + 1.2))
         im = ax.imshow(strip.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         ax.set_yticks(range(len(channel)))
-        ax.set_yticklabels([n[:24] for n, _ in channel], fontsize=6)
+        ax.set_yticklabels([wrap(n, 40, 1) for n, _ in channel], fontsize=6)
         ax.set_xlabel("channel")
         what = " / ".join(sorted({"CUBS Block 1" if n.endswith("block1") else "SE" for n, _ in channel}))
         ax.set_title(f"{what} channel gates, mean over the images", fontsize=8)

@@ -24,7 +24,7 @@ def per_class_ap_figure(names: list[str], area: list[float], voc07: list[float])
     x = torch.arange(len(order)).float()
     ax.bar((x - 0.2).tolist(), [area[i] for i in order], width=0.4, label="AP (area under PR)")
     ax.bar((x + 0.2).tolist(), [voc07[i] for i in order], width=0.4, label="AP (VOC07 11-point)")
-    ax.set_xticks(x.tolist(), [names[i][:18] for i in order], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(x.tolist(), [fg.wrap(names[i], 24, 1) for i in order], rotation=60, ha="right", fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("average precision")
     ax.set_title("per-class average precision (sorted)", fontsize=10)
@@ -49,11 +49,11 @@ def multilabel(model, loader, ds, folder: Path, image_size: int, thumb) -> dict:
     show = list(range(min(24, len(ds))))
     captions = []
     for i in show:
-        true = [names[c][:14] for c in (t[i] == 1).nonzero().flatten().tolist()]
-        true += [names[c][:14] + " (difficult)" for c in (t[i] == -1).nonzero().flatten().tolist()]
+        true = [names[c] for c in (t[i] == 1).nonzero().flatten().tolist()]
+        true += [names[c] + " (difficult)" for c in (t[i] == -1).nonzero().flatten().tolist()]
         top = prob[i].argsort(descending=True)[:2].tolist()
-        captions.append("true: " + ", ".join(true)[:44] + "\n"
-                        + "\n".join(f"{names[c][:16]} {prob[i, c]:.2f}" for c in top))
+        captions.append(fg.wrap("true: " + ", ".join(true), 30, 3) + "\n"
+                        + "\n".join(f"{fg.wrap(names[c], 22, 1)} {prob[i, c]:.2f}" for c in top))
     if show:
         files["examples"] = fg.save(fg.image_grid([thumb(ds.files[i], image_size) for i in show], captions, cols=6,
                                                   size=1.9), folder / "multilabel_examples.png")

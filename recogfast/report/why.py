@@ -49,6 +49,8 @@ def attributions(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) 
 def why_figure(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, names: list[str]):
     import matplotlib.pyplot as plt
 
+    from recogfast.report.figures import wrap
+
     a = attributions(model, images, targets)
     cols = ("input", "Grad-CAM", "guided backprop", "guided Grad-CAM")
     fig, axes = plt.subplots(len(images), 4, figsize=(6.4, 1.6 * len(images)), squeeze=False)
@@ -59,7 +61,7 @@ def why_figure(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, na
         axes[i, 1].imshow(_norm(a["gradcam"][i]).cpu().numpy(), cmap="jet", alpha=0.45)
         axes[i, 2].imshow(_norm(a["guided"][i].abs().amax(0)).cpu().numpy(), cmap="gray")
         axes[i, 3].imshow(_norm(a["guided_gradcam"][i].abs().amax(0)).cpu().numpy(), cmap="gray")
-        axes[i, 0].set_ylabel(names[i][:22], fontsize=6)
+        axes[i, 0].set_ylabel(wrap(names[i], 18, 2), fontsize=6)
         for j, ax in enumerate(axes[i]):
             ax.set_xticks([])
             ax.set_yticks([])

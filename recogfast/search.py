@@ -1,0 +1,124 @@
+"""``recogfast search RUN --gallery DIR --query IMG…``: the nearest gallery images of each query, by cosine
+similarity of the model's embedding (retrieval runs) or pooled features (classifiers), written as
+``search.json`` and a self-contained ``index.html`` with thumbnails (opens from the file system)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import sys
+
+
+def nearest(query, gallery, k: int, same=None):
+    """(indices [Q, k], cosine similarities [Q, k]) of each query's k nearest gallery rows, exact, in
+    query chunks (never a full Q × G matrix beyond a chunk); `same[q]` = a gallery row to leave out
+    (the query itself when it is in the gallery), or -1."""
+    import torch
+    import torch.nn.functional as F
+
+    q, g = F.normalize(query.double(), dim=1), F.normalize(gallery.double(), dim=1)
+    k = min(k, g.shape[0] - (1 if same is not None and (same >= 0).any() else 0))
+    idx, sim = [], []
+    for start in range(0, q.shape[0], 1024):
+        s = q[start:start + 1024] @ g.T
+        if same is not None:
+            rows = torch.arange(s.shape[0])
+            own = same[start:start + 1024]
+            s[rows[own >= 0], own[own >= 0]] = float("-inf")
+        top = s.topk(k, dim=1)  # ties: torch's order; similarities are exact in float64
+        idx.append(top.indices)
+        sim.append(top.values)
+    return torch.cat(idx), torch.cat(sim)
+
+
+def search(source: str, gallery: list[str], queries: list[str], k: int = 8, batch_size: int = 64,
+           device: str | None = None, progress: bool = True) -> dict:
+    import torch
+
+    from recogfast.data.transforms import preprocessing
+    from recogfast.predict import _load, collect_images, run_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    g_files, q_files = collect_images(gallery), collect_images(queries)
+    model, cfg, config, path = _load(source, device)
+    features = cfg.task != "retrieval"
+    g = run_model(model, g_files, cfg.image_size, batch_size, device, features, progress, "gallery")
+    where = {f: i for i, f in enumerate(g_files)}
+    q = run_model(model, q_files, cfg.image_size, batch_size, device, features, progress, "queries")
+    same = torch.tensor([where.get(f, -1) for f in q_files])
+    idx, sim = nearest(q, g, k, same)
+    return {"checkpoint": os.path.abspath(path), "embedding": "pooled features" if features else "embedding",
+            "preprocessing": preprocessing(config), "gallery_size": len(g_files),
+            "queries": [{"query": f, "neighbours": [{"file": g_files[j], "similarity": float(s)}
+                                                    for j, s in zip(row_i.tolist(), row_s.tolist())]}
+                        for f, row_i, row_s in zip(q_files, idx, sim)]}
+
+
+def _thumb_uri(path: str, size: int = 112) -> str:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def write_page(result: dict, folder: str) -> str:
+    """``folder/index.html``: a row per query, its thumbnail then its neighbours with similarities."""
+    rows = []
+    for entry in result["queries"]:
+        cells = [f'<td class="q"><img src="{_thumb_uri(entry["query"])}" alt="query"><br>'
+                 f'{html.escape(os.path.basename(entry["query"]))}</td>']
+        cells += [f'<td><img src="{_thumb_uri(n["file"])}" alt="neighbour"><br>{html.escape(os.path.basename(n["file"]))}'
+                  f'<br>{n["similarity"]:.4f}</td>' for n in entry["neighbours"]]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    page = ("<!doctype html><meta charset='utf-8'><title>recogfast search</title><style>body{font-family:sans-serif}"
+            "td{text-align:center;font-size:11px;padding:4px;vertical-align:top}td.q{background:#eef}</style>"
+            f"<h1>Nearest gallery images</h1><p>{html.escape(result['checkpoint'])} · {result['embedding']} · "
+            f"gallery of {result['gallery_size']} · cosine similarity</p><table>{''.join(rows)}</table>\n")
+    path = os.path.join(folder, "index.html")
+    with open(path, "w") as f:
+        f.write(page)
+    return path
+
+
+def add_search_parser(sub) -> None:
+    p = sub.add_parser("search", help="nearest gallery images of query images (JSON and an HTML page)")
+    p.add_argument("model", help="a run folder (its best.pt) or a checkpoint")
+    p.add_argument("--gallery", nargs="+", required=True, help="gallery images: files, folders or globs")
+    p.add_argument("--query", nargs="+", required=True, help="query images: files, folders or globs")
+    p.add_argument("--k", type=int, default=8, help="neighbours of each query (default 8)")
+    p.add_argument("--out", default="search", help="output folder: search.json and index.html (default ./search)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results --out already holds")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    p.set_defaults(handler=cmd_search)
+
+
+def cmd_search(args) -> int:
+    from recogfast.cli import UsageError, _check_device
+
+    if args.k < 1 or args.batch_size < 1:
+        raise UsageError(f"--k and --batch-size must be positive integers, got {args.k} and {args.batch_size}")
+    _check_device(args.device)
+    if os.path.exists(os.path.join(args.out, "search.json")) and not args.overwrite:
+        raise UsageError(f"{args.out} already holds search results: pass --overwrite to replace them, or another --out")
+    try:
+        result = search(args.model, args.gallery, args.query, args.k, args.batch_size, args.device,
+                        progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "search.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    page = write_page(result, args.out)
+    for entry in result["queries"][:20]:
+        best = entry["neighbours"][0] if entry["neighbours"] else None
+        print(f"{entry['query']}: " + (f"{best['file']} {best['similarity']:.4f}" if best else "no neighbour"))
+    print(f"search: {page} ({len(result['queries'])} queries, gallery of {result['gallery_size']})")
+    return 0
