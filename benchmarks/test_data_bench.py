@@ -11,6 +11,11 @@ GPU nvJPEG moves the decode off the cores, so there the ratio can fall well belo
 records images/s and the CPU cores actually used (process + worker CPU time over wall time).
 
 Goals on the H100 machine (16 cores): DALI ≥ 15,000 img/s for 500×375 → 224, ≥ 2× torchvision.
+
+`test_augment_policy_*`: the same decode + train augmentation with each auto-augment policy (issue 31) at
+64 px (Shapes196) and 224 px (the photos), DALI against torchvision with the same worker count. A DALI
+policy pipeline is rebuilt each epoch (its seed), which costs 0.7-1.2 s of AutoGraph graph building on the
+CPU: it is part of the time, as in training.
 """
 
 import os
@@ -29,6 +34,8 @@ BACKENDS = ["torchvision", pytest.param("dali", marks=pytest.mark.skipif(not dal
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU"))]
 # Per device: (number of 500×375 photos, batch size); Shapes196 images per class.
 PHOTOS = {"cpu": (96, 32), "cuda": (4096, 256)}
+POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
+AUG_PHOTOS = {"cpu": 192, "cuda": 4096}  # per epoch at 224 px: enough to amortise DALI's per-epoch rebuild
 SHAPES_PER_CLASS = {"cpu": 4, "cuda": 40}
 
 
@@ -58,7 +65,7 @@ def _photo(h, w, seed):
 @pytest.fixture(scope="module")
 def photo_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos500")
-    n = max(PHOTOS["cpu"][0], PHOTOS["cuda"][0] if HAS_CUDA else 0)
+    n = max(PHOTOS["cpu"][0], AUG_PHOTOS["cpu"], PHOTOS["cuda"][0] if HAS_CUDA else 0)
     files = []
     for k in range(n):
         path = str(folder / f"{k:05d}.jpg")
@@ -107,11 +114,11 @@ def _cpu_seconds() -> float:
     return total
 
 
-def _bench(benchmark, dataset, backend, device, size, batch_size, group):
+def _bench(benchmark, dataset, backend, device, size, batch_size, group, augment=None, impl=None):
     workers = _cores()
     decode_s = _decode_seconds(dataset.files)  # before the loader's threads and workers exist
     loader = build_loader(dataset, train=True, batch_size=batch_size, image_size=size, backend=backend,
-                          device=device, num_workers=workers)
+                          device=device, num_workers=workers, augment=augment)
     n = len(loader) * batch_size
     usage = {}
 
@@ -126,7 +133,7 @@ def _bench(benchmark, dataset, backend, device, size, batch_size, group):
     epoch()
     usage["cores_used"] = (_cpu_seconds() - c0) / (time.perf_counter() - t0)
     floor = n * decode_s / workers
-    run_benchmark(benchmark, epoch, device=device, group=group, impl=backend, floor_seconds=floor,
+    run_benchmark(benchmark, epoch, device=device, group=group, impl=impl or backend, floor_seconds=floor,
                   floor_what=f"full libjpeg-turbo decode of {n} images on {workers} core(s)", rounds=3,
                   events=False)
     mean = benchmark.extra_info.get("mean_ms")
@@ -149,3 +156,27 @@ def test_shapes196_train_64(benchmark, shapes_root, backend, device):
     ds = Shapes196(shapes_root, "train", images_per_class=SHAPES_PER_CLASS[device])
     _bench(benchmark, ds, backend, device, 64, 64 if device == "cpu" else 256,
            f"data train shapes196 64->64 {device} n={len(ds)}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_augment_policy_photos_224(benchmark, photo_files, policy, backend, device):
+    from recogfast.data.augment import Augment
+
+    n, batch = AUG_PHOTOS[device], PHOTOS[device][1]
+    ds = ImageList(photo_files[:n], [k % 10 for k in range(n)], [str(k) for k in range(10)])
+    _bench(benchmark, ds, backend, device, 224, batch, f"augment {policy} 500x375->224 {device} n={n}",
+           augment=Augment(auto_augment=policy), impl=f"{backend} {policy}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_augment_policy_shapes196_64(benchmark, shapes_root, policy, backend, device):
+    from recogfast.data.augment import Augment
+
+    ds = Shapes196(shapes_root, "train", images_per_class=SHAPES_PER_CLASS[device])
+    _bench(benchmark, ds, backend, device, 64, 64 if device == "cpu" else 256,
+           f"augment {policy} shapes196 64->64 {device} n={len(ds)}", augment=Augment(auto_augment=policy),
+           impl=f"{backend} {policy}")

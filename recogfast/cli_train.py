@@ -48,6 +48,17 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
     p.add_argument("--crop-scale", type=float,
                    help="smallest area fraction of the random resized crop (default 0.08, as torchvision)")
+    aug = p.add_argument_group("augmentation (train only; in this order, after the crop; README: Augmentation)")
+    aug.add_argument("--hflip", type=float, help="horizontal flip probability; 0 for orientation-sensitive data "
+                                                  "(digits, text, signs, documents)")
+    aug.add_argument("--vflip", type=float, help="vertical flip probability")
+    aug.add_argument("--auto-augment", choices=("none", "randaugment", "trivialaugment", "autoaugment"),
+                     help="an auto-augment policy (ImageNet's for autoaugment)")
+    aug.add_argument("--aa-magnitude", type=int, help="RandAugment magnitude, 0-30 (when not given: 9)")
+    aug.add_argument("--aa-num-ops", type=int, help="RandAugment ops per image (when not given: 2)")
+    aug.add_argument("--color-jitter", type=float,
+                     help="brightness, contrast and saturation strength S: factors in [1-S, 1+S] (0: off)")
+    aug.add_argument("--reprob", type=float, help="random erasing probability")
     p.add_argument("--patience", type=int, default=None, help="early stopping: epochs without improvement")
     p.add_argument("--min-delta", type=float, help="early stopping: smallest improvement that counts")
     p.add_argument("--plateau-patience", type=int, help="plateau schedule: epochs before a decay")
@@ -91,8 +102,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("default" not in text and action.default not in (None, False, argparse.SUPPRESS)
-                and action.option_strings):
+        # `is` tests: a default of 0 or 0.0 (== False) is shown too
+        if ("default" not in text and action.default is not None and action.default is not False
+                and action.default is not argparse.SUPPRESS and action.option_strings):
             text += " (default: %(default)s)"
         return text
 

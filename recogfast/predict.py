@@ -13,10 +13,16 @@ import json
 import os
 import sys
 
-from recogfast.data.transforms import preprocessing
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 __all__ = ["predict", "preprocessing", "collect_images", "run_model"]
+
+
+def preprocessing(config: dict) -> dict:
+    """recogfast.data.transforms.preprocessing, imported when called: `recogfast --help` builds this command's
+    parser and must not import recogfast.data (tests/test_cli.py)."""
+    from recogfast.data.transforms import preprocessing as of_config
+
+    return of_config(config)
 
 
 def collect_images(inputs: list[str]) -> list[str]:

@@ -1,7 +1,8 @@
 """A real `kill -9` of `recogfast train` at seeded random moments (ten times), each followed by `--resume`: the
 finished run equals one that was never interrupted (the same log rows, the same best.pt weights, the same
-TEST line), and no temporary checkpoint files are left behind. (tests/test_checkpoints.py simulates a kill at
-each checkpoint write in-process; this one lets the operating system do it wherever the process happens to be.)"""
+TEST line), and no temporary checkpoint files are left behind; the run flips, jitters and erases (the default
+backend's draws). (tests/test_checkpoints.py simulates a kill at each checkpoint write in-process; this one lets
+the operating system do it wherever the process happens to be.)"""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 
 ARGS = ["train", "classify", "--dataset", "shapes196", "--images-per-class", "4", "--model", "tinynet",
         "--image-size", "16", "--batch-size", "32", "--steps-per-epoch", "3", "--epochs", "6", "--device", "cpu",
-        "--workers", "0", "--quiet"]
+        "--workers", "0", "--quiet", "--vflip", "0.5", "--color-jitter", "0.3", "--reprob", "0.25"]  # augmentation too
 TIMING = {"train_img_per_s", "epoch_s"}
 KILLS = 10
 

@@ -75,6 +75,8 @@ def test_train_writes_classification_report(classify_run):
     for name in ("loss.png", "metrics.png", "lr.png", "per_class_accuracy.png", "confusion.png"):
         assert f'src="{name}"' in page
     assert "Most confused pairs" in page
+    # what the model sees: the run's first training batch through its augmentation (the defaults here)
+    assert 'src="augmented.png"' in page and "random resized crop (scale 0.08-1), hflip 0.5." in page
     try:
         import captum  # noqa: F401
         assert 'src="why.png"' in page  # Grad-CAM / guided backprop through Captum

@@ -34,6 +34,20 @@ RANGE_CASES = [
     (["--images-per-class", "1"], {"images_per_class": 1}, "--images-per-class: expected an integer >= 2, got 1"),
     (["--ms-alpha", "0"], {"ms_alpha": 0.0}, "--ms-alpha: expected a number > 0, got 0.0"),
     (["--ms-base", "5"], {"ms_base": 5.0}, "--ms-base: expected a number in [-1, 1] (a cosine similarity), got 5.0"),
+    # augmentation (recogfast.data.augment)
+    (["--hflip", "1.5"], {"hflip": 1.5}, "--hflip: expected a probability in [0, 1], got 1.5"),
+    (["--hflip", "-0.1"], {"hflip": -0.1}, "--hflip: expected a probability in [0, 1], got -0.1"),
+    (["--vflip", "2"], {"vflip": 2.0}, "--vflip: expected a probability in [0, 1], got 2.0"),
+    (["--reprob", "-1"], {"reprob": -1.0}, "--reprob: expected a probability in [0, 1], got -1.0"),
+    (["--color-jitter", "-0.4"], {"color_jitter": -0.4}, "--color-jitter: expected a number >= 0 (0 = off), got -0.4"),
+    (["--color-jitter", "inf"], {"color_jitter": float("inf")}, "--color-jitter: expected a number >= 0 (0 = off), got inf"),
+    (["--auto-augment", "randaugment", "--aa-magnitude", "31"], {"auto_augment": "randaugment", "aa_magnitude": 31},
+     "--aa-magnitude: expected an integer in [0, 30] (RandAugment's 31 magnitude bins), got 31"),
+    (["--auto-augment", "randaugment", "--aa-num-ops", "0"], {"auto_augment": "randaugment", "aa_num_ops": 0},
+     "--aa-num-ops: expected an integer >= 1, got 0"),
+    (["--auto-augment", "trivialaugment", "--aa-magnitude", "5"], {"auto_augment": "trivialaugment", "aa_magnitude": 5},
+     "--aa-magnitude: RandAugment's (--auto-augment randaugment), not trivialaugment's"),
+    (["--aa-num-ops", "3"], {"aa_num_ops": 3}, "--aa-num-ops: RandAugment's (--auto-augment randaugment), not none's"),
 ]
 RETRIEVAL_CASES = [
     (["--xbm", "-5"], {"xbm_size": -5}, "--xbm: expected an integer >= 0 (0 = off), got -5"),
@@ -61,6 +75,30 @@ def test_bad_numbers_same_message_cli_and_api(capsys, tmp_path, task, argv, fiel
         RunConfig(task=task, out=str(out), **fields).resolved()
     assert str(info.value) == text
     assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--auto-augment", "augmix"], "argument --auto-augment: invalid choice: 'augmix'"),
+    (["--aa-magnitude", "4.5"], "argument --aa-magnitude: invalid int value: '4.5'"),
+    (["--aa-num-ops", "two"], "argument --aa-num-ops: invalid int value: 'two'"),
+    (["--hflip", "half"], "argument --hflip: invalid float value: 'half'"),
+])
+def test_bad_augmentation_words_are_one_line(capsys, tmp_path, argv, message):
+    text = _err(capsys, ["train", "classify", "--out", str(tmp_path / "run"), *argv])
+    assert text.startswith(message), text
+
+
+def test_api_refuses_wrong_augmentation_types():
+    with pytest.raises(ValueError, match=r"^--auto-augment: expected one of none, randaugment, trivialaugment, "
+                                         r"autoaugment, got 'augmix'$"):
+        RunConfig(auto_augment="augmix").resolved()
+    with pytest.raises(ValueError, match=r"^--aa-magnitude: expected an integer in \[0, 30\].*, got 4.5$"):
+        RunConfig(auto_augment="randaugment", aa_magnitude=4.5).resolved()
+    with pytest.raises(ValueError, match=r"^--hflip: expected a probability in \[0, 1\], got 'yes'$"):
+        RunConfig(hflip="yes").resolved()
+    ok = RunConfig(auto_augment="randaugment", aa_magnitude=0, aa_num_ops=1, hflip=0, vflip=1, reprob=1.0,
+                   color_jitter=3.0).resolved()
+    assert (ok.aa_magnitude, ok.aa_num_ops, ok.hflip, ok.vflip) == (0, 1, 0, 1)
 
 
 def test_api_refuses_wrong_types():

@@ -7,6 +7,7 @@ ShapesMulti, read through NVIDIA DALI (GPU decoding) or a torchvision DataLoader
 >>> for images, labels in loader: ...
 """
 
+from recogfast.data.augment import Augment
 from recogfast.data.datasets import Cars196, ImageList, TinyImageNet
 from recogfast.data.errors import DataError, SkippedSamplesWarning
 from recogfast.data.folder import ImageFolder, folder_splits
@@ -21,7 +22,7 @@ from recogfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 __all__ = [
     "TinyImageNet", "Cars196", "Shapes196", "ImageList", "ImageFolder", "folder_splits",
     "MultiLabelList", "VOC2007", "VOC_CLASSES", "ShapesMulti", "MULTI_CLASSES", "split_multilabel",
-    "build_loader", "dali_available", "TorchvisionLoader",
+    "build_loader", "dali_available", "TorchvisionLoader", "Augment",
     "MPerClassSampler", "ShuffleBatchSampler", "split_by_image", "split_by_class",
     "DataError", "SkippedSamplesWarning",
     "IMAGENET_MEAN", "IMAGENET_STD",

@@ -8,6 +8,7 @@ import warnings
 
 import torch
 
+from recogfast.data.augment import Augment
 from recogfast.data.errors import DataError, SkipLog
 from recogfast.data.transforms import TRAIN_SCALE, check_crop_scale
 
@@ -18,8 +19,11 @@ class Loader:
     backend = "?"
 
     def __init__(self, dataset, batch_sampler, image_size, train, device, dtype, channels_last, on_error,
-                 num_workers, seed, crop_scale=TRAIN_SCALE[0]):
+                 num_workers, seed, crop_scale=TRAIN_SCALE[0], augment=None):
         self.crop_scale = check_crop_scale(crop_scale)
+        if augment is not None and not isinstance(augment, Augment):
+            raise TypeError(f"augment must be a recogfast.data.augment.Augment, got {type(augment).__name__}")
+        self.augment = Augment() if augment is None else augment
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.image_size, self.train = image_size, train
         self.device, self.dtype, self.channels_last = device, dtype, channels_last

@@ -19,7 +19,7 @@ import torch
 from recogfast.data.errors import DataError, read_encoded
 from recogfast.data.base import Loader, decode_rgb
 from recogfast.data.transforms import (
-    FLIP_PROB, IMAGENET_MEAN, IMAGENET_STD, TRAIN_RATIO, eval_resize_size,
+    IMAGENET_MEAN, IMAGENET_STD, TRAIN_RATIO, eval_resize_size,
 )
 
 __all__ = ["DaliLoader"]
@@ -85,59 +85,78 @@ class DaliLoader(Loader):
 
     # --- the pipeline --------------------------------------------------------------------------
     def _build(self):
-        from nvidia.dali import fn, types
-        from nvidia.dali.pipeline import Pipeline
+        import warnings
+
+        from nvidia.dali import pipeline_def
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         gpu = self.device.type == "cuda"
-        size = self.image_size
-        pipe = Pipeline(
-            batch_size=self.max_batch,
-            num_threads=max(1, self.num_workers),
-            device_id=self.device.index if gpu else None,
-            # seeded per (seed, epoch, shard): an epoch's crops and flips are the same in a resumed run,
-            # and do not repeat from epoch to epoch (the pipeline is built afresh each epoch)
-            seed=((self.seed * 1_000_003 + self._epoch) * 10_000_019 + self.shard_id) % (2**31 - 1),
-            prefetch_queue_depth=3 if gpu else 2,
-        )
-        with pipe:
-            encoded, labels = fn.external_source(
-                source=self._next_batch, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64], ndim=[1, 1],
+        # An auto-augment policy picks its ops per sample with DALI conditionals (pipeline_def's AutoGraph).
+        policy = self.train and self.augment.auto_augment != "none"
+        build = pipeline_def(self._graph, enable_conditionals=policy)
+        with warnings.catch_warnings(record=True) as caught:
+            # nvidia.dali.auto_aug itself still calls the fn.experimental aliases that DALI deprecates (with its own
+            # "default" filter, so only recording them keeps them quiet); any other warning is passed on below
+            pipe = build(
+                batch_size=self.max_batch,
+                num_threads=max(1, self.num_workers),
+                device_id=self.device.index if gpu else None,
+                # seeded per (seed, epoch, shard): an epoch's crops, flips and the other draws are the same in a
+                # resumed run, and do not repeat from epoch to epoch (the pipeline is built afresh each epoch)
+                seed=((self.seed * 1_000_003 + self._epoch) * 10_000_019 + self.shard_id) % (2**31 - 1),
+                prefetch_queue_depth=3 if gpu else 2,
             )
-            decoder = "mixed" if gpu else "cpu"
-            # Preallocated nvJPEG buffers (the values of DALI's ImageNet examples) avoid regrowing them.
-            dec_args = {"device_memory_padding": 211025920, "host_memory_padding": 140544512} if gpu else {}
-            if self.train:
-                # Fused decode + random crop: only the crop window is decoded (ROI decoding).
-                images = fn.decoders.image_random_crop(
-                    encoded, device=decoder, output_type=types.RGB,
-                    random_area=[self.crop_scale, 1.0], random_aspect_ratio=list(TRAIN_RATIO), num_attempts=10, **dec_args,
-                )
-                images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR,
-                                   antialias=True)
-                mirror = fn.random.coin_flip(probability=FLIP_PROB)
-                crop = {}
-            else:
-                images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, **dec_args)
-                images = fn.resize(images, resize_shorter=eval_resize_size(size), interp_type=types.INTERP_LINEAR,
-                                   antialias=True)
-                mirror = 0
-                crop = {"crop": (size, size), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
-            images = fn.crop_mirror_normalize(
-                images,
-                dtype=types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT,
-                output_layout="HWC" if self.channels_last else "CHW",
-                mean=[255 * m for m in IMAGENET_MEAN],
-                std=[255 * s for s in IMAGENET_STD],
-                mirror=mirror,
-                **crop,
-            )
-            pipe.set_outputs(images, labels)
+            pipe.build()
+        for w in caught:
+            if not (issubclass(w.category, DeprecationWarning) and "nvidia.dali.fn.experimental" in str(w.message)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self._pipe = pipe
         self._iter = DALIGenericIterator(
             [pipe], ["images", "labels"], last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False,
             prepare_first_batch=False,
         )
+
+    def _graph(self):
+        """The pipeline's graph: decode → (train) random crop, flips, policy, jitter / (eval) resize, center crop →
+        normalise → (train) erase; the train steps after the crop come from ``self.augment``."""
+        from nvidia.dali import fn, types
+
+        gpu = self.device.type == "cuda"
+        size = self.image_size
+        encoded, labels = fn.external_source(
+            source=self._next_batch, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64], ndim=[1, 1],
+        )
+        decoder = "mixed" if gpu else "cpu"
+        # Preallocated nvJPEG buffers (the values of DALI's ImageNet examples) avoid regrowing them.
+        dec_args = {"device_memory_padding": 211025920, "host_memory_padding": 140544512} if gpu else {}
+        if self.train:
+            # Fused decode + random crop: only the crop window is decoded (ROI decoding).
+            images = fn.decoders.image_random_crop(
+                encoded, device=decoder, output_type=types.RGB,
+                random_area=[self.crop_scale, 1.0], random_aspect_ratio=list(TRAIN_RATIO), num_attempts=10, **dec_args,
+            )
+            images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR,
+                               antialias=True)
+            images, mirror = self.augment.dali_pixels(images, size)
+            crop = {}
+        else:
+            images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB, **dec_args)
+            images = fn.resize(images, resize_shorter=eval_resize_size(size), interp_type=types.INTERP_LINEAR,
+                               antialias=True)
+            mirror = 0
+            crop = {"crop": (size, size), "crop_pos_x": 0.5, "crop_pos_y": 0.5}
+        images = fn.crop_mirror_normalize(
+            images,
+            dtype=types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT,
+            output_layout="HWC" if self.channels_last else "CHW",
+            mean=[255 * m for m in IMAGENET_MEAN],
+            std=[255 * s for s in IMAGENET_STD],
+            mirror=mirror,
+            **crop,
+        )
+        if self.train:
+            images = self.augment.dali_erase(images)
+        return images, labels
 
     def _close(self):
         self._iter = self._pipe = None

@@ -116,7 +116,7 @@ class TorchvisionLoader(Loader):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        transform = (train_transform(self.image_size, self.crop_scale) if self.train
+        transform = (train_transform(self.image_size, self.crop_scale, self.augment) if self.train
                      else (lambda img, size=self.image_size: eval_transform(img, size)))
         data = _DecodeDataset(self.dataset.files, self.dataset.labels, transform, self.on_error, self.seed,
                               random=self.train)
@@ -179,6 +179,7 @@ def build_loader(
     on_error: str = "raise",
     drop_last: bool | None = None,
     crop_scale: float = TRAIN_SCALE[0],
+    augment=None,
 ):
     """An iterable of ``(images, labels)`` over ``dataset`` (anything with ``files`` and ``labels``).
 
@@ -193,6 +194,8 @@ def build_loader(
     ``"raise"`` stops at the first one with a :class:`~recogfast.data.DataError` naming the file.
     ``crop_scale`` is the smallest area fraction of the train crop (SPEC's 0.08, as torchvision's and
     timm's ``scale=(0.08, 1)``; larger keeps more of small objects, e.g. 0.35 for Shapes196 at 32×32).
+    ``augment`` (:class:`~recogfast.data.augment.Augment`) sets the train steps after the crop: flips,
+    an auto-augment policy, colour jitter, random erasing; default: horizontal flip p=0.5 only.
     The loader's ``set_epoch(e)`` sets the next epoch; otherwise each pass advances it by one.
     """
     if backend not in BACKENDS:
@@ -225,7 +228,8 @@ def build_loader(
         backend = "dali" if dali_available() else "torchvision"
         log.info("recogfast.data.build_loader: backend='auto' chose %r (%s)", backend,
                  "DALI imports" if backend == "dali" else "DALI is not installed")
-    args = (dataset, sampler, image_size, train, device, dtype, channels_last, on_error, num_workers, seed, crop_scale)
+    args = (dataset, sampler, image_size, train, device, dtype, channels_last, on_error, num_workers, seed, crop_scale,
+            augment)
     if backend == "dali":
         if not dali_available():
             raise ImportError("backend='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or recogfast[dali])")

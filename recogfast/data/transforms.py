@@ -14,7 +14,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN_SCALE = (0.08, 1.0)
 TRAIN_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-FLIP_PROB = 0.5
+FLIP_PROB = 0.5  # the default of --hflip (recogfast.data.augment)
 EVAL_RESIZE_RATIO = 8.0 / 7.0
 
 
@@ -54,13 +54,17 @@ def check_crop_scale(crop_scale: float) -> float:
     return crop_scale
 
 
-def train_transform(size: int, crop_scale: float = TRAIN_SCALE[0]):
-    """uint8 [3, H, W] → RandomResizedCrop(size, (crop_scale, 1), ratio) → horizontal flip p=0.5."""
+def train_transform(size: int, crop_scale: float = TRAIN_SCALE[0], augment=None):
+    """uint8 [3, H, W] → RandomResizedCrop(size, (crop_scale, 1), ratio) → the steps of ``augment``
+    (recogfast.data.augment.Augment; default: horizontal flip p=0.5) on the uint8 image."""
     from torchvision.transforms import v2
 
+    from recogfast.data.augment import Augment
+
+    augment = Augment() if augment is None else augment
     return v2.Compose([
         v2.RandomResizedCrop(size, scale=(check_crop_scale(crop_scale), 1.0), ratio=TRAIN_RATIO, antialias=True),
-        v2.RandomHorizontalFlip(FLIP_PROB),
+        *augment.torchvision_ops(),
     ])
 
 

@@ -127,20 +127,28 @@ def build_eval_loader(cfg, ds):
                         on_error=cfg.on_error)
 
 
-def build_loaders(cfg, train_ds, val_ds, test_ds):
-    """(train, val, test) loaders; val is None when `val_ds` is."""
+def build_train_loader(cfg, train_ds, **override):
+    """The training loader (shuffled or M-per-class batches, this rank's shard, the run's augmentation);
+    `override`: build_loader arguments (the report reads a batch on the CPU with one worker)."""
     from recogfast.data import MPerClassSampler, build_loader
+    from recogfast.data.augment import Augment
 
     rank, world = _dist_info()
     common = dict(image_size=cfg.image_size, backend=cfg.backend, device=cfg.device, num_workers=cfg.num_workers,
-                  channels_last=cfg.channels_last, crop_scale=cfg.crop_scale, on_error=cfg.on_error)
+                  channels_last=cfg.channels_last, crop_scale=cfg.crop_scale, on_error=cfg.on_error,
+                  augment=Augment.of(cfg))
+    common.update(override)
     if cfg.task == "retrieval":
         sampler = MPerClassSampler(train_ds.labels, cfg.m_per_class, cfg.batch_size, seed=cfg.seed,
                                    shard_id=rank, num_shards=world)
-        train = build_loader(train_ds, train=True, batch_size=cfg.batch_size, sampler=sampler, seed=cfg.seed, **common)
-    else:
-        train = build_loader(train_ds, train=True, batch_size=cfg.batch_size, seed=cfg.seed, shard_id=rank,
-                             num_shards=world, **common)
+        return build_loader(train_ds, train=True, batch_size=cfg.batch_size, sampler=sampler, seed=cfg.seed, **common)
+    return build_loader(train_ds, train=True, batch_size=cfg.batch_size, seed=cfg.seed, shard_id=rank,
+                        num_shards=world, **common)
+
+
+def build_loaders(cfg, train_ds, val_ds, test_ds):
+    """(train, val, test) loaders; val is None when `val_ds` is."""
+    train = build_train_loader(cfg, train_ds)
     val = build_eval_loader(cfg, val_ds) if val_ds is not None else None
     return train, val, build_eval_loader(cfg, test_ds)
 

@@ -74,6 +74,15 @@ class RunConfig:
     plateau_patience: int = 3
     label_smoothing: float = 0.1
     crop_scale: float = 0.08  # smallest area fraction of the train crop (SPEC: 0.08)
+    # train augmentation after the crop, in this order (recogfast.data.augment.Augment; aa_*: RandAugment's,
+    # None = 2 ops at magnitude 9); color_jitter: brightness/contrast/saturation strength; reprob: random erasing
+    hflip: float = 0.5
+    vflip: float = 0.0
+    auto_augment: str = "none"
+    aa_magnitude: int | None = None
+    aa_num_ops: int | None = None
+    color_jitter: float = 0.0
+    reprob: float = 0.0
     patience: int | None = None
     min_delta: float = 0.0
     amp: str = "auto"  # auto = bf16 on CUDA, none on CPU
@@ -351,6 +360,9 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
         sizes = f"train {len(train_ds)} images / {train_ds.num_classes} classes, " + (
             f"val {len(val_ds)} / {val_ds.num_classes}, " if val_ds is not None else "no val (--val-fraction 0), ")
         print(f"data: {sizes}test {len(test_ds)} / {test_ds.num_classes}; {backend} backend ({why})", flush=True)
+        from recogfast.data.augment import Augment
+
+        print(f"augment: random resized crop (scale {cfg.crop_scale:g}-1), {Augment.of(cfg).describe()}", flush=True)
     if cfg.task == "retrieval" and main:
         note = small_classes_note(train_ds.labels, cfg.m_per_class)
         if note:

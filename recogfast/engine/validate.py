@@ -26,6 +26,12 @@ RANGES: dict[str, tuple[Any, str]] = {
     "plateau_patience": (lambda v: v >= 0, "an integer >= 0"),
     "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "crop_scale": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "hflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "vflip": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "color_jitter": (lambda v: 0 <= v < math.inf, "a number >= 0 (0 = off)"),
+    "aa_magnitude": (lambda v: 0 <= v <= 30, "an integer in [0, 30] (RandAugment's 31 magnitude bins)"),
+    "aa_num_ops": (lambda v: v >= 1, "an integer >= 1"),
+    "reprob": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "patience": (lambda v: v >= 1, "an integer >= 1"),
     "min_delta": (lambda v: 0 <= v < math.inf, "a number >= 0"),
     "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
@@ -50,12 +56,13 @@ RANGES: dict[str, tuple[Any, str]] = {
 }
 INTEGERS = {"epochs", "batch_size", "image_size", "step_size", "plateau_patience", "patience", "seed", "split_seed",
             "num_workers", "steps_per_epoch", "embedding_dim", "m_per_class", "xbm_size", "images_per_class",
-            "unfreeze_at", "accumulate"}
+            "unfreeze_at", "accumulate", "aa_magnitude", "aa_num_ops"}
 CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step", "plateau", "none"),
            "amp": ("auto", "bf16", "fp16", "none"), "backend": ("auto", "dali", "torchvision"),
            "stem": ("imagenet", "small"), "attn_impl": ("auto", "fused", "reference"),
            "mining": ("ms", "all", "hardest"), "on_error": ("raise", "skip"),
-           "freeze": ("stem", "layer1", "layer2", "layer3", "layer4")}
+           "freeze": ("stem", "layer1", "layer2", "layer3", "layer4"),
+           "auto_augment": ("none", "randaugment", "trivialaugment", "autoaugment")}
 _FLAGS = {"num_workers": "--workers", "xbm_size": "--xbm"}
 
 
@@ -91,6 +98,9 @@ def check_combinations(cfg) -> None:
     if cfg.task != "classify" and (cfg.mixup or cfg.cutmix):
         raise ValueError(f"{'--mixup' if cfg.mixup else '--cutmix'}: classification only, not {cfg.task} (its loss "
                          f"needs the hard labels)")
+    for name in ("aa_magnitude", "aa_num_ops"):
+        if getattr(cfg, name) is not None and cfg.auto_augment != "randaugment":
+            raise ValueError(f"{flag(name)}: RandAugment's (--auto-augment randaugment), not {cfg.auto_augment}'s")
     if cfg.unfreeze_at is not None and cfg.freeze is None:
         raise ValueError("--unfreeze-at needs --freeze STAGE (nothing is frozen)")
 

@@ -256,6 +256,10 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
         old.unlink()
     rows = _rows(run / "log.csv")
     sections = {"curves": training_curves(run, rows, summary, folder)}
+    if summary.get("config"):
+        from recogfast.report.augment import augmented_section
+
+        sections["augmented"] = augmented_section(summary["config"], folder)
     loaded = _load(run, checkpoint, split, device)
     note = None
     if loaded is None:

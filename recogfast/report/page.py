@@ -54,6 +54,12 @@ def write_page(folder: Path, run: Path, summary: dict, s: dict, note: str | None
     if s.get("curves"):
         body.append("<h2>Training curves</h2>")
         body += [_img(p, t) for t, p in s["curves"]]
+    aug = s.get("augmented")
+    if aug:
+        body += [f"<h2>What the model sees: augmented training images ({html.escape(aug['backend'])})</h2>",
+                 f"<p>The first training batch of the run's seed: {html.escape(aug['augment'])}. A flip or a policy "
+                 f"that is wrong for the data (digits, text, signs) shows here: `--hflip 0`.</p>",
+                 _img(aug["file"], "augmented training images")]
     ev = s.get("evaluated")
     if ev:
         body.append(f"<p>Pictures below: <b>{html.escape(ev['checkpoint'])}</b> (epoch {fmt(ev['epoch'])}) on the "
