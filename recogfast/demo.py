@@ -187,7 +187,7 @@ def run_demo(args) -> int:
     print(f"\n{result['seconds']:.0f} s in all; runs, logs and plots under {args.out}/")
     with open(os.path.join(args.out, "demo.json"), "w") as f:
         json.dump(result, f, indent=2, default=str)
-    from recogfast.report.cli import report_after_training  # demo runs have no val: their test is the result
+    from recogfast.report.after import report_after_training  # demo runs have no val: their test is the result
 
     for part in ("classify", "retrieval", "multilabel"):
         if os.path.exists(os.path.join(args.out, part, "summary.json")):

@@ -9,9 +9,7 @@ ImageNet mean/std), the same that ``recogfast export`` writes into the ONNX file
 from __future__ import annotations
 
 import glob
-import json
 import os
-import sys
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 __all__ = ["predict", "preprocessing", "collect_images", "run_model"]
@@ -107,44 +105,3 @@ def predict(source: str, inputs: list[str], topk: int = 5, batch_size: int = 64,
     result["predictions"] = [[{"class": names[j], "index": int(j), "probability": float(q)}
                               for q, j in zip(row_p.tolist(), row_i.tolist())] for row_p, row_i in zip(p, idx)]
     return result
-
-
-def add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="a trained model on new images: top-k classes, or embeddings")
-    p.add_argument("model", help="a run folder (its best.pt) or a checkpoint")
-    p.add_argument("images", nargs="+", help="image files, folders (recursively) or globs")
-    p.add_argument("--topk", type=int, default=5, help="classes shown for each image (default 5)")
-    p.add_argument("--out", default=None,
-                   help="write the result: FILE.json (classifiers), or FILE.npy + FILE.json (embeddings; default "
-                        "embeddings.npy in the current folder)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None)
-    p.set_defaults(handler=cmd_predict)
-
-
-def cmd_predict(args) -> int:
-    import numpy as np
-
-    from recogfast.cli import UsageError, _check_device
-
-    if args.topk < 1 or args.batch_size < 1:
-        raise UsageError(f"--topk and --batch-size must be positive integers, got {args.topk} and {args.batch_size}")
-    _check_device(args.device)
-    try:
-        result = predict(args.model, args.images, args.topk, args.batch_size, args.device, progress=sys.stderr.isatty())
-    except (FileNotFoundError, ValueError) as err:
-        raise UsageError(str(err)) from None
-    if "embeddings" in result:
-        base = os.path.splitext(args.out or "embeddings.npy")[0]
-        np.save(base + ".npy", result.pop("embeddings"))
-        with open(base + ".json", "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"{len(result['files'])} embeddings written to {base}.npy (files in order: {base}.json)")
-        return 0
-    for file, top in zip(result["files"], result["predictions"]):
-        print(f"{file}: " + "  ".join(f"{t['class']} {t['probability']:.4f}" for t in top))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-        print(f"written to {args.out}", file=sys.stderr)
-    return 0

@@ -158,7 +158,7 @@ def test_train_flag_defaults_are_run_config_defaults():
     import dataclasses
 
     from recogfast.cli import build_parser
-    from recogfast.cli_train import DECIDED_LATER
+    from recogfast.cli.train import DECIDED_LATER
     from recogfast.engine.tasks import RunConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}

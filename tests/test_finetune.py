@@ -170,7 +170,7 @@ def test_cli_fine_tuning_run_and_refusals(tmp_path, shapes_cache, capsys, monkey
     from recogfast.cli import main
     from test_runs import _base, _error
 
-    monkeypatch.setattr("recogfast.report.cli.report_after_training", lambda *a, **k: None)  # not under test here
+    monkeypatch.setattr("recogfast.report.after.report_after_training", lambda *a, **k: None)  # not under test here
     out = tmp_path / "ft"
     argv = _base(shapes_cache, model="resnet18") + [
         "--steps-per-epoch", "1", "--epochs", "2", "--stem", "imagenet", "--no-channels-last", "--freeze", "layer2", "--unfreeze-at", "2",

@@ -39,7 +39,7 @@ def _spec(tmp_path, cache, body):
 
 
 def test_sweep_prunes_and_its_best_config_reproduces(tmp_path, shapes_cache, capsys, monkeypatch):
-    monkeypatch.setattr("recogfast.report.cli.report_after_training", lambda *a, **k: None)  # not under test here
+    monkeypatch.setattr("recogfast.report.after.report_after_training", lambda *a, **k: None)  # not under test here
     # val loss at epoch 1: trial 0 (lr 3e-3) learns, trial 1 (lr 1e-6) barely moves: the median pruner
     # (one startup trial, no warm-up) stops it
     spec = load_spec(_spec(tmp_path, shapes_cache, f"""

@@ -9,7 +9,7 @@ tensors / rows, so a notebook gets the same pictures.
 __all__ = ["make_report"]
 
 
-def __getattr__(name):  # lazily: `recogfast --help` (which imports report.cli) needs no matplotlib
+def __getattr__(name):  # lazily: `recogfast --help` needs no matplotlib
     if name == "make_report":
         from recogfast.report.build import make_report
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+from recogfast.cli.errors import UsageError, check_device
+
 
 def add_verify_parser(sub) -> None:
     p = sub.add_parser("verify", help="pair verification with a checkpoint: ROC AUC, EER, TAR@FAR, accuracy")
@@ -32,7 +34,6 @@ def _line(m: dict) -> str:
 
 
 def cmd_verify(args) -> int:
-    from recogfast.cli import UsageError, _check_device
     from recogfast.data.errors import DataError
     from recogfast.engine.verify import run_verify
 
@@ -45,7 +46,7 @@ def cmd_verify(args) -> int:
         raise UsageError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
     if args.folds is not None and args.folds < 2:
         raise UsageError(f"--folds: expected an integer >= 2, got {args.folds}")
-    _check_device(args.device)
+    check_device(args.device)
     try:
         result, out = run_verify(path, pairs=args.pairs, val_pairs=args.val_pairs, root=args.root,
                                  num_pairs=args.num_pairs, folds=args.folds, seed=args.seed, device=args.device,
@@ -64,7 +65,11 @@ def cmd_verify(args) -> int:
         k = test["kfold"]
         print(f"{k['folds']}-fold accuracy {k['accuracy']:.4f} ± {k['accuracy_std']:.4f}")
     print(f"written: {out}" + (f", {result['roc_png']}" if result.get("roc_png") else ""))
-    from recogfast.report.cli import add_verification_after
+    from recogfast.report.after import add_verification_after
 
     add_verification_after(os.path.dirname(os.path.abspath(path)))
     return 0
+
+
+def register(parser, sub) -> None:
+    add_verify_parser(sub)

@@ -1,8 +1,13 @@
-"""The flags of `recogfast train` (every RunConfig field; defaults come from RunConfig) and `--config`."""
+"""``recogfast train``: its flags (every RunConfig field; defaults come from RunConfig), ``--config``,
+``--resume`` from a run folder, and the command."""
 
 from __future__ import annotations
 
 import argparse
+import os
+
+from recogfast.cli.checks import check_checkpoint, check_dataset_args
+from recogfast.cli.errors import EPILOG, UsageError, check_device
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -130,7 +135,6 @@ def with_config(parser, argv, args):
     """Parse again with the saved config's values as the train defaults: flags given override them."""
     import dataclasses
 
-    from recogfast.cli import UsageError
     from recogfast.engine.runs import read_config
     from recogfast.engine.tasks import RunConfig
 
@@ -178,9 +182,6 @@ def with_run_folder(parser, argv, args):
     """``--resume RUN`` / ``--out RUN --resume``: RUN/config.json is the configuration; a flag given beside
     it must agree with it (except ``RESUME_MAY_CHANGE``), else one line names the difference."""
     import dataclasses
-    import os
-
-    from recogfast.cli import UsageError
     from recogfast.engine.runs import read_config
     from recogfast.engine.tasks import RunConfig
 
@@ -214,3 +215,108 @@ def with_run_folder(parser, argv, args):
     args.out, args.resume = out, resume
     args.extra = {k: v for k, v in values.items() if k not in dests and k not in ("out", "task", "progress")}
     return args
+
+
+def register(parser, sub) -> None:
+    train = sub.add_parser("train", help="train a model", epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.train_parser = train
+    train.add_argument("task", choices=("classify", "retrieval", "multilabel"))
+    add_train_args(train)
+    train.set_defaults(handler=cmd_train)
+
+
+def resolve_train_args(parser, argv, args):
+    """The parsed train flags with ``--config`` and ``--resume RUN`` applied."""
+    if args.config:
+        args = with_config(parser, argv, args)
+    if args.resume:
+        args = with_run_folder(parser, argv, args)
+    return args
+
+
+def _run_folder(args, model: str) -> str:
+    """The run folder: --out (refused when it holds a run, unless --resume or --overwrite), else
+    runs/<task>-<dataset>-<model>, numbered when taken (the unnumbered one with --resume)."""
+    from recogfast.engine.runs import holds_run, new_run_folder
+
+    if args.out is None:
+        base = os.path.join("runs", f"{args.task}-{args.dataset}-{model}")
+        return base if args.resume else new_run_folder(base)
+    if holds_run(args.out) and not (args.resume or args.overwrite):
+        raise UsageError(f"{args.out} already holds a run: pass --resume to continue it, --overwrite to replace it, "
+                         f"or another --out")
+    return args.out
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from recogfast.engine.tasks import RunConfig, build_trainer
+    from recogfast.engine.trainer import ResumeError
+    from recogfast.models import list_models
+
+    model = args.model or "resnet18"
+    args.dataset = args.dataset or ("shapes-multi" if args.task == "multilabel" else "shapes196")
+    if model not in list_models():
+        raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
+    check_device(args.device)
+    skip = ("command", "task", "resume", "quiet", "model", "out", "config", "overwrite", "extra", "debug", "no_report",
+            "handler")
+    fields = {k: v for k, v in vars(args).items() if k not in skip}
+    cfg = RunConfig(task=args.task, model=model, progress=not args.quiet, **fields, **getattr(args, "extra", {}))
+    try:
+        cfg.resolved()  # ranges and option conflicts (RunConfig's checks), before any file is looked at
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    check_dataset_args(args.dataset, args.data)
+    if args.weights is not None:
+        from recogfast.models.weights import read_state_dict, resolve_weights
+
+        try:
+            read_state_dict(resolve_weights(args.weights, model))
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(str(err)) from None
+    out = _run_folder(args, model)
+    if isinstance(args.resume, str):
+        check_checkpoint(args.resume)
+    elif args.resume:
+        last = os.path.join(out, "last.pt")
+        if not os.path.exists(last):
+            raise UsageError(f"--resume: nothing to resume: {last} not found (drop --resume to start a new run)")
+        check_checkpoint(last)
+    cfg = dataclasses.replace(cfg, out=out)
+    try:
+        trainer = build_trainer(cfg)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise UsageError(str(err)) from None
+    if args.overwrite and not args.resume and int(os.environ.get("RANK", "0")) == 0:
+        from recogfast.engine.runs import clear_run
+
+        clear_run(out)
+    try:
+        summary = trainer.fit(resume=args.resume)
+    except ResumeError as err:
+        raise UsageError(str(err)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_result(out, summary)
+        if not getattr(args, "no_report", False):
+            from recogfast.report.after import report_after_training
+
+            report_after_training(out)
+    return 0
+
+
+def _metric_text(metrics: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k != "loss")
+
+
+def _print_result(out: str, summary: dict) -> None:
+    val, test = summary.get("val"), summary.get("test")
+    if val:
+        print(f"best val {summary['monitor']} {summary['best_value']:.4f} at epoch {val['epoch']}"
+              + ("  (stopped early)" if summary["stopped_early"] else ""))
+    else:
+        print(f"no validation split: the result is the last epoch ({summary['epochs_run']})")
+    if test:
+        print(f"TEST (epoch {test['epoch']}, {test['chosen_by']}): {_metric_text(test)}")
+    print(f"run folder: {out}")
