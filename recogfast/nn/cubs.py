@@ -7,10 +7,12 @@ import torch
 from torch import nn
 
 from recogfast import dispatch
-from recogfast.ops.cubs_channel import cubs_channel
-from recogfast.ops.cubs_spatial import cubs_spatial
+from recogfast.ops.cubs_channel import SPEC as _CHANNEL
+from recogfast.ops.cubs_spatial import SPEC as _SPATIAL
 
 PLACEMENTS = ("serial12", "serial21", "parallel")
+_FLAT1 = (0,) * 8  # cubs_channel takes the Linear layers' weights and biases as they are
+_FLAT2 = (2, 0) * 3  # cubs_spatial takes the 1x1 convolutions' weights [1, C, 1, 1] as [C]
 
 
 class CUBSBlock1(nn.Module):
@@ -36,9 +38,9 @@ class CUBSBlock1(nn.Module):
         self.out = nn.Linear(inner, channels, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = x.dtype
-        p = [t.to(dt) for lin in (self.q, self.k, self.v, self.out) for t in (lin.weight, lin.bias)]
-        return cubs_channel(x, *p, impl=self.impl)
+        q, k, v, o = self.q, self.k, self.v, self.out
+        return _CHANNEL.module_call(self.impl, x, (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, o.weight,
+                                                   o.bias), _FLAT1)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, inner={self.inner}, impl={self.impl!r}"
@@ -60,9 +62,8 @@ class CUBSBlock2(nn.Module):
         self.v = nn.Conv2d(channels, 1, kernel_size=1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = x.dtype
-        p = [t.to(dt) for conv in (self.q, self.k, self.v) for t in (conv.weight.reshape(-1), conv.bias)]
-        return cubs_spatial(x, *p, impl=self.impl)
+        q, k, v = self.q, self.k, self.v
+        return _SPATIAL.module_call(self.impl, x, (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias), _FLAT2)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, impl={self.impl!r}"

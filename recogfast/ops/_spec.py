@@ -16,6 +16,7 @@ there is one, and the pure-PyTorch reference. From the spec come:
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -160,10 +161,41 @@ class GateOp:
         """The Python wrapper: the fused op where `recogfast.dispatch` picks it, else the checked reference."""
         if dispatch.use_fused(self.name, impl, x):
             return getattr(torch.ops.recogfast, self.name)(x, *weights)
+        return self._reference(x, *weights)
+
+    def _reference(self, x, *weights) -> torch.Tensor:
         self.check(x, *weights)
         # The reference as its module holds it now (so that patching the module's function takes effect).
         reference = getattr(sys.modules[self.reference.__module__], self.reference.__name__, self.reference)
         return reference(x, *weights)
+
+    def module_call(self, impl: str, x, params, flat: tuple) -> torch.Tensor:
+        """A module's call with its parameters as it holds them (fp32 under autocast, convolution weights 4-D):
+        each is cast to x's dtype and flattened as `flat` says (0: as is, 1: ``flatten(1)``, 2: ``reshape(-1)``).
+
+        Same result, gradients and errors as ``call(impl, x, *prepared)``; on plain tensors in eager mode the
+        fused kernel runs through one ``autograd.Function`` (`_FusedGate`) that prepares the weights without
+        autograd and calls the forward and backward kernels below the autograd key, so a call crosses Python
+        autograd once and records no view or cast nodes (the engine casts the weights' gradients back to their
+        dtype). Under torch.compile / export / jit tracing / functorch, or with tensor subclasses, it takes the
+        registered op (what those systems trace)."""
+        if dispatch.use_fused(self.name, impl, x):
+            if _eager_plain(x, params):
+                if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+                    return _FusedGate.apply(self, flat, x, *params)
+                weights = _prepare(x.dtype, params, flat)
+                with _below_autograd():
+                    return self.op(x, *weights)
+            return self.op(x, *_prepare(x.dtype, params, flat))
+        return self._reference(x, *_prepare(x.dtype, params, flat))
+
+    @functools.cached_property
+    def op(self):
+        return getattr(torch.ops.recogfast, self.name).default
+
+    @functools.cached_property
+    def backward_op(self):
+        return getattr(torch.ops.recogfast, backward_name(self.name)).default
 
     # The fake kernels: outputs shaped and laid out as the kernels return them (torch.compile trusts these).
     def fake(self, x, *weights):
@@ -185,3 +217,52 @@ class GateOp:
             return backward_op(grad_y, *ctx.saved_tensors)
 
         register_autograd(self.name, self.fake, self.fake_backward, backward, setup_context)
+
+
+# ------------------------------------------------------------------------------- the modules' fast path
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager_plain(x, params) -> bool:
+    """Eager mode on plain tensors: no compiler, exporter, jit tracer or functorch transform is looking."""
+    return (type(x) is torch.Tensor and all(type(p) in _PLAIN for p in params)
+            and not torch.compiler.is_compiling() and torch._C._get_tracing_state() is None
+            and not torch._C._are_functorch_transforms_active())
+
+
+def _prepare(dt, params, flat):
+    out = []
+    for p, f in zip(params, flat):
+        if p.dtype is not dt:
+            p = p.to(dt)
+        out.append(p if f == 0 else p.flatten(1) if f == 1 else p.reshape(-1))
+    return out
+
+
+class _FusedGate(torch.autograd.Function):
+    """One gate op's forward and backward kernels as one autograd node (see `GateOp.module_call`)."""
+
+    @staticmethod
+    def forward(ctx, spec, flat, x, *params):
+        weights = _prepare(x.dtype, params, flat)  # grad mode is off in here: no autograd nodes
+        with _below_autograd():
+            y = spec.op(x, *weights)
+        ctx.spec = spec
+        # the flattened weights' shapes, to give their gradients back in the parameters' shapes
+        ctx.shapes = [p.shape if f else None for p, f in zip(params, flat)]
+        ctx.save_for_backward(x, *weights)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        saved = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: through the registered backward op, whose autograd formula refuses a
+            # derivative of these gradients with an error naming the op (`refuse_double_backward`)
+            grads = ctx.spec.backward_op(grad_y, *saved)
+        else:
+            with _below_autograd():
+                grads = ctx.spec.backward_op(grad_y, *saved)
+        # the engine casts each gradient to its parameter's dtype (an fp32 weight gets an fp32 gradient)
+        return (None, None, grads[0], *(g if s is None else g.view(s) for g, s in zip(grads[1:], ctx.shapes)))
