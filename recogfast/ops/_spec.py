@@ -181,7 +181,13 @@ class GateOp:
         registered op (what those systems trace)."""
         if dispatch.use_fused(self.name, impl, x):
             if _eager_plain(x, params):
-                if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+                grad = torch.is_grad_enabled() and x.requires_grad
+                if not grad and torch.is_grad_enabled():
+                    for p in params:
+                        if p.requires_grad:
+                            grad = True
+                            break
+                if grad:
                     return _FusedGate.apply(self, flat, x, *params)
                 weights = _prepare(x.dtype, params, flat)
                 with _below_autograd():
@@ -226,9 +232,13 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 def _eager_plain(x, params) -> bool:
     """Eager mode on plain tensors: no compiler, exporter, jit tracer or functorch transform is looking."""
-    return (type(x) is torch.Tensor and all(type(p) in _PLAIN for p in params)
-            and not torch.compiler.is_compiling() and torch._C._get_tracing_state() is None
-            and not torch._C._are_functorch_transforms_active())
+    if type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None \
+            or torch._C._are_functorch_transforms_active():
+        return False
+    for p in params:
+        if type(p) not in _PLAIN:
+            return False
+    return True
 
 
 def _prepare(dt, params, flat):
