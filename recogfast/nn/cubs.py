@@ -8,11 +8,20 @@ from torch import nn
 
 from recogfast import dispatch
 from recogfast.ops.cubs_channel import SPEC as _CHANNEL
+from recogfast.ops._spec import pair_call
 from recogfast.ops.cubs_spatial import SPEC as _SPATIAL
 
 PLACEMENTS = ("serial12", "serial21", "parallel")
 _FLAT1 = (0,) * 8  # cubs_channel takes the Linear layers' weights and biases as they are
 _FLAT2 = (2, 0) * 3  # cubs_spatial takes the 1x1 convolutions' weights [1, C, 1, 1] as [C]
+_mm = nn.modules.module
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether calling `m` runs hooks (its own or global ones), so it must be called as a module."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or _mm._global_forward_hooks or _mm._global_forward_pre_hooks or _mm._global_backward_hooks
+                or _mm._global_backward_pre_hooks)
 
 
 class CUBSBlock1(nn.Module):
@@ -88,6 +97,17 @@ class CUBSBlock(nn.Module):
         self.block2 = CUBSBlock2(channels, impl=impl, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1, b2 = self.block1, self.block2
+        if (torch.is_grad_enabled() and type(b1) is CUBSBlock1 and type(b2) is CUBSBlock2 and not _hooked(b1)
+                and not _hooked(b2)):
+            # both kernels, forward and backward, as one autograd node where they run fused (pair_call)
+            q, k, v, o = b1.q, b1.k, b1.v, b1.out
+            p1 = (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, o.weight, o.bias)
+            q, k, v = b2.q, b2.k, b2.v
+            p2 = (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias)
+            y = pair_call(self.placement, _CHANNEL, b1.impl, p1, _FLAT1, _SPATIAL, b2.impl, p2, _FLAT2, x)
+            if y is not None:
+                return y
         if self.placement == "parallel":
             return self.block1(x) + self.block2(x)
         if self.placement == "serial12":

@@ -16,6 +16,7 @@ there is one, and the pure-PyTorch reference. From the spec come:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from dataclasses import dataclass
@@ -277,3 +278,73 @@ class _FusedGate(torch.autograd.Function):
                 grads = ctx.spec.backward_op(grad_y, *saved)
         # the engine casts each gradient to its parameter's dtype (an fp32 weight gets an fp32 gradient)
         return (None, None, grads[0], *(g if s is None else g.view(s) for g, s in zip(grads[1:], ctx.shapes)))
+
+
+def pair_call(placement: str, a: GateOp, impl_a: str, params_a, flat_a, b: GateOp, impl_b: str, params_b, flat_b, x):
+    """Two gate ops on x as one autograd node when both run fused in eager mode on plain tensors and x or a
+    weight needs a gradient: ``parallel`` a(x) + b(x), ``serial12`` b(a(x)), ``serial21`` a(b(x)). Returns
+    None where that does not hold (the caller then runs the two modules); the values, gradients, saved
+    tensors and errors are those of the two modules' calls (`GateOp.module_call`) one after the other."""
+    if not torch.is_grad_enabled() or not _eager_plain(x, params_a) or not _eager_plain(x, params_b):
+        return None
+    grad = x.requires_grad
+    if not grad:
+        for p in (*params_a, *params_b):
+            if p.requires_grad:
+                grad = True
+                break
+    if not grad:
+        return None
+    # the dispatch decisions in the order the modules would make them (records, warnings, impl='fused' errors)
+    first, then = ((b, impl_b), (a, impl_a)) if placement == "serial21" else ((a, impl_a), (b, impl_b))
+    if not (dispatch.use_fused(first[0].name, first[1], x) and dispatch.use_fused(then[0].name, then[1], x)):
+        return None
+    return _FusedPair.apply(placement, a, flat_a, b, flat_b, len(params_a), x, *params_a, *params_b)
+
+
+def _unflatten(grads, shapes):
+    return (g if s is None else g.view(s) for g, s in zip(grads, shapes))
+
+
+class _FusedPair(torch.autograd.Function):
+    """Two gate ops' forward and backward kernels as one autograd node (see `pair_call`)."""
+
+    @staticmethod
+    def forward(ctx, placement, a, flat_a, b, flat_b, n_a, x, *params):
+        pa, pb = params[:n_a], params[n_a:]
+        wa, wb = _prepare(x.dtype, pa, flat_a), _prepare(x.dtype, pb, flat_b)
+        with _below_autograd():
+            if placement == "parallel":
+                mid = x
+                y = a.op(x, *wa) + b.op(x, *wb)
+            elif placement == "serial12":
+                mid = a.op(x, *wa)
+                y = b.op(mid, *wb)
+            else:
+                mid = b.op(x, *wb)
+                y = a.op(mid, *wa)
+        ctx.placement, ctx.a, ctx.b, ctx.n_a = placement, a, b, len(wa)
+        ctx.shapes = [p.shape if f else None for p, f in zip((*pa, *pb), (*flat_a, *flat_b))]
+        ctx.save_for_backward(x, mid, *wa, *wb)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, mid, *w = ctx.saved_tensors
+        wa, wb = w[:ctx.n_a], w[ctx.n_a:]
+        a_bwd, b_bwd = ctx.a.backward_op, ctx.b.backward_op
+        # create_graph=True: through the registered backward ops (which refuse a double backward)
+        guard = contextlib.nullcontext() if torch.is_grad_enabled() else _below_autograd()
+        with guard:
+            if ctx.placement == "parallel":
+                ga, gb = a_bwd(grad_y, x, *wa), b_bwd(grad_y, x, *wb)
+                gx = ga[0] + gb[0]
+            elif ctx.placement == "serial12":
+                gb = b_bwd(grad_y, mid, *wb)
+                ga = a_bwd(gb[0], x, *wa)
+                gx = ga[0]
+            else:
+                ga = a_bwd(grad_y, mid, *wa)
+                gb = b_bwd(ga[0], x, *wb)
+                gx = gb[0]
+        return (None,) * 6 + (gx, *_unflatten((*ga[1:], *gb[1:]), ctx.shapes))
