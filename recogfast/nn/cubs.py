@@ -8,10 +8,12 @@ from torch import nn
 
 from recogfast import dispatch
 from recogfast.ops.cubs_channel import SPEC as _CHANNEL
+from recogfast.nn._params import layer_params
 from recogfast.ops._spec import pair_call
 from recogfast.ops.cubs_spatial import SPEC as _SPATIAL
 
 PLACEMENTS = ("serial12", "serial21", "parallel")
+_LAYERS1, _LAYERS2 = ("q", "k", "v", "out"), ("q", "k", "v")
 _FLAT1 = (0,) * 8  # cubs_channel takes the Linear layers' weights and biases as they are
 _FLAT2 = (2, 0) * 3  # cubs_spatial takes the 1x1 convolutions' weights [1, C, 1, 1] as [C]
 _mm = nn.modules.module
@@ -47,9 +49,7 @@ class CUBSBlock1(nn.Module):
         self.out = nn.Linear(inner, channels, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v, o = self.q, self.k, self.v, self.out
-        return _CHANNEL.module_call(self.impl, x, (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, o.weight,
-                                                   o.bias), _FLAT1)
+        return _CHANNEL.module_call(self.impl, x, layer_params(self, _LAYERS1), _FLAT1)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, inner={self.inner}, impl={self.impl!r}"
@@ -71,8 +71,7 @@ class CUBSBlock2(nn.Module):
         self.v = nn.Conv2d(channels, 1, kernel_size=1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.q, self.k, self.v
-        return _SPATIAL.module_call(self.impl, x, (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias), _FLAT2)
+        return _SPATIAL.module_call(self.impl, x, layer_params(self, _LAYERS2), _FLAT2)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, impl={self.impl!r}"
@@ -101,11 +100,8 @@ class CUBSBlock(nn.Module):
         if (torch.is_grad_enabled() and type(b1) is CUBSBlock1 and type(b2) is CUBSBlock2 and not _hooked(b1)
                 and not _hooked(b2)):
             # both kernels, forward and backward, as one autograd node where they run fused (pair_call)
-            q, k, v, o = b1.q, b1.k, b1.v, b1.out
-            p1 = (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, o.weight, o.bias)
-            q, k, v = b2.q, b2.k, b2.v
-            p2 = (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias)
-            y = pair_call(self.placement, _CHANNEL, b1.impl, p1, _FLAT1, _SPATIAL, b2.impl, p2, _FLAT2, x)
+            y = pair_call(self.placement, _CHANNEL, b1.impl, layer_params(b1, _LAYERS1), _FLAT1, _SPATIAL, b2.impl,
+                          layer_params(b2, _LAYERS2), _FLAT2, x)
             if y is not None:
                 return y
         if self.placement == "parallel":

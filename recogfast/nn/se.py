@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from recogfast import dispatch
+from recogfast.nn._params import layer_params
 from recogfast.ops.se_gate import SPEC
 
 # timm's SEModule options that this module computes as timm does only at their defaults
@@ -77,8 +78,7 @@ class SEBlock(nn.Module):
         return cls(channels, rd_ratio=rd_ratio, rd_divisor=rd_divisor, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fc1, fc2 = self.fc1, self.fc2
-        return SPEC.module_call(self.impl, x, (fc1.weight, fc1.bias, fc2.weight, fc2.bias), _FLAT)
+        return SPEC.module_call(self.impl, x, layer_params(self, ("fc1", "fc2")), _FLAT)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, rd_channels={self.rd_channels}, impl={self.impl!r}"

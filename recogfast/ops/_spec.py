@@ -196,14 +196,14 @@ class GateOp:
             return self.op(x, *_prepare(x.dtype, params, flat))
         return self._reference(x, *_prepare(x.dtype, params, flat))
 
-    # The ops' overloads as their pybind callables (OpOverload.__call__ is one Python frame around them).
+    # The ops' default overloads (OpOverload objects, which torch.compile and compiled autograd can trace).
     @functools.cached_property
     def op(self):
-        return getattr(torch.ops.recogfast, self.name).default._op
+        return getattr(torch.ops.recogfast, self.name).default
 
     @functools.cached_property
     def backward_op(self):
-        return getattr(torch.ops.recogfast, backward_name(self.name)).default._op
+        return getattr(torch.ops.recogfast, backward_name(self.name)).default
 
     # The fake kernels: outputs shaped and laid out as the kernels return them (torch.compile trusts these).
     def fake(self, x, *weights):
