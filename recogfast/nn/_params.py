@@ -8,7 +8,7 @@ from torch import nn
 def layer_params(owner: nn.Module, layers: tuple[str, ...]) -> tuple:
     """(weight, bias) of each named sublayer of `owner`, in order: what ``owner.<layer>.weight`` gives, read
     from the modules' own dicts where they hold it (``nn.Module.__getattr__`` costs about half a microsecond
-    a lookup, a call pays twelve to twenty-eight of them); a layer or parameter not in them (a parametrized
+    a lookup, a call pays six to twenty-three of them); a layer or parameter not in them (a parametrized
     weight, a property) is read by attribute as before."""
     out = []
     modules = owner._modules
