@@ -20,7 +20,7 @@ from recogfast.nn import create_attention
 B, C, H = 1, 8, 2  # the smallest legal shape with a reduced width of 8 (timm's make_divisible(C/16, 8))
 ROUNDS = 300
 SE_IMPLS = ["fused", "fused_op", "reference", "torchvision", "timm"]
-CUBS = ["cubs1", "cubs2", "cubs_serial12"]
+CUBS = ["cubs1", "cubs2", "cubs_serial12", "cubs_serial21", "cubs_parallel"]  # the three placements: CUBSBlock
 
 
 @pytest.fixture(autouse=True)
