@@ -2,7 +2,8 @@
 dispatcher spend on one call, measured on the CPU at a tiny shape (1x8x2x2, fp32, one intra-op thread) where
 the arithmetic is negligible, forward (no_grad) and forward+backward (gradients set to None before each call,
 untimed). Each recogfast module (fused) against the same module on its eager reference ("reference"), and,
-for SE, the raw fused op with prepared weights ("fused_op": what the module glue costs) and torchvision's
+for SE, the registered op through its Python autograd with weights prepared once ("fused_op"; the module's
+own one-node path is faster than this) and torchvision's
 ``SqueezeExcitation`` / timm's ``SEModule`` of the same width (R = 8). On a GPU the same host work sits in
 front of every launch: this is the overhead a CUDA graph removes.
 
