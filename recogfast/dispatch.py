@@ -47,14 +47,14 @@ def check_impl(impl: str) -> str:
 
 # RECOGFAST_IMPL is read on every call (a test or a user may set it at any time); where os.environ keeps its
 # raw mapping (`_data`, as CPython's does), one dict lookup says whether it changed since the last parse.
-_ENV_DATA = getattr(os.environ, "_data", None)
 _ENV_KEY = os.environ.encodekey("RECOGFAST_IMPL") if hasattr(os.environ, "encodekey") else None
 _env_cache: list = [object(), None]  # [raw value last parsed, its override]
 
 
 def _env_override() -> str | None:
-    if _ENV_DATA is not None and _ENV_KEY is not None:
-        raw = _ENV_DATA.get(_ENV_KEY)
+    data = getattr(os.environ, "_data", None)
+    if data is not None and _ENV_KEY is not None:
+        raw = data.get(_ENV_KEY)
         if raw is _env_cache[0] or raw == _env_cache[0]:
             return _env_cache[1]
         override = _parse_env()
