@@ -2,7 +2,8 @@
 dispatcher spend on one call, measured on the CPU at a tiny shape (1x8x2x2, fp32, one intra-op thread) where
 the arithmetic is negligible, forward (no_grad) and forward+backward (gradients set to None before each call,
 untimed). Each recogfast module (fused) against the same module on its eager reference ("reference"), and,
-for SE, the raw fused op with prepared weights ("fused_op": what the module glue costs) and torchvision's
+for SE, the registered op through its Python autograd with weights prepared once ("fused_op"; the module's
+own one-node path is faster than this) and torchvision's
 ``SqueezeExcitation`` / timm's ``SEModule`` of the same width (R = 8). On a GPU the same host work sits in
 front of every launch: this is the overhead a CUDA graph removes.
 
@@ -20,7 +21,7 @@ from recogfast.nn import create_attention
 B, C, H = 1, 8, 2  # the smallest legal shape with a reduced width of 8 (timm's make_divisible(C/16, 8))
 ROUNDS = 300
 SE_IMPLS = ["fused", "fused_op", "reference", "torchvision", "timm"]
-CUBS = ["cubs1", "cubs2", "cubs_serial12"]
+CUBS = ["cubs1", "cubs2", "cubs_serial12", "cubs_serial21", "cubs_parallel"]  # the three placements: CUBSBlock
 
 
 @pytest.fixture(autouse=True)

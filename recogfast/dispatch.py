@@ -45,7 +45,25 @@ def check_impl(impl: str) -> str:
     return impl
 
 
+# RECOGFAST_IMPL is read on every call (a test or a user may set it at any time); where os.environ keeps its
+# raw mapping (`_data`, as CPython's does), one dict lookup says whether it changed since the last parse.
+_ENV_KEY = os.environ.encodekey("RECOGFAST_IMPL") if hasattr(os.environ, "encodekey") else None
+_env_cache: list = [object(), None]  # [raw value last parsed, its override]
+
+
 def _env_override() -> str | None:
+    data = getattr(os.environ, "_data", None)
+    if data is not None and _ENV_KEY is not None:
+        raw = data.get(_ENV_KEY)
+        if raw is _env_cache[0] or raw == _env_cache[0]:
+            return _env_cache[1]
+        override = _parse_env()
+        _env_cache[:] = [raw, override]
+        return override
+    return _parse_env()
+
+
+def _parse_env() -> str | None:
     env = os.environ.get("RECOGFAST_IMPL", "auto") or "auto"
     if env not in IMPLS:
         raise ValueError(f"RECOGFAST_IMPL must be one of {', '.join(IMPLS)}, got {env!r}")

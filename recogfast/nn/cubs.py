@@ -7,10 +7,23 @@ import torch
 from torch import nn
 
 from recogfast import dispatch
-from recogfast.ops.cubs_channel import cubs_channel
-from recogfast.ops.cubs_spatial import cubs_spatial
+from recogfast.ops.cubs_channel import SPEC as _CHANNEL
+from recogfast.nn._params import layer_params
+from recogfast.ops._spec import pair_call
+from recogfast.ops.cubs_spatial import SPEC as _SPATIAL
 
 PLACEMENTS = ("serial12", "serial21", "parallel")
+_LAYERS1, _LAYERS2 = ("q", "k", "v", "out"), ("q", "k", "v")
+_FLAT1 = (0,) * 8  # cubs_channel takes the Linear layers' weights and biases as they are
+_FLAT2 = (2, 0) * 3  # cubs_spatial takes the 1x1 convolutions' weights [1, C, 1, 1] as [C]
+_mm = nn.modules.module
+
+
+def _hooked(m: nn.Module) -> bool:
+    """Whether calling `m` runs hooks (its own or global ones), so it must be called as a module."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or _mm._global_forward_hooks or _mm._global_forward_pre_hooks or _mm._global_backward_hooks
+                or _mm._global_backward_pre_hooks)
 
 
 class CUBSBlock1(nn.Module):
@@ -36,9 +49,7 @@ class CUBSBlock1(nn.Module):
         self.out = nn.Linear(inner, channels, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = x.dtype
-        p = [t.to(dt) for lin in (self.q, self.k, self.v, self.out) for t in (lin.weight, lin.bias)]
-        return cubs_channel(x, *p, impl=self.impl)
+        return _CHANNEL.module_call(self.impl, x, layer_params(self, _LAYERS1), _FLAT1)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, inner={self.inner}, impl={self.impl!r}"
@@ -60,9 +71,7 @@ class CUBSBlock2(nn.Module):
         self.v = nn.Conv2d(channels, 1, kernel_size=1, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = x.dtype
-        p = [t.to(dt) for conv in (self.q, self.k, self.v) for t in (conv.weight.reshape(-1), conv.bias)]
-        return cubs_spatial(x, *p, impl=self.impl)
+        return _SPATIAL.module_call(self.impl, x, layer_params(self, _LAYERS2), _FLAT2)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, impl={self.impl!r}"
@@ -87,6 +96,14 @@ class CUBSBlock(nn.Module):
         self.block2 = CUBSBlock2(channels, impl=impl, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1, b2 = self.block1, self.block2
+        if (torch.is_grad_enabled() and type(b1) is CUBSBlock1 and type(b2) is CUBSBlock2 and not _hooked(b1)
+                and not _hooked(b2)):
+            # both kernels, forward and backward, as one autograd node where they run fused (pair_call)
+            y = pair_call(self.placement, _CHANNEL, b1.impl, layer_params(b1, _LAYERS1), _FLAT1, _SPATIAL, b2.impl,
+                          layer_params(b2, _LAYERS2), _FLAT2, x)
+            if y is not None:
+                return y
         if self.placement == "parallel":
             return self.block1(x) + self.block2(x)
         if self.placement == "serial12":

@@ -4,10 +4,12 @@ import torch
 from torch import nn
 
 from recogfast import dispatch
-from recogfast.ops.se_gate import se_gate
+from recogfast.nn._params import layer_params
+from recogfast.ops.se_gate import SPEC
 
 # timm's SEModule options that this module computes as timm does only at their defaults
 _TIMM_FIXED = {"bias": True, "add_maxpool": False, "norm_layer": None}
+_FLAT = (1, 0, 1, 0)  # se_gate takes the 1x1 convolutions' weights [R, C, 1, 1] / [C, R, 1, 1] flattened
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -76,10 +78,7 @@ class SEBlock(nn.Module):
         return cls(channels, rd_ratio=rd_ratio, rd_divisor=rd_divisor, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = x.dtype
-        w1 = self.fc1.weight.flatten(1).to(dt)
-        w2 = self.fc2.weight.flatten(1).to(dt)
-        return se_gate(x, w1, self.fc1.bias.to(dt), w2, self.fc2.bias.to(dt), impl=self.impl)
+        return SPEC.module_call(self.impl, x, layer_params(self, ("fc1", "fc2")), _FLAT)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, rd_channels={self.rd_channels}, impl={self.impl!r}"

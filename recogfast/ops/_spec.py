@@ -16,6 +16,8 @@ there is one, and the pure-PyTorch reference. From the spec come:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -160,10 +162,48 @@ class GateOp:
         """The Python wrapper: the fused op where `recogfast.dispatch` picks it, else the checked reference."""
         if dispatch.use_fused(self.name, impl, x):
             return getattr(torch.ops.recogfast, self.name)(x, *weights)
+        return self._reference(x, *weights)
+
+    def _reference(self, x, *weights) -> torch.Tensor:
         self.check(x, *weights)
         # The reference as its module holds it now (so that patching the module's function takes effect).
         reference = getattr(sys.modules[self.reference.__module__], self.reference.__name__, self.reference)
         return reference(x, *weights)
+
+    def module_call(self, impl: str, x, params, flat: tuple) -> torch.Tensor:
+        """A module's call with its parameters as it holds them (fp32 under autocast, convolution weights 4-D):
+        each is cast to x's dtype and flattened as `flat` says (0: as is, 1: ``flatten(1)``, 2: ``reshape(-1)``).
+
+        Same result, gradients and errors as ``call(impl, x, *prepared)``; on plain tensors in eager mode the
+        fused kernel runs through one ``autograd.Function`` (`_FusedGate`) that prepares the weights without
+        autograd and calls the forward and backward kernels below the autograd key, so a call crosses Python
+        autograd once and records no view or cast nodes (the engine casts the weights' gradients back to their
+        dtype). Under torch.compile / export / jit tracing / functorch, or with tensor subclasses, it takes the
+        registered op (what those systems trace)."""
+        if dispatch.use_fused(self.name, impl, x):
+            if _eager_plain(x, params):
+                grad = torch.is_grad_enabled() and x.requires_grad
+                if not grad and torch.is_grad_enabled():
+                    for p in params:
+                        if p.requires_grad:
+                            grad = True
+                            break
+                if grad:
+                    return _FusedGate.apply(self, flat, x, *params)
+                weights = _prepare(x.dtype, params, flat)
+                with _below_autograd():
+                    return self.op(x, *weights)
+            return self.op(x, *_prepare(x.dtype, params, flat))
+        return self._reference(x, *_prepare(x.dtype, params, flat))
+
+    # The ops' default overloads (OpOverload objects, which torch.compile and compiled autograd can trace).
+    @functools.cached_property
+    def op(self):
+        return getattr(torch.ops.recogfast, self.name).default
+
+    @functools.cached_property
+    def backward_op(self):
+        return getattr(torch.ops.recogfast, backward_name(self.name)).default
 
     # The fake kernels: outputs shaped and laid out as the kernels return them (torch.compile trusts these).
     def fake(self, x, *weights):
@@ -185,3 +225,126 @@ class GateOp:
             return backward_op(grad_y, *ctx.saved_tensors)
 
         register_autograd(self.name, self.fake, self.fake_backward, backward, setup_context)
+
+
+# ------------------------------------------------------------------------------- the modules' fast path
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager_plain(x, params) -> bool:
+    """Eager mode on plain tensors: no compiler, exporter, jit tracer or functorch transform is looking."""
+    if type(x) is not torch.Tensor or torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None \
+            or torch._C._are_functorch_transforms_active():
+        return False
+    for p in params:
+        if type(p) not in _PLAIN:
+            return False
+    return True
+
+
+def _prepare(dt, params, flat):
+    out = []
+    for p, f in zip(params, flat):
+        if p.dtype is not dt:
+            p = p.to(dt)
+        out.append(p if f == 0 else p.flatten(1) if f == 1 else p.reshape(-1))
+    return out
+
+
+class _FusedGate(torch.autograd.Function):
+    """One gate op's forward and backward kernels as one autograd node (see `GateOp.module_call`)."""
+
+    @staticmethod
+    def forward(ctx, spec, flat, x, *params):
+        weights = _prepare(x.dtype, params, flat)  # grad mode is off in here: no autograd nodes
+        with _below_autograd():
+            y = spec.op(x, *weights)
+        ctx.spec = spec
+        # the flattened weights' shapes, to give their gradients back in the parameters' shapes
+        ctx.shapes = [p.shape if f else None for p, f in zip(params, flat)]
+        ctx.save_for_backward(x, *weights)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        saved = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: through the registered backward op, whose autograd formula refuses a
+            # derivative of these gradients with an error naming the op (`refuse_double_backward`)
+            grads = ctx.spec.backward_op(grad_y, *saved)
+        else:
+            with _below_autograd():
+                grads = ctx.spec.backward_op(grad_y, *saved)
+        # the engine casts each gradient to its parameter's dtype (an fp32 weight gets an fp32 gradient)
+        return (None, None, grads[0], *(g if s is None else g.view(s) for g, s in zip(grads[1:], ctx.shapes)))
+
+
+def pair_call(placement: str, a: GateOp, impl_a: str, params_a, flat_a, b: GateOp, impl_b: str, params_b, flat_b, x):
+    """Two gate ops on x as one autograd node when both run fused in eager mode on plain tensors and x or a
+    weight needs a gradient: ``parallel`` a(x) + b(x), ``serial12`` b(a(x)), ``serial21`` a(b(x)). Returns
+    None where that does not hold (the caller then runs the two modules); the values, gradients, saved
+    tensors and errors are those of the two modules' calls (`GateOp.module_call`) one after the other."""
+    if not torch.is_grad_enabled() or not _eager_plain(x, params_a) or not _eager_plain(x, params_b):
+        return None
+    grad = x.requires_grad
+    if not grad:
+        for p in (*params_a, *params_b):
+            if p.requires_grad:
+                grad = True
+                break
+    if not grad:
+        return None
+    # the dispatch decisions in the order the modules would make them (records, warnings, impl='fused' errors)
+    first, then = ((b, impl_b), (a, impl_a)) if placement == "serial21" else ((a, impl_a), (b, impl_b))
+    if not (dispatch.use_fused(first[0].name, first[1], x) and dispatch.use_fused(then[0].name, then[1], x)):
+        return None
+    return _FusedPair.apply(placement, a, flat_a, b, flat_b, len(params_a), x, *params_a, *params_b)
+
+
+def _unflatten(grads, shapes):
+    return (g if s is None else g.view(s) for g, s in zip(grads, shapes))
+
+
+class _FusedPair(torch.autograd.Function):
+    """Two gate ops' forward and backward kernels as one autograd node (see `pair_call`)."""
+
+    @staticmethod
+    def forward(ctx, placement, a, flat_a, b, flat_b, n_a, x, *params):
+        pa, pb = params[:n_a], params[n_a:]
+        wa, wb = _prepare(x.dtype, pa, flat_a), _prepare(x.dtype, pb, flat_b)
+        with _below_autograd():
+            if placement == "parallel":
+                mid = x
+                y = a.op(x, *wa) + b.op(x, *wb)
+            elif placement == "serial12":
+                mid = a.op(x, *wa)
+                y = b.op(mid, *wb)
+            else:
+                mid = b.op(x, *wb)
+                y = a.op(mid, *wa)
+        ctx.placement, ctx.a, ctx.b, ctx.n_a = placement, a, b, len(wa)
+        ctx.shapes = [p.shape if f else None for p, f in zip((*pa, *pb), (*flat_a, *flat_b))]
+        ctx.save_for_backward(x, mid, *wa, *wb)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, mid, *w = ctx.saved_tensors
+        wa, wb = w[:ctx.n_a], w[ctx.n_a:]
+        a_bwd, b_bwd = ctx.a.backward_op, ctx.b.backward_op
+        # create_graph=True: through the registered backward ops (which refuse a double backward)
+        guard = contextlib.nullcontext() if torch.is_grad_enabled() else _below_autograd()
+        with guard:
+            if ctx.placement == "parallel":
+                ga, gb = a_bwd(grad_y, x, *wa), b_bwd(grad_y, x, *wb)
+                gx = ga[0] + gb[0]
+            elif ctx.placement == "serial12":
+                gb = b_bwd(grad_y, mid, *wb)
+                ga = a_bwd(gb[0], x, *wa)
+                gx = ga[0]
+            else:
+                ga = a_bwd(grad_y, mid, *wa)
+                gb = b_bwd(ga[0], x, *wb)
+                gx = gb[0]
+        return (None,) * 6 + (gx, *_unflatten((*ga[1:], *gb[1:]), ctx.shapes))
