@@ -97,7 +97,7 @@ def test_default_torchvision_transform_is_todays_compose():
     and an option that is off adds no op (an op of p=0 would still draw and shift every later draw)."""
     from torchvision.transforms import v2
 
-    from recogfast.data.transforms import train_transform
+    from recogfast.data.augment import train_transform
 
     ops = train_transform(32).transforms
     assert [type(op) for op in ops] == [v2.RandomResizedCrop, v2.RandomHorizontalFlip] and ops[1].p == 0.5

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from recogfast.data.transforms import IMAGENET_MEAN
+from recogfast.data.transforms import IMAGENET_MEAN, TRAIN_RATIO, TRAIN_SCALE, check_crop_scale
 
 POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
 RANDAUGMENT_DEFAULTS = {"aa_num_ops": 2, "aa_magnitude": 9}  # torchvision's (DALI's rand_augment takes both)
@@ -198,3 +198,15 @@ class Augment:
         anchor = fn.random.uniform(range=[0.0, 1.0], shape=2) * (1.0 - fn.stack(height, width))
         return fn.erase(images, anchor=anchor, shape=shape, normalized_anchor=True, normalized_shape=True,
                         axis_names="HW", fill_value=0.0)
+
+
+def train_transform(size: int, crop_scale: float = TRAIN_SCALE[0], augment=None):
+    """uint8 [3, H, W] → RandomResizedCrop(size, (crop_scale, 1), ratio) → the steps of ``augment``
+    (recogfast.data.augment.Augment; default: horizontal flip p=0.5) on the uint8 image."""
+    from torchvision.transforms import v2
+
+    augment = Augment() if augment is None else augment
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(check_crop_scale(crop_scale), 1.0), ratio=TRAIN_RATIO, antialias=True),
+        *augment.torchvision_ops(),
+    ])

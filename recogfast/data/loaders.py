@@ -18,8 +18,9 @@ import torch
 from recogfast.data.base import Loader, decode_rgb
 from recogfast.data.errors import DataError, check_on_error, read_encoded
 from recogfast.data.samplers import ShuffleBatchSampler
+from recogfast.data.augment import train_transform
 from recogfast.data.transforms import (
-    TRAIN_SCALE, eval_transform, normalize_batch, train_transform,
+    TRAIN_SCALE, eval_transform, normalize_batch,
 )
 
 __all__ = ["build_loader", "dali_available", "TorchvisionLoader"]

@@ -54,20 +54,6 @@ def check_crop_scale(crop_scale: float) -> float:
     return crop_scale
 
 
-def train_transform(size: int, crop_scale: float = TRAIN_SCALE[0], augment=None):
-    """uint8 [3, H, W] → RandomResizedCrop(size, (crop_scale, 1), ratio) → the steps of ``augment``
-    (recogfast.data.augment.Augment; default: horizontal flip p=0.5) on the uint8 image."""
-    from torchvision.transforms import v2
-
-    from recogfast.data.augment import Augment
-
-    augment = Augment() if augment is None else augment
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(check_crop_scale(crop_scale), 1.0), ratio=TRAIN_RATIO, antialias=True),
-        *augment.torchvision_ops(),
-    ])
-
-
 def normalize_batch(images: torch.Tensor, dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
     """uint8 [B, 3, H, W] (any device) → (x/255 - mean)/std in ``dtype``, channels_last if asked."""
     if channels_last:

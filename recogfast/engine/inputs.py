@@ -17,6 +17,22 @@ def require_data_folder(cfg) -> None:
         raise FileNotFoundError(f"data folder not found: {cfg.data}")
 
 
+def build_multilabel_datasets(cfg):
+    """(train, val, test) multi-label lists; val is None with ``val_fraction`` 0."""
+    from recogfast import data
+
+    if cfg.dataset == "shapes-multi":
+        kw = dict(cache_dir=cfg.data, images_per_class=cfg.images_per_class, image_size=64, seed=0)
+        pool, test = data.ShapesMulti(split="trainval", **kw), data.ShapesMulti(split="test", **kw)
+    else:
+        require_data_folder(cfg)
+        pool, test = data.VOC2007(cfg.data, "trainval"), data.VOC2007(cfg.data, "test")
+    if not cfg.val_fraction:
+        return pool, None, test
+    train, val = data.split_multilabel(pool, cfg.val_fraction, cfg.split_seed)
+    return train, val, test
+
+
 def build_datasets(cfg):
     """(train, val, test) datasets; val is None with ``val_fraction`` 0.
 
@@ -30,8 +46,6 @@ def build_datasets(cfg):
     from recogfast import data
 
     if cfg.task == "multilabel":
-        from recogfast.engine.multilabel import build_multilabel_datasets
-
         return build_multilabel_datasets(cfg)
     if cfg.dataset == "folder":  # a user's class folders: train/ [val/] [test/], or one set split here
         require_data_folder(cfg)

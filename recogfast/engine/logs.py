@@ -67,7 +67,7 @@ def plot_history(rows: list[dict], folder: str | os.PathLike, model: str | None 
     """``loss.png`` and ``metrics.png`` in `folder` from the epoch rows (integer epochs, the run name and
     model in the title, the chosen epoch marked, the legend outside the lines); [] without matplotlib."""
     try:
-        from recogfast.report.figures import curves, save
+        from recogfast.engine.plots import curves, save
     except Exception:  # noqa: BLE001 - plots are optional
         return []
     if not rows:

@@ -16,29 +16,11 @@ from recogfast.metrics import mean_average_precision
 MULTILABEL_DATASETS = ("voc2007", "shapes-multi")
 
 
-def build_multilabel_datasets(cfg):
-    """(train, val, test) multi-label lists; val is None with ``val_fraction`` 0."""
-    from recogfast import data
-
-    if cfg.dataset == "shapes-multi":
-        kw = dict(cache_dir=cfg.data, images_per_class=cfg.images_per_class, image_size=64, seed=0)
-        pool, test = data.ShapesMulti(split="trainval", **kw), data.ShapesMulti(split="test", **kw)
-    else:
-        from recogfast.engine.inputs import require_data_folder
-
-        require_data_folder(cfg)
-        pool, test = data.VOC2007(cfg.data, "trainval"), data.VOC2007(cfg.data, "test")
-    if not cfg.val_fraction:
-        return pool, None, test
-    train, val = data.split_multilabel(pool, cfg.val_fraction, cfg.split_seed)
-    return train, val, test
-
-
 @torch.no_grad()
 def multilabel_outputs(model: nn.Module, loader, targets) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, C] float32 on the CPU, targets [N, C] int8) of every image of `loader` (gathered
     over DDP ranks; each batch's labels are the images' indices into `targets`)."""
-    from recogfast.engine.tasks import embed
+    from recogfast.engine.embed import embed
 
     logits, index = embed(model, loader)
     return logits.cpu(), torch.as_tensor(targets)[index.cpu().long()]

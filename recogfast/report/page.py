@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
+
+from recogfast.report.html import _img, fmt
 
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#222}
 img{max-width:100%;border:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}td.num{text-align:right;font-family:monospace}
 .note{background:#fff6d6;padding:.5em}"""
-
-
-def fmt(v) -> str:
-    """How a number appears on the page (the tests compare it with summary.json the same way)."""
-    if isinstance(v, bool) or v is None:
-        return html.escape(str(v))
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return html.escape(str(v))
-
-
-def _img(path: str, alt: str) -> str:
-    return f'<img src="{html.escape(os.path.basename(path))}" alt="{html.escape(alt)}">'
 
 
 def _metrics_table(summary: dict) -> str:

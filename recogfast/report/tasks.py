@@ -122,7 +122,7 @@ def verification_html(items: list[dict], fmt, img) -> str:
 def update_page(run: str | os.PathLike) -> str | None:
     """Put the run's verification section into an existing ``report/index.html`` (replacing an older
     one), without rebuilding the rest of the page; None when the run has no report page."""
-    from recogfast.report.page import _img, fmt
+    from recogfast.report.html import _img, fmt
 
     run = Path(run)
     page = run / "report" / "index.html"
