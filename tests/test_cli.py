@@ -116,7 +116,7 @@ def test_demo_smoke(capsys, tmp_path, shapes_cache):
                "--workers", "0", "--device", "cpu", "--quiet"])
     assert rc == 0
     text = capsys.readouterr().out
-    for needle in ("classification (test)", "retrieval: raw pixels", "retrieval: untrained net",
+    for needle in ("classification: chance", "classification: trained", "retrieval: raw pixels", "retrieval: untrained net",
                    "retrieval: trained (MS loss)", "kernels that ran", "cubs_spatial", "multilabel: label frequency",
                    "multilabel: trained (BCE)", "verification (retrieval)"):
         assert needle in text, needle
@@ -200,3 +200,17 @@ def test_resume_from_the_run_folder_alone(capsys, tmp_path, shapes_cache):
         assert main(["eval", "--checkpoint", str(out / name), "--workers", "0", "--device", "cpu"]) == 0
     best, last = json.load(open(out / "eval-test.json")), json.load(open(out / "eval-test-last.json"))
     assert best["checkpoint"].endswith("best.pt") and last["checkpoint"].endswith("last.pt")
+
+
+def test_demo_defaults_cpu_and_full():
+    import argparse
+
+    from recogfast.demo import _defaults, add_demo_args
+
+    p = argparse.ArgumentParser()
+    add_demo_args(p)
+    cpu = _defaults(p.parse_args([]), "cpu")
+    assert (cpu["image_size"], cpu["stem"], cpu["classify_epochs"], cpu["retrieval_epochs"]) == (32, "imagenet", 3, 4)
+    full = _defaults(p.parse_args(["--full"]), "cpu")  # the longer recipe, one flag away
+    assert (full["image_size"], full["stem"], full["classify_epochs"], full["multilabel_epochs"]) == (64, "small", 30, 30)
+    assert _defaults(p.parse_args([]), "cuda") == full
