@@ -94,7 +94,7 @@ def test_predict_embeddings_of_a_retrieval_model(runs, capsys, tmp_path):
     (["/nonexistent/run", "x.png"], "no image found at 'x.png'"),
     (["RUN", "/nonexistent/*.jpg"], "no image found at '/nonexistent/*.jpg'"),
     (["EMPTY", "IMAGE"], "holds no best.pt"),
-    (["RUN", "IMAGE", "--topk", "0"], "--topk and --batch-size must be positive"),
+    (["RUN", "IMAGE", "--topk", "0"], "argument --topk: expected a positive integer, got '0'"),
 ])
 def test_predict_errors_are_one_line(runs, capsys, tmp_path, args, pattern):
     tmp, data = runs

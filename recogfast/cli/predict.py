@@ -6,18 +6,18 @@ import json
 import os
 import sys
 
-from recogfast.cli.errors import UsageError, check_device
+from recogfast.cli.errors import UsageError, check_device, positive_int
 
 
 def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="a trained model on new images: top-k classes, or embeddings")
     p.add_argument("model", help="a run folder (its best.pt) or a checkpoint")
     p.add_argument("images", nargs="+", help="image files, folders (recursively) or globs")
-    p.add_argument("--topk", type=int, default=5, help="classes shown for each image (default 5)")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes shown for each image (default 5)")
     p.add_argument("--out", default=None,
                    help="write the result: FILE.json (classifiers), or FILE.npy + FILE.json (embeddings; default "
                         "embeddings.npy in the current folder)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default=None)
     p.set_defaults(handler=cmd_predict)
 
@@ -27,9 +27,6 @@ def cmd_predict(args) -> int:
 
     from recogfast.predict import predict
 
-
-    if args.topk < 1 or args.batch_size < 1:
-        raise UsageError(f"--topk and --batch-size must be positive integers, got {args.topk} and {args.batch_size}")
     check_device(args.device)
     try:
         result = predict(args.model, args.images, args.topk, args.batch_size, args.device, progress=sys.stderr.isatty())

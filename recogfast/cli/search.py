@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from recogfast.cli.errors import UsageError, check_device
+from recogfast.cli.errors import UsageError, check_device, positive_int
 
 
 def add_search_parser(sub) -> None:
@@ -14,10 +14,10 @@ def add_search_parser(sub) -> None:
     p.add_argument("model", help="a run folder (its best.pt) or a checkpoint")
     p.add_argument("--gallery", nargs="+", required=True, help="gallery images: files, folders or globs")
     p.add_argument("--query", nargs="+", required=True, help="query images: files, folders or globs")
-    p.add_argument("--k", type=int, default=8, help="neighbours of each query (default 8)")
+    p.add_argument("--k", type=positive_int, default=8, help="neighbours of each query (default 8)")
     p.add_argument("--out", default="search", help="output folder: search.json and index.html (default ./search)")
     p.add_argument("--overwrite", action="store_true", help="replace the results --out already holds")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default=None)
     p.set_defaults(handler=cmd_search)
 
@@ -25,9 +25,6 @@ def add_search_parser(sub) -> None:
 def cmd_search(args) -> int:
     from recogfast.search import search, write_page
 
-
-    if args.k < 1 or args.batch_size < 1:
-        raise UsageError(f"--k and --batch-size must be positive integers, got {args.k} and {args.batch_size}")
     check_device(args.device)
     if os.path.exists(os.path.join(args.out, "search.json")) and not args.overwrite:
         raise UsageError(f"{args.out} already holds search results: pass --overwrite to replace them, or another --out")
