@@ -47,10 +47,7 @@ def _load(source: str, device: str):
     path = os.path.join(source, "best.pt") if os.path.isdir(source) else source
     if os.path.isdir(source) and not os.path.isfile(path):
         raise ValueError(f"{source} holds no best.pt: give a run folder or a checkpoint file")
-    model, cfg = model_from_checkpoint(path)
-    from recogfast.engine.checkpoint import load_checkpoint
-
-    config = dict(load_checkpoint(path).get("config") or {})
+    model, cfg, config = model_from_checkpoint(path)
     return model.to(device), cfg, config, path
 
 

@@ -12,10 +12,13 @@ import os
 
 def nearest(query, gallery, k: int, same=None):
     """(indices [Q, k], cosine similarities [Q, k]) of each query's k nearest gallery rows, exact, in
-    query chunks (never a full Q × G matrix beyond a chunk); `same[q]` = a gallery row to leave out
-    (the query itself when it is in the gallery), or -1."""
+    query chunks (never a full Q × G matrix beyond a chunk), ties in recogfast.metrics' order (the lower
+    gallery index first); `same[q]` = a gallery row to leave out (the query itself when it is in the
+    gallery), or -1."""
     import torch
     import torch.nn.functional as F
+
+    from recogfast.metrics.retrieval import _topk_index_tiebreak
 
     q, g = F.normalize(query.double(), dim=1), F.normalize(gallery.double(), dim=1)
     k = min(k, g.shape[0] - (1 if same is not None and (same >= 0).any() else 0))
@@ -26,9 +29,9 @@ def nearest(query, gallery, k: int, same=None):
             rows = torch.arange(s.shape[0])
             own = same[start:start + 1024]
             s[rows[own >= 0], own[own >= 0]] = float("-inf")
-        top = s.topk(k, dim=1)  # ties: torch's order; similarities are exact in float64
-        idx.append(top.indices)
-        sim.append(top.values)
+        top = _topk_index_tiebreak(s, k)
+        idx.append(top)
+        sim.append(s.gather(1, top))
     return torch.cat(idx), torch.cat(sim)
 
 

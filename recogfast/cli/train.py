@@ -131,27 +131,37 @@ def config_defaults(p: argparse.ArgumentParser) -> None:
             action.default = defaults[action.dest]
 
 
-def with_config(parser, argv, args):
-    """Parse again with the saved config's values as the train defaults: flags given override them."""
+def _read_run_config(path: str) -> dict:
+    """A saved config.json's RunConfig fields; UsageError (one line) when it cannot be read."""
     import dataclasses
 
     from recogfast.engine.runs import read_config
     from recogfast.engine.tasks import RunConfig
 
     try:
-        values = read_config(args.config, {f.name for f in dataclasses.fields(RunConfig)})
+        return read_config(path, {f.name for f in dataclasses.fields(RunConfig)})
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if values.get("task", args.task) != args.task:
-        raise UsageError(f"config file {args.config} is for `train {values['task']}`, not `train {args.task}`")
+
+
+def _reparse_with(parser, argv, values: dict):
+    """Parse again with a saved config's values as the train defaults (flags given override them); its
+    fields that are no flag go to ``args.extra``. Never taken from it: out, task, progress."""
+    values = {k: v for k, v in values.items() if k not in ("out", "task", "progress")}
     dests = {a.dest for a in parser.train_parser._actions}
-    values.pop("out", None)  # a new run: --out, or a new numbered folder
-    values.pop("task", None)
-    values.pop("progress", None)
     parser.train_parser.set_defaults(**{k: v for k, v in values.items() if k in dests})
     args = parser.parse_args(argv)
     args.extra = {k: v for k, v in values.items() if k not in dests}
     return args
+
+
+def with_config(parser, argv, args):
+    """Parse again with the saved config's values as the train defaults: flags given override them (a new
+    run: --out, or a new numbered folder)."""
+    values = _read_run_config(args.config)
+    if values.get("task", args.task) != args.task:
+        raise UsageError(f"config file {args.config} is for `train {values['task']}`, not `train {args.task}`")
+    return _reparse_with(parser, argv, values)
 
 
 # What `--resume` may change beside a run's own config.json: where and how long it runs, not what it is.
@@ -181,10 +191,6 @@ def _same(a, b) -> bool:
 def with_run_folder(parser, argv, args):
     """``--resume RUN`` / ``--out RUN --resume``: RUN/config.json is the configuration; a flag given beside
     it must agree with it (except ``RESUME_MAY_CHANGE``), else one line names the difference."""
-    import dataclasses
-    from recogfast.engine.runs import read_config
-    from recogfast.engine.tasks import RunConfig
-
     if isinstance(args.resume, str) and os.path.isdir(args.resume):
         if args.out is not None and os.path.abspath(args.out) != os.path.abspath(args.resume):
             raise UsageError(f"--resume {args.resume} and --out {args.out} name two different run folders")
@@ -194,10 +200,7 @@ def with_run_folder(parser, argv, args):
     path = os.path.join(args.out, "config.json")
     if not os.path.isfile(path):
         return args  # an older run folder: the flags as given (the checkpoint's own check still applies)
-    try:
-        values = read_config(path, {f.name for f in dataclasses.fields(RunConfig)})
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    values = _read_run_config(path)
     if values.get("task", args.task) != args.task:
         raise UsageError(f"--resume: {args.out} is a `train {values['task']}` run, not `train {args.task}`")
     given = _given(parser, argv) - {"task", "resume", "out", "quiet", "debug", "config", "overwrite", "no_report"}
@@ -206,14 +209,9 @@ def with_run_folder(parser, argv, args):
             flag = "--" + dest.replace("_", "-")
             raise UsageError(f"--resume: {flag} is {getattr(args, dest)!r} here but {values[dest]!r} in {path} "
                              f"(drop the flag to continue that run, or start a new one with --config {path})")
-    out, resume = args.out, args.resume
-    dests = {a.dest for a in parser.train_parser._actions}
-    keep = {k: v for k, v in values.items() if k in dests and k not in ("out", "task", "progress")}
-    keep.update({k: getattr(args, k) for k in given if k in RESUME_MAY_CHANGE})
-    parser.train_parser.set_defaults(**keep)
-    args = parser.parse_args(argv)
-    args.out, args.resume = out, resume
-    args.extra = {k: v for k, v in values.items() if k not in dests and k not in ("out", "task", "progress")}
+    out = args.out
+    args = _reparse_with(parser, argv, values)  # the flags given (those that may change) still win
+    args.out, args.resume = out, True
     return args
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from recogfast.data.datasets import ImageList
 from recogfast.data.errors import DataError
+from recogfast.data.splits import _subset, split_by_image
 
 __all__ = ["ImageFolder", "folder_splits", "TEST_FRACTION"]
 
@@ -85,28 +86,12 @@ class ImageFolder(ImageList):
         super().__init__(files, labels, classes, split=split, root=root)
 
 
-def _subset(ds: ImageList, idx, classes: list[int], split: str) -> ImageList:
-    new = {c: i for i, c in enumerate(classes)}
-    out = ImageList([ds.files[i] for i in idx], [new[ds.labels[i]] for i in idx], [ds.classes[c] for c in classes],
-                    split=split, root=ds.root)
-    out.default_image_size = ds.default_image_size
-    return out
-
-
 def _split_images(ds: ImageList) -> tuple[ImageList, ImageList]:
-    """(train, test): TEST_FRACTION of each class's images to test (at least 1 of a class with 2+)."""
-    labels = np.asarray(ds.labels)
-    rng = np.random.default_rng(_TEST_SEED)
-    test = []
-    for c in range(ds.num_classes):
-        members = np.flatnonzero(labels == c)
-        if len(members) >= 2:
-            k = min(len(members) - 1, max(1, int(round(TEST_FRACTION * len(members)))))
-            test += rng.choice(members, k, replace=False).tolist()
-    in_test = np.zeros(len(labels), bool)
-    in_test[test] = True
-    every = list(range(ds.num_classes))
-    return _subset(ds, np.flatnonzero(~in_test), every, "train"), _subset(ds, np.flatnonzero(in_test), every, "test")
+    """(train, test): TEST_FRACTION of each class's images to test (at least 1 of a class with 2+), the
+    classification val split's rule (recogfast.data.splits.split_by_image) with a fixed seed."""
+    train, test = split_by_image(ds, TEST_FRACTION, _TEST_SEED)
+    test.split = "test"
+    return train, test
 
 
 def _split_classes(ds: ImageList) -> tuple[ImageList, ImageList]:
@@ -118,8 +103,9 @@ def _split_classes(ds: ImageList) -> tuple[ImageList, ImageList]:
     half = (ds.num_classes + 1) // 2
     parts = []
     for classes, split in ((sorted(order[:half].tolist()), "train"), (sorted(order[half:].tolist()), "test")):
-        keep = set(classes)
-        parts.append(_subset(ds, [i for i, y in enumerate(ds.labels) if y in keep], classes, split))
+        new = {c: i for i, c in enumerate(classes)}  # each part's labels over its own classes
+        idx = [i for i, y in enumerate(ds.labels) if y in new]
+        parts.append(_subset(ds, idx, [new[ds.labels[i]] for i in idx], classes, split))
     return parts[0], parts[1]
 
 

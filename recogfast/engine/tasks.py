@@ -178,8 +178,6 @@ from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; Ru
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-
-
 def classification_eval(loader, label_smoothing: float = 0.0):
     def run(model: nn.Module) -> dict[str, float]:
         meter = AccuracyMeter((1, 5))

@@ -31,6 +31,8 @@ from recogfast.engine.loop import Diverged, EpochLoop, ResumeError, StopTraining
 # config fields a resumed run must share with its checkpoint (the model's shape and what it learns)
 RESUME_FIELDS = ("task", "dataset", "model", "protocol", "num_classes", "image_size", "stem", "embedding_dim",
                  "xbm_size", "ema", "accumulate")
+
+
 def _epoch_value(key: str, value) -> str:
     """An epoch line's number: metrics and losses with 4 decimals (as the TEST line), throughput whole."""
     if not isinstance(value, float):

@@ -12,7 +12,8 @@ FORMATS = ("onnx", "pt2")
 
 
 def model_from_checkpoint(path: str):
-    """(model in eval mode on the CPU, resolved RunConfig) of a checkpoint written by the trainer.
+    """(model in eval mode on the CPU, resolved RunConfig, the checkpoint's saved config dict) of a checkpoint
+    written by the trainer (read once: the saved dict also holds what RunConfig does not, e.g. class names).
     Raises FileNotFoundError / ValueError with a one-line message for a missing or foreign file."""
     from recogfast.engine import tasks
     from recogfast.engine.checkpoint import load_checkpoint
@@ -29,7 +30,7 @@ def model_from_checkpoint(path: str):
         model.load_state_dict(scored_weights(ckpt))  # the EMA weights when the run kept them
     except (ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} does not match its model: {str(err).splitlines()[0]}") from None
-    return model.eval(), cfg
+    return model.eval(), cfg, saved
 
 
 def _max_rel_err(got, want) -> float:
@@ -49,7 +50,7 @@ def export_checkpoint(path: str, fmt: str, out: str | None = None, batch: int | 
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    model, cfg = model_from_checkpoint(path)
+    model, cfg, saved = model_from_checkpoint(path)
     size = image_size or cfg.image_size
     out = out or os.path.splitext(path)[0] + "." + fmt
     example = torch.randn(batch or 2, 3, size, size)
@@ -59,7 +60,7 @@ def export_checkpoint(path: str, fmt: str, out: str | None = None, batch: int | 
     else:
         to_pt2(model, example, out, dynamic_batch=batch is None)
     seconds = time.perf_counter() - t
-    meta = attach_preprocessing(out, fmt, path, size)
+    meta = attach_preprocessing(out, fmt, saved, size)
     check = torch.randn(batch or 3, 3, size, size)
     with torch.no_grad():
         want = model(check)
@@ -78,17 +79,16 @@ def export_checkpoint(path: str, fmt: str, out: str | None = None, batch: int | 
 PREPROCESSING_KEY = "recogfast.preprocessing"  # ONNX metadata_props key; in a .pt2 package: recogfast/preprocessing.json
 
 
-def attach_preprocessing(out: str, fmt: str, checkpoint: str, size: int) -> dict:
-    """Write the checkpoint's preprocessing (recogfast.predict.preprocessing: input size, resize and crop,
-    mean/std, class names, whether the output is an L2-normalised embedding) into the exported file, so
-    a deployment needs nothing else: ONNX ``metadata_props`` as JSON, a JSON entry in the .pt2 archive."""
+def attach_preprocessing(out: str, fmt: str, config: dict, size: int) -> dict:
+    """Write the preprocessing of a checkpoint's saved `config` (recogfast.data.transforms.preprocessing:
+    input size, resize and crop, mean/std, class names, whether the output is an L2-normalised embedding)
+    into the exported file, so a deployment needs nothing else: ONNX ``metadata_props`` as JSON, a JSON entry in the .pt2 archive."""
     import json
     import zipfile
 
-    from recogfast.engine.checkpoint import load_checkpoint
     from recogfast.data.transforms import preprocessing
 
-    meta = preprocessing({**(load_checkpoint(checkpoint).get("config") or {}), "image_size": size})
+    meta = preprocessing({**config, "image_size": size})
     text = json.dumps(meta)
     if fmt == "onnx":
         import onnx

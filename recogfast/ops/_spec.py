@@ -182,13 +182,7 @@ class GateOp:
         registered op (what those systems trace)."""
         if dispatch.use_fused(self.name, impl, x):
             if _eager_plain(x, params):
-                grad = torch.is_grad_enabled() and x.requires_grad
-                if not grad and torch.is_grad_enabled():
-                    for p in params:
-                        if p.requires_grad:
-                            grad = True
-                            break
-                if grad:
+                if _needs_grad(x, params):
                     return _FusedGate.apply(self, flat, x, *params)
                 weights = _prepare(x.dtype, params, flat)
                 with _below_autograd():
@@ -243,6 +237,25 @@ def _eager_plain(x, params) -> bool:
     return True
 
 
+def _needs_grad(x, *param_lists) -> bool:
+    """Grad mode is on and x or a parameter needs a gradient."""
+    if not torch.is_grad_enabled():
+        return False
+    if x.requires_grad:
+        return True
+    for params in param_lists:
+        for p in params:
+            if p.requires_grad:
+                return True
+    return False
+
+
+def _grad_mode_guard():
+    """create_graph=True (grad mode on in backward): through the registered backward ops, whose autograd
+    formula refuses a derivative of these gradients with an error naming the op; else below autograd."""
+    return contextlib.nullcontext() if torch.is_grad_enabled() else _below_autograd()
+
+
 def _prepare(dt, params, flat):
     out = []
     for p, f in zip(params, flat):
@@ -250,6 +263,10 @@ def _prepare(dt, params, flat):
             p = p.to(dt)
         out.append(p if f == 0 else p.flatten(1) if f == 1 else p.reshape(-1))
     return out
+
+
+def _unflatten(grads, shapes):
+    return (g if s is None else g.view(s) for g, s in zip(grads, shapes))
 
 
 class _FusedGate(torch.autograd.Function):
@@ -268,16 +285,10 @@ class _FusedGate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        saved = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True: through the registered backward op, whose autograd formula refuses a
-            # derivative of these gradients with an error naming the op (`refuse_double_backward`)
-            grads = ctx.spec.backward_op(grad_y, *saved)
-        else:
-            with _below_autograd():
-                grads = ctx.spec.backward_op(grad_y, *saved)
+        with _grad_mode_guard():
+            grads = ctx.spec.backward_op(grad_y, *ctx.saved_tensors)
         # the engine casts each gradient to its parameter's dtype (an fp32 weight gets an fp32 gradient)
-        return (None, None, grads[0], *(g if s is None else g.view(s) for g, s in zip(grads[1:], ctx.shapes)))
+        return (None, None, grads[0], *_unflatten(grads[1:], ctx.shapes))
 
 
 def pair_call(placement: str, a: GateOp, impl_a: str, params_a, flat_a, b: GateOp, impl_b: str, params_b, flat_b, x):
@@ -285,25 +296,13 @@ def pair_call(placement: str, a: GateOp, impl_a: str, params_a, flat_a, b: GateO
     weight needs a gradient: ``parallel`` a(x) + b(x), ``serial12`` b(a(x)), ``serial21`` a(b(x)). Returns
     None where that does not hold (the caller then runs the two modules); the values, gradients, saved
     tensors and errors are those of the two modules' calls (`GateOp.module_call`) one after the other."""
-    if not torch.is_grad_enabled() or not _eager_plain(x, params_a) or not _eager_plain(x, params_b):
-        return None
-    grad = x.requires_grad
-    if not grad:
-        for p in (*params_a, *params_b):
-            if p.requires_grad:
-                grad = True
-                break
-    if not grad:
+    if not _needs_grad(x, params_a, params_b) or not _eager_plain(x, params_a) or not _eager_plain(x, params_b):
         return None
     # the dispatch decisions in the order the modules would make them (records, warnings, impl='fused' errors)
     first, then = ((b, impl_b), (a, impl_a)) if placement == "serial21" else ((a, impl_a), (b, impl_b))
     if not (dispatch.use_fused(first[0].name, first[1], x) and dispatch.use_fused(then[0].name, then[1], x)):
         return None
     return _FusedPair.apply(placement, a, flat_a, b, flat_b, len(params_a), x, *params_a, *params_b)
-
-
-def _unflatten(grads, shapes):
-    return (g if s is None else g.view(s) for g, s in zip(grads, shapes))
 
 
 class _FusedPair(torch.autograd.Function):
@@ -333,9 +332,7 @@ class _FusedPair(torch.autograd.Function):
         x, mid, *w = ctx.saved_tensors
         wa, wb = w[:ctx.n_a], w[ctx.n_a:]
         a_bwd, b_bwd = ctx.a.backward_op, ctx.b.backward_op
-        # create_graph=True: through the registered backward ops (which refuse a double backward)
-        guard = contextlib.nullcontext() if torch.is_grad_enabled() else _below_autograd()
-        with guard:
+        with _grad_mode_guard():
             if ctx.placement == "parallel":
                 ga, gb = a_bwd(grad_y, x, *wa), b_bwd(grad_y, x, *wb)
                 gx = ga[0] + gb[0]
