@@ -170,7 +170,7 @@ class RunConfig:
         return c
 
 
-from recogfast.engine.embed import _gather, embed, raw_pixels  # noqa: E402, F401  (tasks.embed: the shared name)
+from recogfast.engine.embed import embed, raw_pixels  # noqa: E402, F401  (tasks.embed, tasks.raw_pixels: the shared names)
 from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; RunConfig is defined above)
     _dist_info, build_datasets, build_eval_loader, build_loaders, check_files, check_train_split, small_classes_note,
     val_split_note,
