@@ -103,7 +103,7 @@ def _fmt(v) -> str:
 
 
 def run_demo(args) -> int:
-    from recogfast.engine.tasks import RunConfig, build_trainer, raw_pixels
+    from recogfast.engine.build import RunConfig, build_trainer, raw_pixels
     from recogfast.metrics import retrieval_metrics
     from recogfast.models import list_models
 
@@ -205,7 +205,7 @@ def run_demo(args) -> int:
 def _multilabel(args, d: dict, common: dict, rows: list) -> dict:
     import numpy as np
 
-    from recogfast.engine.tasks import RunConfig, build_trainer
+    from recogfast.engine.build import RunConfig, build_trainer
     from recogfast.metrics import mean_average_precision
 
     print("\n[multilabel] ShapesMulti: 20 labels, 1-4 objects an image, BCE-with-logits head; mAP on its test images",
@@ -225,7 +225,7 @@ def _multilabel(args, d: dict, common: dict, rows: list) -> dict:
 
 
 def _verify(args, device: str, d: dict, rows: list) -> dict | None:
-    from recogfast.engine.verify import run_verify
+    from recogfast.tasks.verify import run_verify
 
     run = next((os.path.join(args.out, p) for p in ("retrieval", "classify")
                 if os.path.exists(os.path.join(args.out, p, "best.pt"))), None)

@@ -2,13 +2,20 @@
 
 ``torch.distributed.all_gather`` needs equal shapes on every rank, so each rank pads its rows to the
 largest count, gathers, and cuts the padding off again. Used by the evaluation (embeddings of the whole
-split) and by the Multi-Similarity loss's cross-rank reference set.
+split) and by the Multi-Similarity loss's cross-rank reference set; and this process's (rank, world size).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def gather_sizes(n: int, device: torch.device, group=None) -> list[int]:

@@ -16,9 +16,9 @@ __all__ = ["predict", "preprocessing", "collect_images", "run_model"]
 
 
 def preprocessing(config: dict) -> dict:
-    """recogfast.data.transforms.preprocessing, imported when called: `recogfast --help` builds this command's
+    """recogfast.tasks.preprocessing, imported when called: `recogfast --help` builds this command's
     parser and must not import recogfast.data (tests/test_cli.py)."""
-    from recogfast.data.transforms import preprocessing as of_config
+    from recogfast.tasks import preprocessing as of_config
 
     return of_config(config)
 
@@ -95,7 +95,9 @@ def predict(source: str, inputs: list[str], topk: int = 5, batch_size: int = 64,
     if meta["output"] == "embedding":
         result["embeddings"] = out.numpy().astype(np.float32)
         return result
-    probs = out.sigmoid() if cfg.task == "multilabel" else out.softmax(dim=1)
+    from recogfast.tasks import get_task
+
+    probs = get_task(cfg.task).probabilities(out)
     names = meta.get("class_names") or [str(c) for c in range(out.shape[1])]
     k = min(topk, out.shape[1])
     p, idx = probs.topk(k, dim=1)

@@ -39,13 +39,13 @@ def search(source: str, gallery: list[str], queries: list[str], k: int = 8, batc
            device: str | None = None, progress: bool = True) -> dict:
     import torch
 
-    from recogfast.data.transforms import preprocessing
+    from recogfast.tasks import get_task, preprocessing
     from recogfast.predict import _load, collect_images, run_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     g_files, q_files = collect_images(gallery), collect_images(queries)
     model, cfg, config, path = _load(source, device)
-    features = cfg.task != "retrieval"
+    features = get_task(cfg.task).output != "embedding"  # a classifier's pooled features
     g = run_model(model, g_files, cfg.image_size, batch_size, device, features, progress, "gallery")
     where = {f: i for i, f in enumerate(g_files)}
     q = run_model(model, q_files, cfg.image_size, batch_size, device, features, progress, "queries")

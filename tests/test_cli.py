@@ -159,7 +159,7 @@ def test_train_flag_defaults_are_run_config_defaults():
 
     from recogfast.cli import build_parser
     from recogfast.cli.train import DECIDED_LATER
-    from recogfast.engine.tasks import RunConfig
+    from recogfast.engine.build import RunConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     checked = 0

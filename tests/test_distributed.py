@@ -56,8 +56,8 @@ class _Shard:
 
 def _run(task, rank, world, out_dir, accumulate=1):
     from recogfast.engine import Trainer, TrainerOptions
-    from recogfast.engine.multilabel import multilabel_eval
-    from recogfast.engine.tasks import classification_eval
+    from recogfast.tasks.multilabel import multilabel_eval
+    from recogfast.tasks.classify import classification_eval
     from recogfast.losses import MultiLabelBCELoss, MultiSimilarityLoss
 
     model = _model(16 if task == "retrieval" else 4)

@@ -13,7 +13,7 @@ FLOORS = {
     "recogfast": 1, "recogfast.ops": 1,  # the package loads the extension and registers the ops
     "recogfast.nn": 2, "recogfast.losses": 2, "recogfast.metrics": 2,
     "recogfast.models": 3, "recogfast.data": 3,
-    "recogfast.engine": 4, "recogfast.info": 4,
+    "recogfast.engine": 4, "recogfast.tasks": 4, "recogfast.info": 4,
     "recogfast.export": 5, "recogfast.report": 5, "recogfast.predict": 5, "recogfast.search": 5, "recogfast.viz": 5,
     "recogfast.demo": 6,
     "recogfast.cli": 7, "recogfast.__main__": 8,

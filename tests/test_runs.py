@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from recogfast.cli import main
-from recogfast.engine import RunConfig, build_trainer, load_checkpoint, tasks
+from recogfast.engine import RunConfig, build_trainer, load_checkpoint
+from recogfast.tasks import classify
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_best_checkpoint_follows_val_and_test_is_read_once(tmp_path, shapes_cach
         if event == "epoch":
             fingerprints[checksum(trainer.model)] = trainer.epoch
 
-    monkeypatch.setattr(tasks, "classification_eval", fake_eval)
+    monkeypatch.setattr(classify, "classification_eval", fake_eval)
     cfg = RunConfig(task="classify", dataset="shapes196", data=shapes_cache, images_per_class=4, model="tinynet",
                     image_size=16, batch_size=32, steps_per_epoch=2, epochs=3, optimizer="adamw", num_workers=0,
                     device="cpu", backend="torchvision", out=str(tmp_path), progress=False)

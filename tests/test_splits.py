@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recogfast.data import ImageList, ShuffleBatchSampler, split_by_class, split_by_image
-from recogfast.engine.tasks import RunConfig, check_train_split, small_classes_note
+from recogfast.engine.build import RunConfig, check_train_split, small_classes_note
 
 
 def _images(classes=196, per_class=30):
@@ -88,7 +88,7 @@ def test_val_fraction_zero_refuses_patience_and_plateau():
 
 
 def test_a_val_split_much_larger_than_asked_is_said_with_the_numbers():
-    from recogfast.engine.tasks import val_split_note
+    from recogfast.engine.build import val_split_note
 
     cfg = RunConfig(task="classify", val_fraction=0.1)
     ds = _images(10, 3)  # 3 images a class: one of each goes to val, a third instead of a tenth

@@ -10,7 +10,7 @@ import torch
 
 from recogfast.cli import main
 from recogfast.data import DataError
-from recogfast.engine.verify import balanced_pairs, pair_scores, read_pairs
+from recogfast.tasks.verify import balanced_pairs, pair_scores, read_pairs
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_balanced_pairs_are_seeded_and_balanced():
 def test_pairs_that_must_repeat_are_said():
     from itertools import combinations
 
-    from recogfast.engine.verify import distinct_pairs, repeats_note
+    from recogfast.tasks.verify import distinct_pairs, repeats_note
 
     labels = np.repeat(np.arange(10), [1, 2, 3, 4, 5, 1, 2, 3, 4, 5])
     pairs = list(combinations(range(len(labels)), 2))
@@ -146,14 +146,14 @@ def test_verify_on_a_pair_list_matches_direct_scores(retrieval_run, shapes_cache
                  str(tmp_path / "list.txt"), "--workers", "0", "--device", "cpu"]) == 0
     r = json.load(open(retrieval_run / "verify-pairs-list.json"))
     # the same numbers from the embeddings computed here
-    from recogfast.engine import load_checkpoint, tasks
+    from recogfast.engine import build, load_checkpoint
     from recogfast.engine.evaluate import _config
 
     ckpt = load_checkpoint(retrieval_run / "best.pt")
     cfg = _config(ckpt["config"], device="cpu", num_workers=0).resolved()
-    model = tasks.build_model(cfg, None)
+    model = build.build_model(cfg, None)
     model.load_state_dict(ckpt["model"])
-    e, _ = tasks.embed(model.eval(), tasks.build_eval_loader(cfg, ds))
+    e, _ = build.embed(model.eval(), build.build_eval_loader(cfg, ds))
     m = verification_metrics(pair_scores(e, ia, ib), same, threshold=r["test"]["threshold"])
     for k in ("auc", "eer", "tar@far=0.01", "accuracy"):
         assert r["test"][k] == pytest.approx(m[k], abs=1e-6), k
@@ -175,7 +175,7 @@ def test_verify_errors_are_one_line(retrieval_run, tmp_path, capsys):
 def test_pair_list_without_the_runs_data_says_why_there_is_no_accuracy(retrieval_run, shapes_cache, tmp_path,
                                                                       capsys, monkeypatch):
     from recogfast.data import Shapes196
-    from recogfast.engine import tasks
+    from recogfast.engine import build
 
     ds = Shapes196(cache_dir=shapes_cache, split="test", images_per_class=4)
     (tmp_path / "l.txt").write_text(f"{ds.files[0]} {ds.files[1]} 1\n{ds.files[0]} {ds.files[9]} 0\n")
@@ -183,7 +183,7 @@ def test_pair_list_without_the_runs_data_says_why_there_is_no_accuracy(retrieval
     def gone(cfg):
         raise FileNotFoundError("data folder not found: /gone")
 
-    monkeypatch.setattr(tasks, "build_datasets", gone)
+    monkeypatch.setattr(build, "build_datasets", gone)
     assert main(["verify", str(retrieval_run), "--pairs", str(tmp_path / "l.txt"), "--workers", "0",
                  "--device", "cpu"]) == 0
     out = capsys.readouterr().out

@@ -8,7 +8,7 @@ from recogfast.cli.errors import UsageError
 
 
 def check_dataset_args(dataset: str, data: str | None) -> None:
-    from recogfast.engine.tasks import DATASETS, EMBEDDED
+    from recogfast.engine.build import DATASETS, EMBEDDED
 
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")

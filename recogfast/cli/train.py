@@ -12,7 +12,7 @@ from recogfast.cli.errors import EPILOG, UsageError, check_device
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     from recogfast.engine.schedule import OPTIMIZERS, SCHEDULES
-    from recogfast.engine.tasks import DATASETS
+    from recogfast.engine.build import DATASETS
 
     p.add_argument("--dataset", default=None,
                    help=f"one of: {', '.join(DATASETS)} (default shapes196; shapes-multi for multilabel)")
@@ -123,7 +123,7 @@ def config_defaults(p: argparse.ArgumentParser) -> None:
     defaults are written (tests/test_cli.py checks that no flag carries another)."""
     import dataclasses
 
-    from recogfast.engine.tasks import RunConfig
+    from recogfast.engine.build import RunConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     for action in p._actions:
@@ -136,7 +136,7 @@ def _read_run_config(path: str) -> dict:
     import dataclasses
 
     from recogfast.engine.runs import read_config
-    from recogfast.engine.tasks import RunConfig
+    from recogfast.engine.build import RunConfig
 
     try:
         return read_config(path, {f.name for f in dataclasses.fields(RunConfig)})
@@ -249,12 +249,13 @@ def _run_folder(args, model: str) -> str:
 def cmd_train(args) -> int:
     import dataclasses
 
-    from recogfast.engine.tasks import RunConfig, build_trainer
+    from recogfast.engine.build import RunConfig, build_trainer
     from recogfast.engine.trainer import ResumeError
     from recogfast.models import list_models
+    from recogfast.tasks import get_task
 
     model = args.model or "resnet18"
-    args.dataset = args.dataset or ("shapes-multi" if args.task == "multilabel" else "shapes196")
+    args.dataset = args.dataset or get_task(args.task).default_dataset
     if model not in list_models():
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
     check_device(args.device)

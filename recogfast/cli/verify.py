@@ -1,4 +1,4 @@
-"""``recogfast verify``: the argument parser and the command (the work: recogfast.engine.verify). Imports
+"""``recogfast verify``: the argument parser and the command (the work: recogfast.tasks.verify). Imports
 nothing heavy at parse time, so ``recogfast --help`` stays fast."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _line(m: dict) -> str:
 
 def cmd_verify(args) -> int:
     from recogfast.data.errors import DataError
-    from recogfast.engine.verify import run_verify
+    from recogfast.tasks.verify import run_verify
 
     path = os.path.join(args.run, "best.pt") if os.path.isdir(args.run) else args.run
     if not os.path.isfile(path):

@@ -63,12 +63,10 @@ def normalize_batch(images: torch.Tensor, dtype: torch.dtype, channels_last: boo
     return images.float().sub_(mean).mul_(inv_std).to(dtype)
 
 
-def preprocessing(config: dict) -> dict:
-    """What a model of this run expects and returns, for a deployment that has no recogfast: a dict of
-    plain values (written as JSON into checkpoints' exports)."""
-    size = int(config.get("image_size") or 64)
-    task = config.get("task", "classify")
-    out = {
+def input_description(size: int) -> dict:
+    """What a model expects at `size`, for a deployment that has no recogfast: plain values (the task adds
+    what the model returns: recogfast.tasks.preprocessing)."""
+    return {
         "input": "RGB, float32 [N, 3, size, size], (pixel / 255 - mean) / std",
         "size": size,
         "resize_shorter": eval_resize_size(size),
@@ -76,15 +74,4 @@ def preprocessing(config: dict) -> dict:
         "crop": "centre, offset (length - size + 1) // 2",
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        "task": task,
     }
-    if task == "retrieval":
-        out.update(output="embedding", l2_normalised=True)
-    elif task == "multilabel":
-        out.update(output="logits", activation="sigmoid per class")
-    else:
-        out.update(output="logits", activation="softmax")
-    names = config.get("class_names")
-    if names and task != "retrieval":
-        out["class_names"] = list(names)
-    return out

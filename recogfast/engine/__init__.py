@@ -1,8 +1,9 @@
-"""Training engine: the loop (:class:`Trainer`), checkpoints, schedules, logs, and the two tasks."""
+"""Training engine: the loop (:class:`Trainer`), checkpoints, schedules, logs, and a run built from its
+configuration (build.py: RunConfig, build_trainer); what is trained is recogfast.tasks'."""
 
 from recogfast.engine.checkpoint import atomic_save, load_checkpoint, seed_everything
 from recogfast.engine.schedule import WarmupCosine, build_optimizer, build_scheduler
-from recogfast.engine.tasks import RunConfig, build_trainer, run_train
+from recogfast.engine.build import RunConfig, build_trainer, run_train
 from recogfast.engine.trainer import Diverged, ResumeError, StopTraining, Trainer, TrainerOptions
 
 __all__ = [

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from recogfast.distributed import all_gather_rows
-from recogfast.engine.inputs import _dist_info
+from recogfast.distributed import rank_and_world as _dist_info
 
 
 def _gather(t: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,13 @@
-"""The data half of a run: the three splits (train / val / test), the check that training can take a
-step, and the loaders (sharded over DDP ranks). Functions take a resolved
-:class:`~recogfast.engine.tasks.RunConfig`."""
+"""The data half of a run: the single-label datasets' three splits (train / val / test), the notes on
+them, the file check, and the loaders (sharded over DDP ranks). Functions take a resolved
+:class:`~recogfast.engine.build.RunConfig`; what differs between tasks comes from the task
+(recogfast.tasks) through its caller, recogfast.engine.build."""
 
 from __future__ import annotations
 
 import os
 
-import torch.distributed as dist
+from recogfast.distributed import rank_and_world as _dist_info
 
 
 def require_data_folder(cfg) -> None:
@@ -17,24 +18,9 @@ def require_data_folder(cfg) -> None:
         raise FileNotFoundError(f"data folder not found: {cfg.data}")
 
 
-def build_multilabel_datasets(cfg):
-    """(train, val, test) multi-label lists; val is None with ``val_fraction`` 0."""
-    from recogfast import data
-
-    if cfg.dataset == "shapes-multi":
-        kw = dict(cache_dir=cfg.data, images_per_class=cfg.images_per_class, image_size=64, seed=0)
-        pool, test = data.ShapesMulti(split="trainval", **kw), data.ShapesMulti(split="test", **kw)
-    else:
-        require_data_folder(cfg)
-        pool, test = data.VOC2007(cfg.data, "trainval"), data.VOC2007(cfg.data, "test")
-    if not cfg.val_fraction:
-        return pool, None, test
-    train, val = data.split_multilabel(pool, cfg.val_fraction, cfg.split_seed)
-    return train, val, test
-
-
-def build_datasets(cfg):
-    """(train, val, test) datasets; val is None with ``val_fraction`` 0.
+def single_label_datasets(cfg, by_class: bool):
+    """(train, val, test) single-label datasets; val is None with ``val_fraction`` 0; `by_class`: val holds out
+    whole training classes (retrieval), else images of every class.
 
     Protocol "classification": each dataset's labelled test split (Tiny ImageNet's val folder,
     Cars196's own test flag, Shapes196's last quarter of each class); val = a seeded, class-stratified
@@ -45,8 +31,6 @@ def build_datasets(cfg):
     """
     from recogfast import data
 
-    if cfg.task == "multilabel":
-        return build_multilabel_datasets(cfg)
     if cfg.dataset == "folder":  # a user's class folders: train/ [val/] [test/], or one set split here
         require_data_folder(cfg)
         train, val, test = data.folder_splits(cfg.data, cfg.protocol)
@@ -65,23 +49,16 @@ def build_datasets(cfg):
             train, test = data.Cars196(cfg.data, "train", cfg.protocol), data.Cars196(cfg.data, "test", cfg.protocol)
     if not cfg.val_fraction:
         return train, None, test
-    split = data.split_by_class if cfg.task == "retrieval" else data.split_by_image
+    split = data.split_by_class if by_class else data.split_by_image
     train, val = split(train, cfg.val_fraction, cfg.split_seed)
     return train, val, test
 
 
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def val_split_note(cfg, train_ds, val_ds) -> str | None:
+def val_split_note(cfg, train_ds, val_ds, by_class: bool) -> str | None:
     """A note when the val split is much larger than ``--val-fraction`` asked (small classes: every class
     of two or more images gives at least one, so 0.1 of 2.5 images a class holds out 40%); None when not."""
     if val_ds is None:
         return None
-    by_class = cfg.task == "retrieval"
     held = val_ds.num_classes if by_class else len(val_ds)
     total = held + (train_ds.num_classes if by_class else len(train_ds))
     share = held / max(1, total)
@@ -92,42 +69,6 @@ def val_split_note(cfg, train_ds, val_ds) -> str | None:
            else f"each class of two or more images gives at least one; {total / max(1, train_ds.num_classes):.1f} a class here")
     return (f"note: --val-fraction {cfg.val_fraction} held out {held} of {total} training {unit} ({share:.0%}): {why}; "
             f"pass --val-fraction 0 to train on all of them (the last epoch is then the result)")
-
-
-def check_train_split(cfg, train_ds, val_ds, world: int = 1) -> None:
-    """Refuse a training split that gives no full batch per rank (an epoch of zero steps), with both
-    numbers and what to lower. ``ValueError``; the CLI turns it into one line and exit status 2."""
-    held = ""
-    if val_ds is not None:
-        unit = "classes" if cfg.task == "retrieval" else "images"
-        count = val_ds.num_classes if cfg.task == "retrieval" else len(val_ds)
-        held = f" after holding out {count} {unit} for validation (--val-fraction {cfg.val_fraction})"
-    ranks = f" over {world} ranks" if world > 1 else ""
-    lower = " or --val-fraction" if val_ds is not None else ""
-    if cfg.task == "retrieval":
-        from recogfast.data import MPerClassSampler
-
-        if cfg.batch_size % cfg.m_per_class:
-            raise ValueError(f"--batch-size {cfg.batch_size} must be a multiple of --m-per-class {cfg.m_per_class}")
-        need = cfg.batch_size // cfg.m_per_class
-        if train_ds.num_classes < need:
-            raise ValueError(
-                f"the training split has {train_ds.num_classes} classes{held}, fewer than the {need} distinct classes "
-                f"one batch needs (--batch-size {cfg.batch_size} / --m-per-class {cfg.m_per_class}): lower --batch-size "
-                f"to {train_ds.num_classes * cfg.m_per_class} or less{lower}")
-        batches = len(MPerClassSampler(train_ds.labels, cfg.m_per_class, cfg.batch_size, seed=cfg.seed))
-        if batches // world == 0:
-            raise ValueError(
-                f"the training split gives {batches} batch(es) of --batch-size {cfg.batch_size} per epoch{held}, fewer "
-                f"than one per rank{ranks}: lower --batch-size{lower}")
-        return
-    n = len(train_ds)
-    per_rank = (n - n % world) // world
-    if per_rank < cfg.batch_size:
-        share = f" ({per_rank} per rank{ranks})" if world > 1 else ""
-        raise ValueError(
-            f"the training split has {n} images{share}{held}, fewer than one batch of --batch-size {cfg.batch_size}: "
-            f"lower --batch-size to {per_rank} or less{lower}")
 
 
 def build_eval_loader(cfg, ds):
@@ -141,10 +82,10 @@ def build_eval_loader(cfg, ds):
                         on_error=cfg.on_error)
 
 
-def build_train_loader(cfg, train_ds, **override):
-    """The training loader (shuffled or M-per-class batches, this rank's shard, the run's augmentation);
-    `override`: build_loader arguments (the report reads a batch on the CPU with one worker)."""
-    from recogfast.data import MPerClassSampler, build_loader
+def build_train_loader(cfg, train_ds, sampler=None, **override):
+    """The training loader (shuffled, or the task's `sampler` built for this rank's shard; the run's
+    augmentation); `override`: build_loader arguments (the report reads a batch on the CPU with one worker)."""
+    from recogfast.data import build_loader
     from recogfast.data.augment import Augment
 
     rank, world = _dist_info()
@@ -152,17 +93,15 @@ def build_train_loader(cfg, train_ds, **override):
                   channels_last=cfg.channels_last, crop_scale=cfg.crop_scale, on_error=cfg.on_error,
                   augment=Augment.of(cfg))
     common.update(override)
-    if cfg.task == "retrieval":
-        sampler = MPerClassSampler(train_ds.labels, cfg.m_per_class, cfg.batch_size, seed=cfg.seed,
-                                   shard_id=rank, num_shards=world)
+    if sampler is not None:
         return build_loader(train_ds, train=True, batch_size=cfg.batch_size, sampler=sampler, seed=cfg.seed, **common)
     return build_loader(train_ds, train=True, batch_size=cfg.batch_size, seed=cfg.seed, shard_id=rank,
                         num_shards=world, **common)
 
 
-def build_loaders(cfg, train_ds, val_ds, test_ds):
-    """(train, val, test) loaders; val is None when `val_ds` is."""
-    train = build_train_loader(cfg, train_ds)
+def build_loaders(cfg, train_ds, val_ds, test_ds, sampler=None):
+    """(train, val, test) loaders; val is None when `val_ds` is; `sampler`: the training batches' (the task's)."""
+    train = build_train_loader(cfg, train_ds, sampler)
     val = build_eval_loader(cfg, val_ds) if val_ds is not None else None
     return train, val, build_eval_loader(cfg, test_ds)
 

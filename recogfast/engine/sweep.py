@@ -67,7 +67,7 @@ def load_spec(path: str, trials: int | None = None, out: str | None = None) -> d
         import yaml
     except ImportError:
         raise SpecError("recogfast sweep needs optuna and pyyaml: pip install 'recogfast[sweep]'") from None
-    from recogfast.engine.tasks import RunConfig
+    from recogfast.engine.build import RunConfig
 
     try:
         with open(path) as f:
@@ -207,7 +207,7 @@ def _objective(spec: dict, callbacks: list):
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    from recogfast.engine.tasks import RunConfig, build_trainer
+    from recogfast.engine.build import RunConfig, build_trainer
     from recogfast.engine.trainer import Diverged, StopTraining, _write_json
 
     metric = spec["metric"]

@@ -89,7 +89,7 @@ class Trainer(EpochLoop):
         batch_transform: ``(images, labels) -> (images, labels)`` on the device before the forward
             (MixUp / CutMix: soft labels for the loss).
         data: what the run was built from, for callers that need it after training (the demo, tests):
-            ``recogfast.engine.tasks.RunData`` (datasets and the val/test loaders), or None.
+            ``recogfast.engine.build.RunData`` (datasets and the val/test loaders), or None.
     """
 
     def __init__(

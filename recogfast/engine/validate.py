@@ -95,7 +95,9 @@ def check_combinations(cfg) -> None:
     if cfg.amp == "fp16" and not cfg.device.startswith("cuda"):
         raise ValueError(f"--amp fp16: fp16 autocast with a gradient scaler needs a CUDA device, not {cfg.device!r} "
                          f"(use --amp bf16 or none)")
-    if cfg.task != "classify" and (cfg.mixup or cfg.cutmix):
+    from recogfast.tasks import get_task
+
+    if not get_task(cfg.task).takes_soft_labels and (cfg.mixup or cfg.cutmix):
         raise ValueError(f"{'--mixup' if cfg.mixup else '--cutmix'}: classification only, not {cfg.task} (its loss "
                          f"needs the hard labels)")
     for name in ("aa_magnitude", "aa_num_ops"):

@@ -15,18 +15,18 @@ def model_from_checkpoint(path: str):
     """(model in eval mode on the CPU, resolved RunConfig, the checkpoint's saved config dict) of a checkpoint
     written by the trainer (read once: the saved dict also holds what RunConfig does not, e.g. class names).
     Raises FileNotFoundError / ValueError with a one-line message for a missing or foreign file."""
-    from recogfast.engine import tasks
+    from recogfast.engine import build
     from recogfast.engine.checkpoint import load_checkpoint
     from recogfast.engine.finetune import scored_weights
 
     ckpt = load_checkpoint(path)
     saved = ckpt.get("config") or {}
-    known = {f.name for f in dataclasses.fields(tasks.RunConfig)}
-    cfg = tasks.RunConfig(**{k: v for k, v in saved.items() if k in known})
+    known = {f.name for f in dataclasses.fields(build.RunConfig)}
+    cfg = build.RunConfig(**{k: v for k, v in saved.items() if k in known})
     cfg.device, cfg.weights = "cpu", None
     cfg = cfg.resolved()
     try:
-        model = tasks.build_model(cfg, saved.get("num_classes"))
+        model = build.build_model(cfg, saved.get("num_classes"))
         model.load_state_dict(scored_weights(ckpt))  # the EMA weights when the run kept them
     except (ValueError, RuntimeError) as err:
         raise ValueError(f"checkpoint {path} does not match its model: {str(err).splitlines()[0]}") from None
@@ -80,13 +80,13 @@ PREPROCESSING_KEY = "recogfast.preprocessing"  # ONNX metadata_props key; in a .
 
 
 def attach_preprocessing(out: str, fmt: str, config: dict, size: int) -> dict:
-    """Write the preprocessing of a checkpoint's saved `config` (recogfast.data.transforms.preprocessing:
+    """Write the preprocessing of a checkpoint's saved `config` (recogfast.tasks.preprocessing:
     input size, resize and crop, mean/std, class names, whether the output is an L2-normalised embedding)
     into the exported file, so a deployment needs nothing else: ONNX ``metadata_props`` as JSON, a JSON entry in the .pt2 archive."""
     import json
     import zipfile
 
-    from recogfast.data.transforms import preprocessing
+    from recogfast.tasks import preprocessing
 
     meta = preprocessing({**config, "image_size": size})
     text = json.dumps(meta)

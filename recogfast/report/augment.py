@@ -19,15 +19,14 @@ def augmented_section(saved: dict, folder: Path, n: int = SHOWN) -> dict:
     are un-normalised for display."""
     from recogfast.data.augment import Augment
     from recogfast.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from recogfast.engine import tasks
+    from recogfast.engine import build
     from recogfast.engine.evaluate import _config
-    from recogfast.engine.inputs import build_train_loader
 
     cfg = _config(saved, device="cpu")
     cfg.weights, cfg.amp, cfg.progress = None, "none", False
     cfg = cfg.resolved()
-    train_ds, _, _ = tasks.build_datasets(cfg)
-    loader = build_train_loader(cfg, train_ds, device="cpu", num_workers=1, channels_last=False,
+    train_ds, _, _ = build.build_datasets(cfg)
+    loader = build.build_train_loader(cfg, train_ds, device="cpu", num_workers=1, channels_last=False,
                                 backend=cfg.backend)
     images, labels = next(iter(loader))
     images, labels = images[:n].float(), labels[:n]

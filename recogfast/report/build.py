@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from recogfast.engine.finetune import scored_weights
 from recogfast.report import figures as fg
 from recogfast.report.page import write_page
+from recogfast.tasks import get_task
 
 RECALL_KS = list(range(1, 33))
 
@@ -63,7 +64,7 @@ def training_curves(run: Path, rows: list[dict], summary: dict, folder: Path) ->
 
 
 def _load(run: Path, checkpoint: str, split: str, device: str | None):
-    from recogfast.engine import tasks
+    from recogfast.engine import build
     from recogfast.engine.checkpoint import load_checkpoint
     from recogfast.engine.evaluate import _config
 
@@ -77,12 +78,12 @@ def _load(run: Path, checkpoint: str, split: str, device: str | None):
     if split == "val" and cfg.val_fraction == 0:
         return None
     cfg = cfg.resolved()
-    model = tasks.build_model(cfg, saved.get("num_classes"))
+    model = build.build_model(cfg, saved.get("num_classes"))
     model.load_state_dict(scored_weights(ckpt))  # the EMA weights when the run kept them
     model = model.to(cfg.device).eval()
-    _, val_ds, test_ds = tasks.build_datasets(cfg)
+    _, val_ds, test_ds = build.build_datasets(cfg)
     ds = val_ds if split == "val" else test_ds
-    return cfg, model, ds, tasks.build_eval_loader(cfg, ds), ckpt.get("epoch")
+    return cfg, model, ds, build.build_eval_loader(cfg, ds), ckpt.get("epoch")
 
 
 @torch.no_grad()
@@ -268,18 +269,19 @@ def make_report(run: str | os.PathLike, checkpoint: str = "best", split: str | N
         cfg, model, ds, loader, epoch = loaded
         torch.set_grad_enabled(False)
         try:
-            features = cfg.task == "classify" and cfg.protocol == "retrieval" and split == "test"
-            if cfg.task == "multilabel":
+            task = get_task(cfg.task)
+            features = task.split_features(cfg, split)
+            if task.output == "sigmoid":
                 from recogfast.report.tasks import multilabel
 
                 sections["multilabel"] = multilabel(model, loader, ds, folder, cfg.image_size, _thumb)
-            elif cfg.task == "classify" and not features:
+            elif task.output == "softmax" and not features:
                 sections["classification"] = classification(model, loader, ds, folder, cfg.image_size)
             else:
                 sections["retrieval"] = retrieval(model, loader, ds, folder, cfg.image_size, n, cfg.seed, features)
         finally:
             torch.set_grad_enabled(True)
-        if cfg.task == "classify" and not features:
+        if task.output == "softmax" and not features:
             sections["why"] = why_section(model, loader, ds, folder)
         sections["attention"] = attention_section(model, loader, folder)
         sections["evaluated"] = {"checkpoint": f"{checkpoint}.pt", "epoch": epoch, "split": split}

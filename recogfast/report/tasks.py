@@ -36,7 +36,7 @@ def per_class_ap_figure(names: list[str], area: list[float], voc07: list[float])
 
 def multilabel(model, loader, ds, folder: Path, image_size: int, thumb) -> dict:
     """Per-class AP (both definitions) and 24 images with their labels and the model's top scores."""
-    from recogfast.engine.multilabel import multilabel_outputs, multilabel_scores
+    from recogfast.tasks.multilabel import multilabel_outputs, multilabel_scores
     from recogfast.metrics import mean_average_precision
 
     logits, t = multilabel_outputs(model, loader, ds.targets)
@@ -77,7 +77,7 @@ def multilabel_html(m: dict, fmt, img) -> list[str]:
 
 def verification(run: Path, folder: Path) -> list[dict]:
     """The run's ``verify-*.json`` results, each with its ROC drawn into `folder`."""
-    from recogfast.engine.verify import roc_figure
+    from recogfast.tasks.verify import roc_figure
 
     out = []
     for path in sorted(run.glob("verify-*.json")):

@@ -33,45 +33,18 @@
 #include <vector>
 
 #include "ops/cpu/ms_loss_sweeps.h"
-#include "ops/cpu/parallel.h"
 #include "ops/cpu/ms_loss_tiles.h"
+#include "ops/cpu/parallel.h"
+#include "ops/cpu/row_accumulate.h"
 #include "ops/ms_loss.h"
 
 namespace recogfast {
 namespace {
 
-// The accumulations that ATen would do with addmm_ / index_add_ / add_, whose Scalar arguments cannot cross the
-// stable ABI: the products still go through aten::mm, the "+=" is these loops over contiguous [*, D] rows.
-// dst[r] = dst[r] * scale[r] + src[r] (scale may be null: 1).
-template <typename T>
-void add_rows(T* dst, const T* src, int64_t rows, int64_t D, const T* scale = nullptr) {
-  parallel_for(0, rows, cpu::grain_for(D), [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      T* o = dst + r * D;
-      const T* x = src + r * D;
-      const T f = scale ? scale[r] : T(1);
-      if (scale)
-        for (int64_t d = 0; d < D; ++d) o[d] = o[d] * f + x[d];
-      else
-        for (int64_t d = 0; d < D; ++d) o[d] += x[d];
-    }
-  });
-}
-// dst[idx[r]] += src[r] for r < n, in order (an index may repeat).
-template <typename T>
-void index_add_rows(T* dst, const int64_t* idx, int64_t n, const T* src, int64_t D) {
-  for (int64_t r = 0; r < n; ++r) {
-    T* o = dst + idx[r] * D;
-    const T* x = src + r * D;
-    for (int64_t d = 0; d < D; ++d) o[d] += x[d];
-  }
-}
-// A host buffer seen as a contiguous CPU tensor (no copy, no ownership).
-inline Tensor host_view(void* data, std::initializer_list<int64_t> sizes, ScalarType dtype) {
-  std::vector<int64_t> sz(sizes), strides(sz.size(), 1);
-  for (int64_t k = int64_t(sz.size()) - 2; k >= 0; --k) strides[k] = strides[k + 1] * sz[k + 1];
-  return torch::stable::from_blob(data, sz, strides, Device(torch::headeronly::DeviceType::CPU), dtype);
-}
+// add_rows, index_add_rows and host_view: the Scalar-free accumulation loops (ops/cpu/row_accumulate.h).
+using cpu::add_rows;
+using cpu::host_view;
+using cpu::index_add_rows;
 
 template <typename T>
 struct MSLossCPU : Candidates<T> {

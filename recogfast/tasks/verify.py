@@ -176,12 +176,12 @@ def roc_figure(curves: dict, title: str):
 
 def _embed_files(model, files: list[str], cfg, features: bool) -> torch.Tensor:
     from recogfast.data import ImageList
-    from recogfast.engine import tasks
+    from recogfast.engine import build
 
     ds = ImageList(files, [0] * len(files), ["image"], split="pairs")
-    tasks.check_files((ds,), "raise")  # a DataError naming the first unreadable image
-    loader = tasks.build_eval_loader(cfg, ds)
-    e, _ = tasks.embed(model, loader, features=features)
+    build.check_files((ds,), "raise")  # a DataError naming the first unreadable image
+    loader = build.build_eval_loader(cfg, ds)
+    e, _ = build.embed(model, loader, features=features)
     return e.cpu()
 
 
@@ -204,9 +204,10 @@ def run_verify(checkpoint: str, pairs: str | None = None, val_pairs: str | None 
                batch_size: int = 256, num_workers: int | None = None, backend: str = "auto") -> tuple[dict, str]:
     """Score one checkpoint on pairs; returns (result, path of the JSON written into the run folder).
     User errors are ValueError / DataError (one line)."""
-    from recogfast.engine import tasks
+    from recogfast.engine import build
     from recogfast.engine.checkpoint import load_checkpoint
     from recogfast.engine.evaluate import _config
+    from recogfast.tasks import get_task
 
     t0 = time.perf_counter()
     ckpt = load_checkpoint(checkpoint)
@@ -218,24 +219,25 @@ def run_verify(checkpoint: str, pairs: str | None = None, val_pairs: str | None 
     cfg = cfg.resolved()
     if folds is not None and folds < 2:
         raise ValueError(f"--folds must be at least 2, got {folds}")
-    model = tasks.build_model(cfg, saved.get("num_classes"))
+    model = build.build_model(cfg, saved.get("num_classes"))
     try:
         model.load_state_dict(scored_weights(ckpt))  # the EMA weights when the run kept them, as val/test
     except RuntimeError as err:
         raise ValueError(f"checkpoint {checkpoint} does not match its model: {str(err).splitlines()[0]}") from None
     model = model.to(cfg.device).eval()
-    features = cfg.task != "retrieval"
+    task = get_task(cfg.task)
+    features = task.output != "embedding"  # a classifier's pooled features, a retrieval model's embedding
     val_ds = test_ds = note = None
     notes: list[str | None] = []
     if pairs is None:
-        _, val_ds, test_ds = tasks.build_datasets(cfg)
-    elif val_pairs is None and cfg.task != "multilabel":
+        _, val_ds, test_ds = build.build_datasets(cfg)
+    elif val_pairs is None and task.output != "sigmoid":
         try:  # the threshold's pairs from the run's val split, when its data is still there
-            _, val_ds, _ = tasks.build_datasets(cfg)
+            _, val_ds, _ = build.build_datasets(cfg)
         except (OSError, ValueError, DataError) as err:
             note = f"no val pairs: the run's data cannot be read ({str(err).splitlines()[0]}); pass --val-pairs FILE"
     if pairs is None:
-        if cfg.task == "multilabel":
+        if task.output == "sigmoid":
             raise ValueError("a multilabel run's test split has no identities to pair: give --pairs FILE")
         test_s, test_y = _scores_of_split(model, test_ds, cfg, features, num_pairs, seed)
         name, source = "test", f"{num_pairs} seeded balanced pairs of the test split"
@@ -248,7 +250,7 @@ def run_verify(checkpoint: str, pairs: str | None = None, val_pairs: str | None 
     if val_pairs is not None:
         val_s, val_y = _scores_of_list(model, val_pairs, root, cfg, features)
         val_source = f"pair list {val_pairs}"
-    elif val_ds is not None and cfg.task != "multilabel" and len(val_ds):
+    elif val_ds is not None and task.output != "sigmoid" and len(val_ds):
         val_s, val_y = _scores_of_split(model, val_ds, cfg, features, num_pairs, seed + 1)
         val_source = f"{num_pairs} seeded balanced pairs of the val split"
         notes.append(repeats_note(val_ds.labels, num_pairs, "val"))

@@ -1,8 +1,6 @@
-"""The three training tasks built from one flat configuration: classification, retrieval and multi-label
-classification (recogfast.engine.multilabel).
-
-``run_train(RunConfig(...))`` builds the datasets, loaders, model, loss, optimizer and schedule, then
-runs :class:`~recogfast.engine.Trainer`. Every run has three splits: train, val (carved out of the
+"""A run built from one flat configuration (:class:`RunConfig`): ``run_train(RunConfig(...))`` asks the run's
+task (recogfast.tasks: classify, retrieval, multilabel) for its datasets, sampler, model, loss, metrics and
+best-epoch rule, builds the loaders, optimizer and schedule, then runs :class:`~recogfast.engine.Trainer`. Every run has three splits: train, val (carved out of the
 training split: ``val_fraction`` of each class's images for classification, of the training classes
 for retrieval; 0 = none) and test. Only val steers training (best epoch, early stopping, plateau); the
 chosen checkpoint is scored on test once, at the end. Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins
@@ -20,23 +18,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from recogfast.engine.checkpoint import seed_everything
-from recogfast.engine.multilabel import MULTILABEL_DATASETS, multilabel_eval
 from recogfast.engine.schedule import build_optimizer, build_scheduler
 from recogfast.engine.trainer import Trainer, TrainerOptions
 from recogfast.engine.validate import check_combinations, check_out_folder, check_ranges
-from recogfast.metrics import AccuracyMeter, retrieval_metrics
+from recogfast.tasks import DATASETS, TASKS, get_task  # noqa: F401  (DATASETS, TASKS: the CLI's choices)
 
 log = logging.getLogger("recogfast")
 
-TASKS = ("classify", "retrieval", "multilabel")
-DATASETS = ("shapes196", "tiny-imagenet", "cars196", "folder") + MULTILABEL_DATASETS  # folder: your own (data/folder.py)
 EMBEDDED = ("shapes196", "shapes-multi")  # generated, no --data needed
 PROTOCOLS = ("classification", "retrieval")
-DEFAULT_VAL_FRACTION = {"classify": 0.1, "retrieval": 0.15, "multilabel": 0.1}
 
 
 @dataclass(frozen=True)
@@ -130,8 +123,7 @@ class RunConfig:
         """The defaults filled in; every value checked (ranges: recogfast.engine.validate.RANGES)."""
         c = dataclasses.replace(self)
         check_ranges(c)
-        if c.task not in TASKS:
-            raise ValueError(f"unknown task {c.task!r}; choose one of: {', '.join(TASKS)}")
+        task = get_task(c.task)
         if c.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {c.dataset!r}; choose one of: {', '.join(DATASETS)}")
         if c.device is None:
@@ -145,7 +137,7 @@ class RunConfig:
         if c.lr is None:
             c.lr = 0.1 * c.batch_size / 256 if c.optimizer == "sgd" else 1e-3
         if c.val_fraction is None:
-            c.val_fraction = DEFAULT_VAL_FRACTION[c.task]
+            c.val_fraction = task.default_val_fraction
         if not 0.0 <= c.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must lie in [0, 1), got {c.val_fraction}")
         if c.val_fraction == 0 and c.patience is not None:
@@ -153,59 +145,51 @@ class RunConfig:
         if c.val_fraction == 0 and c.schedule == "plateau":
             raise ValueError("--schedule plateau needs a validation split: it cannot be used with --val-fraction 0")
         if c.protocol is None:
-            c.protocol = "retrieval" if c.task == "retrieval" else "classification"
+            c.protocol = task.default_protocol
         if c.protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {c.protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
-        if (c.task == "multilabel") != (c.dataset in MULTILABEL_DATASETS):
-            raise ValueError(f"multilabel trains on a multi-label dataset ({' or '.join(MULTILABEL_DATASETS)})" if
-                             c.task == "multilabel" else f"{c.dataset} is multi-label: use `train multilabel`")
-        if c.task == "multilabel" and c.protocol == "retrieval":
-            raise ValueError("--protocol retrieval is for classify and retrieval, not multilabel")
-        if c.task == "retrieval" and c.protocol != "retrieval":
-            raise ValueError("retrieval trains on the disjoint-class split: --protocol classification is for classify")
-        if c.dataset == "tiny-imagenet" and c.protocol == "retrieval":
-            raise ValueError("retrieval needs disjoint train/test classes: use --dataset cars196 or shapes196")
+        task.check(c)
         check_ranges(c)
         check_combinations(c)
         return c
 
 
-from recogfast.engine.embed import embed, raw_pixels  # noqa: E402, F401  (tasks.embed, tasks.raw_pixels: the shared names)
-from recogfast.engine.inputs import (  # noqa: E402  (the data half of a run; RunConfig is defined above)
-    _dist_info, build_datasets, build_eval_loader, build_loaders, check_files, check_train_split, small_classes_note,
-    val_split_note,
-)
+from recogfast.engine import inputs  # noqa: E402  (the data half of a run; RunConfig is defined above)
+from recogfast.engine.embed import embed, raw_pixels  # noqa: E402, F401  (build.embed, build.raw_pixels: the shared names)
+from recogfast.engine.inputs import build_eval_loader, check_files, small_classes_note  # noqa: E402, F401
 
 
-# ---------------------------------------------------------------------------------------- evaluation
-def classification_eval(loader, label_smoothing: float = 0.0):
-    def run(model: nn.Module) -> dict[str, float]:
-        meter = AccuracyMeter((1, 5))
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for images, y in loader:
-            logits = model(images).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double().cpu()
-            meter.update(logits, y)
-        if dist.is_available() and dist.is_initialized():
-            t = loss_sum.to(next(model.parameters()).device)
-            dist.all_reduce(t)
-            loss_sum = t.cpu()
-        meter.all_reduce()
-        out = meter.compute()
-        out["loss"] = float(loss_sum) / max(1, meter.count)
-        return out
-
-    return run
+# ---------------------------------------------------------------------------------------- the run's task, asked
+def build_datasets(cfg: RunConfig):
+    """(train, val, test) datasets of the run's task; val is None with ``val_fraction`` 0. `cfg` resolved."""
+    return get_task(cfg.task).build_datasets(cfg)
 
 
-def retrieval_eval(loader, ks=(1, 2, 4, 8), features: bool = False):
-    def run(model: nn.Module) -> dict[str, float]:
-        e, y = embed(model, loader, features=features)
-        m = retrieval_metrics(e, y, ks)
-        m.pop("num_queries", None)
-        return m
+def build_model(cfg: RunConfig, num_classes: int | None) -> nn.Module:
+    """The run's model (its task's head), with ``--weights`` checked to fill enough of the backbone."""
+    model = get_task(cfg.task).build_model(cfg, num_classes)
+    check_weights_kept(model, cfg.weights_partial)
+    return model
 
-    return run
+
+def build_loss(cfg: RunConfig, train_ds=None) -> nn.Module:
+    return get_task(cfg.task).build_loss(cfg, train_ds)
+
+
+def check_train_split(cfg: RunConfig, train_ds, val_ds, world: int = 1) -> None:
+    """Refuse a training split that gives no full batch per rank (ValueError; the CLI: one line, exit 2)."""
+    get_task(cfg.task).check_train_split(cfg, train_ds, val_ds, world)
+
+
+def val_split_note(cfg: RunConfig, train_ds, val_ds) -> str | None:
+    return inputs.val_split_note(cfg, train_ds, val_ds, by_class=get_task(cfg.task).val_holds_out_classes)
+
+
+def build_train_loader(cfg: RunConfig, train_ds, **override):
+    """The run's training loader (its task's sampler, this rank's shard); `override`: build_loader arguments."""
+    rank, world = inputs._dist_info()
+    return inputs.build_train_loader(cfg, train_ds, get_task(cfg.task).train_sampler(cfg, train_ds, rank, world),
+                                     **override)
 
 
 # ---------------------------------------------------------------------------------------- runs
@@ -223,7 +207,7 @@ def kernels_used(device: str, amp: str, model: str | None = None, task: str | No
 
         attention = model_info(model)["attention"] or ""
         ops = (["se_gate"] if attention == "se" else []) + (["cubs_channel", "cubs_spatial"] if attention.startswith("cubs") else [])
-        ops += ["ms_loss"] if task == "retrieval" else []
+        ops += list(get_task(task).loss_ops) if task is not None else []
     # the loss runs in float32 (the trainer casts the outputs)
     return {op: dispatch.describe(dev, torch.float32 if op == "ms_loss" else dtype) for op in ops}
 
@@ -248,18 +232,6 @@ MIN_WEIGHTS_KEPT = 0.5  # --weights must fill at least this fraction of the back
 _HEADS = ("fc.", "embedding.", "classifier.")
 
 
-def build_model(cfg: RunConfig, num_classes: int | None) -> nn.Module:
-    from recogfast.models import create_model
-
-    if cfg.task in ("classify", "multilabel"):
-        model = create_model(cfg.model, num_classes=num_classes, stem=cfg.stem, attn_impl=cfg.attn_impl, weights=cfg.weights)
-    else:
-        model = create_model(cfg.model, embedding_dim=cfg.embedding_dim, stem=cfg.stem, attn_impl=cfg.attn_impl,
-                             weights=cfg.weights)
-    check_weights_kept(model, cfg.weights_partial)
-    return model
-
-
 def check_weights_kept(model: nn.Module, partial: bool = False) -> None:
     """Refuse ``--weights`` that fill less than MIN_WEIGHTS_KEPT of the backbone (the model's tensors
     outside the classifier / embedding head and the attention blocks), unless `partial`."""
@@ -273,23 +245,6 @@ def check_weights_kept(model: nn.Module, partial: bool = False) -> None:
         raise ValueError(f"--weights {report.path}: only {kept} of the backbone's {len(backbone)} tensors load "
                          f"({report.summary()}); pass --weights-partial to accept less than "
                          f"{MIN_WEIGHTS_KEPT:.0%}")
-
-
-def build_loss(cfg: RunConfig, train_ds=None) -> nn.Module:
-    if cfg.task == "classify":
-        return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    if cfg.task == "multilabel":  # BCE-with-logits on the training split's targets (difficult entries ignored)
-        from recogfast.losses import MultiLabelBCELoss
-
-        return MultiLabelBCELoss(train_ds.targets)
-    from recogfast.losses import CrossBatchMemory, MultiSimilarityLoss
-
-    _, world = _dist_info()
-    loss = MultiSimilarityLoss(alpha=cfg.ms_alpha, beta=cfg.ms_beta, base=cfg.ms_base, epsilon=cfg.ms_epsilon,
-                               mining=cfg.mining, gather_across_ranks=cfg.gather_across_ranks and world > 1)
-    if cfg.xbm_size > 0:
-        loss = CrossBatchMemory(loss, cfg.embedding_dim, memory_size=cfg.xbm_size)
-    return loss
 
 
 def saved_config(cfg: RunConfig, resolved: RunConfig) -> dict[str, Any]:
@@ -308,6 +263,7 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     one batch) surface here as ``ValueError`` / ``OSError``, before any model is built.
     """
     asked, cfg = cfg, cfg.resolved()
+    task = get_task(cfg.task)
     check_out_folder(cfg.out)
     rank, world, cfg.device = setup_distributed(cfg.device)
     seed_everything(cfg.seed + rank)
@@ -319,7 +275,8 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     bad = check_files((train_ds, val_ds, test_ds), cfg.on_error)  # all splits, before the first step
     if bad and rank == 0:
         print(f"note: {len(bad)} unreadable image files will be skipped (--on-error skip); first: {bad[0]}", flush=True)
-    train_loader, val_loader, test_loader = build_loaders(cfg, train_ds, val_ds, test_ds)
+    train_loader, val_loader, test_loader = inputs.build_loaders(
+        cfg, train_ds, val_ds, test_ds, task.train_sampler(cfg, train_ds, rank, world))
     main = rank == 0
     backend = getattr(train_loader, "backend", "?")
     if main and cfg.progress:
@@ -330,10 +287,8 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
         from recogfast.data.augment import Augment
 
         print(f"augment: random resized crop (scale {cfg.crop_scale:g}-1), {Augment.of(cfg).describe()}", flush=True)
-    if cfg.task == "retrieval" and main:
-        note = small_classes_note(train_ds.labels, cfg.m_per_class)
-        if note:
-            print(note, flush=True)
+    for note in task.train_notes(cfg, train_ds) if main else ():
+        print(note, flush=True)
     steps = len(train_loader) if cfg.steps_per_epoch is None else min(len(train_loader), cfg.steps_per_epoch)
     if main and cfg.steps_per_epoch is not None and cfg.steps_per_epoch > len(train_loader):
         print(f"note: --steps-per-epoch {cfg.steps_per_epoch} is more than an epoch holds ({len(train_loader)} "
@@ -347,23 +302,11 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     optimizer = build_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                 head_lr_mult=cfg.head_lr_mult)
     callbacks, mix = finetune_parts(cfg, model, train_ds.num_classes, callbacks)  # after the optimizer: it holds all
-    # Retrieval chooses on val MAP@R: it scores every relevant image of every query, where Recall@1 on
-    # val's 15 classes moves by a query or two between epochs (docs/SPEC.md, "Validation")
-    monitor, mode = {"classify": ("top1", "max"), "multilabel": ("map", "max")}.get(cfg.task, ("map@r", "max"))
+    monitor, mode = task.monitor  # what `best` means (retrieval: val MAP@R, recogfast/tasks/retrieval.py says why)
     steps = -(-steps // cfg.accumulate)  # the schedule counts optimizer steps
     scheduler, interval = build_scheduler(optimizer, cfg.schedule, cfg.epochs, steps, cfg.warmup_epochs,
                                           cfg.step_size, cfg.gamma, cfg.plateau_patience, mode)
-    if cfg.task == "multilabel":
-        val_eval = multilabel_eval(val_loader, val_ds.targets) if val_loader is not None else None
-        test_eval = multilabel_eval(test_loader, test_ds.targets)
-    elif cfg.task == "classify":
-        val_eval = classification_eval(val_loader) if val_loader is not None else None
-        # a classifier on the disjoint-class split is tested by the Recall@K of its pooled features
-        test_eval = (retrieval_eval(test_loader, features=True) if cfg.protocol == "retrieval"
-                     else classification_eval(test_loader))
-    else:
-        val_eval = retrieval_eval(val_loader) if val_loader is not None else None
-        test_eval = retrieval_eval(test_loader)
+    val_eval, test_eval = task.evaluators(cfg, val_loader, val_ds, test_loader, test_ds)
     kernels = kernels_used(cfg.device, cfg.amp, cfg.model, cfg.task)
     if main and cfg.progress:
         print("kernels: " + ("; ".join(f"{op} {how}" for op, how in kernels.items()) or "none (this model calls no fused op)"),
@@ -373,8 +316,7 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
                   test_images=len(test_ds), num_classes=train_ds.num_classes,
                   val_classes=val_ds.num_classes if val_ds is not None else 0, test_classes=test_ds.num_classes,
                   params=sum(p.numel() for p in model.parameters()), backend_used=backend, kernels=kernels)
-    if cfg.task != "retrieval":  # what the outputs mean, carried by the checkpoint (recogfast predict, export)
-        config["class_names"] = list(train_ds.class_names)
+    config.update(task.config_extras(train_ds))  # what the outputs mean (class names: recogfast predict, export)
     options = TrainerOptions(epochs=cfg.epochs, monitor=monitor, mode=mode, patience=cfg.patience,
                              min_delta=cfg.min_delta, amp=cfg.amp, channels_last=cfg.channels_last,
                              compile=cfg.compile, steps_per_epoch=cfg.steps_per_epoch, progress=cfg.progress,
@@ -387,13 +329,13 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
 
 
 def finetune_parts(cfg: RunConfig, model: nn.Module, num_classes: int, callbacks=None):
-    """(callbacks with the ``--freeze`` one first, the MixUp/CutMix batch transform or None)."""
-    from recogfast.engine.finetune import Freezer, batch_mix
+    """(callbacks with the ``--freeze`` one first, the task's batch transform (MixUp/CutMix) or None)."""
+    from recogfast.engine.finetune import Freezer
 
     callbacks = list(callbacks or [])
     if cfg.freeze is not None:
         callbacks.insert(0, Freezer(model, cfg.freeze, cfg.unfreeze_at))
-    return callbacks, batch_mix(num_classes, cfg.mixup, cfg.cutmix) if cfg.task == "classify" else None
+    return callbacks, get_task(cfg.task).batch_transform(cfg, num_classes)
 
 
 def run_train(cfg: RunConfig, resume: bool | str = False, callbacks=None) -> tuple[dict[str, Any], Trainer]:
