@@ -87,7 +87,8 @@ class RunConfig:
     min_delta: float = 0.0
     amp: str = "auto"  # auto = bf16 on CUDA, none on CPU
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | str = "none"  # a torch.compile mode: none, default, reduce-overhead, max-autotune (true = default)
+    cuda_graphs: bool = False  # the whole training step captured in CUDA graphs (recogfast.engine.graphs)
     seed: int = 0
     device: str | None = None
     backend: str = "auto"
@@ -377,7 +378,7 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
         config["class_names"] = list(train_ds.class_names)
     options = TrainerOptions(epochs=cfg.epochs, monitor=monitor, mode=mode, patience=cfg.patience,
                              min_delta=cfg.min_delta, amp=cfg.amp, channels_last=cfg.channels_last,
-                             compile=cfg.compile, steps_per_epoch=cfg.steps_per_epoch, progress=cfg.progress,
+                             compile=cfg.compile, cuda_graphs=cfg.cuda_graphs, steps_per_epoch=cfg.steps_per_epoch, progress=cfg.progress,
                              accumulate=cfg.accumulate, ema_decay=cfg.ema,
                              config=config, run_config=saved_config(asked, cfg))
     trainer = Trainer(model, loss, train_loader, val_eval, optimizer, scheduler, interval, out_dir=cfg.out,

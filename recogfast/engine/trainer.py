@@ -52,7 +52,8 @@ class TrainerOptions:
     min_delta: float = 0.0
     amp: str = "none"  # "bf16" | "fp16" | "none"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False  # a torch.compile mode (graphs.COMPILE_MODES); True = "default", False = "none"
+    cuda_graphs: bool = False  # the whole step captured in CUDA graphs (recogfast.engine.graphs)
     grad_clip: float | None = None
     accumulate: int = 1  # optimizer steps every N batches (loss / N; the schedule counts optimizer steps)
     ema_decay: float | None = None  # weight EMA (val and test score it); None = off
@@ -132,6 +133,14 @@ class Trainer(EpochLoop):
         self.data = data
         self.distributed = dist.is_available() and dist.is_initialized()
         self.is_main = _is_main()
+        if self.opt.cuda_graphs:
+            from recogfast.engine.graphs import refusal
+            from recogfast.losses import CrossBatchMemory
+
+            why = refusal(str(self.device), self.opt.amp, self.opt.compile, self.distributed, optimizer,
+                          isinstance(loss_fn, CrossBatchMemory))
+            if why:
+                raise ValueError(why)
         self.rewrap()
         self.ema = None
         if self.opt.ema_decay is not None:
@@ -153,13 +162,17 @@ class Trainer(EpochLoop):
 
     def rewrap(self) -> None:
         """(Re)build the training wrapper: DDP (which registers the parameters that take gradients when
-        it is built: again after an unfreeze) and ``torch.compile``."""
+        it is built: again after an unfreeze) and ``torch.compile``; ``--cuda-graphs`` captures again."""
+        from recogfast.engine.graphs import compile_mode
+
+        self.captured = None
         self.train_model: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if self.opt.compile:
-            self.train_model = torch.compile(self.train_model)
+        mode = compile_mode(self.opt.compile)
+        if mode is not None:
+            self.train_model = torch.compile(self.train_model, **({} if mode == "default" else {"mode": mode}))
 
     @property
     def eval_model(self) -> nn.Module:
@@ -188,6 +201,10 @@ class Trainer(EpochLoop):
         sampler = self._sampler()
         if sampler is not None and hasattr(sampler, "state_dict"):
             state["sampler"] = sampler.state_dict()
+        if self.opt.cuda_graphs:  # float learning rates and the optimizer's own flags, as an eager run saves
+            from recogfast.engine.graphs import plain_state
+
+            state = plain_state(self, state)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -285,7 +302,7 @@ class Trainer(EpochLoop):
                 tick = time.perf_counter()
                 row: dict[str, Any] = {"epoch": self.epoch + 1}
                 row.update(self.train_one_epoch())
-                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                row["lr"] = float(self.optimizer.param_groups[0]["lr"])  # a tensor under --cuda-graphs
                 self._check_weights()
                 metrics = {}
                 if self.evaluate_fn is not None:
