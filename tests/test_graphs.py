@@ -229,11 +229,13 @@ def test_cuda_captured_step_does_not_sync(tmp_path):
     graphs = _trainer(tmp_path, "g", device="cuda", cuda_graphs=True, amp="bf16", ema=0.9, attention="cubs_serial12",
                       epochs=1)
     graphs.train_one_epoch()  # captures
-    torch.cuda.set_sync_debug_mode("error")
+    x, y = next(iter(graphs.train_loader))
+    x, y = x.cuda().contiguous(memory_format=torch.channels_last), y.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a host sync in the step (replay, schedule, EMA) raises
     try:
-        x, y = next(iter(graphs.train_loader))
-        x = x.cuda().contiguous(memory_format=torch.channels_last)
-        graphs.captured.step(x, y.cuda(), final=True, group=1)
+        for _ in range(3):
+            graphs.captured.step(x, y, final=True, group=1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(graphs.captured.loss).item()

@@ -212,7 +212,8 @@ class CapturedStep:
         pool = None
         for kind in kinds:
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
+            # thread_local: the loader's pin-memory thread may call CUDA while this thread captures
+            with torch.cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
                 self._body(kind == "final")
             pool = pool or g.pool()
             self.graphs[kind] = g
