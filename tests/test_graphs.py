@@ -180,6 +180,21 @@ def test_emulated_captured_run_matches_the_eager_run(tmp_path, optimizer, accumu
     assert all(p.grad is not None and not p.grad.any() for p in graphs.model.parameters())
 
 
+@pytest.mark.parametrize("attention", ["cubs_serial12", "cubs_parallel", "cubs_serial21"])
+def test_emulated_captured_step_with_the_fused_cubs_blocks(tmp_path, attention):
+    eager = _trainer(tmp_path, "eager", attention=attention, ema=0.9, accumulate=2)
+    eager.fit()
+    graphs = _emulated(_trainer(tmp_path, "graphs", attention=attention, ema=0.9, accumulate=2))
+    graphs.fit()
+    _close(graphs, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_the_trainer_refuses_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^--cuda-graphs: capturing the training step in a CUDA graph needs a CUDA "
+                                         r"device, not 'cpu'$"):
+        _trainer(tmp_path, "t", cuda_graphs=True)
+
+
 def test_an_eager_run_resumes_a_captured_runs_checkpoint(tmp_path):
     graphs = _emulated(_trainer(tmp_path, "g", epochs=1))
     graphs.fit()

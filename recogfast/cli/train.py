@@ -73,9 +73,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    choices=("none", "default", "reduce-overhead", "max-autotune"),
                    help="torch.compile the model in this mode (a bare --compile: default; reduce-overhead and "
                         "max-autotune replay CUDA graphs of the model; README: Training at full speed)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="capture the whole training step (forward, loss, backward, optimizer step, EMA) in a CUDA "
-                        "graph and replay it; CUDA only, what cannot be captured is refused in one line")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the whole training step (forward, loss, backward, optimizer step, EMA) in CUDA "
+                        "graphs and replay it; CUDA only, what cannot be captured is refused in one line")
     p.add_argument("--seed", type=int, help="seed of initialisation, sampling and augmentation")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
     p.add_argument("--backend", choices=("auto", "dali", "torchvision"),
@@ -174,7 +174,7 @@ def with_config(parser, argv, args):
 
 
 # What `--resume` may change beside a run's own config.json: where and how long it runs, not what it is.
-RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "on_error")
+RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "on_error", "compile", "cuda_graphs")
 
 
 def _given(parser, argv) -> set[str]:

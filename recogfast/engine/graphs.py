@@ -70,6 +70,16 @@ def refusal(device: str, amp: str = "none", compile=None, distributed: bool = Fa
     return None
 
 
+def check_capturable(trainer) -> None:
+    """ValueError (one line) when the trainer's step cannot be captured (:func:`refusal`)."""
+    from recogfast.losses import CrossBatchMemory
+
+    why = refusal(str(trainer.device), trainer.opt.amp, trainer.opt.compile, trainer.distributed, trainer.optimizer,
+                  isinstance(trainer.loss_fn, CrossBatchMemory))
+    if why:
+        raise ValueError(why)
+
+
 def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Make the optimizer's step graph-safe in place: the fused kernels (device step counts, no host
     reads), ``capturable`` for Adam on CUDA, and each group's learning rate a device tensor."""

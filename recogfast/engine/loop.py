@@ -107,13 +107,6 @@ class EpochLoop:
             self._emit("step", step=step, loss=value, optimizer_step=steps_now)
         return loss_sum, loss_count
 
-    def _captured(self):
-        if self.captured is None:
-            from recogfast.engine.graphs import CapturedStep
-
-            self.captured = CapturedStep(self)
-        return self.captured
-
     def _sync(self, steps_now: bool):
         """DDP all-reduces the gradients only on the batch that ends an accumulation group."""
         ddp = getattr(self.train_model, "_orig_mod", self.train_model)  # under torch.compile

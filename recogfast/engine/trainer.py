@@ -25,6 +25,7 @@ from recogfast.engine.checkpoint import (
     atomic_save, clean_temp_files, load_checkpoint, repair_best, rng_state, set_rng_state,
 )
 from recogfast.engine.finetune import build_ema, scored_weights
+from recogfast.engine.graphs import CapturedStep, check_capturable, compile_mode, plain_state
 from recogfast.engine.logs import CSVLog, TensorBoard, plot_history
 from recogfast.engine.loop import Diverged, EpochLoop, ResumeError, StopTraining  # noqa: F401  (public here too)
 
@@ -134,13 +135,7 @@ class Trainer(EpochLoop):
         self.distributed = dist.is_available() and dist.is_initialized()
         self.is_main = _is_main()
         if self.opt.cuda_graphs:
-            from recogfast.engine.graphs import refusal
-            from recogfast.losses import CrossBatchMemory
-
-            why = refusal(str(self.device), self.opt.amp, self.opt.compile, self.distributed, optimizer,
-                          isinstance(loss_fn, CrossBatchMemory))
-            if why:
-                raise ValueError(why)
+            check_capturable(self)
         self.rewrap()
         self.ema = None
         if self.opt.ema_decay is not None:
@@ -163,9 +158,7 @@ class Trainer(EpochLoop):
     def rewrap(self) -> None:
         """(Re)build the training wrapper: DDP (which registers the parameters that take gradients when
         it is built: again after an unfreeze) and ``torch.compile``; ``--cuda-graphs`` captures again."""
-        from recogfast.engine.graphs import compile_mode
-
-        self.captured = None
+        self.captured: CapturedStep | None = None
         self.train_model: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -202,10 +195,14 @@ class Trainer(EpochLoop):
         if sampler is not None and hasattr(sampler, "state_dict"):
             state["sampler"] = sampler.state_dict()
         if self.opt.cuda_graphs:  # float learning rates and the optimizer's own flags, as an eager run saves
-            from recogfast.engine.graphs import plain_state
-
             state = plain_state(self, state)
         return state
+
+    def _captured(self) -> CapturedStep:
+        """The captured step (built, and captured at its first batch, after each ``rewrap``)."""
+        if self.captured is None:
+            self.captured = CapturedStep(self)
+        return self.captured
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
