@@ -171,7 +171,8 @@ def test_emulated_captured_run_matches_the_eager_run(tmp_path, optimizer, accumu
     # the learning rate lives in a tensor the schedule fills; the log and the checkpoint hold floats
     assert isinstance(graphs.optimizer.param_groups[0]["lr"], torch.Tensor)
     assert graphs.optimizer.param_groups[0]["fused"] is True
-    assert summary["final"]["lr"] == pytest.approx(eager.history[-1]["lr"]) and isinstance(summary["final"]["lr"], float)
+    lr = summary["final"]["lr"]
+    assert isinstance(lr, float) and lr == pytest.approx(eager.history[-1]["lr"])
     saved = torch.load(tmp_path / "graphs" / "last.pt", weights_only=False)
     group = saved["optimizer"]["param_groups"][0]
     assert isinstance(group["lr"], float) and group["fused"] in (None, False) and group["foreach"] is None

@@ -151,7 +151,6 @@ class CapturedStep:
                 torch._foreach_add_(self.ema_model, diff)
                 for e, m in self.ema_ints:  # num_batches_tracked: AveragedModel's formula, decay = 1 - w
                     e.copy_(e * (1 - self.ema_w) + m * self.ema_w)
-                t.ema.n_averaged.add_(1)
         torch._foreach_zero_(self.grads)
 
     # ------------------------------------------------------------------ setup and capture
@@ -263,9 +262,11 @@ class CapturedStep:
 
     def _after_step(self) -> None:
         t = self.t
-        if t.ema is not None and self.ema_first:
-            self.ema_first = False
-            self.ema_w.fill_(1.0 - t.opt.ema_decay)
+        if t.ema is not None:
+            t.ema.n_averaged.add_(1)  # outside the graph: AveragedModel keeps it on the CPU
+            if self.ema_first:
+                self.ema_first = False
+                self.ema_w.fill_(1.0 - t.opt.ema_decay)
         if t.scheduler is not None and t.scheduler_interval == "step":
             t.scheduler.step()
         t.global_step += 1
