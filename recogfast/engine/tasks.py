@@ -378,8 +378,8 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
         config["class_names"] = list(train_ds.class_names)
     options = TrainerOptions(epochs=cfg.epochs, monitor=monitor, mode=mode, patience=cfg.patience,
                              min_delta=cfg.min_delta, amp=cfg.amp, channels_last=cfg.channels_last,
-                             compile=cfg.compile, cuda_graphs=cfg.cuda_graphs, steps_per_epoch=cfg.steps_per_epoch, progress=cfg.progress,
-                             accumulate=cfg.accumulate, ema_decay=cfg.ema,
+                             compile=cfg.compile, cuda_graphs=cfg.cuda_graphs, steps_per_epoch=cfg.steps_per_epoch,
+                             progress=cfg.progress, accumulate=cfg.accumulate, ema_decay=cfg.ema,
                              config=config, run_config=saved_config(asked, cfg))
     trainer = Trainer(model, loss, train_loader, val_eval, optimizer, scheduler, interval, out_dir=cfg.out,
                       options=options, device=cfg.device, callbacks=callbacks, test_evaluate=test_eval,
