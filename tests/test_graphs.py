@@ -14,10 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from recogfast.cli import main
-from recogfast.engine import Trainer, TrainerOptions, build_optimizer, build_scheduler, seed_everything
+from recogfast.engine import (
+    RunConfig, Trainer, TrainerOptions, build_optimizer, build_scheduler, run_train, seed_everything,
+)
 from recogfast.engine.graphs import CapturedStep, compile_mode, refusal
 from recogfast.engine.loop import Diverged
-from recogfast.engine.tasks import RunConfig
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -259,8 +260,6 @@ def test_cuda_captured_step_does_not_sync(tmp_path):
 
 @CUDA
 def test_cuda_graphs_run_from_the_config(tmp_path):
-    from recogfast.engine.tasks import run_train
-
     cfg = RunConfig(epochs=1, batch_size=16, images_per_class=4, steps_per_epoch=3, device="cuda", cuda_graphs=True,
                     model="resnet18", out=str(tmp_path / "run"), progress=False, num_workers=0, ema=0.99)
     summary, trainer = run_train(cfg)
