@@ -24,13 +24,13 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
     status = {s["step"]: s["status"] for s in summary["steps"]}
     assert summary["mode"] == "rehearsal"
     assert status == {"env": "ok", "build": "ok", "tests": "ok", "crosscheck": "ok", "memcheck": "skipped",
-                      "racecheck": "skipped", "bench": "ok", "profile": "ok", "compiled": "skipped",
+                      "racecheck": "skipped", "bench": "ok", "graphs": "skipped", "profile": "ok", "compiled": "skipped",
                       "ncu": "skipped", "maxautotune": "skipped"}, status
     notes = {s["step"]: s["note"] for s in summary["steps"]}
     # The torch.compile peers skip on the CPU, but their -k selections must name CUDA benchmarks.
-    for step in ("compiled", "maxautotune"):
+    for step in ("compiled", "maxautotune", "graphs"):
         n = int(notes[step].split("no GPU: ")[1].split()[0])
-        assert n >= (10 if step == "compiled" else 5), notes[step]
+        assert n >= {"compiled": 10, "maxautotune": 5, "graphs": 16}[step], notes[step]
     assert summary["crosscheck"]["summary"]["comparisons"] > 100
     assert summary["crosscheck"]["summary"]["failed"] == 0
     # The benchmark records come from the JSON lines, written as each benchmark finished.
@@ -74,6 +74,9 @@ def test_goals_are_read_from_the_benchmark_records():
         _bench_row("cubs2 fwd+bwd cuda bfloat16 B=64 C=64 56x56", "compiled_maxautotune", 1.2, events=0.9),
         _bench_row("resnet18 train step cuda bf16 B=256 64x64", "fused", 10.0, graph=5.0),
         _bench_row("resnet18 train step cuda bf16 B=256 64x64", "plain", 9.0, graph=4.0),
+        _bench_row("engine train step cuda bf16 B=256 64x64", "plain_graphs", 9.0, events=4.5),
+        _bench_row("engine train step cuda bf16 B=256 64x64", "fused_graphs", 10.0, events=5.0),
+        _bench_row("engine train step cuda bf16 B=256 64x64", "fused_parallel_graphs", 10.0, events=6.0),
         _bench_row("ms_loss fwd+bwd cuda fp32 B=16384 R=0 D=512", "fused", 4.0, mb=50.0),
         _bench_row("ms_loss fwd+bwd cuda fp32 B=16384 R=0 D=512", "pml", 100.0),
     ]
@@ -88,7 +91,10 @@ def test_goals_are_read_from_the_benchmark_records():
     assert goal("(serial12) throughput >= 0.8x plain ResNet-18 at 64x64")["measured"] == "0.90x (wall)"  # 9 / 10
     assert goal("(serial12) throughput >= 0.8x plain ResNet-18 at 64x64")["met"] is True
     assert goal("(serial12), both captured in a CUDA graph, >= 0.85x at 64x64")["measured"] == "0.80x (graph)"
-    assert not any("(parallel)" in g["goal"] for g in goals)  # not measured: no row, no goal
+    assert not any("(parallel) throughput >= 0.8x" in g["goal"] for g in goals)  # not measured: no row, no goal
+    graphs = [g for g in goals if g["goal"].startswith("recogfast train --cuda-graphs")]
+    assert [(g["measured"], g["met"]) for g in graphs] == [("0.90x (events)", True), ("0.75x (events)", False)]
+    assert "(serial12) throughput >= 0.85x plain ResNet-18, both captured, at 64x64" in graphs[0]["goal"]
     assert goal("compiled): cubs2")["measured"] == "1.71x (graph)" and goal("compiled): cubs2")["met"] is True
     assert goal("compiled_maxautotune): cubs2")["measured"] == "1.00x (events)"  # no graph column: events
     assert goal("extra peak memory")["met"] is True

@@ -10,9 +10,11 @@
 # MAX_JOBS=16 for sm_90) · tests (pytest -k cuda, without the learning test) · crosscheck (CUDA vs CPU
 # kernels: tools/gpu_crosscheck.py) · memcheck and racecheck (compute-sanitizer on a small crosscheck) ·
 # bench (the headline shapes, fused vs eager reference, each timed by synced wall clock, CUDA events and
-# CUDA-graph replay, with floors and ratios) · profile (tools/gpu_profile.py: kernel tables, launches per
-# fwd+bwd) · compiled (torch.compile default mode of the references: the peer column) · ncu (Nsight Compute
-# on the key kernels; "not permitted" in one line where the counters are refused) · maxautotune
+# CUDA-graph replay, with floors and ratios) · graphs (the engine's training step, eager vs `recogfast train
+# --cuda-graphs`, plain ResNet-18 and the three CUBS placements, 64×64 B=256 and 224×224 B=64) · profile
+# (tools/gpu_profile.py: kernel tables, launches per fwd+bwd) · compiled (torch.compile default mode of the
+# references: the peer column) · ncu (Nsight Compute on the key kernels; "not permitted" in one line where
+# the counters are refused) · maxautotune
 # (torch.compile mode max-autotune, as far as the deadline allows). Every benchmark appends a JSON line to
 # OUTDIR/bench.jsonl as it finishes, so a step cut at its cap keeps what finished. It always ends with
 # OUTDIR/summary.json and OUTDIR/summary.md (tools/gpu_results.py), and packs every log into
@@ -151,6 +153,7 @@ PEER_FILES="benchmarks/test_se_gate_bench.py benchmarks/test_cubs_bench.py"
 BENCH_ARGS="--benchmark-only -q -p no:cacheprovider --benchmark-columns=min,mean,stddev,rounds"
 collect() {  # the number of benchmarks a -k selection names (CUDA ones are collected, then skipped, on a CPU)
   [[ $GPU == 1 ]] && { echo "?"; return; }  # no device seconds spent counting on the GPU machine
+  (($(date +%s) + 15 > DEADLINE)) && { echo "-1"; return; }  # no time left to count: the step is skipped
   $PY -m pytest benchmarks -q --collect-only -p no:cacheprovider -k "$1" 2>/dev/null | grep -c '::'
 }
 if [[ $GPU == 1 ]]; then
@@ -163,6 +166,20 @@ else
     echo \"\$n CUDA benchmarks selected\"; test \"\$n\" -ge 40 &&
     $PY -m pytest benchmarks $BENCH_ARGS -k 'test_se_gate and cpu and fused and fwd and not bwd and 7' \
       --benchmark-json='$OUT/logs/bench.json'"
+fi
+
+# 6b. the engine's training step: eager against the captured step of `recogfast train --cuda-graphs`
+GRAPHS="cuda and test_engine_train_step"
+N_GRAPHS=$(collect "$GRAPHS")
+if [[ $GPU == 1 ]]; then
+  step graphs 150 "engine train step, eager vs --cuda-graphs ($N_GRAPHS)" -- $PY -m pytest \
+    benchmarks/test_train_graphs_bench.py $BENCH_ARGS -k "$GRAPHS" --benchmark-json="$OUT/logs/bench_graphs.json"
+elif [[ $N_GRAPHS -lt 0 ]]; then
+  skip graphs "deadline reached before the step"
+elif [[ $N_GRAPHS -gt 0 ]]; then
+  skip graphs "no GPU: $N_GRAPHS engine train-step benchmarks selected (eager and --cuda-graphs)"
+else
+  record graphs failed 0 "the engine train-step selection is empty"
 fi
 
 # 7. where the GPU time goes: kernel tables, launches per fwd+bwd, CUDA-graph replay vs eager
@@ -179,6 +196,8 @@ N_COMPILED=$(collect "$COMPILED")
 if [[ $GPU == 1 ]]; then
   step compiled 180 "torch.compile default mode peers ($N_COMPILED)" -- $PY -m pytest $PEER_FILES $BENCH_ARGS \
     -k "$COMPILED" --benchmark-json="$OUT/logs/bench_compiled.json"
+elif [[ $N_COMPILED -lt 0 ]]; then
+  skip compiled "deadline reached before the step"
 elif [[ $N_COMPILED -gt 0 ]]; then
   skip compiled "no GPU: $N_COMPILED torch.compile default-mode peers selected"
 else
@@ -209,6 +228,8 @@ N_MAXAT=$(collect "$MAXAT")
 if [[ $GPU == 1 ]]; then
   step maxautotune 150 "torch.compile max-autotune peers ($N_MAXAT)" -- $PY -m pytest $PEER_FILES $BENCH_ARGS \
     -k "$MAXAT" --benchmark-json="$OUT/logs/bench_maxautotune.json"
+elif [[ $N_MAXAT -lt 0 ]]; then
+  skip maxautotune "deadline reached before the step"
 elif [[ $N_MAXAT -gt 0 ]]; then
   skip maxautotune "no GPU: $N_MAXAT torch.compile max-autotune peers selected"
 else

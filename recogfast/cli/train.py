@@ -69,7 +69,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plateau-patience", type=int, help="plateau schedule: epochs before a decay")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"), help="auto: bf16 on CUDA")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="default", default=None,
+                   choices=("none", "default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile the model in this mode (a bare --compile: default; reduce-overhead and "
+                        "max-autotune replay CUDA graphs of the model; README: Training at full speed)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="capture the whole training step (forward, loss, backward, optimizer step, EMA) in CUDA "
+                        "graphs and replay it; CUDA only, what cannot be captured is refused in one line")
     p.add_argument("--seed", type=int, help="seed of initialisation, sampling and augmentation")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when visible)")
     p.add_argument("--backend", choices=("auto", "dali", "torchvision"),
@@ -139,9 +145,12 @@ def _read_run_config(path: str) -> dict:
     from recogfast.engine.build import RunConfig
 
     try:
-        return read_config(path, {f.name for f in dataclasses.fields(RunConfig)})
+        values = read_config(path, {f.name for f in dataclasses.fields(RunConfig)})
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if isinstance(values.get("compile"), bool):  # a run from before --compile MODE
+        values["compile"] = "default" if values["compile"] else "none"
+    return values
 
 
 def _reparse_with(parser, argv, values: dict):
@@ -165,7 +174,7 @@ def with_config(parser, argv, args):
 
 
 # What `--resume` may change beside a run's own config.json: where and how long it runs, not what it is.
-RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "on_error")
+RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "on_error", "compile", "cuda_graphs")
 
 
 def _given(parser, argv) -> set[str]:

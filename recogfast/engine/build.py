@@ -80,7 +80,8 @@ class RunConfig:
     min_delta: float = 0.0
     amp: str = "auto"  # auto = bf16 on CUDA, none on CPU
     channels_last: bool = True
-    compile: bool = False
+    compile: bool | str = "none"  # a torch.compile mode: none, default, reduce-overhead, max-autotune (true = default)
+    cuda_graphs: bool = False  # the whole training step captured in CUDA graphs (recogfast.engine.graphs)
     seed: int = 0
     device: str | None = None
     backend: str = "auto"
@@ -319,8 +320,8 @@ def build_trainer(cfg: RunConfig, callbacks=None) -> Trainer:
     config.update(task.config_extras(train_ds))  # what the outputs mean (class names: recogfast predict, export)
     options = TrainerOptions(epochs=cfg.epochs, monitor=monitor, mode=mode, patience=cfg.patience,
                              min_delta=cfg.min_delta, amp=cfg.amp, channels_last=cfg.channels_last,
-                             compile=cfg.compile, steps_per_epoch=cfg.steps_per_epoch, progress=cfg.progress,
-                             accumulate=cfg.accumulate, ema_decay=cfg.ema,
+                             compile=cfg.compile, cuda_graphs=cfg.cuda_graphs, steps_per_epoch=cfg.steps_per_epoch,
+                             progress=cfg.progress, accumulate=cfg.accumulate, ema_decay=cfg.ema,
                              config=config, run_config=saved_config(asked, cfg))
     trainer = Trainer(model, loss, train_loader, val_eval, optimizer, scheduler, interval, out_dir=cfg.out,
                       options=options, device=cfg.device, callbacks=callbacks, test_evaluate=test_eval,

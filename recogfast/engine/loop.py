@@ -60,6 +60,19 @@ class EpochLoop:
         if accumulate > 1 and total is None:
             raise ValueError("gradient accumulation needs a training loader with a length (or steps_per_epoch)")
         bar = Progress(total, f"epoch {self.epoch + 1}/{self.opt.epochs}", enabled=self.opt.progress and self.is_main)
+        if self.opt.cuda_graphs:  # the whole step captured in CUDA graphs (recogfast.engine.graphs)
+            loss_sum, loss_count = self._captured().epoch(bar, total)
+        else:
+            loss_sum, loss_count = self._eager_steps(bar, total)
+        bar.close()
+        if loss_count == 0:
+            raise ValueError(f"epoch {self.epoch + 1} ran no optimizer step: the training loader yielded no batch "
+                             f"(fewer samples than one batch?)")
+        return {"train_loss": loss_sum / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
+
+    def _eager_steps(self, bar, total: int | None) -> tuple[float, int]:
+        """The epoch's steps, eagerly: (sum of the step losses, steps)."""
+        accumulate = self.opt.accumulate
         loss_sum, loss_count = 0.0, 0
         for step, (images, labels) in enumerate(self.train_loader):
             if total is not None and step >= total:
@@ -92,11 +105,7 @@ class EpochLoop:
             loss_count += 1
             bar.update(int(labels.shape[0]), loss=value, lr=self.optimizer.param_groups[0]["lr"])
             self._emit("step", step=step, loss=value, optimizer_step=steps_now)
-        bar.close()
-        if loss_count == 0:
-            raise ValueError(f"epoch {self.epoch + 1} ran no optimizer step: the training loader yielded no batch "
-                             f"(fewer samples than one batch?)")
-        return {"train_loss": loss_sum / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
+        return loss_sum, loss_count
 
     def _sync(self, steps_now: bool):
         """DDP all-reduces the gradients only on the batch that ends an accumulation group."""
@@ -117,12 +126,13 @@ class EpochLoop:
             self.scheduler.step()
         self.global_step += 1
 
-    def _diverged_text(self, what: str, step: int | None = None) -> str:
-        where = f"epoch {self.epoch + 1}" + (f", step {step + 1} (global step {self.global_step + 1})" if step is not None else "")
+    def _diverged_text(self, what: str, step: int | None = None, global_step: int | None = None) -> str:
+        at = self.global_step if global_step is None else global_step
+        where = f"epoch {self.epoch + 1}" + (f", step {step + 1} (global step {at + 1})" if step is not None else "")
         last = next((v for v in reversed(self.step_losses) if math.isfinite(v)), None)
         kept = f"last.pt keeps epoch {self.epoch}" if self.epoch > 0 else "no checkpoint was written"
         return (f"training diverged at {where}: {what}; last finite loss "
-                f"{'none' if last is None else f'{last:.4g}'}, lr {self.optimizer.param_groups[0]['lr']:.4g}; "
+                f"{'none' if last is None else f'{last:.4g}'}, lr {float(self.optimizer.param_groups[0]['lr']):.4g}; "
                 f"{kept}; try a lower --lr")
 
     def _check_weights(self) -> None:

@@ -25,6 +25,7 @@ from recogfast.engine.checkpoint import (
     atomic_save, clean_temp_files, load_checkpoint, repair_best, rng_state, set_rng_state,
 )
 from recogfast.engine.finetune import build_ema, scored_weights
+from recogfast.engine.graphs import CapturedStep, check_capturable, compile_mode, plain_state
 from recogfast.engine.logs import CSVLog, TensorBoard, plot_history
 from recogfast.engine.loop import Diverged, EpochLoop, ResumeError, StopTraining  # noqa: F401  (public here too)
 
@@ -52,7 +53,8 @@ class TrainerOptions:
     min_delta: float = 0.0
     amp: str = "none"  # "bf16" | "fp16" | "none"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False  # a torch.compile mode (graphs.COMPILE_MODES); True = "default", False = "none"
+    cuda_graphs: bool = False  # the whole step captured in CUDA graphs (recogfast.engine.graphs)
     grad_clip: float | None = None
     accumulate: int = 1  # optimizer steps every N batches (loss / N; the schedule counts optimizer steps)
     ema_decay: float | None = None  # weight EMA (val and test score it); None = off
@@ -132,6 +134,8 @@ class Trainer(EpochLoop):
         self.data = data
         self.distributed = dist.is_available() and dist.is_initialized()
         self.is_main = _is_main()
+        if self.opt.cuda_graphs:
+            check_capturable(self)
         self.rewrap()
         self.ema = None
         if self.opt.ema_decay is not None:
@@ -153,13 +157,15 @@ class Trainer(EpochLoop):
 
     def rewrap(self) -> None:
         """(Re)build the training wrapper: DDP (which registers the parameters that take gradients when
-        it is built: again after an unfreeze) and ``torch.compile``."""
+        it is built: again after an unfreeze) and ``torch.compile``; ``--cuda-graphs`` captures again."""
+        self.captured: CapturedStep | None = None
         self.train_model: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if self.opt.compile:
-            self.train_model = torch.compile(self.train_model)
+        mode = compile_mode(self.opt.compile)
+        if mode is not None:
+            self.train_model = torch.compile(self.train_model, **({} if mode == "default" else {"mode": mode}))
 
     @property
     def eval_model(self) -> nn.Module:
@@ -188,7 +194,15 @@ class Trainer(EpochLoop):
         sampler = self._sampler()
         if sampler is not None and hasattr(sampler, "state_dict"):
             state["sampler"] = sampler.state_dict()
+        if self.opt.cuda_graphs:  # float learning rates and the optimizer's own flags, as an eager run saves
+            state = plain_state(self, state)
         return state
+
+    def _captured(self) -> CapturedStep:
+        """The captured step (built, and captured at its first batch, after each ``rewrap``)."""
+        if self.captured is None:
+            self.captured = CapturedStep(self)
+        return self.captured
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -285,7 +299,7 @@ class Trainer(EpochLoop):
                 tick = time.perf_counter()
                 row: dict[str, Any] = {"epoch": self.epoch + 1}
                 row.update(self.train_one_epoch())
-                row["lr"] = self.optimizer.param_groups[0]["lr"]
+                row["lr"] = float(self.optimizer.param_groups[0]["lr"])  # a tensor under --cuda-graphs
                 self._check_weights()
                 metrics = {}
                 if self.evaluate_fn is not None:

@@ -62,7 +62,8 @@ CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine", "step", "platea
            "stem": ("imagenet", "small"), "attn_impl": ("auto", "fused", "reference"),
            "mining": ("ms", "all", "hardest"), "on_error": ("raise", "skip"),
            "freeze": ("stem", "layer1", "layer2", "layer3", "layer4"),
-           "auto_augment": ("none", "randaugment", "trivialaugment", "autoaugment")}
+           "auto_augment": ("none", "randaugment", "trivialaugment", "autoaugment"),
+           "compile": ("none", "default", "reduce-overhead", "max-autotune")}  # (and true / false: old configs)
 _FLAGS = {"num_workers": "--workers", "xbm_size": "--xbm"}
 
 
@@ -75,7 +76,7 @@ def check_ranges(cfg) -> None:
     """ValueError (one line, naming the flag) for the first field outside its range or choices."""
     for name, choices in CHOICES.items():
         value = getattr(cfg, name)
-        if value is not None and value not in choices:
+        if value is not None and value not in choices and not (name == "compile" and isinstance(value, bool)):
             raise ValueError(f"{flag(name)}: expected one of {', '.join(choices)}, got {value!r}")
     for name, (ok, words) in RANGES.items():
         value = getattr(cfg, name)
@@ -105,6 +106,13 @@ def check_combinations(cfg) -> None:
             raise ValueError(f"{flag(name)}: RandAugment's (--auto-augment randaugment), not {cfg.auto_augment}'s")
     if cfg.unfreeze_at is not None and cfg.freeze is None:
         raise ValueError("--unfreeze-at needs --freeze STAGE (nothing is frozen)")
+    if cfg.cuda_graphs:
+        from recogfast.engine.graphs import refusal
+
+        why = refusal(cfg.device, cfg.amp, cfg.compile, int(os.environ.get("WORLD_SIZE", "1")) > 1, cfg.optimizer,
+                      cfg.xbm_size > 0)
+        if why:
+            raise ValueError(why)
 
 
 def check_out_folder(out: str) -> None:
