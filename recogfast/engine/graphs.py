@@ -275,22 +275,10 @@ class CapturedStep:
     def epoch(self, bar, total: int | None) -> tuple[float, int]:
         """One epoch of captured steps; (sum of the step losses, steps counted)."""
         t = self.t
-        acc = t.opt.accumulate
         losses = torch.empty(CHECK_EVERY, device=t.device)
         pending: list[tuple[int, int, bool, int]] = []  # (step, global step, optimizer step, images)
         totals = [0.0, 0]
-        for step, (images, labels) in enumerate(t.train_loader):
-            if total is not None and step >= total:
-                break
-            images = images.to(t.device, non_blocking=True)
-            labels = labels.to(t.device, non_blocking=True)
-            if t.batch_transform is not None:
-                images, labels = t.batch_transform(images, labels)
-            if t.opt.channels_last and images.dim() == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
-            first = step - step % acc
-            group = acc if total is None else min(acc, total - first)
-            final = step - first + 1 == group
+        for step, images, labels, group, final in t._batches(total):
             at = t.global_step
             if not self.step(images, labels, final, group):
                 continue

@@ -70,10 +70,11 @@ class EpochLoop:
                              f"(fewer samples than one batch?)")
         return {"train_loss": loss_sum / max(1, loss_count), "train_img_per_s": bar.throughput, "steps": loss_count}
 
-    def _eager_steps(self, bar, total: int | None) -> tuple[float, int]:
-        """The epoch's steps, eagerly: (sum of the step losses, steps)."""
+    def _batches(self, total: int | None):
+        """The epoch's batches on the device, transformed (MixUp/CutMix, channels_last), each with its
+        accumulation group: (step, images, labels, group size, whether the batch ends its group). Groups of
+        `accumulate` batches; the epoch's last group may be shorter (its own mean)."""
         accumulate = self.opt.accumulate
-        loss_sum, loss_count = 0.0, 0
         for step, (images, labels) in enumerate(self.train_loader):
             if total is not None and step >= total:
                 break
@@ -83,11 +84,15 @@ class EpochLoop:
                 images, labels = self.batch_transform(images, labels)
             if self.opt.channels_last and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
-            # groups of `accumulate` batches (the epoch's last group may be shorter: its own mean)
             first = step - step % accumulate
             group = accumulate if total is None else min(accumulate, total - first)
-            steps_now = step - first + 1 == group
-            if step == first:
+            yield step, images, labels, group, step - first + 1 == group
+
+    def _eager_steps(self, bar, total: int | None) -> tuple[float, int]:
+        """The epoch's steps, eagerly: (sum of the step losses, steps)."""
+        loss_sum, loss_count = 0.0, 0
+        for step, images, labels, group, steps_now in self._batches(total):
+            if step % self.opt.accumulate == 0:
                 self.optimizer.zero_grad(set_to_none=True)
             with self._sync(steps_now):
                 with self.autocast():
