@@ -10,6 +10,10 @@ front of every launch: this is the overhead a CUDA graph removes.
     OMP_NUM_THREADS=1 python -m pytest benchmarks/test_host_overhead.py --benchmark-only -q
 
 extra_info: host_us_median, host_us_min (per call); the closing table gives mean ms and the ratio to fused.
+
+``test_host_mixed``: the modules with their fp32 parameters called on a bf16 activation (what autocast hands
+them), fused and reference. Since the mixed contract (docs/SPEC.md "Dtypes") the fused kernels read the fp32
+parameters as they are: no cast per weight and call, no cast-back of its gradient.
 """
 
 import pytest
@@ -88,3 +92,13 @@ def test_host_cubs(benchmark, name, impl, mode):
     torch.manual_seed(0)
     m = create_attention(name, C, impl=impl)
     _time(benchmark, f"host {name} {mode} cpu fp32 {B}x{C}x{H}x{H} 1 thread", impl, m, torch.randn(B, C, H, H), mode)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("name", ["se", "cubs1", "cubs2", "cubs_serial12"])
+def test_host_mixed(benchmark, name, impl, mode):
+    torch.manual_seed(0)
+    m = create_attention(name, C, impl=impl)  # fp32 parameters
+    x = torch.randn(B, C, H, H).bfloat16()
+    _time(benchmark, f"host {name} {mode} cpu bf16 x fp32 params {B}x{C}x{H}x{H} 1 thread", impl, m, x, mode)

@@ -19,3 +19,43 @@ DEVICES = [
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# --- mixed calls: float32 weights with a float16 / bfloat16 x (docs/SPEC.md "Dtypes") ----------------------
+MIXED_DTYPES = [torch.bfloat16, torch.float16]
+
+
+def _fwd_bwd(fn, x, weights, gy):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, *weights)]
+    y = fn(*leaves)
+    return (y, *torch.autograd.grad(y, leaves, gy))
+
+
+def mixed_errors(fused, reference, args64, gy64, dtype):
+    """A gate op on x and grad_y in `dtype` with the weights in float32 (the inputs of `args64` rounded so),
+    fused and reference, each against the float64 reference on those same rounded inputs. Asserts the dtypes
+    (y and grad_x: x's; weight gradients: float32) and the house rule: every output's max error at most 2x
+    the reference's plus, at the output's scale, one rounding unit of a 16-bit output or, for the float32
+    weight gradients, the 2e-5 of tests/test_cubs.py's float32 rule (the fused exp and summation order).
+    Exactly-zero gradients (grad bk) are measured on the call's largest gradient, as test_cubs.py does.
+    Returns the worst error / scale of the fused outputs and of the reference's."""
+    x, w, gy = args64[0].to(dtype), [a.float() for a in args64[1:]], gy64.to(dtype)
+    truth = _fwd_bwd(reference, x.double(), [t.double() for t in w], gy.double())
+    got, ref = _fwd_bwd(fused, x, w, gy), _fwd_bwd(reference, x, w, gy)
+    grad_scale = max(t.abs().max().item() for t in truth[1:] if t.numel())
+    worst = [0.0, 0.0]
+    names = ["y", "grad x"] + [f"grad w{i}" for i in range(len(w))]
+    for i, (name, out, r, t) in enumerate(zip(names, got, ref, truth)):
+        want = dtype if i < 2 else torch.float32
+        assert out.dtype == want and r.dtype == want, f"{name}: {out.dtype} / {r.dtype}, want {want}"
+        if not t.numel():
+            continue
+        scale = t.abs().max().item()
+        if i > 0 and scale < 1e-9 * grad_scale:
+            scale = grad_scale
+        err = (out.double() - t).abs().max().item()
+        ref_err = (r.double() - t).abs().max().item()
+        slack = torch.finfo(dtype).eps if i < 2 else 2e-5
+        assert err <= 2 * ref_err + slack * scale, f"{name} {dtype}: {err} vs reference {ref_err} (scale {scale})"
+        worst = [max(worst[0], err / scale), max(worst[1], ref_err / scale)]
+    return worst

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recogfast
-from conftest import DEVICES
+from conftest import DEVICES, MIXED_DTYPES, mixed_errors
 from recogfast.nn import CUBSBlock, CUBSBlock1, CUBSBlock2, attention_names, create_attention
 from recogfast.ops import cubs_channel, cubs_channel_reference, cubs_spatial, cubs_spatial_reference
 
@@ -252,6 +252,42 @@ def test_low_precision_error_within_twice_the_reference(device, which, dtype, fm
                 assert err <= 2 * ref_err + torch.finfo(dtype).eps * scale, f"output {i} {shape}: {err} vs {ref_err}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["channel", "spatial"])
+@pytest.mark.parametrize("dtype", MIXED_DTYPES)
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+def test_mixed_fp32_weights_within_twice_the_reference(device, which, dtype, fmt):
+    """float32 weights with a bf16 / fp16 x (docs/SPEC.md "Dtypes"): the kernels read the weights as fp32;
+    y and grad_x come back in x's dtype, the weight gradients in float32, each within 2x the mixed
+    reference's error against the float64 truth (conftest.mixed_errors)."""
+    fused, reference, make, _ = OPS[which]
+    for shape in LOW_PRECISION_SHAPES[which]:
+        args64 = make(*shape, device=device, memory_format=fmt)
+        mixed_errors(fused, reference, args64, torch.randn_like(args64[0]), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("placement", ["serial12", "parallel"])
+def test_module_with_fp32_params_under_autocast_reads_them_without_a_cast(device, placement):
+    """CUBSBlock's fp32 parameters with a bf16 activation under autocast: one autograd node whose inputs are
+    the parameters themselves (no cast node), fp32 parameter gradients, the mixed reference's values."""
+    block = CUBSBlock(16, placement, impl="fused").to(device)
+    ref = CUBSBlock(16, placement, impl="reference").to(device)
+    ref.load_state_dict(block.state_dict())
+    x = torch.randn(2, 16, 6, 6, device=device).bfloat16().requires_grad_(True)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y, y_ref = block(x), ref(x)
+    assert y.dtype == torch.bfloat16
+    assert type(y.grad_fn).__name__ == "_FusedPairBackward"
+    assert {type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None} == {"AccumulateGrad"}
+    torch.testing.assert_close(y, y_ref, rtol=2e-2, atol=2e-2)
+    y.float().square().sum().backward()
+    y_ref.float().square().sum().backward()
+    for p, q in zip(block.parameters(), ref.parameters()):
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, q.grad, rtol=5e-2, atol=5e-2)
+
+
 SATURATED = [("channel", (4, 64, 4, 4, 16), 100.0), ("channel", (2, 32, 3, 3, 8), 30.0),
              ("spatial", (2, 16, 8, 8), 10.0), ("spatial", (2, 8, 6, 6), 40.0)]
 
@@ -450,6 +486,13 @@ def _bad_cases_spatial():
     yield "x must be a floating-point tensor", (x.int(), wq, bq, wk, bk, wv, bv)
     yield "wk must be a floating-point tensor", (x, wq, bq, wk.long(), bk, wv, bv)
     yield "bv has dtype torch.float16|bv has dtype Half", (x, wq, bq, wk, bk, wv, bv.half())
+    xb = x.bfloat16()
+    yield "wq has dtype torch.float16 but x has dtype torch.bfloat16; the weights must have x's dtype, or be float32", \
+        (xb, wq.half(), bq, wk, bk, wv, bv)
+    yield "bq has dtype torch.float64 but x has dtype torch.float16", \
+        (x.half(), wq.half(), bq.double(), wk.half(), bk.half(), wv.half(), bv.half())
+    yield "wk has dtype torch.bfloat16 but wq has dtype torch.float32; all weights must have one dtype", \
+        (xb, wq, bq, wk.bfloat16(), bk, wv, bv)
 
 
 @pytest.mark.parametrize("impl", ["fused", "reference"])

@@ -1,8 +1,9 @@
 """The fused modules' eager fast path (issue 25, the host cost cut): SEBlock and the CUBS blocks call their
 kernels through one autograd node (recogfast/ops/_spec.py `_FusedGate`; `CUBSBlock` both blocks through
-`_FusedPair`), with the weights cast and flattened outside autograd. It must give bit for bit what the
-module's previous body gave (the wrapper on weights cast and flattened with autograd, one module after the
-other): outputs, input and weight gradients (dtype, shape, strides), under autocast, in channels_last; refuse
+`_FusedPair`), with the weights flattened (and, unless the call is mixed, cast) outside autograd. It must give
+bit for bit what the module's plain body gives (the wrapper on weights prepared with autograd, one module after
+the other; fp32 weights with a 16-bit x passed as they are, docs/SPEC.md "Dtypes"): outputs, input and weight
+gradients (dtype, shape, strides), under autocast, in channels_last; refuse
 a double backward naming the op; and leave hooks, parametrizations and the dispatch record working."""
 
 import pytest
@@ -15,20 +16,26 @@ from recogfast.nn import CUBSBlock, CUBSBlock1, CUBSBlock2, SEBlock
 from recogfast.ops import cubs_channel, cubs_spatial, se_gate
 
 
+def _cast(ts, dt):
+    """fp32 weights stay as they are with a 16-bit x (mixed); any other dtype is cast to x's."""
+    if dt in (torch.float16, torch.bfloat16) and all(t.dtype == torch.float32 for t in ts):
+        return list(ts)
+    return [t.to(dt) for t in ts]
+
+
 def _old_se(m, x):
-    dt = x.dtype
-    return se_gate(x, m.fc1.weight.flatten(1).to(dt), m.fc1.bias.to(dt), m.fc2.weight.flatten(1).to(dt),
-                   m.fc2.bias.to(dt), impl=m.impl)
+    return se_gate(x, *_cast([m.fc1.weight.flatten(1), m.fc1.bias, m.fc2.weight.flatten(1), m.fc2.bias], x.dtype),
+                   impl=m.impl)
 
 
 def _old_b1(m, x):
-    dt = x.dtype
-    return cubs_channel(x, *[t.to(dt) for lin in (m.q, m.k, m.v, m.out) for t in (lin.weight, lin.bias)], impl=m.impl)
+    return cubs_channel(x, *_cast([t for lin in (m.q, m.k, m.v, m.out) for t in (lin.weight, lin.bias)], x.dtype),
+                        impl=m.impl)
 
 
 def _old_b2(m, x):
-    dt = x.dtype
-    return cubs_spatial(x, *[t.to(dt) for c in (m.q, m.k, m.v) for t in (c.weight.reshape(-1), c.bias)], impl=m.impl)
+    return cubs_spatial(x, *_cast([t for c in (m.q, m.k, m.v) for t in (c.weight.reshape(-1), c.bias)], x.dtype),
+                        impl=m.impl)
 
 
 def _old_pair(m, x):

@@ -16,7 +16,7 @@ import torch
 import test_cubs
 import test_ms_loss
 import test_se_gate
-from conftest import DEVICES
+from conftest import DEVICES, MIXED_DTYPES
 from recogfast.ops import cubs_channel, cubs_spatial, ms_loss, se_gate
 
 OPS = torch.ops.recogfast
@@ -52,6 +52,25 @@ def _sample(op: str, i: int, device: str):
     samples = _ms_samples(device) if op == "ms_loss" else _gate_samples(op, device)
     assert len(samples) == SAMPLE_COUNTS[op], "update SAMPLE_COUNTS when a sample list changes"
     return samples[i]
+
+
+# Mixed calls (docs/SPEC.md "Dtypes"): x in bf16 / fp16 with float32 weights, the first two samples of each gate
+# op (contiguous and channels_last), forward and backward.
+MIXED_CASES = [(op, i, dt) for op in GATE_WRAPPERS for i in range(2) for dt in MIXED_DTYPES]
+
+
+def _mixed_sample(op: str, i: int, dt: torch.dtype, device: str):
+    x, *w = (a.detach() for a in _gate_samples(op, device)[i])
+    return [x.to(dt).requires_grad_(True), *(t.float().requires_grad_(True) for t in w)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op,i,dt", MIXED_CASES, ids=[f"{op}-{i}-{str(dt)[6:]}" for op, i, dt in MIXED_CASES])
+def test_opcheck_mixed(device, op, i, dt):
+    args = _mixed_sample(op, i, dt, device)
+    torch.library.opcheck(getattr(OPS, op).default, args)
+    x = [a.detach() for a in args]
+    torch.library.opcheck(getattr(OPS, f"_{op}_backward").default, [torch.randn_like(x[0]), *x])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -97,6 +116,11 @@ def _gate_bad(op: str):
         yield f"w{k} device", swap(w[k].to("meta"))
     if op != "cubs_spatial":
         yield "hidden 0", (x, *(t[:0] if k in (0, 1) else t for k, t in enumerate(w)))
+    # dtype pairs outside the contract: fp16 weights with bf16 x, float64 with fp16 x, a partly mixed call
+    yield "fp16 w with bf16 x", (x.bfloat16(), *(t.half() for t in w))
+    yield "fp64 w with fp16 x", (x.half(), *(t.double() for t in w))
+    yield "fp32 w with fp64 x", (x.double(), *w)
+    yield "partly mixed", (x.bfloat16(), w[0], *(t.bfloat16() for t in w[1:]))
 
 
 def _ms_bad():

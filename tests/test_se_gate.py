@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DEVICES
+from conftest import DEVICES, MIXED_DTYPES, mixed_errors
 from recogfast import dispatch
 from recogfast.nn import SEBlock
 from recogfast.ops import se_gate, se_gate_reference
@@ -109,6 +109,58 @@ def test_low_precision_error_within_twice_the_reference(device, dtype, fmt, requ
             else:
                 ref_err = (ref.double() - truth).abs().max().item()
                 assert err <= 2 * ref_err + torch.finfo(dtype).eps * scale, f"{name} {shape}: {err} vs {ref_err}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", MIXED_DTYPES)
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+def test_mixed_fp32_weights_within_twice_the_reference(device, dtype, fmt):
+    """float32 weights with a bf16 / fp16 x (docs/SPEC.md "Dtypes"): the kernels read the weights as fp32;
+    y and grad_x come back in x's dtype, the weight gradients in float32, each within 2x the mixed
+    reference's error against the float64 truth (conftest.mixed_errors)."""
+    for shape in [(4, 64, 7, 7, 4), (2, 1000, 2, 2, 62), (1, 3, 1, 1, 1), (8, 32, 14, 14, 2)]:
+        args64 = make_args(*shape, device=device, memory_format=fmt)
+        mixed_errors(torch.ops.recogfast.se_gate, se_gate_reference, args64, torch.randn_like(args64[0]), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", MIXED_DTYPES)
+def test_module_with_fp32_params_under_autocast_reads_them_without_a_cast(device, dtype):
+    """SEBlock's fp32 parameters with a 16-bit activation under autocast: one autograd node whose inputs are
+    the parameters themselves (no cast node), fp32 parameter gradients, the mixed reference's values."""
+    block = SEBlock(16, reduction=4, impl="fused").to(device)
+    ref = SEBlock(16, reduction=4, impl="reference").to(device)
+    ref.load_state_dict(block.state_dict())
+    x = torch.randn(2, 16, 4, 4, device=device).to(dtype).requires_grad_(True)
+    with torch.autocast(device, dtype=dtype):
+        y, y_ref = block(x), ref(x)
+    assert y.dtype == dtype
+    assert type(y.grad_fn).__name__ == "_FusedGateBackward"
+    assert {type(f).__name__ for f, _ in y.grad_fn.next_functions if f is not None} == {"AccumulateGrad"}
+    torch.testing.assert_close(y, y_ref, rtol=1e-2, atol=1e-2)
+    y.float().square().sum().backward()
+    y_ref.float().square().sum().backward()
+    for p, q in zip(block.parameters(), ref.parameters()):
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, q.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_refuses_other_dtype_pairs_in_one_line():
+    x, w1, b1, w2, b2 = make_args(2, 8, 4, 4, 2, dtype=torch.bfloat16)
+    allowed = "the weights must have x's dtype, or be float32 with a float16 or bfloat16 x"
+    for args, want in [((x, w1.half(), b1, w2, b2), "w1 has dtype torch.float16 but x has dtype torch.bfloat16"),
+                       ((x.half(), w1.double(), b1.half(), w2.half(), b2.half()),
+                        "w1 has dtype torch.float64 but x has dtype torch.float16"),
+                       ((x.float(), w1.float(), b1.double(), w2.float(), b2.float()),
+                        "b1 has dtype torch.float64 but x has dtype torch.float32")]:
+        for fn in (torch.ops.recogfast.se_gate, lambda *a: se_gate(*a, impl="reference")):
+            with pytest.raises(RuntimeError) as info:
+                fn(*args)
+            assert str(info.value) == f"recogfast::se_gate: {want}; {allowed}"
+    # mixed is all the weights or none
+    with pytest.raises(RuntimeError, match="^recogfast::se_gate: b1 has dtype torch.bfloat16 but w1 has dtype "
+                                           "torch.float32; all weights must have one dtype$"):
+        torch.ops.recogfast.se_gate(x, w1.float(), b1, w2.float(), b2.float())
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

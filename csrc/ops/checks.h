@@ -33,13 +33,14 @@ inline void shape(const char* op, const char* name, const Tensor& t, IntList exp
            ", got ", shape_str(t));
 }
 
-// `t` lives on the same device and has the same dtype as the reference tensor `ref` (named `ref_name`).
+// `t` (grad_y) lives on the same device and has the same dtype as the reference tensor `ref` (named `ref_name`).
 inline void like(const char* op, const char* name, const Tensor& t, const char* ref_name,
                  const Tensor& ref) {
   RF_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", device_str(t.device()), " but ", ref_name,
            " is on ", device_str(ref.device()), "; move all arguments to one device");
   RF_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", dtype_str(t.scalar_type()),
-              " but ", ref_name, " has dtype ", dtype_str(ref.scalar_type()), "; cast the weights to the input dtype");
+              " but ", ref_name, " has dtype ", dtype_str(ref.scalar_type()), "; ", name, " must have ", ref_name,
+           "'s dtype");
 }
 
 // The contract of a gate op (SE, CUBS): an activation x [B, C, H, W] and weights, checked in the order
@@ -73,10 +74,66 @@ struct Shape {
   const char* what;  // the shape as the message writes it, e.g. "[R, C] with C = x.size(1)"
 };
 
+// The weights' dtypes a gate op takes (docs/SPEC.md "Dtypes"): x's dtype, or float32 with a float16 / bfloat16
+// x ("mixed": the fp32 parameters of a module under autocast, read as they are, no per-call cast).
+inline bool mixed_weights(ScalarType x, ScalarType w) {
+  return w == kFloat && (x == kHalf || x == kBFloat16);
+}
+
+// `t`, a weight, lives on x's device and has x's dtype, or is float32 with a 16-bit x.
+inline void weight_like(const char* op, const char* name, const Tensor& t, const Tensor& x) {
+  RF_CHECK(t.device() == x.device(), op, ": ", name, " is on ", device_str(t.device()), " but x is on ",
+           device_str(x.device()), "; move all arguments to one device");
+  RF_CHECK(t.scalar_type() == x.scalar_type() || mixed_weights(x.scalar_type(), t.scalar_type()), op, ": ", name,
+           " has dtype ", dtype_str(t.scalar_type()), " but x has dtype ", dtype_str(x.scalar_type()),
+           "; the weights must have x's dtype, or be float32 with a float16 or bfloat16 x");
+}
+
+// One weight dtype for all: a call is mixed only as a whole (every weight float32), so that the kernels have
+// one weight pointer type.
 inline void gate_shapes(const char* op, const Tensor& x, std::initializer_list<Shape> weights) {
   for (const Shape& w : weights) shape(op, w.name, w.t, w.sizes, w.what);
-  for (const Shape& w : weights) like(op, w.name, w.t, "x", x);
+  for (const Shape& w : weights) weight_like(op, w.name, w.t, x);
+  const Shape& first = *weights.begin();
+  for (const Shape& w : weights)
+    RF_CHECK(w.t.scalar_type() == first.t.scalar_type(), op, ": ", w.name, " has dtype ",
+             dtype_str(w.t.scalar_type()), " but ", first.name, " has dtype ", dtype_str(first.t.scalar_type()),
+             "; all weights must have one dtype");
 }
+
+// RF_DISPATCH_GATE(x dtype, weight dtype, "name", [&] { ... scalar_t ... w_t ... }): the body with scalar_t the
+// activation's type and w_t the weights' (scalar_t, or float for mixed 16-bit calls): six instantiations, the
+// four matching dtypes and (Half, float), (BFloat16, float). The checks above have refused any other pair.
+#define RF_DISPATCH_GATE_CASE(ST, T, WT, NAME, ...)                                              \
+  case ST: {                                                                                      \
+    using scalar_t = T;                                                                           \
+    if (::recogfast::checks::mixed_weights(ST, WT)) {                                             \
+      using w_t = float;                                                                          \
+      return __VA_ARGS__();                                                                       \
+    }                                                                                             \
+    using w_t = T;                                                                                \
+    return __VA_ARGS__();                                                                         \
+  }
+#define RF_DISPATCH_GATE(TYPE, WTYPE, NAME, ...)                                                                  \
+  [&] {                                                                                                           \
+    const ::recogfast::ScalarType rf_dtype_ = (TYPE), rf_wtype_ = (WTYPE);                                        \
+    switch (rf_dtype_) {                                                                                          \
+      case ::recogfast::kDouble: {                                                                                \
+        using scalar_t = double;                                                                                  \
+        using w_t = double;                                                                                       \
+        return __VA_ARGS__();                                                                                     \
+      }                                                                                                           \
+      case ::recogfast::kFloat: {                                                                                 \
+        using scalar_t = float;                                                                                   \
+        using w_t = float;                                                                                        \
+        return __VA_ARGS__();                                                                                     \
+      }                                                                                                           \
+      RF_DISPATCH_GATE_CASE(::recogfast::kHalf, ::recogfast::Half, rf_wtype_, NAME, __VA_ARGS__)                  \
+      RF_DISPATCH_GATE_CASE(::recogfast::kBFloat16, ::recogfast::BFloat16, rf_wtype_, NAME, __VA_ARGS__)          \
+      default:                                                                                                    \
+        throw std::runtime_error(::recogfast::str(NAME, ": unsupported dtype ", ::recogfast::dtype_str(rf_dtype_))); \
+    }                                                                                                             \
+  }()
 
 // The memory layout a kernel reads a 4-D activation in: NHWC only when the tensor is channels_last
 // and not also plain contiguous (for C == 1 or H == W == 1 both hold and NCHW indexing is right).

@@ -30,8 +30,9 @@ class CUBSBlock1(nn.Module):
     """Channel similarity gate: pooled vector g -> dense q, k, v (C -> N) -> softmax(q kᵀ) v -> dense
     ``out`` (N -> C) + g -> sigmoid -> channel-wise scaling of x. N defaults to max(1, C // 2).
 
-    Weights are cast to the activation's dtype (as autocast does for a layer); the kernels accumulate
-    in fp32 (fp64 for double)."""
+    fp32 weights with a bf16 / fp16 activation (autocast) are read as they are, with no per-call cast (fp32
+    gradients); weights of another dtype are cast to the activation's. The kernels accumulate in fp32 (fp64
+    for double)."""
 
     def __init__(self, channels: int, inner: int | None = None, impl: str = "auto", *, device=None, dtype=None):
         super().__init__()

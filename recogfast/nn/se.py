@@ -46,8 +46,9 @@ class SEBlock(nn.Module):
     - otherwise R = max(1, C // reduction).
 
     Also takes timm's calling convention, ``SEBlock(C, device=None, dtype=None, **kw)`` with timm's
-    SEModule keywords at their defaults. The weights are cast to the activation's dtype (as autocast
-    does for a convolution); the gate is computed with fp32 accumulation.
+    SEModule keywords at their defaults. fp32 weights with a bf16 / fp16 activation (autocast) are read
+    as they are, with no per-call cast (fp32 gradients); weights of another dtype are cast to the
+    activation's. The gate is computed with fp32 accumulation.
     """
 
     def __init__(self, channels: int, reduction: int = 16, impl: str = "auto", rd_channels: int | None = None, *,

@@ -69,10 +69,44 @@ def check_device(op: str, name: str, t: torch.Tensor, ref_name: str, ref: torch.
 
 
 def check_like(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """grad_y: x's device and dtype."""
     check_device(op, name, t, "x", x)
     if t.dtype != x.dtype:
         raise RuntimeError(f"{qualname(op)}: {name} has dtype {t.dtype} but x has dtype {x.dtype}; "
-                           f"cast the weights to the input dtype")
+                           f"{name} must have x's dtype")
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def mixed_weights(x_dtype: torch.dtype, w_dtype: torch.dtype) -> bool:
+    """float32 weights with a float16 / bfloat16 x (docs/SPEC.md "Dtypes"): the kernels read them as they are."""
+    return w_dtype is torch.float32 and x_dtype in _HALF
+
+
+def mixed_reference(reference: Callable) -> Callable:
+    """A gate op's reference with the kernels' math for a mixed call (float32 weights, 16-bit x): computed in
+    float32 from the weights as they are and x upcast, autocast off, the output rounded to x's dtype. Other
+    calls (matching dtypes) run the reference as written."""
+
+    @functools.wraps(reference)
+    def wrapped(x, *weights):
+        if weights and isinstance(x, torch.Tensor) and mixed_weights(x.dtype, weights[0].dtype):
+            off = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") \
+                else contextlib.nullcontext()
+            with off:
+                return reference(x.float(), *weights).to(x.dtype)
+        return reference(x, *weights)
+
+    return wrapped
+
+
+def check_weight(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """A weight: x's device, and x's dtype or float32 with a 16-bit x (csrc/ops/checks.h ``weight_like``)."""
+    check_device(op, name, t, "x", x)
+    if t.dtype != x.dtype and not mixed_weights(x.dtype, t.dtype):
+        raise RuntimeError(f"{qualname(op)}: {name} has dtype {t.dtype} but x has dtype {x.dtype}; "
+                           f"the weights must have x's dtype, or be float32 with a float16 or bfloat16 x")
 
 
 # -------------------------------------------------------------------------------------- registration
@@ -147,7 +181,12 @@ class GateOp:
         for spec, t in zip(self.weights, weights):
             check_shape(op, spec.name, t, spec.shape(C, width), spec.what)
         for spec, t in zip(self.weights, weights):
-            check_like(op, spec.name, t, x)
+            check_weight(op, spec.name, t, x)
+        first = self.weights[0].name
+        for spec, t in zip(self.weights, weights):
+            if t.dtype != weights[0].dtype:
+                raise RuntimeError(f"{qualname(op)}: {spec.name} has dtype {t.dtype} but {first} has dtype "
+                                   f"{weights[0].dtype}; all weights must have one dtype")
         return width
 
     def check_backward(self, grad_y, x, *weights) -> None:
@@ -172,13 +211,14 @@ class GateOp:
 
     def module_call(self, impl: str, x, params, flat: tuple) -> torch.Tensor:
         """A module's call with its parameters as it holds them (fp32 under autocast, convolution weights 4-D):
-        each is cast to x's dtype and flattened as `flat` says (0: as is, 1: ``flatten(1)``, 2: ``reshape(-1)``).
+        each is flattened as `flat` says (0: as is, 1: ``flatten(1)``, 2: ``reshape(-1)``) and, unless the call is
+        mixed (fp32 parameters, 16-bit x: the kernels read them as they are), cast to x's dtype (`_prepare`).
 
         Same result, gradients and errors as ``call(impl, x, *prepared)``; on plain tensors in eager mode the
         fused kernel runs through one ``autograd.Function`` (`_FusedGate`) that prepares the weights without
         autograd and calls the forward and backward kernels below the autograd key, so a call crosses Python
-        autograd once and records no view or cast nodes (the engine casts the weights' gradients back to their
-        dtype). Under torch.compile / export / jit tracing / functorch, or with tensor subclasses, it takes the
+        autograd once and records no view or cast nodes (fp32 parameters get fp32 gradients from the kernels;
+        in the cases still cast, the engine casts the gradients back to the parameters' dtype). Under torch.compile / export / jit tracing / functorch, or with tensor subclasses, it takes the
         registered op (what those systems trace)."""
         if dispatch.use_fused(self.name, impl, x):
             if _eager_plain(x, params):
@@ -257,9 +297,13 @@ def _grad_mode_guard():
 
 
 def _prepare(dt, params, flat):
+    """The weights as the op takes them: flattened per `flat`; fp32 parameters with a 16-bit x as they are
+    (mixed, no cast), any other dtype cast to x's, as before mixed calls existed (float64 parameters with
+    float32 x, 16-bit parameters with another x)."""
+    mixed = dt in _HALF and all(p.dtype is torch.float32 for p in params)
     out = []
     for p, f in zip(params, flat):
-        if p.dtype is not dt:
+        if p.dtype is not dt and not mixed:
             p = p.to(dt)
         out.append(p if f == 0 else p.flatten(1) if f == 1 else p.reshape(-1))
     return out
@@ -287,7 +331,7 @@ class _FusedGate(torch.autograd.Function):
     def backward(ctx, grad_y):
         with _grad_mode_guard():
             grads = ctx.spec.backward_op(grad_y, *ctx.saved_tensors)
-        # the engine casts each gradient to its parameter's dtype (an fp32 weight gets an fp32 gradient)
+        # the gradients have the prepared weights' dtypes; where those were cast, the engine casts them back
         return (None, None, grads[0], *_unflatten(grads[1:], ctx.shapes))
 
 

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from recogfast.ops._attn import rank_one_attention_reference
-from recogfast.ops._spec import GateOp, Weight
+from recogfast.ops._spec import GateOp, Weight, mixed_reference
 
 
+@mixed_reference
 def cubs_channel_reference(x, wq, bq, wk, bk, wv, bv, wo, bo) -> torch.Tensor:
     """The pure-PyTorch definition the kernels are tested against (builds the [B, N, N] matrix)."""
     g = x.mean(dim=(2, 3))
@@ -48,6 +49,6 @@ SPEC = GateOp(
 
 def cubs_channel(x, wq, bq, wk, bk, wv, bv, wo, bo, *, impl: str = "auto") -> torch.Tensor:
     """CUBS Block 1 of a [B, C, H, W] activation: wq/wk/wv [N, C], bq/bk/bv [N], wo [C, N], bo [C],
-    all of x's dtype. The output has x's memory format. ``impl`` picks the fused kernel or the reference
-    as `recogfast.dispatch` describes."""
+    all of x's dtype, or all float32 with a float16 / bfloat16 x (docs/SPEC.md "Dtypes"). The output has x's
+    memory format. ``impl`` picks the fused kernel or the reference as `recogfast.dispatch` describes."""
     return SPEC.call(impl, x, wq, bq, wk, bk, wv, bv, wo, bo)

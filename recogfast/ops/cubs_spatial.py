@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 
 from recogfast.ops._attn import rank_one_attention_reference
-from recogfast.ops._spec import GateOp, Weight
+from recogfast.ops._spec import GateOp, Weight, mixed_reference
 
 
+@mixed_reference
 def cubs_spatial_reference(x, wq, bq, wk, bk, wv, bv) -> torch.Tensor:
     """The pure-PyTorch definition the kernels are tested against (builds the [B, HW, HW] matrix)."""
     B, C, H, W = x.shape
@@ -45,7 +46,8 @@ SPEC = GateOp(
 
 
 def cubs_spatial(x, wq, bq, wk, bk, wv, bv, *, impl: str = "auto") -> torch.Tensor:
-    """CUBS Block 2 of a [B, C, H, W] activation: wq/wk/wv [C], bq/bk/bv [1], all of x's dtype.
+    """CUBS Block 2 of a [B, C, H, W] activation: wq/wk/wv [C], bq/bk/bv [1], all of x's dtype, or all
+    float32 with a float16 / bfloat16 x (docs/SPEC.md "Dtypes").
     The output has x's memory format. ``impl`` picks the fused kernel or the reference as
     `recogfast.dispatch` describes."""
     return SPEC.call(impl, x, wq, bq, wk, bk, wv, bv)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recogfast.ops._spec import GateOp, Weight
+from recogfast.ops._spec import GateOp, Weight, mixed_reference
 
 
+@mixed_reference
 def se_gate_reference(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor):
     """The pure-PyTorch definition the kernels are tested against."""
     g = x.mean(dim=(2, 3))
@@ -37,7 +38,8 @@ SPEC = GateOp(
 
 
 def se_gate(x, w1, b1, w2, b2, *, impl: str = "auto") -> torch.Tensor:
-    """SE gate of a [B, C, H, W] activation; w1 [R, C], b1 [R], w2 [C, R], b2 [C], all of x's dtype.
+    """SE gate of a [B, C, H, W] activation; w1 [R, C], b1 [R], w2 [C, R], b2 [C], all of x's dtype, or all
+    float32 with a float16 / bfloat16 x (docs/SPEC.md "Dtypes").
 
     The output has x's memory format (contiguous or channels_last). ``impl`` picks the fused kernel or
     the reference as `recogfast.dispatch` describes.

@@ -1,4 +1,5 @@
-// Runs the CUDA kernels of the SE, CUBS and MS-loss ops under host emulation and compares with the CPU ops.
+// Runs the CUDA kernels of the SE, CUBS and MS-loss ops under host emulation and compares with the CPU ops
+// (SE and CUBS also mixed: float32 weights with a bf16 / fp16 x).
 // `emu_test ms` runs only the MS-loss section.
 #include <ATen/ATen.h>
 #include <cmath>
@@ -281,41 +282,63 @@ int main(int argc, char** argv) {
   struct S { int64_t B, C, H, W; bool cl; at::ScalarType dt; };
   for (S s : {S{2, 16, 5, 7, false, at::kDouble}, S{2, 16, 5, 7, true, at::kDouble}, S{1, 3, 1, 1, false, at::kDouble},
               S{2, 40, 23, 29, true, at::kFloat}, S{1, 8, 30, 40, false, at::kFloat}, S{3, 64, 4, 4, true, at::kBFloat16},
-              S{2, 8, 9, 9, false, at::kHalf}}) {
-    char tag[96];
-    std::snprintf(tag, sizeof tag, "B=%ld C=%ld %ldx%ld %s %s", s.B, s.C, s.H, s.W, s.cl ? "NHWC" : "NCHW",
-                  c10::toString(s.dt));
+              S{2, 8, 9, 9, false, at::kHalf}, S{2, 16, 5, 7, true, at::kHalf}, S{1, 8, 30, 40, false, at::kBFloat16}}) {
     auto o = at::TensorOptions().dtype(s.dt);
     at::Tensor x = at::randn({s.B, s.C, s.H, s.W}, o);
     if (s.cl) x = x.contiguous(at::MemoryFormat::ChannelsLast);
-    const double sc = 1.5 / std::sqrt(double(s.C));
-    at::Tensor w[6] = {at::randn({s.C}, o) * sc, at::randn({1}, o) * 0.3, at::randn({s.C}, o) * sc,
-                       at::randn({1}, o) * 0.3, at::randn({s.C}, o) * sc, at::randn({1}, o) * 0.3};
     at::Tensor gy = at::randn_like(x);
-    const double rtol = s.dt == at::kDouble ? 1e-10 : (s.dt == at::kFloat ? 1e-5 : 2e-2);
-    cmp(recogfast::emu_cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]),
-        recogfast_aten::cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]), "y", (std::string("spatial ") + tag).c_str(), rtol);
-    cmp_tuple(recogfast::emu_cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]),
-              recogfast_aten::cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]),
-              (std::string("spatial ") + tag).c_str(), rtol * 10);
-    const int64_t N = std::max<int64_t>(1, s.C / 2);
-    const double sn = 2.0 / std::sqrt(double(N));
-    at::Tensor v[8] = {at::randn({N, s.C}, o) * (2 * sc), at::randn({N}, o) * 0.3, at::randn({N, s.C}, o) * (2 * sc),
-                       at::randn({N}, o) * 0.3, at::randn({N, s.C}, o) * (2 * sc), at::randn({N}, o) * 0.3,
-                       at::randn({s.C, N}, o) * sn, at::randn({s.C}, o) * 0.3};
-    cmp(recogfast::emu_cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
-        recogfast_aten::cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), "y",
-        (std::string("channel ") + tag).c_str(), rtol);
-    cmp_tuple(recogfast::emu_cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
-              recogfast_aten::cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
-              (std::string("channel ") + tag).c_str(), rtol * 10);
-    const int64_t R = std::max<int64_t>(1, s.C / 4);
-    at::Tensor u[4] = {at::randn({R, s.C}, o) * sc, at::randn({R}, o) * 0.3, at::randn({s.C, R}, o) / std::sqrt(double(R)),
-                       at::randn({s.C}, o) * 0.3};
-    cmp(recogfast::emu_se_gate(x, u[0], u[1], u[2], u[3]), recogfast_aten::se_gate(x, u[0], u[1], u[2], u[3]), "y",
-        (std::string("se ") + tag).c_str(), rtol);
-    cmp_tuple(recogfast::emu_se_gate_backward(gy, x, u[0], u[1], u[2], u[3]),
-              recogfast_aten::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]), (std::string("se ") + tag).c_str(), rtol * 10);
+    const bool half = s.dt == at::kBFloat16 || s.dt == at::kHalf;
+    // Each 16-bit case runs twice: weights in x's dtype, then mixed (float32 weights, docs/SPEC.md "Dtypes"),
+    // where the weight gradients are float32 and held to the float32 tolerance.
+    for (const bool mixed : half ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+      const at::ScalarType wdt = mixed ? at::kFloat : s.dt;
+      auto ow = at::TensorOptions().dtype(wdt);
+      char tag[96];
+      std::snprintf(tag, sizeof tag, "B=%ld C=%ld %ldx%ld %s %s%s", s.B, s.C, s.H, s.W, s.cl ? "NHWC" : "NCHW",
+                    c10::toString(s.dt), mixed ? " w=f32" : "");
+      const double rtol = s.dt == at::kDouble ? 1e-10 : (s.dt == at::kFloat ? 1e-5 : 2e-2);
+      // grads: the op's rule, then for a mixed call each weight gradient float32 and within the fp32 rule.
+      auto grads = [&](const auto& emu, const auto& cpu, const std::string& t) {
+        cmp_tuple(emu, cpu, t.c_str(), rtol * 10);
+        if (!mixed) return;
+        std::vector<at::Tensor> e, c;
+        std::apply([&](auto&... a) { (e.push_back(a), ...); }, emu);
+        std::apply([&](auto&... a) { (c.push_back(a), ...); }, cpu);
+        for (size_t i = 1; i < e.size(); ++i) {
+          if (e[i].scalar_type() != at::kFloat || c[i].scalar_type() != at::kFloat) {
+            ++failures;
+            std::printf("FAIL %s: weight gradient %zu is not float32\n", t.c_str(), i);
+          }
+          cmp(e[i], c[i], "gw f32", t.c_str(), 1e-4);
+        }
+      };
+      const double sc = 1.5 / std::sqrt(double(s.C));
+      at::Tensor w[6] = {at::randn({s.C}, ow) * sc, at::randn({1}, ow) * 0.3, at::randn({s.C}, ow) * sc,
+                         at::randn({1}, ow) * 0.3, at::randn({s.C}, ow) * sc, at::randn({1}, ow) * 0.3};
+      cmp(recogfast::emu_cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]),
+          recogfast_aten::cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]), "y", (std::string("spatial ") + tag).c_str(), rtol);
+      grads(recogfast::emu_cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]),
+            recogfast_aten::cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]),
+            std::string("spatial ") + tag);
+      const int64_t N = std::max<int64_t>(1, s.C / 2);
+      const double sn = 2.0 / std::sqrt(double(N));
+      at::Tensor v[8] = {at::randn({N, s.C}, ow) * (2 * sc), at::randn({N}, ow) * 0.3, at::randn({N, s.C}, ow) * (2 * sc),
+                         at::randn({N}, ow) * 0.3, at::randn({N, s.C}, ow) * (2 * sc), at::randn({N}, ow) * 0.3,
+                         at::randn({s.C, N}, ow) * sn, at::randn({s.C}, ow) * 0.3};
+      cmp(recogfast::emu_cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
+          recogfast_aten::cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]), "y",
+          (std::string("channel ") + tag).c_str(), rtol);
+      grads(recogfast::emu_cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
+            recogfast_aten::cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]),
+            std::string("channel ") + tag);
+      const int64_t R = std::max<int64_t>(1, s.C / 4);
+      at::Tensor u[4] = {at::randn({R, s.C}, ow) * sc, at::randn({R}, ow) * 0.3,
+                         at::randn({s.C, R}, ow) / std::sqrt(double(R)), at::randn({s.C}, ow) * 0.3};
+      cmp(recogfast::emu_se_gate(x, u[0], u[1], u[2], u[3]), recogfast_aten::se_gate(x, u[0], u[1], u[2], u[3]), "y",
+          (std::string("se ") + tag).c_str(), rtol);
+      grads(recogfast::emu_se_gate_backward(gy, x, u[0], u[1], u[2], u[3]),
+            recogfast_aten::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]), std::string("se ") + tag);
+    }
   }
   }
   if (!only_ms) run_accuracy(false);

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs the SE, CUBS and MS-loss CUDA kernels (csrc/ops/cuda/{se_gate,cubs_*,ms_loss}_kernel.cu) on the host under emu.h -- one std::thread
 # per CUDA thread, blocks in sequence, barriers for __syncthreads and warp shuffles -- and compares every
-# output and gradient with the CPU kernels, over dtypes, NCHW/NHWC and odd shapes. It checks the
+# output and gradient with the CPU kernels, over dtypes (SE and CUBS also mixed: fp32 weights with bf16 / fp16 x),
+# NCHW/NHWC and odd shapes. It checks the
 # kernels' indexing, tiling, shared-memory and launch logic on a machine without a GPU; it does not
 # check timing, races the emulation serialises, or the fast-math ex2.approx (std::exp2 runs instead).
 # MS loss: its cuBLAS products run through at::mm on the CPU (bf16/fp16 operands as fp32 copies: the same

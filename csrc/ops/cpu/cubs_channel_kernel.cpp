@@ -6,6 +6,8 @@
 // (dq from the row pass, dk and dv from a column pass); dg = dz + Wqᵀ dq + Wkᵀ dk + Wvᵀ dv;
 // grad_x = grad_y gate + dg / HW; then the weight gradients as fixed-order sums over the batch.
 // The pooling and scaling passes and their schedule are channel_gate.h's, shared with the SE gate.
+// The weights are read into acc_t copies from w_t (x's type, or float for a mixed 16-bit x); their gradients
+// are written as w_t.
 
 #include <algorithm>
 #include <cmath>
@@ -121,8 +123,9 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
                    4 * N * (N + C));
   }
 
-  // grads: gx, then [wq, bq, wk, bk, wv, bv, wo, bo].
-  void backward(const scalar_t* gy, scalar_t* gx, scalar_t* const* gw) const {
+  // grads: gx, then [wq, bq, wk, bk, wv, bv, wo, bo] (w_t).
+  template <typename w_t>
+  void backward(const scalar_t* gy, scalar_t* gx, w_t* const* gw) const {
     std::vector<acc_t> sx(B * C), sgx(B * C), g(B * C), qkv(B * 3 * N), f(B * N), gate(B * C);
     std::vector<acc_t> dz(B * C), dqkv(B * 3 * N), coef(B * C);
     auto sample = [&](int64_t b) { return Sample{&g[b * C], &qkv[b * 3 * N], &f[b * N], &gate[b * C]}; };
@@ -149,9 +152,9 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
           for (int64_t c = 0; c < C; ++c) row[c] += d * gb[c];
         }
         const int64_t which = r / N, n = r % N;
-        scalar_t* wout = gw[2 * which] + n * C;
-        for (int64_t c = 0; c < C; ++c) wout[c] = scalar_t(row[c]);
-        gw[2 * which + 1][n] = scalar_t(bias);
+        w_t* wout = gw[2 * which] + n * C;
+        for (int64_t c = 0; c < C; ++c) wout[c] = w_t(row[c]);
+        gw[2 * which + 1][n] = w_t(bias);
       }
     });
     // grad Wo[c, n] = sum_b dz[b, c] f[b, n]; grad bo[c] = sum_b dz[b, c]
@@ -166,21 +169,21 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
           const acc_t* fb = &f[b * N];
           for (int64_t n = 0; n < N; ++n) row[n] += d * fb[n];
         }
-        for (int64_t n = 0; n < N; ++n) gw[6][c * N + n] = scalar_t(row[n]);
-        gw[7][c] = scalar_t(bias);
+        for (int64_t n = 0; n < N; ++n) gw[6][c * N + n] = w_t(row[n]);
+        gw[7][c] = w_t(bias);
       }
     });
   }
 };
 
-template <typename scalar_t>
+template <typename scalar_t, typename w_t>
 CubsChannelCPU<scalar_t> make_kernel(const Tensor& x, const Tensor* w, int64_t N, bool cl) {
   using acc_t = opmath_t<scalar_t>;
   CubsChannelCPU<scalar_t> k{{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3), cl},
                              N, {}, {}, {}, {}};
   auto to_acc = [](const Tensor& t, std::vector<acc_t>& out) {
     const Tensor c = as_contiguous(t);
-    const scalar_t* p = c.const_data_ptr<scalar_t>();
+    const w_t* p = c.const_data_ptr<w_t>();
     out.insert(out.end(), p, p + c.numel());
   };
   for (int i = 0; i < 3; ++i) {
@@ -202,8 +205,8 @@ Tensor cubs_channel_cpu(const Tensor& x_, const Tensor& wq, const Tensor& bq, co
   Tensor y = empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
   const Tensor w[8] = {wq, bq, wk, bk, wv, bv, wo, bo};
-  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_channel_cpu", [&] {
-    make_kernel<scalar_t>(x, w, N, cl).forward(y.mutable_data_ptr<scalar_t>());
+  RF_DISPATCH_GATE(x.scalar_type(), wq.scalar_type(), "cubs_channel_cpu", [&] {
+    make_kernel<scalar_t, w_t>(x, w, N, cl).forward(y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
@@ -222,10 +225,10 @@ CubsChannelGrads cubs_channel_backward_cpu(const Tensor& grad_y_, const Tensor& 
   if (x.numel() == 0) {
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
   }
-  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_channel_backward_cpu", [&] {
-    scalar_t* gp[8];
-    for (int i = 0; i < 8; ++i) gp[i] = g[i].mutable_data_ptr<scalar_t>();
-    make_kernel<scalar_t>(x, w, N, cl).backward(gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gp);
+  RF_DISPATCH_GATE(x.scalar_type(), wq.scalar_type(), "cubs_channel_backward_cpu", [&] {
+    w_t* gp[8];
+    for (int i = 0; i < 8; ++i) gp[i] = g[i].mutable_data_ptr<w_t>();
+    make_kernel<scalar_t, w_t>(x, w, N, cl).backward(gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gp);
   });
   return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};
 }

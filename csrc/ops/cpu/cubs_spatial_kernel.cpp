@@ -8,7 +8,8 @@
 //           dv_j = sum_i A_ij df_i and dk_j = v_j sum_i A_ij df_i q_i - sum_i A_ij df_i q_i f_i
 //           -> grad_x = grad_y gate + wq dq + wk dk + wv dv and the weight sums over pixels.
 // Work is split into (sample, pixel chunk) tasks for the per-pixel passes and into rows / columns for
-// the two B·HW² passes, so B = 1 uses every thread too.
+// the two B·HW² passes, so B = 1 uses every thread too. The weights are read into acc_t copies from w_t (x's
+// type, or float for a mixed 16-bit x); their gradients are written as w_t.
 
 #include <algorithm>
 #include <cmath>
@@ -177,7 +178,8 @@ struct CubsSpatialCPU {
     apply(x, y, gate.data(), nullptr);
   }
 
-  void backward(const scalar_t* gy, scalar_t* gx, scalar_t* gw_out[3], scalar_t* gb_out[3]) const {
+  template <typename w_t>
+  void backward(const scalar_t* gy, scalar_t* gx, w_t* gw_out[3], w_t* gb_out[3]) const {
     const int64_t BP = B * P;
     std::vector<acc_t> qkv(3 * BP), d(BP), gate(BP);
     // Per-row factors of the column pass (q scaled by exp_scale, the dominant key, the rows' outputs f),
@@ -269,16 +271,16 @@ struct CubsSpatialCPU {
         acc_t s = 0;
         for (int64_t t = 0; t < tasks; ++t) s += part[t * stride + idx];
         if (c < C) {
-          gw_out[i][c] = scalar_t(s);
+          gw_out[i][c] = w_t(s);
         } else {
-          gb_out[i][0] = scalar_t(s);
+          gb_out[i][0] = w_t(s);
         }
       }
     }
   }
 };
 
-template <typename scalar_t>
+template <typename scalar_t, typename w_t>
 CubsSpatialCPU<scalar_t> make_kernel(const Tensor& x, const Tensor* wb, bool cl) {
   using acc_t = opmath_t<scalar_t>;
   CubsSpatialCPU<scalar_t> k{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3), cl, {}, {}};
@@ -286,9 +288,9 @@ CubsSpatialCPU<scalar_t> make_kernel(const Tensor& x, const Tensor* wb, bool cl)
   k.w.resize(3 * C);
   for (int i = 0; i < 3; ++i) {
     const Tensor wi = as_contiguous(wb[2 * i]), bi = wb[2 * i + 1];
-    const scalar_t* wp = wi.const_data_ptr<scalar_t>();
+    const w_t* wp = wi.const_data_ptr<w_t>();
     for (int64_t c = 0; c < C; ++c) k.w[i * C + c] = acc_t(wp[c]);
-    k.bias[i] = acc_t(bi.const_data_ptr<scalar_t>()[0]);
+    k.bias[i] = acc_t(bi.const_data_ptr<w_t>()[0]);
   }
   return k;
 }
@@ -302,8 +304,8 @@ Tensor cubs_spatial_cpu(const Tensor& x_, const Tensor& wq, const Tensor& bq, co
   Tensor y = empty_like(x, checks::layout_of(cl));
   if (x.numel() == 0) return y;
   const Tensor wb[6] = {wq, bq, wk, bk, wv, bv};
-  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_cpu", [&] {
-    make_kernel<scalar_t>(x, wb, cl).forward(y.mutable_data_ptr<scalar_t>());
+  RF_DISPATCH_GATE(x.scalar_type(), wq.scalar_type(), "cubs_spatial_cpu", [&] {
+    make_kernel<scalar_t, w_t>(x, wb, cl).forward(y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
@@ -321,12 +323,10 @@ CubsSpatialGrads cubs_spatial_backward_cpu(const Tensor& grad_y_, const Tensor& 
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
   }
   const Tensor wb[6] = {wq, bq, wk, bk, wv, bv};
-  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_backward_cpu", [&] {
-    scalar_t* gw[3] = {g[0].mutable_data_ptr<scalar_t>(), g[2].mutable_data_ptr<scalar_t>(),
-                       g[4].mutable_data_ptr<scalar_t>()};
-    scalar_t* gb[3] = {g[1].mutable_data_ptr<scalar_t>(), g[3].mutable_data_ptr<scalar_t>(),
-                       g[5].mutable_data_ptr<scalar_t>()};
-    make_kernel<scalar_t>(x, wb, cl).backward(gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gw, gb);
+  RF_DISPATCH_GATE(x.scalar_type(), wq.scalar_type(), "cubs_spatial_backward_cpu", [&] {
+    w_t* gw[3] = {g[0].mutable_data_ptr<w_t>(), g[2].mutable_data_ptr<w_t>(), g[4].mutable_data_ptr<w_t>()};
+    w_t* gb[3] = {g[1].mutable_data_ptr<w_t>(), g[3].mutable_data_ptr<w_t>(), g[5].mutable_data_ptr<w_t>()};
+    make_kernel<scalar_t, w_t>(x, wb, cl).backward(gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gw, gb);
   });
   return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
 }

@@ -1,5 +1,6 @@
 // SE gate on the CPU: pooling, the two-layer MLP and the channel scaling in one op, forward and
-// backward, with fp32 (fp64 for double) accumulation. The pooling and scaling passes and their
+// backward, with fp32 (fp64 for double) accumulation. The weights are w_t: x's type, or float for a 16-bit x
+// (mixed: fp32 parameters under autocast, read without a cast; their gradients are written as float). The pooling and scaling passes and their
 // schedule are channel_gate.h's (shared with CUBS Block 1); this file holds the MLP.
 
 #include <algorithm>
@@ -12,7 +13,7 @@
 namespace recogfast {
 namespace {
 
-template <typename scalar_t>
+template <typename scalar_t, typename w_t>
 struct SEGateCPU : cpu::ChannelGate<scalar_t> {
   using Base = cpu::ChannelGate<scalar_t>;
   using typename Base::acc_t;
@@ -21,10 +22,10 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
   using Base::HW;
   using Base::x;
 
-  const scalar_t* w1;  // [R, C]
-  const scalar_t* b1;  // [R]
-  const scalar_t* w2;  // [C, R]
-  const scalar_t* b2;  // [C]
+  const w_t* w1;  // [R, C]
+  const w_t* b1;  // [R]
+  const w_t* w2;  // [C, R]
+  const w_t* b2;  // [C]
   int64_t R;
 
   // From the channel sums of one sample: u = W1 g + b1 (pre-activation, [R]), h = relu(u) and
@@ -34,11 +35,11 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
     const acc_t inv_hw = acc_t(1) / acc_t(HW);
     for (int64_t c = 0; c < C; ++c) g[c] = sx[c] * inv_hw;
     for (int64_t r = 0; r < R; ++r) {
-      u[r] = cpu::dot_row<scalar_t, acc_t, acc_t>(w1 + r * C, g, C) + acc_t(b1[r]);
+      u[r] = cpu::dot_row<w_t, acc_t, acc_t>(w1 + r * C, g, C) + acc_t(b1[r]);
       h[r] = u[r] <= acc_t(0) ? acc_t(0) : u[r];  // relu that keeps NaN, as torch.relu
     }
     for (int64_t c = 0; c < C; ++c) {
-      const acc_t z = cpu::dot_row<scalar_t, acc_t, acc_t>(w2 + c * R, h, R) + acc_t(b2[c]);
+      const acc_t z = cpu::dot_row<w_t, acc_t, acc_t>(w2 + c * R, h, R) + acc_t(b2[c]);
       s[c] = acc_t(1) / (acc_t(1) + std::exp(-z));
     }
   }
@@ -49,7 +50,7 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
     for (int64_t c = 0; c < C; ++c) dz[c] = ds[c] * s[c] * (acc_t(1) - s[c]);
     std::fill(du, du + R, acc_t(0));
     for (int64_t c = 0; c < C; ++c) {  // du = W2^T dz, row by row of W2
-      const scalar_t* wc = w2 + c * R;
+      const w_t* wc = w2 + c * R;
       const acc_t d = dz[c];
 #pragma omp simd
       for (int64_t r = 0; r < R; ++r) du[r] += acc_t(wc[r]) * d;
@@ -58,7 +59,7 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
     for (int64_t r = 0; r < R; ++r) du[r] = u[r] <= acc_t(0) ? acc_t(0) : du[r];
     std::fill(coef, coef + C, acc_t(0));
     for (int64_t r = 0; r < R; ++r) {  // dg = W1^T du, row by row of W1
-      const scalar_t* wr = w1 + r * C;
+      const w_t* wr = w1 + r * C;
       const acc_t d = du[r];
       if (d == acc_t(0)) continue;
 #pragma omp simd
@@ -79,8 +80,7 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
                    2 * C * R);
   }
 
-  void backward(const scalar_t* gy, scalar_t* gx, scalar_t* gw1, scalar_t* gb1, scalar_t* gw2,
-                scalar_t* gb2) const {
+  void backward(const scalar_t* gy, scalar_t* gx, w_t* gw1, w_t* gb1, w_t* gw2, w_t* gb2) const {
     // Per-sample quantities kept for the weight gradients, which sum over the batch.
     std::vector<acc_t> sx(B * C), ds(B * C), g(B * C), gate(B * C), dz(B * C), coef(B * C), h(B * R), du(B * R);
     this->schedule([&](int64_t b, int64_t c0, int64_t c1) { this->reduce(gy, b, c0, c1, &sx[b * C], &ds[b * C]); },
@@ -102,8 +102,8 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
           bias += d;
           for (int64_t r = 0; r < R; ++r) row[r] += d * h[b * R + r];
         }
-        for (int64_t r = 0; r < R; ++r) gw2[c * R + r] = scalar_t(row[r]);
-        gb2[c] = scalar_t(bias);
+        for (int64_t r = 0; r < R; ++r) gw2[c * R + r] = w_t(row[r]);
+        gb2[c] = w_t(bias);
       }
     });
     // grad_w1[r, c] = sum_b du[b, r] g[b, c]; grad_b1[r] = sum_b du[b, r]
@@ -120,20 +120,20 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) row[c] += d * gb[c];
         }
-        for (int64_t c = 0; c < C; ++c) gw1[r * C + c] = scalar_t(row[c]);
-        gb1[r] = scalar_t(bias);
+        for (int64_t c = 0; c < C; ++c) gw1[r * C + c] = w_t(row[c]);
+        gb1[r] = w_t(bias);
       }
     });
   }
 };
 
-template <typename scalar_t>
-SEGateCPU<scalar_t> make_kernel(const detail::SEGateArgs& a) {
+template <typename scalar_t, typename w_t>
+SEGateCPU<scalar_t, w_t> make_kernel(const detail::SEGateArgs& a) {
   const Tensor& x = a.x;
-  return SEGateCPU<scalar_t>{{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3),
+  return SEGateCPU<scalar_t, w_t>{{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3),
                               a.channels_last},
-                             a.w1.const_data_ptr<scalar_t>(), a.b1.const_data_ptr<scalar_t>(),
-                             a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), a.R};
+                                  a.w1.const_data_ptr<w_t>(), a.b1.const_data_ptr<w_t>(),
+                                  a.w2.const_data_ptr<w_t>(), a.b2.const_data_ptr<w_t>(), a.R};
 }
 
 Tensor se_gate_cpu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
@@ -141,8 +141,8 @@ Tensor se_gate_cpu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Te
   const auto a = detail::prepare_se_gate(x, w1, b1, w2, b2);
   Tensor y = empty_like(a.x, checks::layout_of(a.channels_last));
   if (a.x.numel() == 0) return y;
-  RF_DISPATCH_FLOATING(a.x.scalar_type(), "se_gate_cpu", [&] {
-    make_kernel<scalar_t>(a).forward(y.mutable_data_ptr<scalar_t>());
+  RF_DISPATCH_GATE(a.x.scalar_type(), a.w1.scalar_type(), "se_gate_cpu", [&] {
+    make_kernel<scalar_t, w_t>(a).forward(y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
@@ -153,10 +153,10 @@ detail::SEGateGrads se_gate_backward_cpu(const Tensor& grad_y, const Tensor& x, 
   auto grads = detail::alloc_se_gate_grads(a);
   if (a.x.numel() == 0) return grads;
   auto& [gx, gw1, gb1, gw2, gb2] = grads;
-  RF_DISPATCH_FLOATING(a.x.scalar_type(), "se_gate_backward_cpu", [&] {
-    make_kernel<scalar_t>(a).backward(a.grad_y.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
-                                      gw1.mutable_data_ptr<scalar_t>(), gb1.mutable_data_ptr<scalar_t>(),
-                                      gw2.mutable_data_ptr<scalar_t>(), gb2.mutable_data_ptr<scalar_t>());
+  RF_DISPATCH_GATE(a.x.scalar_type(), a.w1.scalar_type(), "se_gate_backward_cpu", [&] {
+    make_kernel<scalar_t, w_t>(a).backward(a.grad_y.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
+                                           gw1.mutable_data_ptr<w_t>(), gb1.mutable_data_ptr<w_t>(),
+                                           gw2.mutable_data_ptr<w_t>(), gb2.mutable_data_ptr<w_t>());
   });
   return grads;
 }

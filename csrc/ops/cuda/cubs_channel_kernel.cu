@@ -9,6 +9,9 @@
 // Backward: 1. channel sums of x and grad_y * x; 2. the head forward again and its backward
 //           (df = Woᵀ dz, the attention backward with a column pass, dg) -> coef = dg / HW;
 //           3. grad_x = grad_y * gate + coef; 4. weight gradients, fixed-order sums over the batch.
+// The weights are w_t: x's type, or float for a 16-bit x (mixed, read without a cast). The head and
+// weight-gradient kernels see only the weights and acc_t, so a mixed call runs their fp32 instantiations and the
+// 16-bit ones of the streaming passes: no kernel is compiled for the mix.
 
 #include <algorithm>
 #include <cstdint>
@@ -25,19 +28,19 @@ using channel_gate::launch_apply;
 using channel_gate::launch_pool;
 using channel_gate::pool_chunks;
 
-template <typename scalar_t>
+template <typename w_t>
 struct Params {
-  const scalar_t* w[3];  // wq, wk, wv: [N, C]
-  const scalar_t* b[3];  // bq, bk, bv: [N]
-  const scalar_t* wo;    // [C, N]
-  const scalar_t* bo;    // [C]
+  const w_t* w[3];  // wq, wk, wv: [N, C]
+  const w_t* b[3];  // bq, bk, bv: [N]
+  const w_t* wo;    // [C, N]
+  const w_t* bo;    // [C]
 };
 
 // The head of one sample (blockIdx.x). Writes gate [B, C]; with kGrad also coef = dg / HW [B, C] and,
 // for the weight gradients, g [B, C], f [B, N], dz [B, C], dqkv [B, 3N].
-template <typename scalar_t, typename acc_t, bool kGrad>
+template <typename w_t, typename acc_t, bool kGrad>
 __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc_t* __restrict__ pgx, int64_t chunks,
-                                         const Params<scalar_t> prm, int64_t B, int64_t C, int64_t N, int64_t HW,
+                                         const Params<w_t> prm, int64_t B, int64_t C, int64_t N, int64_t HW,
                                          acc_t* __restrict__ gate, acc_t* __restrict__ coef, acc_t* __restrict__ g_out,
                                          acc_t* __restrict__ f_out, acc_t* __restrict__ dz_out,
                                          acc_t* __restrict__ dqkv_out) {
@@ -69,7 +72,7 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   for (int64_t r = warp; r < 3 * N; r += warps) {
     const int which = static_cast<int>(r / N);
     const int64_t n = r - which * N;
-    const scalar_t* wr = prm.w[which] + n * C;
+    const w_t* wr = prm.w[which] + n * C;
     acc_t a = 0;
     for (int64_t c = lane; c < C; c += kWarp) a += static_cast<acc_t>(wr[c]) * g[c];
     a = warp_sum(a);
@@ -133,7 +136,7 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   __syncthreads();
   // z = Wo f + bo + g: a warp a channel, lanes along N.
   for (int64_t c = warp; c < C; c += warps) {
-    const scalar_t* wc = prm.wo + c * N;
+    const w_t* wc = prm.wo + c * N;
     acc_t a = 0;
     for (int64_t n = lane; n < N; n += kWarp) a += static_cast<acc_t>(wc[n]) * f[n];
     a = warp_sum(a);
@@ -202,18 +205,17 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
 
 // Weight and bias gradients, a warp an output (lanes split the batch), fixed order. Outputs end to end:
 // W{q,k,v} [3][N, C], b{q,k,v} [3][N], Wo [C, N], bo [C].
-template <typename scalar_t, typename acc_t>
+template <typename w_t, typename acc_t>
 __global__ void cubs_channel_weight_grad_kernel(const acc_t* __restrict__ g, const acc_t* __restrict__ f,
                                                 const acc_t* __restrict__ dz, const acc_t* __restrict__ dqkv,
-                                                int64_t B, int64_t C, int64_t N, scalar_t* gw0, scalar_t* gw1,
-                                                scalar_t* gw2, scalar_t* gb0, scalar_t* gb1, scalar_t* gb2,
-                                                scalar_t* gwo, scalar_t* gbo) {
+                                                int64_t B, int64_t C, int64_t N, w_t* gw0, w_t* gw1, w_t* gw2,
+                                                w_t* gb0, w_t* gb1, w_t* gb2, w_t* gwo, w_t* gbo) {
   const int64_t n_w = 3 * N * C, n_b = 3 * N, n_wo = C * N, n_bo = C;
   const int64_t total = n_w + n_b + n_wo + n_bo;
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = int64_t(gridDim.x) * blockDim.x / kWarp;
-  scalar_t* gw[3] = {gw0, gw1, gw2};
-  scalar_t* gb[3] = {gb0, gb1, gb2};
+  w_t* gw[3] = {gw0, gw1, gw2};
+  w_t* gb[3] = {gb0, gb1, gb2};
   for (int64_t t = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp; t < total; t += warps) {
     acc_t a = 0;
     if (t < n_w) {
@@ -233,14 +235,14 @@ __global__ void cubs_channel_weight_grad_kernel(const acc_t* __restrict__ g, con
     if (lane != 0) continue;
     if (t < n_w) {
       const int64_t r = t / C, which = r / N;
-      gw[which][t - which * N * C] = static_cast<scalar_t>(a);
+      gw[which][t - which * N * C] = static_cast<w_t>(a);
     } else if (t < n_w + n_b) {
       const int64_t r = t - n_w, which = r / N;
-      gb[which][r - which * N] = static_cast<scalar_t>(a);
+      gb[which][r - which * N] = static_cast<w_t>(a);
     } else if (t < n_w + n_b + n_wo) {
-      gwo[t - n_w - n_b] = static_cast<scalar_t>(a);
+      gwo[t - n_w - n_b] = static_cast<w_t>(a);
     } else {
-      gbo[t - n_w - n_b - n_wo] = static_cast<scalar_t>(a);
+      gbo[t - n_w - n_b - n_wo] = static_cast<w_t>(a);
     }
   }
 }
@@ -253,14 +255,12 @@ size_t head_smem_bytes(int64_t C, int64_t N, size_t acc_size) {
   return bytes;
 }
 
-template <typename scalar_t>
-Params<scalar_t> params(const Tensor* w) {
-  return Params<scalar_t>{{w[0].const_data_ptr<scalar_t>(), w[2].const_data_ptr<scalar_t>(),
-                           w[4].const_data_ptr<scalar_t>()},
-                          {w[1].const_data_ptr<scalar_t>(), w[3].const_data_ptr<scalar_t>(),
-                           w[5].const_data_ptr<scalar_t>()},
-                          w[6].const_data_ptr<scalar_t>(),
-                          w[7].const_data_ptr<scalar_t>()};
+template <typename w_t>
+Params<w_t> params(const Tensor* w) {
+  return Params<w_t>{{w[0].const_data_ptr<w_t>(), w[2].const_data_ptr<w_t>(), w[4].const_data_ptr<w_t>()},
+                     {w[1].const_data_ptr<w_t>(), w[3].const_data_ptr<w_t>(), w[5].const_data_ptr<w_t>()},
+                     w[6].const_data_ptr<w_t>(),
+                     w[7].const_data_ptr<w_t>()};
 }
 
 Tensor cubs_channel_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, const Tensor& wk,
@@ -282,15 +282,15 @@ Tensor cubs_channel_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, c
   const ScalarType acc_type = acc_dtype(x.scalar_type());
   int64_t per_chunk = 0;
   const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
-  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_channel_cuda", [&] {
+  RF_DISPATCH_GATE(x.scalar_type(), wq.scalar_type(), "cubs_channel_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
     Tensor scratch = empty_as(x, {chunks * B * C + B * C}, acc_type);
     acc_t* px = scratch.mutable_data_ptr<acc_t>();
     acc_t* gate = px + chunks * B * C;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     launch_pool<scalar_t, acc_t, false>(xp, nullptr, px, nullptr, B, C, HW, cl, chunks, per_chunk, stream);
-    cubs_channel_head_kernel<scalar_t, acc_t, false><<<B, 256, head_smem_bytes(C, N, sizeof(acc_t)), stream>>>(
-        px, nullptr, chunks, params<scalar_t>(w), B, C, N, HW, gate, nullptr, nullptr, nullptr, nullptr, nullptr);
+    cubs_channel_head_kernel<w_t, acc_t, false><<<B, 256, head_smem_bytes(C, N, sizeof(acc_t)), stream>>>(
+        px, nullptr, chunks, params<w_t>(w), B, C, N, HW, gate, nullptr, nullptr, nullptr, nullptr, nullptr);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, false>(xp, y.mutable_data_ptr<scalar_t>(), gate, nullptr, x.numel(), C, HW, cl,
                                          stream);
@@ -321,7 +321,7 @@ CubsChannelGrads cubs_channel_backward_cuda(const Tensor& grad_y_, const Tensor&
   const ScalarType acc_type = acc_dtype(x.scalar_type());
   int64_t per_chunk = 0;
   const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
-  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_channel_backward_cuda", [&] {
+  RF_DISPATCH_GATE(x.scalar_type(), wq.scalar_type(), "cubs_channel_backward_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
     // px, pgx [chunks, B, C] | gate, coef, g, dz [B, C] | f [B, N] | dqkv [B, 3N]
     Tensor scratch = empty_as(x, {2 * chunks * B * C + 4 * B * C + 4 * B * N}, acc_type);
@@ -336,17 +336,17 @@ CubsChannelGrads cubs_channel_backward_cuda(const Tensor& grad_y_, const Tensor&
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
     launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, chunks, per_chunk, stream);
-    cubs_channel_head_kernel<scalar_t, acc_t, true><<<B, 256, head_smem_bytes(C, N, sizeof(acc_t)), stream>>>(
-        px, pgx, chunks, params<scalar_t>(w), B, C, N, HW, gate, coef, gs, f, dz, dqkv);
+    cubs_channel_head_kernel<w_t, acc_t, true><<<B, 256, head_smem_bytes(C, N, sizeof(acc_t)), stream>>>(
+        px, pgx, chunks, params<w_t>(w), B, C, N, HW, gate, coef, gs, f, dz, dqkv);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, true>(gyp, gx.mutable_data_ptr<scalar_t>(), gate, coef, x.numel(), C, HW, cl,
                                         stream);
     constexpr int threads = 256;
     const int64_t outputs = 3 * N * C + 3 * N + C * N + C;
-    cubs_channel_weight_grad_kernel<scalar_t, acc_t><<<grid_for(outputs * kWarp, threads), threads, 0, stream>>>(
-        gs, f, dz, dqkv, B, C, N, g[0].mutable_data_ptr<scalar_t>(), g[2].mutable_data_ptr<scalar_t>(),
-        g[4].mutable_data_ptr<scalar_t>(), g[1].mutable_data_ptr<scalar_t>(), g[3].mutable_data_ptr<scalar_t>(),
-        g[5].mutable_data_ptr<scalar_t>(), g[6].mutable_data_ptr<scalar_t>(), g[7].mutable_data_ptr<scalar_t>());
+    cubs_channel_weight_grad_kernel<w_t, acc_t><<<grid_for(outputs * kWarp, threads), threads, 0, stream>>>(
+        gs, f, dz, dqkv, B, C, N, g[0].mutable_data_ptr<w_t>(), g[2].mutable_data_ptr<w_t>(),
+        g[4].mutable_data_ptr<w_t>(), g[1].mutable_data_ptr<w_t>(), g[3].mutable_data_ptr<w_t>(),
+        g[5].mutable_data_ptr<w_t>(), g[6].mutable_data_ptr<w_t>(), g[7].mutable_data_ptr<w_t>());
     RF_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gx, g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]};

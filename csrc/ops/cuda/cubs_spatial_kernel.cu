@@ -14,6 +14,8 @@
 // inner loop per pair is one FFMA, one MUFU.EX2 and two or three FFMA/FADD: it is bound by the
 // exponential rate (16 MUFU ops/clk/SM on sm_90), the floor the benchmark reports. Those passes (steps 2-4 of
 // the forward, 3-4 of the backward) are in cubs_spatial_passes.cuh; this file holds the rest and the launches.
+// The weights are w_t: x's type, or float for a 16-bit x (mixed, read without a cast). Only the projections and
+// the backward's grad_x pass read both x and weights; they are the kernels compiled once more per 16-bit type.
 
 #include <algorithm>
 
@@ -27,17 +29,17 @@ namespace {
 using namespace cubs_cuda;
 
 // The three 1×1 projections' weights ([C] each) and biases ([1] each), passed by value.
-template <typename scalar_t>
+template <typename w_t>
 struct Weights {
-  const scalar_t* w[3];
-  const scalar_t* b[3];
+  const w_t* w[3];
+  const w_t* b[3];
 };
 
 // NCHW projections: a thread a pixel, channels in the loop (reads coalesced along pixels).
 // qkv [3][B * P]; with kGrad also d[b * P + p] = sum_c gy x.
-template <typename scalar_t, typename acc_t, bool kGrad>
+template <typename scalar_t, typename w_t, typename acc_t, bool kGrad>
 __global__ void cubs_spatial_project_nchw(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
-                                          const Weights<scalar_t> wt, int64_t B, int64_t C, int64_t P,
+                                          const Weights<w_t> wt, int64_t B, int64_t C, int64_t P,
                                           acc_t* __restrict__ qkv, acc_t* __restrict__ d) {
   const int64_t BP = B * P;
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < BP; r += int64_t(gridDim.x) * blockDim.x) {
@@ -60,9 +62,9 @@ __global__ void cubs_spatial_project_nchw(const scalar_t* __restrict__ x, const 
 }
 
 // NHWC projections: a warp a pixel, lanes along the channels (coalesced).
-template <typename scalar_t, typename acc_t, bool kGrad>
+template <typename scalar_t, typename w_t, typename acc_t, bool kGrad>
 __global__ void cubs_spatial_project_nhwc(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
-                                          const Weights<scalar_t> wt, int64_t B, int64_t C, int64_t P,
+                                          const Weights<w_t> wt, int64_t B, int64_t C, int64_t P,
                                           acc_t* __restrict__ qkv, acc_t* __restrict__ d) {
   const int64_t BP = B * P;
   const int lane = threadIdx.x % kWarp;
@@ -91,10 +93,10 @@ __global__ void cubs_spatial_project_nhwc(const scalar_t* __restrict__ x, const 
 }
 
 // y = x * gate[b, p]; with kGrad: grad_x = grad_y * gate + wq[c] dq + wk[c] dk + wv[c] dv.
-template <typename scalar_t, typename acc_t, typename index_t, bool kChannelsLast, bool kGrad>
+template <typename scalar_t, typename w_t, typename acc_t, typename index_t, bool kChannelsLast, bool kGrad>
 __global__ void cubs_spatial_apply_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                                           const acc_t* __restrict__ gate, const acc_t* __restrict__ dqkv,
-                                          const Weights<scalar_t> wt, index_t numel, index_t C, index_t P,
+                                          const Weights<w_t> wt, index_t numel, index_t C, index_t P,
                                           index_t BP) {
   for (index_t e = blockIdx.x * blockDim.x + threadIdx.x; e < numel; e += gridDim.x * blockDim.x) {
     index_t bp, c;
@@ -177,11 +179,11 @@ __global__ void cubs_spatial_wgrad_nhwc(const scalar_t* __restrict__ x, const ac
 }
 
 // One block an output: o < 3C sums part[t][o] over the tasks; o >= 3C sums dqkv[o - 3C] over B·P (bias).
-template <typename scalar_t, typename acc_t>
+template <typename w_t, typename acc_t>
 __global__ void cubs_spatial_wgrad_reduce(const acc_t* __restrict__ part, int64_t tasks, const acc_t* __restrict__ dqkv,
-                                          int64_t BP, int64_t C, scalar_t* __restrict__ gwq, scalar_t* __restrict__ gwk,
-                                          scalar_t* __restrict__ gwv, scalar_t* __restrict__ gbq,
-                                          scalar_t* __restrict__ gbk, scalar_t* __restrict__ gbv) {
+                                          int64_t BP, int64_t C, w_t* __restrict__ gwq, w_t* __restrict__ gwk,
+                                          w_t* __restrict__ gwv, w_t* __restrict__ gbq, w_t* __restrict__ gbk,
+                                          w_t* __restrict__ gbv) {
   __shared__ acc_t red[32];
   const int64_t o = blockIdx.x;
   acc_t s = 0;
@@ -193,12 +195,12 @@ __global__ void cubs_spatial_wgrad_reduce(const acc_t* __restrict__ part, int64_
   }
   s = block_sum(s, red);
   if (threadIdx.x != 0) return;
-  scalar_t* gw[3] = {gwq, gwk, gwv};
-  scalar_t* gb[3] = {gbq, gbk, gbv};
+  w_t* gw[3] = {gwq, gwk, gwv};
+  w_t* gb[3] = {gbq, gbk, gbv};
   if (o < 3 * C) {
-    gw[o / C][o % C] = static_cast<scalar_t>(s);
+    gw[o / C][o % C] = static_cast<w_t>(s);
   } else {
-    gb[o - 3 * C][0] = static_cast<scalar_t>(s);
+    gb[o - 3 * C][0] = static_cast<w_t>(s);
   }
 }
 
@@ -209,15 +211,15 @@ struct Launch {
   cudaStream_t stream;
 };
 
-template <typename scalar_t, typename acc_t, bool kGrad>
-void launch_project(const Launch& L, const scalar_t* x, const scalar_t* gy, const Weights<scalar_t>& wt, acc_t* qkv,
+template <typename scalar_t, typename w_t, typename acc_t, bool kGrad>
+void launch_project(const Launch& L, const scalar_t* x, const scalar_t* gy, const Weights<w_t>& wt, acc_t* qkv,
                     acc_t* d, Quad<acc_t>* kr) {
   constexpr int threads = 256;
   if (L.cl) {
-    cubs_spatial_project_nhwc<scalar_t, acc_t, kGrad>
+    cubs_spatial_project_nhwc<scalar_t, w_t, acc_t, kGrad>
         <<<grid_for(L.B * L.P * kWarp, threads), threads, 0, L.stream>>>(x, gy, wt, L.B, L.C, L.P, qkv, d);
   } else {
-    cubs_spatial_project_nchw<scalar_t, acc_t, kGrad>
+    cubs_spatial_project_nchw<scalar_t, w_t, acc_t, kGrad>
         <<<grid_for(L.B * L.P, threads), threads, 0, L.stream>>>(x, gy, wt, L.B, L.C, L.P, qkv, d);
   }
   RF_CUDA_KERNEL_LAUNCH_CHECK();
@@ -225,16 +227,16 @@ void launch_project(const Launch& L, const scalar_t* x, const scalar_t* gy, cons
   RF_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, typename acc_t, bool kGrad>
+template <typename scalar_t, typename w_t, typename acc_t, bool kGrad>
 void launch_apply(const Launch& L, const scalar_t* in, scalar_t* out, const acc_t* gate, const acc_t* dqkv,
-                  const Weights<scalar_t>& wt) {
+                  const Weights<w_t>& wt) {
   constexpr int threads = 256;
   const int64_t numel = L.B * L.C * L.P;
   const int64_t blocks = grid_for(numel, threads);
   auto go = [&](auto index_tag) {
     using index_t = decltype(index_tag);
-    auto kernel = L.cl ? cubs_spatial_apply_kernel<scalar_t, acc_t, index_t, true, kGrad>
-                       : cubs_spatial_apply_kernel<scalar_t, acc_t, index_t, false, kGrad>;
+    auto kernel = L.cl ? cubs_spatial_apply_kernel<scalar_t, w_t, acc_t, index_t, true, kGrad>
+                       : cubs_spatial_apply_kernel<scalar_t, w_t, acc_t, index_t, false, kGrad>;
     kernel<<<blocks, threads, 0, L.stream>>>(in, out, gate, dqkv, wt, index_t(numel), index_t(L.C), index_t(L.P),
                                              index_t(L.B * L.P));
     RF_CUDA_KERNEL_LAUNCH_CHECK();
@@ -270,12 +272,10 @@ Tensor cubs_spatial_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, c
   const ScalarType acc_type = acc_dtype(x.scalar_type());
   check_launch(L);
   const Tensor wc[6] = {as_contiguous(wq), bq, as_contiguous(wk), bk, as_contiguous(wv), bv};
-  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_cuda", [&] {
+  RF_DISPATCH_GATE(x.scalar_type(), wq.scalar_type(), "cubs_spatial_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
-    const Weights<scalar_t> wt{{wc[0].const_data_ptr<scalar_t>(), wc[2].const_data_ptr<scalar_t>(),
-                                wc[4].const_data_ptr<scalar_t>()},
-                               {wc[1].const_data_ptr<scalar_t>(), wc[3].const_data_ptr<scalar_t>(),
-                                wc[5].const_data_ptr<scalar_t>()}};
+    const Weights<w_t> wt{{wc[0].const_data_ptr<w_t>(), wc[2].const_data_ptr<w_t>(), wc[4].const_data_ptr<w_t>()},
+                          {wc[1].const_data_ptr<w_t>(), wc[3].const_data_ptr<w_t>(), wc[5].const_data_ptr<w_t>()}};
     const int64_t BP = L.B * L.P;
     Tensor scratch = empty_as(x, {4 * BP}, acc_type);  // q, k, v, gate
     Tensor key_range = empty_as(x, {4 * L.B}, acc_type);
@@ -283,11 +283,13 @@ Tensor cubs_spatial_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, c
     acc_t* gate = qkv + 3 * BP;
     auto* kr = reinterpret_cast<Quad<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    launch_project<scalar_t, acc_t, false>(L, xp, nullptr, wt, qkv, nullptr, kr);
+    launch_project<scalar_t, w_t, acc_t, false>(L, xp, nullptr, wt, qkv, nullptr, kr);
     cubs_spatial_row_kernel<acc_t, false><<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, nullptr, L.B, L.P, gate,
                                                                                   nullptr, nullptr, nullptr);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_apply<scalar_t, acc_t, false>(L, xp, y.mutable_data_ptr<scalar_t>(), gate, nullptr, wt);
+    // the forward's scaling reads no weight: its x-typed instantiation serves a mixed call too
+    launch_apply<scalar_t, scalar_t, acc_t, false>(L, xp, y.mutable_data_ptr<scalar_t>(), gate, nullptr,
+                                                   Weights<scalar_t>{});
   });
   return y;
 }
@@ -311,12 +313,10 @@ CubsSpatialGrads cubs_spatial_backward_cuda(const Tensor& grad_y_, const Tensor&
   const ScalarType acc_type = acc_dtype(x.scalar_type());
   check_launch(L);
   const Tensor wc[6] = {as_contiguous(wq), bq, as_contiguous(wk), bk, as_contiguous(wv), bv};
-  RF_DISPATCH_FLOATING(x.scalar_type(), "cubs_spatial_backward_cuda", [&] {
+  RF_DISPATCH_GATE(x.scalar_type(), wq.scalar_type(), "cubs_spatial_backward_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
-    const Weights<scalar_t> wt{{wc[0].const_data_ptr<scalar_t>(), wc[2].const_data_ptr<scalar_t>(),
-                                wc[4].const_data_ptr<scalar_t>()},
-                               {wc[1].const_data_ptr<scalar_t>(), wc[3].const_data_ptr<scalar_t>(),
-                                wc[5].const_data_ptr<scalar_t>()}};
+    const Weights<w_t> wt{{wc[0].const_data_ptr<w_t>(), wc[2].const_data_ptr<w_t>(), wc[4].const_data_ptr<w_t>()},
+                          {wc[1].const_data_ptr<w_t>(), wc[3].const_data_ptr<w_t>(), wc[5].const_data_ptr<w_t>()}};
     const int64_t B = L.B, C = L.C, P = L.P, BP = B * P;
     // q, k, v | d | gate | dq, dk, dv | pack (4) | fr
     Tensor scratch = empty_as(x, {13 * BP}, acc_type);
@@ -329,15 +329,15 @@ CubsSpatialGrads cubs_spatial_backward_cuda(const Tensor& grad_y_, const Tensor&
     acc_t* fr = dqkv + 3 * BP + 4 * BP;
     auto* kr = reinterpret_cast<Quad<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    launch_project<scalar_t, acc_t, true>(L, xp, gy.const_data_ptr<scalar_t>(), wt, qkv, d, kr);
+    launch_project<scalar_t, w_t, acc_t, true>(L, xp, gy.const_data_ptr<scalar_t>(), wt, qkv, d, kr);
     cubs_spatial_row_kernel<acc_t, true>
         <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, d, B, P, gate, dqkv, pack, fr);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
     cubs_spatial_col_kernel<acc_t>
         <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_apply<scalar_t, acc_t, true>(L, gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gate, dqkv,
-                                        wt);
+    launch_apply<scalar_t, w_t, acc_t, true>(L, gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gate,
+                                             dqkv, wt);
     int64_t tasks = B;
     Tensor part;
     if (cl) {
@@ -357,10 +357,10 @@ CubsSpatialGrads cubs_spatial_backward_cuda(const Tensor& grad_y_, const Tensor&
           xp, dqkv, B, C, P, part.mutable_data_ptr<acc_t>());
     }
     RF_CUDA_KERNEL_LAUNCH_CHECK();
-    cubs_spatial_wgrad_reduce<scalar_t, acc_t><<<3 * C + 3, 256, 0, L.stream>>>(
-        part.const_data_ptr<acc_t>(), tasks, dqkv, BP, C, g[0].mutable_data_ptr<scalar_t>(),
-        g[2].mutable_data_ptr<scalar_t>(), g[4].mutable_data_ptr<scalar_t>(), g[1].mutable_data_ptr<scalar_t>(),
-        g[3].mutable_data_ptr<scalar_t>(), g[5].mutable_data_ptr<scalar_t>());
+    cubs_spatial_wgrad_reduce<w_t, acc_t><<<3 * C + 3, 256, 0, L.stream>>>(
+        part.const_data_ptr<acc_t>(), tasks, dqkv, BP, C, g[0].mutable_data_ptr<w_t>(), g[2].mutable_data_ptr<w_t>(),
+        g[4].mutable_data_ptr<w_t>(), g[1].mutable_data_ptr<w_t>(), g[3].mutable_data_ptr<w_t>(),
+        g[5].mutable_data_ptr<w_t>());
     RF_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};

@@ -9,6 +9,9 @@
 //           3. grad_x = grad_y * gate + coef
 //           4. weight and bias gradients, a deterministic sum over the batch (se_gate_weight_grad_kernel)
 // The only buffers are per-(sample, channel) vectors; nothing of the size of x is allocated but the output.
+// The weights are w_t: x's type, or float for a 16-bit x (mixed: fp32 parameters under autocast, read without a
+// cast). The MLP and weight-gradient kernels see only the weights and acc_t, so a mixed call runs the fp32
+// instantiations of those and the 16-bit ones of the streaming passes: no kernel is compiled for the mix.
 
 #include <algorithm>
 #include <cstdint>
@@ -33,10 +36,10 @@ using channel_gate::pool_chunks;
 
 // One block per sample. Shared memory: g [C], u [R], and for the backward dz [C], du [R].
 // Outputs (all [B, C] or [B, R], acc_t): gate; with kBackward also coef, dz, h, du, g.
-template <typename scalar_t, typename acc_t, bool kBackward>
+template <typename w_t, typename acc_t, bool kBackward>
 __global__ void se_gate_mlp_kernel(const acc_t* __restrict__ partial_x, const acc_t* __restrict__ partial_gx,
-                                   int64_t chunks, const scalar_t* __restrict__ w1, const scalar_t* __restrict__ b1,
-                                   const scalar_t* __restrict__ w2, const scalar_t* __restrict__ b2, int64_t B,
+                                   int64_t chunks, const w_t* __restrict__ w1, const w_t* __restrict__ b1,
+                                   const w_t* __restrict__ w2, const w_t* __restrict__ b2, int64_t B,
                                    int64_t C, int64_t R, int64_t HW, acc_t* __restrict__ gate,
                                    acc_t* __restrict__ coef, acc_t* __restrict__ dz_out, acc_t* __restrict__ h_out,
                                    acc_t* __restrict__ du_out, acc_t* __restrict__ g_out) {
@@ -103,12 +106,11 @@ __global__ void se_gate_mlp_kernel(const acc_t* __restrict__ partial_x, const ac
 
 // Weight and bias gradients: sums over the batch of per-sample outer products, one warp per output
 // (lanes split the batch), in a fixed order so results are deterministic.
-template <typename scalar_t, typename acc_t>
+template <typename w_t, typename acc_t>
 __global__ void se_gate_weight_grad_kernel(const acc_t* __restrict__ dz, const acc_t* __restrict__ h,
                                            const acc_t* __restrict__ du, const acc_t* __restrict__ g, int64_t B,
-                                           int64_t C, int64_t R, scalar_t* __restrict__ gw1,
-                                           scalar_t* __restrict__ gb1, scalar_t* __restrict__ gw2,
-                                           scalar_t* __restrict__ gb2) {
+                                           int64_t C, int64_t R, w_t* __restrict__ gw1, w_t* __restrict__ gb1,
+                                           w_t* __restrict__ gw2, w_t* __restrict__ gb2) {
   // Outputs laid end to end: gw2 [C, R], gb2 [C], gw1 [R, C], gb1 [R].
   const int64_t n_w2 = C * R, n_b2 = C, n_w1 = R * C, n_b1 = R;
   const int64_t total = n_w2 + n_b2 + n_w1 + n_b1;
@@ -132,13 +134,13 @@ __global__ void se_gate_weight_grad_kernel(const acc_t* __restrict__ dz, const a
     a = warp_sum(a);
     if (lane != 0) continue;
     if (t < n_w2) {
-      gw2[t] = static_cast<scalar_t>(a);
+      gw2[t] = static_cast<w_t>(a);
     } else if (t < n_w2 + n_b2) {
-      gb2[t - n_w2] = static_cast<scalar_t>(a);
+      gb2[t - n_w2] = static_cast<w_t>(a);
     } else if (t < n_w2 + n_b2 + n_w1) {
-      gw1[t - n_w2 - n_b2] = static_cast<scalar_t>(a);
+      gw1[t - n_w2 - n_b2] = static_cast<w_t>(a);
     } else {
-      gb1[t - n_w2 - n_b2 - n_w1] = static_cast<scalar_t>(a);
+      gb1[t - n_w2 - n_b2 - n_w1] = static_cast<w_t>(a);
     }
   }
 }
@@ -168,7 +170,7 @@ Tensor se_gate_cuda(const Tensor& x_, const Tensor& w1, const Tensor& b1, const 
   const cudaStream_t stream = gpu::current_stream(x_);
   const ScalarType acc_type = acc_dtype(x.scalar_type());
 
-  RF_DISPATCH_FLOATING(x.scalar_type(), "se_gate_cuda", [&] {
+  RF_DISPATCH_GATE(x.scalar_type(), a.w1.scalar_type(), "se_gate_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
     int64_t per_chunk = 0;
     const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
@@ -177,9 +179,9 @@ Tensor se_gate_cuda(const Tensor& x_, const Tensor& w1, const Tensor& b1, const 
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     launch_pool<scalar_t, acc_t, false>(xp, nullptr, partial.mutable_data_ptr<acc_t>(), nullptr, B, C, HW, cl, chunks,
                                         per_chunk, stream);
-    se_gate_mlp_kernel<scalar_t, acc_t, false><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
-        partial.const_data_ptr<acc_t>(), nullptr, chunks, a.w1.const_data_ptr<scalar_t>(),
-        a.b1.const_data_ptr<scalar_t>(), a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), B, C, R,
+    se_gate_mlp_kernel<w_t, acc_t, false><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
+        partial.const_data_ptr<acc_t>(), nullptr, chunks, a.w1.const_data_ptr<w_t>(), a.b1.const_data_ptr<w_t>(),
+        a.w2.const_data_ptr<w_t>(), a.b2.const_data_ptr<w_t>(), B, C, R,
         HW, gate.mutable_data_ptr<acc_t>(), nullptr, nullptr, nullptr, nullptr, nullptr);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, false>(xp, y.mutable_data_ptr<scalar_t>(), gate.const_data_ptr<acc_t>(), nullptr,
@@ -205,7 +207,7 @@ detail::SEGateGrads se_gate_backward_cuda(const Tensor& grad_y, const Tensor& x_
   const cudaStream_t stream = gpu::current_stream(x_);
   const ScalarType acc_type = acc_dtype(x.scalar_type());
 
-  RF_DISPATCH_FLOATING(x.scalar_type(), "se_gate_backward_cuda", [&] {
+  RF_DISPATCH_GATE(x.scalar_type(), a.w1.scalar_type(), "se_gate_backward_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
     int64_t per_chunk = 0;
     const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
@@ -224,16 +226,16 @@ detail::SEGateGrads se_gate_backward_cuda(const Tensor& grad_y, const Tensor& x_
     const scalar_t* gyp = a.grad_y.const_data_ptr<scalar_t>();
 
     launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, chunks, per_chunk, stream);
-    se_gate_mlp_kernel<scalar_t, acc_t, true><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
-        px, pgx, chunks, a.w1.const_data_ptr<scalar_t>(), a.b1.const_data_ptr<scalar_t>(),
-        a.w2.const_data_ptr<scalar_t>(), a.b2.const_data_ptr<scalar_t>(), B, C, R, HW, gate, coef, dz, h, du, g);
+    se_gate_mlp_kernel<w_t, acc_t, true><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
+        px, pgx, chunks, a.w1.const_data_ptr<w_t>(), a.b1.const_data_ptr<w_t>(), a.w2.const_data_ptr<w_t>(),
+        a.b2.const_data_ptr<w_t>(), B, C, R, HW, gate, coef, dz, h, du, g);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, true>(gyp, gx.mutable_data_ptr<scalar_t>(), gate, coef, x.numel(), C, HW, cl,
                                         stream);
     constexpr int threads = 256;
-    se_gate_weight_grad_kernel<scalar_t, acc_t><<<grid_for((2 * C * R + C + R) * kWarp, threads), threads, 0, stream>>>(
-        dz, h, du, g, B, C, R, gw1.mutable_data_ptr<scalar_t>(), gb1.mutable_data_ptr<scalar_t>(),
-        gw2.mutable_data_ptr<scalar_t>(), gb2.mutable_data_ptr<scalar_t>());
+    se_gate_weight_grad_kernel<w_t, acc_t><<<grid_for((2 * C * R + C + R) * kWarp, threads), threads, 0, stream>>>(
+        dz, h, du, g, B, C, R, gw1.mutable_data_ptr<w_t>(), gb1.mutable_data_ptr<w_t>(), gw2.mutable_data_ptr<w_t>(),
+        gb2.mutable_data_ptr<w_t>());
     RF_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grads;
