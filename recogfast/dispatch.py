@@ -130,3 +130,31 @@ def describe(device: torch.device | str, dtype: torch.dtype = torch.float32, imp
         idle = device.type == "cuda" and not torch.cuda.is_available()
         return f"fused ({device.type} kernel)" + (", but no GPU is visible here" if idle else "")
     return f"{'error' if impl == 'fused' else 'reference'}: {reason}"
+
+
+# ---- MS loss on CUDA: the flash kernels or the tiles path (csrc/ops/cuda/ms_loss_flash_host.cuh, use_flash) ----
+MS_LOSS_PATHS = ("auto", "flash", "tiles")
+
+
+def ms_loss_path(dtype: torch.dtype, device: torch.device | str = "cuda",
+                 capability: tuple[int, int] | None = None) -> str:
+    """Which kernels a fused MS-loss call on `device` takes: "flash" (tensor-core tiles, sm_80+), "tiles"
+    (cuBLAS products and per-row kernels) or, off CUDA, "cpu". The C++ rule, mirrored: RECOGFAST_MS_LOSS_PATH
+    = "auto" (default) takes flash on sm_80+ for bf16/fp16 and tiles otherwise (fp32 keeps cuBLAS, which
+    follows torch.backends.cuda.matmul.allow_tf32); "flash" forces flash (fp32 then runs TF32 products) and
+    raises where it cannot run (before sm_80, fp64), as the op does; "tiles" always takes the tiles path.
+    `capability` (major, minor) stands in for the device's (for a machine without a GPU)."""
+    if torch.device(device).type != "cuda":
+        return "cpu"
+    env = os.environ.get("RECOGFAST_MS_LOSS_PATH", "auto") or "auto"
+    if env not in MS_LOSS_PATHS:
+        raise ValueError(f"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH must be auto, flash or tiles, got {env!r}")
+    if env == "tiles":
+        return "tiles"
+    major = (capability or torch.cuda.get_device_capability(device))[0]
+    lowp = dtype in (torch.bfloat16, torch.float16)
+    can = major >= 8 and (lowp or dtype == torch.float32)
+    if env == "flash" and not can:
+        raise RuntimeError(f"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "
+                           f"fp32 embeddings, got sm_{major}x and {str(dtype).replace('torch.', '')}")
+    return "flash" if (can if env == "flash" else can and lowp) else "tiles"
