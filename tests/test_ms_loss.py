@@ -481,3 +481,108 @@ def test_cuda_tall_and_wide_tiles_match_cpu(device):
         out.append((loss.cpu(), leaf.grad.cpu()))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-8, atol=1e-12)
+
+
+# ------------------------------------------------------- CUDA: the flash path (tensor-core tiles, issue 26)
+
+
+@pytest.mark.parametrize("env,cap,dtype,expect", [
+    (None, (9, 0), torch.bfloat16, "flash"), ("auto", (8, 0), torch.float16, "flash"),
+    ("auto", (9, 0), torch.float32, "tiles"), ("auto", (9, 0), torch.float64, "tiles"),
+    ("auto", (7, 5), torch.bfloat16, "tiles"), ("tiles", (9, 0), torch.bfloat16, "tiles"),
+    ("flash", (9, 0), torch.float32, "flash"), ("flash", (8, 6), torch.float16, "flash"),
+    ("flash", (7, 5), torch.bfloat16, "error"), ("flash", (9, 0), torch.float64, "error"),
+    ("bogus", (9, 0), torch.bfloat16, "value error"),
+])
+def test_ms_loss_path_rule_follows_the_env_var(monkeypatch, env, cap, dtype, expect):
+    """recogfast.dispatch.ms_loss_path mirrors csrc/ops/cuda/ms_loss_flash_host.cuh use_flash (CPU-only check of
+    the rule; the CUDA test below checks that the op agrees)."""
+    from recogfast import dispatch
+    if env is None:
+        monkeypatch.delenv("RECOGFAST_MS_LOSS_PATH", raising=False)
+    else:
+        monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", env)
+    assert dispatch.ms_loss_path(dtype, "cpu") == "cpu"
+    if expect == "error":
+        with pytest.raises(RuntimeError, match=r"RECOGFAST_MS_LOSS_PATH=flash needs an sm_80\+ GPU"):
+            dispatch.ms_loss_path(dtype, "cuda", capability=cap)
+    elif expect == "value error":
+        with pytest.raises(ValueError, match="must be auto, flash or tiles, got 'bogus'"):
+            dispatch.ms_loss_path(dtype, "cuda", capability=cap)
+    else:
+        assert dispatch.ms_loss_path(dtype, "cuda", capability=cap) == expect
+
+
+def _fwd_bwd(e, labels, ref=None, ref_labels=None, mining="ms", epsilon=0.1):
+    leaves = [e.detach().clone().requires_grad_(True)]
+    if ref is not None:
+        leaves.append(ref.detach().clone().requires_grad_(True))
+    out = torch.ops.recogfast.ms_loss(leaves[0], labels, leaves[1] if ref is not None else None, ref_labels, 2.0,
+                                      50.0, 0.5, epsilon, mining)
+    grads = torch.autograd.grad(out[0], leaves)
+    return [out[0].detach(), out[1], out[2]] + [g.detach() for g in grads]
+
+
+def _assert_close_rel(a, b, rtol, what):
+    """max |a - b| <= rtol * max |b| (gradients: relative to the call's largest value)."""
+    a, b = a.double().cpu(), b.double().cpu()
+    scale = b.abs().max().item() if b.numel() else 0.0
+    err = (a - b).abs().max().item() if b.numel() else 0.0
+    assert err <= rtol * (scale + 1e-6), f"{what}: err {err:.3g}, scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,D,R", [(257, 64, 0), (4099, 130, 0), (1000, 7, 333), (65536, 32, 0)])
+@pytest.mark.parametrize("mining", MINING)
+def test_cuda_flash_matches_cpu_kernel_and_tiles(device, dtype, B, D, R, mining, monkeypatch):
+    """The flash kernels (sm_80+) against the CPU kernel on the same bf16/fp16 inputs (up to B = 65536) and
+    against the tiles path: loss, stats, hard_idx, gradients (reference rows with gradient included)."""
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        pytest.skip("the flash path needs sm_80+")
+    if B == 65536 and mining != "ms":
+        pytest.skip("one mining mode at B = 65536 (the CPU kernel takes minutes)")
+    torch.manual_seed(B + D)
+    e = torch.randn(B, D, dtype=dtype)
+    labels = m_per_class(B, 4)
+    ref = torch.randn(R, D, dtype=dtype) if R else None
+    ref_labels = torch.randint(0, B // 4, (R,)) if R else None
+    cpu = _fwd_bwd(e, labels, ref, ref_labels, mining)
+    runs = {}
+    for path in ("flash", "tiles"):
+        monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", path)
+        runs[path] = _fwd_bwd(e.to(device), labels.to(device), None if ref is None else ref.to(device),
+                              None if ref is None else ref_labels.to(device), mining)
+    flash = runs["flash"]
+    for other, name in ((cpu, "cpu"), (runs["tiles"], "tiles")):
+        _assert_close_rel(flash[0], other[0], 1e-2, f"loss vs {name}")
+        _assert_close_rel(flash[1], other[1], 1e-3, f"stats vs {name}")
+        if B < 65536:  # near-ties among 65536 bf16 similarities may pick another (equally hard) pair
+            assert torch.equal(flash[2].cpu(), other[2].cpu()), f"hard_idx vs {name}"
+        for k in range(3, len(flash)):
+            _assert_close_rel(flash[k], other[k], 3e-2, f"grad {k - 3} vs {name}")
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_cuda_flash_is_deterministic_and_selected_by_env(device, monkeypatch):
+    """Two flash runs are bitwise equal (no atomics); the env var picks the path as dispatch.ms_loss_path says,
+    and "flash" where it cannot run (fp64) is a one-line error."""
+    from recogfast import dispatch
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        pytest.skip("the flash path needs sm_80+")
+    e = torch.randn(3000, 96, device=device, dtype=torch.bfloat16)
+    labels = m_per_class(3000, 4, device)
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "auto")
+    assert dispatch.ms_loss_path(torch.bfloat16, device) == "flash"
+    a, b = _fwd_bwd(e, labels), _fwd_bwd(e, labels)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "flash")
+    assert dispatch.ms_loss_path(torch.float32, device) == "flash"  # TF32 products, asked for by name
+    f32 = _fwd_bwd(e.float(), labels)
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "tiles")
+    exact = _fwd_bwd(e.float(), labels)
+    _assert_close_rel(f32[0], exact[0], 1e-3, "tf32 loss")
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "flash")
+    with pytest.raises(RuntimeError, match=r"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80\+"):
+        _fwd_bwd(e.double(), labels)

@@ -165,6 +165,22 @@ else
       --benchmark-json='$OUT/logs/bench.json'"
 fi
 
+# 6b. the flash MS loss (issue 26): its tile variants (RECOGFAST_MS_FLASH_TILE, read once per process: one pytest
+# run each; variant 0 ran in the headline step) at bf16 B = 16384, then the batch sweep up to B = 1,000,000.
+FLASH_TILE_SEL="cuda and tensor_cores and flash and bf16 and size3"
+FLASH_SWEEP_SEL="cuda and flash_batch_sweep"
+MS_BENCH=benchmarks/test_ms_loss_bench.py
+if [[ $GPU == 1 ]]; then
+  step flash 150 "flash MS loss: tile variants 1, 2; batch sweep to 10^6" -- bash -c "
+    for v in 1 2; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
+      --benchmark-json='$OUT/logs/bench_flash_tile'\$v.json || exit 1; done
+    $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_SWEEP_SEL' --benchmark-json='$OUT/logs/bench_flash_sweep.json'"
+else
+  n_flash=$($PY -m pytest $MS_BENCH -q --collect-only -p no:cacheprovider -k "($FLASH_TILE_SEL) or ($FLASH_SWEEP_SEL)" 2>/dev/null | grep -c '::')
+  if [[ $n_flash -ge 5 ]]; then skip flash "no GPU: $n_flash flash MS-loss benchmarks selected"
+  else record flash failed 0 "the flash MS-loss selection names $n_flash benchmarks"; fi
+fi
+
 # 7. where the GPU time goes: kernel tables, launches per fwd+bwd, CUDA-graph replay vs eager
 if [[ $GPU == 1 ]]; then
   step profile 75 "torch.profiler kernel tables, launches, CUDA-graph vs eager" -- $PY tools/gpu_profile.py \

@@ -17,6 +17,11 @@ recomputes the tiles; dL/dS_ij is a per-pair weight computed from those statisti
 embedding gradients are sums of weights times embeddings, accumulated tile by tile. On the CPU, when the
 reference set needs no gradient (``cache_ref_grad``, set by `ms_loss`), the forward pass also gathers the
 reference set's share of the anchors' gradient so that the backward pass skips those tiles.
+
+On CUDA two paths compute the same op: on sm_80+ for bf16/fp16 the flash kernels (tensor-core tiles of S
+consumed in registers, csrc/ops/cuda/ms_loss_flash.cuh), elsewhere the tiles path (cuBLAS products, per-row
+kernels). ``RECOGFAST_MS_LOSS_PATH`` = auto / flash / tiles picks one (flash on fp32 = TF32 products);
+`recogfast.dispatch.ms_loss_path` says which a call takes. No argument of the op changes with the path.
 """
 
 from __future__ import annotations

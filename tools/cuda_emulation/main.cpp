@@ -71,7 +71,7 @@ void ms_cmp(const at::Tensor& a_, const at::Tensor& b_, const char* what, const 
   const double scale = fin.numel() ? fin.abs().max().item<double>() : 0.0;
   const bool ok = std::isfinite(err) && err <= rtol * (scale + 1e-3 * scale_floor);
   ++ms_comparisons;
-  if (scale > 0) ms_sink[dtype_slot(dt)] = std::max(ms_sink[dtype_slot(dt)], err / scale);
+  if (scale > 0 && std::string(what) != "hard_idx") ms_sink[dtype_slot(dt)] = std::max(ms_sink[dtype_slot(dt)], err / scale);
   if (!ok) ++failures;
   if (!ok || getenv("EMU_VERBOSE"))
     std::printf("%s %-52s %-9s err %.3g scale %.3g\n", ok ? "ok  " : "FAIL", tag.c_str(), what, err, scale);
@@ -153,6 +153,10 @@ void run_ms_flash() {
           const std::string t = tag + (vs == 0 ? " vs cpu" : " vs tiles");
           ms_cmp(std::get<0>(out[0]), std::get<0>(ref), "loss", t, rtol_l, dt);
           ms_cmp(std::get<1>(out[0]), std::get<1>(ref), "stats", t, rtol_s, dt);
+          // D = 1: every similarity is exactly ±1, so "hardest" is all ties; the CUDA kernels take the first
+          // index (ms_loss_rows_kernel), the CPU kernel's symmetric tiles another one of the tied pairs: the
+          // loss and stats agree, the index (and so the gradient) is compared with the tiles path only.
+          if (vs == 0 && c.D == 1 && std::string(mining) == "hardest") continue;
           ms_cmp(std::get<2>(out[0]), std::get<2>(ref), "hard_idx", t, 0, dt, 0);
           ms_cmp(std::get<0>(grads[0]), std::get<0>(gref), "grad_e", t, rtol_g, dt, gscale * 1e3);
           if (std::get<1>(gref).numel())
