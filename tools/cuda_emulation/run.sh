@@ -33,17 +33,21 @@ for f in ms_emu sp_emu ch_emu se_emu; do sed -i '1a #include "bridge.h"' "$OUT/$
 cat >> "$OUT/ms_emu.cpp" <<'CPP'
 namespace recogfast {
 using namespace recogfast_emu;
+// The op's allow_tf32 argument: EMU_ALLOW_TF32=0 passes false (main.cpp checks the fp32 rule both ways).
+static bool tf32_ok() { const char* v = getenv("EMU_ALLOW_TF32"); return !(v && std::string(v) == "0"); }
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor& e, const at::Tensor& l, const std::optional<at::Tensor>& r, const std::optional<at::Tensor>& rl,
     double alpha, double beta, double base, double eps, std::string_view mining) {
-  return A(emu_ms::ms_loss_cuda(S(e), S(l), S(r), S(rl), alpha, beta, base, eps, mining, false));
+  // allow_tf32 = true: fp32 may take the flash path (TF32) when RECOGFAST_MS_LOSS_PATH asks for it
+  return A(emu_ms::ms_loss_cuda(S(e), S(l), S(r), S(rl), alpha, beta, base, eps, mining, false, tf32_ok()));
 }
 std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(
     const at::Tensor& g, const at::Tensor& e, const at::Tensor& l, const std::optional<at::Tensor>& r,
     const std::optional<at::Tensor>& rl, const at::Tensor& stats, const at::Tensor& hard_idx, double alpha,
     double beta, double base, double eps, std::string_view mining, bool ref_grad) {
   return A(emu_ms::ms_loss_backward_cuda(S(g), S(e), S(l), S(r), S(rl), S(stats), S(hard_idx),
-                                         S(at::zeros({0}, stats.options())), alpha, beta, base, eps, mining, ref_grad));
+                                         S(at::zeros({0}, stats.options())), alpha, beta, base, eps, mining, ref_grad,
+                                         tf32_ok()));
 }
 }  // namespace recogfast
 CPP

@@ -2,12 +2,13 @@
 // the launches. Included by ms_loss_kernel.cu only (it registers the op; this header registers nothing).
 //
 // Path (mirrored by recogfast.dispatch.ms_loss_path): RECOGFAST_MS_LOSS_PATH = "auto" (default), "flash" or
-// "tiles", read on every call (one getenv) so that a test or a benchmark can switch it. "auto" takes the flash
-// kernels on sm_80+ for bf16/fp16 embeddings; fp32 stays on the tiles path there, whose aten::mm follows
-// torch.backends.cuda.matmul.allow_tf32 (the stable ABI cannot read that flag, and passing it would change
-// the op's schema — left for a later change). "flash" forces them, fp32 included, whose products are then
-// TF32 (m16n8k8; the user asked for it by name); where they cannot run (before sm_80, fp64) "flash" is a
-// one-line error. Labels: any integer dtype (see ms_loss_flash.cuh: int32, int64 compare on overflow).
+// "tiles", read on every call (one getenv) so that a test or a benchmark can switch it. The flash kernels run
+// on sm_80+ for bf16/fp16 embeddings, and for fp32 when torch allows TF32 for matmuls (TF32 m16n8k8 products):
+// the op's allow_tf32 argument, which the Python wrapper fills from torch.backends.cuda.matmul.allow_tf32
+// (the stable ABI has no call that reads torch's flag). Exact fp32 (TF32 not allowed) and fp64 keep the tiles
+// path, whose aten::mm follows the flag itself. "auto" takes flash wherever it can run, "tiles" never; "flash"
+// where it cannot run (before sm_80, fp64, fp32 without TF32) is a one-line error.
+// Labels: any integer dtype (see ms_loss_flash.cuh: int32, int64 compare on overflow).
 // Tile variant: RECOGFAST_MS_FLASH_TILE = 0 (default) BM 64 x BN 64, BK 32, DC 128 (4 warps); 1 = 128 x 64,
 // DC 64 (8 warps); 2 = 64 x 128, DC 64; read once per process (each launch of the emulation re-reads it).
 // Extra memory: labels int32 M·4 bytes; the backward G buffer of a wave of T rows, T·D·4 bytes with
@@ -79,16 +80,16 @@ inline int sm_major() {
 }
 
 // Whether this call takes the flash kernels (see the file comment); "flash" where they cannot run throws.
-inline bool use_flash(ScalarType dtype) {
+inline bool use_flash(ScalarType dtype, bool allow_tf32) {
   const MsPath path = ms_path_env();
   if (path == MsPath::kTiles) return false;
   const int major = sm_major();
-  const bool lowp = dtype == kBFloat16 || dtype == kHalf;
-  const bool can = major >= 8 && (lowp || dtype == kFloat);
+  const bool can = major >= 8 && (dtype == kBFloat16 || dtype == kHalf || (dtype == kFloat && allow_tf32));
   if (path == MsPath::kFlash && !can)
     throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "
-                                 "fp32 embeddings, got sm_", major, "x and ", dtype_str(dtype)));
-  return path == MsPath::kFlash ? can : can && lowp;
+                                 "fp32 embeddings with TF32 allowed, got sm_", major, "x, ", dtype_str(dtype),
+                                 dtype == kFloat ? " and allow_tf32=False" : ""));
+  return can;
 }
 
 template <typename scalar_t>

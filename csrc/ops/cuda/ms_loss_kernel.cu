@@ -1,5 +1,5 @@
 // Multi-Similarity loss on CUDA, forward and backward, without the B x M similarity matrix. Two paths: on
-// sm_80+ for bf16/fp16 the flash kernels (ms_loss_flash.cuh: S tiles on tensor cores, consumed in registers;
+// sm_80+ for bf16/fp16 (and fp32 with TF32 allowed) the flash kernels (ms_loss_flash.cuh: S tiles on tensor cores, consumed in registers;
 // the choice is ms_loss_flash_host.cuh's use_flash), elsewhere the tiles path below. Tiles path: the products run
 // in cuBLAS (tensor cores for bf16/fp16, and for fp32 when torch allows TF32), custom kernels do only the
 // per-row reductions and the element-wise work, and the backward pass has no atomics (deterministic). This file
@@ -195,7 +195,7 @@ Params make_params(int64_t B, int64_t M, Mining mining, double alpha, double bet
 std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss_cuda(
     const Tensor& embeddings, const Tensor& labels, const std::optional<Tensor>& ref_embeddings,
     const std::optional<Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
-    std::string_view mining_name, bool /*cache_ref_grad*/) {
+    std::string_view mining_name, bool /*cache_ref_grad*/, bool allow_tf32) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   const gpu::DeviceGuard guard(embeddings);
@@ -207,7 +207,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss_cuda(
   if (B == 0) return {zeros_as(embeddings, {}), stats, hard_idx, ref_grad_cache};
   const cudaStream_t stream = gpu::current_stream(embeddings);
   Tensor loss;
-  const bool flash = use_flash(embeddings.scalar_type());
+  const bool flash = use_flash(embeddings.scalar_type(), allow_tf32);
   RF_DISPATCH_FLOATING(embeddings.scalar_type(), "ms_loss_cuda", [&] {
     using acc_t = typename Candidates<scalar_t>::acc_t;
     const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream, !flash);
@@ -261,7 +261,7 @@ std::tuple<Tensor, Tensor> ms_loss_backward_cuda(
     const Tensor& grad_loss, const Tensor& embeddings, const Tensor& labels,
     const std::optional<Tensor>& ref_embeddings, const std::optional<Tensor>& ref_labels,
     const Tensor& stats_, const Tensor& hard_idx_, const Tensor& ref_grad_cache, double alpha,
-    double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad) {
+    double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad, bool allow_tf32) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_, ref_grad_cache);
@@ -277,7 +277,7 @@ std::tuple<Tensor, Tensor> ms_loss_backward_cuda(
   const Tensor stats = as_contiguous(to_dtype(stats_, acc));
   const Tensor hard_idx = as_contiguous(hard_idx_);
   const Tensor g = as_contiguous(to_dtype(reshape(grad_loss, {1}), acc));
-  const bool flash = use_flash(embeddings.scalar_type());
+  const bool flash = use_flash(embeddings.scalar_type(), allow_tf32);
   RF_DISPATCH_FLOATING(embeddings.scalar_type(), "ms_loss_backward_cuda", [&] {
     using acc_t = typename Candidates<scalar_t>::acc_t;
     const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream, !flash);
