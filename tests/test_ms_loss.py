@@ -542,7 +542,10 @@ def _assert_close_rel(a, b, rtol, what):
 @pytest.mark.parametrize("mining", MINING)
 def test_cuda_flash_matches_cpu_kernel_and_tiles(device, dtype, B, D, R, mining, monkeypatch):
     """The flash kernels (sm_80+) against the CPU kernel on the same bf16/fp16 inputs (up to B = 65536) and
-    against the tiles path: loss, stats, hard_idx, gradients (reference rows with gradient included)."""
+    against the tiles path: loss and stats of the forward op; hard_idx up to near-ties (the three sum S in
+    different orders: two hardest candidates within fp32 rounding may swap); the gradients of each backward op
+    given the flash forward's stats and hard_idx (so the same mining decisions), reference rows with gradient
+    included."""
     if torch.cuda.get_device_capability(device)[0] < 8:
         pytest.skip("the flash path needs sm_80+")
     if B == 65536 and mining != "ms":
@@ -552,20 +555,27 @@ def test_cuda_flash_matches_cpu_kernel_and_tiles(device, dtype, B, D, R, mining,
     labels = m_per_class(B, 4)
     ref = torch.randn(R, D, dtype=dtype) if R else None
     ref_labels = torch.randint(0, B // 4, (R,)) if R else None
-    cpu = _fwd_bwd(e, labels, ref, ref_labels, mining)
-    runs = {}
-    for path in ("flash", "tiles"):
+    params = (2.0, 50.0, 0.5, 0.1, mining)
+
+    def run(dev, path, saved=None):
         monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", path)
-        runs[path] = _fwd_bwd(e.to(device), labels.to(device), None if ref is None else ref.to(device),
-                              None if ref is None else ref_labels.to(device), mining)
-    flash = runs["flash"]
-    for other, name in ((cpu, "cpu"), (runs["tiles"], "tiles")):
+        mv = (lambda t: None if t is None else t.to(dev))
+        args = (mv(e), mv(labels), mv(ref), mv(ref_labels))
+        loss, stats, hard_idx, _ = torch.ops.recogfast.ms_loss(*args, *params)
+        st, hi = (stats, hard_idx) if saved is None else (mv(saved[0]), mv(saved[1]))
+        grads = torch.ops.recogfast._ms_loss_backward(torch.tensor(0.7, dtype=dtype, device=dev), *args, st, hi,
+                                                      torch.zeros(0, device=dev), *params, R > 0)
+        return loss, stats, hard_idx, grads
+
+    flash = run(device, "flash")
+    saved = (flash[1].cpu(), flash[2].cpu())
+    for name, other in (("cpu", run("cpu", "auto", saved)), ("tiles", run(device, "tiles", saved))):
         _assert_close_rel(flash[0], other[0], 1e-2, f"loss vs {name}")
         _assert_close_rel(flash[1], other[1], 1e-3, f"stats vs {name}")
-        if B < 65536:  # near-ties among 65536 bf16 similarities may pick another (equally hard) pair
-            assert torch.equal(flash[2].cpu(), other[2].cpu()), f"hard_idx vs {name}"
-        for k in range(3, len(flash)):
-            _assert_close_rel(flash[k], other[k], 3e-2, f"grad {k - 3} vs {name}")
+        same = (flash[2].cpu() == other[2].cpu()).float().mean().item()
+        assert same >= 0.999, f"hard_idx vs {name}: {same:.5f} agree"
+        for k in range(2 if R else 1):
+            _assert_close_rel(flash[3][k], other[3][k], 3e-2, f"grad {k} vs {name}")
 
 
 @pytest.mark.parametrize("device", CUDA_ONLY)
