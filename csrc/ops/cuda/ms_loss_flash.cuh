@@ -76,19 +76,35 @@ template <MmaKind K>
 constexpr int kPad = K == MmaKind::kTF32 ? 4 : 8;  // row padding of the staged tiles, in elements
 
 // Stages rows [c0, c0 + rows) (candidate indices, valid below c_end) x features [k0, k0 + cols) into s
-// (leading dimension ld), each row scaled by p2, zero past D / c_end and for rows with inv2 = 0.
+// (leading dimension ld), each row scaled by p2, zero past D / c_end and for rows with inv2 = 0. A thread moves
+// V consecutive features (one 16-byte load where the row segment is whole and 16-byte aligned, else V scalar
+// loads: D not a multiple of V, an offset view, the tail), reading the row's scale once.
 template <MmaKind K, typename scalar_t>
 __device__ __forceinline__ void stage(flash_elem_t<K>* s, int ld, const FlashArgs<scalar_t>& a, int64_t c0,
                                       int64_t c_end, int rows, int64_t k0, int cols, int tid, int nthreads) {
-  for (int e = tid; e < rows * cols; e += nthreads) {
-    const int r = e / cols, k = e % cols;
+  constexpr int V = 16 / sizeof(scalar_t);  // cols (BK, DC) are multiples of 8, so of V
+  const int groups = cols / V;
+  for (int e = tid; e < rows * groups; e += nthreads) {
+    const int r = e / groups, k = e % groups * V;
     const int64_t c = c0 + r, d = k0 + k;
-    float v = 0;
-    if (c < c_end && d < a.D && a.inv2[c] != 0.f) {
-      const scalar_t* row = c < a.B ? a.xb + c * a.D : a.xr + (c - a.B) * a.D;
-      v = static_cast<float>(row[d]) * a.p2[c];
+    float v[V];
+    const float q = c < c_end && d < a.D ? a.p2[c] * (a.inv2[c] != 0.f) : 0.f;  // 0: a zero / NaN row, or padding
+    if (q != 0.f) {
+      const scalar_t* x = (c < a.B ? a.xb + c * a.D : a.xr + (c - a.B) * a.D) + d;
+      if (d + V <= a.D && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+        const VecT<scalar_t, V> w = *reinterpret_cast<const VecT<scalar_t, V>*>(x);
+#pragma unroll
+        for (int j = 0; j < V; ++j) v[j] = static_cast<float>(w.v[j]) * q;
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) v[j] = d + j < a.D ? static_cast<float>(x[j]) * q : 0.f;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) v[j] = 0.f;
     }
-    s[r * ld + k] = to_elem<K>(v);
+#pragma unroll
+    for (int j = 0; j < V; ++j) s[r * ld + k + j] = to_elem<K>(v[j]);
   }
 }
 
@@ -165,6 +181,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   int64_t row[2];
   float si[2], mn[2], mx[2], zp[2] = {0.f, 0.f}, zn[2] = {0.f, 0.f};
   int64_t an[2] = {-1, -1}, ax[2] = {-1, -1};
+  #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row[h] = r0 + wrow + g + 8 * h;
     const bool ok = row[h] < a.B;
@@ -199,6 +216,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
       }
   }
   // The 4 lanes of a row group hold the row's columns: merge them (fixed order).
+  #pragma unroll
   for (int h = 0; h < 2; ++h) {
 #pragma unroll
     for (int o = 1; o < 4; o <<= 1) {
@@ -259,6 +277,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const bool wide = a.flags[2] != 0;
   int64_t row[2];
   float sc[2];
+  #pragma unroll
   for (int h = 0; h < 2; ++h) {
     row[h] = r0 + wrow + g + 8 * h;
     sc[h] = row[h] < row_end ? a.inv2[row[h]] : 0.f;
