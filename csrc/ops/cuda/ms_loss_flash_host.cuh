@@ -10,7 +10,9 @@
 // where it cannot run (before sm_80, fp64, fp32 without TF32) is a one-line error.
 // Labels: any integer dtype (see ms_loss_flash.cuh: int32, int64 compare on overflow).
 // Tile variant: RECOGFAST_MS_FLASH_TILE = 0 (default) BM 64 x BN 64, BK 32, DC 128 (4 warps); 1 = 128 x 64,
-// DC 64 (8 warps); 2 = 64 x 128, DC 64; read once per process (each launch of the emulation re-reads it).
+// DC 128 (8 warps: half the column-tile loads per row); 2 = 64 x 64, DC 256 (half the S recomputes at D = 512,
+// twice the G registers); read once per process (each launch of the emulation re-reads it). Unmeasured: the
+// first GPU run sweeps them (tools/gpu_check.sh).
 // Extra memory: labels int32 M·4 bytes; the backward G buffer of a wave of T rows, T·D·4 bytes with
 // T·D·4 <= kFlashGBytes (8 MB); plus the O(M) norms/scales of Candidates (4 fp32 [M]) and per-anchor loss
 // [B]: at B = 16384, D = 512 about 8 MB + 0.4 MB; no M x D copy, no S tile, no W tile.
@@ -33,8 +35,8 @@ namespace {
 constexpr int64_t kFlashGBytes = RECOGFAST_MS_FLASH_G_BYTES;
 #ifndef RECOGFAST_CUDA_EMULATION
 using FlashTile0 = FlashTile<64, 64, 32, 128>;
-using FlashTile1 = FlashTile<128, 64, 32, 64>;
-using FlashTile2 = FlashTile<64, 128, 32, 64>;
+using FlashTile1 = FlashTile<128, 64, 32, 128>;
+using FlashTile2 = FlashTile<64, 64, 32, 256>;
 #else  // small tiles: several row / column blocks, feature chunks and waves out of a few dozen rows
 using FlashTile0 = FlashTile<32, 16, 16, 16>;
 using FlashTile1 = FlashTile<16, 32, 32, 8>;
@@ -153,7 +155,7 @@ void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_id
   Tensor lab32;
   const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
   with_flash_tile([&](auto cfg) {
-    using Cfg = decltype(cfg);
+    using Cfg = FlashTile<decltype(cfg)::BM, decltype(cfg)::BN, decltype(cfg)::BK, 8>;  // DC: backward only
     const size_t smem = flash_smem<Cfg, K>(false);
     const unsigned grid = static_cast<unsigned>(ceil_div(cd.B, Cfg::BM));
     allow_smem(ms_flash_fwd_kernel<Cfg, K, scalar_t, 1>, smem);
