@@ -15,9 +15,16 @@ reference set is the batch. fp32 embeddings follow torch's float32 matmul precis
 fp32 SIMT rate bounds them); `test_ms_loss_fwd_bwd_tensor_cores` times bf16 embeddings and fp32 with TF32
 allowed against the measured bf16 / TF32 GEMM rate (H100 SXM datasheet: 989 / 494 TFLOP/s dense, so
 B = 16384, D = 512: 0.82 TFLOP, a ~0.8 ms floor in bf16; the goal is <= 5 ms, 20x under PML's 100 ms).
+
+Flash path (issue 26, csrc/ops/cuda/ms_loss_flash.cuh; sm_80+): the tensor-core test runs both CUDA paths,
+chosen by RECOGFAST_MS_LOSS_PATH (`path` parameter): impl "fused" is what "auto" picks (flash, for bf16 and for
+fp32 with TF32 allowed), "fused-tiles" the cuBLAS path, each with its extra peak memory. RECOGFAST_MS_FLASH_TILE (0/1/2, read once per process) picks the tile variant: tools/gpu_check.sh
+reruns the flash cases once per variant. `test_ms_loss_flash_batch_sweep` (CUDA only) times one bf16 fwd+bwd at
+B up to 1,000,000 (the largest-batch goal) with its peak memory.
 """
 
 import functools
+import os
 import time
 
 import pytest
@@ -128,8 +135,13 @@ def _cuda_extra_peak_mb(step) -> float:
 @pytest.mark.parametrize("device", [p for p in BENCH_DEVICES if not isinstance(p, str)])  # CUDA only
 @pytest.mark.parametrize("size", range(6), ids=lambda i: f"size{i}")
 @pytest.mark.parametrize("mode", ["bf16", "tf32"])
-def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode):
-    """The fused op with tensor-core products: bf16 embeddings, or fp32 with TF32 allowed."""
+@pytest.mark.parametrize("path", ["flash", "tiles"])
+def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode, path, monkeypatch):
+    """The fused op with tensor-core products: bf16 embeddings, or fp32 with TF32 allowed; on the flash path
+    or the tiles path (RECOGFAST_MS_LOSS_PATH)."""
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", path)
+    auto = "flash"  # dispatch.ms_loss_path's "auto" on sm_80+ (fp32 with TF32 allowed: flash too)
+    impl = "fused" if path == auto else f"fused-{path}"
     B, R = SIZES["cuda"][size]
     M = B + R
     torch.manual_seed(0)
@@ -148,10 +160,45 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode):
         flops = 3 * B * B * D if R == 0 else 4 * B * M * D
         rate = gemm_flops(device, mode)
         benchmark.extra_info["extra_peak_mb"] = _cuda_extra_peak_mb(step)
+        benchmark.extra_info["ms_loss_path"] = path
+        benchmark.extra_info["flash_tile"] = os.environ.get("RECOGFAST_MS_FLASH_TILE", "0")
         run_benchmark(benchmark, step, device=device, group=f"ms_loss fwd+bwd {device} {mode} B={B} R={R} D={D}",
-                      impl="fused", floor_seconds=flops / rate,
+                      impl=impl, floor_seconds=flops / rate,
                       floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
                                  f"{rate / 1e9:.0f} GFLOP/s {mode} GEMM rate", rounds=10,
                       reset=grad_reset(e), graph=True)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+SWEEP_B = [131072, 262144, 524288, 1_000_000]
+
+
+@pytest.mark.parametrize("device", [p for p in BENCH_DEVICES if not isinstance(p, str)])  # CUDA only
+@pytest.mark.parametrize("B", SWEEP_B)
+def test_ms_loss_flash_batch_sweep(benchmark, device, B, monkeypatch):
+    """One bf16 fwd+bwd on the flash path at B up to 1,000,000 (D = 512, 4 images a class): the time of one
+    step (one round: at B = 10^6 the 3·B²·D floor alone is 1.5 PFLOP) and its extra peak memory (the goal:
+    O(B), no B x B anywhere)."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the flash path needs sm_80+")
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "flash")
+    torch.manual_seed(0)
+    e = torch.randn(B, D, device=device, dtype=torch.bfloat16, requires_grad=True)
+    labels = (torch.arange(B, device=device) // 4)[torch.randperm(B, device=device)]
+
+    def step():
+        e.grad = None
+        ms_loss(e, labels, impl="fused").backward()
+        torch.cuda.synchronize()
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    benchmark.group = f"ms_loss flash batch sweep {device} bf16 D={D}"
+    benchmark.pedantic(step, rounds=1, iterations=1, warmup_rounds=0)
+    flops = 3 * B * B * D
+    benchmark.extra_info.update(impl="fused", device=device, ms_loss_path="flash",
+                                extra_peak_mb=(torch.cuda.max_memory_allocated() - before) / 2**20,
+                                floor_ms=flops / gemm_flops(device, "bf16") * 1e3,
+                                floor=f"{flops / 1e12:.0f} TFLOP at the measured bf16 GEMM rate")

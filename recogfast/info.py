@@ -63,6 +63,14 @@ def report() -> str:
         for dev in devices:
             for dtype in (torch.float32, torch.bfloat16):
                 lines.append(f"  {op:<12} {dev:<5} {str(dtype).replace('torch.', ''):<9} -> {dispatch.describe(dev, dtype)}")
+    if torch.cuda.is_available() and dispatch.cuda_kernels_compiled():
+        # Which CUDA kernels the fused MS loss takes (flash tensor-core tiles or the cuBLAS tiles path).
+        try:
+            paths = ", ".join(f"{str(t).replace('torch.', '')} -> {dispatch.ms_loss_path(t, 'cuda')}"
+                              for t in (torch.bfloat16, torch.float16, torch.float32, torch.float64))
+        except (RuntimeError, ValueError) as exc:
+            paths = str(exc)
+        lines.append(f"  ms_loss CUDA path (RECOGFAST_MS_LOSS_PATH, allow_tf32): {paths}")
     return "\n".join(lines)
 
 

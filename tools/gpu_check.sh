@@ -156,6 +156,22 @@ collect() {  # the number of benchmarks a -k selection names (CUDA ones are coll
   (($(date +%s) + 15 > DEADLINE)) && { echo "-1"; return; }  # no time left to count: the step is skipped
   $PY -m pytest benchmarks -q --collect-only -p no:cacheprovider -k "$1" 2>/dev/null | grep -c '::'
 }
+# A benchmark step: on the GPU, FILES' benchmarks of the -k selection SEL run (records: logs/bench_NAME.json); on a
+# CPU the selection is only counted, and the step is skipped with that count (an empty selection fails).
+bench_step() {  # NAME CAP WHAT SEL FILES...
+  local name=$1 cap=$2 what=$3 sel=$4 n
+  shift 4
+  n=$(collect "$sel")
+  if [[ $GPU == 1 ]]; then
+    step "$name" "$cap" "$what" -- $PY -m pytest "$@" $BENCH_ARGS -k "$sel" --benchmark-json="$OUT/logs/bench_$name.json"
+  elif [[ $n -lt 0 ]]; then
+    skip "$name" "deadline reached before the step"
+  elif [[ $n -gt 0 ]]; then
+    skip "$name" "no GPU: $n $what selected"
+  else
+    record "$name" failed 0 "the $what selection is empty"
+  fi
+}
 if [[ $GPU == 1 ]]; then
   step bench 240 "headline shapes: wall, CUDA events, CUDA-graph replay" -- $PY -m pytest benchmarks $BENCH_ARGS \
     -k "$SEL" --benchmark-json="$OUT/logs/bench.json"
@@ -169,17 +185,26 @@ else
 fi
 
 # 6b. the engine's training step: eager against the captured step of `recogfast train --cuda-graphs`
-GRAPHS="cuda and test_engine_train_step"
-N_GRAPHS=$(collect "$GRAPHS")
+bench_step graphs 150 "engine train-step benchmarks (eager and --cuda-graphs)" "cuda and test_engine_train_step" \
+  benchmarks/test_train_graphs_bench.py
+
+# 6c. the flash MS loss (issue 26): its tile variants (RECOGFAST_MS_FLASH_TILE, read once per process: one pytest
+# run each; variant 0 ran in the headline step) at bf16 B = 16384, then the batch sweep up to B = 1,000,000.
+FLASH_TILE_SEL="cuda and tensor_cores and flash and bf16 and size3"
+FLASH_SWEEP_SEL="cuda and flash_batch_sweep"
+MS_BENCH=benchmarks/test_ms_loss_bench.py
 if [[ $GPU == 1 ]]; then
-  step graphs 150 "engine train step, eager vs --cuda-graphs ($N_GRAPHS)" -- $PY -m pytest \
-    benchmarks/test_train_graphs_bench.py $BENCH_ARGS -k "$GRAPHS" --benchmark-json="$OUT/logs/bench_graphs.json"
-elif [[ $N_GRAPHS -lt 0 ]]; then
-  skip graphs "deadline reached before the step"
-elif [[ $N_GRAPHS -gt 0 ]]; then
-  skip graphs "no GPU: $N_GRAPHS engine train-step benchmarks selected (eager and --cuda-graphs)"
+  step flash 150 "flash MS loss: tile variants 1, 2; batch sweep to 10^6" -- bash -c "
+    for v in 1 2; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
+      --benchmark-json='$OUT/logs/bench_flash_tile'\$v.json || exit 1; done
+    $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_SWEEP_SEL' --benchmark-json='$OUT/logs/bench_flash_sweep.json'"
+elif (($(date +%s) + 30 > DEADLINE)); then  # the collection takes seconds: only inside the deadline
+  skip flash "deadline reached before the step"
 else
-  record graphs failed 0 "the engine train-step selection is empty"
+  n_flash=$(timeout 20 $PY -m pytest $MS_BENCH -q --collect-only -p no:cacheprovider \
+    -k "($FLASH_TILE_SEL) or ($FLASH_SWEEP_SEL)" 2>/dev/null | grep -c '::')
+  if [[ $n_flash -ge 5 ]]; then skip flash "no GPU: $n_flash flash MS-loss benchmarks selected"
+  else record flash failed 0 "the flash MS-loss selection names $n_flash benchmarks"; fi
 fi
 
 # 7. where the GPU time goes: kernel tables, launches per fwd+bwd, CUDA-graph replay vs eager
@@ -192,17 +217,7 @@ else
 fi
 
 # 8. torch.compile (default mode) of the references as the peer column
-N_COMPILED=$(collect "$COMPILED")
-if [[ $GPU == 1 ]]; then
-  step compiled 180 "torch.compile default mode peers ($N_COMPILED)" -- $PY -m pytest $PEER_FILES $BENCH_ARGS \
-    -k "$COMPILED" --benchmark-json="$OUT/logs/bench_compiled.json"
-elif [[ $N_COMPILED -lt 0 ]]; then
-  skip compiled "deadline reached before the step"
-elif [[ $N_COMPILED -gt 0 ]]; then
-  skip compiled "no GPU: $N_COMPILED torch.compile default-mode peers selected"
-else
-  record compiled failed 0 "the torch.compile peer selection is empty"
-fi
+bench_step compiled 180 "torch.compile default-mode peers" "$COMPILED" $PEER_FILES
 
 # 9. Nsight Compute: speed of light, memory, occupancy and warp stalls of the key recogfast kernels
 NCU_KERNELS='regex:se_gate|channel_gate|cubs_'
@@ -224,17 +239,7 @@ else
 fi
 
 # 10. torch.compile mode max-autotune, with what is left of the deadline
-N_MAXAT=$(collect "$MAXAT")
-if [[ $GPU == 1 ]]; then
-  step maxautotune 150 "torch.compile max-autotune peers ($N_MAXAT)" -- $PY -m pytest $PEER_FILES $BENCH_ARGS \
-    -k "$MAXAT" --benchmark-json="$OUT/logs/bench_maxautotune.json"
-elif [[ $N_MAXAT -lt 0 ]]; then
-  skip maxautotune "deadline reached before the step"
-elif [[ $N_MAXAT -gt 0 ]]; then
-  skip maxautotune "no GPU: $N_MAXAT torch.compile max-autotune peers selected"
-else
-  record maxautotune failed 0 "the max-autotune peer selection is empty"
-fi
+bench_step maxautotune 150 "torch.compile max-autotune peers" "$MAXAT" $PEER_FILES
 
 # 11. the summary (always)
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs 2>/dev/null

@@ -13,6 +13,10 @@
 // accumulation dtype, gathered from the forward pass's tiles so that the backward pass need not
 // recompute the B x R tiles; otherwise empty ([0]).
 // Candidates are the B rows of embeddings followed by the R rows of ref_embeddings.
+// allow_tf32 (both ops): torch.backends.cuda.matmul.allow_tf32 as the Python wrapper read it (the stable ABI
+// cannot read torch's flag): lets the CUDA kernel run fp32 embeddings on the flash path with TF32 products
+// (csrc/ops/cuda/ms_loss_flash_host.cuh). The CPU kernel ignores it; the CUDA tiles path's aten::mm follows
+// torch's flag itself.
 #pragma once
 
 #include <optional>
@@ -28,13 +32,13 @@ enum class Mining : int { kMS = 0, kAll = 1, kHardest = 2 };
 std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss(
     const Tensor& embeddings, const Tensor& labels, const std::optional<Tensor>& ref_embeddings,
     const std::optional<Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
-    std::string_view mining, bool cache_ref_grad = false);
+    std::string_view mining, bool cache_ref_grad = false, bool allow_tf32 = false);
 
 std::tuple<Tensor, Tensor> ms_loss_backward(
     const Tensor& grad_loss, const Tensor& embeddings, const Tensor& labels,
     const std::optional<Tensor>& ref_embeddings, const std::optional<Tensor>& ref_labels,
     const Tensor& stats, const Tensor& hard_idx, const Tensor& ref_grad_cache, double alpha, double beta,
-    double base, double epsilon, std::string_view mining, bool ref_requires_grad);
+    double base, double epsilon, std::string_view mining, bool ref_requires_grad, bool allow_tf32 = false);
 
 namespace detail {
 

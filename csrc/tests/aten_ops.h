@@ -47,15 +47,16 @@ inline T7 cubs_spatial_backward(CT gy, CT x, CT wq, CT bq, CT wk, CT bk, CT wv, 
   return op<T7(CT, CT, CT, CT, CT, CT, CT, CT)>("recogfast::_cubs_spatial_backward").call(gy, x, wq, bq, wk, bk, wv, bv);
 }
 inline T4 ms_loss(CT e, CT l, OT r, OT rl, double alpha, double beta, double base, double eps, std::string_view mining,
-                  bool cache_ref_grad = false) {
-  return op<T4(CT, CT, OT, OT, double, double, double, double, std::string_view, bool)>("recogfast::ms_loss")
-      .call(e, l, r, rl, alpha, beta, base, eps, mining, cache_ref_grad);
+                  bool cache_ref_grad = false, bool allow_tf32 = false) {
+  return op<T4(CT, CT, OT, OT, double, double, double, double, std::string_view, bool, bool)>("recogfast::ms_loss")
+      .call(e, l, r, rl, alpha, beta, base, eps, mining, cache_ref_grad, allow_tf32);
 }
 inline T2 ms_loss_backward(CT g, CT e, CT l, OT r, OT rl, CT stats, CT hard_idx, CT cache, double alpha, double beta,
-                           double base, double eps, std::string_view mining, bool ref_requires_grad) {
-  return op<T2(CT, CT, CT, OT, OT, CT, CT, CT, double, double, double, double, std::string_view, bool)>(
+                           double base, double eps, std::string_view mining, bool ref_requires_grad,
+                           bool allow_tf32 = false) {
+  return op<T2(CT, CT, CT, OT, OT, CT, CT, CT, double, double, double, double, std::string_view, bool, bool)>(
              "recogfast::_ms_loss_backward")
-      .call(g, e, l, r, rl, stats, hard_idx, cache, alpha, beta, base, eps, mining, ref_requires_grad);
+      .call(g, e, l, r, rl, stats, hard_idx, cache, alpha, beta, base, eps, mining, ref_requires_grad, allow_tf32);
 }
 
 }  // namespace recogfast_aten

@@ -17,6 +17,13 @@ recomputes the tiles; dL/dS_ij is a per-pair weight computed from those statisti
 embedding gradients are sums of weights times embeddings, accumulated tile by tile. On the CPU, when the
 reference set needs no gradient (``cache_ref_grad``, set by `ms_loss`), the forward pass also gathers the
 reference set's share of the anchors' gradient so that the backward pass skips those tiles.
+
+On CUDA two paths compute the same op: on sm_80+ for bf16/fp16, and fp32 with TF32 allowed, the flash kernels
+(tensor-core tiles of S consumed in registers, csrc/ops/cuda/ms_loss_flash.cuh), elsewhere the tiles path
+(cuBLAS products, per-row kernels). ``RECOGFAST_MS_LOSS_PATH`` = auto / flash / tiles picks one;
+`recogfast.dispatch.ms_loss_path` says which a call takes. The op's last argument ``allow_tf32`` carries
+``torch.backends.cuda.matmul.allow_tf32`` to the kernel (the stable ABI cannot read torch's flag); the
+backward op gets the forward's value, so both passes take the same path.
 """
 
 from __future__ import annotations
@@ -181,8 +188,10 @@ def ms_loss(
                  and not ref_embeddings.requires_grad)
         if embeddings.device.type != "cpu" and _check_finite():
             check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining)
+        # allow_tf32: torch's flag for the CUDA kernel's fp32 flash path (the stable ABI cannot read it).
+        tf32 = embeddings.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
         return torch.ops.recogfast.ms_loss(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base,
-                                           epsilon, mining, cache)[0]
+                                           epsilon, mining, cache, tf32)[0]
     check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining)
     return ms_loss_reference(embeddings, labels, alpha, beta, base, epsilon, mining, ref_embeddings, ref_labels)
 
@@ -198,7 +207,8 @@ def caches_ref_grad(embeddings, ref_embeddings, mining, cache_ref_grad) -> bool:
                 and ref_embeddings.shape[0] > 0 and mining != "hardest")
 
 
-def _fake(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, cache_ref_grad=False):
+def _fake(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, cache_ref_grad=False,
+          allow_tf32=False):
     check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, check_values=False)
     B = embeddings.shape[0]
     acc = _opmath(embeddings.dtype)
@@ -211,7 +221,7 @@ def _fake(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, eps
 
 
 def _fake_backward(grad_loss, embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, ref_grad_cache, alpha,
-                   beta, base, epsilon, mining, ref_requires_grad):
+                   beta, base, epsilon, mining, ref_requires_grad, allow_tf32=False):
     check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining, check_values=False)
     # The kernels return contiguous gradients whatever the inputs' strides (torch.compile trusts these).
     contiguous = torch.contiguous_format
@@ -224,6 +234,7 @@ def _setup_context(ctx, inputs, output):
     embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining = inputs[:9]
     _, stats, hard_idx, cache = output
     ctx.params = (alpha, beta, base, epsilon, mining)
+    ctx.allow_tf32 = bool(inputs[10]) if len(inputs) > 10 else False  # the backward takes the forward's path
     ctx.has_ref = ref_embeddings is not None
     ctx.save_for_backward(embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, cache)
     ctx.mark_non_differentiable(stats, hard_idx, cache)
@@ -233,8 +244,9 @@ def _backward(ctx, grad_loss, _grad_stats, _grad_hard_idx, _grad_cache):
     embeddings, labels, ref_embeddings, ref_labels, stats, hard_idx, cache = ctx.saved_tensors
     ref_grad = ctx.has_ref and ctx.needs_input_grad[2]
     grad_e, grad_r = torch.ops.recogfast._ms_loss_backward(grad_loss, embeddings, labels, ref_embeddings, ref_labels,
-                                                          stats, hard_idx, cache, *ctx.params, ref_grad)
-    return grad_e, None, (grad_r if ref_grad else None), None, None, None, None, None, None, None
+                                                          stats, hard_idx, cache, *ctx.params, ref_grad,
+                                                          ctx.allow_tf32)
+    return grad_e, None, (grad_r if ref_grad else None), None, None, None, None, None, None, None, None
 
 
 def register() -> None:

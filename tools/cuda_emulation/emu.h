@@ -1,6 +1,8 @@
 // Host emulation of the CUDA features the SE, CUBS and MS-loss kernels use: one std::thread per CUDA thread, blocks run
 // one after another, __shared__ = function-static, __syncthreads = block barrier, warp shuffles through a
-// per-warp buffer and barrier. Exited threads drop out of the barriers.
+// per-warp buffer and barrier. Exited threads drop out of the barriers. The tensor-core mma.sync shapes of the
+// flash MS loss (csrc/ops/cuda/ms_loss_mma.cuh) are emulated warp-wide: every lane's fragment registers are
+// gathered, D = A·B + C is computed from the PTX ISA fragment layouts and each lane gets its own D back.
 #pragma once
 #include <barrier>
 #include <cmath>
@@ -24,6 +26,7 @@ struct EmuBlock {
   std::unique_ptr<std::barrier<>> block;
   std::vector<std::unique_ptr<std::barrier<>>> warps;
   std::vector<double> shfl;  // [threads]
+  std::vector<uint32_t> mma;  // [threads][10]: a lane's A (4), B (2) and C (4) registers
 };
 inline thread_local EmuBlock* emu_blk = nullptr;
 inline std::vector<unsigned char> emu_smem(1 << 20);
@@ -44,6 +47,70 @@ T __shfl_xor_sync(unsigned, T v, int offset) {
   return out;
 }
 
+// bf16 / fp16 / tf32 bits -> float (exact).
+inline float emu_bits_to_float(uint32_t bits) { float f; std::memcpy(&f, &bits, 4); return f; }
+inline float emu_bf16(uint16_t h) { return emu_bits_to_float(uint32_t(h) << 16); }
+inline float emu_f16(uint16_t h) {
+  const int e = (h >> 10) & 31, m = h & 1023;
+  const float v = e == 0 ? std::ldexp(float(m), -24) : e == 31 ? (m ? NAN : INFINITY) : std::ldexp(float(m | 1024), e - 25);
+  return (h & 0x8000) ? -v : v;
+}
+// cvt.rna.tf32.f32: keep 10 mantissa bits, rounding to nearest with ties away from zero (the tf32 value in an
+// fp32 register, low 13 bits zero).
+inline uint32_t emu_cvt_rna_tf32(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf / NaN unchanged
+  return (u + 0x1000u) & ~0x1fffu;
+}
+// One warp-wide mma: each lane stores its registers, waits for the warp, computes its 4 outputs from all 32
+// lanes' fragments (products exact in double, summed, then added to C and rounded to fp32 once), waits again.
+// kind: 0 bf16 m16n8k16, 1 fp16 m16n8k16, 2 tf32 m16n8k8.
+inline void emu_mma(int kind, float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x, warp = tid / 32, lane = tid % 32;
+  auto& bar = *emu_blk->warps[warp];
+  uint32_t* mine = &emu_blk->mma[size_t(tid) * 10];
+  for (int i = 0; i < 4; ++i) mine[i] = a[i];
+  mine[4] = b[0];
+  mine[5] = b[1];
+  for (int i = 0; i < 4; ++i) std::memcpy(&mine[6 + i], &c[i], 4);
+  bar.arrive_and_wait();
+  const uint32_t* w = &emu_blk->mma[size_t(warp) * 32 * 10];
+  const int K = kind == 2 ? 8 : 16;
+  // A[r][k], B[k][n] from the lanes that hold them (ms_loss_mma.cuh's layout table).
+  auto half = [&](uint32_t reg, int hi) {
+    const uint16_t h = uint16_t(hi ? reg >> 16 : reg & 0xffff);
+    return kind == 0 ? emu_bf16(h) : emu_f16(h);
+  };
+  auto A = [&](int r, int k) -> double {
+    if (kind == 2) {
+      const int ln = (r % 8) * 4 + (k % 4), reg = (r >= 8) + 2 * (k >= 4);
+      return emu_bits_to_float(w[ln * 10 + reg] & ~0x1fffu);
+    }
+    const int ln = (r % 8) * 4 + (k % 8) / 2, reg = (r >= 8) + 2 * (k >= 8);
+    return half(w[ln * 10 + reg], k % 2);
+  };
+  auto Bm = [&](int k, int n) -> double {
+    if (kind == 2) return emu_bits_to_float(w[(n * 4 + k % 4) * 10 + 4 + (k >= 4)] & ~0x1fffu);
+    return half(w[(n * 4 + (k % 8) / 2) * 10 + 4 + (k >= 8)], k % 2);
+  };
+  float out[4];
+  for (int i = 0; i < 4; ++i) {
+    const int r = lane / 4 + 8 * (i / 2), n = 2 * (lane % 4) + (i % 2);
+    double s = 0;
+    for (int k = 0; k < K; ++k) s += A(r, k) * Bm(k, n);
+    out[i] = float(double(c[i]) + s);
+  }
+  bar.arrive_and_wait();
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+inline void emu_mma_16816(bool bf16, float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  emu_mma(bf16 ? 0 : 1, d, a, b, c);
+}
+inline void emu_mma_tf32_1688(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  emu_mma(2, d, a, b, c);
+}
+
 struct EmuCfg {
   dim3 grid, block;
 };
@@ -60,6 +127,7 @@ void emu_launch(void (*kernel)(P...), EmuCfg cfg, A&&... args) {
         for (int w = 0; w < (nthreads + 31) / 32; ++w)
           blk.warps.push_back(std::make_unique<std::barrier<>>(std::min(32, nthreads - 32 * w)));
         blk.shfl.resize(nthreads);
+        blk.mma.resize(size_t(nthreads) * 10);
         std::vector<std::thread> ts;
         for (int t = 0; t < nthreads; ++t) {
           ts.emplace_back([&, t] {
@@ -88,9 +156,15 @@ typedef int cudaError_t;
 constexpr cudaError_t cudaSuccess = 0;
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
-enum { cudaDevAttrMultiProcessorCount };
+enum { cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor, cudaFuncAttributeMaxDynamicSharedMemorySize };
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
-inline cudaError_t cudaDeviceGetAttribute(int* n, int, int) { *n = 2; return cudaSuccess; }
+// 2 SMs of compute capability 9.x (the flash MS-loss path needs 8+).
+inline cudaError_t cudaDeviceGetAttribute(int* n, int attr, int) {
+  *n = attr == cudaDevAttrComputeCapabilityMajor ? 9 : 2;
+  return cudaSuccess;
+}
+template <typename F>
+cudaError_t cudaFuncSetAttribute(F, int, int) { return cudaSuccess; }
 using std::min;
 using std::max;
 using std::exp;

@@ -7,7 +7,10 @@
 # check timing, races the emulation serialises, or the fast-math ex2.approx (std::exp2 runs instead).
 # MS loss: its cuBLAS products run through at::mm on the CPU (bf16/fp16 operands as fp32 copies: the same
 # exact products and fp32 accumulation as aten::mm.dtype_out), with a tile budget of a few rows so that small
-# inputs span several tiles. `run.sh ms` runs only the MS-loss section.
+# inputs span several tiles. `run.sh ms` runs only the MS-loss section. The flash MS-loss path (ms_loss_flash.cuh)
+# runs its tensor-core tiles with emu.h's warp-wide mma emulation (the PTX fragment layouts, exact products, fp32
+# accumulation) at small tile shapes (ms_loss_flash_host.cuh) and a 2 KB backward G budget (several waves);
+# EMU_NO_FLASH=1 skips it.
 # fp32 accuracy (main.cpp run_accuracy): each emulated CUBS fp32 output's error against the float64 CPU kernel
 # must stay within 2x the fp32 CPU kernel's (tools/gpu_crosscheck.py's rule) -- in every run, on the crosscheck's
 # 14x14 channel and 28x28 spatial shapes among others; `run.sh acc` runs only that section, `run.sh acc full`
@@ -20,7 +23,7 @@ PY=${PY:-$ROOT/.venv/bin/python}
 T=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 OUT=$ROOT/build/cuda_emulation
 mkdir -p "$OUT"
-for h in common channel_gate cubs_common ms_loss_rows cubs_spatial_passes; do
+for h in common channel_gate cubs_common ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_host cubs_spatial_passes; do
   $PY transform.py "$ROOT/csrc/ops/cuda/$h.cuh" "$OUT/${h}_emu.h"
 done
 $PY transform.py "$ROOT/csrc/ops/cuda/se_gate_kernel.cu" "$OUT/se_emu.cpp" emu_se
@@ -31,17 +34,21 @@ for f in ms_emu sp_emu ch_emu se_emu; do sed -i '1a #include "bridge.h"' "$OUT/$
 cat >> "$OUT/ms_emu.cpp" <<'CPP'
 namespace recogfast {
 using namespace recogfast_emu;
+// The op's allow_tf32 argument: EMU_ALLOW_TF32=0 passes false (main.cpp checks the fp32 rule both ways).
+static bool tf32_ok() { const char* v = getenv("EMU_ALLOW_TF32"); return !(v && std::string(v) == "0"); }
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor& e, const at::Tensor& l, const std::optional<at::Tensor>& r, const std::optional<at::Tensor>& rl,
     double alpha, double beta, double base, double eps, std::string_view mining) {
-  return A(emu_ms::ms_loss_cuda(S(e), S(l), S(r), S(rl), alpha, beta, base, eps, mining, false));
+  // allow_tf32 = true: fp32 may take the flash path (TF32) when RECOGFAST_MS_LOSS_PATH asks for it
+  return A(emu_ms::ms_loss_cuda(S(e), S(l), S(r), S(rl), alpha, beta, base, eps, mining, false, tf32_ok()));
 }
 std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(
     const at::Tensor& g, const at::Tensor& e, const at::Tensor& l, const std::optional<at::Tensor>& r,
     const std::optional<at::Tensor>& rl, const at::Tensor& stats, const at::Tensor& hard_idx, double alpha,
     double beta, double base, double eps, std::string_view mining, bool ref_grad) {
   return A(emu_ms::ms_loss_backward_cuda(S(g), S(e), S(l), S(r), S(rl), S(stats), S(hard_idx),
-                                         S(at::zeros({0}, stats.options())), alpha, beta, base, eps, mining, ref_grad));
+                                         S(at::zeros({0}, stats.options())), alpha, beta, base, eps, mining, ref_grad,
+                                         tf32_ok()));
 }
 }  // namespace recogfast
 CPP
@@ -94,7 +101,7 @@ g++ $FL -c "$OUT/ch_emu.cpp" -o "$OUT/ch.o" &
 g++ $FL -c "$OUT/se_emu.cpp" -o "$OUT/se.o" &
 # A 1 KB S tile (at least 3 rows) and 64-thread blocks: several tiles and warps out of a few dozen rows.
 g++ $FL -DRECOGFAST_MS_LOSS_EMULATION -DRECOGFAST_MS_LOSS_TILE_BYTES=1024 -DRECOGFAST_MS_LOSS_MIN_TILE_ROWS=3 \
-  -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o" &
+  -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -DRECOGFAST_MS_FLASH_G_BYTES=2048 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o" &
 g++ $FL -c main.cpp -o "$OUT/main.o"
 wait
 g++ "$OUT/main.o" "$OUT/sp.o" "$OUT/ch.o" "$OUT/se.o" "$OUT/ms.o" -o "$OUT/emu_test" -Wl,--no-as-needed -L"$ROOT/build/cmake" -lrecogfast -L"$T/lib" -ltorch \

@@ -385,7 +385,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss_cpu(const Tensor& embeddings,
                                                            const std::optional<Tensor>& ref_embeddings,
                                                            const std::optional<Tensor>& ref_labels, double alpha,
                                                            double beta, double base, double epsilon,
-                                                           std::string_view mining_name, bool cache_ref_grad) {
+                                                           std::string_view mining_name, bool cache_ref_grad,
+                                                           bool /*allow_tf32: CUDA only*/) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   const int64_t B = embeddings.size(0);
@@ -426,7 +427,8 @@ std::tuple<Tensor, Tensor> ms_loss_backward_cpu(
     const Tensor& grad_loss, const Tensor& embeddings, const Tensor& labels,
     const std::optional<Tensor>& ref_embeddings, const std::optional<Tensor>& ref_labels,
     const Tensor& stats_, const Tensor& hard_idx_, const Tensor& ref_grad_cache, double alpha,
-    double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad) {
+    double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad,
+    bool /*allow_tf32: CUDA only*/) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_, ref_grad_cache);

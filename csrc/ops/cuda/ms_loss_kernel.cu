@@ -1,4 +1,6 @@
-// Multi-Similarity loss on CUDA, forward and backward, without the B x M similarity matrix: the products run
+// Multi-Similarity loss on CUDA, forward and backward, without the B x M similarity matrix. Two paths: on
+// sm_80+ for bf16/fp16 (and fp32 with TF32 allowed) the flash kernels (ms_loss_flash.cuh: S tiles on tensor cores, consumed in registers;
+// the choice is ms_loss_flash_host.cuh's use_flash), elsewhere the tiles path below. Tiles path: the products run
 // in cuBLAS (tensor cores for bf16/fp16, and for fp32 when torch allows TF32), custom kernels do only the
 // per-row reductions and the element-wise work, and the backward pass has no atomics (deterministic). This file
 // is the host side (tiles, GEMMs, launches); the kernels named below are in ms_loss_rows.cuh.
@@ -53,6 +55,7 @@
 #include <type_traits>
 
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/ms_loss_flash_host.cuh"
 #include "ops/cuda/ms_loss_rows.cuh"
 #include "ops/ms_loss.h"
 
@@ -124,14 +127,15 @@ struct Candidates {
   Tensor xs[2], xg[2];         // operands of S and of the backward product: x or x · p2
   Tensor norms, inv, p2, inv2;  // [M] acc (see ms_loss_norms_kernel)
   Tensor lab;                  // [M] int64
-  Tensor flags;                // [2] int on the device: some batch / reference row holds NaN/inf
+  Tensor flags;                // [3] int on the device: some batch / reference row holds NaN/inf; [2] a label
+                               // does not fit int32 (set by the flash path's narrowing copy)
 
   // Per-candidate factors that turn a row of an operand (the scaled copy) into its normalised row.
   const acc_t* scale_s() const { return inv2.template const_data_ptr<acc_t>(); }
   const acc_t* scale_g() const { return inv2.template const_data_ptr<acc_t>(); }
 
   Candidates(const Tensor& emb, const Tensor& labels, const std::optional<Tensor>& ref,
-             const std::optional<Tensor>& ref_labels, cudaStream_t stream) {
+             const std::optional<Tensor>& ref_labels, cudaStream_t stream, bool scaled_copy = true) {
     B = emb.size(0);
     D = emb.size(1);
     R = ref.has_value() ? ref->size(0) : 0;
@@ -143,7 +147,7 @@ struct Candidates {
     inv = empty_as(emb, {M}, acc);
     p2 = empty_as(emb, {M}, acc);
     inv2 = empty_as(emb, {M}, acc);
-    flags = zeros_as(emb, {2}, kInt);
+    flags = zeros_as(emb, {3}, kInt);
     constexpr int rows_per_block = kThreads / kWarp;
     for (int part = 0; part < 2; ++part) {
       const int64_t rows = part == 0 ? B : R, off = part == 0 ? 0 : B;
@@ -155,7 +159,7 @@ struct Candidates {
       RF_CUDA_KERNEL_LAUNCH_CHECK();
     }
     Tensor c[2];
-    for (int part = 0; part < 2; ++part) {
+    for (int part = 0; part < 2 && scaled_copy; ++part) {
       const int64_t rows = part == 0 ? B : R, off = part == 0 ? 0 : B;
       c[part] = empty_as(emb, {rows, D});
       if (rows * D == 0) continue;
@@ -191,7 +195,7 @@ Params make_params(int64_t B, int64_t M, Mining mining, double alpha, double bet
 std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss_cuda(
     const Tensor& embeddings, const Tensor& labels, const std::optional<Tensor>& ref_embeddings,
     const std::optional<Tensor>& ref_labels, double alpha, double beta, double base, double epsilon,
-    std::string_view mining_name, bool /*cache_ref_grad*/) {
+    std::string_view mining_name, bool /*cache_ref_grad*/, bool allow_tf32) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   const gpu::DeviceGuard guard(embeddings);
@@ -203,15 +207,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss_cuda(
   if (B == 0) return {zeros_as(embeddings, {}), stats, hard_idx, ref_grad_cache};
   const cudaStream_t stream = gpu::current_stream(embeddings);
   Tensor loss;
+  const bool flash = use_flash(embeddings.scalar_type(), allow_tf32);
   RF_DISPATCH_FLOATING(embeddings.scalar_type(), "ms_loss_cuda", [&] {
     using acc_t = typename Candidates<scalar_t>::acc_t;
-    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream);
+    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream, !flash);
     const int64_t R = cd.R, M = cd.M;
     const Params p = make_params(B, M, mining, alpha, beta, base, epsilon);
     const int64_t T = tile_rows(M, B, sizeof(acc_t));
-    Tensor sbuf = empty_as(embeddings, {T * M}, acc);
     Tensor per_anchor = empty_as(embeddings, {B}, acc);
-    for (int64_t i0 = 0; i0 < B; i0 += T) {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      if (flash) flash_forward<scalar_t>(cd, p, stats, hard_idx, per_anchor, stream);
+    }
+    Tensor sbuf = empty_as(embeddings, {flash ? 0 : T * M}, acc);
+    for (int64_t i0 = 0; i0 < B && !flash; i0 += T) {
       const int64_t ti = std::min(T, B - i0);
       const Tensor a = narrow(cd.xs[0], 0, i0, ti);
       Tensor se = view(narrow(sbuf, 0, 0, ti * B), {ti, B});
@@ -253,7 +261,7 @@ std::tuple<Tensor, Tensor> ms_loss_backward_cuda(
     const Tensor& grad_loss, const Tensor& embeddings, const Tensor& labels,
     const std::optional<Tensor>& ref_embeddings, const std::optional<Tensor>& ref_labels,
     const Tensor& stats_, const Tensor& hard_idx_, const Tensor& ref_grad_cache, double alpha,
-    double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad) {
+    double beta, double base, double epsilon, std::string_view mining_name, bool ref_requires_grad, bool allow_tf32) {
   const Mining mining =
       detail::check_ms_loss_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, epsilon, mining_name);
   detail::check_ms_loss_backward_args(grad_loss, embeddings, stats_, hard_idx_, ref_grad_cache);
@@ -269,11 +277,20 @@ std::tuple<Tensor, Tensor> ms_loss_backward_cuda(
   const Tensor stats = as_contiguous(to_dtype(stats_, acc));
   const Tensor hard_idx = as_contiguous(hard_idx_);
   const Tensor g = as_contiguous(to_dtype(reshape(grad_loss, {1}), acc));
+  const bool flash = use_flash(embeddings.scalar_type(), allow_tf32);
   RF_DISPATCH_FLOATING(embeddings.scalar_type(), "ms_loss_backward_cuda", [&] {
     using acc_t = typename Candidates<scalar_t>::acc_t;
-    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream);
+    const Candidates<scalar_t> cd(embeddings, labels, ref_embeddings, ref_labels, stream, !flash);
     const int64_t M = cd.M;
     const Params p = make_params(B, M, mining, alpha, beta, base, epsilon);
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      if (flash) {
+        flash_backward<scalar_t>(cd, p, stats, hard_idx, g, grad_e, ref_grad ? &grad_r : nullptr, stream);
+        nan_if_nonfinite<scalar_t>(grad_e, cd.flags, stream);
+        if (ref_grad) nan_if_nonfinite<scalar_t>(grad_r, cd.flags, stream);
+        return;
+      }
+    }
     const ScalarType acc_type = acc;
     constexpr int rows_per_block = kThreads / kWarp;
     // Anchor rows: all M candidates per row.

@@ -1,0 +1,364 @@
+// Flash Multi-Similarity loss, device side (sm_80+; issue 26): the similarity S = c cᵀ is formed tile by tile
+// on tensor cores (ms_loss_mma.cuh), consumed in registers and never written to memory. The host side (path
+// choice, launches) is ms_loss_flash_host.cuh; the rules each pass applies are ms_loss_rows.cuh's, exactly.
+//
+// Tiles (template FlashTile<BM, BN, BK, DC>): a CTA of BM / 16 warps owns BM rows; warp w owns rows
+// 16w..16w+15 and every column of the step, so each row's reductions stay inside one warp (the 4 lanes of a
+// fragment row group, merged by shuffles in a fixed order: deterministic). A column step covers BN candidates;
+// the product runs over D in BK-wide chunks staged in shared memory (zero-padded past D and past the last
+// row / column, so any B, M, D works, D = 1 included). Rows are loaded already scaled: x · p2 with p2 = 2^-e
+// (ms_loss_norms_kernel; a power of two: exact) and 0 for zero / NaN rows, so S_ij = (x'_i · x'_j) inv2_i
+// inv2_j exactly as the tiles path's scaled copy gives — but no M x D copy is made.
+// Forward pass 1 (kPass = 1): per anchor, min positive / max negative similarity with the first index on ties,
+//   excluding the anchor (ms_loss_rows_kernel sweep 1); "hardest" finishes here (stats, hard_idx, loss).
+// Forward pass 2 (kPass = 2, "ms" / "all"): the mined sums with pass 1's shifts (sweep 2's predicates, ε = 0,
+//   lone classes and empty sets included), then stats [B, 4] and the per-anchor loss.
+// Backward (one fused pass, FlashAttention-2 style): a CTA owns rows I (candidates row0 + ...) and a chunk of
+//   DC features; for each column block J it recomputes S_IJ, forms W_IJ = [row is anchor] w(row, col) +
+//   [col is anchor] w(col, row) (pair_weight, from both rows' saved stats) times the column scale inv2_col,
+//   turns it into A fragments (bf16/fp16: straight from the accumulator registers, the FA-2 layout identity;
+//   tf32: through a per-warp shared-memory row, whose A layout differs from the accumulator's) and
+//   accumulates G_I += W_IJ · x'_J. Every G row is written once by one warp: no atomics.
+// Where G lives: registers, one DC-wide chunk of features per CTA (DC / 2 fp32 registers a lane; a full
+//   512-wide row would need 256). D > DC takes ceil(D / DC) CTAs per row block, each recomputing S_IJ: for
+//   D = 512, DC = 128 that is 4 S products + 1 G product per pair instead of 2 — the price of registers-only
+//   accumulation; keeping G rows in shared memory (BM x D x 4 bytes, 128 KB at BM = 64, D = 512) is the
+//   alternative left for tuning on a GPU. Shared memory: (BM + BN)(BK + pad) + BN (DC + pad) operand
+//   elements (+ BM (BN + 4) fp32 for tf32): 27 KB for bf16 at the default tile, 69 KB tf32 (opt-in).
+// Labels: int32 (a narrowing copy); where a label does not fit int32 (flag set on the device by the copy)
+// the kernels compare the int64 labels instead — decided per CTA on the device, no host sync.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "ops/cuda/ms_loss_mma.cuh"
+#include "ops/cuda/ms_loss_rows.cuh"
+
+namespace recogfast {
+namespace {
+
+template <int BM_, int BN_, int BK_, int DC_>
+struct FlashTile {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, DC = DC_;
+  static constexpr int kWarps = BM / 16, kThreads = kWarps * kWarp, NT = BN / 8, DT = DC / 8;
+  static_assert(BM % 16 == 0 && BN % 16 == 0 && BK % 16 == 0 && DC % 8 == 0, "flash tile shape");
+};
+
+// Everything the flash kernels read about the candidates (batch rows then reference rows).
+template <typename scalar_t>
+struct FlashArgs {
+  const scalar_t* xb;        // [B, D] batch rows
+  const scalar_t* xr;        // [R, D] reference rows
+  const float* p2;           // [M] power-of-two row scale (exact)
+  const float* inv2;         // [M] 1 / |x p2| (0 for zero / non-finite rows)
+  const int* lab32;          // [M] labels narrowed to int32
+  const int64_t* lab64;      // [M] labels (used when flags[2]: some label does not fit int32)
+  const int* flags;          // [3] device flags (ms_loss_norms_kernel, the narrowing copy)
+  int64_t B, M, D;
+};
+
+// Shared-memory element of an operand: raw bf16/fp16 bits, or tf32 bits.
+template <MmaKind K>
+using flash_elem_t = std::conditional_t<K == MmaKind::kTF32, uint32_t, uint16_t>;
+
+template <MmaKind K>
+__device__ __forceinline__ flash_elem_t<K> to_elem(float v) {
+  if constexpr (K == MmaKind::kBF16) return BFloat16(v).x;
+  else if constexpr (K == MmaKind::kF16) return Half(v).x;
+  else return to_tf32(v);
+}
+
+template <MmaKind K>
+constexpr int kPad = K == MmaKind::kTF32 ? 4 : 8;  // row padding of the staged tiles, in elements
+
+// Stages rows [c0, c0 + rows) (candidate indices, valid below c_end) x features [k0, k0 + cols) into s
+// (leading dimension ld), each row scaled by p2, zero past D / c_end and for rows with inv2 = 0. A thread moves
+// V consecutive features (one 16-byte load where the row segment is whole and 16-byte aligned, else V scalar
+// loads: D not a multiple of V, an offset view, the tail), reading the row's scale once.
+template <MmaKind K, typename scalar_t>
+__device__ __forceinline__ void stage(flash_elem_t<K>* s, int ld, const FlashArgs<scalar_t>& a, int64_t c0,
+                                      int64_t c_end, int rows, int64_t k0, int cols, int tid, int nthreads) {
+  constexpr int V = 16 / sizeof(scalar_t);  // cols (BK, DC) are multiples of 8, so of V
+  const int groups = cols / V;
+  for (int e = tid; e < rows * groups; e += nthreads) {
+    const int r = e / groups, k = e % groups * V;
+    const int64_t c = c0 + r, d = k0 + k;
+    float v[V];
+    const float q = c < c_end && d < a.D ? a.p2[c] * (a.inv2[c] != 0.f) : 0.f;  // 0: a zero / NaN row, or padding
+    if (q != 0.f) {
+      const scalar_t* x = (c < a.B ? a.xb + c * a.D : a.xr + (c - a.B) * a.D) + d;
+      if (d + V <= a.D && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+        const VecT<scalar_t, V> w = *reinterpret_cast<const VecT<scalar_t, V>*>(x);
+#pragma unroll
+        for (int j = 0; j < V; ++j) v[j] = static_cast<float>(w.v[j]) * q;
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) v[j] = d + j < a.D ? static_cast<float>(x[j]) * q : 0.f;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) v[j] = 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) s[r * ld + k + j] = to_elem<K>(v[j]);
+  }
+}
+
+// acc[nt] += A (this warp's 16 rows of As) · B (the BN rows of Bs)ᵀ over BK staged features.
+template <class Cfg, MmaKind K>
+__device__ __forceinline__ void tile_product(float (&acc)[Cfg::NT][4], const flash_elem_t<K>* As,
+                                             const flash_elem_t<K>* Bs, int ld, int wrow, int g, int t) {
+  if constexpr (K == MmaKind::kTF32) {
+#pragma unroll
+    for (int kk = 0; kk < Cfg::BK; kk += 8) {
+      const uint32_t* a0 = As + (wrow + g) * ld + kk;
+      const uint32_t av[4] = {a0[t], a0[8 * ld + t], a0[t + 4], a0[8 * ld + t + 4]};
+#pragma unroll
+      for (int nt = 0; nt < Cfg::NT; ++nt) {
+        const uint32_t* b0 = Bs + (nt * 8 + g) * ld + kk;
+        const uint32_t bv[2] = {b0[t], b0[t + 4]};
+        mma_tf32_1688(acc[nt], av, bv, acc[nt]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < Cfg::BK; kk += 16) {
+      const uint16_t* a0 = As + (wrow + g) * ld + kk + 2 * t;
+      const uint32_t av[4] = {pack2(a0[0], a0[1]), pack2(a0[8 * ld], a0[8 * ld + 1]), pack2(a0[8], a0[9]),
+                              pack2(a0[8 * ld + 8], a0[8 * ld + 9])};
+#pragma unroll
+      for (int nt = 0; nt < Cfg::NT; ++nt) {
+        const uint16_t* b0 = Bs + (nt * 8 + g) * ld + kk + 2 * t;
+        const uint32_t bv[2] = {pack2(b0[0], b0[1]), pack2(b0[8], b0[9])};
+        mma_16816<K>(acc[nt], av, bv, acc[nt]);
+      }
+    }
+  }
+}
+
+// S of rows [r0, r0 + BM) (candidates, valid below r_end) against columns [j0, j0 + BN) (valid below j_end),
+// unscaled (x' · x'), in the accumulator fragments of each warp. Ends with a barrier: the staging buffers
+// are free again.
+template <class Cfg, MmaKind K, typename scalar_t>
+__device__ __forceinline__ void similarity_tile(float (&acc)[Cfg::NT][4], flash_elem_t<K>* As, flash_elem_t<K>* Bs,
+                                                const FlashArgs<scalar_t>& a, int64_t r0, int64_t r_end, int64_t j0,
+                                                int64_t j_end, int wrow, int g, int t) {
+  constexpr int ld = Cfg::BK + kPad<K>;
+#pragma unroll
+  for (int nt = 0; nt < Cfg::NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  for (int64_t k0 = 0; k0 < a.D; k0 += Cfg::BK) {
+    stage<K>(As, ld, a, r0, r_end, Cfg::BM, k0, Cfg::BK, threadIdx.x, Cfg::kThreads);
+    stage<K>(Bs, ld, a, j0, j_end, Cfg::BN, k0, Cfg::BK, threadIdx.x, Cfg::kThreads);
+    __syncthreads();
+    tile_product<Cfg, K>(acc, As, Bs, ld, wrow, g, t);
+    __syncthreads();
+  }
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ bool same_label(const FlashArgs<scalar_t>& a, bool wide, int64_t i, int64_t k) {
+  return wide ? a.lab64[i] == a.lab64[k] : a.lab32[i] == a.lab32[k];
+}
+
+// Forward pass kPass (1 or 2; see the file comment) over the B anchors; one CTA per BM anchors, all M columns.
+template <class Cfg, MmaKind K, typename scalar_t, int kPass>
+__global__ void __launch_bounds__(Cfg::kThreads)
+    ms_flash_fwd_kernel(FlashArgs<scalar_t> a, Params p, float* __restrict__ stats, int64_t* __restrict__ hard_idx,
+                        float* __restrict__ per_anchor) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  using elem_t = flash_elem_t<K>;
+  constexpr int ld = Cfg::BK + kPad<K>;
+  elem_t* As = reinterpret_cast<elem_t*>(smem_raw);
+  elem_t* Bs = As + Cfg::BM * ld;
+  const int lane = threadIdx.x % kWarp, wrow = threadIdx.x / kWarp * 16, g = lane / 4, t = lane % 4;
+  const int64_t r0 = int64_t(blockIdx.x) * Cfg::BM;
+  const bool wide = a.flags[2] != 0;
+  const float inf = INFINITY, alpha = float(p.alpha), beta = float(p.beta), base = float(p.base), eps = float(p.eps);
+  int64_t row[2];
+  float si[2], mn[2], mx[2], zp[2] = {0.f, 0.f}, zn[2] = {0.f, 0.f};
+  int64_t an[2] = {-1, -1}, ax[2] = {-1, -1};
+  #pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row[h] = r0 + wrow + g + 8 * h;
+    const bool ok = row[h] < a.B;
+    si[h] = ok ? a.inv2[row[h]] : 0.f;
+    mn[h] = kPass == 2 && ok ? stats[row[h] * 4 + 2] : inf;
+    mx[h] = kPass == 2 && ok ? stats[row[h] * 4 + 3] : -inf;
+  }
+  const bool ms = p.mining == int(Mining::kMS);
+  float acc[Cfg::NT][4];
+  for (int64_t j0 = 0; j0 < a.M; j0 += Cfg::BN) {
+    similarity_tile<Cfg, K>(acc, As, Bs, a, r0, a.B, j0, a.M, wrow, g, t);
+#pragma unroll
+    for (int nt = 0; nt < Cfg::NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e / 2;
+        const int64_t k = j0 + nt * 8 + 2 * t + (e & 1), i = row[h];
+        if (i >= a.B || k >= a.M || k == i) continue;
+        const float s = acc[nt][e] * (si[h] * a.inv2[k]);
+        const bool pos = same_label(a, wide, i, k);
+        if constexpr (kPass == 1) {  // columns arrive in increasing order: strict < / > keeps the first index
+          if (pos) {
+            if (an[h] < 0 || s < mn[h]) mn[h] = s, an[h] = k;
+          } else if (ax[h] < 0 || s > mx[h]) {
+            mx[h] = s, ax[h] = k;
+          }
+        } else if (pos) {
+          if (s - eps < (ms ? mx[h] : inf)) zp[h] += exp(-alpha * (s - mn[h]));
+        } else if (s + eps > (ms ? mn[h] : -inf)) {
+          zn[h] += exp(beta * (s - mx[h]));
+        }
+      }
+  }
+  // The 4 lanes of a row group hold the row's columns: merge them (fixed order).
+  #pragma unroll
+  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+      if constexpr (kPass == 1) {
+        const float v1 = __shfl_xor_sync(0xffffffffu, mn[h], o), v2 = __shfl_xor_sync(0xffffffffu, mx[h], o);
+        const int64_t i1 = __shfl_xor_sync(0xffffffffu, an[h], o), i2 = __shfl_xor_sync(0xffffffffu, ax[h], o);
+        arg_merge<true>(mn[h], an[h], v1, i1);
+        arg_merge<false>(mx[h], ax[h], v2, i2);
+      } else {
+        zp[h] += __shfl_xor_sync(0xffffffffu, zp[h], o);
+        zn[h] += __shfl_xor_sync(0xffffffffu, zn[h], o);
+      }
+    }
+    const int64_t i = row[h];
+    if (t != 0 || i >= a.B) continue;
+    float* st = stats + i * 4;
+    float lzp = 0, lzn = 0;
+    if constexpr (kPass == 1) {
+      if (an[h] < 0) mn[h] = inf;
+      if (ax[h] < 0) mx[h] = -inf;
+      st[2] = mn[h];
+      st[3] = mx[h];
+      if (p.mining != int(Mining::kHardest)) continue;  // pass 2 writes the rest
+      if (an[h] >= 0 && ax[h] >= 0) {
+        lzp = softplus(-alpha * (mn[h] - base));
+        lzn = softplus(beta * (mx[h] - base));
+      } else {
+        an[h] = ax[h] = -1;
+      }
+      hard_idx[i * 2] = an[h];
+      hard_idx[i * 2 + 1] = ax[h];
+    } else {
+      if (zp[h] > 0) lzp = softplus(-alpha * (mn[h] - base) + log(zp[h]));
+      if (zn[h] > 0) lzn = softplus(beta * (mx[h] - base) + log(zn[h]));
+    }
+    st[0] = lzp;
+    st[1] = lzn;
+    per_anchor[i] = lzp / alpha + lzn / beta;
+  }
+}
+
+// Backward: G[r - row_off_g, d] for rows r in [row0, row_end) (candidate indices; a wave of them) and columns
+// = candidates [0, ncols), features d of chunk blockIdx.y. G is fp32 [row_end - row0, D].
+template <class Cfg, MmaKind K, typename scalar_t>
+__global__ void __launch_bounds__(Cfg::kThreads)
+    ms_flash_bwd_kernel(FlashArgs<scalar_t> a, Params p, const float* __restrict__ stats,
+                        const int64_t* __restrict__ hard_idx, int64_t row0, int64_t row_end, int64_t ncols,
+                        float* __restrict__ G) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  using elem_t = flash_elem_t<K>;
+  constexpr int ld = Cfg::BK + kPad<K>, ldx = Cfg::DC + kPad<K>, ldw = Cfg::BN + 4;
+  elem_t* As = reinterpret_cast<elem_t*>(smem_raw);
+  elem_t* Bs = As + Cfg::BM * ld;
+  elem_t* Xs = Bs + Cfg::BN * ld;   // [BN][ldx]: the column block's features of this chunk
+  uint32_t* Ws = reinterpret_cast<uint32_t*>(Xs + Cfg::BN * ldx);  // tf32 only: [BM][ldw]
+  const int lane = threadIdx.x % kWarp, wrow = threadIdx.x / kWarp * 16, g = lane / 4, t = lane % 4;
+  const int64_t r0 = row0 + int64_t(blockIdx.x) * Cfg::BM, dc0 = int64_t(blockIdx.y) * Cfg::DC;
+  const bool wide = a.flags[2] != 0;
+  int64_t row[2];
+  float sc[2];
+  #pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row[h] = r0 + wrow + g + 8 * h;
+    sc[h] = row[h] < row_end ? a.inv2[row[h]] : 0.f;
+  }
+  float acc[Cfg::NT][4], gacc[Cfg::DT][4];
+#pragma unroll
+  for (int dn = 0; dn < Cfg::DT; ++dn) gacc[dn][0] = gacc[dn][1] = gacc[dn][2] = gacc[dn][3] = 0.f;
+  for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
+    similarity_tile<Cfg, K>(acc, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
+    stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
+    // W (times the column scale) in place of S in the accumulator registers.
+#pragma unroll
+    for (int nt = 0; nt < Cfg::NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int h = e / 2;
+        const int64_t k = j0 + nt * 8 + 2 * t + (e & 1), c = row[h];
+        float w = 0;
+        if (c < row_end && k < ncols && k != c) {
+          const float sk = a.inv2[k], s = acc[nt][e] * (sc[h] * sk);
+          const bool pos = same_label(a, wide, c, k);
+          if (c < p.B) w += pair_weight(stats, hard_idx, c, k, s, pos, p);
+          if (k < p.B) w += pair_weight(stats, hard_idx, k, c, s, pos, p);
+          w *= sk;
+        }
+        acc[nt][e] = w;
+      }
+    if constexpr (K == MmaKind::kTF32) {
+#pragma unroll
+      for (int nt = 0; nt < Cfg::NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) Ws[(wrow + g + 8 * (e / 2)) * ldw + nt * 8 + 2 * t + (e & 1)] = to_tf32(acc[nt][e]);
+    }
+    __syncthreads();  // Xs staged (and this warp's Ws rows written)
+    if constexpr (K == MmaKind::kTF32) {
+#pragma unroll
+      for (int ks = 0; ks < Cfg::BN; ks += 8) {
+        const uint32_t* w0 = Ws + (wrow + g) * ldw + ks;
+        const uint32_t av[4] = {w0[t], w0[8 * ldw + t], w0[t + 4], w0[8 * ldw + t + 4]};
+#pragma unroll
+        for (int dn = 0; dn < Cfg::DT; ++dn) {
+          const uint32_t bv[2] = {Xs[(ks + t) * ldx + dn * 8 + g], Xs[(ks + t + 4) * ldx + dn * 8 + g]};
+          mma_tf32_1688(gacc[dn], av, bv, gacc[dn]);
+        }
+      }
+    } else {
+      // The accumulator of n-tiles 2q, 2q+1 is, element for element, the A fragment of k-step q (FA-2).
+#pragma unroll
+      for (int q = 0; q < Cfg::NT / 2; ++q) {
+        const uint32_t av[4] = {pack2(to_elem<K>(acc[2 * q][0]), to_elem<K>(acc[2 * q][1])),
+                                pack2(to_elem<K>(acc[2 * q][2]), to_elem<K>(acc[2 * q][3])),
+                                pack2(to_elem<K>(acc[2 * q + 1][0]), to_elem<K>(acc[2 * q + 1][1])),
+                                pack2(to_elem<K>(acc[2 * q + 1][2]), to_elem<K>(acc[2 * q + 1][3]))};
+        const elem_t* x0 = Xs + (16 * q + 2 * t) * ldx + g;
+#pragma unroll
+        for (int dn = 0; dn < Cfg::DT; ++dn) {
+          const uint32_t bv[2] = {pack2(x0[dn * 8], x0[ldx + dn * 8]), pack2(x0[8 * ldx + dn * 8], x0[9 * ldx + dn * 8])};
+          mma_16816<K>(gacc[dn], av, bv, gacc[dn]);
+        }
+      }
+    }
+    __syncthreads();  // Xs / Ws free for the next column block
+  }
+#pragma unroll
+  for (int dn = 0; dn < Cfg::DT; ++dn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int64_t c = row[e / 2], d = dc0 + dn * 8 + 2 * t + (e & 1);
+      if (c < row_end && d < a.D) G[(c - row0) * a.D + d] = gacc[dn][e];
+    }
+}
+
+// lab32 = int32(lab); flags[2] = 1 where a label does not fit (the kernels then compare lab64).
+__global__ void ms_flash_labels_kernel(const int64_t* __restrict__ lab, int* __restrict__ lab32, int* __restrict__ flags,
+                                       int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t v = lab[i];
+    lab32[i] = static_cast<int>(v);
+    if (v != static_cast<int64_t>(static_cast<int>(v))) flags[2] = 1;  // every writer stores 1: no atomics
+  }
+}
+
+}  // namespace
+}  // namespace recogfast

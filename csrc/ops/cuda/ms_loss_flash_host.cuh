@@ -1,0 +1,213 @@
+// Host side of the flash MS loss (kernels: ms_loss_flash.cuh): which path a call takes, the tile variants and
+// the launches. Included by ms_loss_kernel.cu only (it registers the op; this header registers nothing).
+//
+// Path (mirrored by recogfast.dispatch.ms_loss_path): RECOGFAST_MS_LOSS_PATH = "auto" (default), "flash" or
+// "tiles", read on every call (one getenv) so that a test or a benchmark can switch it. The flash kernels run
+// on sm_80+ for bf16/fp16 embeddings, and for fp32 when torch allows TF32 for matmuls (TF32 m16n8k8 products):
+// the op's allow_tf32 argument, which the Python wrapper fills from torch.backends.cuda.matmul.allow_tf32
+// (the stable ABI has no call that reads torch's flag). Exact fp32 (TF32 not allowed) and fp64 keep the tiles
+// path, whose aten::mm follows the flag itself. "auto" takes flash wherever it can run, "tiles" never; "flash"
+// where it cannot run (before sm_80, fp64, fp32 without TF32) is a one-line error.
+// Labels: any integer dtype (see ms_loss_flash.cuh: int32, int64 compare on overflow).
+// Tile variant: RECOGFAST_MS_FLASH_TILE = 0 (default) BM 64 x BN 64, BK 32, DC 128 (4 warps); 1 = 128 x 64,
+// DC 128 (8 warps: half the column-tile loads per row); 2 = 64 x 64, DC 256 (half the S recomputes at D = 512,
+// twice the G registers); read once per process (each launch of the emulation re-reads it). Unmeasured: the
+// first GPU run sweeps them (tools/gpu_check.sh).
+// Extra memory: labels int32 M·4 bytes; the backward G buffer of a wave of T rows, T·D·4 bytes with
+// T·D·4 <= kFlashGBytes (8 MB); plus the O(M) norms/scales of Candidates (4 fp32 [M]) and per-anchor loss
+// [B]: at B = 16384, D = 512 about 8 MB + 0.4 MB; no M x D copy, no S tile, no W tile.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "ops/cuda/ms_loss_flash.cuh"
+
+#ifndef RECOGFAST_MS_FLASH_G_BYTES
+#define RECOGFAST_MS_FLASH_G_BYTES (int64_t(8) << 20)
+#endif
+
+namespace recogfast {
+namespace {
+
+constexpr int64_t kFlashGBytes = RECOGFAST_MS_FLASH_G_BYTES;
+#ifndef RECOGFAST_CUDA_EMULATION
+using FlashTile0 = FlashTile<64, 64, 32, 128>;
+using FlashTile1 = FlashTile<128, 64, 32, 128>;
+using FlashTile2 = FlashTile<64, 64, 32, 256>;
+#else  // small tiles: several row / column blocks, feature chunks and waves out of a few dozen rows
+using FlashTile0 = FlashTile<32, 16, 16, 16>;
+using FlashTile1 = FlashTile<16, 32, 32, 8>;
+using FlashTile2 = FlashTile<48, 16, 16, 24>;
+#endif
+
+enum class MsPath : int { kAuto = 0, kFlash = 1, kTiles = 2 };
+
+inline MsPath ms_path_env() {
+  const char* v = std::getenv("RECOGFAST_MS_LOSS_PATH");
+  const std::string s = v && *v ? v : "auto";
+  if (s == "auto") return MsPath::kAuto;
+  if (s == "flash") return MsPath::kFlash;
+  if (s == "tiles") return MsPath::kTiles;
+  throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH must be auto, flash or tiles, got '", s, "'"));
+}
+
+inline int flash_tile_variant() {
+  auto read = [] {
+    const char* v = std::getenv("RECOGFAST_MS_FLASH_TILE");
+    const std::string s = v && *v ? v : "0";
+    if (s == "0" || s == "1" || s == "2") return s[0] - '0';
+    throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_FLASH_TILE must be 0, 1 or 2, got '", s, "'"));
+  };
+#ifdef RECOGFAST_CUDA_EMULATION
+  return read();
+#else
+  static const int variant = read();
+  return variant;
+#endif
+}
+
+// Compute capability major of the current device (cached per device).
+inline int sm_major() {
+  int dev = 0;
+  RF_CUDA_CHECK(cudaGetDevice(&dev));
+  static int cache[64] = {};
+  if (dev < 64 && cache[dev]) return cache[dev];
+  int major = 0;
+  RF_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  if (dev < 64) cache[dev] = major;
+  return major;
+}
+
+// Whether this call takes the flash kernels (see the file comment); "flash" where they cannot run throws.
+inline bool use_flash(ScalarType dtype, bool allow_tf32) {
+  const MsPath path = ms_path_env();
+  if (path == MsPath::kTiles) return false;
+  const int major = sm_major();
+  const bool can = major >= 8 && (dtype == kBFloat16 || dtype == kHalf || (dtype == kFloat && allow_tf32));
+  if (path == MsPath::kFlash && !can)
+    throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "
+                                 "fp32 embeddings with TF32 allowed, got sm_", major, "x, ", dtype_str(dtype),
+                                 dtype == kFloat ? " and allow_tf32=False" : ""));
+  return can;
+}
+
+template <typename scalar_t>
+constexpr MmaKind mma_kind() {
+  return std::is_same_v<scalar_t, BFloat16> ? MmaKind::kBF16
+         : std::is_same_v<scalar_t, Half>   ? MmaKind::kF16
+                                            : MmaKind::kTF32;
+}
+
+template <class Cfg, MmaKind K>
+constexpr size_t flash_smem(bool backward) {
+  const size_t e = sizeof(flash_elem_t<K>);
+  size_t n = size_t(Cfg::BM + Cfg::BN) * (Cfg::BK + kPad<K>) * e;
+  if (backward) n += size_t(Cfg::BN) * (Cfg::DC + kPad<K>) * e + (K == MmaKind::kTF32 ? size_t(Cfg::BM) * (Cfg::BN + 4) * 4 : 0);
+  return n;
+}
+
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  if (bytes > kDefaultSmemBytes)
+    RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+// Calls f(Cfg{}) with the tile variant chosen by RECOGFAST_MS_FLASH_TILE.
+template <typename F>
+void with_flash_tile(F&& f) {
+  switch (flash_tile_variant()) {
+    case 1: return f(FlashTile1{});
+    case 2: return f(FlashTile2{});
+    default: return f(FlashTile0{});
+  }
+}
+
+// The kernels' view of the candidates; lab32 is filled here (and flags[2] raised where a label overflows).
+template <typename scalar_t, class CD>
+FlashArgs<scalar_t> flash_args(const CD& cd, Tensor& lab32, cudaStream_t stream) {
+  lab32 = empty_as(cd.x[0], {cd.M}, kInt);
+  ms_flash_labels_kernel<<<grid_for(cd.M, kThreads), kThreads, 0, stream>>>(
+      cd.lab.template const_data_ptr<int64_t>(), lab32.mutable_data_ptr<int>(), cd.flags.template mutable_data_ptr<int>(),
+      cd.M);
+  RF_CUDA_KERNEL_LAUNCH_CHECK();
+  FlashArgs<scalar_t> a{};
+  a.xb = cd.x[0].template const_data_ptr<scalar_t>();
+  a.xr = cd.R > 0 ? cd.x[1].template const_data_ptr<scalar_t>() : nullptr;
+  a.p2 = cd.p2.template const_data_ptr<float>();
+  a.inv2 = cd.inv2.template const_data_ptr<float>();
+  a.lab32 = lab32.const_data_ptr<int>();
+  a.lab64 = cd.lab.template const_data_ptr<int64_t>();
+  a.flags = cd.flags.template const_data_ptr<int>();
+  a.B = cd.B;
+  a.M = cd.M;
+  a.D = cd.D;
+  return a;
+}
+
+// Forward: stats, hard_idx (hardest) and the per-anchor loss of the B anchors.
+template <typename scalar_t, class CD>
+void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_idx, Tensor& per_anchor,
+                   cudaStream_t stream) {
+  constexpr MmaKind K = mma_kind<scalar_t>();
+  Tensor lab32;
+  const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
+  with_flash_tile([&](auto cfg) {
+    using Cfg = FlashTile<decltype(cfg)::BM, decltype(cfg)::BN, decltype(cfg)::BK, 8>;  // DC: backward only
+    const size_t smem = flash_smem<Cfg, K>(false);
+    const unsigned grid = static_cast<unsigned>(ceil_div(cd.B, Cfg::BM));
+    allow_smem(ms_flash_fwd_kernel<Cfg, K, scalar_t, 1>, smem);
+    ms_flash_fwd_kernel<Cfg, K, scalar_t, 1><<<grid, Cfg::kThreads, smem, stream>>>(
+        a, p, stats.mutable_data_ptr<float>(), hard_idx.mutable_data_ptr<int64_t>(), per_anchor.mutable_data_ptr<float>());
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
+    if (p.mining == int(Mining::kHardest)) return;
+    allow_smem(ms_flash_fwd_kernel<Cfg, K, scalar_t, 2>, smem);
+    ms_flash_fwd_kernel<Cfg, K, scalar_t, 2><<<grid, Cfg::kThreads, smem, stream>>>(
+        a, p, stats.mutable_data_ptr<float>(), hard_idx.mutable_data_ptr<int64_t>(), per_anchor.mutable_data_ptr<float>());
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// Backward: grad_e (and grad_r when given) from the saved stats; rows in waves whose G buffer stays within
+// kFlashGBytes, each wave normalised into the gradient (ms_loss_normalize_backward_kernel).
+template <typename scalar_t, class CD>
+void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Tensor& hard_idx, const Tensor& g,
+                    Tensor& grad_e, Tensor* grad_r, cudaStream_t stream) {
+  constexpr MmaKind K = mma_kind<scalar_t>();
+  Tensor lab32;
+  const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
+  const int64_t B = cd.B, R = cd.R, D = cd.D;
+  with_flash_tile([&](auto cfg) {
+    using Cfg = decltype(cfg);
+    const size_t smem = flash_smem<Cfg, K>(true);
+    allow_smem(ms_flash_bwd_kernel<Cfg, K, scalar_t>, smem);
+    const int64_t most = std::max<int64_t>(B, grad_r ? R : 0);
+    int64_t T = std::max<int64_t>(Cfg::BM, kFlashGBytes / (D * 4) / Cfg::BM * Cfg::BM);
+    T = std::min(T, ceil_div(most, Cfg::BM) * Cfg::BM);
+    Tensor G = empty_as(cd.x[0], {T, D}, kFloat);
+    constexpr int rows_per_block = kThreads / kWarp;
+    // part 0: the anchors against all M candidates; part 1: the reference rows against the B anchors.
+    for (int part = 0; part < (grad_r && R > 0 ? 2 : 1); ++part) {
+      const int64_t n = part == 0 ? B : R, off = part == 0 ? 0 : B, ncols = part == 0 ? cd.M : B;
+      Tensor& out = part == 0 ? grad_e : *grad_r;
+      for (int64_t w0 = 0; w0 < n; w0 += T) {
+        const int64_t rows = std::min(T, n - w0);
+        const dim3 grid(static_cast<unsigned>(ceil_div(rows, Cfg::BM)), static_cast<unsigned>(ceil_div(D, Cfg::DC)));
+        ms_flash_bwd_kernel<Cfg, K, scalar_t><<<grid, Cfg::kThreads, smem, stream>>>(
+            a, p, stats.const_data_ptr<float>(), hard_idx.const_data_ptr<int64_t>(), off + w0, off + w0 + rows, ncols,
+            G.mutable_data_ptr<float>());
+        RF_CUDA_KERNEL_LAUNCH_CHECK();
+        ms_loss_normalize_backward_kernel<scalar_t, float><<<ceil_div(rows, rows_per_block), kThreads, 0, stream>>>(
+            G.const_data_ptr<float>(), nullptr, cd.x[part].template const_data_ptr<scalar_t>() + w0 * D,
+            cd.norms.template const_data_ptr<float>() + off + w0, g.const_data_ptr<float>(), B,
+            out.mutable_data_ptr<scalar_t>() + w0 * D, rows, D);
+        RF_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+  });
+}
+
+}  // namespace
+}  // namespace recogfast

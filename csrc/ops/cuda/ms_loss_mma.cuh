@@ -1,0 +1,80 @@
+// Warp-level tensor-core products for the flash MS loss (ms_loss_flash.cuh): one device function per PTX
+// shape, each a single `mma.sync` in inline PTX (sm_80+). Hand-written PTX rather than CUTLASS/CuTe: the
+// flash kernels need two shapes and plain fragment loads, and the CUTLASS headers would add minutes per .cu
+// to a build that runs on 2 cores (CI's 90-minute budget), for no tile speed we could not reach by hand.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16" / "mma.m16n8k8", .tf32), per lane with
+// g = lane / 4, t = lane % 4:
+//   m16n8k16 (bf16/fp16): A 16x16 row-major in 4 regs of 2 halves: a0 (row g, cols 2t, 2t+1), a1 (row g+8,
+//     cols 2t, 2t+1), a2 (row g, cols 2t+8, 2t+9), a3 (row g+8, cols 2t+8, 2t+9); B 16x8 in 2 regs:
+//     b0 (rows k = 2t, 2t+1, col g), b1 (rows 2t+8, 2t+9, col g); the low half is the lower index.
+//   m16n8k8 (tf32): A 16x8, one value a reg: a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);
+//     B 8x8: b0 (k = t, col g), b1 (k = t+4, col g).
+//   C/D 16x8 fp32 (both): d0, d1 (row g, cols 2t, 2t+1), d2, d3 (row g+8, cols 2t, 2t+1).
+// Under RECOGFAST_CUDA_EMULATION (tools/cuda_emulation) the bodies are emu.h's warp-wide emulations, which
+// gather the 32 lanes' registers, compute D = A·B + C from exactly these layouts (bf16/fp16 products exact,
+// fp32 accumulation; tf32 operands rounded as cvt.rna.tf32.f32) and scatter D: the kernels' fragment
+// indexing is checked for real on the host.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace recogfast {
+namespace {
+
+// Operand kinds of the flash kernels: bf16 / fp16 m16n8k16, tf32 m16n8k8.
+enum class MmaKind : int { kBF16 = 0, kF16 = 1, kTF32 = 2 };
+
+#ifndef RECOGFAST_CUDA_EMULATION
+template <MmaKind K>
+__device__ __forceinline__ void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  if constexpr (K == MmaKind::kBF16) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+  }
+}
+
+__device__ __forceinline__ void mma_tf32_1688(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%11,%12,%13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+        "f"(c[3]));
+}
+
+// fp32 -> tf32 (round to nearest, ties away: cvt.rna), as the bits of a 32-bit register.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+#else
+template <MmaKind K>
+void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  emu_mma_16816(K == MmaKind::kBF16, d, a, b, c);
+}
+inline void mma_tf32_1688(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+  emu_mma_tf32_1688(d, a, b, c);
+}
+inline uint32_t to_tf32(float x) { return emu_cvt_rna_tf32(x); }
+#endif
+
+// Two 16-bit values (lo = lower index) as one 32-bit register.
+__device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
+
+}  // namespace
+}  // namespace recogfast

@@ -1,0 +1,128 @@
+"""The flash MS-loss path on CUDA (issue 26; csrc/ops/cuda/ms_loss_flash.cuh): the path rule of
+recogfast.dispatch.ms_loss_path (a CPU test), and on a GPU the flash kernels against the CPU kernel and the
+tiles path up to B = 65536, determinism, and the path chosen by RECOGFAST_MS_LOSS_PATH / allow_tf32."""
+
+import pytest
+import torch
+
+from test_ms_loss import CUDA_ONLY, MINING, m_per_class
+
+
+
+@pytest.mark.parametrize("env,cap,dtype,tf32,expect", [
+    (None, (9, 0), torch.bfloat16, False, "flash"), ("auto", (8, 0), torch.float16, False, "flash"),
+    ("auto", (9, 0), torch.float32, False, "tiles"), ("auto", (9, 0), torch.float32, True, "flash"),
+    ("auto", (9, 0), torch.float64, True, "tiles"), ("auto", (7, 5), torch.bfloat16, False, "tiles"),
+    ("auto", (7, 5), torch.float32, True, "tiles"), ("tiles", (9, 0), torch.bfloat16, False, "tiles"),
+    ("tiles", (9, 0), torch.float32, True, "tiles"), ("flash", (9, 0), torch.float32, True, "flash"),
+    ("flash", (8, 6), torch.float16, False, "flash"), ("flash", (9, 0), torch.float32, False, "error"),
+    ("flash", (7, 5), torch.bfloat16, False, "error"), ("flash", (9, 0), torch.float64, True, "error"),
+    ("bogus", (9, 0), torch.bfloat16, False, "value error"),
+])
+def test_ms_loss_path_rule_follows_the_env_var(monkeypatch, env, cap, dtype, tf32, expect):
+    """recogfast.dispatch.ms_loss_path mirrors csrc/ops/cuda/ms_loss_flash_host.cuh use_flash (CPU-only check of
+    the rule; the CUDA test below checks that the op agrees)."""
+    from recogfast import dispatch
+    if env is None:
+        monkeypatch.delenv("RECOGFAST_MS_LOSS_PATH", raising=False)
+    else:
+        monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", env)
+    assert dispatch.ms_loss_path(dtype, "cpu") == "cpu"
+    if expect == "error":
+        with pytest.raises(RuntimeError, match=r"RECOGFAST_MS_LOSS_PATH=flash needs an sm_80\+ GPU"):
+            dispatch.ms_loss_path(dtype, "cuda", capability=cap, allow_tf32=tf32)
+    elif expect == "value error":
+        with pytest.raises(ValueError, match="must be auto, flash or tiles, got 'bogus'"):
+            dispatch.ms_loss_path(dtype, "cuda", capability=cap, allow_tf32=tf32)
+    else:
+        assert dispatch.ms_loss_path(dtype, "cuda", capability=cap, allow_tf32=tf32) == expect
+
+
+def _fwd_bwd(e, labels, ref=None, ref_labels=None, mining="ms", epsilon=0.1, allow_tf32=False):
+    leaves = [e.detach().clone().requires_grad_(True)]
+    if ref is not None:
+        leaves.append(ref.detach().clone().requires_grad_(True))
+    out = torch.ops.recogfast.ms_loss(leaves[0], labels, leaves[1] if ref is not None else None, ref_labels, 2.0,
+                                      50.0, 0.5, epsilon, mining, False, allow_tf32)
+    grads = torch.autograd.grad(out[0], leaves)
+    return [out[0].detach(), out[1], out[2]] + [g.detach() for g in grads]
+
+
+def _assert_close_rel(a, b, rtol, what):
+    """max |a - b| <= rtol * max |b| over the finite values of b (equal values, infinities included, count as
+    0 error; gradients: relative to the call's largest value)."""
+    a, b = a.double().cpu(), b.double().cpu()
+    if not b.numel():
+        return
+    scale = b[b.isfinite()].abs().max().item() if b.isfinite().any() else 0.0
+    err = torch.where(a == b, torch.zeros_like(a), (a - b).abs()).max().item()
+    assert err <= rtol * (scale + 1e-6), f"{what}: err {err:.3g}, scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,D,R", [(257, 64, 0), (4099, 130, 0), (1000, 7, 333), (65536, 32, 0)])
+@pytest.mark.parametrize("mining", MINING)
+def test_cuda_flash_matches_cpu_kernel_and_tiles(device, dtype, B, D, R, mining, monkeypatch):
+    """The flash kernels (sm_80+) against the CPU kernel on the same bf16/fp16 inputs (up to B = 65536) and
+    against the tiles path: loss and stats of the forward op; hard_idx up to near-ties (the three sum S in
+    different orders: two hardest candidates within fp32 rounding may swap); the gradients of each backward op
+    given the flash forward's stats and hard_idx (so the same mining decisions), reference rows with gradient
+    included."""
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        pytest.skip("the flash path needs sm_80+")
+    if B == 65536 and mining != "ms":
+        pytest.skip("one mining mode at B = 65536 (the CPU kernel takes minutes)")
+    torch.manual_seed(B + D)
+    e = torch.randn(B, D, dtype=dtype)
+    labels = m_per_class(B, 4)
+    ref = torch.randn(R, D, dtype=dtype) if R else None
+    ref_labels = torch.randint(0, B // 4, (R,)) if R else None
+    params = (2.0, 50.0, 0.5, 0.1, mining)
+
+    def run(dev, path, saved=None):
+        monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", path)
+        mv = (lambda t: None if t is None else t.to(dev))
+        args = (mv(e), mv(labels), mv(ref), mv(ref_labels))
+        loss, stats, hard_idx, _ = torch.ops.recogfast.ms_loss(*args, *params)
+        st, hi = (stats, hard_idx) if saved is None else (mv(saved[0]), mv(saved[1]))
+        grads = torch.ops.recogfast._ms_loss_backward(torch.tensor(0.7, dtype=dtype, device=dev), *args, st, hi,
+                                                      torch.zeros(0, device=dev), *params, R > 0)
+        return loss, stats, hard_idx, grads
+
+    flash = run(device, "flash")
+    saved = (flash[1].cpu(), flash[2].cpu())
+    for name, other in (("cpu", run("cpu", "auto", saved)), ("tiles", run(device, "tiles", saved))):
+        _assert_close_rel(flash[0], other[0], 1e-2, f"loss vs {name}")
+        _assert_close_rel(flash[1], other[1], 1e-3, f"stats vs {name}")
+        same = (flash[2].cpu() == other[2].cpu()).float().mean().item()
+        assert same >= 0.999, f"hard_idx vs {name}: {same:.5f} agree"
+        for k in range(2 if R else 1):
+            _assert_close_rel(flash[3][k], other[3][k], 3e-2, f"grad {k} vs {name}")
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_cuda_flash_is_deterministic_and_selected_by_env(device, monkeypatch):
+    """Two flash runs are bitwise equal (no atomics); the env var and allow_tf32 pick the path as
+    dispatch.ms_loss_path says, and "flash" where it cannot run (fp64, fp32 without TF32) is a one-line error."""
+    from recogfast import dispatch
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        pytest.skip("the flash path needs sm_80+")
+    e = torch.randn(3000, 96, device=device, dtype=torch.bfloat16)
+    labels = m_per_class(3000, 4, device)
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "auto")
+    assert dispatch.ms_loss_path(torch.bfloat16, device) == "flash"
+    a, b = _fwd_bwd(e, labels), _fwd_bwd(e, labels)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "flash")
+    assert dispatch.ms_loss_path(torch.float32, device, allow_tf32=True) == "flash"  # TF32 products
+    f32 = _fwd_bwd(e.float(), labels, allow_tf32=True)  # bf16 values: exact in TF32, only W is rounded
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "tiles")
+    exact = _fwd_bwd(e.float(), labels)
+    _assert_close_rel(f32[0], exact[0], 1e-4, "tf32 loss")
+    _assert_close_rel(f32[3], exact[3], 3e-3, "tf32 grad")
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "flash")
+    for bad, tf32 in ((e.double(), True), (e.float(), False)):
+        with pytest.raises(RuntimeError, match=r"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80\+"):
+            _fwd_bwd(bad, labels, allow_tf32=tf32)

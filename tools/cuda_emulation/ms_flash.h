@@ -1,0 +1,142 @@
+// The flash MS-loss section of the emulation (main.cpp includes it inside its anonymous namespace, after
+// ms_cmp and the error counters it uses): the flash kernels against the CPU kernel and the tiles path.
+#pragma once
+
+// fp32 -> tf32 (cvt.rna: 10 mantissa bits, ties away), as an fp32 tensor.
+at::Tensor round_tf32(const at::Tensor& x) {
+  at::Tensor b = x.to(at::kFloat).contiguous().view(at::kInt);
+  return at::bitwise_and(b + 0x1000, ~0x1fff).view(at::kFloat);
+}
+
+// The flash path (RECOGFAST_MS_LOSS_PATH=flash: tensor-core tiles, emulated mma) against the CPU kernel and the
+// tiles path, over bf16 / fp16 / fp32 (TF32), the three tile variants (small emulation shapes), D = 1, 7, 64,
+// 130, label layouts, ε = 0, reference sets with and without gradient, several row / column blocks, feature
+// chunks and backward waves with tails. fp32 runs TF32 products: its inputs are rounded to tf32 first (the
+// rounding TF32 applies, cvt.rna) so that the CPU kernel sees the same operands and the mining decisions
+// agree; what remains is the W operand's tf32 rounding (2^-11 relative) in the gradients.
+void run_ms_flash() {
+  at::manual_seed(2);
+  const int n0 = ms_comparisons;
+  auto m_per_class = [](int64_t B, int64_t m) { return at::floor_divide(at::randperm(B), m).to(at::kLong); };
+  struct Case {
+    const char* name;
+    int64_t B, D, R;
+    at::Tensor labels, ref_labels;
+    bool ref_grad;
+    double eps;
+  };
+  std::vector<Case> cases = {
+      {"m-per-class 70x64", 70, 64, 0, m_per_class(70, 4), {}, false, 0.1},
+      {"m-per-class 37x130", 37, 130, 0, m_per_class(37, 3), {}, false, 0.1},
+      {"D=1 21x1", 21, 1, 0, at::randint(0, 3, {21}), {}, false, 0.1},
+      {"D=7 eps=0 33x7", 33, 7, 0, m_per_class(33, 4), {}, false, 0.0},
+      {"lone classes 29x16", 29, 16, 0, at::cat({at::arange(9), 100 + at::floor_divide(at::arange(20), 4)}), {}, false, 0.1},
+      {"all distinct 19x8", 19, 8, 0, at::arange(19), {}, false, 0.1},
+      {"one class 17x9", 17, 9, 0, at::zeros({17}, at::kLong), {}, false, 0.1},
+      {"B=1", 1, 4, 0, at::zeros({1}, at::kLong), {}, false, 0.1},
+      {"ref 26x20 R=35 grad", 26, 20, 35, m_per_class(26, 2), at::randint(0, 15, {35}), true, 0.1},
+      {"ref 26x20 R=35 nograd", 26, 20, 35, m_per_class(26, 2), at::randint(0, 15, {35}), false, 0.1},
+      {"ref B=1 R=5 grad eps=0", 1, 7, 5, at::zeros({1}, at::kLong), at::randint(0, 2, {5}), true, 0.0},
+      {"int64 labels beyond int32 40x12", 40, 12, 0, m_per_class(40, 4) * (int64_t(1) << 33) + 5, {}, false, 0.1},
+  };
+  const double alpha = 2, beta = 50, base = 0.5;
+  setenv("RECOGFAST_MS_LOSS_PATH", "flash", 1);
+  int variant = 0;
+  for (const auto dt : {at::kBFloat16, at::kHalf, at::kFloat}) {
+    const double rtol_l = dt == at::kFloat ? 1e-4 : 1e-2, rtol_s = dt == at::kFloat ? 1e-4 : 1e-4;
+    const double rtol_g = dt == at::kFloat ? 3e-3 : 3e-2;
+    for (const Case& c : cases) {
+      const std::string var = std::to_string(variant++ % 3);
+      setenv("RECOGFAST_MS_FLASH_TILE", var.c_str(), 1);
+      at::Tensor e = at::randn({c.B, c.D}, at::kDouble).to(dt);
+      if (dt == at::kFloat) e = round_tf32(e);
+      std::optional<at::Tensor> r, rl;
+      if (c.R > 0) {
+        at::Tensor rr = at::randn({c.R, c.D}, at::kDouble).to(dt);
+        r = dt == at::kFloat ? round_tf32(rr) : rr;
+        rl = c.ref_labels;
+      }
+      const at::Tensor gl = at::full({}, 0.7, at::TensorOptions().dtype(dt));
+      for (const char* mining : {"ms", "all", "hardest"}) {
+        const std::string tag = std::string("flash/") + var + " " + c.name + " " + c10::toString(dt) + " " + mining;
+        const auto cpu = recogfast_aten::ms_loss(e, c.labels, r, rl, alpha, beta, base, c.eps, mining, false);
+        const auto gcpu = recogfast_aten::ms_loss_backward(gl, e, c.labels, r, rl, std::get<1>(cpu), std::get<2>(cpu),
+                                                           std::get<3>(cpu), alpha, beta, base, c.eps, mining, c.ref_grad);
+        std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out[2];
+        std::tuple<at::Tensor, at::Tensor> grads[2];
+        for (int path = 0; path < 2; ++path) {  // 0 flash, 1 tiles
+          setenv("RECOGFAST_MS_LOSS_PATH", path == 0 ? "flash" : "tiles", 1);
+          out[path] = recogfast::emu_ms_loss(e, c.labels, r, rl, alpha, beta, base, c.eps, mining);
+          grads[path] = recogfast::emu_ms_loss_backward(gl, e, c.labels, r, rl, std::get<1>(out[path]),
+                                                        std::get<2>(out[path]), alpha, beta, base, c.eps, mining, c.ref_grad);
+        }
+        const double gscale = std::max(std::get<0>(gcpu).to(at::kDouble).abs().max().item<double>(),
+                                       std::get<1>(gcpu).numel() ? std::get<1>(gcpu).to(at::kDouble).abs().max().item<double>() : 0.0);
+        for (int vs = 0; vs < 2; ++vs) {  // 0: against the CPU kernel, 1: against the tiles path
+          ms_sink = vs == 0 ? flash_max_rel : flash_vs_tiles;
+          const auto& ref = vs == 0 ? cpu : out[1];
+          const auto& gref = vs == 0 ? gcpu : grads[1];
+          const std::string t = tag + (vs == 0 ? " vs cpu" : " vs tiles");
+          ms_cmp(std::get<0>(out[0]), std::get<0>(ref), "loss", t, rtol_l, dt);
+          ms_cmp(std::get<1>(out[0]), std::get<1>(ref), "stats", t, rtol_s, dt);
+          // D = 1: every similarity is exactly ±1, so "hardest" is all ties; the CUDA kernels take the first
+          // index (ms_loss_rows_kernel), the CPU kernel's symmetric tiles another one of the tied pairs: the
+          // loss and stats agree, the index (and so the gradient) is compared with the tiles path only.
+          if (vs == 0 && c.D == 1 && std::string(mining) == "hardest") continue;
+          ms_cmp(std::get<2>(out[0]), std::get<2>(ref), "hard_idx", t, 0, dt, 0);
+          ms_cmp(std::get<0>(grads[0]), std::get<0>(gref), "grad_e", t, rtol_g, dt, gscale * 1e3);
+          if (std::get<1>(gref).numel())
+            ms_cmp(std::get<1>(grads[0]), std::get<1>(gref), "grad_ref", t, rtol_g, dt, gscale * 1e3);
+          if (std::get<1>(grads[0]).sizes() != std::get<1>(gref).sizes()) {
+            ++failures;
+            std::printf("FAIL %s: gradient shapes differ\n", t.c_str());
+          }
+        }
+        ms_sink = ms_max_rel;
+        setenv("RECOGFAST_MS_LOSS_PATH", "flash", 1);
+      }
+    }
+  }
+  // NaN/inf in: NaN loss and gradients out on the flash path too.
+  {
+    at::Tensor e = at::randn({9, 5}).to(at::kBFloat16);
+    e[3][1] = std::numeric_limits<float>::infinity();
+    const at::Tensor lab = at::zeros({9}, at::kLong);
+    const auto out = recogfast::emu_ms_loss(e, lab, {}, {}, alpha, beta, base, 0.1, "ms");
+    const auto gr = recogfast::emu_ms_loss_backward(at::ones({}, at::kBFloat16), e, lab, {}, {}, std::get<1>(out),
+                                                    std::get<2>(out), alpha, beta, base, 0.1, "ms", false);
+    ++ms_comparisons;
+    if (!std::isnan(std::get<0>(out).item<double>()) || !std::get<0>(gr).isnan().all().item<bool>()) {
+      ++failures;
+      std::printf("FAIL flash ms_loss: inf in embeddings does not give NaN loss and gradients\n");
+    }
+  }
+  // fp32 without TF32 allowed (the op's allow_tf32 = False): "auto" keeps the tiles path, "flash" is an error.
+  {
+    const at::Tensor e = at::randn({6, 4}), lab = at::zeros({6}, at::kLong);
+    setenv("EMU_ALLOW_TF32", "0", 1);
+    std::string msg;
+    try {
+      recogfast::emu_ms_loss(e, lab, {}, {}, alpha, beta, base, 0.1, "ms");
+    } catch (const std::exception& ex) {
+      msg = ex.what();
+    }
+    setenv("RECOGFAST_MS_LOSS_PATH", "auto", 1);
+    const auto tiles = recogfast::emu_ms_loss(e, lab, {}, {}, alpha, beta, base, 0.1, "ms");
+    const auto cpu = recogfast_aten::ms_loss(e, lab, {}, {}, alpha, beta, base, 0.1, "ms", false);
+    ms_comparisons += 2;
+    if (msg.find("allow_tf32=False") == std::string::npos ||
+        std::abs(std::get<0>(tiles).item<double>() - std::get<0>(cpu).item<double>()) > 1e-5) {
+      ++failures;
+      std::printf("FAIL flash fp32 without TF32: error '%s' / auto path result\n", msg.c_str());
+    }
+    unsetenv("EMU_ALLOW_TF32");
+  }
+  unsetenv("RECOGFAST_MS_LOSS_PATH");
+  unsetenv("RECOGFAST_MS_FLASH_TILE");
+  std::printf("ms_loss flash: %d comparisons; worst err/scale vs the CPU kernel bf16 %.3g, fp16 %.3g, fp32-TF32 %.3g; vs the tiles "
+              "path bf16 %.3g, fp16 %.3g, fp32 (tiles exact fp32) %.3g\n",
+              ms_comparisons - n0, flash_max_rel[2], flash_max_rel[3], flash_max_rel[1], flash_vs_tiles[2], flash_vs_tiles[3],
+              flash_vs_tiles[1]);
+}
+
