@@ -17,8 +17,9 @@ allowed against the measured bf16 / TF32 GEMM rate (H100 SXM datasheet: 989 / 49
 B = 16384, D = 512: 0.82 TFLOP, a ~0.8 ms floor in bf16; the goal is <= 5 ms, 20x under PML's 100 ms).
 
 Flash path (issue 26, csrc/ops/cuda/ms_loss_flash.cuh; sm_80+): the tensor-core test runs both CUDA paths,
-chosen by RECOGFAST_MS_LOSS_PATH (`path` parameter): impl "fused" is what "auto" picks (flash, for bf16 and for
-fp32 with TF32 allowed), "fused-tiles" the cuBLAS path, each with its extra peak memory. RECOGFAST_MS_FLASH_TILE (0/1/2, read once per process) picks the tile variant: tools/gpu_check.sh
+chosen by RECOGFAST_MS_LOSS_PATH (`path` parameter): impl "fused" is the flash path (bf16, and fp32 with TF32
+allowed; what "auto" will pick once a GPU run has cross-checked it: dispatch.MS_FLASH_BY_DEFAULT), "fused-tiles" the
+cuBLAS path, each with its extra peak memory. RECOGFAST_MS_FLASH_TILE (0/1/2, read once per process) picks the tile variant: tools/gpu_check.sh
 reruns the flash cases once per variant. `test_ms_loss_flash_batch_sweep` (CUDA only) times one bf16 fwd+bwd at
 B up to 1,000,000 (the largest-batch goal) with its peak memory.
 """
@@ -140,8 +141,7 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode, path, monke
     """The fused op with tensor-core products: bf16 embeddings, or fp32 with TF32 allowed; on the flash path
     or the tiles path (RECOGFAST_MS_LOSS_PATH)."""
     monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", path)
-    auto = "flash"  # dispatch.ms_loss_path's "auto" on sm_80+ (fp32 with TF32 allowed: flash too)
-    impl = "fused" if path == auto else f"fused-{path}"
+    impl = "fused" if path == "flash" else f"fused-{path}"
     B, R = SIZES["cuda"][size]
     M = B + R
     torch.manual_seed(0)

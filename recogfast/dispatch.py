@@ -136,18 +136,25 @@ def describe(device: torch.device | str, dtype: torch.dtype = torch.float32, imp
 MS_LOSS_PATHS = ("auto", "flash", "tiles")
 
 
+# "auto" takes the flash MS-loss kernels (issue 26) only once a GPU run has cross-checked them: they have run only
+# under the host emulation. Until then it keeps the tiles path (proven on an H200); RECOGFAST_MS_LOSS_PATH=flash
+# opts in. csrc/ops/cuda/ms_loss_flash_host.cuh's kFlashByDefault is the same switch.
+MS_FLASH_BY_DEFAULT = False
+
+
 def ms_loss_path(dtype: torch.dtype, device: torch.device | str = "cuda",
                  capability: tuple[int, int] | None = None, allow_tf32: bool | None = None) -> str:
     """Which kernels a fused MS-loss call on `device` takes: "flash" (tensor-core tiles, sm_80+), "tiles"
     (cuBLAS products and per-row kernels) or, off CUDA, "cpu". The C++ rule, mirrored: flash can run on sm_80+
     for bf16/fp16, and for fp32 when TF32 is allowed (torch.backends.cuda.matmul.allow_tf32, which
     recogfast.ops.ms_loss passes to the op; TF32 products); RECOGFAST_MS_LOSS_PATH = "auto" (default) takes
-    flash wherever it can run and tiles elsewhere (exact fp32, fp64, before sm_80), "flash" forces it and
+    flash wherever it can run once MS_FLASH_BY_DEFAULT is set (until then: tiles) and tiles elsewhere (exact
+    fp32, fp64, before sm_80), "flash" forces it and
     raises where it cannot run, as the op does, "tiles" always takes the tiles path. `capability` (major,
     minor) and `allow_tf32` stand in for the device's and torch's (for a machine without a GPU)."""
     if torch.device(device).type != "cuda":
         return "cpu"
-    env = os.environ.get("RECOGFAST_MS_LOSS_PATH", "auto") or "auto"
+    env = os.environ.get("RECOGFAST_MS_LOSS_PATH", "auto") or "auto"  # "auto": flash once MS_FLASH_BY_DEFAULT
     if env not in MS_LOSS_PATHS:
         raise ValueError(f"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH must be auto, flash or tiles, got {env!r}")
     if env == "tiles":
@@ -159,4 +166,4 @@ def ms_loss_path(dtype: torch.dtype, device: torch.device | str = "cuda",
         raise RuntimeError(f"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "
                            f"fp32 embeddings with TF32 allowed, got sm_{major}x, {str(dtype).replace('torch.', '')}"
                            + (" and allow_tf32=False" if dtype == torch.float32 else ""))
-    return "flash" if can else "tiles"
+    return "flash" if can and (env == "flash" or MS_FLASH_BY_DEFAULT) else "tiles"

@@ -20,7 +20,8 @@ reference set's share of the anchors' gradient so that the backward pass skips t
 
 On CUDA two paths compute the same op: on sm_80+ for bf16/fp16, and fp32 with TF32 allowed, the flash kernels
 (tensor-core tiles of S consumed in registers, csrc/ops/cuda/ms_loss_flash.cuh), elsewhere the tiles path
-(cuBLAS products, per-row kernels). ``RECOGFAST_MS_LOSS_PATH`` = auto / flash / tiles picks one;
+(cuBLAS products, per-row kernels). ``RECOGFAST_MS_LOSS_PATH`` = auto / flash / tiles picks one ("auto" keeps the
+tiles path until a GPU run has cross-checked the flash kernels: recogfast.dispatch.MS_FLASH_BY_DEFAULT);
 `recogfast.dispatch.ms_loss_path` says which a call takes. The op's last argument ``allow_tf32`` carries
 ``torch.backends.cuda.matmul.allow_tf32`` to the kernel (the stable ABI cannot read torch's flag); the
 backward op gets the forward's value, so both passes take the same path.

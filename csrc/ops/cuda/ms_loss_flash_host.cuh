@@ -6,8 +6,11 @@
 // on sm_80+ for bf16/fp16 embeddings, and for fp32 when torch allows TF32 for matmuls (TF32 m16n8k8 products):
 // the op's allow_tf32 argument, which the Python wrapper fills from torch.backends.cuda.matmul.allow_tf32
 // (the stable ABI has no call that reads torch's flag). Exact fp32 (TF32 not allowed) and fp64 keep the tiles
-// path, whose aten::mm follows the flag itself. "auto" takes flash wherever it can run, "tiles" never; "flash"
-// where it cannot run (before sm_80, fp64, fp32 without TF32) is a one-line error.
+// path, whose aten::mm follows the flag itself. "auto" takes flash wherever it can run once kFlashByDefault is
+// true, "tiles" never; "flash" where it cannot run (before sm_80, fp64, fp32 without TF32) is a one-line error.
+// kFlashByDefault is false until a GPU run of tools/gpu_check.sh has cross-checked the flash kernels against the
+// CPU kernel (they have run only under the host emulation, whose mma follows the PTX ISA's fragment tables as
+// this code reads them): until then "auto" keeps the tiles path, proven on an H200, and "flash" opts in.
 // Labels: any integer dtype (see ms_loss_flash.cuh: int32, int64 compare on overflow).
 // Tile variant: RECOGFAST_MS_FLASH_TILE = 0 (default) BM 64 x BN 64, BK 32, DC 128 (4 warps); 1 = 128 x 64,
 // DC 128 (8 warps: half the column-tile loads per row); 2 = 64 x 64, DC 256 (half the S recomputes at D = 512,
@@ -44,6 +47,7 @@ using FlashTile2 = FlashTile<48, 16, 16, 24>;
 #endif
 
 enum class MsPath : int { kAuto = 0, kFlash = 1, kTiles = 2 };
+constexpr bool kFlashByDefault = false;  // recogfast.dispatch.MS_FLASH_BY_DEFAULT mirrors it
 
 inline MsPath ms_path_env() {
   const char* v = std::getenv("RECOGFAST_MS_LOSS_PATH");
@@ -91,7 +95,7 @@ inline bool use_flash(ScalarType dtype, bool allow_tf32) {
     throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "
                                  "fp32 embeddings with TF32 allowed, got sm_", major, "x, ", dtype_str(dtype),
                                  dtype == kFloat ? " and allow_tf32=False" : ""));
-  return can;
+  return can && (path == MsPath::kFlash || kFlashByDefault);
 }
 
 template <typename scalar_t>
