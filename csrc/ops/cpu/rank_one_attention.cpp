@@ -16,8 +16,9 @@ using simd::load;
 template <int W>
 using Simd = simd::Vec<W>;
 
+// mode 0: l and sv; 1: also sk and skv (v about vs; svc = sv); 2: skv and svc about vc.
 template <int W>
-RECOGFAST_SIMD_INLINE void row_chunk_impl(float qs, const float* k, const float* v, int64_t n, bool grad, float ks,
+RECOGFAST_SIMD_INLINE void row_chunk_impl(float qs, const float* k, const float* v, int64_t n, int mode, float ks,
                                      float vs, float vc, float* out) {
   using F = typename Simd<W>::F;
   F l = F{}, sv = F{}, sk = F{}, skv = F{}, svc = F{};
@@ -27,7 +28,11 @@ RECOGFAST_SIMD_INLINE void row_chunk_impl(float qs, const float* k, const float*
     const F e = exp2_poly<W>(dk * qs);
     l += e;
     sv += e * dv;
-    if (grad) {
+    if (mode == 1) {
+      const F ek = e * dk;
+      sk += ek;
+      skv += ek * dv;
+    } else if (mode == 2) {
       const F ek = e * dk, dvc = vj - vc;
       sk += ek;
       skv += ek * dvc;
@@ -47,7 +52,7 @@ RECOGFAST_SIMD_INLINE void row_chunk_impl(float qs, const float* k, const float*
   out[1] = tsv;
   out[2] = tsk;
   out[3] = tskv;
-  out[4] = tsvc;
+  out[4] = mode == 2 ? tsvc : tsv;
 }
 
 template <int W>
@@ -71,13 +76,13 @@ RECOGFAST_SIMD_INLINE void col_chunk_impl(float kj, float vj, const float* qs, c
   out[1] = tb;
 }
 
-using RowChunk = void (*)(float, const float*, const float*, int64_t, bool, float, float, float, float*);
+using RowChunk = void (*)(float, const float*, const float*, int64_t, int, float, float, float, float*);
 using ColChunk = void (*)(float, float, const float*, const float*, const float*, const float*, const float*,
                           int64_t, float*);
 
-void row_chunk_default(float qs, const float* k, const float* v, int64_t n, bool grad, float ks, float vs,
+void row_chunk_default(float qs, const float* k, const float* v, int64_t n, int mode, float ks, float vs,
                        float vc, float* out) {
-  row_chunk_impl<4>(qs, k, v, n, grad, ks, vs, vc, out);
+  row_chunk_impl<4>(qs, k, v, n, mode, ks, vs, vc, out);
 }
 void col_chunk_default(float kj, float vj, const float* qs, const float* kst, const float* a, const float* b,
                        const float* f, int64_t n, float* out) {
@@ -86,8 +91,8 @@ void col_chunk_default(float kj, float vj, const float* qs, const float* kst, co
 
 #if RECOGFAST_X86_DISPATCH
 RECOGFAST_TARGET_AVX2 void row_chunk_avx2(float qs, const float* k, const float* v, int64_t n,
-                                                        bool grad, float ks, float vs, float vc, float* out) {
-  row_chunk_impl<8>(qs, k, v, n, grad, ks, vs, vc, out);
+                                                        int mode, float ks, float vs, float vc, float* out) {
+  row_chunk_impl<8>(qs, k, v, n, mode, ks, vs, vc, out);
 }
 RECOGFAST_TARGET_AVX2 void col_chunk_avx2(float kj, float vj, const float* qs, const float* kst,
                                                         const float* a, const float* b, const float* f, int64_t n,
@@ -106,10 +111,11 @@ const ColChunk col_chunk = col_chunk_default;
 template <bool kGrad>
 RowSums row_sums_f32(float qi, const float* k, const float* v, int64_t L, float kstar, float vstar, float vc) {
   const float qs = qi * simd::kLog2e;  // exp(q (k - k*)) = 2^(q log2e (k - k*))
+  const int mode = !kGrad ? 0 : vc == vstar ? 1 : 2;
   RowSums r{0, 0, 0, 0, 0};
   float part[5];
   for (int64_t j0 = 0; j0 < L; j0 += kChunk) {
-    row_chunk(qs, k + j0, v + j0, std::min(kChunk, L - j0), kGrad, kstar, vstar, vc, part);
+    row_chunk(qs, k + j0, v + j0, std::min(kChunk, L - j0), mode, kstar, vstar, vc, part);
     r.l += part[0];
     r.sv += part[1];
     r.sk += part[2];
