@@ -314,6 +314,37 @@ def test_saturated_softmax_fp32_gradients_match_the_reference(device, which, sha
         assert err <= 2e-5 * scale + 2 * ref_err, f"output {i}: {err} vs the reference's {ref_err} (scale {scale})"
 
 
+# Issue 25: seeds of the 4x64x7x7 case whose fp32 grad bq (and grad wq / wk) the CPU kernel put outside this
+# bound before the fix (seed 47: grad bq 6.6e-6 from the truth against the reference's 1.0e-7 and a bound of
+# 5.0e-6; seed 54: 3.3x the bound), all inside it after.
+BIAS_GRAD_SEEDS = [30, 46, 47, 54, 109]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("seed", BIAS_GRAD_SEEDS)
+def test_spatial_fp32_gradients_within_twice_the_reference_seeded(device, fmt, seed, request):
+    """Issue 25: Block 2 fp32, every gradient within 2x the fp32 reference's error against the float64 truth
+    plus one fp32 rounding unit of the call's largest gradient. The CPU kernel formed dq_i = df_i cov_i with
+    cov = (skv - sv sk / l) / l about v* (cancelling), q, k, v and d in one serial fp32 sum over the channels and
+    the bias gradients (sums of dq, dk, dv over pixels that cancel) in fp32: grad bq was up to 84x the
+    reference's error. The CUDA kernels still take dq's moments about v* (cubs_spatial_passes.cuh) and have not
+    run this test: not strict until a GPU run measures it."""
+    if device == "cuda":
+        request.applymarker(pytest.mark.xfail(strict=False, reason="CUDA: dq's moments about v*, unmeasured (issue 25)"))
+    torch.manual_seed(seed)
+    args64 = make_args2(4, 64, 7, 7, device=device, memory_format=fmt)
+    gy64 = torch.randn_like(args64[0])
+    truth_g = fused_and_reference("spatial", args64, gy64)[1][1]
+    (_, g), (_, g_ref) = fused_and_reference("spatial", [a.float() for a in args64], gy64.float())
+    floor = torch.finfo(torch.float32).eps * max(t.abs().max().item() for t in truth_g)
+    names = ["x", "wq", "bq", "wk", "bk", "wv", "bv"]
+    for name, out, ref, truth in zip(names, g, g_ref, truth_g):
+        err = (out.double() - truth).abs().max().item()
+        ref_err = (ref.double() - truth).abs().max().item()
+        assert err <= 2 * ref_err + floor, f"grad {name}: {err:.3g} vs the reference's {ref_err:.3g} (floor {floor:.3g})"
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     B=st.integers(1, 3), C=st.integers(1, 24), H=st.integers(1, 9), W=st.integers(1, 9), N=st.integers(1, 12),

@@ -25,6 +25,7 @@ template <typename scalar_t>
 struct CubsSpatialCPU {
   using acc_t = opmath_t<scalar_t>;
   static constexpr int64_t kPixelChunk = 512;
+  static constexpr int64_t kChannelBlock = 16;  // project(): fp32 sums of 16 channels, added in double
 
   const scalar_t* x;
   int64_t B, C, P;
@@ -47,6 +48,9 @@ struct CubsSpatialCPU {
   }
 
   // qkv[0..2][b * P + p] = w{q,k,v} . x[b, :, p] + b{q,k,v}; with gy also d[b * P + p] = sum_c gy x.
+  // Each sum: fp32 partial sums of kChannelBlock channels added in double (issue 25: one serial fp32 sum
+  // over C = 64-512 channels put the rounding of q, k, v and d, and so of dq, at several times the fp32
+  // reference's, whose einsum sums in blocks; 2x128x28x28 grad bq 4.9e-5 against 2.1e-6).
   void project(const scalar_t* gy, acc_t* qkv, acc_t* d) const {
     for_chunks([&](int64_t b, int64_t p0, int64_t p1, int64_t) {
       acc_t* q = qkv + b * P;
@@ -58,51 +62,72 @@ struct CubsSpatialCPU {
       const acc_t* wk = wq + C;
       const acc_t* wv = wk + C;
       if (!channels_last) {
-        for (int64_t p = p0; p < p1; ++p) {
-          q[p] = bias[0];
-          k[p] = bias[1];
-          v[p] = bias[2];
-          if (d) d[b * P + p] = 0;
+        const int64_t n = p1 - p0;
+        double aq[kPixelChunk], ak[kPixelChunk], av[kPixelChunk], ad[kPixelChunk];
+        acc_t tq[kPixelChunk], tk[kPixelChunk], tv[kPixelChunk], td[kPixelChunk];
+        for (int64_t p = 0; p < n; ++p) aq[p] = ak[p] = av[p] = ad[p] = 0;
+        for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
+          for (int64_t p = 0; p < n; ++p) tq[p] = tk[p] = tv[p] = td[p] = 0;
+          for (int64_t c = c0; c < std::min(C, c0 + kChannelBlock); ++c) {
+            const scalar_t* xr = xb + c * P + p0;
+            const acc_t a = wq[c], e = wk[c], f = wv[c];
+#pragma omp simd
+            for (int64_t p = 0; p < n; ++p) {
+              const acc_t xv = acc_t(xr[p]);
+              tq[p] += a * xv;
+              tk[p] += e * xv;
+              tv[p] += f * xv;
+            }
+            if (d) {
+              const scalar_t* gr = gb + c * P + p0;
+#pragma omp simd
+              for (int64_t p = 0; p < n; ++p) td[p] += acc_t(gr[p]) * acc_t(xr[p]);
+            }
+          }
+#pragma omp simd
+          for (int64_t p = 0; p < n; ++p) {
+            aq[p] += double(tq[p]);
+            ak[p] += double(tk[p]);
+            av[p] += double(tv[p]);
+            ad[p] += double(td[p]);
+          }
         }
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = xb + c * P;
-          const acc_t a = wq[c], e = wk[c], f = wv[c];
-#pragma omp simd
-          for (int64_t p = p0; p < p1; ++p) {
-            const acc_t xv = acc_t(xr[p]);
-            q[p] += a * xv;
-            k[p] += e * xv;
-            v[p] += f * xv;
-          }
-          if (d) {
-            const scalar_t* gr = gb + c * P;
-            acc_t* db = d + b * P;
-#pragma omp simd
-            for (int64_t p = p0; p < p1; ++p) db[p] += acc_t(gr[p]) * acc_t(xr[p]);
-          }
+        for (int64_t p = 0; p < n; ++p) {
+          q[p0 + p] = acc_t(aq[p] + double(bias[0]));
+          k[p0 + p] = acc_t(ak[p] + double(bias[1]));
+          v[p0 + p] = acc_t(av[p] + double(bias[2]));
+          if (d) d[b * P + p0 + p] = acc_t(ad[p]);
         }
         return;
       }
       for (int64_t p = p0; p < p1; ++p) {
         const scalar_t* xr = xb + p * C;
-        acc_t sq = bias[0], sk = bias[1], sv = bias[2];
-#pragma omp simd reduction(+ : sq, sk, sv)
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t xv = acc_t(xr[c]);
-          sq += wq[c] * xv;
-          sk += wk[c] * xv;
-          sv += wv[c] * xv;
+        const scalar_t* gr = gb ? gb + p * C : nullptr;
+        double sq = 0, sk = 0, sv = 0, sd = 0;
+        for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
+          const int64_t c1 = std::min(C, c0 + kChannelBlock);
+          acc_t tq = 0, tk = 0, tv = 0;
+#pragma omp simd reduction(+ : tq, tk, tv)
+          for (int64_t c = c0; c < c1; ++c) {
+            const acc_t xv = acc_t(xr[c]);
+            tq += wq[c] * xv;
+            tk += wk[c] * xv;
+            tv += wv[c] * xv;
+          }
+          sq += double(tq);
+          sk += double(tk);
+          sv += double(tv);
+          if (d) {
+            acc_t td = 0;
+#pragma omp simd reduction(+ : td)
+            for (int64_t c = c0; c < c1; ++c) td += acc_t(gr[c]) * acc_t(xr[c]);
+            sd += double(td);
+          }
         }
-        q[p] = sq;
-        k[p] = sk;
-        v[p] = sv;
-        if (d) {
-          const scalar_t* gr = gb + p * C;
-          acc_t s = 0;
-#pragma omp simd reduction(+ : s)
-          for (int64_t c = 0; c < C; ++c) s += acc_t(gr[c]) * acc_t(xr[c]);
-          d[b * P + p] = s;
-        }
+        q[p] = acc_t(sq + double(bias[0]));
+        k[p] = acc_t(sk + double(bias[1]));
+        v[p] = acc_t(sv + double(bias[2]));
+        if (d) d[b * P + p] = acc_t(sd);
       }
     });
   }
@@ -193,12 +218,20 @@ struct CubsSpatialCPU {
     acc_t* dk = dq + BP;
     acc_t* dv = dk + BP;
     const auto kr = key_ranges(k, v);
+    // The moments of dq take v about the sample's mean (rank_one_attention.h; issue 25: about v* the
+    // cancellation of skv - sv sk / l put 4x64x7x7 fp32 grad bq at up to 84x the reference's error).
+    std::vector<acc_t> vmean(B);
+    for (int64_t b = 0; b < B; ++b) {
+      double s = 0;
+      for (int64_t p = 0; p < P; ++p) s += double(v[b * P + p]);
+      vmean[b] = acc_t(s / double(P));
+    }
     parallel_for(0, BP, cpu::grain_for(P), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / P;
         acc_t ks, vs;
         cpu::dominant(q[r], kr[b], &ks, &vs);
-        const cpu::RowSums s = cpu::row_sums<true>(q[r], k + b * P, v + b * P, P, ks, vs);
+        const cpu::RowSums s = cpu::row_sums<true>(q[r], k + b * P, v + b * P, P, ks, vs, vmean[b]);
         const double inv_l = 1.0 / s.l;
         const double f = cpu::row_value(s, vs);
         const double g = 1.0 / (1.0 + std::exp(-f));
@@ -223,17 +256,19 @@ struct CubsSpatialCPU {
       }
     });
     apply(gy, gx, gate.data(), dqkv.data());
-    // Weight gradients: per (sample, chunk) partial sums, then a fixed-order sum over tasks.
+    // Weight gradients: per (sample, chunk) partial sums, then a fixed-order sum over tasks; the bias
+    // gradients (sums of dq, dk, dv over the pixels, which cancel: sum |dq| was 470 |grad bq| in one 4x64x7x7 draw) in double.
     const int64_t tasks = B * chunks(), stride = 3 * C + 3;
     std::vector<acc_t> part(tasks * stride, acc_t(0));
+    std::vector<double> bpart(tasks * 3, 0.0);
     for_chunks([&](int64_t b, int64_t p0, int64_t p1, int64_t t) {
       acc_t* out = part.data() + t * stride;
       const scalar_t* xb = x + b * C * P;
       const acc_t* g[3] = {dq + b * P, dk + b * P, dv + b * P};
       for (int i = 0; i < 3; ++i) {
-        acc_t s = 0;
-        for (int64_t p = p0; p < p1; ++p) s += g[i][p];
-        out[3 * C + i] = s;
+        double s = 0;
+        for (int64_t p = p0; p < p1; ++p) s += double(g[i][p]);
+        bpart[t * 3 + i] = s;
       }
       if (!channels_last) {
         for (int64_t c = 0; c < C; ++c) {
@@ -268,11 +303,13 @@ struct CubsSpatialCPU {
       for (int64_t c = 0; c <= C; ++c) {
         // c == C is the bias slot
         const int64_t idx = c < C ? i * C + c : 3 * C + i;
-        acc_t s = 0;
-        for (int64_t t = 0; t < tasks; ++t) s += part[t * stride + idx];
         if (c < C) {
+          acc_t s = 0;
+          for (int64_t t = 0; t < tasks; ++t) s += part[t * stride + idx];
           gw_out[i][c] = w_t(s);
         } else {
+          double s = 0;
+          for (int64_t t = 0; t < tasks; ++t) s += bpart[t * 3 + i];
           gb_out[i][0] = w_t(s);
         }
       }

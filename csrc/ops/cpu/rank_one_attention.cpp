@@ -16,35 +16,43 @@ using simd::load;
 template <int W>
 using Simd = simd::Vec<W>;
 
+// mode 0: l and sv; 1: also sk and skv (v about vs; svc = sv); 2: skv and svc about vc.
 template <int W>
-RECOGFAST_SIMD_INLINE void row_chunk_impl(float qs, const float* k, const float* v, int64_t n, bool grad, float ks,
-                                     float vs, float* out) {
+RECOGFAST_SIMD_INLINE void row_chunk_impl(float qs, const float* k, const float* v, int64_t n, int mode, float ks,
+                                     float vs, float vc, float* out) {
   using F = typename Simd<W>::F;
-  F l = F{}, sv = F{}, sk = F{}, skv = F{};
+  F l = F{}, sv = F{}, sk = F{}, skv = F{}, svc = F{};
   int64_t j = 0;
   for (; j + W <= n; j += W) {
-    const F dk = load<W>(k + j) - ks, dv = load<W>(v + j) - vs;
+    const F dk = load<W>(k + j) - ks, vj = load<W>(v + j), dv = vj - vs;
     const F e = exp2_poly<W>(dk * qs);
     l += e;
     sv += e * dv;
-    if (grad) {
+    if (mode == 1) {
       const F ek = e * dk;
       sk += ek;
       skv += ek * dv;
+    } else if (mode == 2) {
+      const F ek = e * dk, dvc = vj - vc;
+      sk += ek;
+      skv += ek * dvc;
+      svc += e * dvc;
     }
   }
-  float tl = hsum<W>(l), tsv = hsum<W>(sv), tsk = hsum<W>(sk), tskv = hsum<W>(skv);
+  float tl = hsum<W>(l), tsv = hsum<W>(sv), tsk = hsum<W>(sk), tskv = hsum<W>(skv), tsvc = hsum<W>(svc);
   for (; j < n; ++j) {
     const float dk = k[j] - ks, dv = v[j] - vs, e = exp2_poly(dk * qs), ek = e * dk;
     tl += e;
     tsv += e * dv;
     tsk += ek;
-    tskv += ek * dv;
+    tskv += ek * (v[j] - vc);
+    tsvc += e * (v[j] - vc);
   }
   out[0] = tl;
   out[1] = tsv;
   out[2] = tsk;
   out[3] = tskv;
+  out[4] = mode == 2 ? tsvc : tsv;
 }
 
 template <int W>
@@ -68,13 +76,13 @@ RECOGFAST_SIMD_INLINE void col_chunk_impl(float kj, float vj, const float* qs, c
   out[1] = tb;
 }
 
-using RowChunk = void (*)(float, const float*, const float*, int64_t, bool, float, float, float*);
+using RowChunk = void (*)(float, const float*, const float*, int64_t, int, float, float, float, float*);
 using ColChunk = void (*)(float, float, const float*, const float*, const float*, const float*, const float*,
                           int64_t, float*);
 
-void row_chunk_default(float qs, const float* k, const float* v, int64_t n, bool grad, float ks, float vs,
-                       float* out) {
-  row_chunk_impl<4>(qs, k, v, n, grad, ks, vs, out);
+void row_chunk_default(float qs, const float* k, const float* v, int64_t n, int mode, float ks, float vs,
+                       float vc, float* out) {
+  row_chunk_impl<4>(qs, k, v, n, mode, ks, vs, vc, out);
 }
 void col_chunk_default(float kj, float vj, const float* qs, const float* kst, const float* a, const float* b,
                        const float* f, int64_t n, float* out) {
@@ -83,8 +91,8 @@ void col_chunk_default(float kj, float vj, const float* qs, const float* kst, co
 
 #if RECOGFAST_X86_DISPATCH
 RECOGFAST_TARGET_AVX2 void row_chunk_avx2(float qs, const float* k, const float* v, int64_t n,
-                                                        bool grad, float ks, float vs, float* out) {
-  row_chunk_impl<8>(qs, k, v, n, grad, ks, vs, out);
+                                                        int mode, float ks, float vs, float vc, float* out) {
+  row_chunk_impl<8>(qs, k, v, n, mode, ks, vs, vc, out);
 }
 RECOGFAST_TARGET_AVX2 void col_chunk_avx2(float kj, float vj, const float* qs, const float* kst,
                                                         const float* a, const float* b, const float* f, int64_t n,
@@ -101,22 +109,24 @@ const ColChunk col_chunk = col_chunk_default;
 }  // namespace
 
 template <bool kGrad>
-RowSums row_sums_f32(float qi, const float* k, const float* v, int64_t L, float kstar, float vstar) {
+RowSums row_sums_f32(float qi, const float* k, const float* v, int64_t L, float kstar, float vstar, float vc) {
   const float qs = qi * simd::kLog2e;  // exp(q (k - k*)) = 2^(q log2e (k - k*))
-  RowSums r{0, 0, 0, 0};
-  float part[4];
+  const int mode = !kGrad ? 0 : vc == vstar ? 1 : 2;
+  RowSums r{0, 0, 0, 0, 0};
+  float part[5];
   for (int64_t j0 = 0; j0 < L; j0 += kChunk) {
-    row_chunk(qs, k + j0, v + j0, std::min(kChunk, L - j0), kGrad, kstar, vstar, part);
+    row_chunk(qs, k + j0, v + j0, std::min(kChunk, L - j0), mode, kstar, vstar, vc, part);
     r.l += part[0];
     r.sv += part[1];
     r.sk += part[2];
     r.skv += part[3];
+    r.svc += part[4];
   }
   return r;
 }
 
-template RowSums row_sums_f32<true>(float, const float*, const float*, int64_t, float, float);
-template RowSums row_sums_f32<false>(float, const float*, const float*, int64_t, float, float);
+template RowSums row_sums_f32<true>(float, const float*, const float*, int64_t, float, float, float);
+template RowSums row_sums_f32<false>(float, const float*, const float*, int64_t, float, float, float);
 
 // qs arrives multiplied by log2(e) (exp_scale<float>(); the caller scales it once for all columns).
 void col_sums_f32(float kj, float vj, const float* qs, const float* kst, const float* a, const float* b,

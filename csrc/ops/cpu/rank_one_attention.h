@@ -12,6 +12,13 @@
 //   (row_cov; a_ij = e_ij / l_i), the factor of dq_i. The shift costs two subtractions a term and removes
 //   the cancellation of the plain formula sum e k v / l - f sum e k / l when the softmax saturates: the
 //   dominant term adds exactly 0 to sv, sk and skv (issue 13: fp32 gradients off by 2.0 at x * 100).
+//   The moments of row_cov may take v about another centre c (vc below; v* when not given):
+//   svc_i = sum_j e_ij (v_j - c), skv_i = sum_j e_ij (k_j - k*)(v_j - c), row_cov = (skv - svc sk / l) / l,
+//   while sv (and f) stay about v* (the dominant term's exact 0 for f and the column pass). Block 2's
+//   backward passes the sample's mean of v: about v*, svc sk / l is of size (f_i - v*)(E k - k*), far larger
+//   than the covariance in unsaturated rows, and the rounding of the fp32 sums came back amplified by the
+//   cancellation (issue 25, cubs_spatial_kernel.cpp); about mean(v) svc / l is small unless the row
+//   saturates, and then sk / l is.
 // Column pass (backward), per column j, with per-row factors a_i, b_i, the rows' dominant keys k*_i and
 // outputs f_i:
 //   sum_i e_ij a_i and sum_i e_ij b_i (v_j - f_i), the difference formed per pair (no cancellation of
@@ -34,18 +41,18 @@ namespace recogfast {
 namespace cpu {
 
 struct RowSums {
-  double l, sv, sk, skv;
+  double l, sv, sk, skv, svc;  // svc: sum e (v - vc), formed only with kGrad
 };
 
 // f_i = v* + sv_i / l_i.
 inline double row_value(const RowSums& s, double vstar) { return vstar + s.sv / s.l; }
 
-// sum_j a_ij k_j (v_j - f_i) = (skv - sv sk / l) / l.
-inline double row_cov(const RowSums& s) { return (s.skv - s.sv * s.sk / s.l) / s.l; }
+// sum_j a_ij k_j (v_j - f_i) = (skv - svc sk / l) / l.
+inline double row_cov(const RowSums& s) { return (s.skv - s.svc * s.sk / s.l) / s.l; }
 
-// Row pass for float. With kGrad false only l and sv are formed.
+// Row pass for float. With kGrad false only l and sv are formed. skv and svc take v about vc.
 template <bool kGrad>
-RowSums row_sums_f32(float qi, const float* k, const float* v, int64_t L, float kstar, float vstar);
+RowSums row_sums_f32(float qi, const float* k, const float* v, int64_t L, float kstar, float vstar, float vc);
 
 // Column pass: out[0] = sum_i e_ij a_i, out[1] = sum_i e_ij b_i (vj - f_i), e_ij = exp(q_i (kj - k*_i)), where
 // the array qs holds q_i * exp_scale<T>() (log2 e for float, whose loop runs on exp2; 1 for double).
@@ -58,23 +65,32 @@ void col_sums_f32(float kj, float vj, const float* qs, const float* kst, const f
                   const float* f, int64_t L, double* out);
 
 template <bool kGrad>
-inline RowSums row_sums(double qi, const double* k, const double* v, int64_t L, double kstar, double vstar) {
-  double l = 0, sv = 0, sk = 0, skv = 0;
+inline RowSums row_sums(double qi, const double* k, const double* v, int64_t L, double kstar, double vstar,
+                        double vc) {
+  double l = 0, sv = 0, sk = 0, skv = 0, svc = 0;
   for (int64_t j = 0; j < L; ++j) {
     const double dk = k[j] - kstar, e = std::exp(qi * dk), dv = v[j] - vstar;
     l += e;
     sv += e * dv;
     if (kGrad) {
+      const double dvc = v[j] - vc;
       sk += e * dk;
-      skv += e * dk * dv;
+      skv += e * dk * dvc;
+      svc += e * dvc;
     }
   }
-  return {l, sv, sk, skv};
+  return {l, sv, sk, skv, svc};
 }
 
 template <bool kGrad>
-inline RowSums row_sums(float qi, const float* k, const float* v, int64_t L, float kstar, float vstar) {
-  return row_sums_f32<kGrad>(qi, k, v, L, kstar, vstar);
+inline RowSums row_sums(float qi, const float* k, const float* v, int64_t L, float kstar, float vstar, float vc) {
+  return row_sums_f32<kGrad>(qi, k, v, L, kstar, vstar, vc);
+}
+
+// The moments of row_cov about v*.
+template <bool kGrad, typename T>
+inline RowSums row_sums(T qi, const T* k, const T* v, int64_t L, T kstar, T vstar) {
+  return row_sums<kGrad>(qi, k, v, L, kstar, vstar, vstar);
 }
 
 inline void col_sums(double kj, double vj, const double* qs, const double* kst, const double* a, const double* b,
