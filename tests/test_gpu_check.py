@@ -189,3 +189,15 @@ def test_cuda_emulation_transform_renames_each_kernel_namespace(tmp_path, kernel
                     str(ROOT / f"csrc/ops/cuda/{kernel}_kernel.cu"), str(out), "emu_x"], check=True)
     text = out.read_text()
     assert "namespace emu_x {" in text and "<<<" not in text and "TORCH_LIBRARY_IMPL" not in text
+
+
+def test_cuda_emulation_transform_rewrites_the_fused_se_header(tmp_path):
+    """se_gate_fused.cuh (RECOGFAST_SE_VARIANT=fused) reaches the emulation as a rewritten header (run.sh):
+    its launch, its dynamic shared memory and its include must all be rewritten."""
+    out = tmp_path / "se_gate_fused_emu.h"
+    subprocess.run([sys.executable, str(ROOT / "tools/cuda_emulation/transform.py"),
+                    str(ROOT / "csrc/ops/cuda/se_gate_fused.cuh"), str(out)], check=True)
+    text = out.read_text()
+    assert "<<<" not in text and "emu_launch(kernel, emu_cfg(" in text
+    assert "emu_dynamic_smem()" in text and '#include "common_emu.h"' in text
+    assert "se_gate_fused" in (ROOT / "tools/cuda_emulation/run.sh").read_text()

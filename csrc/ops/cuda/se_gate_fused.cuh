@@ -5,12 +5,14 @@
 //   backward: read x[b] and grad_y[b] once, staging grad_y (x is needed only for the sums), the MLP forward
 //             and backward, grad_x[b] = staged grad_y * gate + coef, and the per-sample vectors dz, g [C] and
 //             h, du [R] that se_gate_weight_grad_kernel (se_gate_kernel.cu) sums over the batch in a fixed
-//             order: 3|x|, two launches (split: 4 launches, 4|x|).
+//             order: 3|x|, two launches (split: 4 launches, 4|x|). Forward + backward: 5|x|, the DRAM floor of
+//             benchmarks/test_se_gate_bench.py (split: 7|x|).
 // Fits when C*HW elements plus the accumulators (fused_smem_bytes) are within the device's opt-in shared memory
 // per block (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KB on sm_90, CUDA C++ Programming Guide, "Technical
-// Specifications per Compute Capability"). bf16: 7x7x512 = 49 KB, 14x14x256 = 98 KB, 28x28x128 = 196 KB fit;
-// 56x56x64 = 392 KB does not, and keeps the split path. Only one CTA fits an SM at 28x28 (the price of one
-// read of x: its latency is hidden by kThreads threads, not by more CTAs).
+// Specifications per Compute Capability"). bf16 with R = C/16 (fused_smem_bytes, forward / backward): 7x7x512
+// 69 / 89 KB, 14x14x256 116 / 134 KB, 28x28x128 205 / 214 KB fit; 56x56x64 (392 KB of x alone) does not, and keeps
+// the split path. One CTA an SM at 28x28 and 14x14, three at 7x7 (228 KB an SM): the latency of the one read of
+// x is hidden by kThreads = 512 threads a CTA, not by more CTAs (unmeasured: the first GPU run times it).
 // Variant (read on every call, one getenv): RECOGFAST_SE_VARIANT = "auto" (default), "fused" or "split". "auto"
 // is the split path until kFusedByDefault is true -- the fused kernels have run only under the host emulation
 // (tools/cuda_emulation), never on a GPU; "fused" takes them where the sample fits, the split path elsewhere.
@@ -64,18 +66,25 @@ __device__ __forceinline__ T relu(T u) {
 __host__ __device__ inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 // NHWC sums: threads split into P pixel phases of C/V vector columns each (P = 1 when the columns alone fill the
-// block); P > 1 needs a [P, C] buffer, summed over the phases in a fixed order.
+// block); P > 1 needs a [groups, C] buffer, summed over the groups in a fixed order. When the columns divide a warp,
+// its 32 / cols phases of each column are first added by shuffles, so groups = warps (28x28x128 bf16: 16 x 128
+// floats, not 32 x 128; without it the backward's two buffers, 32 KB, would push the sample past 227 KB).
 __host__ __device__ inline int64_t nhwc_phases(int64_t C, int V, int threads) {
   const int64_t cols = C / V;
   return cols >= threads ? 1 : threads / cols;
+}
+__host__ __device__ inline bool nhwc_warp_phases(int64_t C, int V, int threads) {
+  return nhwc_phases(C, V, threads) > 1 && kWarp % (C / V) == 0;
+}
+__host__ __device__ inline int64_t nhwc_groups(int64_t C, int V, int threads) {
+  return nhwc_warp_phases(C, V, threads) ? threads / kWarp : nhwc_phases(C, V, threads);
 }
 
 // Dynamic shared memory: the staged sample (x forward, grad_y backward), then acc_t g, gate [C], u [R], redx
 // [P*C or 0], and for the backward dz, coef [C], du [R], redg [P*C or 0].
 inline int64_t fused_smem_bytes(int64_t C, int64_t HW, int64_t R, size_t elem, size_t acc, int V, bool cl,
                                 bool backward) {
-  const int64_t P = cl ? nhwc_phases(C, V, kThreads) : 1;
-  const int64_t red = P > 1 ? P * C : 0;
+  const int64_t red = cl && nhwc_phases(C, V, kThreads) > 1 ? nhwc_groups(C, V, kThreads) * C : 0;
   const int64_t accs = backward ? 4 * C + 2 * R + 2 * red : 2 * C + R + red;
   return round16(C * HW * int64_t(elem)) + accs * int64_t(acc);
 }
@@ -90,7 +99,9 @@ __global__ void __launch_bounds__(kThreads)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using Vec = gpu::VecT<scalar_t, V>;
   const int n = C * HW, nv = n / V;
-  const int P = kCL ? int(nhwc_phases(C, V, blockDim.x)) : 1, red_n = P > 1 ? P * C : 0;
+  const int P = kCL ? int(nhwc_phases(C, V, blockDim.x)) : 1;
+  const bool warp_phases = kCL && nhwc_warp_phases(C, V, blockDim.x);
+  const int groups = kCL ? int(nhwc_groups(C, V, blockDim.x)) : 1, red_n = P > 1 ? groups * C : 0;
   Vec* stage = reinterpret_cast<Vec*>(smem_raw);
   acc_t* g = reinterpret_cast<acc_t*>(smem_raw + round16(int64_t(n) * sizeof(scalar_t)));
   acc_t* gate = g + C;
@@ -154,6 +165,20 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int k = 0; k < V; ++k) sx[k] += static_cast<acc_t>(v.v[k]);
       }
+      // warp_phases: every thread is active (P * cols == blockDim.x) and lanes cv, cv + cols, ... of a warp hold
+      // one column's phases: add them (fixed xor order), lanes < cols write the warp's sums as group `warp`.
+      int grp = ph;
+      if (warp_phases) {
+        for (int off = cols; off < kWarp; off <<= 1) {
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            sx[k] += __shfl_xor_sync(0xffffffffu, sx[k], off);
+            if constexpr (kBackward) sg[k] += __shfl_xor_sync(0xffffffffu, sg[k], off);
+          }
+        }
+        grp = warp;
+        if (lane >= cols) continue;
+      }
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         const int c = cv * V + k;
@@ -161,8 +186,8 @@ __global__ void __launch_bounds__(kThreads)
           g[c] = sx[k] * inv_hw;
           if constexpr (kBackward) dz[c] = sg[k];
         } else {
-          redx[ph * C + c] = sx[k];
-          if constexpr (kBackward) redg[ph * C + c] = sg[k];
+          redx[grp * C + c] = sx[k];
+          if constexpr (kBackward) redg[grp * C + c] = sg[k];
         }
       }
     }
@@ -170,9 +195,9 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
       for (int c = tid; c < C; c += nthreads) {
         acc_t sx = 0, sg = 0;
-        for (int ph = 0; ph < P; ++ph) {
-          sx += redx[ph * C + c];
-          if constexpr (kBackward) sg += redg[ph * C + c];
+        for (int q = 0; q < groups; ++q) {
+          sx += redx[q * C + c];
+          if constexpr (kBackward) sg += redg[q * C + c];
         }
         g[c] = sx * inv_hw;
         if constexpr (kBackward) dz[c] = sg;
