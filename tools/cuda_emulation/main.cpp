@@ -22,6 +22,7 @@ recogfast_aten::T9 emu_cubs_channel_backward(const at::Tensor&, const at::Tensor
 at::Tensor emu_se_gate(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 recogfast_aten::T5 emu_se_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, const at::Tensor&);
+int emu_se_fused_launches();  // se_gate_fused.cuh's launches so far
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
     double, double, double, std::string_view);
@@ -118,6 +119,7 @@ void run_se_fused() {
       std::snprintf(tag, sizeof tag, "se fused B=%ld C=%ld %ldx%ld %s %s%s (%s)", s.B, s.C, s.H, s.W,
                     s.cl ? "NHWC" : "NCHW", c10::toString(s.dt), mixed ? " w=f32" : "", s.what);
       const double rtol = s.dt == at::kDouble ? 1e-10 : (s.dt == at::kFloat ? 1e-5 : 2e-2);
+      const int launches = recogfast::emu_se_fused_launches();
       const at::Tensor y = recogfast::emu_se_gate(x, u[0], u[1], u[2], u[3]);
       const at::Tensor yc = recogfast_aten::se_gate(x, u[0], u[1], u[2], u[3]);
       cmp(y, yc, "y", tag, rtol);
@@ -138,12 +140,18 @@ void run_se_fused() {
       }
       track(std::get<0>(ge), std::get<0>(gc), s.dt);
       n += 6;
+      if (recogfast::emu_se_fused_launches() != launches + 2) {  // forward and backward took the fused kernels
+        ++failures;
+        std::printf("FAIL %s: the fused kernels did not run (%d launches)\n", tag,
+                    recogfast::emu_se_fused_launches() - launches);
+      }
     }
   }
   std::printf("se fused: %d comparisons; worst y/gx err/scale fp64 %.3g, fp32 %.3g, bf16 %.3g, fp16 %.3g\n", n,
               worst[0], worst[1], worst[2], worst[3]);
   // A sample over the opt-in limit (EMU_SMEM_OPTIN = 1 KB) takes the split path, still right.
   setenv("EMU_SMEM_OPTIN", "1024", 1);
+  const int before_fallback = recogfast::emu_se_fused_launches();
   {
     at::Tensor x = at::randn({2, 16, 6, 6}, at::kFloat).contiguous(at::MemoryFormat::ChannelsLast), gy = at::randn_like(x);
     at::Tensor u[4] = {at::randn({4, 16}) * 0.4, at::randn({4}), at::randn({16, 4}) * 0.5, at::randn({16})};
@@ -151,6 +159,10 @@ void run_se_fused() {
         "se fused -> split (over the opt-in)", 1e-5);
     cmp_tuple(recogfast::emu_se_gate_backward(gy, x, u[0], u[1], u[2], u[3]),
               recogfast_aten::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]), "se fused -> split (over the opt-in)", 1e-4);
+  }
+  if (recogfast::emu_se_fused_launches() != before_fallback) {
+    ++failures;
+    std::printf("FAIL se: a sample over the opt-in shared memory took the fused kernels\n");
   }
   unsetenv("EMU_SMEM_OPTIN");
   setenv("RECOGFAST_SE_VARIANT", "fast", 1);

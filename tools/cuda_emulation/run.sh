@@ -94,6 +94,7 @@ recogfast_aten::T5 emu_se_gate_backward(const at::Tensor& gy, const at::Tensor& 
                                         const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
   return A(emu_se::se_gate_backward_cuda(S(gy), S(x), S(a), S(b), S(c), S(d)));
 }
+int emu_se_fused_launches() { return se_fused::emu_launches; }
 }  // namespace recogfast
 CPP
 # EMU_SERIAL=1 compiles one file at a time (a shared 2-core machine), else the four kernel files in parallel.

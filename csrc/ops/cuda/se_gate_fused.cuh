@@ -266,6 +266,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+#ifdef RECOGFAST_CUDA_EMULATION
+inline int emu_launches = 0;  // fused launches so far: the emulation checks that its fused cases took this path
+#endif
+
 // Opt-in dynamic shared memory per block of the current device (cached per device).
 inline int64_t smem_optin() {
   int dev = 0;
@@ -308,6 +312,9 @@ bool launch(const scalar_t* x, const scalar_t* gy, scalar_t* out, const w_t* w1,
   else if (vec) go(std::integral_constant<int, kVec>{}, F{});
   else if (cl) go(std::integral_constant<int, 1>{}, T{});
   else go(std::integral_constant<int, 1>{}, F{});
+#ifdef RECOGFAST_CUDA_EMULATION
+  ++emu_launches;
+#endif
   return true;
 }
 
