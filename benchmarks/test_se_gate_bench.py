@@ -7,6 +7,11 @@ Floor: the DRAM traffic no implementation can avoid once x exceeds the caches â€
 writes y (2|x|); forward+backward adds reading x and grad_y and writing grad_x (5|x| in all) â€” over the
 measured copy bandwidth. The fused kernels move 3|x| forward and 7|x| forward+backward on the GPU
 (pool, then scale, re-reading x), and close to the floor on the CPU when a sample fits in the cache.
+
+CUDA kernel variant (RECOGFAST_SE_VARIANT, set per case): impl "fused" is the split path (today's default,
+"auto"), impl "fused_1cta" the opt-in one-CTA-a-sample kernels (csrc/ops/cuda/se_gate_fused.cuh: 2|x| forward,
+3|x| backward where a sample fits in shared memory; 56x56x64 bf16 does not and runs the split path there too).
+On the CPU the variant changes nothing (one kernel), so "fused_1cta" is a CUDA-only case.
 """
 
 import pytest
@@ -19,12 +24,13 @@ from recogfast.ops import se_gate_reference
 STAGES = {"cpu": [(4, 64, 56), (4, 128, 28), (4, 256, 14), (4, 512, 7)],
           "cuda": [(256, 64, 56), (256, 128, 28), (256, 256, 14), (256, 512, 7)]}
 DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
-IMPLS = ["fused", "reference", *COMPILE_MODES]
+IMPLS = ["fused", "fused_1cta", "reference", *COMPILE_MODES]
+VARIANT = {"fused": "split", "fused_1cta": "fused"}  # RECOGFAST_SE_VARIANT per fused impl
 _compiled = {}
 
 
 def _fn(impl, key):
-    if impl == "fused":
+    if impl in VARIANT:
         return torch.ops.recogfast.se_gate
     if impl == "reference":
         return se_gate_reference
@@ -50,7 +56,12 @@ def _inputs(device, B, C, H, grad):
 @pytest.mark.parametrize("stage", range(4), ids=["56", "28", "14", "7"])
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-def test_se_gate(benchmark, device, stage, impl, mode):
+def test_se_gate(benchmark, device, stage, impl, mode, monkeypatch):
+    if impl == "fused_1cta" and device == "cpu":
+        pytest.skip("RECOGFAST_SE_VARIANT picks a CUDA kernel; the CPU has one")
+    if impl in VARIANT:
+        monkeypatch.setenv("RECOGFAST_SE_VARIANT", VARIANT[impl])
+        benchmark.extra_info["se_variant"] = VARIANT[impl]
     B, C, H = STAGES[device][stage]
     fn = _fn(impl, (device, stage, mode))
     args = _inputs(device, B, C, H, grad=mode != "fwd")

@@ -24,15 +24,15 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
     status = {s["step"]: s["status"] for s in summary["steps"]}
     assert summary["mode"] == "rehearsal"
     assert status == {"env": "ok", "build": "ok", "tests": "ok", "crosscheck": "ok", "memcheck": "skipped",
-                      "racecheck": "skipped", "bench": "ok", "graphs": "skipped", "flash": "skipped", "profile": "ok",
+                      "racecheck": "skipped", "bench": "ok", "se_fused": "skipped", "graphs": "skipped", "flash": "skipped", "profile": "ok",
                       "compiled": "skipped", "ncu": "skipped", "maxautotune": "skipped"}, status
     notes = {s["step"]: s["note"] for s in summary["steps"]}
     # The flash MS-loss step (tile variants, batch sweep) skips here, but its selection names CUDA benchmarks.
     assert int(notes["flash"].split("no GPU: ")[1].split()[0]) >= 5, notes["flash"]
     # The torch.compile peers skip on the CPU, but their -k selections must name CUDA benchmarks.
-    for step in ("compiled", "maxautotune", "graphs"):
+    for step in ("compiled", "maxautotune", "graphs", "se_fused"):
         n = int(notes[step].split("no GPU: ")[1].split()[0])
-        assert n >= {"compiled": 10, "maxautotune": 5, "graphs": 16}[step], notes[step]
+        assert n >= {"compiled": 10, "maxautotune": 5, "graphs": 16, "se_fused": 8}[step], notes[step]
     assert summary["crosscheck"]["summary"]["comparisons"] > 100
     assert summary["crosscheck"]["summary"]["failed"] == 0
     # The benchmark records come from the JSON lines, written as each benchmark finished.
@@ -189,3 +189,15 @@ def test_cuda_emulation_transform_renames_each_kernel_namespace(tmp_path, kernel
                     str(ROOT / f"csrc/ops/cuda/{kernel}_kernel.cu"), str(out), "emu_x"], check=True)
     text = out.read_text()
     assert "namespace emu_x {" in text and "<<<" not in text and "TORCH_LIBRARY_IMPL" not in text
+
+
+def test_cuda_emulation_transform_rewrites_the_fused_se_header(tmp_path):
+    """se_gate_fused.cuh (RECOGFAST_SE_VARIANT=fused) reaches the emulation as a rewritten header (run.sh):
+    its launch, its dynamic shared memory and its include must all be rewritten."""
+    out = tmp_path / "se_gate_fused_emu.h"
+    subprocess.run([sys.executable, str(ROOT / "tools/cuda_emulation/transform.py"),
+                    str(ROOT / "csrc/ops/cuda/se_gate_fused.cuh"), str(out)], check=True)
+    text = out.read_text()
+    assert "<<<" not in text and "emu_launch(kernel, emu_cfg(" in text
+    assert "emu_dynamic_smem()" in text and '#include "common_emu.h"' in text
+    assert "se_gate_fused" in (ROOT / "tools/cuda_emulation/run.sh").read_text()

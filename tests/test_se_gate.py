@@ -328,3 +328,67 @@ def test_auto_uses_fused_kernel_on_cpu(monkeypatch):
     assert dispatch.use_fused("se_gate", "auto", x)
     assert dispatch.describe("cpu", torch.bfloat16) == "fused (cpu kernel)"
     assert not dispatch.use_fused("se_gate", "reference", x)
+
+
+# RECOGFAST_SE_VARIANT (csrc/ops/cuda/se_gate_fused.cuh): "fused" runs one CTA a sample where it fits in shared
+# memory, "split"/"auto" today's passes. The benchmark's headline C and H (benchmarks/test_se_gate_bench.py,
+# B = 256 there; B = 16 here so the float64 CPU truth stays quick), both layouts, bf16, fp32 and mixed weights.
+SE_HEADLINE = [(16, 64, 56), (16, 128, 28), (16, 256, 14), (16, 512, 7)]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+def _variant_fwd_bwd(monkeypatch, variant, args, gy):
+    """y and every gradient of one fwd+bwd under RECOGFAST_SE_VARIANT=variant, on fresh leaves (no
+    accumulation from an earlier call: the gradients are reset)."""
+    monkeypatch.setenv("RECOGFAST_SE_VARIANT", variant)
+    leaves = [a.detach().clone().requires_grad_(True) for a in args]
+    y = torch.ops.recogfast.se_gate(*leaves)
+    return [y.detach(), *torch.autograd.grad(y, leaves, gy)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", SE_HEADLINE, ids=["56", "28", "14", "7"])
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32", "bf16-w32"])
+def test_cuda_fused_variant_matches_split_and_cpu(monkeypatch, shape, fmt, dtype):
+    """The one-CTA kernels against the split kernels and the CPU kernel: every output within the split
+    kernel's error against the float64 CPU truth (2x plus one rounding unit of the scale)."""
+    B, C, H = shape
+    torch.manual_seed(0)
+    args64 = make_args(B, C, H, H, max(1, C // 16), memory_format=fmt)
+    gy64 = torch.randn_like(args64[0])
+    xdt = torch.float32 if dtype == "fp32" else torch.bfloat16
+    wdt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    args = [args64[0].to(xdt).cuda()] + [a.to(wdt).cuda() for a in args64[1:]]
+    gy = gy64.to(xdt).cuda()
+    # The truth: the CPU kernel in float64 on the rounded inputs.
+    truth = _variant_fwd_bwd(monkeypatch, "split", [a.cpu().double() for a in args], gy.cpu().double())
+    split = _variant_fwd_bwd(monkeypatch, "split", args, gy)
+    fused = _variant_fwd_bwd(monkeypatch, "fused", args, gy)
+    for name, f, s, t in zip(("y", "grad x", "grad w1", "grad b1", "grad w2", "grad b2"), fused, split, truth):
+        assert f.dtype == s.dtype and f.shape == s.shape, name
+        scale = t.abs().max().item()
+        err, split_err = ((o.cpu().double() - t).abs().max().item() for o in (f, s))
+        eps = torch.finfo(f.dtype).eps
+        assert err <= 2 * split_err + eps * scale, f"{name} {shape} {dtype}: fused {err} vs split {split_err}"
+
+
+@needs_cuda
+def test_cuda_se_variant_auto_is_split_and_fused_is_deterministic(monkeypatch):
+    """Until a GPU run has cross-checked the fused kernels, "auto" is the split path (bit for bit); the fused
+    kernels sum in a fixed order (two calls agree bit for bit)."""
+    args = make_args(8, 256, 14, 14, 16, dtype=torch.bfloat16, device="cuda", memory_format=torch.channels_last)
+    gy = torch.randn_like(args[0])
+    auto, split = (_variant_fwd_bwd(monkeypatch, v, args, gy) for v in ("auto", "split"))
+    first, second = (_variant_fwd_bwd(monkeypatch, "fused", args, gy) for _ in range(2))
+    for a, s, f1, f2 in zip(auto, split, first, second):
+        assert torch.equal(a, s) and torch.equal(f1, f2)
+
+
+@needs_cuda
+def test_cuda_se_variant_bad_value_is_one_line(monkeypatch):
+    monkeypatch.setenv("RECOGFAST_SE_VARIANT", "fast")
+    x, w1, b1, w2, b2 = make_args(2, 8, 3, 3, 2, dtype=torch.float32, device="cuda")
+    with pytest.raises(RuntimeError, match="RECOGFAST_SE_VARIANT must be auto, fused or split, got 'fast'") as e:
+        torch.ops.recogfast.se_gate(x, w1, b1, w2, b2)
+    assert "\n" not in str(e.value)

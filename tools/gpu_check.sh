@@ -10,7 +10,7 @@
 # MAX_JOBS=16 for sm_90) · tests (pytest -k cuda, without the learning test) · crosscheck (CUDA vs CPU
 # kernels: tools/gpu_crosscheck.py) · memcheck and racecheck (compute-sanitizer on a small crosscheck) ·
 # bench (the headline shapes, fused vs eager reference, each timed by synced wall clock, CUDA events and
-# CUDA-graph replay, with floors and ratios) · graphs (the engine's training step, eager vs `recogfast train
+# CUDA-graph replay, with floors and ratios) · se_fused (SE's split and one-CTA variants) · graphs (the engine's training step, eager vs `recogfast train
 # --cuda-graphs`, plain ResNet-18 and the three CUBS placements, 64×64 B=256 and 224×224 B=64) · profile
 # (tools/gpu_profile.py: kernel tables, launches per fwd+bwd) · compiled (torch.compile default mode of the
 # references: the peer column) · ncu (Nsight Compute on the key kernels; "not permitted" in one line where
@@ -140,7 +140,7 @@ else
 fi
 
 # 6. the headline benchmark shapes (benchmarks/RESULTS.md), each with its floor and ratio, three timings
-SE="test_se_gate and (fused or reference)"
+SE="test_se_gate and (fused or reference) and not fused_1cta"
 CUBS="(test_cubs and fwd+bwd and (stage0 or stage4) and (fused or reference))"
 TRAIN="test_resnet18_train_step"
 MS="(test_ms_loss_fwd_bwd and (size2 or size3 or size4))"
@@ -183,6 +183,11 @@ else
     $PY -m pytest benchmarks $BENCH_ARGS -k 'test_se_gate and cpu and fused and fwd and not bwd and 7' \
       --benchmark-json='$OUT/logs/bench.json'"
 fi
+
+# 6a. SE's opt-in CUDA variant (RECOGFAST_SE_VARIANT=fused, one CTA a sample; impl fused_1cta) at 56², 28², 14², 7²
+# bf16 B=256, fwd and fwd+bwd: the split variant (impl fused, today's path) ran in the headline step above.
+bench_step se_fused 90 "SE one-CTA variant (RECOGFAST_SE_VARIANT=fused)" "cuda and test_se_gate and fused_1cta" \
+  benchmarks/test_se_gate_bench.py
 
 # 6b. the engine's training step: eager against the captured step of `recogfast train --cuda-graphs`
 bench_step graphs 150 "engine train-step benchmarks (eager and --cuda-graphs)" "cuda and test_engine_train_step" \

@@ -1,6 +1,6 @@
 // Runs the CUDA kernels of the SE, CUBS and MS-loss ops under host emulation and compares with the CPU ops
 // (SE and CUBS also mixed: float32 weights with a bf16 / fp16 x).
-// `emu_test ms` runs only the MS-loss section.
+// `emu_test ms` runs only the MS-loss section, `emu_test se` only the fused-SE section (run_se_fused).
 #include <ATen/ATen.h>
 #include <cmath>
 #include <cstdio>
@@ -22,6 +22,7 @@ recogfast_aten::T9 emu_cubs_channel_backward(const at::Tensor&, const at::Tensor
 at::Tensor emu_se_gate(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 recogfast_aten::T5 emu_se_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, const at::Tensor&);
+int emu_se_fused_launches();  // se_gate_fused.cuh's launches so far
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
     double, double, double, std::string_view);
@@ -76,6 +77,106 @@ void ms_cmp(const at::Tensor& a_, const at::Tensor& b_, const char* what, const 
   if (!ok) ++failures;
   if (!ok || getenv("EMU_VERBOSE"))
     std::printf("%s %-52s %-9s err %.3g scale %.3g\n", ok ? "ok  " : "FAIL", tag.c_str(), what, err, scale);
+}
+
+// SE, RECOGFAST_SE_VARIANT=fused (se_gate_fused.cuh, 64 threads a CTA under the emulation): forward and backward
+// against the CPU kernel over NCHW / NHWC, the 16-byte-vector and scalar paths (V = 16 / element size when it
+// divides HW (NCHW) or C (NHWC), else 1), NHWC with several pixel phases (P > 1) and with channels wrapping the
+// block (P = 1), odd C and HW, R = 1, B = 1; 16-bit x also with fp32 weights. Then the fallback (a sample over the
+// opt-in shared memory: EMU_SMEM_OPTIN) and the bad variant name.
+void run_se_fused() {
+  setenv("RECOGFAST_SE_VARIANT", "fused", 1);
+  at::manual_seed(5);
+  double worst[4] = {0, 0, 0, 0};  // max err / scale per dtype: fp64, fp32, bf16, fp16
+  int n = 0;
+  auto track = [&](const at::Tensor& a, const at::Tensor& b, at::ScalarType dt) {
+    const double err = (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+    const double scale = std::max(b.to(at::kDouble).abs().max().item<double>(), 1e-30);
+    worst[dtype_slot(dt)] = std::max(worst[dtype_slot(dt)], err / scale);
+  };
+  struct S { int64_t B, C, H, W; bool cl; at::ScalarType dt; const char* what; };
+  const std::vector<S> cases = {
+      {1, 3, 1, 1, false, at::kDouble, "C=3 HW=1 R=1 B=1"},     {1, 3, 1, 1, true, at::kFloat, "C=3 HW=1 NHWC"},
+      {3, 17, 7, 7, true, at::kFloat, "odd C, P=3 phases"},       {2, 17, 5, 9, false, at::kFloat, "odd C and HW"},
+      {2, 16, 7, 7, true, at::kBFloat16, "V=8, P=32"},            {2, 16, 4, 4, false, at::kBFloat16, "NCHW V=8"},
+      {3, 17, 5, 9, true, at::kHalf, "V=1 odd"},                  {2, 8, 6, 6, false, at::kHalf, "NCHW V=1"},
+      {2, 64, 7, 7, true, at::kFloat, "V=4 P=4"},                 {1, 80, 3, 3, true, at::kDouble, "V=2 P=1"},
+      {2, 130, 2, 2, true, at::kFloat, "V=1, C wraps the block"}, {2, 24, 4, 4, false, at::kDouble, "NCHW V=2"},
+      {2, 16, 5, 9, true, at::kDouble, "5x9 NHWC"},               {4, 24, 7, 7, false, at::kBFloat16, "7x7 B=4"},
+      {2, 40, 3, 5, true, at::kHalf, "V=8 P=12"}};
+  for (const S& s : cases) {
+    at::Tensor x = at::randn({s.B, s.C, s.H, s.W}, at::TensorOptions().dtype(s.dt));
+    if (s.cl) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor gy = at::randn_like(x);
+    const bool half = s.dt == at::kBFloat16 || s.dt == at::kHalf;
+    for (const bool mixed : half ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+      const auto ow = at::TensorOptions().dtype(mixed ? at::kFloat : s.dt);
+      const int64_t R = std::max<int64_t>(1, s.C / 4);
+      const double sc = 1.5 / std::sqrt(double(s.C));
+      at::Tensor u[4] = {at::randn({R, s.C}, ow) * sc, at::randn({R}, ow) * 0.3,
+                         at::randn({s.C, R}, ow) / std::sqrt(double(R)), at::randn({s.C}, ow) * 0.3};
+      char tag[112];
+      std::snprintf(tag, sizeof tag, "se fused B=%ld C=%ld %ldx%ld %s %s%s (%s)", s.B, s.C, s.H, s.W,
+                    s.cl ? "NHWC" : "NCHW", c10::toString(s.dt), mixed ? " w=f32" : "", s.what);
+      const double rtol = s.dt == at::kDouble ? 1e-10 : (s.dt == at::kFloat ? 1e-5 : 2e-2);
+      const int launches = recogfast::emu_se_fused_launches();
+      const at::Tensor y = recogfast::emu_se_gate(x, u[0], u[1], u[2], u[3]);
+      const at::Tensor yc = recogfast_aten::se_gate(x, u[0], u[1], u[2], u[3]);
+      cmp(y, yc, "y", tag, rtol);
+      track(y, yc, s.dt);
+      const auto ge = recogfast::emu_se_gate_backward(gy, x, u[0], u[1], u[2], u[3]);
+      const auto gc = recogfast_aten::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]);
+      cmp_tuple(ge, gc, tag, rtol * 10);
+      if (mixed) {  // the weight gradients float32, within the fp32 rule (as the split cases above)
+        const at::Tensor we[4] = {std::get<1>(ge), std::get<2>(ge), std::get<3>(ge), std::get<4>(ge)};
+        const at::Tensor wc[4] = {std::get<1>(gc), std::get<2>(gc), std::get<3>(gc), std::get<4>(gc)};
+        for (int i = 0; i < 4; ++i) {
+          if (we[i].scalar_type() != at::kFloat) {
+            ++failures;
+            std::printf("FAIL %s: weight gradient %d is not float32\n", tag, i + 1);
+          }
+          cmp(we[i], wc[i], "gw f32", tag, 1e-4);
+        }
+      }
+      track(std::get<0>(ge), std::get<0>(gc), s.dt);
+      n += 6;
+      if (recogfast::emu_se_fused_launches() != launches + 2) {  // forward and backward took the fused kernels
+        ++failures;
+        std::printf("FAIL %s: the fused kernels did not run (%d launches)\n", tag,
+                    recogfast::emu_se_fused_launches() - launches);
+      }
+    }
+  }
+  std::printf("se fused: %d comparisons; worst y/gx err/scale fp64 %.3g, fp32 %.3g, bf16 %.3g, fp16 %.3g\n", n,
+              worst[0], worst[1], worst[2], worst[3]);
+  // A sample over the opt-in limit (EMU_SMEM_OPTIN = 1 KB) takes the split path, still right.
+  setenv("EMU_SMEM_OPTIN", "1024", 1);
+  const int before_fallback = recogfast::emu_se_fused_launches();
+  {
+    at::Tensor x = at::randn({2, 16, 6, 6}, at::kFloat).contiguous(at::MemoryFormat::ChannelsLast), gy = at::randn_like(x);
+    at::Tensor u[4] = {at::randn({4, 16}) * 0.4, at::randn({4}), at::randn({16, 4}) * 0.5, at::randn({16})};
+    cmp(recogfast::emu_se_gate(x, u[0], u[1], u[2], u[3]), recogfast_aten::se_gate(x, u[0], u[1], u[2], u[3]), "y",
+        "se fused -> split (over the opt-in)", 1e-5);
+    cmp_tuple(recogfast::emu_se_gate_backward(gy, x, u[0], u[1], u[2], u[3]),
+              recogfast_aten::se_gate_backward(gy, x, u[0], u[1], u[2], u[3]), "se fused -> split (over the opt-in)", 1e-4);
+  }
+  if (recogfast::emu_se_fused_launches() != before_fallback) {
+    ++failures;
+    std::printf("FAIL se: a sample over the opt-in shared memory took the fused kernels\n");
+  }
+  unsetenv("EMU_SMEM_OPTIN");
+  setenv("RECOGFAST_SE_VARIANT", "fast", 1);
+  try {
+    recogfast::emu_se_gate(at::randn({1, 4, 2, 2}), at::randn({1, 4}), at::randn({1}), at::randn({4, 1}), at::randn({4}));
+    ++failures;
+    std::printf("FAIL se: RECOGFAST_SE_VARIANT=fast was accepted\n");
+  } catch (const std::exception& e) {
+    const std::string m = e.what();
+    const bool ok = m.find('\n') == std::string::npos && m.find("RECOGFAST_SE_VARIANT must be auto, fused or split, got 'fast'") != std::string::npos;
+    if (!ok) ++failures;
+    std::printf("%s se bad variant: %s\n", ok ? "ok  " : "FAIL", m.c_str());
+  }
+  unsetenv("RECOGFAST_SE_VARIANT");
 }
 
 #include "ms_flash.h"  // run_ms_flash
@@ -280,6 +381,11 @@ void run_accuracy(bool full) {
 }  // namespace
 int main(int argc, char** argv) {
   const bool only_ms = argc > 1 && std::string(argv[1]) == "ms";
+  if (argc > 1 && std::string(argv[1]) == "se") {
+    run_se_fused();
+    std::printf("%s\n", failures ? "FAILURES" : "emulated fused SE matches the CPU kernel");
+    return failures != 0;
+  }
   if (argc > 1 && std::string(argv[1]) == "acc") {
     run_accuracy(argc > 2 && std::string(argv[2]) == "full");
     std::printf("%s\n", failures ? "FAILURES" : "emulated CUDA fp32 errors within 2x the CPU kernels'");
@@ -349,6 +455,7 @@ int main(int argc, char** argv) {
     }
   }
   }
+  if (!only_ms) run_se_fused();
   if (!only_ms) run_accuracy(false);
   run_ms_loss();
   std::printf("%s\n", failures ? "FAILURES" : "all emulated CUDA results match the CPU kernels");

@@ -7,7 +7,8 @@
 # check timing, races the emulation serialises, or the fast-math ex2.approx (std::exp2 runs instead).
 # MS loss: its cuBLAS products run through at::mm on the CPU (bf16/fp16 operands as fp32 copies: the same
 # exact products and fp32 accumulation as aten::mm.dtype_out), with a tile budget of a few rows so that small
-# inputs span several tiles. `run.sh ms` runs only the MS-loss section. The flash MS-loss path (ms_loss_flash.cuh)
+# inputs span several tiles. `run.sh ms` runs only the MS-loss section; `run.sh se` only the fused SE kernels
+# (RECOGFAST_SE_VARIANT=fused, se_gate_fused.cuh), which the full run also checks. The flash MS-loss path (ms_loss_flash.cuh)
 # runs its tensor-core tiles with emu.h's warp-wide mma emulation (the PTX fragment layouts, exact products, fp32
 # accumulation) at small tile shapes (ms_loss_flash_host.cuh) and a 2 KB backward G budget (several waves);
 # EMU_NO_FLASH=1 skips it.
@@ -23,7 +24,7 @@ PY=${PY:-$ROOT/.venv/bin/python}
 T=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 OUT=$ROOT/build/cuda_emulation
 mkdir -p "$OUT"
-for h in common channel_gate cubs_common ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_host cubs_spatial_passes; do
+for h in common channel_gate se_gate_fused cubs_common ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_host cubs_spatial_passes; do
   $PY transform.py "$ROOT/csrc/ops/cuda/$h.cuh" "$OUT/${h}_emu.h"
 done
 $PY transform.py "$ROOT/csrc/ops/cuda/se_gate_kernel.cu" "$OUT/se_emu.cpp" emu_se
@@ -93,15 +94,18 @@ recogfast_aten::T5 emu_se_gate_backward(const at::Tensor& gy, const at::Tensor& 
                                         const at::Tensor& b, const at::Tensor& c, const at::Tensor& d) {
   return A(emu_se::se_gate_backward_cuda(S(gy), S(x), S(a), S(b), S(c), S(d)));
 }
+int emu_se_fused_launches() { return se_fused::emu_launches; }
 }  // namespace recogfast
 CPP
+# EMU_SERIAL=1 compiles one file at a time (a shared 2-core machine), else the four kernel files in parallel.
+bg() { if [ -n "${EMU_SERIAL:-}" ]; then "$@"; else "$@" & fi; }
 FL="-std=c++20 -O1 -Wno-attributes -DRECOGFAST_CUDA_EMULATION -I$ROOT/csrc -I$PWD -I$OUT -I$T/include -I$T/include/torch/csrc/api/include"
-g++ $FL -c "$OUT/sp_emu.cpp" -o "$OUT/sp.o" &
-g++ $FL -c "$OUT/ch_emu.cpp" -o "$OUT/ch.o" &
-g++ $FL -c "$OUT/se_emu.cpp" -o "$OUT/se.o" &
+bg g++ $FL -c "$OUT/sp_emu.cpp" -o "$OUT/sp.o"
+bg g++ $FL -c "$OUT/ch_emu.cpp" -o "$OUT/ch.o"
+bg g++ $FL -c "$OUT/se_emu.cpp" -o "$OUT/se.o"
 # A 1 KB S tile (at least 3 rows) and 64-thread blocks: several tiles and warps out of a few dozen rows.
-g++ $FL -DRECOGFAST_MS_LOSS_EMULATION -DRECOGFAST_MS_LOSS_TILE_BYTES=1024 -DRECOGFAST_MS_LOSS_MIN_TILE_ROWS=3 \
-  -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -DRECOGFAST_MS_FLASH_G_BYTES=2048 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o" &
+bg g++ $FL -DRECOGFAST_MS_LOSS_EMULATION -DRECOGFAST_MS_LOSS_TILE_BYTES=1024 -DRECOGFAST_MS_LOSS_MIN_TILE_ROWS=3 \
+  -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -DRECOGFAST_MS_FLASH_G_BYTES=2048 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o"
 g++ $FL -c main.cpp -o "$OUT/main.o"
 wait
 g++ "$OUT/main.o" "$OUT/sp.o" "$OUT/ch.o" "$OUT/se.o" "$OUT/ms.o" -o "$OUT/emu_test" -Wl,--no-as-needed -L"$ROOT/build/cmake" -lrecogfast -L"$T/lib" -ltorch \

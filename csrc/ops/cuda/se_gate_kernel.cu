@@ -12,12 +12,15 @@
 // The weights are w_t: x's type, or float for a 16-bit x (mixed: fp32 parameters under autocast, read without a
 // cast). The MLP and weight-gradient kernels see only the weights and acc_t, so a mixed call runs the fp32
 // instantiations of those and the 16-bit ones of the streaming passes: no kernel is compiled for the mix.
+// RECOGFAST_SE_VARIANT=fused (opt-in, se_gate_fused.cuh): forward in one launch a sample and backward in two
+// wherever a sample fits in shared memory; "auto" (default) and "split" run the passes above.
 
 #include <algorithm>
 #include <cstdint>
 
 #include "ops/cuda/channel_gate.cuh"
 #include "ops/cuda/common.cuh"
+#include "ops/cuda/se_gate_fused.cuh"
 #include "ops/se_gate.h"
 
 namespace recogfast {
@@ -169,9 +172,15 @@ Tensor se_gate_cuda(const Tensor& x_, const Tensor& w1, const Tensor& b1, const 
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = a.R;
   const cudaStream_t stream = gpu::current_stream(x_);
   const ScalarType acc_type = acc_dtype(x.scalar_type());
+  const bool fused = se_fused::se_variant_env() == se_fused::SeVariant::kFused;
 
   RF_DISPATCH_GATE(x.scalar_type(), a.w1.scalar_type(), "se_gate_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
+    if (fused && se_fused::launch<scalar_t, w_t, acc_t, false>(
+                     x.const_data_ptr<scalar_t>(), nullptr, y.mutable_data_ptr<scalar_t>(), a.w1.const_data_ptr<w_t>(),
+                     a.b1.const_data_ptr<w_t>(), a.w2.const_data_ptr<w_t>(), a.b2.const_data_ptr<w_t>(), B, C, HW, R,
+                     cl, nullptr, nullptr, nullptr, nullptr, stream))
+      return;
     int64_t per_chunk = 0;
     const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
     Tensor partial = empty_as(x, {chunks * B * C}, acc_type);
@@ -206,13 +215,12 @@ detail::SEGateGrads se_gate_backward_cuda(const Tensor& grad_y, const Tensor& x_
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = a.R;
   const cudaStream_t stream = gpu::current_stream(x_);
   const ScalarType acc_type = acc_dtype(x.scalar_type());
+  const bool fused = se_fused::se_variant_env() == se_fused::SeVariant::kFused;
 
   RF_DISPATCH_GATE(x.scalar_type(), a.w1.scalar_type(), "se_gate_backward_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
-    int64_t per_chunk = 0;
-    const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
-    Tensor partial = empty_as(x, {2, chunks * B * C}, acc_type);
-    // Per-sample vectors: gate, coef, dz, g ([B, C] each) and h, du ([B, R] each).
+    // Per-sample vectors: gate, coef, dz, g ([B, C] each) and h, du ([B, R] each); the fused kernel writes only
+    // dz, g, h and du (gate and coef stay in its shared memory).
     Tensor per_c = empty_as(x, {4, B, C}, acc_type), per_r = empty_as(x, {2, B, R}, acc_type);
     acc_t* gate = per_c.mutable_data_ptr<acc_t>() ;
     acc_t* coef = per_c.mutable_data_ptr<acc_t>() + 1 * B * C;
@@ -220,18 +228,25 @@ detail::SEGateGrads se_gate_backward_cuda(const Tensor& grad_y, const Tensor& x_
     acc_t* g = per_c.mutable_data_ptr<acc_t>() + 3 * B * C;
     acc_t* h = per_r.mutable_data_ptr<acc_t>() ;
     acc_t* du = per_r.mutable_data_ptr<acc_t>() + 1 * B * R;
-    acc_t* px = partial.mutable_data_ptr<acc_t>() ;
-    acc_t* pgx = partial.mutable_data_ptr<acc_t>() + 1 * chunks * B * C;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gyp = a.grad_y.const_data_ptr<scalar_t>();
 
-    launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, chunks, per_chunk, stream);
-    se_gate_mlp_kernel<w_t, acc_t, true><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
-        px, pgx, chunks, a.w1.const_data_ptr<w_t>(), a.b1.const_data_ptr<w_t>(), a.w2.const_data_ptr<w_t>(),
-        a.b2.const_data_ptr<w_t>(), B, C, R, HW, gate, coef, dz, h, du, g);
-    RF_CUDA_KERNEL_LAUNCH_CHECK();
-    launch_apply<scalar_t, acc_t, true>(gyp, gx.mutable_data_ptr<scalar_t>(), gate, coef, x.numel(), C, HW, cl,
-                                        stream);
+    if (!fused || !se_fused::launch<scalar_t, w_t, acc_t, true>(
+                      xp, gyp, gx.mutable_data_ptr<scalar_t>(), a.w1.const_data_ptr<w_t>(), a.b1.const_data_ptr<w_t>(),
+                      a.w2.const_data_ptr<w_t>(), a.b2.const_data_ptr<w_t>(), B, C, HW, R, cl, dz, h, du, g, stream)) {
+      int64_t per_chunk = 0;
+      const int64_t chunks = pool_chunks(B, C, HW, cl, &per_chunk);
+      Tensor partial = empty_as(x, {2, chunks * B * C}, acc_type);
+      acc_t* px = partial.mutable_data_ptr<acc_t>() ;
+      acc_t* pgx = partial.mutable_data_ptr<acc_t>() + 1 * chunks * B * C;
+      launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, chunks, per_chunk, stream);
+      se_gate_mlp_kernel<w_t, acc_t, true><<<B, 256, mlp_smem_bytes(C, R, sizeof(acc_t)), stream>>>(
+          px, pgx, chunks, a.w1.const_data_ptr<w_t>(), a.b1.const_data_ptr<w_t>(), a.w2.const_data_ptr<w_t>(),
+          a.b2.const_data_ptr<w_t>(), B, C, R, HW, gate, coef, dz, h, du, g);
+      RF_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_apply<scalar_t, acc_t, true>(gyp, gx.mutable_data_ptr<scalar_t>(), gate, coef, x.numel(), C, HW, cl,
+                                          stream);
+    }
     constexpr int threads = 256;
     se_gate_weight_grad_kernel<w_t, acc_t><<<grid_for((2 * C * R + C + R) * kWarp, threads), threads, 0, stream>>>(
         dz, h, du, g, B, C, R, gw1.mutable_data_ptr<w_t>(), gb1.mutable_data_ptr<w_t>(), gw2.mutable_data_ptr<w_t>(),
