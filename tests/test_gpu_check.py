@@ -24,8 +24,8 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
     status = {s["step"]: s["status"] for s in summary["steps"]}
     assert summary["mode"] == "rehearsal"
     assert status == {"env": "ok", "build": "ok", "tests": "ok", "crosscheck": "ok", "memcheck": "skipped",
-                      "racecheck": "skipped", "bench": "ok", "se_fused": "skipped", "graphs": "skipped", "flash": "skipped", "profile": "ok",
-                      "compiled": "skipped", "ncu": "skipped", "maxautotune": "skipped"}, status
+                      "racecheck": "skipped", "bench": "ok", "se_fused": "skipped", "graphs": "skipped",
+                      "flash": "skipped", "profile": "ok", "compiled": "skipped", "ncu": "skipped", "maxautotune": "skipped"}, status
     notes = {s["step"]: s["note"] for s in summary["steps"]}
     # The flash MS-loss step (tile variants, batch sweep) skips here, but its selection names CUDA benchmarks.
     assert int(notes["flash"].split("no GPU: ")[1].split()[0]) >= 5, notes["flash"]
