@@ -11,7 +11,8 @@
 # kernels: tools/gpu_crosscheck.py) · memcheck and racecheck (compute-sanitizer on a small crosscheck) ·
 # bench (the headline shapes, fused vs eager reference, each timed by synced wall clock, CUDA events and
 # CUDA-graph replay, with floors and ratios) · se_fused (SE's split and one-CTA variants) · graphs (the
-# engine's training step, eager vs `recogfast train --cuda-graphs`, plain ResNet-18 and the three CUBS placements, 64×64 B=256 and 224×224 B=64) · profile
+# engine's training step, eager vs `recogfast train --cuda-graphs`, plain ResNet-18 and the three CUBS
+# placements, 64×64 B=256 and 224×224 B=64) · flash (the flash MS loss's tile variants and batch sweep) · profile
 # (tools/gpu_profile.py: kernel tables, launches per fwd+bwd) · compiled (torch.compile default mode of the
 # references: the peer column) · ncu (Nsight Compute on the key kernels; "not permitted" in one line where
 # the counters are refused) · maxautotune
