@@ -63,17 +63,24 @@ struct alignas(sizeof(scalar_t) * kVec) VecT {
   scalar_t v[kVec];
 };
 
-// Streaming multiprocessors of the current device (cached per device).
-inline int64_t num_sms() {
+// Attribute kAttr (a cudaDeviceAttr) of the current device, cached per device; the host emulation re-reads it
+// (its tests change the opt-in shared memory through EMU_SMEM_OPTIN).
+template <auto kAttr>
+inline int64_t device_attribute() {
   int dev = 0;
   RF_CUDA_CHECK(cudaGetDevice(&dev));
   static int64_t cache[64] = {};
+#ifndef RECOGFAST_CUDA_EMULATION
   if (dev < 64 && cache[dev]) return cache[dev];
+#endif
   int n = 0;
-  RF_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  RF_CUDA_CHECK(cudaDeviceGetAttribute(&n, kAttr, dev));
   if (dev < 64) cache[dev] = n;
   return n;
 }
+
+// Streaming multiprocessors of the current device.
+inline int64_t num_sms() { return device_attribute<cudaDevAttrMultiProcessorCount>(); }
 
 // Blocks for a grid-stride loop over `work_items`: enough to fill the GPU, no more than 32 per SM.
 inline int64_t grid_for(int64_t work_items, int64_t threads) {

@@ -73,17 +73,8 @@ inline int flash_tile_variant() {
 #endif
 }
 
-// Compute capability major of the current device (cached per device).
-inline int sm_major() {
-  int dev = 0;
-  RF_CUDA_CHECK(cudaGetDevice(&dev));
-  static int cache[64] = {};
-  if (dev < 64 && cache[dev]) return cache[dev];
-  int major = 0;
-  RF_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  if (dev < 64) cache[dev] = major;
-  return major;
-}
+// Compute capability major of the current device.
+inline int sm_major() { return int(gpu::device_attribute<cudaDevAttrComputeCapabilityMajor>()); }
 
 // Whether this call takes the flash kernels (see the file comment); "flash" where they cannot run throws.
 inline bool use_flash(ScalarType dtype, bool allow_tf32) {

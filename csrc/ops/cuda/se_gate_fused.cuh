@@ -270,19 +270,9 @@ __global__ void __launch_bounds__(kThreads)
 inline int emu_launches = 0;  // fused launches so far: the emulation checks that its fused cases took this path
 #endif
 
-// Opt-in dynamic shared memory per block of the current device (cached per device).
-inline int64_t smem_optin() {
-  int dev = 0;
-  RF_CUDA_CHECK(cudaGetDevice(&dev));
-  static int64_t cache[64] = {};
-#ifndef RECOGFAST_CUDA_EMULATION  // the emulation re-reads it (EMU_SMEM_OPTIN tests the fallback)
-  if (dev < 64 && cache[dev]) return cache[dev];
-#endif
-  int n = 0;
-  RF_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (dev < 64) cache[dev] = n;
-  return n;
-}
+// Opt-in dynamic shared memory per block of the current device (the emulation re-reads it: EMU_SMEM_OPTIN
+// tests the fallback).
+inline int64_t smem_optin() { return gpu::device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(); }
 
 // Launches the fused kernel when sample b fits in shared memory and returns true; false (nothing launched) when
 // it does not, and the caller runs the split path. gy, dz, h, du, g: backward only (null forward).
