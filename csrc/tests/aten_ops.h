@@ -46,6 +46,13 @@ inline Tensor cubs_spatial(CT x, CT wq, CT bq, CT wk, CT bk, CT wv, CT bv) {
 inline T7 cubs_spatial_backward(CT gy, CT x, CT wq, CT bq, CT wk, CT bk, CT wv, CT bv) {
   return op<T7(CT, CT, CT, CT, CT, CT, CT, CT)>("recogfast::_cubs_spatial_backward").call(gy, x, wq, bq, wk, bk, wv, bv);
 }
+inline T2 cubs_spatial_forward_train(CT x, CT wq, CT bq, CT wk, CT bk, CT wv, CT bv) {
+  return op<T2(CT, CT, CT, CT, CT, CT, CT)>("recogfast::_cubs_spatial_forward_train").call(x, wq, bq, wk, bk, wv, bv);
+}
+inline T7 cubs_spatial_backward_saved(CT gy, CT x, CT stats, CT wq, CT bq, CT wk, CT bk, CT wv, CT bv) {
+  return op<T7(CT, CT, CT, CT, CT, CT, CT, CT, CT)>("recogfast::_cubs_spatial_backward_saved")
+      .call(gy, x, stats, wq, bq, wk, bk, wv, bv);
+}
 inline T4 ms_loss(CT e, CT l, OT r, OT rl, double alpha, double beta, double base, double eps, std::string_view mining,
                   bool cache_ref_grad = false, bool allow_tf32 = false) {
   return op<T4(CT, CT, OT, OT, double, double, double, double, std::string_view, bool, bool)>("recogfast::ms_loss")

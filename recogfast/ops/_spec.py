@@ -9,7 +9,12 @@ there is one, and the pure-PyTorch reference. From the spec come:
   inputs and asserts both entry points give the same exception type and message;
 - ``call``: the Python wrapper's body (fused kernel or checked reference, as `recogfast.dispatch` decides);
 - the fake (meta) kernels of the op and of its private backward op ``recogfast::_<op>_backward``, and
-  the autograd registration, with a double-backward formula that refuses with an error naming the op.
+  the autograd registration, with a double-backward formula that refuses with an error naming the op;
+- for an op with saved statistics (``stats``, CUBS Block 2): its training forward
+  ``recogfast::_<op>_forward_train`` (x, *weights) -> (y, stats) and ``recogfast::_<op>_backward_saved``
+  (grad_y, x, stats, *weights), which the wrapper and the modules take whenever a gradient will be needed, so
+  that the backward reads what the forward computed instead of recomputing it; the op itself keeps its
+  recomputing backward (what a direct ``torch.ops.recogfast.<op>`` call differentiates through).
 
 `register_autograd` is the registration every op (the MS loss included) goes through.
 """
@@ -36,6 +41,16 @@ def qualname(op: str) -> str:
 def backward_name(op: str) -> str:
     """The private schema name of an op's backward (torchvision keeps these private, too)."""
     return f"_{op}_backward"
+
+
+def train_name(op: str) -> str:
+    """The private training forward of an op with saved statistics: (x, *weights) -> (y, stats)."""
+    return f"_{op}_forward_train"
+
+
+def saved_backward_name(op: str) -> str:
+    """The private backward of an op with saved statistics: (grad_y, x, stats, *weights) -> gradients."""
+    return f"_{op}_backward_saved"
 
 
 def memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -110,7 +125,7 @@ def check_weight(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
 
 
 # -------------------------------------------------------------------------------------- registration
-def refuse_double_backward(op: str) -> None:
+def refuse_double_backward(op: str, target: str | None = None) -> None:
     """Register, for the op's backward op, an autograd formula that raises.
 
     The backward op is a compiled op whose own derivative is not implemented. Without a formula PyTorch
@@ -126,7 +141,7 @@ def refuse_double_backward(op: str) -> None:
             f"{qualname(op)}: double backward (the gradient of a gradient through the fused kernel, "
             f"create_graph=True) is not implemented; use impl='reference' for higher-order derivatives")
 
-    torch.library.register_autograd(qualname(backward_name(op)), backward, setup_context=setup_context)
+    torch.library.register_autograd(qualname(target or backward_name(op)), backward, setup_context=setup_context)
 
 
 def register_autograd(op: str, fake: Callable, fake_backward: Callable, backward: Callable,
@@ -156,6 +171,7 @@ class GateOp:
     reference: Callable         # reference(x, *weights) -> y
     hidden: str | None = None   # the weight whose rows give the hidden width, which must be >= 1 ...
     hidden_letter: str = ""     # ... and its letter in the messages ("R", "N")
+    stats: Callable | None = None  # stats(x) -> the training forward's saved statistics, empty (ops with them)
 
     @property
     def arg_names(self) -> tuple[str, ...]:
@@ -200,8 +216,14 @@ class GateOp:
     def call(self, impl: str, x, *weights) -> torch.Tensor:
         """The Python wrapper: the fused op where `recogfast.dispatch` picks it, else the checked reference."""
         if dispatch.use_fused(self.name, impl, x):
-            return getattr(torch.ops.recogfast, self.name)(x, *weights)
+            return self._fused(x, *weights)
         return self._reference(x, *weights)
+
+    def _fused(self, x, *weights) -> torch.Tensor:
+        """The registered op; for an op with saved statistics its training forward when a gradient will be needed."""
+        if self.stats is not None and _needs_grad(x, weights):
+            return getattr(torch.ops.recogfast, train_name(self.name))(x, *weights)[0]
+        return getattr(torch.ops.recogfast, self.name)(x, *weights)
 
     def _reference(self, x, *weights) -> torch.Tensor:
         self.check(x, *weights)
@@ -227,7 +249,7 @@ class GateOp:
                 weights = _prepare(x.dtype, params, flat)
                 with _below_autograd():
                     return self.op(x, *weights)
-            return self.op(x, *_prepare(x.dtype, params, flat))
+            return self._fused(x, *_prepare(x.dtype, params, flat))
         return self._reference(x, *_prepare(x.dtype, params, flat))
 
     # The ops' default overloads (OpOverload objects, which torch.compile and compiled autograd can trace).
@@ -239,6 +261,27 @@ class GateOp:
     def backward_op(self):
         return getattr(torch.ops.recogfast, backward_name(self.name)).default
 
+    @functools.cached_property
+    def train_op(self):
+        return getattr(torch.ops.recogfast, train_name(self.name)).default
+
+    @functools.cached_property
+    def saved_backward_op(self):
+        return getattr(torch.ops.recogfast, saved_backward_name(self.name)).default
+
+    # Below autograd, for the modules' fast path: the forward and what its backward needs besides x and the
+    # weights (the saved statistics, or nothing), and the backward from them.
+    def forward_saving(self, x, *weights):
+        if self.stats is None:
+            return self.op(x, *weights), ()
+        y, stats = self.train_op(x, *weights)
+        return y, (stats,)
+
+    def backward_saving(self, grad_y, x, saved, weights):
+        if self.stats is None:
+            return self.backward_op(grad_y, x, *weights)
+        return self.saved_backward_op(grad_y, x, *saved, *weights)
+
     # The fake kernels: outputs shaped and laid out as the kernels return them (torch.compile trusts these).
     def fake(self, x, *weights):
         self.check(x, *weights)
@@ -248,6 +291,20 @@ class GateOp:
         self.check_backward(grad_y, x, *weights)
         gx = torch.empty_like(x, memory_format=memory_format(x))
         return (gx, *(torch.empty_like(t, memory_format=torch.contiguous_format) for t in weights))
+
+    def fake_train(self, x, *weights):
+        return self.fake(x, *weights), self.stats(x)
+
+    def fake_backward_saved(self, grad_y, x, stats, *weights):
+        grads = self.fake_backward(grad_y, x, *weights)
+        want = self.stats(x)
+        op = qualname(saved_backward_name(self.name))
+        if not isinstance(stats, torch.Tensor) or tuple(stats.shape) != tuple(want.shape):
+            got = list(stats.shape) if isinstance(stats, torch.Tensor) else type(stats).__name__
+            raise RuntimeError(f"{op}: stats must have shape [3, B, H*W] = {list(want.shape)}, got {got}")
+        if stats.dtype != want.dtype:
+            raise RuntimeError(f"{op}: stats must have dtype {want.dtype} (the forward's), got {stats.dtype}")
+        return grads
 
     def register(self) -> None:
         backward_op = getattr(torch.ops.recogfast, backward_name(self.name))
@@ -259,6 +316,22 @@ class GateOp:
             return backward_op(grad_y, *ctx.saved_tensors)
 
         register_autograd(self.name, self.fake, self.fake_backward, backward, setup_context)
+        if self.stats is None:
+            return
+        saved_op = getattr(torch.ops.recogfast, saved_backward_name(self.name))
+
+        def setup_train(ctx, inputs, output):
+            ctx.mark_non_differentiable(output[1])
+            ctx.save_for_backward(inputs[0], output[1], *inputs[1:])
+
+        def backward_train(ctx, grad_y, _grad_stats):
+            x, stats, *weights = ctx.saved_tensors
+            return saved_op(grad_y, x, stats, *weights)
+
+        torch.library.register_fake(qualname(train_name(self.name)))(self.fake_train)
+        torch.library.register_fake(qualname(saved_backward_name(self.name)))(self.fake_backward_saved)
+        torch.library.register_autograd(qualname(train_name(self.name)), backward_train, setup_context=setup_train)
+        refuse_double_backward(self.name, saved_backward_name(self.name))
 
 
 # ------------------------------------------------------------------------------- the modules' fast path
@@ -320,17 +393,18 @@ class _FusedGate(torch.autograd.Function):
     def forward(ctx, spec, flat, x, *params):
         weights = _prepare(x.dtype, params, flat)  # grad mode is off in here: no autograd nodes
         with _below_autograd():
-            y = spec.op(x, *weights)
-        ctx.spec = spec
+            y, saved = spec.forward_saving(x, *weights)
+        ctx.spec, ctx.n_saved = spec, len(saved)
         # the flattened weights' shapes, to give their gradients back in the parameters' shapes
         ctx.shapes = [p.shape if f else None for p, f in zip(params, flat)]
-        ctx.save_for_backward(x, *weights)
+        ctx.save_for_backward(x, *saved, *weights)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
+        x, *rest = ctx.saved_tensors
         with _grad_mode_guard():
-            grads = ctx.spec.backward_op(grad_y, *ctx.saved_tensors)
+            grads = ctx.spec.backward_saving(grad_y, x, rest[:ctx.n_saved], rest[ctx.n_saved:])
         # the gradients have the prepared weights' dtypes; where those were cast, the engine casts them back
         return (None, None, grads[0], *_unflatten(grads[1:], ctx.shapes))
 
@@ -359,23 +433,33 @@ class _FusedPair(torch.autograd.Function):
         with _below_autograd():
             if placement == "parallel":
                 mid = x
-                y = a.op(x, *wa) + b.op(x, *wb)
+                ya, sa = a.forward_saving(x, *wa)
+                yb, sb = b.forward_saving(x, *wb)
+                y = ya + yb
             elif placement == "serial12":
-                mid = a.op(x, *wa)
-                y = b.op(mid, *wb)
+                mid, sa = a.forward_saving(x, *wa)
+                y, sb = b.forward_saving(mid, *wb)
             else:
-                mid = b.op(x, *wb)
-                y = a.op(mid, *wa)
-        ctx.placement, ctx.a, ctx.b, ctx.n_a = placement, a, b, len(wa)
+                mid, sb = b.forward_saving(x, *wb)
+                y, sa = a.forward_saving(mid, *wa)
+        ctx.placement, ctx.a, ctx.b, ctx.n_a, ctx.n_b = placement, a, b, len(wa), len(wb)
+        ctx.n_sa = len(sa)
         ctx.shapes = [p.shape if f else None for p, f in zip((*pa, *pb), (*flat_a, *flat_b))]
-        ctx.save_for_backward(x, mid, *wa, *wb)
+        ctx.save_for_backward(x, mid, *wa, *wb, *sa, *sb)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, mid, *w = ctx.saved_tensors
-        wa, wb = w[:ctx.n_a], w[ctx.n_a:]
-        a_bwd, b_bwd = ctx.a.backward_op, ctx.b.backward_op
+        n_w = ctx.n_a + ctx.n_b
+        wa, wb, sa, sb = w[:ctx.n_a], w[ctx.n_a:n_w], w[n_w:n_w + ctx.n_sa], w[n_w + ctx.n_sa:]
+
+        def a_bwd(gy, inp, *weights):
+            return ctx.a.backward_saving(gy, inp, sa, weights)
+
+        def b_bwd(gy, inp, *weights):
+            return ctx.b.backward_saving(gy, inp, sb, weights)
+
         with _grad_mode_guard():
             if ctx.placement == "parallel":
                 ga, gb = a_bwd(grad_y, x, *wa), b_bwd(grad_y, x, *wb)

@@ -5,8 +5,11 @@
 
 ``torch.ops.recogfast.cubs_spatial`` never builds the [B, HW, HW] similarity matrix: S = q kᵀ is rank
 one, so row i's maximum is q_i·max(k) (q_i >= 0) or q_i·min(k), and one pass over j gives the softmax
-sums. The backward op recomputes the row sums, then makes one pass over i per column j for dk and dv:
-O(B·HW) memory, B·(HW)² exponentials a pass. The contract (checks, fake kernels, autograd) comes from
+sums. When a gradient will be needed the wrapper and the modules call the training forward
+``_cubs_spatial_forward_train``, whose row pass also saves per row f_i, 1 / l_i and the covariance factor of
+dq_i ([3, B, HW]); the backward ``_cubs_spatial_backward_saved`` then makes only the column pass over i per
+column j for dk and dv: two passes a step, O(B·HW) memory, B·(HW)² exponentials a pass. (A direct call of the
+registered op differentiates through ``_cubs_spatial_backward``, which recomputes the row sums: three passes.) The contract (checks, fake kernels, autograd) comes from
 `SPEC` (recogfast/ops/_spec.py).
 """
 
@@ -38,10 +41,17 @@ def _bias(name):
     return Weight(name, 1, lambda C, _: (1,), "[1]")
 
 
+def _stats(x):
+    """The training forward's saved statistics (csrc/ops/cubs_spatial.h): [3, B, H·W], float32 (float64 for float64)."""
+    dtype = torch.float64 if x.dtype is torch.float64 else torch.float32
+    return x.new_empty((3, x.shape[0], x.shape[2] * x.shape[3]), dtype=dtype)
+
+
 SPEC = GateOp(
     name="cubs_spatial",
     weights=(_conv("wq"), _bias("bq"), _conv("wk"), _bias("bk"), _conv("wv"), _bias("bv")),
     reference=cubs_spatial_reference,
+    stats=_stats,
 )
 
 

@@ -13,6 +13,13 @@ at::Tensor emu_cubs_spatial(const at::Tensor&, const at::Tensor&, const at::Tens
                             const at::Tensor&, const at::Tensor&, const at::Tensor&);
 recogfast_aten::T7 emu_cubs_spatial_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
+std::tuple<at::Tensor, at::Tensor> emu_cubs_spatial_forward_train(const at::Tensor&, const at::Tensor&,
+                                                                   const at::Tensor&, const at::Tensor&,
+                                                                   const at::Tensor&, const at::Tensor&,
+                                                                   const at::Tensor&);
+recogfast_aten::T7 emu_cubs_spatial_backward_saved(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                  const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                  const at::Tensor&, const at::Tensor&, const at::Tensor&);
 at::Tensor emu_cubs_channel(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&);
@@ -300,6 +307,17 @@ void acc_cmp(const T& emu, const T& cpu, const T& truth, const std::string& tag)
                 tag.c_str(), i, ee, ec, ec > 0 ? ee / ec : 0.0, bound);
   }
 }
+// Block 2's fwd + bwd as training runs it: the training forward, then the backward from its saved statistics.
+auto spatial_train_cpu(const std::vector<at::Tensor>& a) {
+  const auto t = recogfast_aten::cubs_spatial_forward_train(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+  return std::tuple_cat(std::make_tuple(std::get<0>(t)), recogfast_aten::cubs_spatial_backward_saved(
+                                                              a[7], a[0], std::get<1>(t), a[1], a[2], a[3], a[4], a[5], a[6]));
+}
+auto spatial_train_emu(const std::vector<at::Tensor>& a) {
+  const auto t = recogfast::emu_cubs_spatial_forward_train(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
+  return std::tuple_cat(std::make_tuple(std::get<0>(t)), recogfast::emu_cubs_spatial_backward_saved(
+                                                              a[7], a[0], std::get<1>(t), a[1], a[2], a[3], a[4], a[5], a[6]));
+}
 void run_accuracy(bool full) {
   auto gen_rn = [](at::IntArrayRef s, double scale) { return at::randn(s, at::kDouble) * scale; };
   // Shapes of the H200 findings (channel 14x14, spatial 28x28: the gap was 2-7x there before the blocked sums)
@@ -363,17 +381,31 @@ void run_accuracy(bool full) {
       const auto d = prep(at::kDouble), f = prep(at::kFloat);
       char tag[96];
       std::snprintf(tag, sizeof tag, "spatial (%ld,%ld,%ld,%ld)x%g %s", s.B, s.C, s.H, s.W, s.gain, cl ? "nhwc" : "nchw");
-      auto fwd_bwd_cpu = [](const std::vector<at::Tensor>& a) {
-        const auto y = recogfast_aten::cubs_spatial(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
-        return std::tuple_cat(std::make_tuple(y),
-                              recogfast_aten::cubs_spatial_backward(a[7], a[0], a[1], a[2], a[3], a[4], a[5], a[6]));
+      acc_cmp(spatial_train_emu(f), spatial_train_cpu(f), spatial_train_cpu(d), tag);
+    }
+  }
+  // tests/test_cubs.py test_spatial_fp32_gradients_within_twice_the_reference_seeded: make_args2's draws (x, then
+  // per projection w * 1.5 / sqrt(C) and 0.3 b, then grad_y) from the same seeds, through the same CPU generator.
+  for (int64_t seed : {30, 46, 47, 54, 109}) {
+    const int64_t B = 4, C = 64, H = 7, W = 7;
+    at::manual_seed(seed);
+    std::vector<at::Tensor> a64 = {at::randn({B, C, H, W}, at::kDouble)};
+    for (int i = 0; i < 3; ++i) {
+      a64.push_back(at::randn({C}, at::kDouble) * (1.5 / std::sqrt(double(C))));
+      a64.push_back(0.3 * at::randn({1}, at::kDouble));
+    }
+    a64.push_back(at::randn({B, C, H, W}, at::kDouble));
+    for (bool cl : {false, true}) {
+      auto prep = [&](at::ScalarType dt) {
+        std::vector<at::Tensor> a;
+        for (auto& t : a64) a.push_back(t.to(dt));
+        if (cl) a[0] = a[0].contiguous(at::MemoryFormat::ChannelsLast);
+        return a;
       };
-      auto fwd_bwd_emu = [](const std::vector<at::Tensor>& a) {
-        const auto y = recogfast::emu_cubs_spatial(a[0], a[1], a[2], a[3], a[4], a[5], a[6]);
-        return std::tuple_cat(std::make_tuple(y),
-                              recogfast::emu_cubs_spatial_backward(a[7], a[0], a[1], a[2], a[3], a[4], a[5], a[6]));
-      };
-      acc_cmp(fwd_bwd_emu(f), fwd_bwd_cpu(f), fwd_bwd_cpu(d), tag);
+      const auto d = prep(at::kDouble), f = prep(at::kFloat);
+      char tag[96];
+      std::snprintf(tag, sizeof tag, "spatial seed %ld (4,64,7,7) %s", seed, cl ? "nhwc" : "nchw");
+      acc_cmp(spatial_train_emu(f), spatial_train_cpu(f), spatial_train_cpu(d), tag);
     }
   }
   std::printf("fp32 accuracy: %d comparisons, worst emulated-CUDA error / bound %.3g\n", acc_stats.n, acc_stats.worst);
@@ -434,6 +466,17 @@ int main(int argc, char** argv) {
       grads(recogfast::emu_cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]),
             recogfast_aten::cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]),
             std::string("spatial ") + tag);
+      {  // the training forward (y as the forward's, the saved statistics) and the backward from them
+        const auto et = recogfast::emu_cubs_spatial_forward_train(x, w[0], w[1], w[2], w[3], w[4], w[5]);
+        const auto ct = recogfast_aten::cubs_spatial_forward_train(x, w[0], w[1], w[2], w[3], w[4], w[5]);
+        const std::string t = std::string("spatial train ") + tag;
+        cmp(std::get<0>(et), std::get<0>(ct), "y", t.c_str(), rtol);
+        for (int64_t i = 0; i < 3; ++i)  // f, 1 / l, cov, each on its own scale
+          cmp(std::get<1>(et)[i], std::get<1>(ct)[i], "y", (t + " stats " + std::to_string(i)).c_str(), rtol * 10);
+        grads(recogfast::emu_cubs_spatial_backward_saved(gy, x, std::get<1>(et), w[0], w[1], w[2], w[3], w[4], w[5]),
+              recogfast_aten::cubs_spatial_backward_saved(gy, x, std::get<1>(ct), w[0], w[1], w[2], w[3], w[4], w[5]),
+              std::string("spatial saved ") + tag);
+      }
       const int64_t N = std::max<int64_t>(1, s.C / 2);
       const double sn = 2.0 / std::sqrt(double(N));
       at::Tensor v[8] = {at::randn({N, s.C}, ow) * (2 * sc), at::randn({N}, ow) * 0.3, at::randn({N, s.C}, ow) * (2 * sc),

@@ -14,7 +14,8 @@
 # EMU_NO_FLASH=1 skips it.
 # fp32 accuracy (main.cpp run_accuracy): each emulated CUBS fp32 output's error against the float64 CPU kernel
 # must stay within 2x the fp32 CPU kernel's (tools/gpu_crosscheck.py's rule) -- in every run, on the crosscheck's
-# 14x14 channel and 28x28 spatial shapes among others; `run.sh acc` runs only that section, `run.sh acc full`
+# 14x14 channel and 28x28 spatial shapes among others (Block 2 through its training forward and the backward from
+# the saved statistics, plus tests/test_cubs.py's seeded 4x64x7x7 cases); `run.sh acc` runs only that section, `run.sh acc full`
 # adds the 56x56 spatial shape.
 # Needs the CMake library: `make cpp-test` (build/cmake/librecogfast.so). Takes about two minutes.
 set -euo pipefail
@@ -64,6 +65,17 @@ recogfast_aten::T7 emu_cubs_spatial_backward(const at::Tensor& gy, const at::Ten
                                             const at::Tensor& b, const at::Tensor& c, const at::Tensor& d,
                                             const at::Tensor& e, const at::Tensor& f) {
   return A(emu_sp::cubs_spatial_backward_cuda(S(gy), S(x), S(a), S(b), S(c), S(d), S(e), S(f)));
+}
+std::tuple<at::Tensor, at::Tensor> emu_cubs_spatial_forward_train(const at::Tensor& x, const at::Tensor& a,
+                                                                   const at::Tensor& b, const at::Tensor& c,
+                                                                   const at::Tensor& d, const at::Tensor& e,
+                                                                   const at::Tensor& f) {
+  return A(emu_sp::cubs_spatial_forward_train_cuda(S(x), S(a), S(b), S(c), S(d), S(e), S(f)));
+}
+recogfast_aten::T7 emu_cubs_spatial_backward_saved(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& st,
+                                                  const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
+                                                  const at::Tensor& d, const at::Tensor& e, const at::Tensor& f) {
+  return A(emu_sp::cubs_spatial_backward_saved_cuda(S(gy), S(x), S(st), S(a), S(b), S(c), S(d), S(e), S(f)));
 }
 }  // namespace recogfast
 CPP

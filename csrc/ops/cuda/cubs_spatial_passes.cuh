@@ -1,7 +1,9 @@
 // The two B·HW² passes of CUBS Block 2 on CUDA (cubs_spatial_kernel.cu, its only includer, holds the
 // projections, the gating, the weight gradients and the launches): the key range of each sample, the row pass
-// (softmax sums per row i over all j) and the column pass of the backward (per column j over all i), each
-// thread owning kRows rows (columns) against tiles of the other side staged in shared memory. Internal linkage.
+// (softmax sums per row i over all j; the training forward's also saves the per-row statistics the backward
+// needs), the backward's per-row factors from those statistics (cubs_spatial_prep_kernel, O(B·HW)) and the
+// column pass of the backward (per column j over all i), each thread owning kRows rows (columns) against tiles of
+// the other side staged in shared memory. Internal linkage.
 #pragma once
 
 #include <cstdint>
@@ -52,15 +54,13 @@ __device__ __forceinline__ void block_reduce2(A& a, B& b, FA fa, FB fb, A* sa, B
   }
 }
 
-// kr[b] = {min k, max k, v at min k, v at max k} over the sample's pixels (first index on ties, as the CPU
-// kernel): the rows' dominant columns (csrc/ops/cpu/rank_one_attention.h). One block a sample.
+// {min k, max k, v at min k, v at max k} over a sample's pixels (first index on ties, as the CPU kernel): the
+// rows' dominant columns (csrc/ops/cpu/rank_one_attention.h). Called by every thread of a block; every thread
+// gets the result. Shared arrays of 32 entries.
 template <typename acc_t>
-__global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, const acc_t* __restrict__ v, int64_t P,
-                                              Quad<acc_t>* __restrict__ kr) {
-  __shared__ acc_t lo_s[32], hi_s[32];
-  __shared__ long long ilo_s[32], ihi_s[32];
-  const int64_t b = blockIdx.x;
-  const acc_t* kb = k + b * P;
+__device__ __forceinline__ Quad<acc_t> sample_key_range(const acc_t* __restrict__ kb, const acc_t* __restrict__ vb,
+                                                        int64_t P, acc_t* lo_s, acc_t* hi_s, long long* ilo_s,
+                                                        long long* ihi_s) {
   acc_t lo = kb[0], hi = kb[0];
   for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
     lo = min(lo, kb[p]);
@@ -73,29 +73,51 @@ __global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, const
     if (kb[p] == lo && p < ilo) ilo = p;
     if (kb[p] == hi && p < ihi) ihi = p;
   }
+  __syncthreads();  // lo_s .. ihi_s are reused
   block_reduce2(ilo, ihi, MinOp{}, MinOp{}, ilo_s, ihi_s);
-  if (threadIdx.x == 0) kr[b] = Quad<acc_t>{lo, hi, v[b * P + ilo], v[b * P + ihi]};
+  return Quad<acc_t>{lo, hi, vb[ilo], vb[ihi]};
 }
 
-// The row pass. grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f); with kGrad also
-// dq and the column pass's per-row factors: pack = {q log2e, k*, df / l, df q / l}, fr = f. Sums relative to
-// the row's dominant column (k*, v*; csrc/ops/cpu/rank_one_attention.h): f = v* + sum e (v - v*) / l and
-// dq = df (sum e (k - k*)(v - v*) - sum e (v - v*) sum e (k - k*) / l) / l, free of cancellation when the
-// softmax saturates.
-template <typename acc_t, bool kGrad>
+// kr[b] = the sample's key range; with vmean also vmean[b] = the mean of v over the sample's pixels (a double
+// sum, as the CPU kernel's), the centre of the training forward's moments. One block a sample.
+template <typename acc_t>
+__global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, const acc_t* __restrict__ v, int64_t P,
+                                              Quad<acc_t>* __restrict__ kr, acc_t* __restrict__ vmean) {
+  __shared__ acc_t lo_s[32], hi_s[32];
+  __shared__ long long ilo_s[32], ihi_s[32];
+  __shared__ double sum_s[32];
+  const int64_t b = blockIdx.x;
+  const Quad<acc_t> r = sample_key_range(k + b * P, v + b * P, P, lo_s, hi_s, ilo_s, ihi_s);
+  if (vmean != nullptr) {
+    double s = 0;
+    for (int64_t p = threadIdx.x; p < P; p += blockDim.x) s += double(v[b * P + p]);
+    s = block_sum(s, sum_s);
+    if (threadIdx.x == 0) vmean[b] = acc_t(s / double(P));
+  }
+  if (threadIdx.x == 0) kr[b] = r;
+}
+
+// The row pass. grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f); with kStats (the training
+// forward) also stats [3][B·P] = {f, 1 / l, cov}: cov = sum_j A_ij k_j (v_j - f_i) = (skv - svc sk / l) / l with the
+// moments skv = sum e (k - k*)(v - vc), svc = sum e (v - vc) about the sample's mean vc of v (vmean), as the CPU
+// kernel (rank_one_attention.h; issue 25: about v* the cancellation of skv - sv sk / l took the rounding of the
+// fp32 sums up to 84x the reference's error in grad bq). Sums relative to the row's dominant column (k*, v*):
+// f = v* + sum e (v - v*) / l, free of cancellation when the softmax saturates; l and sv are formed the same way
+// with and without kStats (the training forward's y is the inference forward's).
+template <typename acc_t, bool kStats>
 __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
-    const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ kr, const acc_t* __restrict__ d, int64_t B,
-    int64_t P, acc_t* __restrict__ gate, acc_t* __restrict__ dq, Quad<acc_t>* __restrict__ pack,
-    acc_t* __restrict__ fr) {
+    const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ kr, const acc_t* __restrict__ vmean, int64_t B,
+    int64_t P, acc_t* __restrict__ gate, acc_t* __restrict__ stats) {
   __shared__ Pair<acc_t> kv[kTile];
   const int64_t BP = B * P, b = blockIdx.y;
   const acc_t* q = qkv + b * P;
   const acc_t* k = qkv + BP + b * P;
   const acc_t* v = qkv + 2 * BP + b * P;
   const Quad<acc_t> range = kr[b];
+  const acc_t vc = kStats ? vmean[b] : acc_t(0);
   const int64_t row0 = int64_t(blockIdx.x) * kThreads * kRows + threadIdx.x;
   acc_t qs[kRows], kst[kRows], vst[kRows];
-  CompSum<acc_t> l[kRows], sv[kRows], sk[kRows], skv[kRows];
+  CompSum<acc_t> l[kRows], sv[kRows], sk[kRows], skv[kRows], svc[kRows];
 #pragma unroll
   for (int t = 0; t < kRows; ++t) {
     const int64_t i = row0 + t * kThreads;
@@ -103,7 +125,7 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
     qs[t] = qi * log2e<acc_t>();
     kst[t] = qi >= acc_t(0) ? range.b : range.a;
     vst[t] = qi >= acc_t(0) ? range.d : range.c;
-    l[t] = sv[t] = sk[t] = skv[t] = CompSum<acc_t>{0, 0};
+    l[t] = sv[t] = sk[t] = skv[t] = svc[t] = CompSum<acc_t>{0, 0};
   }
   for (int64_t j0 = 0; j0 < P; j0 += kTile) {
     const int n = static_cast<int>(min(int64_t(kTile), P - j0));
@@ -115,6 +137,7 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
     for (int c0 = 0; c0 < n; c0 += kChunk) {
       const int c1 = min(n, c0 + kChunk);
       acc_t pl[kRows][kLanes] = {}, psv[kRows][kLanes] = {}, psk[kRows][kLanes] = {}, pskv[kRows][kLanes] = {};
+      acc_t psvc[kRows][kLanes] = {};
       auto term = [&](int u, int j) {
         const Pair<acc_t> e_kv = kv[j];
 #pragma unroll
@@ -123,10 +146,11 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
           const acc_t e = ex2(qs[t] * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
           pl[t][u] += e;
           psv[t][u] += e * dv;
-          if constexpr (kGrad) {
-            const acc_t ek = e * dk;
+          if constexpr (kStats) {
+            const acc_t ek = e * dk, dvc = e_kv.b - vc;
             psk[t][u] += ek;
-            pskv[t][u] += ek * dv;
+            pskv[t][u] += ek * dvc;
+            psvc[t][u] += e * dvc;
           }
         }
       };
@@ -142,9 +166,10 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
       for (int t = 0; t < kRows; ++t) {
         l[t].add(lanes_sum(pl[t]));
         sv[t].add(lanes_sum(psv[t]));
-        if constexpr (kGrad) {
+        if constexpr (kStats) {
           sk[t].add(lanes_sum(psk[t]));
           skv[t].add(lanes_sum(pskv[t]));
+          svc[t].add(lanes_sum(psvc[t]));
         }
       }
     }
@@ -154,24 +179,48 @@ __global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
     const int64_t i = row0 + t * kThreads;
     if (i >= P) continue;
     // The row's outputs in double, from the compensated sums (hi + lo exact in double), as the CPU kernel
-    // (csrc/ops/cpu/cubs_spatial_kernel.cpp): in fp32 the cancelling cov (skv - sv sk / l) and the column
-    // pass's factors (df / l, summed over columns with weights up to l) took several roundings each. Once a
-    // row: a few fp64 operations against P ex2.
+    // (csrc/ops/cpu/cubs_spatial_kernel.cpp): in fp32 the cancelling cov (skv - svc sk / l) took several roundings.
+    // Once a row: a few fp64 operations against P ex2.
     const double lt = double(l[t].hi) + double(l[t].lo), inv_l = 1.0 / lt;
     const double svt = double(sv[t].hi) + double(sv[t].lo);
     const double f = double(vst[t]) + svt * inv_l;
-    const double g = sigmoid(f);
     const int64_t r = b * P + i;
-    gate[r] = acc_t(g);
-    if constexpr (kGrad) {
+    gate[r] = acc_t(sigmoid(f));
+    if constexpr (kStats) {
       const double skt = double(sk[t].hi) + double(sk[t].lo), skvt = double(skv[t].hi) + double(skv[t].lo);
-      const double df = double(d[r]) * g * (1.0 - g);
-      const double qi = double(q[i]);
-      dq[r] = acc_t(df * (skvt - svt * skt * inv_l) * inv_l);
-      const double fa = df * inv_l, fb = fa * qi;
-      pack[r] = Quad<acc_t>{qs[t], kst[t], acc_t(fa), acc_t(fb)};
-      fr[r] = acc_t(f);
+      const double svct = double(svc[t].hi) + double(svc[t].lo);
+      stats[r] = acc_t(f);
+      stats[BP + r] = acc_t(inv_l);
+      stats[2 * BP + r] = acc_t((skvt - svct * skt * inv_l) * inv_l);
     }
+  }
+}
+
+// The backward's per-row factors from the saved statistics, one block a sample (O(P) work, after the projections
+// of the backward): the key range (for the rows' dominant keys), then per row i with g = sigmoid(f_i),
+// df = d_i g (1 - g): gate, dq = df cov_i and the column pass's pack = {q log2e, k*, df / l, df q / l}, fr = f.
+// In double per row, as the CPU kernel.
+template <typename acc_t>
+__global__ void cubs_spatial_prep_kernel(const acc_t* __restrict__ qkv, const acc_t* __restrict__ stats,
+                                         const acc_t* __restrict__ d, int64_t B, int64_t P, acc_t* __restrict__ gate,
+                                         acc_t* __restrict__ dq, Quad<acc_t>* __restrict__ pack,
+                                         acc_t* __restrict__ fr) {
+  __shared__ acc_t lo_s[32], hi_s[32];
+  __shared__ long long ilo_s[32], ihi_s[32];
+  const int64_t BP = B * P, b = blockIdx.x;
+  const acc_t* q = qkv + b * P;
+  const Quad<acc_t> range = sample_key_range(qkv + BP + b * P, qkv + 2 * BP + b * P, P, lo_s, hi_s, ilo_s, ihi_s);
+  for (int64_t i = threadIdx.x; i < P; i += blockDim.x) {
+    const int64_t r = b * P + i;
+    const acc_t qi = q[i];
+    const double f = double(stats[r]), inv_l = double(stats[BP + r]);
+    const double g = sigmoid(f);
+    const double df = double(d[r]) * g * (1.0 - g);
+    gate[r] = acc_t(g);
+    dq[r] = acc_t(df * double(stats[2 * BP + r]));
+    const double fa = df * inv_l, fb = fa * double(qi);
+    pack[r] = Quad<acc_t>{qi * log2e<acc_t>(), qi >= acc_t(0) ? range.b : range.a, acc_t(fa), acc_t(fb)};
+    fr[r] = stats[r];
   }
 }
 
