@@ -302,8 +302,12 @@ class GateOp:
         if not isinstance(stats, torch.Tensor) or tuple(stats.shape) != tuple(want.shape):
             got = list(stats.shape) if isinstance(stats, torch.Tensor) else type(stats).__name__
             raise RuntimeError(f"{op}: stats must have shape [3, B, H*W] = {list(want.shape)}, got {got}")
+        if stats.device != x.device:
+            raise RuntimeError(f"{op}: stats is on {stats.device} but x is on {x.device}")
         if stats.dtype != want.dtype:
             raise RuntimeError(f"{op}: stats must have dtype {want.dtype} (the forward's), got {stats.dtype}")
+        if not stats.is_contiguous():
+            raise RuntimeError(f"{op}: stats must be contiguous (as _{self.name}_forward_train returns it)")
         return grads
 
     def register(self) -> None:
