@@ -328,9 +328,9 @@ def test_spatial_fp32_gradients_within_twice_the_reference_seeded(device, fmt, s
     plus one fp32 rounding unit of the call's largest gradient. The CPU kernel formed dq_i = df_i cov_i with
     cov = (skv - sv sk / l) / l about v* (cancelling), q, k, v and d in one serial fp32 sum over the channels and
     the bias gradients (sums of dq, dk, dv over pixels that cancel) in fp32: grad bq was up to 84x the
-    reference's error. The CUDA kernels still take dq's moments about v* (cubs_spatial_passes.cuh) and have not
-    run this test: as for CUDA_SPATIAL_PRECISION_GAP above, no xfail is kept for what no GPU has measured; the
-    first GPU run decides (a failure there is the CUDA half of this defect, issue 25)."""
+    reference's error. The CUDA kernels take the same moments and sums since issue 25 part 5 (proven under the host
+    emulation, tools/cuda_emulation `run.sh acc`, which runs these seeds, not yet on a GPU): as for
+    CUDA_SPATIAL_PRECISION_GAP above, no xfail is kept for what no GPU has measured; the first GPU run decides."""
     torch.manual_seed(seed)
     args64 = make_args2(4, 64, 7, 7, device=device, memory_format=fmt)
     gy64 = torch.randn_like(args64[0])

@@ -4,8 +4,8 @@
 // l_i = sum_j exp(q_i (k_j - k*)) >= 1. The exponent is formed as q_i (k_j - k*), not q_i k_j - q_i k*: the
 // difference of two products of size |q k| (1e4 for activations of size 100) would cost each term a relative
 // error of |q k| eps, while k_j - k* is exact near the dominant column.
-// Row pass (forward, and the first pass of the backward), per row i, relative to the row's dominant column
-// j* (where S_ij is largest: k* = max k for q_i >= 0, else min k; v* = v_{j*}):
+// Row pass (forward; with kGrad, Block 1's backward and Block 2's training forward), per row i, relative to
+// the row's dominant column j* (where S_ij is largest: k* = max k for q_i >= 0, else min k; v* = v_{j*}):
 //   l_i = sum_j e_ij, sv_i = sum_j e_ij (v_j - v*), sk_i = sum_j e_ij (k_j - k*),
 //   skv_i = sum_j e_ij (k_j - k*)(v_j - v*), with e_ij = exp(q_i (k_j - k*));
 //   f_i = v* + sv_i / l_i (row_value) and sum_j a_ij k_j (v_j - f_i) = (skv_i - sv_i sk_i / l_i) / l_i
@@ -15,7 +15,7 @@
 //   The moments of row_cov may take v about another centre c (vc below; v* when not given):
 //   svc_i = sum_j e_ij (v_j - c), skv_i = sum_j e_ij (k_j - k*)(v_j - c), row_cov = (skv - svc sk / l) / l,
 //   while sv (and f) stay about v* (the dominant term's exact 0 for f and the column pass). Block 2's
-//   backward passes the sample's mean of v: about v*, svc sk / l is of size (f_i - v*)(E k - k*), far larger
+//   training forward passes the sample's mean of v (and saves f, 1 / l and row_cov for its backward): about v*, svc sk / l is of size (f_i - v*)(E k - k*), far larger
 //   than the covariance in unsaturated rows, and the rounding of the fp32 sums came back amplified by the
 //   cancellation (issue 25, cubs_spatial_kernel.cpp); about mean(v) svc / l is small unless the row
 //   saturates, and then sk / l is.
