@@ -1,5 +1,5 @@
 """The fused modules' eager fast path (issue 25, the host cost cut): SEBlock and the CUBS blocks call their
-kernels through one autograd node (recogfast/ops/_spec.py `_FusedGate`; `CUBSBlock` both blocks through
+kernels through one autograd node (recogfast/ops/_fast_path.py `_FusedGate`; `CUBSBlock` both blocks through
 `_FusedPair`), with the weights flattened (and, unless the call is mixed, cast) outside autograd. It must give
 bit for bit what the module's plain body gives (the wrapper on weights prepared with autograd, one module after
 the other; fp32 weights with a 16-bit x passed as they are, docs/SPEC.md "Dtypes"): outputs, input and weight

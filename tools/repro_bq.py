@@ -1,6 +1,9 @@
 """Issue 25 (grad bq): CPU Block 2 fp32 kernel vs the fp32 reference, both against float64 truth, many seeds.
 
-    PYTHONPATH=$PWD python tools/repro_bq.py [--seeds 200] [--shapes 4x64x7x7,...]
+    PYTHONPATH=$PWD python tools/repro_bq.py [--seeds 200] [--shapes 4x64x7x7,...] [--path op|saved]
+
+--path op (default) differentiates through the registered op (its recomputing backward); saved through the
+wrapper's fused path, the training forward and the saved-stats backward (issue 25 part 5; the same sums).
 
 Per tensor (y, grad x, wq, bq, wk, bk, wv, bv) prints the worst ratio err_kernel / max(err_ref, floor)
 (floor = 1e-7 x the tensor's scale) over seeds, the seed, and the seeds that fail the tests' fp32 rule
@@ -30,13 +33,16 @@ def run(fn, args, gy):
     return [y.detach(), *torch.autograd.grad(y, leaves, gy)]
 
 
+KERNEL = torch.ops.recogfast.cubs_spatial
+
+
 def one(shape, seed):
     torch.manual_seed(seed)
     a64 = make_args2(*shape)
     gy64 = torch.randn_like(a64[0])
     truth = run(cubs_spatial_reference, a64, gy64)
     a32, gy32 = [a.float() for a in a64], gy64.float()
-    ker = run(torch.ops.recogfast.cubs_spatial, a32, gy32)
+    ker = run(KERNEL, a32, gy32)
     ref = run(cubs_spatial_reference, a32, gy32)
     gscale = max(t.abs().max().item() for t in truth[1:])
     rows = []
@@ -56,7 +62,12 @@ def main():
     p.add_argument("--seeds", type=int, default=200)
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--shapes", default="4x64x7x7,2x16x28x28,2x128x28x28,1x8x56x56")
+    p.add_argument("--path", choices=["op", "saved"], default="op")
     o = p.parse_args()
+    if o.path == "saved":
+        global KERNEL
+        from recogfast.ops import cubs_spatial
+        KERNEL = lambda *a: cubs_spatial(*a, impl="fused")  # noqa: E731
     torch.set_num_threads(1)
     for s in o.shapes.split(","):
         shape = tuple(int(t) for t in s.split("x"))

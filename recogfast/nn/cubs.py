@@ -9,7 +9,7 @@ from torch import nn
 from recogfast import dispatch
 from recogfast.ops.cubs_channel import SPEC as _CHANNEL
 from recogfast.nn._params import layer_params
-from recogfast.ops._spec import pair_call
+from recogfast.ops._fast_path import pair_call
 from recogfast.ops.cubs_spatial import SPEC as _SPATIAL
 
 PLACEMENTS = ("serial12", "serial21", "parallel")
