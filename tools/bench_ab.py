@@ -57,9 +57,12 @@ print(json.dumps(statistics.median(ts)))
 
 
 def time_case(tree: str, setup: str, threads: int, reps: int) -> float:
+    tree = os.path.abspath(tree)
     env = dict(os.environ, PYTHONPATH=tree)
     code = CHILD.format(setup=setup, threads=threads, reps=reps)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # cwd = the tree: `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH, so run from
+    # inside a checkout both sides imported that checkout's recogfast
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
