@@ -47,8 +47,10 @@ print(json.dumps(statistics.median(ts)))
 
 
 def run(tree: str, shape, grad: bool, reps: int) -> float:
+    tree = os.path.abspath(tree)
     env = dict(os.environ, PYTHONPATH=tree, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", CHILD.format(shape=shape, grad=grad, reps=reps)], env=env,
+    # cwd = the tree: `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH
+    out = subprocess.run([sys.executable, "-c", CHILD.format(shape=shape, grad=grad, reps=reps)], env=env, cwd=tree,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
