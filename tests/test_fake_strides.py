@@ -37,6 +37,9 @@ def cases(device):
     yield "cubs_channel_backward", ops._cubs_channel_backward.default, [gy, x, *ch]
     yield "cubs_spatial", ops.cubs_spatial.default, [x, *sp]
     yield "cubs_spatial_backward", ops._cubs_spatial_backward.default, [gy, x, *sp]
+    yield "cubs_spatial_forward_train", ops._cubs_spatial_forward_train.default, [x, *sp]
+    stats = ops._cubs_spatial_forward_train.default(x, *sp)[1]
+    yield "cubs_spatial_backward_saved", ops._cubs_spatial_backward_saved.default, [gy, x, stats, *sp]
     out = ops.ms_loss.default(e, labels, ref, ref_labels, 2.0, 50.0, 0.5, 0.1, "ms", False)
     yield "ms_loss", ops.ms_loss.default, [e, labels, ref, ref_labels, 2.0, 50.0, 0.5, 0.1, "ms", False]
     yield "ms_loss_backward", ops._ms_loss_backward.default, [
@@ -63,7 +66,7 @@ def test_fake_kernels_give_the_real_strides(device):
                 assert r.stride() == f.stride(), f"{name} output {i}: strides {r.stride()} vs fake {f.stride()}"
             assert r.dtype == f.dtype, f"{name} output {i}"
             checked += 1
-    assert checked >= 20  # every output of the eight ops
+    assert checked >= 39  # every output of the ten ops
 
 
 @pytest.mark.parametrize("device", DEVICES)
