@@ -13,7 +13,8 @@ Floors (in extra_info):
 - DRAM: Block 1 reads x and writes y (2|x|) forward, 5|x| forward+backward (reads x, grad_y, writes
   grad_x), like SE; Block 2 the same; a placement adds the second block's passes (4|x| / 10|x|).
 - Exponentials (Block 2 and the placements on CUDA): B·(HW)² exps per pass over the rank-one softmax,
-  1 pass forward, 3 forward+backward (forward again, rows, columns). On the GPU each is one MUFU.EX2:
+  1 pass forward, 2 forward+backward (the training forward's rows, which save the per-row statistics, and the
+  backward's columns; issue 25 part 5, three before). On the GPU each is one MUFU.EX2:
   the CUDA C++ Programming Guide's arithmetic-instruction throughput table gives 16 results per clock
   per SM for exp2f (base-2 exponential) on compute capability 9.0, so an H100 SXM (132 SMs, 1.98 GHz
   boost) manages 132 · 16 · 1.98e9 ≈ 4.2e12 exp/s. The floor is max(DRAM time, exp time), using the
@@ -92,7 +93,7 @@ def test_cubs(benchmark, device, stage, name, impl, mode):
 
         def step():
             m(x).backward(gy)
-        passes, traffic = 3, 5 * blocks
+        passes, traffic = 2, 5 * blocks
     exps = passes * B * (H * H) ** 2 if spatial else 0
     dram_s = traffic * nbytes / copy_bandwidth(device)
     rate = exp_rate(device)
