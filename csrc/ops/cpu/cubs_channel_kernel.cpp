@@ -11,9 +11,8 @@
 // Accuracy (issue 25, benchmarks/RESULTS.md "Block 1 fp32 gradients on the CPU"): the head's dense sums
 // (q, k, v, z, df, dg) and the weight-gradient sums over the batch accumulate in double: when the softmax rows
 // saturate, the exponents q_i (k_j - k*) amplify any rounding of q and k beyond one (fp32 sums of 16 channels
-// added in double still left y and every gradient 4-20x the fp32 reference's error at x * 10); dq's moments take
-// v about the sample's mean (rank_one_attention.h), and the channel sums of x and grad_y x are chunked
-// (channel_gate.h).
+// added in double still left y and every gradient 4-20x the fp32 reference's error at x * 10); the row sums take
+// v about the sample's mean (head_forward), and the channel sums of x and grad_y x are chunked (channel_gate.h).
 
 #include <algorithm>
 #include <cmath>
@@ -76,22 +75,25 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     const acc_t* k = q + N;
     const acc_t* v = k + N;
     const auto kr = cpu::key_range(k, v, N);
-    // dq's moments about the mean of v (rank_one_attention.h; about v* the fp32 row sums' rounding came back
-    // amplified: grad wq / bq up to 24x the reference's error)
+    // The row sums take v about the sample's mean vm (issue 25): f = vm + sum e (v - vm) / l and dq's moments.
+    // About v* (rank_one_attention.h's default), the fp32 sums of e (v - v*), of size l |f - v*|, left f with an
+    // error of eps |v* - f|, far above eps |f| in the unsaturated rows where f ~ mean v (grad Wo up to 5x the
+    // reference's error at N = 128), and dq's cov = (skv - sv sk / l) / l cancelled (grad wq / bq up to 24x).
+    // In a saturated row f ~ v* and the error stays eps |v* - vm|, of the order of eps |f|.
     double vsum = 0;
     for (int64_t j = 0; j < N; ++j) vsum += double(v[j]);
-    const acc_t vmean = acc_t(vsum / double(N));
+    const acc_t vm = acc_t(vsum / double(N));
     for (int64_t i = 0; i < N; ++i) {
       acc_t ks, vs;
       cpu::dominant(q[i], kr, &ks, &vs);
       if (l) {
-        const cpu::RowSums rs = cpu::row_sums<true>(q[i], k, v, N, ks, vs, vmean);
+        const cpu::RowSums rs = cpu::row_sums<true>(q[i], k, v, N, ks, vm);
         l[i] = acc_t(rs.l);
         cov[i] = acc_t(cpu::row_cov(rs));
-        s.f[i] = acc_t(cpu::row_value(rs, vs));
+        s.f[i] = acc_t(cpu::row_value(rs, vm));
       } else {
-        const cpu::RowSums rs = cpu::row_sums<false>(q[i], k, v, N, ks, vs);
-        s.f[i] = acc_t(cpu::row_value(rs, vs));
+        const cpu::RowSums rs = cpu::row_sums<false>(q[i], k, v, N, ks, vm);
+        s.f[i] = acc_t(cpu::row_value(rs, vm));
       }
     }
     for (int64_t c = 0; c < C; ++c) {
