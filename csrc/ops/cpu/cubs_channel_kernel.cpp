@@ -11,8 +11,8 @@
 // Accuracy (issue 25, benchmarks/RESULTS.md "Block 1 fp32 gradients on the CPU"): the head's dense sums
 // (q, k, v, z, df, dg) and the weight-gradient sums over the batch accumulate in double: when the softmax rows
 // saturate, the exponents q_i (k_j - k*) amplify any rounding of q and k beyond one (fp32 sums of 16 channels
-// added in double still left y and every gradient 4-20x the fp32 reference's error at x * 10); the row sums take
-// v about the sample's mean (head_forward), and the channel sums of x and grad_y x are chunked (channel_gate.h).
+// added in double still left y and every gradient 4-20x the fp32 reference's error at x * 10); f and dq's moments
+// take v about the sample's mean (head_forward), and the channel sums of x and grad_y x are chunked (channel_gate.h).
 
 #include <algorithm>
 #include <cmath>
@@ -65,8 +65,9 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
   };
 
   // g, q, k, v, f and the gate of one sample from its channel sums; with grad, also the attention's row
-  // sums l and covariances cov = sum_j a_ij k_j (v_j - f_i) (each [N]; rank_one_attention.h).
-  void head_forward(const acc_t* sx, Sample s, acc_t* l, acc_t* cov) const {
+  // sums l, covariances cov = sum_j a_ij k_j (v_j - f_i) and f about v* for the column pass, fc (each [N];
+  // rank_one_attention.h).
+  void head_forward(const acc_t* sx, Sample s, acc_t* l, acc_t* cov, acc_t* fc) const {
     for (int64_t c = 0; c < C; ++c) s.g[c] = acc_t(double(sx[c]) / double(HW));  // one rounding, as mean()
     for (int64_t r = 0; r < 3 * N; ++r) {
       s.qkv[r] = acc_t(double(bias3[r]) + dot_d(W.data() + r * C, s.g, C));
@@ -75,11 +76,12 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     const acc_t* k = q + N;
     const acc_t* v = k + N;
     const auto kr = cpu::key_range(k, v, N);
-    // The row sums take v about the sample's mean vm (issue 25): f = vm + sum e (v - vm) / l and dq's moments.
-    // About v* (rank_one_attention.h's default), the fp32 sums of e (v - v*), of size l |f - v*|, left f with an
-    // error of eps |v* - f|, far above eps |f| in the unsaturated rows where f ~ mean v (grad Wo up to 5x the
-    // reference's error at N = 128), and dq's cov = (skv - sv sk / l) / l cancelled (grad wq / bq up to 24x).
-    // In a saturated row f ~ v* and the error stays eps |v* - vm|, of the order of eps |f|.
+    // f (for z and grad Wo) and dq's moments take v about the sample's mean vm (issue 25): about v* the fp32 sums
+    // of e (v - v*), of size l |f - v*|, left f an error of eps |v* - f|, far above eps |f| in the unsaturated
+    // rows where f ~ mean v (grad Wo up to 5x the reference's error at N = 128), and dq's
+    // cov = (skv - sv sk / l) / l cancelled (grad wq / bq up to 24x). The column pass keeps f about v*, fc:
+    // its v_j - f_i must be exactly 0 - (f_i - v*) at a saturated row's dominant column (issue 13; about vm,
+    // f's few ulps of v* times q_i put grad wk at x * 100 up to 1e4 times the reference's error).
     double vsum = 0;
     for (int64_t j = 0; j < N; ++j) vsum += double(v[j]);
     const acc_t vm = acc_t(vsum / double(N));
@@ -87,10 +89,11 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
       acc_t ks, vs;
       cpu::dominant(q[i], kr, &ks, &vs);
       if (l) {
-        const cpu::RowSums rs = cpu::row_sums<true>(q[i], k, v, N, ks, vm);
+        const cpu::RowSums rs = cpu::row_sums<true>(q[i], k, v, N, ks, vs, vm);  // sv about v*, svc about vm
         l[i] = acc_t(rs.l);
         cov[i] = acc_t(cpu::row_cov(rs));
-        s.f[i] = acc_t(cpu::row_value(rs, vm));
+        s.f[i] = acc_t(double(vm) + rs.svc / rs.l);
+        fc[i] = acc_t(cpu::row_value(rs, vs));
       } else {
         const cpu::RowSums rs = cpu::row_sums<false>(q[i], k, v, N, ks, vm);
         s.f[i] = acc_t(cpu::row_value(rs, vm));
@@ -103,8 +106,8 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
   }
 
   // Backward of one sample's head given sgx = sum_hw grad_y x: writes dz [C], dqkv [3N] and coef [C].
-  void head_backward(const acc_t* sgx, Sample s, const acc_t* l, const acc_t* cov, acc_t* dz, acc_t* dqkv,
-                     acc_t* coef) const {
+  void head_backward(const acc_t* sgx, Sample s, const acc_t* l, const acc_t* cov, const acc_t* fc, acc_t* dz,
+                     acc_t* dqkv, acc_t* coef) const {
     for (int64_t c = 0; c < C; ++c) dz[c] = sgx[c] * s.gate[c] * (acc_t(1) - s.gate[c]);
     const acc_t* q = s.qkv;
     const acc_t* k = q + N;
@@ -125,7 +128,7 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     }
     double out[2];
     for (int64_t j = 0; j < N; ++j) {
-      cpu::col_sums(k[j], v[j], qs.data(), kst.data(), fa.data(), fb.data(), s.f, N, out);
+      cpu::col_sums(k[j], v[j], qs.data(), kst.data(), fa.data(), fb.data(), fc, N, out);
       dqkv[2 * N + j] = acc_t(out[0]);
       dqkv[N + j] = acc_t(out[1]);
     }
@@ -137,7 +140,7 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     std::vector<acc_t> sx(B * C), g(B * C), qkv(B * 3 * N), f(B * N), gate(B * C);
     auto sample = [&](int64_t b) { return Sample{&g[b * C], &qkv[b * 3 * N], &f[b * N], &gate[b * C]}; };
     this->schedule([&](int64_t b, int64_t c0, int64_t c1) { this->reduce(nullptr, b, c0, c1, &sx[b * C], nullptr); },
-                   [&](int64_t b) { head_forward(&sx[b * C], sample(b), nullptr, nullptr); },
+                   [&](int64_t b) { head_forward(&sx[b * C], sample(b), nullptr, nullptr, nullptr); },
                    [&](int64_t b, int64_t c0, int64_t c1) { this->apply(x, y, b, c0, c1, &gate[b * C], nullptr); },
                    4 * N * (N + C));
   }
@@ -150,9 +153,9 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     auto sample = [&](int64_t b) { return Sample{&g[b * C], &qkv[b * 3 * N], &f[b * N], &gate[b * C]}; };
     this->schedule([&](int64_t b, int64_t c0, int64_t c1) { this->reduce(gy, b, c0, c1, &sx[b * C], &sgx[b * C]); },
              [&](int64_t b) {
-               std::vector<acc_t> l(N), cov(N);
-               head_forward(&sx[b * C], sample(b), l.data(), cov.data());
-               head_backward(&sgx[b * C], sample(b), l.data(), cov.data(), &dz[b * C],
+               std::vector<acc_t> l(N), cov(N), fc(N);
+               head_forward(&sx[b * C], sample(b), l.data(), cov.data(), fc.data());
+               head_backward(&sgx[b * C], sample(b), l.data(), cov.data(), fc.data(), &dz[b * C],
                              &dqkv[b * 3 * N], &coef[b * C]);
              },
              [&](int64_t b, int64_t c0, int64_t c1) { this->apply(gy, gx, b, c0, c1, &gate[b * C], &coef[b * C]); },

@@ -11,7 +11,8 @@
 //           3. grad_x = grad_y * gate + coef; 4. weight gradients, fixed-order sums over the batch.
 // Accuracy (issue 25, as the CPU kernel): the dense sums of the head (q, k, v, z, df, dg), the chunk sums of the
 // pool and the weight-gradient sums over the batch accumulate in double (in saturated rows the exponents
-// q_i (k_j - k*) amplify any rounding of q and k beyond one), and the row sums take v about the sample's mean.
+// q_i (k_j - k*) amplify any rounding of q and k beyond one); f and dq's moments take v about the sample's mean,
+// the column pass keeps f about v* (csrc/ops/cpu/cubs_channel_kernel.cpp head_forward).
 // The weights are w_t: x's type, or float for a 16-bit x (mixed, read without a cast). The head and
 // weight-gradient kernels see only the weights and acc_t, so a mixed call runs their fp32 instantiations and the
 // 16-bit ones of the streaming passes: no kernel is compiled for the mix.
@@ -92,19 +93,21 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
     vsum += double(v[j]);
   }
   const acc_t kmin = k[jmin], kmax = k[jmax];
-  const acc_t vc = acc_t(vsum / double(N));  // the row sums take v about its mean, as the CPU kernel (issue 25)
-  // Softmax rows: a thread a row, exponents relative to the dominant column (csrc/ops/cpu/rank_one_attention.h),
-  // v about its mean vc (csrc/ops/cpu/cubs_channel_kernel.cpp head_forward; issue 25: about v* the sums of
-  // e (v - v*) left f an error of eps |f - v*| and cov cancelled): f = vc + sum e (v - vc) / l,
-  // cov = (sum e (k - k*)(v - vc) - sum e (v - vc) sum e (k - k*) / l) / l.
+  const acc_t vc = acc_t(vsum / double(N));  // the mean of v
+  // Softmax rows: a thread a row, sums relative to the dominant column (csrc/ops/cpu/rank_one_attention.h) with
+  // v about its mean vc for f and cov (csrc/ops/cpu/cubs_channel_kernel.cpp head_forward; issue 25: about v* the
+  // sums of e (v - v*) left f an error of eps |f - v*| and cov cancelled): f = vc + sum e (v - vc) / l,
+  // cov = (sum e (k - k*)(v - vc) - sum e (v - vc) sum e (k - k*) / l) / l; with kGrad also f about v* for the
+  // column pass, v* + sum e (v - v*) / l (its v_j - f_i exactly 0 - (f_i - v*) at a saturated row's dominant
+  // column; issue 13), kept in sk until the df loop.
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
     const acc_t qs = q[i] * log2e<acc_t>();
-    const acc_t ks = q[i] >= acc_t(0) ? kmax : kmin;
+    const acc_t ks = q[i] >= acc_t(0) ? kmax : kmin, vs = q[i] >= acc_t(0) ? v[jmax] : v[jmin];
     // Blocked sums (cubs_common.cuh: kLanes partials a chunk of kChunk terms, compensated chunk totals).
-    CompSum<acc_t> tl{0, 0}, tv{0, 0}, tk{0, 0}, tkv{0, 0};
+    CompSum<acc_t> tl{0, 0}, tv{0, 0}, tk{0, 0}, tkv{0, 0}, ts{0, 0};
     for (int64_t j0 = 0; j0 < N; j0 += kChunk) {
       const int64_t j1 = min(N, j0 + kChunk);
-      acc_t pl[kLanes] = {}, pv[kLanes] = {}, pk[kLanes] = {}, pkv[kLanes] = {};
+      acc_t pl[kLanes] = {}, pv[kLanes] = {}, pk[kLanes] = {}, pkv[kLanes] = {}, ps[kLanes] = {};
       auto term = [&](int u, int64_t j) {
         const acc_t dk = k[j] - ks, dv = v[j] - vc;
         const acc_t e = ex2(qs * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
@@ -114,6 +117,7 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
           const acc_t ek = e * dk;
           pk[u] += ek;
           pkv[u] += ek * dv;
+          ps[u] += e * (v[j] - vs);
         }
       };
       int64_t j = j0;
@@ -129,6 +133,7 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
       if constexpr (kGrad) {
         tk.add(lanes_sum(pk));
         tkv.add(lanes_sum(pkv));
+        ts.add(lanes_sum(ps));
       }
     }
     // f and cov in double from the compensated sums (hi + lo exact in double), as the CPU kernel (row_value,
@@ -138,6 +143,7 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
     f[i] = acc_t(double(vc) + sv / sl);
     l[i] = acc_t(sl);
     skv[i] = acc_t((s_kv - sv * s_k / sl) / sl);  // cov: sum_j a_ij k_j (v_j - f_i)
+    if constexpr (kGrad) sk[i] = acc_t(double(vs) + (double(ts.hi) + double(ts.lo)) / sl);  // f about v*
     ms[i] = ks;                            // the row's dominant key, for the column pass
   }
   __syncthreads();
@@ -156,8 +162,10 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   if constexpr (!kGrad) return;
   __syncthreads();
   // df_i = sum_c Wo[c, i] dz_c; dq_i = df_i cov_i; the column pass's factors fa, fb, q log2e (kept in l, sk,
-  // skv; ms holds the rows' dominant keys).
+  // skv; ms holds the rows' dominant keys); f goes out (grad Wo) and f about v* takes its place.
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
+    f_out[b * N + i] = f[i];
+    f[i] = sk[i];
     double dfd = 0;
     for (int64_t c = 0; c < C; ++c) dfd += double(static_cast<acc_t>(prm.wo[c * N + i])) * double(dz[c]);
     const acc_t df = acc_t(dfd);
@@ -208,7 +216,6 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
     dz_out[b * C + c] = dz[c];
   }
   for (int64_t r = threadIdx.x; r < 3 * N; r += blockDim.x) dqkv_out[b * 3 * N + r] = dqkv[r];
-  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) f_out[b * N + n] = f[n];
 }
 
 // Weight and bias gradients, a warp an output (lanes split the batch), fixed order. Outputs end to end:
