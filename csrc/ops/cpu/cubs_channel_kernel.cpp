@@ -11,7 +11,7 @@
 // Accuracy (issue 25, benchmarks/RESULTS.md "Block 1 fp32 gradients on the CPU"): the head's dense sums
 // (q, k, v, z, df, dg) and the weight-gradient sums over the batch accumulate in double: when the softmax rows
 // saturate, the exponents q_i (k_j - k*) amplify any rounding of q and k beyond one (fp32 sums of 16 channels
-// added in double still left y and every gradient 4-20x the fp32 reference's error at x * 10); f and dq's moments
+// added in double still left outputs up to 10x the fp32 reference's error at x * 10); f and dq's moments
 // take v about the sample's mean (head_forward), and the channel sums of x and grad_y x are chunked (channel_gate.h).
 
 #include <algorithm>
@@ -81,7 +81,7 @@ struct CubsChannelCPU : cpu::ChannelGate<scalar_t> {
     // rows where f ~ mean v (grad Wo up to 5x the reference's error at N = 128), and dq's
     // cov = (skv - sv sk / l) / l cancelled (grad wq / bq up to 24x). The column pass keeps f about v*, fc:
     // its v_j - f_i must be exactly 0 - (f_i - v*) at a saturated row's dominant column (issue 13; about vm,
-    // f's few ulps of v* times q_i put grad wk at x * 100 up to 1e4 times the reference's error).
+    // f's few ulps of v* times q_i put grad wk at x * 100 up to 3e4 times the reference's error).
     double vsum = 0;
     for (int64_t j = 0; j < N; ++j) vsum += double(v[j]);
     const acc_t vm = acc_t(vsum / double(N));
