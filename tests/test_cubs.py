@@ -344,6 +344,39 @@ def test_spatial_fp32_gradients_within_twice_the_reference_seeded(device, fmt, s
         assert err <= 2 * ref_err + floor, f"grad {name}: {err:.3g} vs the reference's {ref_err:.3g} (floor {floor:.3g})"
 
 
+# Issue 25 (Block 1): (shape, gain, seed) draws whose fp32 output or gradients the CPU kernel put outside this bound
+# before the fix (tools/repro_b1.py; err / bound 1.3-1.8 at gain 1, 2.9-4.9 at x * 10, e.g. 2x256x2x2 seed 38 in
+# NCHW grad wk 4.4x the bound), all within 0.7 of it after.
+CHANNEL_SEEDED = [((4, 64, 7, 7, 32), 1.0, s) for s in (1, 18, 52)] + \
+    [((2, 256, 2, 2, 128), 1.0, s) for s in (1, 6, 9)] + [((2, 256, 2, 2, 128), 10.0, s) for s in (0, 38, 60)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape,gain,seed", CHANNEL_SEEDED, ids=lambda v: str(v))
+def test_channel_fp32_gradients_within_twice_the_reference_seeded(device, fmt, shape, gain, seed):
+    """Issue 25: Block 1 fp32, y and every gradient within 2x the fp32 reference's error against the float64 truth
+    plus one fp32 rounding unit (of max |y|, or of the call's largest gradient). Before the fix the kernels took
+    the row sums about the dominant column's v* (f's error eps |f - v*| where f ~ mean v; dq's cov cancelled: grad
+    bq up to 27x the reference's error) and summed q, k, v in fp32 (at x * 10 the saturated exponents q (k - k*)
+    amplified that rounding: y and every gradient up to 9-35x). The CUDA kernel carries the same fix, proven
+    under tools/cuda_emulation (`run.sh acc`) but not yet on a GPU: no xfail, the first GPU run decides."""
+    torch.manual_seed(seed)
+    args64 = make_args1(*shape, device=device)
+    args64[0] = (args64[0] * gain).contiguous(memory_format=fmt)
+    gy64 = torch.randn_like(args64[0])
+    truth_y, truth_g = fused_and_reference("channel", args64, gy64)[1]
+    (y, g), (y_ref, g_ref) = fused_and_reference("channel", [a.float() for a in args64], gy64.float())
+    eps = torch.finfo(torch.float32).eps
+    grad_floor = eps * max(t.abs().max().item() for t in truth_g)
+    names = ["y", "x", "wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo"]
+    for i, (name, out, ref, truth) in enumerate(zip(names, (y, *g), (y_ref, *g_ref), (truth_y, *truth_g))):
+        err = (out.double() - truth).abs().max().item()
+        ref_err = (ref.double() - truth).abs().max().item()
+        floor = eps * truth.abs().max().item() if i == 0 else grad_floor
+        assert err <= 2 * ref_err + floor, f"{name}: {err:.3g} vs the reference's {ref_err:.3g} (floor {floor:.3g})"
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     B=st.integers(1, 3), C=st.integers(1, 24), H=st.integers(1, 9), W=st.integers(1, 9), N=st.integers(1, 12),

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "ops/cpu/parallel.h"
 
@@ -49,9 +50,29 @@ inline acc_t dot_row(const T* a, const U* b, int64_t n) {
   return s;
 }
 
+// Long channel sums (HW = 3136 at 56x56; issue 25): fp32 lane sums of chunks of kPoolChunk elements, added in
+// double (acc_t float), so that only a chunk's terms share an fp32 rounding. acc_t double: plain double sums.
+constexpr int64_t kPoolChunk = 256;
+
+template <typename T, typename acc_t>
+inline acc_t sum_row_chunked(const T* a, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i += kPoolChunk) s += double(sum_row<T, acc_t>(a + i, std::min(kPoolChunk, n - i)));
+  return acc_t(s);
+}
+
+template <typename T, typename U, typename acc_t>
+inline acc_t dot_row_chunked(const T* a, const U* b, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; i += kPoolChunk) s += double(dot_row<T, U, acc_t>(a + i, b + i, std::min(kPoolChunk, n - i)));
+  return acc_t(s);
+}
+
 template <typename scalar_t>
 struct ChannelGate {
   using acc_t = opmath_t<scalar_t>;
+
+  static constexpr int64_t kPixelBlock = 16;  // NHWC reduce: fp32 sums of 16 pixels a channel, added in double
 
   const scalar_t* x;
   int64_t B, C, HW;
@@ -64,23 +85,33 @@ struct ChannelGate {
     if (!channels_last) {
       for (int64_t c = c0; c < c1; ++c) {
         const scalar_t* xr = xb + c * HW;
-        sx[c] = sum_row<scalar_t, acc_t>(xr, HW);
-        if (gb) sgx[c] = dot_row<scalar_t, scalar_t, acc_t>(gb + c * HW, xr, HW);
+        sx[c] = sum_row_chunked<scalar_t, acc_t>(xr, HW);
+        if (gb) sgx[c] = dot_row_chunked<scalar_t, scalar_t, acc_t>(gb + c * HW, xr, HW);
       }
       return;
     }
-    std::fill(sx + c0, sx + c1, acc_t(0));
-    if (gb) std::fill(sgx + c0, sgx + c1, acc_t(0));
-    for (int64_t p = 0; p < HW; ++p) {
-      const scalar_t* xr = xb + p * C;
+    // fp32 sums of kPixelBlock pixels a channel, added in double
+    std::vector<double> dx(c1 - c0, 0.0), dgx(gb ? c1 - c0 : 0, 0.0);
+    for (int64_t p0 = 0; p0 < HW; p0 += kPixelBlock) {
+      std::fill(sx + c0, sx + c1, acc_t(0));
+      if (gb) std::fill(sgx + c0, sgx + c1, acc_t(0));
+      for (int64_t p = p0; p < std::min(HW, p0 + kPixelBlock); ++p) {
+        const scalar_t* xr = xb + p * C;
 #pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) sx[c] += acc_t(xr[c]);
-      if (gb) {
-        const scalar_t* gr = gb + p * C;
+        for (int64_t c = c0; c < c1; ++c) sx[c] += acc_t(xr[c]);
+        if (gb) {
+          const scalar_t* gr = gb + p * C;
 #pragma omp simd
-        for (int64_t c = c0; c < c1; ++c) sgx[c] += acc_t(gr[c]) * acc_t(xr[c]);
+          for (int64_t c = c0; c < c1; ++c) sgx[c] += acc_t(gr[c]) * acc_t(xr[c]);
+        }
       }
+      for (int64_t c = c0; c < c1; ++c) dx[c - c0] += double(sx[c]);
+      if (gb)
+        for (int64_t c = c0; c < c1; ++c) dgx[c - c0] += double(sgx[c]);
     }
+    for (int64_t c = c0; c < c1; ++c) sx[c] = acc_t(dx[c - c0]);
+    if (gb)
+      for (int64_t c = c0; c < c1; ++c) sgx[c] = acc_t(dgx[c - c0]);
   }
 
   // out[b, c, :] = in[b, c, :] * s[c] (+ coef[c] when given), for c in [c0, c1).

@@ -1,7 +1,8 @@
 // The two streaming passes of every channel gate (SE, CUBS Block 1): y = x * gate[b, c], where the gate
 // comes from per-channel sums of x. Forward: pool, a per-sample head (op-specific), apply. Backward:
 // pool x and grad_y * x together, the head's backward, then grad_x = grad_y * gate + coef[b, c].
-// NCHW and NHWC (channels_last), any dtype, accumulation in acc_t.
+// NCHW and NHWC (channels_last), any dtype, accumulation in acc_t; the pool's sums in double (issue 25: a lane's
+// serial fp32 sum of HW / 32 = 98 terms at 56x56 was the largest rounding of CUBS Block 1's g and dz), stored as acc_t.
 #pragma once
 
 #include <cstdint>
@@ -25,17 +26,17 @@ __global__ void channel_gate_pool_nchw_kernel(const scalar_t* __restrict__ x, co
   const int lane = threadIdx.x % kWarp;
   if (row >= rows) return;
   const scalar_t* xr = x + row * HW;
-  acc_t sx = 0, sgx = 0;
+  double sx = 0, sgx = 0;
   for (int64_t i = lane; i < HW; i += kWarp) {
     const acc_t v = static_cast<acc_t>(xr[i]);
-    sx += v;
-    if constexpr (kGrad) sgx += static_cast<acc_t>(gy[row * HW + i]) * v;
+    sx += double(v);
+    if constexpr (kGrad) sgx += double(static_cast<acc_t>(gy[row * HW + i]) * v);
   }
   sx = warp_sum(sx);
   if constexpr (kGrad) sgx = warp_sum(sgx);
   if (lane == 0) {
-    px[row] = sx;
-    if constexpr (kGrad) pgx[row] = sgx;
+    px[row] = acc_t(sx);
+    if constexpr (kGrad) pgx[row] = acc_t(sgx);
   }
 }
 
@@ -46,18 +47,18 @@ template <typename scalar_t, typename acc_t, bool kGrad>
 __global__ void channel_gate_pool_nhwc_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
                                               acc_t* __restrict__ px, acc_t* __restrict__ pgx, int64_t B, int64_t C,
                                               int64_t HW, int64_t per_chunk) {
-  __shared__ acc_t red[2][8][kWarp];
+  __shared__ double red[2][8][kWarp];
   const int64_t cblocks = ceil_div(C, kWarp);
   const int64_t b = blockIdx.x / cblocks, c = (blockIdx.x % cblocks) * kWarp + threadIdx.x;
   const int64_t chunk = blockIdx.y;
   const int64_t p0 = chunk * per_chunk, p1 = min(HW, p0 + per_chunk);
-  acc_t sx = 0, sgx = 0;
+  double sx = 0, sgx = 0;
   if (c < C) {
     for (int64_t p = p0 + threadIdx.y; p < p1; p += blockDim.y) {
       const int64_t idx = (b * HW + p) * C + c;
       const acc_t v = static_cast<acc_t>(x[idx]);
-      sx += v;
-      if constexpr (kGrad) sgx += static_cast<acc_t>(gy[idx]) * v;
+      sx += double(v);
+      if constexpr (kGrad) sgx += double(static_cast<acc_t>(gy[idx]) * v);
     }
   }
   red[0][threadIdx.y][threadIdx.x] = sx;
@@ -68,8 +69,8 @@ __global__ void channel_gate_pool_nhwc_kernel(const scalar_t* __restrict__ x, co
       sx += red[0][y][threadIdx.x];
       sgx += red[1][y][threadIdx.x];
     }
-    px[(chunk * B + b) * C + c] = sx;
-    if constexpr (kGrad) pgx[(chunk * B + b) * C + c] = sgx;
+    px[(chunk * B + b) * C + c] = acc_t(sx);
+    if constexpr (kGrad) pgx[(chunk * B + b) * C + c] = acc_t(sgx);
   }
 }
 

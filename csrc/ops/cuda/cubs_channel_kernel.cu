@@ -9,6 +9,10 @@
 // Backward: 1. channel sums of x and grad_y * x; 2. the head forward again and its backward
 //           (df = Woᵀ dz, the attention backward with a column pass, dg) -> coef = dg / HW;
 //           3. grad_x = grad_y * gate + coef; 4. weight gradients, fixed-order sums over the batch.
+// Accuracy (issue 25, as the CPU kernel): the dense sums of the head (q, k, v, z, df, dg), the chunk sums of the
+// pool and the weight-gradient sums over the batch accumulate in double (in saturated rows the exponents
+// q_i (k_j - k*) amplify any rounding of q and k beyond one); f and dq's moments take v about the sample's mean,
+// the column pass keeps f about v* (csrc/ops/cpu/cubs_channel_kernel.cpp head_forward).
 // The weights are w_t: x's type, or float for a 16-bit x (mixed, read without a cast). The head and
 // weight-gradient kernels see only the weights and acc_t, so a mixed call runs their fp32 instantiations and the
 // 16-bit ones of the streaming passes: no kernel is compiled for the mix.
@@ -56,16 +60,15 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   acc_t* ms = skv + N;
   const int64_t b = blockIdx.x;
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, warps = blockDim.x / kWarp;
-  const acc_t inv_hw = acc_t(1) / acc_t(HW);
 
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    acc_t s = 0, t = 0;
+    double s = 0, t = 0;
     for (int64_t k = 0; k < chunks; ++k) {
-      s += px[(k * B + b) * C + c];
-      if constexpr (kGrad) t += pgx[(k * B + b) * C + c];
+      s += double(px[(k * B + b) * C + c]);
+      if constexpr (kGrad) t += double(pgx[(k * B + b) * C + c]);
     }
-    g[c] = s * inv_hw;
-    dz[c] = t;  // sum_hw grad_y x until the gate is known
+    g[c] = acc_t(s / double(HW));  // one rounding, as mean()
+    dz[c] = acc_t(t);               // sum_hw grad_y x until the gate is known
   }
   __syncthreads();
   // q, k, v: a warp a row r of [Wq; Wk; Wv], lanes along C.
@@ -73,33 +76,40 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
     const int which = static_cast<int>(r / N);
     const int64_t n = r - which * N;
     const w_t* wr = prm.w[which] + n * C;
-    acc_t a = 0;
-    for (int64_t c = lane; c < C; c += kWarp) a += static_cast<acc_t>(wr[c]) * g[c];
+    double a = 0;
+    for (int64_t c = lane; c < C; c += kWarp) a += double(static_cast<acc_t>(wr[c])) * double(g[c]);
     a = warp_sum(a);
-    if (lane == 0) qkv[r] = a + static_cast<acc_t>(prm.b[which][n]);
+    if (lane == 0) qkv[r] = acc_t(a + double(static_cast<acc_t>(prm.b[which][n])));
   }
   __syncthreads();
   const acc_t* q = qkv;
   const acc_t* k = qkv + N;
   const acc_t* v = qkv + 2 * N;
   int64_t jmin = 0, jmax = 0;  // the dominant columns (first index on ties), as the CPU kernel
+  double vsum = v[0];
   for (int64_t j = 1; j < N; ++j) {
     if (k[j] < k[jmin]) jmin = j;
     if (k[j] > k[jmax]) jmax = j;
+    vsum += double(v[j]);
   }
   const acc_t kmin = k[jmin], kmax = k[jmax];
-  // Softmax rows: a thread a row, sums relative to the dominant column (csrc/ops/cpu/rank_one_attention.h):
-  // f = v* + sum e (v - v*) / l, cov = (sum e (k - k*)(v - v*) - sum e (v - v*) sum e (k - k*) / l) / l.
+  const acc_t vc = acc_t(vsum / double(N));  // the mean of v
+  // Softmax rows: a thread a row, sums relative to the dominant column (csrc/ops/cpu/rank_one_attention.h) with
+  // v about its mean vc for f and cov (csrc/ops/cpu/cubs_channel_kernel.cpp head_forward; issue 25: about v* the
+  // sums of e (v - v*) left f an error of eps |f - v*| and cov cancelled): f = vc + sum e (v - vc) / l,
+  // cov = (sum e (k - k*)(v - vc) - sum e (v - vc) sum e (k - k*) / l) / l; with kGrad also f about v* for the
+  // column pass, v* + sum e (v - v*) / l (its v_j - f_i exactly 0 - (f_i - v*) at a saturated row's dominant
+  // column; issue 13), kept in sk until the df loop.
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
     const acc_t qs = q[i] * log2e<acc_t>();
     const acc_t ks = q[i] >= acc_t(0) ? kmax : kmin, vs = q[i] >= acc_t(0) ? v[jmax] : v[jmin];
     // Blocked sums (cubs_common.cuh: kLanes partials a chunk of kChunk terms, compensated chunk totals).
-    CompSum<acc_t> tl{0, 0}, tv{0, 0}, tk{0, 0}, tkv{0, 0};
+    CompSum<acc_t> tl{0, 0}, tv{0, 0}, tk{0, 0}, tkv{0, 0}, ts{0, 0};
     for (int64_t j0 = 0; j0 < N; j0 += kChunk) {
       const int64_t j1 = min(N, j0 + kChunk);
-      acc_t pl[kLanes] = {}, pv[kLanes] = {}, pk[kLanes] = {}, pkv[kLanes] = {};
+      acc_t pl[kLanes] = {}, pv[kLanes] = {}, pk[kLanes] = {}, pkv[kLanes] = {}, ps[kLanes] = {};
       auto term = [&](int u, int64_t j) {
-        const acc_t dk = k[j] - ks, dv = v[j] - vs;
+        const acc_t dk = k[j] - ks, dv = v[j] - vc;
         const acc_t e = ex2(qs * dk);  // q (k - k*) log2e <= 0: no cancellation of q k against q k*
         pl[u] += e;
         pv[u] += e * dv;
@@ -107,6 +117,7 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
           const acc_t ek = e * dk;
           pk[u] += ek;
           pkv[u] += ek * dv;
+          ps[u] += e * (v[j] - vs);
         }
       };
       int64_t j = j0;
@@ -122,26 +133,28 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
       if constexpr (kGrad) {
         tk.add(lanes_sum(pk));
         tkv.add(lanes_sum(pkv));
+        ts.add(lanes_sum(ps));
       }
     }
     // f and cov in double from the compensated sums (hi + lo exact in double), as the CPU kernel (row_value,
     // row_cov of csrc/ops/cpu/rank_one_attention.h): cov cancels when the softmax saturates.
     const double sl = double(tl.hi) + double(tl.lo), sv = double(tv.hi) + double(tv.lo);
     const double s_k = double(tk.hi) + double(tk.lo), s_kv = double(tkv.hi) + double(tkv.lo);
-    f[i] = acc_t(double(vs) + sv / sl);
+    f[i] = acc_t(double(vc) + sv / sl);
     l[i] = acc_t(sl);
     skv[i] = acc_t((s_kv - sv * s_k / sl) / sl);  // cov: sum_j a_ij k_j (v_j - f_i)
+    if constexpr (kGrad) sk[i] = acc_t(double(vs) + (double(ts.hi) + double(ts.lo)) / sl);  // f about v*
     ms[i] = ks;                            // the row's dominant key, for the column pass
   }
   __syncthreads();
   // z = Wo f + bo + g: a warp a channel, lanes along N.
   for (int64_t c = warp; c < C; c += warps) {
     const w_t* wc = prm.wo + c * N;
-    acc_t a = 0;
-    for (int64_t n = lane; n < N; n += kWarp) a += static_cast<acc_t>(wc[n]) * f[n];
+    double a = 0;
+    for (int64_t n = lane; n < N; n += kWarp) a += double(static_cast<acc_t>(wc[n])) * double(f[n]);
     a = warp_sum(a);
     if (lane == 0) {
-      const acc_t s = sigmoid(a + static_cast<acc_t>(prm.bo[c]) + g[c]);
+      const acc_t s = sigmoid(acc_t(a + double(static_cast<acc_t>(prm.bo[c])) + double(g[c])));
       gate[b * C + c] = s;
       if constexpr (kGrad) dz[c] = dz[c] * s * (acc_t(1) - s);
     }
@@ -149,10 +162,13 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   if constexpr (!kGrad) return;
   __syncthreads();
   // df_i = sum_c Wo[c, i] dz_c; dq_i = df_i cov_i; the column pass's factors fa, fb, q log2e (kept in l, sk,
-  // skv; ms holds the rows' dominant keys).
+  // skv; ms holds the rows' dominant keys); f goes out (grad Wo) and f about v* takes its place.
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
-    acc_t df = 0;
-    for (int64_t c = 0; c < C; ++c) df += static_cast<acc_t>(prm.wo[c * N + i]) * dz[c];
+    f_out[b * N + i] = f[i];
+    f[i] = sk[i];
+    double dfd = 0;
+    for (int64_t c = 0; c < C; ++c) dfd += double(static_cast<acc_t>(prm.wo[c * N + i])) * double(dz[c]);
+    const acc_t df = acc_t(dfd);
     const acc_t inv_l = acc_t(1) / l[i];
     dqkv[i] = df * skv[i];
     const acc_t fa = df * inv_l, fb = fa * q[i];
@@ -190,17 +206,16 @@ __global__ void cubs_channel_head_kernel(const acc_t* __restrict__ px, const acc
   __syncthreads();
   // dg_c = dz_c + sum_r W[r, c] dqkv_r: a thread a channel (reads of W coalesced across threads).
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    acc_t a = dz[c];
+    double a = 0;
     for (int64_t r = 0; r < 3 * N; ++r) {
       const int which = static_cast<int>(r / N);
-      a += static_cast<acc_t>(prm.w[which][(r - which * N) * C + c]) * dqkv[r];
+      a += double(static_cast<acc_t>(prm.w[which][(r - which * N) * C + c])) * double(dqkv[r]);
     }
-    coef[b * C + c] = a * inv_hw;
+    coef[b * C + c] = acc_t((a + double(dz[c])) / double(HW));
     g_out[b * C + c] = g[c];
     dz_out[b * C + c] = dz[c];
   }
   for (int64_t r = threadIdx.x; r < 3 * N; r += blockDim.x) dqkv_out[b * 3 * N + r] = dqkv[r];
-  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) f_out[b * N + n] = f[n];
 }
 
 // Weight and bias gradients, a warp an output (lanes split the batch), fixed order. Outputs end to end:
@@ -217,19 +232,19 @@ __global__ void cubs_channel_weight_grad_kernel(const acc_t* __restrict__ g, con
   w_t* gw[3] = {gw0, gw1, gw2};
   w_t* gb[3] = {gb0, gb1, gb2};
   for (int64_t t = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp; t < total; t += warps) {
-    acc_t a = 0;
+    double a = 0;  // in double, as the CPU kernel
     if (t < n_w) {
       const int64_t r = t / C, c = t - r * C;
-      for (int64_t b = lane; b < B; b += kWarp) a += dqkv[b * 3 * N + r] * g[b * C + c];
+      for (int64_t b = lane; b < B; b += kWarp) a += double(dqkv[b * 3 * N + r]) * double(g[b * C + c]);
     } else if (t < n_w + n_b) {
       const int64_t r = t - n_w;
-      for (int64_t b = lane; b < B; b += kWarp) a += dqkv[b * 3 * N + r];
+      for (int64_t b = lane; b < B; b += kWarp) a += double(dqkv[b * 3 * N + r]);
     } else if (t < n_w + n_b + n_wo) {
       const int64_t i = t - n_w - n_b, c = i / N, n = i - c * N;
-      for (int64_t b = lane; b < B; b += kWarp) a += dz[b * C + c] * f[b * N + n];
+      for (int64_t b = lane; b < B; b += kWarp) a += double(dz[b * C + c]) * double(f[b * N + n]);
     } else {
       const int64_t c = t - n_w - n_b - n_wo;
-      for (int64_t b = lane; b < B; b += kWarp) a += dz[b * C + c];
+      for (int64_t b = lane; b < B; b += kWarp) a += double(dz[b * C + c]);
     }
     a = warp_sum(a);
     if (lane != 0) continue;
