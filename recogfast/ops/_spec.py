@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 
 from recogfast import dispatch
+# The modules' fast path (one autograd node a module call), which GateOp.module_call takes.
+from recogfast.ops._fast_path import _below_autograd, _eager_plain, _FusedGate, _needs_grad, _prepare
 
 FLOAT_KINDS = "float32, float64, float16 or bfloat16"
 
@@ -337,7 +339,3 @@ class GateOp:
         torch.library.register_autograd(qualname(train_name(self.name)), backward_train, setup_context=setup_train)
         refuse_double_backward(self.name, saved_backward_name(self.name))
 
-
-# The modules' fast path (after GateOp, which it serves): recogfast/ops/_fast_path.py.
-from recogfast.ops._fast_path import (  # noqa: E402,F401
-    _below_autograd, _eager_plain, _FusedGate, _grad_mode_guard, _needs_grad, _prepare, pair_call)
