@@ -133,3 +133,62 @@ def test_cuda_flash_is_deterministic_and_selected_by_env(device, monkeypatch):
     for bad, tf32 in ((e.double(), True), (e.float(), False)):
         with pytest.raises(RuntimeError, match=r"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80\+"):
             _fwd_bwd(bad, labels, allow_tf32=tf32)
+
+
+# One process per tile variant (RECOGFAST_MS_FLASH_TILE is read once per process): the flash forward and backward
+# against the tiles path's backward given the flash stats, bf16 and fp32-TF32, ms and all mining, reference rows
+# with gradient, at D = 130, 512 (variant 3: G in shared memory; 2 and 4 feature chunks of 128) and 1024
+# (variant 3's G does not fit the opt-in shared memory there: its backward falls back to variant 0's kernel).
+_VARIANT_RUN = r"""
+import os, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import recogfast  # noqa: F401  (the ops)
+from test_ms_loss import m_per_class
+from test_ms_loss_flash import _assert_close_rel
+torch.manual_seed(26)
+B, R = 1500, 300
+for D in (130, 512, 1024):
+    for dtype, tf32 in ((torch.bfloat16, False), (torch.float32, True)):
+        e = torch.randn(B, D, device="cuda", dtype=torch.bfloat16).to(dtype)
+        r = torch.randn(R, D, device="cuda", dtype=torch.bfloat16).to(dtype)
+        lab, rlab = m_per_class(B, 4, "cuda"), torch.randint(0, B // 4, (R,), device="cuda")
+        for mining in ("ms", "all"):
+            args = (e, lab, r, rlab, 2.0, 50.0, 0.5, 0.1, mining)
+            os.environ["RECOGFAST_MS_LOSS_PATH"] = "flash"
+            loss, stats, hard_idx, _ = torch.ops.recogfast.ms_loss(*args, False, tf32)
+            g = torch.tensor(0.7, dtype=dtype, device="cuda")
+            out = {}
+            for path in ("flash", "tiles"):
+                os.environ["RECOGFAST_MS_LOSS_PATH"] = path
+                out[path] = torch.ops.recogfast._ms_loss_backward(g, *args[:4], stats, hard_idx, torch.zeros(0, device="cuda"),
+                                                                  *args[4:], True, tf32)
+            for k in range(2):
+                _assert_close_rel(out["flash"][k], out["tiles"][k], 3e-2 if dtype == torch.bfloat16 else 3e-3,
+                                  f"D={D} {dtype} {mining} grad {k}")
+            os.environ["RECOGFAST_MS_LOSS_PATH"] = "tiles"
+            ref_loss = torch.ops.recogfast.ms_loss(*args, False, tf32)[0]
+            _assert_close_rel(loss, ref_loss, 1e-2, f"D={D} {dtype} {mining} loss")
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("variant", ["0", "1", "2", "3", "4"])
+def test_cuda_flash_tile_variants(device, variant):
+    """Each RECOGFAST_MS_FLASH_TILE variant (0-3; 3 keeps the backward's G in shared memory, falling back to
+    variant 0's kernel where it does not fit) against the tiles path, in a process of its own; "4" is a one-line
+    error that lists the variants."""
+    import os
+    import subprocess
+    import sys
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        pytest.skip("the flash path needs sm_80+")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, RECOGFAST_MS_FLASH_TILE=variant)
+    res = subprocess.run([sys.executable, "-c", _VARIANT_RUN, tests], env=env, capture_output=True, text=True,
+                         timeout=600)
+    if variant == "4":
+        assert res.returncode != 0 and "RECOGFAST_MS_FLASH_TILE must be 0, 1, 2 or 3, got '4'" in res.stderr, res.stderr
+    else:
+        assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

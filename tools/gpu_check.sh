@@ -200,8 +200,8 @@ FLASH_TILE_SEL="cuda and tensor_cores and flash and bf16 and size3"
 FLASH_SWEEP_SEL="cuda and flash_batch_sweep"
 MS_BENCH=benchmarks/test_ms_loss_bench.py
 if [[ $GPU == 1 ]]; then
-  step flash 150 "flash MS loss: tile variants 1, 2; batch sweep to 10^6" -- bash -c "
-    for v in 1 2; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
+  step flash 180 "flash MS loss: tile variants 1, 2, 3; batch sweep to 10^6" -- bash -c "
+    for v in 1 2 3; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
       --benchmark-json='$OUT/logs/bench_flash_tile'\$v.json || exit 1; done
     $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_SWEEP_SEL' --benchmark-json='$OUT/logs/bench_flash_sweep.json'"
 elif (($(date +%s) + 30 > DEADLINE)); then  # the collection takes seconds: only inside the deadline

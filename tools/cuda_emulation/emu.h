@@ -34,6 +34,9 @@ inline std::vector<unsigned char> emu_smem(1 << 20);
 inline unsigned char* emu_dynamic_smem() { return emu_smem.data(); }
 
 inline void __syncthreads() { emu_blk->block->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) {
+  emu_blk->warps[(threadIdx.x + threadIdx.y * blockDim.x) / 32]->arrive_and_wait();
+}
 
 template <typename T>
 T __shfl_xor_sync(unsigned, T v, int offset) {
@@ -150,7 +153,7 @@ void emu_launch(void (*kernel)(P...), EmuCfg cfg, A&&... args) {
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
 // The CUDA runtime calls the launchers make (common.cuh's RF_CUDA_CHECK), all succeeding.
 typedef int cudaError_t;

@@ -38,6 +38,7 @@ std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(const at::Tensor&, const
                                                         const std::optional<at::Tensor>&, const at::Tensor&,
                                                         const at::Tensor&, double, double, double, double,
                                                         std::string_view, bool);
+int emu_ms_gsmem_backwards();  // flash backward calls that took tile variant 3's G-in-shared-memory kernel
 }  // namespace recogfast
 namespace {
 int failures = 0;

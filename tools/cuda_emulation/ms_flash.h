@@ -9,8 +9,9 @@ at::Tensor round_tf32(const at::Tensor& x) {
 }
 
 // The flash path (RECOGFAST_MS_LOSS_PATH=flash: tensor-core tiles, emulated mma) against the CPU kernel and the
-// tiles path, over bf16 / fp16 / fp32 (TF32), the three tile variants (small emulation shapes), D = 1, 7, 64,
-// 130, label layouts, ε = 0, reference sets with and without gradient, several row / column blocks, feature
+// tiles path, over bf16 / fp16 / fp32 (TF32), the four tile variants (small emulation shapes; each case under
+// two of them, variant 3 also on the edge cases and once past the opt-in shared memory, where its backward falls
+// back to variant 0's), D = 1, 7, 64, 130, label layouts, ε = 0, reference sets with and without gradient, several row / column blocks, feature
 // chunks and backward waves with tails. fp32 runs TF32 products: its inputs are rounded to tf32 first (the
 // rounding TF32 applies, cvt.rna) so that the CPU kernel sees the same operands and the mining decisions
 // agree; what remains is the W operand's tf32 rounding (2^-11 relative) in the gradients.
@@ -41,13 +42,35 @@ void run_ms_flash() {
   };
   const double alpha = 2, beta = 50, base = 0.5;
   setenv("RECOGFAST_MS_LOSS_PATH", "flash", 1);
-  int variant = 0;
-  for (const auto dt : {at::kBFloat16, at::kHalf, at::kFloat}) {
+  // The runs: every case per dtype, its variant rotating (bf16 and fp32 put variant 3 on 37x130 (6 feature
+  // chunks), all distinct, the reference set without gradient; fp16 on 70x64, lone classes, the reference set
+  // with gradient); then variant 3 on the edge cases (D = 1, B = 1, R = 5 with gradient and eps = 0, D = 7), and
+  // once with a 2 KB opt-in limit (EMU_SMEM_OPTIN), so that its backward takes variant 0's kernel.
+  struct Run {
+    at::ScalarType dt;
+    size_t ci;
+    int var;
+    bool fallback;
+  };
+  std::vector<Run> runs;
+  const at::ScalarType dts[3] = {at::kBFloat16, at::kHalf, at::kFloat};
+  const int rot[3] = {2, 3, 2};
+  for (int di = 0; di < 3; ++di)
+    for (size_t i = 0; i < cases.size(); ++i) runs.push_back({dts[di], i, int((i + rot[di]) % 4), false});
+  for (size_t i : {2, 3, 7, 10}) runs.push_back({at::kBFloat16, i, 3, false});
+  runs.push_back({at::kFloat, 7, 3, false});
+  runs.push_back({at::kHalf, 1, 3, true});
+  int gsmem_expected = 0;
+  const int gsmem0 = recogfast::emu_ms_gsmem_backwards();
+  for (const Run& run : runs) {
+    const auto dt = run.dt;
+    const Case& c = cases[run.ci];
     const double rtol_l = dt == at::kFloat ? 1e-4 : 1e-2, rtol_s = dt == at::kFloat ? 1e-4 : 1e-4;
     const double rtol_g = dt == at::kFloat ? 3e-3 : 3e-2;
-    for (const Case& c : cases) {
-      const std::string var = std::to_string(variant++ % 3);
-      setenv("RECOGFAST_MS_FLASH_TILE", var.c_str(), 1);
+    {
+      const std::string var = std::to_string(run.var) + (run.fallback ? " fallback" : "");
+      setenv("RECOGFAST_MS_FLASH_TILE", var.substr(0, 1).c_str(), 1);
+      if (run.fallback) setenv("EMU_SMEM_OPTIN", "2048", 1);
       at::Tensor e = at::randn({c.B, c.D}, at::kDouble).to(dt);
       if (dt == at::kFloat) e = round_tf32(e);
       std::optional<at::Tensor> r, rl;
@@ -70,6 +93,7 @@ void run_ms_flash() {
           grads[path] = recogfast::emu_ms_loss_backward(gl, e, c.labels, r, rl, std::get<1>(out[path]),
                                                         std::get<2>(out[path]), alpha, beta, base, c.eps, mining, c.ref_grad);
         }
+        gsmem_expected += run.var == 3 && !run.fallback;
         const double gscale = std::max(std::get<0>(gcpu).to(at::kDouble).abs().max().item<double>(),
                                        std::get<1>(gcpu).numel() ? std::get<1>(gcpu).to(at::kDouble).abs().max().item<double>() : 0.0);
         for (int vs = 0; vs < 2; ++vs) {  // 0: against the CPU kernel, 1: against the tiles path
@@ -95,6 +119,38 @@ void run_ms_flash() {
         ms_sink = ms_max_rel;
         setenv("RECOGFAST_MS_LOSS_PATH", "flash", 1);
       }
+      unsetenv("EMU_SMEM_OPTIN");
+    }
+  }
+  // Variant 3's backward ran its own kernel wherever it fit, and not where it did not.
+  ++ms_comparisons;
+  if (recogfast::emu_ms_gsmem_backwards() - gsmem0 != gsmem_expected) {
+    ++failures;
+    std::printf("FAIL flash variant 3: %d backward calls took the G-in-shared-memory kernel, expected %d\n",
+                recogfast::emu_ms_gsmem_backwards() - gsmem0, gsmem_expected);
+  }
+  // Variant 3's backward against variant 0's on the same stats: the same BM, BN and BK (only DC differs), so the
+  // same W, the same mma sequence per G element and the same normalisation arithmetic (variant 3 fused, variant 0
+  // in its own kernel): bitwise equal gradients (37x130: 6 vs 9 feature chunks, 3 column blocks, 2 row blocks;
+  // bf16 and TF32; a reference set with gradient).
+  for (const auto dt : {at::kBFloat16, at::kFloat}) {
+    setenv("RECOGFAST_MS_LOSS_PATH", "flash", 1);
+    setenv("RECOGFAST_MS_FLASH_TILE", "0", 1);
+    const at::Tensor e = round_tf32(at::randn({37, 130}, at::kDouble).to(dt)).to(dt), lab = m_per_class(37, 3);
+    const at::Tensor r = round_tf32(at::randn({11, 130}, at::kDouble).to(dt)).to(dt), rl = at::randint(0, 12, {11});
+    const at::Tensor gl = at::full({}, 0.7, at::TensorOptions().dtype(dt));
+    const auto out = recogfast::emu_ms_loss(e, lab, r, rl, alpha, beta, base, 0.1, "ms");
+    std::tuple<at::Tensor, at::Tensor> gr[2];
+    for (int v = 0; v < 2; ++v) {
+      setenv("RECOGFAST_MS_FLASH_TILE", v ? "3" : "0", 1);
+      gr[v] = recogfast::emu_ms_loss_backward(gl, e, lab, r, rl, std::get<1>(out), std::get<2>(out), alpha, beta, base,
+                                              0.1, "ms", true);
+    }
+    ms_comparisons += 2;
+    if (!at::equal(std::get<0>(gr[0]), std::get<0>(gr[1])) || !at::equal(std::get<1>(gr[0]), std::get<1>(gr[1]))) {
+      ++failures;
+      std::printf("FAIL flash variant 3 vs 0 %s: gradients not bitwise equal (max diff %.3g)\n", c10::toString(dt),
+                  (std::get<0>(gr[0]) - std::get<0>(gr[1])).abs().max().item<double>());
     }
   }
   // NaN/inf in: NaN loss and gradients out on the flash path too.

@@ -25,7 +25,7 @@ PY=${PY:-$ROOT/.venv/bin/python}
 T=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 OUT=$ROOT/build/cuda_emulation
 mkdir -p "$OUT"
-for h in common channel_gate se_gate_fused cubs_common ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_host cubs_spatial_passes cubs_spatial_pixels; do
+for h in common channel_gate se_gate_fused cubs_common ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_gsmem ms_loss_flash_host cubs_spatial_passes cubs_spatial_pixels; do
   $PY transform.py "$ROOT/csrc/ops/cuda/$h.cuh" "$OUT/${h}_emu.h"
 done
 $PY transform.py "$ROOT/csrc/ops/cuda/se_gate_kernel.cu" "$OUT/se_emu.cpp" emu_se
@@ -52,6 +52,7 @@ std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(
                                          S(at::zeros({0}, stats.options())), alpha, beta, base, eps, mining, ref_grad,
                                          tf32_ok()));
 }
+int emu_ms_gsmem_backwards() { return emu_gsmem_backwards; }
 }  // namespace recogfast
 CPP
 cat >> "$OUT/sp_emu.cpp" <<'CPP'

@@ -22,8 +22,8 @@
 // Where G lives: registers, one DC-wide chunk of features per CTA (DC / 2 fp32 registers a lane; a full
 //   512-wide row would need 256). D > DC takes ceil(D / DC) CTAs per row block, each recomputing S_IJ: for
 //   D = 512, DC = 128 that is 4 S products + 1 G product per pair instead of 2 — the price of registers-only
-//   accumulation; keeping G rows in shared memory (BM x D x 4 bytes, 128 KB at BM = 64, D = 512) is the
-//   alternative left for tuning on a GPU. Shared memory: (BM + BN)(BK + pad) + BN (DC + pad) operand
+//   accumulation; tile variant 3 (ms_loss_flash_gsmem.cuh) keeps the CTA's G rows in shared memory instead
+//   (BM x D x 4 bytes, 128 KB at BM = 64, D = 512): 1 S + 1 G product per pair. Shared memory: (BM + BN)(BK + pad) + BN (DC + pad) operand
 //   elements (+ BM (BN + 4) fp32 for tf32): 27 KB for bf16 at the default tile, 69 KB tf32 (opt-in).
 // Labels: int32 (a narrowing copy); where a label does not fit int32 (flag set on the device by the copy)
 // the kernels compare the int64 labels instead — decided per CTA on the device, no host sync.
@@ -258,6 +258,31 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   }
 }
 
+// W (times the column scale) in place of S in the accumulator fragments of column block j0 (the backward's
+// pair weights, see the file comment), for this warp's rows row[2] (scales sc[2]); 0 outside the block.
+template <class Cfg, typename scalar_t>
+__device__ __forceinline__ void weight_tile(float (&acc)[Cfg::NT][4], const FlashArgs<scalar_t>& a, const Params& p,
+                                            const float* __restrict__ stats, const int64_t* __restrict__ hard_idx,
+                                            const int64_t (&row)[2], const float (&sc)[2], int64_t j0, int64_t row_end,
+                                            int64_t ncols, bool wide, int t) {
+#pragma unroll
+  for (int nt = 0; nt < Cfg::NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int h = e / 2;
+      const int64_t k = j0 + nt * 8 + 2 * t + (e & 1), c = row[h];
+      float w = 0;
+      if (c < row_end && k < ncols && k != c) {
+        const float sk = a.inv2[k], s = acc[nt][e] * (sc[h] * sk);
+        const bool pos = same_label(a, wide, c, k);
+        if (c < p.B) w += pair_weight(stats, hard_idx, c, k, s, pos, p);
+        if (k < p.B) w += pair_weight(stats, hard_idx, k, c, s, pos, p);
+        w *= sk;
+      }
+      acc[nt][e] = w;
+    }
+}
+
 // Backward: G[r - row_off_g, d] for rows r in [row0, row_end) (candidate indices; a wave of them) and columns
 // = candidates [0, ncols), features d of chunk blockIdx.y. G is fp32 [row_end - row0, D].
 template <class Cfg, MmaKind K, typename scalar_t>
@@ -288,23 +313,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
     similarity_tile<Cfg, K>(acc, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
     stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
-    // W (times the column scale) in place of S in the accumulator registers.
-#pragma unroll
-    for (int nt = 0; nt < Cfg::NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e / 2;
-        const int64_t k = j0 + nt * 8 + 2 * t + (e & 1), c = row[h];
-        float w = 0;
-        if (c < row_end && k < ncols && k != c) {
-          const float sk = a.inv2[k], s = acc[nt][e] * (sc[h] * sk);
-          const bool pos = same_label(a, wide, c, k);
-          if (c < p.B) w += pair_weight(stats, hard_idx, c, k, s, pos, p);
-          if (k < p.B) w += pair_weight(stats, hard_idx, k, c, s, pos, p);
-          w *= sk;
-        }
-        acc[nt][e] = w;
-      }
+    weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
     if constexpr (K == MmaKind::kTF32) {
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; ++nt)

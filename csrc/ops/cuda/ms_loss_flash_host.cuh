@@ -14,11 +14,23 @@
 // Labels: any integer dtype (see ms_loss_flash.cuh: int32, int64 compare on overflow).
 // Tile variant: RECOGFAST_MS_FLASH_TILE = 0 (default) BM 64 x BN 64, BK 32, DC 128 (4 warps); 1 = 128 x 64,
 // DC 128 (8 warps: half the column-tile loads per row); 2 = 64 x 64, DC 256 (half the S recomputes at D = 512,
-// twice the G registers); read once per process (each launch of the emulation re-reads it). Unmeasured: the
-// first GPU run sweeps them (tools/gpu_check.sh).
+// twice the G registers); 3 = G in shared memory (ms_loss_flash_gsmem.cuh): the backward's CTA of BM 64 rows
+// (BN 64, BK 32, DC 128; 4 warps) keeps G for its rows x all D features in shared memory, so S_IJ is computed
+// once per pair instead of once per DC-wide chunk, and writes the gradient rows itself (the normalisation's
+// backward fused: no G buffer, one launch for all rows); the forward is variant 0's. Read once per process (each
+// launch of the emulation re-reads it). Unmeasured: the first GPU run sweeps them (tools/gpu_check.sh).
+// Products per pair (pair = anchor row x candidate column block, D = 512) in the backward: variants 0 and 1,
+// ceil(D / 128) = 4 S + 1 G; variant 2, 2 S + 1 G; variant 3, 1 S + 1 G (the forward: 1 S per pass, all variants).
+// Variant 3's shared memory (flash_gsmem_smem): BM (round_up(D, 32) + 8) 4 bytes of G + the operand tiles:
+// 157 KB bf16/fp16, 198 KB tf32 at D = 512 (opt-in; sm_90 allows 227 KB, sm_80 163 KB); where it exceeds the
+// device's opt-in limit (cudaDevAttrMaxSharedMemoryPerBlockOptin: D > 768 bf16, D > 608 tf32 on sm_90) the call
+// takes variant 0's register backward instead, decided per call on the host. Both have the same tiles but DC,
+// so the same W, the same mma sequence per G element and the same normalisation arithmetic: the emulation finds
+// their gradients bitwise equal (on a GPU, up to nvcc's FMA contraction of the epilogue).
 // Extra memory: labels int32 M·4 bytes; the backward G buffer of a wave of T rows, T·D·4 bytes with
 // T·D·4 <= kFlashGBytes (8 MB); plus the O(M) norms/scales of Candidates (4 fp32 [M]) and per-anchor loss
-// [B]: at B = 16384, D = 512 about 8 MB + 0.4 MB; no M x D copy, no S tile, no W tile.
+// [B]: at B = 16384, D = 512 about 8 MB + 0.4 MB; no M x D copy, no S tile, no W tile. Variant 3's backward
+// (where it fits) has no G buffer: 0.4 MB.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -27,6 +39,7 @@
 #include <string>
 
 #include "ops/cuda/ms_loss_flash.cuh"
+#include "ops/cuda/ms_loss_flash_gsmem.cuh"
 
 #ifndef RECOGFAST_MS_FLASH_G_BYTES
 #define RECOGFAST_MS_FLASH_G_BYTES (int64_t(8) << 20)
@@ -36,14 +49,19 @@ namespace recogfast {
 namespace {
 
 constexpr int64_t kFlashGBytes = RECOGFAST_MS_FLASH_G_BYTES;
+#ifdef RECOGFAST_CUDA_EMULATION
+inline int emu_gsmem_backwards = 0;  // backward calls that took variant 3's kernel (the emulation checks it)
+#endif
 #ifndef RECOGFAST_CUDA_EMULATION
 using FlashTile0 = FlashTile<64, 64, 32, 128>;
 using FlashTile1 = FlashTile<128, 64, 32, 128>;
 using FlashTile2 = FlashTile<64, 64, 32, 256>;
+using FlashTile3 = FlashTile<64, 64, 32, 128>;  // G in shared memory (backward only)
 #else  // small tiles: several row / column blocks, feature chunks and waves out of a few dozen rows
 using FlashTile0 = FlashTile<32, 16, 16, 16>;
 using FlashTile1 = FlashTile<16, 32, 32, 8>;
 using FlashTile2 = FlashTile<48, 16, 16, 24>;
+using FlashTile3 = FlashTile<32, 16, 16, 24>;  // D = 130: 6 chunks, the last of 10 features
 #endif
 
 enum class MsPath : int { kAuto = 0, kFlash = 1, kTiles = 2 };
@@ -62,8 +80,8 @@ inline int flash_tile_variant() {
   auto read = [] {
     const char* v = std::getenv("RECOGFAST_MS_FLASH_TILE");
     const std::string s = v && *v ? v : "0";
-    if (s == "0" || s == "1" || s == "2") return s[0] - '0';
-    throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_FLASH_TILE must be 0, 1 or 2, got '", s, "'"));
+    if (s == "0" || s == "1" || s == "2" || s == "3") return s[0] - '0';
+    throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_FLASH_TILE must be 0, 1, 2 or 3, got '", s, "'"));
   };
 #ifdef RECOGFAST_CUDA_EMULATION
   return read();
@@ -104,13 +122,20 @@ constexpr size_t flash_smem(bool backward) {
   return n;
 }
 
+// Variant 3's backward (ms_loss_flash_gsmem.cuh): G [BM][flash_gsmem_ld(D)] fp32, then the operand tiles.
+template <class Cfg, MmaKind K>
+size_t flash_gsmem_smem(int64_t D) {
+  return size_t(Cfg::BM) * size_t(flash_gsmem_ld(D)) * 4 + flash_smem<Cfg, K>(true);
+}
+
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t bytes) {
   if (bytes > kDefaultSmemBytes)
     RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-// Calls f(Cfg{}) with the tile variant chosen by RECOGFAST_MS_FLASH_TILE.
+// Calls f(Cfg{}) with the tile variant chosen by RECOGFAST_MS_FLASH_TILE (3: variant 0's tiles, its forward and
+// the fallback of its backward).
 template <typename F>
 void with_flash_tile(F&& f) {
   switch (flash_tile_variant()) {
@@ -174,13 +199,11 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
   Tensor lab32;
   const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
   const int64_t B = cd.B, R = cd.R, D = cd.D;
-  with_flash_tile([&](auto cfg) {
-    using Cfg = decltype(cfg);
-    const size_t smem = flash_smem<Cfg, K>(true);
-    allow_smem(ms_flash_bwd_kernel<Cfg, K, scalar_t>, smem);
+  // The row waves of a backward kernel of BM-row CTAs: launch(rows, first row, row end, ncols, G) per wave.
+  auto waves = [&](int64_t BM, auto&& launch) {
     const int64_t most = std::max<int64_t>(B, grad_r ? R : 0);
-    int64_t T = std::max<int64_t>(Cfg::BM, kFlashGBytes / (D * 4) / Cfg::BM * Cfg::BM);
-    T = std::min(T, ceil_div(most, Cfg::BM) * Cfg::BM);
+    int64_t T = std::max<int64_t>(BM, kFlashGBytes / (D * 4) / BM * BM);
+    T = std::min(T, ceil_div(most, BM) * BM);
     Tensor G = empty_as(cd.x[0], {T, D}, kFloat);
     constexpr int rows_per_block = kThreads / kWarp;
     // part 0: the anchors against all M candidates; part 1: the reference rows against the B anchors.
@@ -189,10 +212,7 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
       Tensor& out = part == 0 ? grad_e : *grad_r;
       for (int64_t w0 = 0; w0 < n; w0 += T) {
         const int64_t rows = std::min(T, n - w0);
-        const dim3 grid(static_cast<unsigned>(ceil_div(rows, Cfg::BM)), static_cast<unsigned>(ceil_div(D, Cfg::DC)));
-        ms_flash_bwd_kernel<Cfg, K, scalar_t><<<grid, Cfg::kThreads, smem, stream>>>(
-            a, p, stats.const_data_ptr<float>(), hard_idx.const_data_ptr<int64_t>(), off + w0, off + w0 + rows, ncols,
-            G.mutable_data_ptr<float>());
+        launch(rows, off + w0, off + w0 + rows, ncols, G.mutable_data_ptr<float>());
         RF_CUDA_KERNEL_LAUNCH_CHECK();
         ms_loss_normalize_backward_kernel<scalar_t, float><<<ceil_div(rows, rows_per_block), kThreads, 0, stream>>>(
             G.const_data_ptr<float>(), nullptr, cd.x[part].template const_data_ptr<scalar_t>() + w0 * D,
@@ -201,6 +221,38 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
         RF_CUDA_KERNEL_LAUNCH_CHECK();
       }
     }
+  };
+  if (flash_tile_variant() == 3) {  // G in shared memory where it fits the device's opt-in limit, else variant 0
+    using Cfg = FlashTile3;
+    const size_t smem = flash_gsmem_smem<Cfg, K>(D);
+    if (smem <= size_t(gpu::device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>())) {
+      allow_smem(ms_flash_bwd_gsmem_kernel<Cfg, K, scalar_t>, smem);
+#ifdef RECOGFAST_CUDA_EMULATION
+      ++emu_gsmem_backwards;
+#endif
+      // One launch a part, the normalisation's backward fused (no G buffer, no waves).
+      for (int part = 0; part < (grad_r && R > 0 ? 2 : 1); ++part) {
+        const int64_t n = part == 0 ? B : R, off = part == 0 ? 0 : B, ncols = part == 0 ? cd.M : B;
+        if (n == 0) continue;
+        ms_flash_bwd_gsmem_kernel<Cfg, K, scalar_t><<<static_cast<unsigned>(ceil_div(n, Cfg::BM)), Cfg::kThreads, smem,
+                                                      stream>>>(
+            a, p, stats.const_data_ptr<float>(), hard_idx.const_data_ptr<int64_t>(), off, off + n, ncols,
+            cd.norms.template const_data_ptr<float>(), g.const_data_ptr<float>(), B,
+            (part == 0 ? grad_e : *grad_r).template mutable_data_ptr<scalar_t>());
+        RF_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      return;
+    }
+  }
+  with_flash_tile([&](auto cfg) {
+    using Cfg = decltype(cfg);
+    const size_t smem = flash_smem<Cfg, K>(true);
+    allow_smem(ms_flash_bwd_kernel<Cfg, K, scalar_t>, smem);
+    waves(Cfg::BM, [&](int64_t rows, int64_t r0, int64_t r1, int64_t ncols, float* G) {
+      const dim3 grid(static_cast<unsigned>(ceil_div(rows, Cfg::BM)), static_cast<unsigned>(ceil_div(D, Cfg::DC)));
+      ms_flash_bwd_kernel<Cfg, K, scalar_t><<<grid, Cfg::kThreads, smem, stream>>>(
+          a, p, stats.const_data_ptr<float>(), hard_idx.const_data_ptr<int64_t>(), r0, r1, ncols, G);
+    });
   });
 }
 

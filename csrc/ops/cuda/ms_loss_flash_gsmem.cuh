@@ -1,0 +1,150 @@
+// Flash MS-loss backward with G in shared memory: tile variant 3 (RECOGFAST_MS_FLASH_TILE=3; issue 26). The
+// register backward of ms_loss_flash.cuh keeps G in registers, one DC-wide feature chunk per CTA, so every row
+// block recomputes S_IJ ceil(D / DC) times (D = 512, DC = 128: 4 S products + 1 G product per pair). Here a CTA
+// owns BM rows and all D features: G_I lives in shared memory (Gs, fp32), and per column block J the CTA
+//   1. computes S_IJ once, over the full D (similarity_tile),
+//   2. forms W_IJ once (weight_tile) and keeps it in registers as A fragments (bf16/fp16: packed straight from
+//      the accumulator, the FA-2 layout identity; tf32: through this warp's rows of Ws, read back once),
+//   3. for each DC-wide feature chunk stages x'_J's chunk (Xs) and runs G_I[:, chunk] += W_IJ · x'_J[:, chunk],
+//      the mma accumulating into C fragments loaded from and stored back to Gs, one 8-column n-tile at a time.
+// So 1 S product + 1 G product per pair at any D that fits. Each warp owns its 16 rows of Gs (the C fragment's
+// rows g, g + 8), so the read-modify-write of G needs no barrier; an element's sum runs over column blocks, then
+// k-steps, in increasing order: the register kernel's order at the same BN. Deterministic, no atomics.
+// Epilogue: the CTA holds whole G rows, so it applies the normalisation's backward itself (ms_loss_rows.cuh's
+// ms_loss_normalize_backward_kernel, the same arithmetic in the same order: one warp a row, lane-strided dot,
+// warp_sum) and writes each gradient row once: no G buffer in global memory and no row waves, so one launch
+// covers all rows of a part (B = 16384: 256 CTAs, where a wave of the register kernel's 8 MB G buffer would hold
+// 64 row blocks at D = 512).
+// Gs: [BM][ldg] with ldg = round_up(D, 32) + 8 floats: the C fragment's 8-byte accesses (row g, cols 2t, 2t + 1)
+// of a half warp (g = 0..3) fall on banks 8g + 2t, 8g + 2t + 1, all 32 distinct: conflict-free. n-tiles at or
+// past D are skipped (warp-uniform), so no column beyond round_up(D, 8) is touched.
+// Shared memory (flash_gsmem_smem, ms_loss_flash_host.cuh): BM · ldg · 4 bytes + the register kernel's operand
+// tiles; at BM 64, BN 64, BK 32, DC 128, D = 512: 133,120 + 27,648 = 160,768 bytes (157 KB) bf16/fp16,
+// 133,120 + 69,632 = 202,752 (198 KB) tf32: opt-in, within sm_80/sm_90's 163/227 KB for bf16, sm_90 only for
+// tf32. Where it does not fit the host falls back to the register kernel (variant 0). One CTA of 4 warps per SM
+// at D = 512: occupancy is the price, left for tuning on a GPU.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "ops/cuda/ms_loss_flash.cuh"
+
+namespace recogfast {
+namespace {
+
+// Row stride of Gs, in floats (see the file comment).
+__host__ __device__ inline int64_t flash_gsmem_ld(int64_t D) { return (D + 31) / 32 * 32 + 8; }
+
+// Backward, G in shared memory: the gradient out[r - row0, :] of rows r in [row0, row_end) (candidate indices: the
+// anchors, or the reference rows) against columns = candidates [0, ncols), all D features; norms [M] the rows'
+// norms, grad_loss the loss gradient, nb the batch size (the loss's mean). One CTA per BM rows.
+// __launch_bounds__(kThreads, 1): one CTA per SM is what the shared memory allows at D = 512 anyway; without the
+// minimum ptxas (nvcc 13.0, sm_90) spilled 8 bytes of the tf32 kernel at 72 registers; with it 97 (bf16, fp16) / 104
+// (tf32) registers and no spills.
+template <class Cfg, MmaKind K, typename scalar_t>
+__global__ void __launch_bounds__(Cfg::kThreads, 1)
+    ms_flash_bwd_gsmem_kernel(FlashArgs<scalar_t> a, Params p, const float* __restrict__ stats,
+                              const int64_t* __restrict__ hard_idx, int64_t row0, int64_t row_end, int64_t ncols,
+                              const float* __restrict__ norms, const float* __restrict__ grad_loss, int64_t nb,
+                              scalar_t* __restrict__ out) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  using elem_t = flash_elem_t<K>;
+  constexpr int ld = Cfg::BK + kPad<K>, ldx = Cfg::DC + kPad<K>, ldw = Cfg::BN + 4;
+  constexpr int KS = K == MmaKind::kTF32 ? Cfg::BN / 8 : Cfg::BN / 16;  // k-steps of the G product
+  const int D = static_cast<int>(a.D), ldg = static_cast<int>(flash_gsmem_ld(a.D));
+  float* Gs = reinterpret_cast<float*>(smem_raw);  // [BM][ldg]; ldg even, so 8-byte aligned C fragment pairs
+  elem_t* As = reinterpret_cast<elem_t*>(Gs + Cfg::BM * ldg);
+  elem_t* Bs = As + Cfg::BM * ld;
+  elem_t* Xs = Bs + Cfg::BN * ld;                                   // [BN][ldx]: the column block's feature chunk
+  uint32_t* Ws = reinterpret_cast<uint32_t*>(Xs + Cfg::BN * ldx);  // tf32 only: [BM][ldw]
+  const int lane = threadIdx.x % kWarp, wrow = threadIdx.x / kWarp * 16, g = lane / 4, t = lane % 4;
+  const int64_t r0 = row0 + int64_t(blockIdx.x) * Cfg::BM;
+  const bool wide = a.flags[2] != 0;
+  int64_t row[2];
+  float sc[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row[h] = r0 + wrow + g + 8 * h;
+    sc[h] = row[h] < row_end ? a.inv2[row[h]] : 0.f;
+  }
+  for (int i = threadIdx.x; i < Cfg::BM * ldg; i += Cfg::kThreads) Gs[i] = 0.f;
+  __syncthreads();
+  float acc[Cfg::NT][4];
+  uint32_t wa[KS][4];  // W_IJ as the A fragments of the G product's k-steps
+  for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
+    similarity_tile<Cfg, K>(acc, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
+    weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
+    if constexpr (K == MmaKind::kTF32) {  // the tf32 A layout differs from the accumulator's: via this warp's Ws rows
+#pragma unroll
+      for (int nt = 0; nt < Cfg::NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) Ws[(wrow + g + 8 * (e / 2)) * ldw + nt * 8 + 2 * t + (e & 1)] = to_tf32(acc[nt][e]);
+      __syncwarp();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const uint32_t* w0 = Ws + (wrow + g) * ldw + 8 * ks;
+        wa[ks][0] = w0[t], wa[ks][1] = w0[8 * ldw + t], wa[ks][2] = w0[t + 4], wa[ks][3] = w0[8 * ldw + t + 4];
+      }
+    } else {  // the accumulator of n-tiles 2q, 2q+1 is, element for element, the A fragment of k-step q (FA-2)
+#pragma unroll
+      for (int q = 0; q < KS; ++q) {
+        wa[q][0] = pack2(to_elem<K>(acc[2 * q][0]), to_elem<K>(acc[2 * q][1]));
+        wa[q][1] = pack2(to_elem<K>(acc[2 * q][2]), to_elem<K>(acc[2 * q][3]));
+        wa[q][2] = pack2(to_elem<K>(acc[2 * q + 1][0]), to_elem<K>(acc[2 * q + 1][1]));
+        wa[q][3] = pack2(to_elem<K>(acc[2 * q + 1][2]), to_elem<K>(acc[2 * q + 1][3]));
+      }
+    }
+    for (int dc0 = 0; dc0 < D; dc0 += Cfg::DC) {
+      stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
+      __syncthreads();  // Xs staged
+#pragma unroll
+      for (int dn = 0; dn < Cfg::DT; ++dn) {
+        if (dc0 + dn * 8 >= D) continue;  // warp-uniform: the n-tiles past D (zero in Xs) are not computed
+        float* c0 = Gs + (wrow + g) * ldg + dc0 + dn * 8 + 2 * t;
+        VecT<float, 2> lo = *reinterpret_cast<const VecT<float, 2>*>(c0), hi = *reinterpret_cast<const VecT<float, 2>*>(c0 + 8 * ldg);
+        float c[4] = {lo.v[0], lo.v[1], hi.v[0], hi.v[1]};
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          if constexpr (K == MmaKind::kTF32) {
+            const uint32_t bv[2] = {Xs[(8 * ks + t) * ldx + dn * 8 + g], Xs[(8 * ks + t + 4) * ldx + dn * 8 + g]};
+            mma_tf32_1688(c, wa[ks], bv, c);
+          } else {
+            const elem_t* x0 = Xs + (16 * ks + 2 * t) * ldx + dn * 8 + g;
+            const uint32_t bv[2] = {pack2(x0[0], x0[ldx]), pack2(x0[8 * ldx], x0[9 * ldx])};
+            mma_16816<K>(c, wa[ks], bv, c);
+          }
+        }
+        lo.v[0] = c[0], lo.v[1] = c[1], hi.v[0] = c[2], hi.v[1] = c[3];
+        *reinterpret_cast<VecT<float, 2>*>(c0) = lo;
+        *reinterpret_cast<VecT<float, 2>*>(c0 + 8 * ldg) = hi;
+      }
+      __syncthreads();  // Xs free for the next chunk (and, after the last, As / Bs for the next column block)
+    }
+  }
+  __syncwarp();  // this warp's Gs rows final (each warp reads back only its own rows)
+  // grad_x = (g - c (c·g)) / |x| (or g / eps where |x| <= eps), g = G · grad_loss / nb, c = x / |x|: exactly
+  // ms_loss_normalize_backward_kernel's expressions, one warp a row.
+  const float scale = grad_loss[0] / float(nb);
+  for (int rr = wrow; rr < wrow + 16; ++rr) {
+    const int64_t c = r0 + rr;
+    if (c >= row_end) break;
+    const float* gr = Gs + rr * ldg;
+    const scalar_t* xr = c < a.B ? a.xb + c * a.D : a.xr + (c - a.B) * a.D;
+    scalar_t* o = out + (c - row0) * a.D;
+    const float n = norms[c], inv = 1.f / float(fmax(double(n), kNormEps));
+    if (n > float(kNormEps)) {
+      float dot = 0;
+      for (int d = lane; d < D; d += kWarp) dot += static_cast<float>(xr[d]) * inv * (gr[d] * scale);
+      dot = warp_sum(dot);
+      for (int d = lane; d < D; d += kWarp)
+        o[d] = static_cast<scalar_t>((gr[d] * scale - static_cast<float>(xr[d]) * inv * dot) * inv);
+    } else {
+      for (int d = lane; d < D; d += kWarp) o[d] = static_cast<scalar_t>(gr[d] * scale / float(kNormEps));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace recogfast
