@@ -2,7 +2,9 @@
 max-autotune, "compiled_maxautotune"), per block (cubs1, cubs2) and per placement (parallel, serial12,
 serial21), forward and forward+backward. Every side gets the same input and weights (dtype, channels_last);
 x's and the parameters' gradients are set to None before each timed call; on CUDA each case is also timed
-by CUDA events and by CUDA-graph replay (conftest.py).
+by CUDA events and by CUDA-graph replay (conftest.py). On CUDA the fused Block 2 (and placement) rows record the
+kernel variant RECOGFAST_CUBS_SPATIAL_TILE (extra_info cubs_spatial_tile; a variant other than 0 is labelled impl
+fused_tileN; tools/gpu_check.sh step cubs_tiles sweeps them).
 
 CPU: one small shape (B=8 at 28×28×64) so the suite runs on a 2-core machine; the closing
 table gives each implementation's time relative to the fused kernel. CUDA (skipped without a GPU):
@@ -27,6 +29,8 @@ channels_last on CUDA at 64×64 (B=256) and 224×224 (B=64); fp32 at 64×64, B=8
 has images/s and, on CUDA, the peak memory.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -42,6 +46,9 @@ STAGES = {
              (256, 64, 16), (256, 128, 8), (256, 256, 4), (256, 512, 2)],
 }
 DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
+# CUBS Block 2's CUDA kernel variant (csrc/ops/cuda/cubs_spatial_passes.cuh), read once per process by the kernels:
+# tools/gpu_check.sh step cubs_tiles runs one pytest process a variant.
+SPATIAL_TILE = os.environ.get("RECOGFAST_CUBS_SPATIAL_TILE") or "0"
 MUFU_EX2_PER_CLOCK_PER_SM = 16  # CUDA C++ Programming Guide, arithmetic instructions, cc 9.0: exp2f
 _modules = {}
 
@@ -103,8 +110,12 @@ def test_cubs(benchmark, device, stage, name, impl, mode):
     benchmark.extra_info.update(exp_count=exps)
     if rate:
         benchmark.extra_info.update(exp_rate_per_s=rate, exp_floor_ms=exps / rate * 1e3)
+    label = impl
+    if spatial and impl == "fused" and device == "cuda":  # the Block 2 kernels' variant; fused_tileN beside fused
+        benchmark.extra_info["cubs_spatial_tile"] = SPATIAL_TILE
+        label = "fused" if SPATIAL_TILE == "0" else f"fused_tile{SPATIAL_TILE}"
     group = f"{name} {mode} {device} {str(dtype)[6:]} B={B} C={C} {H}x{H}"
-    run_benchmark(benchmark, step, device=device, group=group, impl=impl, floor_seconds=floor_s, floor_what=what,
+    run_benchmark(benchmark, step, device=device, group=group, impl=label, floor_seconds=floor_s, floor_what=what,
                   rounds=5 if device == "cpu" else 20, reset=grad_reset(x, module), graph=True)
 
 
