@@ -28,8 +28,9 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
                       "flash": "skipped", "cubs_tiles": "skipped", "profile": "ok", "compiled": "skipped",
                       "ncu": "skipped", "maxautotune": "skipped"}, status
     notes = {s["step"]: s["note"] for s in summary["steps"]}
-    # CUBS Block 2's kernel variants (RECOGFAST_CUBS_SPATIAL_TILE 0-3): 56x56 and 28x28, fwd and fwd+bwd, a run each.
-    assert notes["cubs_tiles"] == "no GPU: 4 CUBS Block 2 benchmarks selected, a run each of 4 variants", notes["cubs_tiles"]
+    # The CUBS kernel variants: Block 2 (RECOGFAST_CUBS_SPATIAL_TILE 0-3) at 56x56 and 28x28, Block 1
+    # (RECOGFAST_CUBS_CHANNEL_THREADS 128, 512) at 56x56 and 7x7, fwd and fwd+bwd, a pytest run each variant.
+    assert notes["cubs_tiles"] == "no GPU: 8 CUBS Block 1 and 2 benchmarks selected, a run each variant", notes["cubs_tiles"]
     # The flash MS-loss step (tile variants, batch sweep) skips here, but its selection names CUDA benchmarks.
     assert int(notes["flash"].split("no GPU: ")[1].split()[0]) >= 5, notes["flash"]
     # The torch.compile peers skip on the CPU, but their -k selections must name CUDA benchmarks.

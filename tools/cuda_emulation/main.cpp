@@ -1,7 +1,7 @@
 // Runs the CUDA kernels of the SE, CUBS and MS-loss ops under host emulation and compares with the CPU ops
 // (SE and CUBS also mixed: float32 weights with a bf16 / fp16 x).
 // `emu_test ms` runs only the MS-loss section, `emu_test se` only the fused-SE section (run_se_fused),
-// `emu_test tiles` only the CUBS Block 2 tile variants (cubs_tiles.h, RECOGFAST_CUBS_SPATIAL_TILE).
+// `emu_test tiles` only the CUBS kernel variants (cubs_tiles.h: RECOGFAST_CUBS_SPATIAL_TILE, _CHANNEL_THREADS).
 #include <ATen/ATen.h>
 #include <cmath>
 #include <cstdio>
@@ -423,7 +423,8 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::string(argv[1]) == "tiles") {
     run_spatial_tiles();
-    std::printf("%s\n", failures ? "FAILURES" : "emulated CUBS Block 2 tile variants match the CPU kernel and each other");
+    run_channel_threads();
+    std::printf("%s\n", failures ? "FAILURES" : "emulated CUBS kernel variants match the CPU kernels and each other");
     return failures != 0;
   }
   if (argc > 1 && std::string(argv[1]) == "acc") {
@@ -508,6 +509,7 @@ int main(int argc, char** argv) {
   }
   if (!only_ms) run_se_fused();
   if (!only_ms) run_spatial_tiles();
+  if (!only_ms) run_channel_threads();
   if (!only_ms) run_accuracy(false);
   run_ms_loss();
   std::printf("%s\n", failures ? "FAILURES" : "all emulated CUDA results match the CPU kernels");
