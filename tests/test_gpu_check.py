@@ -25,8 +25,12 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
     assert summary["mode"] == "rehearsal"
     assert status == {"env": "ok", "build": "ok", "tests": "ok", "crosscheck": "ok", "memcheck": "skipped",
                       "racecheck": "skipped", "bench": "ok", "se_fused": "skipped", "graphs": "skipped",
-                      "flash": "skipped", "profile": "ok", "compiled": "skipped", "ncu": "skipped", "maxautotune": "skipped"}, status
+                      "flash": "skipped", "cubs_tiles": "skipped", "profile": "ok", "compiled": "skipped",
+                      "ncu": "skipped", "maxautotune": "skipped"}, status
     notes = {s["step"]: s["note"] for s in summary["steps"]}
+    # The CUBS kernel variants: Block 2 (RECOGFAST_CUBS_SPATIAL_TILE 0-3) at 56x56 and 28x28, Block 1
+    # (RECOGFAST_CUBS_CHANNEL_THREADS 128, 512) at 56x56 and 7x7, fwd and fwd+bwd, a pytest run each variant.
+    assert notes["cubs_tiles"] == "no GPU: 8 CUBS Block 1 and 2 benchmarks selected, a run each variant", notes["cubs_tiles"]
     # The flash MS-loss step (tile variants, batch sweep) skips here, but its selection names CUDA benchmarks.
     assert int(notes["flash"].split("no GPU: ")[1].split()[0]) >= 5, notes["flash"]
     # The torch.compile peers skip on the CPU, but their -k selections must name CUDA benchmarks.
@@ -121,6 +125,28 @@ def test_bench_records_from_json_lines_keep_what_finished(tmp_path):
     assert rows["fused"]["mean_ms"] == 2.0 and rows["fused"]["graph_ms"] is None
     table = gpu_results.bench_tables(list(rows.values()))
     assert "| g cuda | compiled | 3.000 | 2.000 | 1.500 | 1.11 (e) | - | - | 20.5 |" in table
+
+
+def test_bench_records_of_a_kernel_variant_sit_beside_the_default(tmp_path):
+    """tools/gpu_check.sh step cubs_tiles runs the same test under RECOGFAST_CUBS_SPATIAL_TILE=N, labelled impl
+    fused_tileN (benchmarks/test_cubs_bench.py): it must not replace the default variant's row, and its table row
+    gives its time relative to the default's."""
+    def line(impl, mean, tile):
+        return json.dumps(dict(name="test_cubs[fwd+bwd-fused-cubs2-stage0-cuda]",
+                               fullname="benchmarks/test_cubs_bench.py::test_cubs[fwd+bwd-fused-cubs2-stage0-cuda]",
+                               group="cubs2 fwd+bwd cuda bfloat16 B=64 C=64 56x56",
+                               extra_info=dict(impl=impl, cubs_spatial_tile=tile, events_ms=mean * 1e3),
+                               stats=dict(min=mean, max=mean, mean=mean, stddev=0, median=mean, rounds=20)))
+
+    (tmp_path / "bench.jsonl").write_text("\n".join([line("fused", 2e-3, "0"), line("fused_tile1", 1.5e-3, "1"),
+                                                      line("fused_tile3", 3e-3, "3"), line("fused", 1.6e-3, "0")]))
+    rows = {r["impl"]: r for r in gpu_results._bench(tmp_path)}
+    assert set(rows) == {"fused", "fused_tile1", "fused_tile3"}
+    assert rows["fused"]["mean_ms"] == 1.6  # the last line of a test and impl wins
+    table = gpu_results.bench_tables(list(rows.values()))
+    assert "| cubs2 fwd+bwd cuda bfloat16 B=64 C=64 56x56 | fused_tile1 | 1.500 | 1.500 | - | 0.94 (e) |" in table
+    assert "| fused_tile3 | 3.000 | 3.000 | - | 1.88 (e) |" in table
+    assert gpu_results.goals(list(rows.values()))[0]["measured"] == "1.600 ms (events)"  # the default's row
 
 
 NCU_RAW = (

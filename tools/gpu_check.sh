@@ -12,7 +12,8 @@
 # bench (the headline shapes, fused vs eager reference, each timed by synced wall clock, CUDA events and
 # CUDA-graph replay, with floors and ratios) · se_fused (SE's split and one-CTA variants) · graphs (the
 # engine's training step, eager vs `recogfast train --cuda-graphs`, plain ResNet-18 and the three CUBS
-# placements, 64×64 B=256 and 224×224 B=64) · flash (the flash MS loss's tile variants and batch sweep) · profile
+# placements, 64×64 B=256 and 224×224 B=64) · flash (the flash MS loss's tile variants and batch sweep) ·
+# cubs_tiles (the CUBS kernel variants: RECOGFAST_CUBS_SPATIAL_TILE, RECOGFAST_CUBS_CHANNEL_THREADS) · profile
 # (tools/gpu_profile.py: kernel tables, launches per fwd+bwd) · compiled (torch.compile default mode of the
 # references: the peer column) · ncu (Nsight Compute on the key kernels; "not permitted" in one line where
 # the counters are refused) · maxautotune
@@ -211,6 +212,29 @@ else
     -k "($FLASH_TILE_SEL) or ($FLASH_SWEEP_SEL)" 2>/dev/null | grep -c '::')
   if [[ $n_flash -ge 5 ]]; then skip flash "no GPU: $n_flash flash MS-loss benchmarks selected"
   else record flash failed 0 "the flash MS-loss selection names $n_flash benchmarks"; fi
+fi
+
+# 6d. the CUBS kernel variants, each read once per process (one pytest run each), at bf16 B = 64: Block 2's
+# RECOGFAST_CUBS_SPATIAL_TILE = 0-3 (csrc/ops/cuda/cubs_spatial_passes.cuh: threads a block, rows a thread, staged tile
+# of its two quadratic passes) at 56x56x64 and 28x28x128, fwd and fwd+bwd (impl fused_tileN beside fused = 0); then
+# Block 1's RECOGFAST_CUBS_CHANNEL_THREADS = 128, 512 (threads a sample of its head kernel; 256 is the headline's) at
+# 56x56x64 and 7x7x512 (impl fused_threadsN).
+CUBS_TILE_SEL="cuda and test_cubs and cubs2 and fused and (stage0 or stage1)"
+CUBS_THREADS_SEL="cuda and test_cubs and cubs1 and fused and (stage0 or stage3)"
+CUBS_BENCH=benchmarks/test_cubs_bench.py
+if [[ $GPU == 1 ]]; then
+  step cubs_tiles 150 "CUBS kernel variants: Block 2 tiles 0-3, Block 1 threads 128, 512" -- bash -c "
+    for v in 0 1 2 3; do RECOGFAST_CUBS_SPATIAL_TILE=\$v $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_TILE_SEL' \
+      --benchmark-json='$OUT/logs/bench_cubs_tile'\$v.json || exit 1; done
+    for t in 128 512; do RECOGFAST_CUBS_CHANNEL_THREADS=\$t $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_THREADS_SEL' \
+      --benchmark-json='$OUT/logs/bench_cubs_threads'\$t.json || exit 1; done"
+elif (($(date +%s) + 30 > DEADLINE)); then  # the collection takes seconds: only inside the deadline
+  skip cubs_tiles "deadline reached before the step"
+else
+  n_tiles=$(timeout 20 $PY -m pytest $CUBS_BENCH -q --collect-only -p no:cacheprovider \
+    -k "($CUBS_TILE_SEL) or ($CUBS_THREADS_SEL)" 2>/dev/null | grep -c '::')
+  if [[ $n_tiles -eq 8 ]]; then skip cubs_tiles "no GPU: $n_tiles CUBS Block 1 and 2 benchmarks selected, a run each variant"
+  else record cubs_tiles failed 0 "the CUBS variant selections name $n_tiles benchmarks, not 8"; fi
 fi
 
 # 7. where the GPU time goes: kernel tables, launches per fwd+bwd, CUDA-graph replay vs eager

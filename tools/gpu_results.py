@@ -85,10 +85,16 @@ def _bench_row(b: dict) -> dict:
     return row
 
 
+def _bench_key(b: dict) -> tuple[str, str]:
+    """A record's identity: its test and its impl label (a kernel variant run under an environment variable, such
+    as CUBS Block 2's fused_tileN, is the same test under another label and must not replace the default's row)."""
+    return b.get("fullname") or b.get("name"), b.get("extra_info", {}).get("impl", "")
+
+
 def _bench(out: Path) -> list[dict]:
-    """The benchmark records: bench.jsonl (a line each, appended as each finished; the last of a name wins),
-    else pytest-benchmark's bench.json."""
-    records: dict[str, dict] = {}
+    """The benchmark records: bench.jsonl (a line each, appended as each finished; the last of a test and impl
+    wins), else pytest-benchmark's bench.json."""
+    records: dict[tuple[str, str], dict] = {}
     jsonl = out / "bench.jsonl"
     if jsonl.exists():
         for line in jsonl.read_text().splitlines():
@@ -96,9 +102,9 @@ def _bench(out: Path) -> list[dict]:
                 b = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill at the deadline
                 continue
-            records[b.get("fullname") or b.get("name")] = b
+            records[_bench_key(b)] = b
     elif (out / "bench.json").exists():
-        records = {b.get("fullname") or b["name"]: b for b in json.loads((out / "bench.json").read_text()).get("benchmarks", [])}
+        records = {_bench_key(b): b for b in json.loads((out / "bench.json").read_text()).get("benchmarks", [])}
     return [_bench_row(b) for b in records.values()]
 
 

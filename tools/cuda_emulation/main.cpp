@@ -1,6 +1,7 @@
 // Runs the CUDA kernels of the SE, CUBS and MS-loss ops under host emulation and compares with the CPU ops
 // (SE and CUBS also mixed: float32 weights with a bf16 / fp16 x).
-// `emu_test ms` runs only the MS-loss section, `emu_test se` only the fused-SE section (run_se_fused).
+// `emu_test ms` runs only the MS-loss section, `emu_test se` only the fused-SE section (run_se_fused),
+// `emu_test tiles` only the CUBS kernel variants (cubs_tiles.h: RECOGFAST_CUBS_SPATIAL_TILE, _CHANNEL_THREADS).
 #include <ATen/ATen.h>
 #include <cmath>
 #include <cstdio>
@@ -188,6 +189,7 @@ void run_se_fused() {
 }
 
 #include "ms_flash.h"  // run_ms_flash
+#include "cubs_tiles.h"  // run_spatial_tiles
 
 void run_ms_loss() {
   setenv("RECOGFAST_MS_LOSS_PATH", "tiles", 1);  // the cases below check the tiles path (run_ms_flash: flash)
@@ -420,6 +422,12 @@ int main(int argc, char** argv) {
     std::printf("%s\n", failures ? "FAILURES" : "emulated fused SE matches the CPU kernel");
     return failures != 0;
   }
+  if (argc > 1 && std::string(argv[1]) == "tiles") {
+    run_spatial_tiles();
+    run_channel_threads();
+    std::printf("%s\n", failures ? "FAILURES" : "emulated CUBS kernel variants match the CPU kernels and each other");
+    return failures != 0;
+  }
   if (argc > 1 && std::string(argv[1]) == "acc") {
     run_accuracy(argc > 2 && std::string(argv[2]) == "full");
     std::printf("%s\n", failures ? "FAILURES" : "emulated CUDA fp32 errors within 2x the CPU kernels'");
@@ -501,6 +509,8 @@ int main(int argc, char** argv) {
   }
   }
   if (!only_ms) run_se_fused();
+  if (!only_ms) run_spatial_tiles();
+  if (!only_ms) run_channel_threads();
   if (!only_ms) run_accuracy(false);
   run_ms_loss();
   std::printf("%s\n", failures ? "FAILURES" : "all emulated CUDA results match the CPU kernels");

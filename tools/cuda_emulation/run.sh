@@ -11,7 +11,10 @@
 # (RECOGFAST_SE_VARIANT=fused, se_gate_fused.cuh), which the full run also checks. The flash MS-loss path (ms_loss_flash.cuh)
 # runs its tensor-core tiles with emu.h's warp-wide mma emulation (the PTX fragment layouts, exact products, fp32
 # accumulation) at small tile shapes (ms_loss_flash_host.cuh) and a 2 KB backward G budget (several waves);
-# EMU_NO_FLASH=1 skips it.
+# EMU_NO_FLASH=1 skips it. The CUBS kernel variants (cubs_tiles.h: Block 2's RECOGFAST_CUBS_SPATIAL_TILE = 0-3,
+# cubs_spatial_passes.cuh; Block 1's RECOGFAST_CUBS_CHANNEL_THREADS = 256, 128, 512): each against the CPU kernel and
+# bit for bit against the default, plus the bad-value messages; `run.sh tiles` runs only that section. The other
+# sections run the variants the environment names (default: the defaults).
 # fp32 accuracy (main.cpp run_accuracy): each emulated CUBS fp32 output's error against the float64 CPU kernel
 # must stay within 2x the fp32 CPU kernel's (tools/gpu_crosscheck.py's rule) -- in every run, on the crosscheck's
 # 14x14 channel and 28x28 spatial shapes among others (Block 2 through its training forward and the backward from

@@ -3,7 +3,7 @@
 // memory from q, k, v and min/max k.
 //
 // Forward:  1. channel sums of x                  (channel_gate.cuh, shared with the SE gate)
-//           2. the head, one block a sample:       (cubs_channel_head_kernel)
+//           2. the head, one block a sample:       (cubs_channel_head_kernel; RECOGFAST_CUBS_CHANNEL_THREADS)
 //              g -> q, k, v -> rank-one softmax rows -> z = Wo f + bo + g -> gate
 //           3. y = x * gate                        (channel_gate.cuh, 16-byte vectors where aligned)
 // Backward: 1. channel sums of x and grad_y * x; 2. the head forward again and its backward
@@ -19,6 +19,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 
 #include "ops/cubs_channel.h"
 #include "ops/cuda/channel_gate.cuh"
@@ -270,6 +274,32 @@ size_t head_smem_bytes(int64_t C, int64_t N, size_t acc_size) {
   return bytes;
 }
 
+// Threads a sample of the head kernel, the variant of Block 1's quadratic part (issue 25 part 1):
+// RECOGFAST_CUBS_CHANNEL_THREADS = 256 (default), 128 or 512, read once per process (each launch of the emulation
+// re-reads it); another value is a one-line error. Every sum of the head is one thread's or one warp's, so the
+// three give bit-identical results. fp64 runs 256 whatever the value: its head kernel takes 155 registers (ptxas -v,
+// nvcc 13.0, sm_90; fp32 72), over the 64K register file at 512 threads a block.
+inline int channel_threads_env() {
+  auto read = [] {
+    const char* v = std::getenv("RECOGFAST_CUBS_CHANNEL_THREADS");
+    const std::string s = v && *v ? v : "256";
+    if (s == "128" || s == "256" || s == "512") return std::stoi(s);
+    throw std::runtime_error(
+        str("recogfast::cubs_channel: RECOGFAST_CUBS_CHANNEL_THREADS must be 128, 256 or 512, got '", s, "'"));
+  };
+#ifdef RECOGFAST_CUDA_EMULATION
+  return read();
+#else
+  static const int threads = read();
+  return threads;
+#endif
+}
+template <typename acc_t>
+int head_threads() {
+  const int t = channel_threads_env();
+  return std::is_same_v<acc_t, double> ? 256 : t;
+}
+
 template <typename w_t>
 Params<w_t> params(const Tensor* w) {
   return Params<w_t>{{w[0].const_data_ptr<w_t>(), w[2].const_data_ptr<w_t>(), w[4].const_data_ptr<w_t>()},
@@ -304,7 +334,8 @@ Tensor cubs_channel_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, c
     acc_t* gate = px + chunks * B * C;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     launch_pool<scalar_t, acc_t, false>(xp, nullptr, px, nullptr, B, C, HW, cl, chunks, per_chunk, stream);
-    cubs_channel_head_kernel<w_t, acc_t, false><<<B, 256, head_smem_bytes(C, N, sizeof(acc_t)), stream>>>(
+    const size_t smem = head_smem_bytes(C, N, sizeof(acc_t));
+    cubs_channel_head_kernel<w_t, acc_t, false><<<B, head_threads<acc_t>(), smem, stream>>>(
         px, nullptr, chunks, params<w_t>(w), B, C, N, HW, gate, nullptr, nullptr, nullptr, nullptr, nullptr);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, false>(xp, y.mutable_data_ptr<scalar_t>(), gate, nullptr, x.numel(), C, HW, cl,
@@ -351,7 +382,8 @@ CubsChannelGrads cubs_channel_backward_cuda(const Tensor& grad_y_, const Tensor&
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
     launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, chunks, per_chunk, stream);
-    cubs_channel_head_kernel<w_t, acc_t, true><<<B, 256, head_smem_bytes(C, N, sizeof(acc_t)), stream>>>(
+    const size_t smem = head_smem_bytes(C, N, sizeof(acc_t));
+    cubs_channel_head_kernel<w_t, acc_t, true><<<B, head_threads<acc_t>(), smem, stream>>>(
         px, pgx, chunks, params<w_t>(w), B, C, N, HW, gate, coef, gs, f, dz, dqkv);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, true>(gyp, gx.mutable_data_ptr<scalar_t>(), gate, coef, x.numel(), C, HW, cl,

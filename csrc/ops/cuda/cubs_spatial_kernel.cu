@@ -14,12 +14,14 @@
 // _cubs_spatial_backward (no stats: the registered op's autograd) runs the key range and the row pass with stats
 // first (8 kernels, three passes a step).
 //
-// The two B·HW² passes: each thread owns kRows rows (or columns); the block stages tiles of the other
-// side's values in shared memory, read as broadcasts (every thread reads the same address), so the
-// inner loop per pair is one FFMA, one MUFU.EX2 and two or three FFMA/FADD: it is bound by the
-// exponential rate (16 MUFU ops/clk/SM on sm_90), the floor the benchmark reports. Those passes (steps 2-3 of
+// The two B·HW² passes: each thread owns kRows rows (or columns); the block (kThreads threads) stages tiles of
+// kTile of the other side's values in shared memory, read as broadcasts (every thread reads the same address), so
+// the inner loop per pair is one FFMA, one MUFU.EX2 and two or three FFMA/FADD: it is bound by the exponential
+// rate (16 MUFU ops/clk/SM on sm_90), the floor the benchmark reports. Those passes (steps 2-3 of
 // the forward, 2-3 of the backward) are in cubs_spatial_passes.cuh, the per-pixel kernels in
-// cubs_spatial_pixels.cuh; this file holds the launches.
+// cubs_spatial_pixels.cuh; this file holds the launches. (kThreads, kRows, kTile) is a variant compiled in and
+// chosen by RECOGFAST_CUBS_SPATIAL_TILE = 0 (default: 128, 2, 512), 1 (256, 1, 512), 2 (128, 3, 512) or
+// 3 (64, 2, 1024), read once per process; all four give bit-identical results (cubs_spatial_passes.cuh).
 // The weights are w_t: x's type, or float for a 16-bit x (mixed, read without a cast). Only the projections and
 // the backward's grad_x pass read both x and weights; they are the kernels compiled once more per 16-bit type.
 
@@ -41,7 +43,11 @@ struct Launch {
   cudaStream_t stream;
 };
 
-dim3 quad_grid(const Launch& L) { return dim3(static_cast<unsigned>(ceil_div(L.P, kThreads * kRows)), L.B); }
+// The grid of a quadratic pass under the variant Cfg (cubs_spatial_passes.cuh).
+template <class Cfg>
+dim3 quad_grid(const Launch& L) {
+  return dim3(static_cast<unsigned>(ceil_div(L.P, Cfg::kThreads * Cfg::kRows)), L.B);
+}
 
 template <typename scalar_t, typename w_t, typename acc_t, bool kGrad>
 void launch_project(const Launch& L, const scalar_t* x, const scalar_t* gy, const Weights<w_t>& wt, acc_t* qkv,
@@ -65,14 +71,17 @@ void launch_rows(const Launch& L, const acc_t* qkv, Quad<acc_t>* kr, acc_t* vmea
   cubs_spatial_key_range_kernel<acc_t><<<L.B, 256, 0, L.stream>>>(qkv + BP, qkv + 2 * BP, L.P, kr,
                                                                   stats ? vmean : nullptr);
   RF_CUDA_KERNEL_LAUNCH_CHECK();
-  if (stats) {
-    cubs_spatial_row_kernel<acc_t, true>
-        <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, vmean, L.B, L.P, gate, stats);
-  } else {
-    cubs_spatial_row_kernel<acc_t, false>
-        <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, kr, nullptr, L.B, L.P, gate, nullptr);
-  }
-  RF_CUDA_KERNEL_LAUNCH_CHECK();
+  with_spatial_tile([&](auto cfg) {
+    using Cfg = decltype(cfg);
+    if (stats) {
+      cubs_spatial_row_kernel<acc_t, true, Cfg>
+          <<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(qkv, kr, vmean, L.B, L.P, gate, stats);
+    } else {
+      cubs_spatial_row_kernel<acc_t, false, Cfg>
+          <<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(qkv, kr, nullptr, L.B, L.P, gate, nullptr);
+    }
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 template <typename scalar_t, typename w_t, typename acc_t, bool kGrad>
@@ -201,9 +210,12 @@ CubsSpatialGrads spatial_backward_cuda(const char* op, const Tensor& grad_y_, co
     const acc_t* stats = saved ? saved->const_data_ptr<acc_t>() : own.const_data_ptr<acc_t>() + 5 * B;
     cubs_spatial_prep_kernel<acc_t><<<B, 256, 0, L.stream>>>(qkv, stats, d, B, P, gate, dqkv, pack, fr);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
-    cubs_spatial_col_kernel<acc_t>
-        <<<quad_grid(L), kThreads, 0, L.stream>>>(qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP);
-    RF_CUDA_KERNEL_LAUNCH_CHECK();
+    with_spatial_tile([&](auto cfg) {
+      using Cfg = decltype(cfg);
+      cubs_spatial_col_kernel<acc_t, Cfg>
+          <<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP);
+      RF_CUDA_KERNEL_LAUNCH_CHECK();
+    });
     launch_apply<scalar_t, w_t, acc_t, true>(L, gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gate,
                                              dqkv, wt);
     int64_t tasks = B;

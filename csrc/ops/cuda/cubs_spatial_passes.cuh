@@ -4,9 +4,30 @@
 // needs), the backward's per-row factors from those statistics (cubs_spatial_prep_kernel, O(B·HW)) and the
 // column pass of the backward (per column j over all i), each thread owning kRows rows (columns) against tiles of
 // the other side staged in shared memory. Internal linkage.
+//
+// Kernel variants of the two quadratic passes (issue 25 part 1): Cfg = SpatialTile<kThreads a block, kRows rows
+// (columns) a thread, kTile staged values a tile>, every variant compiled in, chosen by RECOGFAST_CUBS_SPATIAL_TILE
+// (read once per process; each launch of the emulation re-reads it; another value is a one-line error):
+//   0 (default) 128 threads, 2 rows, 512-value tiles: today's kernels;
+//   1 256 threads, 1 row: fewer registers a thread, twice the warps a block (the latency of MUFU.EX2 hidden by
+//     occupancy rather than by a second row), one shared-memory read an exponential instead of half of one;
+//   2 128 threads, 3 rows: each staged value serves 3 rows and 3 independent exponentials are in flight, at more
+//     registers and fewer resident warps (4 rows spilled: 8 bytes in the fp32 inference pass, 304 in fp64 stats);
+//   3 64 threads, 2 rows, 1024-value tiles: 128 rows a block, twice the blocks of variant 0 (28x28 and smaller:
+//     B·ceil(784 / 128) = 448 blocks at B = 64, against 256 for 132 SMs), half the barriers a pass.
+// ptxas -v (nvcc 13.0, sm_90), registers of fp32 row pass with stats / without / column pass, fp64 in brackets;
+// no variant spills: 0: 91 / 48 / 56 (164 / 80 / 92); 1: 48 / 32 / 40 (96 / 48 / 64);
+// 2: 126 / 64 / 64 (254 / 126 / 126); 3: 91 / 48 / 96 (164 / 80 / 136).
+// All four give bit-identical results: a row's (column's) sums take the same terms in the same order whatever the
+// variant (summation lane = position in its kChunk-term chunk, chunks at multiples of kChunk from 0, since every
+// kTile is a multiple of kChunk; the thread that owns the row does not enter the arithmetic). Unmeasured: the first
+// GPU run sweeps them (tools/gpu_check.sh step cubs_tiles).
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
 
 #include "ops/cuda/cubs_common.cuh"
 
@@ -15,10 +36,45 @@ namespace {
 
 using namespace cubs_cuda;
 
-constexpr int kThreads = 128;  // threads a block in the two quadratic passes
-constexpr int kRows = 2;       // rows (columns) a thread
-constexpr int kTile = 512;     // staged j (i) values a tile
-static_assert(kTile % kChunk == 0, "a tile holds whole summation chunks");
+template <int Threads, int Rows, int Tile>
+struct SpatialTile {
+  static constexpr int kThreads = Threads;  // threads a block in the two quadratic passes
+  static constexpr int kRows = Rows;        // rows (columns) a thread
+  static constexpr int kTile = Tile;        // staged j (i) values a tile
+  static_assert(Tile % kChunk == 0, "a tile holds whole summation chunks (the variants' sums are then identical)");
+  static_assert(Threads % kWarp == 0 && Threads <= 1024, "whole warps, at most 1024 threads a block");
+};
+using SpatialTile0 = SpatialTile<128, 2, 512>;
+using SpatialTile1 = SpatialTile<256, 1, 512>;
+using SpatialTile2 = SpatialTile<128, 3, 512>;
+using SpatialTile3 = SpatialTile<64, 2, 1024>;
+
+inline int spatial_tile_variant() {
+  auto read = [] {
+    const char* v = std::getenv("RECOGFAST_CUBS_SPATIAL_TILE");
+    const std::string s = v && *v ? v : "0";
+    if (s == "0" || s == "1" || s == "2" || s == "3") return s[0] - '0';
+    throw std::runtime_error(
+        str("recogfast::cubs_spatial: RECOGFAST_CUBS_SPATIAL_TILE must be 0, 1, 2 or 3, got '", s, "'"));
+  };
+#ifdef RECOGFAST_CUDA_EMULATION
+  return read();
+#else
+  static const int variant = read();
+  return variant;
+#endif
+}
+
+// Calls f(Cfg{}) with the variant chosen by RECOGFAST_CUBS_SPATIAL_TILE.
+template <typename F>
+void with_spatial_tile(F&& f) {
+  switch (spatial_tile_variant()) {
+    case 1: return f(SpatialTile1{});
+    case 2: return f(SpatialTile2{});
+    case 3: return f(SpatialTile3{});
+    default: return f(SpatialTile0{});
+  }
+}
 
 struct MinOp {
   template <typename T>
@@ -97,17 +153,19 @@ __global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, const
   if (threadIdx.x == 0) kr[b] = r;
 }
 
-// The row pass. grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f); with kStats (the training
-// forward) also stats [3][B·P] = {f, 1 / l, cov}: cov = sum_j A_ij k_j (v_j - f_i) = (skv - svc sk / l) / l with the
-// moments skv = sum e (k - k*)(v - vc), svc = sum e (v - vc) about the sample's mean vc of v (vmean), as the CPU
-// kernel (rank_one_attention.h; issue 25: about v* the cancellation of skv - sv sk / l took the rounding of the
-// fp32 sums up to 84x the reference's error in grad bq). Sums relative to the row's dominant column (k*, v*):
-// f = v* + sum e (v - v*) / l, free of cancellation when the softmax saturates; l and sv are formed the same way
-// with and without kStats (the training forward's y is the inference forward's).
-template <typename acc_t, bool kStats>
-__global__ void __launch_bounds__(kThreads) cubs_spatial_row_kernel(
+// The row pass (Cfg: the variant). grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f); with kStats
+// (the training forward) also stats [3][B·P] = {f, 1 / l, cov}: cov = sum_j A_ij k_j (v_j - f_i)
+// = (skv - svc sk / l) / l with the moments skv = sum e (k - k*)(v - vc), svc = sum e (v - vc) about the sample's
+// mean vc of v (vmean), as the CPU kernel (rank_one_attention.h; issue 25: about v* the cancellation of
+// skv - sv sk / l took the rounding of the fp32 sums up to 84x the reference's error in grad bq). Sums relative to
+// the row's dominant column (k*, v*): f = v* + sum e (v - v*) / l, free of cancellation when the softmax
+// saturates; l and sv are formed the same way with and without kStats (the training forward's y is the inference
+// forward's).
+template <typename acc_t, bool kStats, class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads) cubs_spatial_row_kernel(
     const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ kr, const acc_t* __restrict__ vmean, int64_t B,
     int64_t P, acc_t* __restrict__ gate, acc_t* __restrict__ stats) {
+  constexpr int kThreads = Cfg::kThreads, kRows = Cfg::kRows, kTile = Cfg::kTile;
   __shared__ Pair<acc_t> kv[kTile];
   const int64_t BP = B * P, b = blockIdx.y;
   const acc_t* q = qkv + b * P;
@@ -227,10 +285,11 @@ __global__ void cubs_spatial_prep_kernel(const acc_t* __restrict__ qkv, const ac
 // The column pass of the backward: for column j, dv_j = sum_i e_ij fa_i and
 // dk_j = sum_i e_ij fb_i (v_j - f_i) (the difference per pair: no cancellation when v_j ~ f_i),
 // e_ij = 2^(q_i log2e (k_j - k*_i)).
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads) cubs_spatial_col_kernel(
+template <typename acc_t, class Cfg>
+__global__ void __launch_bounds__(Cfg::kThreads) cubs_spatial_col_kernel(
     const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ pack, const acc_t* __restrict__ fr, int64_t B,
     int64_t P, acc_t* __restrict__ dk, acc_t* __restrict__ dv) {
+  constexpr int kThreads = Cfg::kThreads, kRows = Cfg::kRows, kTile = Cfg::kTile;
   __shared__ Quad<acc_t> rows[kTile];
   __shared__ acc_t rows_f[kTile];
   const int64_t BP = B * P, b = blockIdx.y;
