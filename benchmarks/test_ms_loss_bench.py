@@ -142,6 +142,9 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode, path, monke
     or the tiles path (RECOGFAST_MS_LOSS_PATH)."""
     monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", path)
     impl = "fused" if path == "flash" else f"fused-{path}"
+    tile = os.environ.get("RECOGFAST_MS_FLASH_TILE", "0")
+    if path == "flash" and tile != "0":  # a swept tile variant: its own row beside the default's (gpu_results keys)
+        impl += f"_tile{tile}"
     B, R = SIZES["cuda"][size]
     M = B + R
     torch.manual_seed(0)
@@ -161,7 +164,7 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode, path, monke
         rate = gemm_flops(device, mode)
         benchmark.extra_info["extra_peak_mb"] = _cuda_extra_peak_mb(step)
         benchmark.extra_info["ms_loss_path"] = path
-        benchmark.extra_info["flash_tile"] = os.environ.get("RECOGFAST_MS_FLASH_TILE", "0")
+        benchmark.extra_info["flash_tile"] = tile
         run_benchmark(benchmark, step, device=device, group=f"ms_loss fwd+bwd {device} {mode} B={B} R={R} D={D}",
                       impl=impl, floor_seconds=flops / rate,
                       floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
