@@ -7,7 +7,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
 #include <stdexcept>
+#include <string>
 
 #include "ops/stable.h"
 
@@ -77,6 +80,35 @@ inline int64_t device_attribute() {
   RF_CUDA_CHECK(cudaDeviceGetAttribute(&n, kAttr, dev));
   if (dev < 64) cache[dev] = n;
   return n;
+}
+
+// The index in `allowed` of environment variable `name`'s value (unset or empty: the default, allowed[dflt]), for the
+// variables that pick a kernel path or variant; any other value is a one-line error naming the op, the variable
+// and the allowed values ("<op>: <name> must be a, b or c, got 'x'"). One getenv a call.
+inline int env_choice(const char* op, const char* name, std::initializer_list<const char*> allowed, int dflt = 0) {
+  const char* v = std::getenv(name);
+  const std::string s = v && *v ? v : allowed.begin()[dflt];
+  std::string list;
+  int i = 0;
+  for (const char* a : allowed) {
+    if (s == a) return i;
+    list += i == 0 ? "" : i + 1 == int(allowed.size()) ? " or " : ", ";
+    list += a;
+    ++i;
+  }
+  throw std::runtime_error(str(op, ": ", name, " must be ", list, ", got '", s, "'"));
+}
+
+// env_choice read once per process (Tag: one type a variable, whose static keeps the first value); the host
+// emulation re-reads it on every call (its tests switch the variable between launches).
+template <class Tag>
+int env_choice_once(const char* op, const char* name, std::initializer_list<const char*> allowed, int dflt = 0) {
+#ifdef RECOGFAST_CUDA_EMULATION
+  return env_choice(op, name, allowed, dflt);
+#else
+  static const int choice = env_choice(op, name, allowed, dflt);
+  return choice;
+#endif
 }
 
 // Streaming multiprocessors of the current device.

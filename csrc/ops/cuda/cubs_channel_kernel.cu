@@ -19,9 +19,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <stdexcept>
-#include <string>
 #include <type_traits>
 
 #include "ops/cubs_channel.h"
@@ -279,20 +276,11 @@ size_t head_smem_bytes(int64_t C, int64_t N, size_t acc_size) {
 // re-reads it); another value is a one-line error. Every sum of the head is one thread's or one warp's, so the
 // three give bit-identical results. fp64 runs 256 whatever the value: its head kernel takes 155 registers (ptxas -v,
 // nvcc 13.0, sm_90; fp32 72), over the 64K register file at 512 threads a block.
+struct ChannelThreadsEnv {};
 inline int channel_threads_env() {
-  auto read = [] {
-    const char* v = std::getenv("RECOGFAST_CUBS_CHANNEL_THREADS");
-    const std::string s = v && *v ? v : "256";
-    if (s == "128" || s == "256" || s == "512") return std::stoi(s);
-    throw std::runtime_error(
-        str("recogfast::cubs_channel: RECOGFAST_CUBS_CHANNEL_THREADS must be 128, 256 or 512, got '", s, "'"));
-  };
-#ifdef RECOGFAST_CUDA_EMULATION
-  return read();
-#else
-  static const int threads = read();
-  return threads;
-#endif
+  constexpr int kThreads[] = {128, 256, 512};  // 256 the default
+  return kThreads[gpu::env_choice_once<ChannelThreadsEnv>("recogfast::cubs_channel", "RECOGFAST_CUBS_CHANNEL_THREADS",
+                                                          {"128", "256", "512"}, 1)];
 }
 template <typename acc_t>
 int head_threads() {

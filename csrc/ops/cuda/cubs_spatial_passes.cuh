@@ -25,9 +25,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
-#include <stdexcept>
-#include <string>
 
 #include "ops/cuda/cubs_common.cuh"
 
@@ -49,20 +46,10 @@ using SpatialTile1 = SpatialTile<256, 1, 512>;
 using SpatialTile2 = SpatialTile<128, 3, 512>;
 using SpatialTile3 = SpatialTile<64, 2, 1024>;
 
+struct SpatialTileEnv {};
 inline int spatial_tile_variant() {
-  auto read = [] {
-    const char* v = std::getenv("RECOGFAST_CUBS_SPATIAL_TILE");
-    const std::string s = v && *v ? v : "0";
-    if (s == "0" || s == "1" || s == "2" || s == "3") return s[0] - '0';
-    throw std::runtime_error(
-        str("recogfast::cubs_spatial: RECOGFAST_CUBS_SPATIAL_TILE must be 0, 1, 2 or 3, got '", s, "'"));
-  };
-#ifdef RECOGFAST_CUDA_EMULATION
-  return read();
-#else
-  static const int variant = read();
-  return variant;
-#endif
+  return gpu::env_choice_once<SpatialTileEnv>("recogfast::cubs_spatial", "RECOGFAST_CUBS_SPATIAL_TILE",
+                                              {"0", "1", "2", "3"});
 }
 
 // Calls f(Cfg{}) with the variant chosen by RECOGFAST_CUBS_SPATIAL_TILE.

@@ -35,7 +35,6 @@
 
 #include <cuda_runtime.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "ops/cuda/ms_loss_flash.cuh"
@@ -67,28 +66,13 @@ using FlashTile3 = FlashTile<32, 16, 16, 24>;  // D = 130: 6 chunks, the last of
 enum class MsPath : int { kAuto = 0, kFlash = 1, kTiles = 2 };
 constexpr bool kFlashByDefault = false;  // recogfast.dispatch.MS_FLASH_BY_DEFAULT mirrors it
 
-inline MsPath ms_path_env() {
-  const char* v = std::getenv("RECOGFAST_MS_LOSS_PATH");
-  const std::string s = v && *v ? v : "auto";
-  if (s == "auto") return MsPath::kAuto;
-  if (s == "flash") return MsPath::kFlash;
-  if (s == "tiles") return MsPath::kTiles;
-  throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH must be auto, flash or tiles, got '", s, "'"));
+inline MsPath ms_path_env() {  // the order of MsPath
+  return MsPath(gpu::env_choice("recogfast::ms_loss", "RECOGFAST_MS_LOSS_PATH", {"auto", "flash", "tiles"}));
 }
 
+struct FlashTileEnv {};
 inline int flash_tile_variant() {
-  auto read = [] {
-    const char* v = std::getenv("RECOGFAST_MS_FLASH_TILE");
-    const std::string s = v && *v ? v : "0";
-    if (s == "0" || s == "1" || s == "2" || s == "3") return s[0] - '0';
-    throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_FLASH_TILE must be 0, 1, 2 or 3, got '", s, "'"));
-  };
-#ifdef RECOGFAST_CUDA_EMULATION
-  return read();
-#else
-  static const int variant = read();
-  return variant;
-#endif
+  return gpu::env_choice_once<FlashTileEnv>("recogfast::ms_loss", "RECOGFAST_MS_FLASH_TILE", {"0", "1", "2", "3"});
 }
 
 // Compute capability major of the current device.

@@ -21,9 +21,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <stdexcept>
-#include <string>
 #include <type_traits>
 
 #include "ops/cuda/common.cuh"
@@ -49,12 +46,11 @@ enum class SeVariant : int { kAuto = 0, kFused = 1, kSplit = 2 };
 constexpr bool kFusedByDefault = false;  // true once a GPU run has cross-checked the fused kernels
 
 inline SeVariant se_variant_env() {
-  const char* v = std::getenv("RECOGFAST_SE_VARIANT");
-  const std::string s = v && *v ? v : "auto";
-  if (s == "auto") return kFusedByDefault ? SeVariant::kFused : SeVariant::kSplit;
-  if (s == "fused") return SeVariant::kFused;
-  if (s == "split") return SeVariant::kSplit;
-  throw std::runtime_error(str("recogfast::se_gate: RECOGFAST_SE_VARIANT must be auto, fused or split, got '", s, "'"));
+  switch (gpu::env_choice("recogfast::se_gate", "RECOGFAST_SE_VARIANT", {"auto", "fused", "split"})) {
+    case 0: return kFusedByDefault ? SeVariant::kFused : SeVariant::kSplit;
+    case 1: return SeVariant::kFused;
+    default: return SeVariant::kSplit;
+  }
 }
 
 // relu that keeps NaN, as torch.relu.
