@@ -205,12 +205,10 @@ if [[ $GPU == 1 ]]; then
     for v in 1 2 3; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
       --benchmark-json='$OUT/logs/bench_flash_tile'\$v.json || exit 1; done
     $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_SWEEP_SEL' --benchmark-json='$OUT/logs/bench_flash_sweep.json'"
-elif (($(date +%s) + 30 > DEADLINE)); then  # the collection takes seconds: only inside the deadline
-  skip flash "deadline reached before the step"
 else
-  n_flash=$(timeout 20 $PY -m pytest $MS_BENCH -q --collect-only -p no:cacheprovider \
-    -k "($FLASH_TILE_SEL) or ($FLASH_SWEEP_SEL)" 2>/dev/null | grep -c '::')
-  if [[ $n_flash -ge 5 ]]; then skip flash "no GPU: $n_flash flash MS-loss benchmarks selected"
+  n_flash=$(collect "($FLASH_TILE_SEL) or ($FLASH_SWEEP_SEL)")
+  if [[ $n_flash -lt 0 ]]; then skip flash "deadline reached before the step"
+  elif [[ $n_flash -ge 5 ]]; then skip flash "no GPU: $n_flash flash MS-loss benchmarks selected"
   else record flash failed 0 "the flash MS-loss selection names $n_flash benchmarks"; fi
 fi
 
@@ -228,12 +226,10 @@ if [[ $GPU == 1 ]]; then
       --benchmark-json='$OUT/logs/bench_cubs_tile'\$v.json || exit 1; done
     for t in 128 512; do RECOGFAST_CUBS_CHANNEL_THREADS=\$t $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_THREADS_SEL' \
       --benchmark-json='$OUT/logs/bench_cubs_threads'\$t.json || exit 1; done"
-elif (($(date +%s) + 30 > DEADLINE)); then  # the collection takes seconds: only inside the deadline
-  skip cubs_tiles "deadline reached before the step"
 else
-  n_tiles=$(timeout 20 $PY -m pytest $CUBS_BENCH -q --collect-only -p no:cacheprovider \
-    -k "($CUBS_TILE_SEL) or ($CUBS_THREADS_SEL)" 2>/dev/null | grep -c '::')
-  if [[ $n_tiles -eq 8 ]]; then skip cubs_tiles "no GPU: $n_tiles CUBS Block 1 and 2 benchmarks selected, a run each variant"
+  n_tiles=$(collect "($CUBS_TILE_SEL) or ($CUBS_THREADS_SEL)")
+  if [[ $n_tiles -lt 0 ]]; then skip cubs_tiles "deadline reached before the step"
+  elif [[ $n_tiles -eq 8 ]]; then skip cubs_tiles "no GPU: $n_tiles CUBS Block 1 and 2 benchmarks selected, a run each variant"
   else record cubs_tiles failed 0 "the CUBS variant selections name $n_tiles benchmarks, not 8"; fi
 fi
 
