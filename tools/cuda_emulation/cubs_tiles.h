@@ -35,12 +35,34 @@ void expect_bad_env(const char* var, const char* value, const std::string& want,
   }
 }
 
+// Every output of one variant's run bit for bit against the default's (`first`, taken from the first run):
+// counts the comparison and prints one line.
+struct BitIdentity {
+  const char* base;  // the default variant's name in the messages
+  int width;         // the tag column
+  std::vector<at::Tensor> first;
+  int identical = 0, compared = 0;
+
+  void check(const std::vector<at::Tensor>& outs, const char* tag) {
+    if (first.empty()) {
+      first = outs;
+      return;
+    }
+    bool same = true;
+    for (size_t i = 0; i < outs.size(); ++i) same = same && at::equal(outs[i], first[i]);
+    ++compared;
+    identical += same;
+    if (!same) ++failures;
+    std::printf("%s %-*s %zu outputs bit-identical to %s\n", same ? "ok  " : "FAIL", width, tag, outs.size(), base);
+  }
+};
+
 void run_channel_threads() {
   at::manual_seed(8);
   struct S { int64_t B, C, H, W; bool cl; at::ScalarType dt, wdt; };
   const S shapes[] = {S{2, 300, 3, 3, true, at::kFloat, at::kFloat}, S{2, 40, 5, 7, false, at::kFloat, at::kFloat},
                       S{2, 16, 5, 7, true, at::kDouble, at::kDouble}, S{3, 72, 4, 4, true, at::kBFloat16, at::kFloat}};
-  int identical = 0, compared = 0;
+  BitIdentity bits{"256", 50};
   for (const S& s : shapes) {
     at::Tensor x = at::randn({s.B, s.C, s.H, s.W}, at::TensorOptions().dtype(s.dt));
     if (s.cl) x = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -55,7 +77,7 @@ void run_channel_threads() {
     const double rtol = s.dt == at::kDouble ? 1e-10 : (s.dt == at::kFloat ? 1e-5 : 2e-2);
     const at::Tensor cy = recogfast_aten::cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
     const auto cg = recogfast_aten::cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
-    std::vector<at::Tensor> first;
+    bits.first.clear();  // each shape against its own 256-thread run
     for (const char* t : {"256", "128", "512"}) {
       setenv("RECOGFAST_CUBS_CHANNEL_THREADS", t, 1);
       char tag[96];
@@ -67,16 +89,7 @@ void run_channel_threads() {
       cmp_tuple(eg, cg, tag, rtol * 10);
       std::vector<at::Tensor> outs = {ey};
       std::apply([&](auto&... a) { (outs.push_back(a), ...); }, eg);
-      if (first.empty()) {
-        first = outs;
-        continue;
-      }
-      bool same = true;
-      for (size_t i = 0; i < outs.size(); ++i) same = same && at::equal(outs[i], first[i]);
-      ++compared;
-      identical += same;
-      if (!same) ++failures;
-      std::printf("%s %-50s %zu outputs bit-identical to 256\n", same ? "ok  " : "FAIL", tag, outs.size());
+      bits.check(outs, tag);
     }
   }
   unsetenv("RECOGFAST_CUBS_CHANNEL_THREADS");
@@ -86,7 +99,8 @@ void run_channel_threads() {
                    recogfast::emu_cubs_channel(at::randn({1, 4, 2, 2}), w, b, w, b, w, b, at::randn({4, 2}),
                                                at::randn({4}));
                  });
-  std::printf("cubs_channel thread variants: %d of %d variant runs bit-identical to 256\n", identical, compared);
+  std::printf("cubs_channel thread variants: %d of %d variant runs bit-identical to 256\n", bits.identical,
+              bits.compared);
 }
 
 void run_spatial_tiles() {
@@ -96,7 +110,7 @@ void run_spatial_tiles() {
   struct S { int64_t B, C, H, W; bool cl; at::ScalarType dt, wdt; };
   const S shapes[] = {S{2, 16, 5, 7, true, at::kDouble, at::kDouble}, S{2, 8, 30, 40, false, at::kFloat, at::kFloat},
                       S{1, 8, 33, 33, true, at::kBFloat16, at::kFloat}};
-  int identical = 0, compared = 0;
+  BitIdentity bits{"tile0", 40};
   for (const S& s : shapes) {
     at::Tensor x = at::randn({s.B, s.C, s.H, s.W}, at::TensorOptions().dtype(s.dt));
     if (s.cl) x = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -111,7 +125,7 @@ void run_spatial_tiles() {
     const auto cg = recogfast_aten::cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]);
     const auto ct = recogfast_aten::cubs_spatial_forward_train(x, w[0], w[1], w[2], w[3], w[4], w[5]);
     const auto cs = recogfast_aten::cubs_spatial_backward_saved(gy, x, std::get<1>(ct), w[0], w[1], w[2], w[3], w[4], w[5]);
-    std::vector<at::Tensor> first;  // variant 0's outputs, in order
+    bits.first.clear();  // each shape against its own variant 0 run
     for (int v = 0; v < 4; ++v) {
       setenv("RECOGFAST_CUBS_SPATIAL_TILE", std::to_string(v).c_str(), 1);
       char tag[96];
@@ -131,16 +145,7 @@ void run_spatial_tiles() {
       std::vector<at::Tensor> outs = {ey, std::get<0>(et), std::get<1>(et)};
       std::apply([&](auto&... a) { (outs.push_back(a), ...); }, eg);
       std::apply([&](auto&... a) { (outs.push_back(a), ...); }, es);
-      if (v == 0) {
-        first = outs;
-        continue;
-      }
-      bool same = true;
-      for (size_t i = 0; i < outs.size(); ++i) same = same && at::equal(outs[i], first[i]);
-      ++compared;
-      identical += same;
-      if (!same) ++failures;
-      std::printf("%s %-40s %zu outputs bit-identical to tile0\n", same ? "ok  " : "FAIL", tag, outs.size());
+      bits.check(outs, tag);
     }
   }
   if (before) {
@@ -153,5 +158,6 @@ void run_spatial_tiles() {
                    recogfast::emu_cubs_spatial(at::randn({1, 4, 2, 2}), at::randn({4}), at::randn({1}),
                                                at::randn({4}), at::randn({1}), at::randn({4}), at::randn({1}));
                  });
-  std::printf("cubs_spatial tile variants: %d of %d variant runs bit-identical to tile0\n", identical, compared);
+  std::printf("cubs_spatial tile variants: %d of %d variant runs bit-identical to tile0\n", bits.identical,
+              bits.compared);
 }
