@@ -154,6 +154,17 @@ def graph_ms(fn, reset, n: int) -> float:
         torch.cuda.empty_cache()
 
 
+def kernel_variant(knob: str, dtype: torch.dtype, device) -> tuple[str, str]:
+    """(the variant of `knob` the CUDA kernels take for `dtype` on `device` (recogfast.tuned.effective: the
+    environment variable, else the tuned table, else the default), the label suffix of a row that ran it): "" where
+    the variable is unset (what a user gets, the headline row), else the value, so that every variant a sweep sets
+    gets its own row (tools/gpu_results.py keys records by test and impl)."""
+    from recogfast.tuned import KNOBS, effective
+
+    value = effective(knob, torch.cuda.get_device_capability(device), dtype)
+    return value, value if os.environ.get(KNOBS[knob].env) else ""
+
+
 def run_benchmark(benchmark, fn, *, device, group: str, impl: str, floor_bytes: int | None = None,
                   floor_seconds: float | None = None, floor_what: str = "", rounds: int = 10, reset=None,
                   events: bool = True, graph: bool | str = False):
@@ -181,6 +192,7 @@ def run_benchmark(benchmark, fn, *, device, group: str, impl: str, floor_bytes: 
         floor_what = floor_what or f"{floor_bytes / 2**20:.1f} MiB at the measured copy bandwidth"
     cuda = torch.device(device).type == "cuda"
     info = {"impl": impl, "device": str(device), "first_call_s": first_call_s,
+            **({"device_cc": "%d.%d" % torch.cuda.get_device_capability(device)} if cuda else {}),
             "timing": "wall (synced), CUDA events, CUDA-graph replay" if cuda else "wall clock only (CPU: no "
             "CUDA events or graphs)"}
     if floor_seconds is not None:

@@ -2,10 +2,10 @@
 max-autotune, "compiled_maxautotune"), per block (cubs1, cubs2) and per placement (parallel, serial12,
 serial21), forward and forward+backward. Every side gets the same input and weights (dtype, channels_last);
 x's and the parameters' gradients are set to None before each timed call; on CUDA each case is also timed
-by CUDA events and by CUDA-graph replay (conftest.py). On CUDA the fused rows record the kernel variants: Block 2's
-RECOGFAST_CUBS_SPATIAL_TILE (extra_info cubs_spatial_tile; other than 0, impl fused_tileN) and Block 1's
-RECOGFAST_CUBS_CHANNEL_THREADS (cubs_channel_threads; other than 256, fused_threadsN); tools/gpu_check.sh step
-cubs_tiles sweeps both.
+by CUDA events and by CUDA-graph replay (conftest.py). On CUDA the fused rows record the kernel variants they ran
+(recogfast/tuned.py): Block 2's cubs_spatial_tile (RECOGFAST_CUBS_SPATIAL_TILE; set, impl fused_tileN) and Block 1's
+cubs_channel_threads (RECOGFAST_CUBS_CHANNEL_THREADS; set, fused_threadsN); tools/gpu_check.sh step cubs_tiles sweeps
+both, and tools/tuned_table.py picks the winners from those rows.
 
 CPU: one small shape (B=8 at 28×28×64) so the suite runs on a 2-core machine; the closing
 table gives each implementation's time relative to the fused kernel. CUDA (skipped without a GPU):
@@ -30,12 +30,11 @@ channels_last on CUDA at 64×64 (B=256) and 224×224 (B=64); fp32 at 64×64, B=8
 has images/s and, on CUDA, the peak memory.
 """
 
-import os
-
 import pytest
 import torch
 
-from conftest import BENCH_DEVICES, COMPILE_MODES, compile_peer, copy_bandwidth, grad_reset, run_benchmark
+from conftest import (BENCH_DEVICES, COMPILE_MODES, compile_peer, copy_bandwidth, grad_reset, kernel_variant,
+                      run_benchmark)
 from recogfast.nn import create_attention
 
 NAMES = ["cubs1", "cubs2", "cubs_parallel", "cubs_serial12", "cubs_serial21"]
@@ -47,10 +46,6 @@ STAGES = {
              (256, 64, 16), (256, 128, 8), (256, 256, 4), (256, 512, 2)],
 }
 DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
-# CUBS Block 2's CUDA kernel variant (csrc/ops/cuda/cubs_spatial_passes.cuh), read once per process by the kernels:
-# tools/gpu_check.sh step cubs_tiles runs one pytest process a variant.
-SPATIAL_TILE = os.environ.get("RECOGFAST_CUBS_SPATIAL_TILE") or "0"
-CHANNEL_THREADS = os.environ.get("RECOGFAST_CUBS_CHANNEL_THREADS") or "256"  # Block 1's head kernel, likewise
 MUFU_EX2_PER_CLOCK_PER_SM = 16  # CUDA C++ Programming Guide, arithmetic instructions, cc 9.0: exp2f
 _modules = {}
 
@@ -112,14 +107,16 @@ def test_cubs(benchmark, device, stage, name, impl, mode):
     benchmark.extra_info.update(exp_count=exps)
     if rate:
         benchmark.extra_info.update(exp_rate_per_s=rate, exp_floor_ms=exps / rate * 1e3)
-    label = impl  # a kernel variant other than the default: fused_tileN / fused_threadsN beside fused
+    label = impl  # a variant the environment sets (one pytest process a variant: the kernels read it once)
     if impl == "fused" and device == "cuda":
         if spatial:
-            benchmark.extra_info["cubs_spatial_tile"] = SPATIAL_TILE
-            label += "" if SPATIAL_TILE == "0" else f"_tile{SPATIAL_TILE}"
+            tile, suffix = kernel_variant("cubs_spatial_tile", dtype, device)
+            benchmark.extra_info["cubs_spatial_tile"] = tile
+            label += f"_tile{suffix}" if suffix else ""
         if name != "cubs2":
-            benchmark.extra_info["cubs_channel_threads"] = CHANNEL_THREADS
-            label += "" if CHANNEL_THREADS == "256" else f"_threads{CHANNEL_THREADS}"
+            threads, suffix = kernel_variant("cubs_channel_threads", dtype, device)
+            benchmark.extra_info["cubs_channel_threads"] = threads
+            label += f"_threads{suffix}" if suffix else ""
     group = f"{name} {mode} {device} {str(dtype)[6:]} B={B} C={C} {H}x{H}"
     run_benchmark(benchmark, step, device=device, group=group, impl=label, floor_seconds=floor_s, floor_what=what,
                   rounds=5 if device == "cpu" else 20, reset=grad_reset(x, module), graph=True)

@@ -25,13 +25,12 @@ B up to 1,000,000 (the largest-batch goal) with its peak memory.
 """
 
 import functools
-import os
 import time
 
 import pytest
 import torch
 
-from conftest import BENCH_DEVICES, grad_reset, run_benchmark, sync
+from conftest import BENCH_DEVICES, grad_reset, kernel_variant, run_benchmark, sync
 from recogfast.ops import ms_loss, ms_loss_reference
 
 D = 512
@@ -142,13 +141,13 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode, path, monke
     or the tiles path (RECOGFAST_MS_LOSS_PATH)."""
     monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", path)
     impl = "fused" if path == "flash" else f"fused-{path}"
-    tile = os.environ.get("RECOGFAST_MS_FLASH_TILE", "0")
-    if path == "flash" and tile != "0":  # a swept tile variant: its own row beside the default's (gpu_results keys)
-        impl += f"_tile{tile}"
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+    tile, suffix = kernel_variant("ms_flash_tile", dtype, device)
+    if path == "flash" and suffix:  # a swept tile variant: its own row beside the default's (gpu_results keys)
+        impl += f"_tile{suffix}"
     B, R = SIZES["cuda"][size]
     M = B + R
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
     e = torch.randn(B, D, device=device, dtype=dtype, requires_grad=True)
     labels = (torch.arange(B, device=device) // 4)[torch.randperm(B, device=device)]
     ref = torch.randn(R, D, device=device, dtype=dtype) if R else None

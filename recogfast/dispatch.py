@@ -15,6 +15,8 @@ from collections import defaultdict
 
 import torch
 
+from recogfast.tuned import tuned
+
 IMPLS = ("auto", "fused", "reference")
 FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _warned: set[tuple[str, str]] = set()
@@ -138,7 +140,8 @@ MS_LOSS_PATHS = ("auto", "flash", "tiles")
 
 # "auto" takes the flash MS-loss kernels (issue 26) only once a GPU run has cross-checked them: they have run only
 # under the host emulation. Until then it keeps the tiles path (proven on an H200); RECOGFAST_MS_LOSS_PATH=flash
-# opts in. csrc/ops/cuda/ms_loss_flash_host.cuh's kFlashByDefault is the same switch.
+# opts in. csrc/ops/cuda/ms_loss_flash_host.cuh's kFlashByDefault is the same switch; per device and dtype, the
+# tuned table (recogfast/tuned.py, knob ms_loss_path) turns flash on where a GPU sweep cross-checked and timed it.
 MS_FLASH_BY_DEFAULT = False
 
 
@@ -148,7 +151,8 @@ def ms_loss_path(dtype: torch.dtype, device: torch.device | str = "cuda",
     (cuBLAS products and per-row kernels) or, off CUDA, "cpu". The C++ rule, mirrored: flash can run on sm_80+
     for bf16/fp16, and for fp32 when TF32 is allowed (torch.backends.cuda.matmul.allow_tf32, which
     recogfast.ops.ms_loss passes to the op; TF32 products); RECOGFAST_MS_LOSS_PATH = "auto" (default) takes
-    flash wherever it can run once MS_FLASH_BY_DEFAULT is set (until then: tiles) and tiles elsewhere (exact
+    flash wherever it can run once MS_FLASH_BY_DEFAULT is set or the tuned table (recogfast.tuned) says so for
+    this device and dtype (until then: tiles) and tiles elsewhere (exact
     fp32, fp64, before sm_80), "flash" forces it and
     raises where it cannot run, as the op does, "tiles" always takes the tiles path. `capability` (major,
     minor) and `allow_tf32` stand in for the device's and torch's (for a machine without a GPU)."""
@@ -159,11 +163,13 @@ def ms_loss_path(dtype: torch.dtype, device: torch.device | str = "cuda",
         raise ValueError(f"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH must be auto, flash or tiles, got {env!r}")
     if env == "tiles":
         return "tiles"
-    major = (capability or torch.cuda.get_device_capability(device))[0]
+    capability = capability or torch.cuda.get_device_capability(device)
+    major = capability[0]
     tf32 = torch.backends.cuda.matmul.allow_tf32 if allow_tf32 is None else allow_tf32
     can = major >= 8 and (dtype in (torch.bfloat16, torch.float16) or (dtype == torch.float32 and tf32))
     if env == "flash" and not can:
         raise RuntimeError(f"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "
                            f"fp32 embeddings with TF32 allowed, got sm_{major}x, {str(dtype).replace('torch.', '')}"
                            + (" and allow_tf32=False" if dtype == torch.float32 else ""))
-    return "flash" if can and (env == "flash" or MS_FLASH_BY_DEFAULT) else "tiles"
+    by_default = MS_FLASH_BY_DEFAULT or tuned("ms_loss_path", capability, dtype) == "flash"
+    return "flash" if can and (env == "flash" or by_default) else "tiles"

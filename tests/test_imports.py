@@ -9,7 +9,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Floors, bottom up: a module imports only from its own floor or below.
 FLOORS = {
-    "recogfast.dispatch": 0, "recogfast.distributed": 0,
+    "recogfast.tuned": 0, "recogfast.dispatch": 0, "recogfast.distributed": 0,
     "recogfast": 1, "recogfast.ops": 1,  # the package loads the extension and registers the ops
     "recogfast.nn": 2, "recogfast.losses": 2, "recogfast.metrics": 2,
     "recogfast.models": 3, "recogfast.data": 3,

@@ -17,7 +17,8 @@
 # (tools/gpu_profile.py: kernel tables, launches per fwd+bwd) · compiled (torch.compile default mode of the
 # references: the peer column) · ncu (Nsight Compute on the key kernels; "not permitted" in one line where
 # the counters are refused) · maxautotune
-# (torch.compile mode max-autotune, as far as the deadline allows). Every benchmark appends a JSON line to
+# (torch.compile mode max-autotune, as far as the deadline allows); then the variants' winners (tools/tuned_table.py,
+# printed into logs/tuned.txt). Every benchmark appends a JSON line to
 # OUTDIR/bench.jsonl as it finishes, so a step cut at its cap keeps what finished. It always ends with
 # OUTDIR/summary.json and OUTDIR/summary.md (tools/gpu_results.py), and packs every log into
 # OUTDIR/logs.tar.gz: at most eight files come back (summary.json, summary.md, logs.tar.gz, junit.xml,
@@ -267,7 +268,9 @@ fi
 # 10. torch.compile mode max-autotune, with what is left of the deadline
 bench_step maxautotune 150 "torch.compile max-autotune peers" "$MAXAT" $PEER_FILES
 
-# 11. the summary (always)
+# 11. the summary (always), with the variants' winners by tools/tuned_table.py (printed into logs/tuned.txt, not
+# written: commit them afterwards with `python tools/tuned_table.py pick OUT --write` on the returned bench.jsonl)
+$PY tools/tuned_table.py pick "$OUT" >"$OUT/logs/tuned.txt" 2>&1 || echo "tools/tuned_table.py failed" >>"$OUT/logs/tuned.txt"
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs 2>/dev/null
 $PY tools/gpu_results.py summarize "$OUT" --mode "$MODE" --budget "$BUDGET" --seconds "$(($(date +%s) - START))"
 rc=$?

@@ -50,7 +50,7 @@ def _junit(out: Path) -> dict | None:
     if not path.exists():
         return None
     root = ET.parse(path).getroot()
-    counts = dict(tests=0, failures=0, errors=0, skipped=0)
+    counts = dict(tests=0, failures=0, errors=0, skipped=0, flash_passed=0)
     failed = []
     for case in root.iter("testcase"):
         counts["tests"] += 1
@@ -62,6 +62,8 @@ def _junit(out: Path) -> dict | None:
                 failed.append(dict(test=name, message=(el.get("message") or "")[:300]))
         if case.find("skipped") is not None:
             counts["skipped"] += 1
+        elif case.find("failure") is None and case.find("error") is None and "flash" in name and "cuda" in name:
+            counts["flash_passed"] += 1  # the flash MS-loss kernels' CUDA tests (tools/tuned_table.py's gate)
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     return dict(counts=counts, failed=failed)
 
@@ -80,7 +82,8 @@ def _bench_row(b: dict) -> dict:
     row = dict(group=b.get("group") or b.get("name"), impl=info.get("impl", ""), name=b.get("name"),
                mean_ms=stats.get("mean", 0) * 1e3, min_ms=stats.get("min", 0) * 1e3)
     for k in ("events_ms", "graph_ms", "graph_note", "first_call_s", "floor_ms", "floor", "ratio_to_floor",
-              "images_per_s", "extra_peak_mb", "peak_memory_gib"):
+              "images_per_s", "extra_peak_mb", "peak_memory_gib", "device_cc", "cubs_spatial_tile",
+              "cubs_channel_threads", "flash_tile", "ms_loss_path"):
         row[k] = info.get(k)
     return row
 

@@ -160,10 +160,10 @@ typedef int cudaError_t;
 constexpr cudaError_t cudaSuccess = 0;
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline const char* cudaGetErrorString(cudaError_t) { return "no error"; }
-enum { cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-       cudaFuncAttributeMaxDynamicSharedMemorySize };
+enum { cudaDevAttrMultiProcessorCount, cudaDevAttrComputeCapabilityMajor, cudaDevAttrComputeCapabilityMinor,
+       cudaDevAttrMaxSharedMemoryPerBlockOptin, cudaFuncAttributeMaxDynamicSharedMemorySize };
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
-// 2 SMs of compute capability 9.x (the flash MS-loss path needs 8+); opt-in shared memory per block as sm_90's
+// 2 SMs of compute capability 9.0 (the flash MS-loss path needs 8+); opt-in shared memory per block as sm_90's
 // 227 KB (232448 bytes; the emulated dynamic shared memory, emu_smem, holds 1 MB), or EMU_SMEM_OPTIN bytes.
 inline cudaError_t cudaDeviceGetAttribute(int* n, int attr, int) {
   if (attr == cudaDevAttrMaxSharedMemoryPerBlockOptin) {
@@ -171,7 +171,7 @@ inline cudaError_t cudaDeviceGetAttribute(int* n, int attr, int) {
     *n = v && *v ? atoi(v) : 232448;
     return cudaSuccess;
   }
-  *n = attr == cudaDevAttrComputeCapabilityMajor ? 9 : 2;
+  *n = attr == cudaDevAttrComputeCapabilityMajor ? 9 : attr == cudaDevAttrComputeCapabilityMinor ? 0 : 2;
   return cudaSuccess;
 }
 template <typename F>

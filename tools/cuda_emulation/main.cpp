@@ -40,6 +40,7 @@ std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(const at::Tensor&, const
                                                         const at::Tensor&, double, double, double, double,
                                                         std::string_view, bool);
 int emu_ms_gsmem_backwards();  // flash backward calls that took tile variant 3's G-in-shared-memory kernel
+int emu_tuned_table_check();  // tuned_check.cpp: the tuned table's reader; returns its failures
 }  // namespace recogfast
 namespace {
 int failures = 0;
@@ -423,6 +424,7 @@ int main(int argc, char** argv) {
     return failures != 0;
   }
   if (argc > 1 && std::string(argv[1]) == "tiles") {
+    failures += recogfast::emu_tuned_table_check();
     run_spatial_tiles();
     run_channel_threads();
     std::printf("%s\n", failures ? "FAILURES" : "emulated CUBS kernel variants match the CPU kernels and each other");
@@ -509,6 +511,7 @@ int main(int argc, char** argv) {
   }
   }
   if (!only_ms) run_se_fused();
+  if (!only_ms) failures += recogfast::emu_tuned_table_check();
   if (!only_ms) run_spatial_tiles();
   if (!only_ms) run_channel_threads();
   if (!only_ms) run_accuracy(false);

@@ -13,7 +13,8 @@
 # accumulation) at small tile shapes (ms_loss_flash_host.cuh) and a 2 KB backward G budget (several waves);
 # EMU_NO_FLASH=1 skips it. The CUBS kernel variants (cubs_tiles.h: Block 2's RECOGFAST_CUBS_SPATIAL_TILE = 0-3,
 # cubs_spatial_passes.cuh; Block 1's RECOGFAST_CUBS_CHANNEL_THREADS = 256, 128, 512): each against the CPU kernel and
-# bit for bit against the default, plus the bad-value messages; `run.sh tiles` runs only that section. The other
+# bit for bit against the default, plus the bad-value messages, and the tuned table's reader (tuned_check.cpp);
+# `run.sh tiles` runs only that section. The other
 # sections run the variants the environment names (default: the defaults).
 # fp32 accuracy (main.cpp run_accuracy): each emulated CUBS fp32 output's error against the float64 CPU kernel
 # must stay within 2x the fp32 CPU kernel's (tools/gpu_crosscheck.py's rule) -- in every run, on the crosscheck's
@@ -123,7 +124,8 @@ bg g++ $FL -c "$OUT/se_emu.cpp" -o "$OUT/se.o"
 bg g++ $FL -DRECOGFAST_MS_LOSS_EMULATION -DRECOGFAST_MS_LOSS_TILE_BYTES=1024 -DRECOGFAST_MS_LOSS_MIN_TILE_ROWS=3 \
   -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -DRECOGFAST_MS_FLASH_G_BYTES=2048 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o"
 g++ $FL -c main.cpp -o "$OUT/main.o"
+g++ $FL -c tuned_check.cpp -o "$OUT/tuned.o"
 wait
-g++ "$OUT/main.o" "$OUT/sp.o" "$OUT/ch.o" "$OUT/se.o" "$OUT/ms.o" -o "$OUT/emu_test" -Wl,--no-as-needed -L"$ROOT/build/cmake" -lrecogfast -L"$T/lib" -ltorch \
+g++ "$OUT/main.o" "$OUT/tuned.o" "$OUT/sp.o" "$OUT/ch.o" "$OUT/se.o" "$OUT/ms.o" -o "$OUT/emu_test" -Wl,--no-as-needed -L"$ROOT/build/cmake" -lrecogfast -L"$T/lib" -ltorch \
   -ltorch_cpu -lc10 -Wl,-rpath,"$T/lib" -Wl,-rpath,"$ROOT/build/cmake" -Wl,--no-as-needed -lpthread
 "$OUT/emu_test" "$@"

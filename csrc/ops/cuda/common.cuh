@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
@@ -72,22 +73,57 @@ template <auto kAttr>
 inline int64_t device_attribute() {
   int dev = 0;
   RF_CUDA_CHECK(cudaGetDevice(&dev));
-  static int64_t cache[64] = {};
+  static int64_t cache[64] = {};  // the attribute + 1 (0: not read yet; an attribute may be 0, a minor version)
 #ifndef RECOGFAST_CUDA_EMULATION
-  if (dev < 64 && cache[dev]) return cache[dev];
+  if (dev < 64 && cache[dev]) return cache[dev] - 1;
 #endif
   int n = 0;
   RF_CUDA_CHECK(cudaDeviceGetAttribute(&n, kAttr, dev));
-  if (dev < 64) cache[dev] = n;
+  if (dev < 64) cache[dev] = int64_t{n} + 1;
   return n;
 }
 
-// The index in `allowed` of environment variable `name`'s value (unset or empty: the default, allowed[dflt]), for the
-// variables that pick a kernel path or variant; any other value is a one-line error naming the op, the variable
-// and the allowed values ("<op>: <name> must be a, b or c, got 'x'"). One getenv a call.
-inline int env_choice(const char* op, const char* name, std::initializer_list<const char*> allowed, int dflt = 0) {
-  const char* v = std::getenv(name);
-  const std::string s = v && *v ? v : allowed.begin()[dflt];
+// A row of the tuned table (tuned_table.h, written by tools/tuned_table.py from recogfast/tuned.py's TUNED: the
+// winners of a GPU sweep): the value `knob` takes on a device of compute capability `cc` (10 major + minor) for
+// `dtype` where the knob's environment variable is unset.
+struct TunedEntry {
+  const char* knob;
+  int cc;
+  ScalarType dtype;
+  const char* value;
+};
+
+}  // namespace gpu
+}  // namespace recogfast
+
+#include "ops/cuda/tuned_table.h"  // kTuned
+
+namespace recogfast {
+namespace gpu {
+
+// The value of `knob` in `table` (ended by an entry without a knob) for `cc` and `dtype`, or nullptr.
+inline const char* tuned_in(const TunedEntry* table, const char* knob, int cc, ScalarType dtype) {
+  for (; table->knob; ++table)
+    if (table->cc == cc && table->dtype == dtype && std::strcmp(table->knob, knob) == 0) return table->value;
+  return nullptr;
+}
+
+// The tuned table's value of `knob` for the current device and `dtype`, or nullptr (an empty table reads no
+// device attribute).
+inline const char* tuned_value(const char* knob, ScalarType dtype) {
+  if (!kTuned[0].knob) return nullptr;
+  const int64_t cc = 10 * device_attribute<cudaDevAttrComputeCapabilityMajor>() +
+                     device_attribute<cudaDevAttrComputeCapabilityMinor>();
+  return tuned_in(kTuned, knob, int(cc), dtype);
+}
+
+// The index in `allowed` of a variable's value `env` (empty: the tuned table's `tuned` where given, else
+// allowed[dflt]), for the variables that pick a kernel path or variant; any other value is a one-line error naming
+// the op, the variable and the allowed values ("<op>: <name> must be a, b or c, got 'x'").
+inline int choice_of(const char* op, const char* name, const std::string& env,
+                     std::initializer_list<const char*> allowed, int dflt, const char* tuned) {
+  const bool from_table = env.empty() && tuned;
+  const std::string s = !env.empty() ? env : from_table ? tuned : allowed.begin()[dflt];
   std::string list;
   int i = 0;
   for (const char* a : allowed) {
@@ -96,18 +132,31 @@ inline int env_choice(const char* op, const char* name, std::initializer_list<co
     list += a;
     ++i;
   }
-  throw std::runtime_error(str(op, ": ", name, " must be ", list, ", got '", s, "'"));
+  throw std::runtime_error(str(op, ": ", name, " must be ", list, ", got '", s, "'",
+                               from_table ? " from the tuned table (csrc/ops/cuda/tuned_table.h)" : ""));
 }
 
-// env_choice read once per process (Tag: one type a variable, whose static keeps the first value); the host
-// emulation re-reads it on every call (its tests switch the variable between launches).
+// env_choice: environment variable `name` read on every call; env_choice_once: read once per process (Tag: one
+// type a variable, whose static keeps the first value; the host emulation re-reads it, its tests switching the
+// variable between launches). Either resolved against the tuned value per call: it depends on the device and
+// dtype.
+inline int env_choice(const char* op, const char* name, std::initializer_list<const char*> allowed, int dflt = 0,
+                      const char* tuned = nullptr) {
+  const char* v = std::getenv(name);
+  return choice_of(op, name, v ? v : "", allowed, dflt, tuned);
+}
+
 template <class Tag>
-int env_choice_once(const char* op, const char* name, std::initializer_list<const char*> allowed, int dflt = 0) {
+int env_choice_once(const char* op, const char* name, std::initializer_list<const char*> allowed, int dflt = 0,
+                    const char* tuned = nullptr) {
 #ifdef RECOGFAST_CUDA_EMULATION
-  return env_choice(op, name, allowed, dflt);
+  return env_choice(op, name, allowed, dflt, tuned);
 #else
-  static const int choice = env_choice(op, name, allowed, dflt);
-  return choice;
+  static const std::string env = [name] {
+    const char* v = std::getenv(name);
+    return std::string(v ? v : "");
+  }();
+  return choice_of(op, name, env, allowed, dflt, tuned);
 #endif
 }
 

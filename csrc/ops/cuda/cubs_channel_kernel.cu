@@ -271,20 +271,19 @@ size_t head_smem_bytes(int64_t C, int64_t N, size_t acc_size) {
   return bytes;
 }
 
-// Threads a sample of the head kernel, the variant of Block 1's quadratic part (issue 25 part 1):
-// RECOGFAST_CUBS_CHANNEL_THREADS = 256 (default), 128 or 512, read once per process (each launch of the emulation
-// re-reads it); another value is a one-line error. Every sum of the head is one thread's or one warp's, so the
-// three give bit-identical results. fp64 runs 256 whatever the value: its head kernel takes 155 registers (ptxas -v,
-// nvcc 13.0, sm_90; fp32 72), over the 64K register file at 512 threads a block.
+// Threads a sample of the head kernel, the variant of Block 1's quadratic part (issue 25 part 1) for activations of
+// `dtype`: RECOGFAST_CUBS_CHANNEL_THREADS = 128, 256 or 512, read once per process (each launch of the emulation
+// re-reads it), else the tuned table's (recogfast/tuned.py), else 256; another value is a one-line error. Every sum
+// of the head is one thread's or one warp's, so the three give bit-identical results. fp64 runs 256 whatever the
+// value: its head kernel takes 155 registers (ptxas -v, nvcc 13.0, sm_90; fp32 72), over the 64K register file at
+// 512 threads a block.
 struct ChannelThreadsEnv {};
-inline int channel_threads_env() {
-  constexpr int kThreads[] = {128, 256, 512};  // 256 the default
-  return kThreads[gpu::env_choice_once<ChannelThreadsEnv>("recogfast::cubs_channel", "RECOGFAST_CUBS_CHANNEL_THREADS",
-                                                          {"128", "256", "512"}, 1)];
-}
 template <typename acc_t>
-int head_threads() {
-  const int t = channel_threads_env();
+int head_threads(ScalarType dtype) {
+  constexpr int kThreads[] = {128, 256, 512};  // 256 the default
+  const int t = kThreads[gpu::env_choice_once<ChannelThreadsEnv>("recogfast::cubs_channel",
+                                                                 "RECOGFAST_CUBS_CHANNEL_THREADS", {"128", "256", "512"},
+                                                                 1, gpu::tuned_value("cubs_channel_threads", dtype))];
   return std::is_same_v<acc_t, double> ? 256 : t;
 }
 
@@ -323,7 +322,7 @@ Tensor cubs_channel_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, c
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     launch_pool<scalar_t, acc_t, false>(xp, nullptr, px, nullptr, B, C, HW, cl, chunks, per_chunk, stream);
     const size_t smem = head_smem_bytes(C, N, sizeof(acc_t));
-    cubs_channel_head_kernel<w_t, acc_t, false><<<B, head_threads<acc_t>(), smem, stream>>>(
+    cubs_channel_head_kernel<w_t, acc_t, false><<<B, head_threads<acc_t>(x.scalar_type()), smem, stream>>>(
         px, nullptr, chunks, params<w_t>(w), B, C, N, HW, gate, nullptr, nullptr, nullptr, nullptr, nullptr);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, false>(xp, y.mutable_data_ptr<scalar_t>(), gate, nullptr, x.numel(), C, HW, cl,
@@ -371,7 +370,7 @@ CubsChannelGrads cubs_channel_backward_cuda(const Tensor& grad_y_, const Tensor&
     const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
     launch_pool<scalar_t, acc_t, true>(xp, gyp, px, pgx, B, C, HW, cl, chunks, per_chunk, stream);
     const size_t smem = head_smem_bytes(C, N, sizeof(acc_t));
-    cubs_channel_head_kernel<w_t, acc_t, true><<<B, head_threads<acc_t>(), smem, stream>>>(
+    cubs_channel_head_kernel<w_t, acc_t, true><<<B, head_threads<acc_t>(x.scalar_type()), smem, stream>>>(
         px, pgx, chunks, params<w_t>(w), B, C, N, HW, gate, coef, gs, f, dz, dqkv);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
     launch_apply<scalar_t, acc_t, true>(gyp, gx.mutable_data_ptr<scalar_t>(), gate, coef, x.numel(), C, HW, cl,

@@ -41,6 +41,7 @@ struct Launch {
   int64_t B, C, P;
   bool cl;
   cudaStream_t stream;
+  ScalarType dtype;  // x's: picks the tuned variant of the quadratic passes (with_spatial_tile)
 };
 
 // The grid of a quadratic pass under the variant Cfg (cubs_spatial_passes.cuh).
@@ -71,7 +72,7 @@ void launch_rows(const Launch& L, const acc_t* qkv, Quad<acc_t>* kr, acc_t* vmea
   cubs_spatial_key_range_kernel<acc_t><<<L.B, 256, 0, L.stream>>>(qkv + BP, qkv + 2 * BP, L.P, kr,
                                                                   stats ? vmean : nullptr);
   RF_CUDA_KERNEL_LAUNCH_CHECK();
-  with_spatial_tile([&](auto cfg) {
+  with_spatial_tile(L.dtype, [&](auto cfg) {
     using Cfg = decltype(cfg);
     if (stats) {
       cubs_spatial_row_kernel<acc_t, true, Cfg>
@@ -128,7 +129,7 @@ Tensor spatial_forward_cuda(const char* op, const Tensor& x_, const Tensor& wq, 
                             : empty_as(x, shape, detail::cubs_spatial_stats_dtype(x));
   }
   if (x.numel() == 0) return y;
-  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, gpu::current_stream(x_)};
+  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, gpu::current_stream(x_), x.scalar_type()};
   const ScalarType acc_type = acc_dtype(x.scalar_type());
   check_launch(L);
   const Tensor wc[6] = {as_contiguous(wq), bq, as_contiguous(wk), bk, as_contiguous(wv), bv};
@@ -182,7 +183,7 @@ CubsSpatialGrads spatial_backward_cuda(const char* op, const Tensor& grad_y_, co
   if (x.numel() == 0) {
     return {gx, g[0], g[1], g[2], g[3], g[4], g[5]};
   }
-  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, gpu::current_stream(x_)};
+  const Launch L{x.size(0), x.size(1), x.size(2) * x.size(3), cl, gpu::current_stream(x_), x.scalar_type()};
   const ScalarType acc_type = acc_dtype(x.scalar_type());
   check_launch(L);
   const Tensor wc[6] = {as_contiguous(wq), bq, as_contiguous(wk), bk, as_contiguous(wv), bv};
@@ -210,7 +211,7 @@ CubsSpatialGrads spatial_backward_cuda(const char* op, const Tensor& grad_y_, co
     const acc_t* stats = saved ? saved->const_data_ptr<acc_t>() : own.const_data_ptr<acc_t>() + 5 * B;
     cubs_spatial_prep_kernel<acc_t><<<B, 256, 0, L.stream>>>(qkv, stats, d, B, P, gate, dqkv, pack, fr);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
-    with_spatial_tile([&](auto cfg) {
+    with_spatial_tile(L.dtype, [&](auto cfg) {
       using Cfg = decltype(cfg);
       cubs_spatial_col_kernel<acc_t, Cfg>
           <<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP);

@@ -47,15 +47,16 @@ using SpatialTile2 = SpatialTile<128, 3, 512>;
 using SpatialTile3 = SpatialTile<64, 2, 1024>;
 
 struct SpatialTileEnv {};
-inline int spatial_tile_variant() {
+// The variant for activations of `dtype`: RECOGFAST_CUBS_SPATIAL_TILE, else the tuned table's, else 0.
+inline int spatial_tile_variant(ScalarType dtype) {
   return gpu::env_choice_once<SpatialTileEnv>("recogfast::cubs_spatial", "RECOGFAST_CUBS_SPATIAL_TILE",
-                                              {"0", "1", "2", "3"});
+                                              {"0", "1", "2", "3"}, 0, gpu::tuned_value("cubs_spatial_tile", dtype));
 }
 
-// Calls f(Cfg{}) with the variant chosen by RECOGFAST_CUBS_SPATIAL_TILE.
+// Calls f(Cfg{}) with the variant chosen for `dtype` (spatial_tile_variant).
 template <typename F>
-void with_spatial_tile(F&& f) {
-  switch (spatial_tile_variant()) {
+void with_spatial_tile(ScalarType dtype, F&& f) {
+  switch (spatial_tile_variant(dtype)) {
     case 1: return f(SpatialTile1{});
     case 2: return f(SpatialTile2{});
     case 3: return f(SpatialTile3{});

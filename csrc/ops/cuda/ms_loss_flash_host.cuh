@@ -70,9 +70,11 @@ inline MsPath ms_path_env() {  // the order of MsPath
   return MsPath(gpu::env_choice("recogfast::ms_loss", "RECOGFAST_MS_LOSS_PATH", {"auto", "flash", "tiles"}));
 }
 
+// The tile variant for embeddings of `dtype`: RECOGFAST_MS_FLASH_TILE, else the tuned table's, else 0.
 struct FlashTileEnv {};
-inline int flash_tile_variant() {
-  return gpu::env_choice_once<FlashTileEnv>("recogfast::ms_loss", "RECOGFAST_MS_FLASH_TILE", {"0", "1", "2", "3"});
+inline int flash_tile_variant(ScalarType dtype) {
+  return gpu::env_choice_once<FlashTileEnv>("recogfast::ms_loss", "RECOGFAST_MS_FLASH_TILE", {"0", "1", "2", "3"}, 0,
+                                            gpu::tuned_value("ms_flash_tile", dtype));
 }
 
 // Compute capability major of the current device.
@@ -88,7 +90,12 @@ inline bool use_flash(ScalarType dtype, bool allow_tf32) {
     throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "
                                  "fp32 embeddings with TF32 allowed, got sm_", major, "x, ", dtype_str(dtype),
                                  dtype == kFloat ? " and allow_tf32=False" : ""));
-  return can && (path == MsPath::kFlash || kFlashByDefault);
+  if (path == MsPath::kFlash) return can;
+  // auto: flash where it can run once kFlashByDefault is set or the tuned table names it for this device and dtype
+  // (a GPU sweep cross-checked and timed it: recogfast/tuned.py, knob ms_loss_path)
+  if (!can) return false;
+  const char* tuned = gpu::tuned_value("ms_loss_path", dtype);
+  return kFlashByDefault || (tuned && std::strcmp(tuned, "flash") == 0);
 }
 
 template <typename scalar_t>
@@ -121,8 +128,8 @@ void allow_smem(Kernel kernel, size_t bytes) {
 // Calls f(Cfg{}) with the tile variant chosen by RECOGFAST_MS_FLASH_TILE (3: variant 0's tiles, its forward and
 // the fallback of its backward).
 template <typename F>
-void with_flash_tile(F&& f) {
-  switch (flash_tile_variant()) {
+void with_flash_tile(ScalarType dtype, F&& f) {
+  switch (flash_tile_variant(dtype)) {
     case 1: return f(FlashTile1{});
     case 2: return f(FlashTile2{});
     default: return f(FlashTile0{});
@@ -158,7 +165,7 @@ void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_id
   constexpr MmaKind K = mma_kind<scalar_t>();
   Tensor lab32;
   const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
-  with_flash_tile([&](auto cfg) {
+  with_flash_tile(scalar_type_of<scalar_t>(), [&](auto cfg) {
     using Cfg = FlashTile<decltype(cfg)::BM, decltype(cfg)::BN, decltype(cfg)::BK, 8>;  // DC: backward only
     const size_t smem = flash_smem<Cfg, K>(false);
     const unsigned grid = static_cast<unsigned>(ceil_div(cd.B, Cfg::BM));
@@ -206,7 +213,8 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
       }
     }
   };
-  if (flash_tile_variant() == 3) {  // G in shared memory where it fits the device's opt-in limit, else variant 0
+  // variant 3: G in shared memory where it fits the device's opt-in limit, else variant 0
+  if (flash_tile_variant(scalar_type_of<scalar_t>()) == 3) {
     using Cfg = FlashTile3;
     const size_t smem = flash_gsmem_smem<Cfg, K>(D);
     if (smem <= size_t(gpu::device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>())) {
@@ -228,7 +236,7 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
       return;
     }
   }
-  with_flash_tile([&](auto cfg) {
+  with_flash_tile(scalar_type_of<scalar_t>(), [&](auto cfg) {
     using Cfg = decltype(cfg);
     const size_t smem = flash_smem<Cfg, K>(true);
     allow_smem(ms_flash_bwd_kernel<Cfg, K, scalar_t>, smem);
