@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
     status = {s["step"]: s["status"] for s in summary["steps"]}
     assert summary["mode"] == "rehearsal"
     assert status == {"env": "ok", "build": "ok", "tests": "ok", "crosscheck": "ok", "memcheck": "skipped",
-                      "racecheck": "skipped", "bench": "ok", "se_fused": "skipped", "graphs": "skipped",
+                      "racecheck": "skipped", "variants_san": "ok", "bench": "ok", "se_fused": "skipped", "graphs": "skipped",
                       "flash": "skipped", "cubs_tiles": "skipped", "profile": "ok", "compiled": "skipped",
                       "ncu": "skipped", "maxautotune": "skipped"}, status
     notes = {s["step"]: s["note"] for s in summary["steps"]}
@@ -42,6 +43,13 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
         assert n >= {"compiled": 10, "maxautotune": 5, "graphs": 16, "se_fused": 8}[step], notes[step]
     assert summary["crosscheck"]["summary"]["comparisons"] > 100
     assert summary["crosscheck"]["summary"]["failed"] == 0
+    # The sanitizer's variant runs: each cross-check ran (here on the CPU) with its variables set.
+    san = tarfile.open(out / "logs.tar.gz").extractfile("logs/variants_san.log").read().decode()
+    assert san.count("crosscheck cpu: ") == 4 and "RECOGFAST_MS_FLASH_TILE=3: ms_loss bfloat16" in san, san
+    assert san.count(" comparisons, 0 failed") == 4, san
+    # The variants' winners (tools/tuned_table.py): none among CPU records.
+    tuned = tarfile.open(out / "logs.tar.gz").extractfile("logs/tuned.txt").read().decode()
+    assert tuned.strip() == "no swept variant in these records", tuned
     # The benchmark records come from the JSON lines, written as each benchmark finished.
     lines = (out / "bench.jsonl").read_text().splitlines()
     assert lines and json.loads(lines[0])["extra_info"]["timing"].startswith("wall clock only")

@@ -9,6 +9,7 @@
 # others' time): env (versions, nvidia-smi) · build (load a carried recogfast/_C*.so, else compile with
 # MAX_JOBS=16 for sm_90) · tests (pytest -k cuda, without the learning test) · crosscheck (CUDA vs CPU
 # kernels: tools/gpu_crosscheck.py) · memcheck and racecheck (compute-sanitizer on a small crosscheck) ·
+# variants_san (the same on the kernel variants the defaults do not take: flash MS loss, one-CTA SE, CUBS tiles) ·
 # bench (the headline shapes, fused vs eager reference, each timed by synced wall clock, CUDA events and
 # CUDA-graph replay, with floors and ratios) · se_fused (SE's split and one-CTA variants) · graphs (the
 # engine's training step, eager vs `recogfast train --cuda-graphs`, plain ResNet-18 and the three CUBS
@@ -140,6 +141,35 @@ if [[ $GPU == 1 ]] && command -v compute-sanitizer >/dev/null; then
 else
   skip memcheck "no GPU or no compute-sanitizer"
   skip racecheck "no GPU or no compute-sanitizer"
+fi
+
+# 5b. the kernel variants the default paths do not take, under the same two tools, one process each (some are read
+# once per process): "ENV|OPS|DTYPES". Values are the tests' job here (--report-only): the sanitizer's exit code is
+# the verdict. In the rehearsal the same cross-checks run on the CPU, without the sanitizer.
+SAN_VARIANTS=(
+  "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=0|ms_loss|bfloat16,float16"
+  "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=3|ms_loss|bfloat16"
+  "RECOGFAST_SE_VARIANT=fused|se_gate|float32,bfloat16"
+  "RECOGFAST_CUBS_SPATIAL_TILE=3 RECOGFAST_CUBS_CHANNEL_THREADS=512|cubs_channel,cubs_spatial_saved|float32,bfloat16"
+)
+sanitize_variants() {  # TOOL...: the sanitizer command line, or nothing (the rehearsal)
+  local v env ops dtypes
+  for v in "${SAN_VARIANTS[@]}"; do
+    IFS='|' read -r env ops dtypes <<<"$v"
+    echo "== $env: $ops $dtypes"
+    env $env "$@" $PY tools/gpu_crosscheck.py --small --ops "$ops" --dtypes "$dtypes" --report-only \
+      $([[ $GPU == 1 ]] || echo --device cpu) || return
+  done
+}
+if [[ $GPU == 1 ]] && command -v compute-sanitizer >/dev/null; then
+  export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+  step variants_san 120 "compute-sanitizer memcheck + racecheck of the variants (flash, one-CTA SE, CUBS)" -- bash -c "$(declare -p SAN_VARIANTS PY GPU); $(declare -f sanitize_variants)
+    sanitize_variants compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 30 &&
+    sanitize_variants compute-sanitizer --tool racecheck --kernel-name kns=recogfast --error-exitcode 9 --print-limit 30"
+  unset PYTORCH_NO_CUDA_MEMORY_CACHING
+else
+  step variants_san 60 "the variant cross-checks on the CPU (no sanitizer here)" -- bash -c \
+    "$(declare -p SAN_VARIANTS PY GPU); $(declare -f sanitize_variants); sanitize_variants"
 fi
 
 # 6. the headline benchmark shapes (benchmarks/RESULTS.md), each with its floor and ratio, three timings

@@ -9,6 +9,8 @@ twice the CPU kernel's error in that dtype plus one unit of the dtype's resoluti
     python tools/gpu_crosscheck.py --out crosscheck.json             # on a GPU: CUDA vs CPU
     python tools/gpu_crosscheck.py --device cpu --small --out x.json  # rehearsal: the harness against itself
     python tools/gpu_crosscheck.py --small                            # the subset compute-sanitizer runs
+    RECOGFAST_MS_LOSS_PATH=flash python tools/gpu_crosscheck.py --small --ops ms_loss --dtypes bfloat16 --report-only
+                                                # a kernel variant under compute-sanitizer (tools/gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ def _ms_cases(small: bool):
 
 
 def _run_attn(op: str, x: torch.Tensor, w, gy: torch.Tensor):
+    if op == "cubs_spatial_saved":  # Block 2's training forward and the backward from its saved statistics
+        y, stats = torch.ops.recogfast._cubs_spatial_forward_train(x, *w)
+        return [y, *torch.ops.recogfast._cubs_spatial_backward_saved(gy, x, stats, *w)]
     fn = getattr(torch.ops.recogfast, op)
     leaves = [x.detach().requires_grad_(True)] + [t.detach().requires_grad_(True) for t in w]
     y = fn(*leaves)
@@ -117,26 +122,37 @@ def _compare(name: str, dtype, outs_dev, outs_cpu, truth) -> list[dict]:
     return recs
 
 
-def crosscheck(device: str, small: bool, dtypes, tiny: bool = False) -> list[dict]:
+OPS = ("se_gate", "cubs_channel", "cubs_spatial", "cubs_spatial_saved", "ms_loss")
+
+
+def crosscheck(device: str, small: bool, dtypes, tiny: bool = False, ops=OPS) -> list[dict]:
+    """The records of every comparison of `ops` (cubs_spatial_saved: Block 2's training forward and saved-statistics
+    backward, on cubs_spatial's cases and truth)."""
     recs, seen = [], set()
     for op, shape, x64, w64 in _attn_cases(small):
         if tiny and op in seen:
             continue
         seen.add(op)
+        variants = [v for v in ((op, "cubs_spatial_saved") if op == "cubs_spatial" else (op,)) if v in ops]
+        if not variants:
+            continue
         gy64 = torch.randn(x64.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         truth = _run_attn(op, x64, w64, gy64)
         for dtype in dtypes:
             for layout in ("nchw", "nhwc") if small else ("nchw", "nhwc", "unaligned", "strided"):
                 w = [t.to(dtype) for t in w64]
                 gy = gy64.to(dtype)
-                cpu = _run_attn(op, _layout(x64.to(dtype), layout), w, gy)
-                dev = _run_attn(op, _layout(x64.to(dtype).to(device), layout), [t.to(device) for t in w],
-                                gy.to(device))
-                if layout == "nhwc" and x64.shape[1] > 1 and x64.shape[2] * x64.shape[3] > 1 and \
-                        not dev[0].is_contiguous(memory_format=torch.channels_last):
-                    recs.append(dict(case=f"{op} {shape} {layout}", dtype=str(dtype), output=0, ok=False,
-                                     error="output lost channels_last"))
-                recs += _compare(f"{op} {shape} {layout}", dtype, dev, cpu, truth)
+                for v in variants:
+                    cpu = _run_attn(v, _layout(x64.to(dtype), layout), w, gy)
+                    dev = _run_attn(v, _layout(x64.to(dtype).to(device), layout), [t.to(device) for t in w],
+                                    gy.to(device))
+                    if layout == "nhwc" and x64.shape[1] > 1 and x64.shape[2] * x64.shape[3] > 1 and \
+                            not dev[0].is_contiguous(memory_format=torch.channels_last):
+                        recs.append(dict(case=f"{v} {shape} {layout}", dtype=str(dtype), output=0, ok=False,
+                                         error="output lost channels_last"))
+                    recs += _compare(f"{v} {shape} {layout}", dtype, dev, cpu, truth)
+    if "ms_loss" not in ops:
+        return recs
     for (B, D, R, mining), e64, labels, ref64, rl in _ms_cases(small):
         if tiny and "ms_loss" in seen:
             continue
@@ -156,11 +172,25 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--small", action="store_true", help="few shapes, fp32 and bf16 (for compute-sanitizer)")
     ap.add_argument("--tiny", action="store_true", help="with --small: one shape per op, fp32 only (racecheck)")
+    ap.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, of {', '.join(OPS)}")
+    ap.add_argument("--dtypes", help="comma-separated torch dtype names (default: all; --small fp32 and bf16; "
+                    "--tiny fp32)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="print value mismatches but exit 0 (under compute-sanitizer, whose exit code is the verdict, "
+                    "for kernel variants whose values the tests check)")
     ap.add_argument("--out", help="write the records as JSON here")
     args = ap.parse_args(argv)
+    ops = tuple(args.ops.split(","))
+    if set(ops) - set(OPS):
+        ap.error(f"--ops: unknown {', '.join(sorted(set(ops) - set(OPS)))}; known: {', '.join(OPS)}")
     dtypes = [torch.float32] if args.tiny else [torch.float32, torch.bfloat16] if args.small else DTYPES
+    if args.dtypes:
+        try:
+            dtypes = [getattr(torch, n) for n in args.dtypes.split(",")]
+        except AttributeError as exc:
+            ap.error(f"--dtypes: {exc}")
     t0 = time.perf_counter()
-    recs = crosscheck(args.device, args.small or args.tiny, dtypes, tiny=args.tiny)
+    recs = crosscheck(args.device, args.small or args.tiny, dtypes, tiny=args.tiny, ops=ops)
     bad = [r for r in recs if not r["ok"]]
     summary = dict(device=args.device, small=args.small, comparisons=len(recs), failed=len(bad),
                    seconds=round(time.perf_counter() - t0, 1),
@@ -172,7 +202,7 @@ def main(argv=None) -> int:
           f"{summary['worst']:.3f}, {summary['seconds']} s")
     for r in bad[:40]:
         print("FAIL", json.dumps(r))
-    return 1 if bad else 0
+    return 1 if bad and not args.report_only else 0
 
 
 if __name__ == "__main__":

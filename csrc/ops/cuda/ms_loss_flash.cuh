@@ -159,6 +159,18 @@ __device__ __forceinline__ void similarity_tile(float (&acc)[Cfg::NT][4], flash_
   }
 }
 
+// The two accumulator rows this thread holds in a CTA's row block at r0 (its warp's 16 rows at wrow, fragment row g
+// and g + 8) and their scales inv2 (0 past row_end: padding rows add nothing). Every flash kernel starts with it.
+template <typename scalar_t>
+__device__ __forceinline__ void fragment_rows(const FlashArgs<scalar_t>& a, int64_t r0, int wrow, int g,
+                                              int64_t row_end, int64_t (&row)[2], float (&scale)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    row[h] = r0 + wrow + g + 8 * h;
+    scale[h] = row[h] < row_end ? a.inv2[row[h]] : 0.f;
+  }
+}
+
 template <typename scalar_t>
 __device__ __forceinline__ bool same_label(const FlashArgs<scalar_t>& a, bool wide, int64_t i, int64_t k) {
   return wide ? a.lab64[i] == a.lab64[k] : a.lab32[i] == a.lab32[k];
@@ -181,11 +193,10 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   int64_t row[2];
   float si[2], mn[2], mx[2], zp[2] = {0.f, 0.f}, zn[2] = {0.f, 0.f};
   int64_t an[2] = {-1, -1}, ax[2] = {-1, -1};
-  #pragma unroll
+  fragment_rows(a, r0, wrow, g, a.B, row, si);
+#pragma unroll
   for (int h = 0; h < 2; ++h) {
-    row[h] = r0 + wrow + g + 8 * h;
     const bool ok = row[h] < a.B;
-    si[h] = ok ? a.inv2[row[h]] : 0.f;
     mn[h] = kPass == 2 && ok ? stats[row[h] * 4 + 2] : inf;
     mx[h] = kPass == 2 && ok ? stats[row[h] * 4 + 3] : -inf;
   }
@@ -302,11 +313,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const bool wide = a.flags[2] != 0;
   int64_t row[2];
   float sc[2];
-  #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    row[h] = r0 + wrow + g + 8 * h;
-    sc[h] = row[h] < row_end ? a.inv2[row[h]] : 0.f;
-  }
+  fragment_rows(a, r0, wrow, g, row_end, row, sc);
   float acc[Cfg::NT][4], gacc[Cfg::DT][4];
 #pragma unroll
   for (int dn = 0; dn < Cfg::DT; ++dn) gacc[dn][0] = gacc[dn][1] = gacc[dn][2] = gacc[dn][3] = 0.f;

@@ -64,11 +64,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const bool wide = a.flags[2] != 0;
   int64_t row[2];
   float sc[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    row[h] = r0 + wrow + g + 8 * h;
-    sc[h] = row[h] < row_end ? a.inv2[row[h]] : 0.f;
-  }
+  fragment_rows(a, r0, wrow, g, row_end, row, sc);
   for (int i = threadIdx.x; i < Cfg::BM * ldg; i += Cfg::kThreads) Gs[i] = 0.f;
   __syncthreads();
   float acc[Cfg::NT][4];
