@@ -167,3 +167,19 @@ def test_effective_variable_over_table_over_default(monkeypatch):
     monkeypatch.setenv("RECOGFAST_CUBS_SPATIAL_TILE", "9")
     with pytest.raises(ValueError, match="RECOGFAST_CUBS_SPATIAL_TILE must be 0, 1, 2 or 3, got '9'"):
         tuned.effective("cubs_spatial_tile", (9, 0), torch.bfloat16)
+
+
+def test_knobs_match_the_cuda_readers():
+    """Each knob's variable, allowed values, default and table key as the C++ reader (gpu::env_choice) lists them:
+    the tool and the kernels cannot drift apart."""
+    import re
+
+    src = "".join(p.read_text() for p in sorted((ROOT / "csrc/ops/cuda").glob("*.cu*")))
+    for knob, k in tuned.KNOBS.items():
+        m = re.search(rf'"{k.env}",\s*\{{([^}}]*)\}}(?:,\s*(\d+))?(?:,\s*gpu::tuned_value\("(\w+)")?', src)
+        assert m, k.env
+        assert tuple(re.findall(r'"([^"]*)"', m.group(1))) == k.allowed, knob
+        assert k.allowed[int(m.group(2) or 0)] == k.default, knob
+        if knob != "ms_loss_path":  # its table entry is read beside the variable (use_flash)
+            assert m.group(3) == knob, knob
+    assert 'gpu::tuned_value("ms_loss_path", dtype)' in src
