@@ -192,9 +192,38 @@ using torch::stable::reshape;
 using torch::stable::view;
 using torch::stable::zero_;
 
+// aten::empty without the dispatcher. torch::stable::empty is a boxed call (the operator looked up by name,
+// the arguments converted both ways: about half a microsecond), which a small op's host time feels (a SE
+// backward allocates five outputs); the stable C shim's aoti_torch_empty_strided allocates directly. The
+// strides are the ones c10 gives the format (TensorImpl::empty_tensor_restride), so the tensor is the same;
+// other formats and ranks take aten::empty.
 inline Tensor empty(IntList sizes, ScalarType dtype, const Device& device,
                     MemoryFormat fmt = MemoryFormat::Contiguous) {
-  return torch::stable::empty(sizes, dtype, std::nullopt, device, std::nullopt, fmt);
+  constexpr size_t kMaxDim = 8;
+  const size_t n = sizes.size();
+  const bool cl = fmt == MemoryFormat::ChannelsLast && n == 4;
+  if (n > kMaxDim || !(fmt == MemoryFormat::Contiguous || cl)) {
+    return torch::stable::empty(sizes, dtype, std::nullopt, device, std::nullopt, fmt);
+  }
+  std::array<int64_t, kMaxDim> strides{};
+  if (cl) {  // c10::get_channels_last_strides_2d
+    strides[1] = 1;
+    strides[3] = sizes[1];
+    strides[2] = strides[3] * sizes[3];
+    strides[0] = strides[2] * sizes[2];
+  } else {  // contiguous: a dimension of size 0 counts as 1
+    int64_t s = 1;
+    for (size_t i = n; i-- > 0;) {
+      strides[i] = s;
+      s *= sizes[i] > 1 ? sizes[i] : 1;
+    }
+  }
+  namespace sd = torch::stable::detail;
+  AtenTensorHandle out = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(
+      int64_t(n), sizes.data(), strides.data(), sd::to<int32_t>(sd::from(dtype)),
+      sd::to<int32_t>(sd::from(device.type())), int32_t(device.index()), &out));
+  return Tensor(out);
 }
 // A new tensor on `like`'s device (dtype: like's unless given), as at::empty(sizes, like.options()).
 inline Tensor empty_as(const Tensor& like, IntList sizes, std::optional<ScalarType> dtype = std::nullopt) {
