@@ -140,4 +140,6 @@ def test_unflatten_gives_each_gradient_its_parameter_shape():
 
     grads = [torch.ones(1), torch.ones(4, 3), torch.ones(5)]
     shapes = [torch.Size([]), torch.Size([4, 3, 1, 1]), None]
-    assert [g.shape for g in _unflatten(grads, shapes)] == [torch.Size([]), torch.Size([4, 3, 1, 1]), torch.Size([5])]
+    out = _unflatten([None, *grads], 1, shapes)
+    assert out[0] is None and out[3] is grads[2]
+    assert [g.shape for g in out[1:]] == [torch.Size([]), torch.Size([4, 3, 1, 1]), torch.Size([5])]
