@@ -86,3 +86,24 @@ def test_compiled_backward_with_transposed_embeddings_matches_eager(device):
     torch.compile(f, fullgraph=True, backend="aot_eager")(ec).backward()
     torch.testing.assert_close(ec.grad, ee.grad)
     assert ec.grad.stride() == ee.grad.stride()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,cl", [((2, 3, 0, 2), False), ((2, 3, 1, 5), True), ((1, 3, 1, 1), False),
+                                      ((2, 1, 4, 4), True), ((2, 3, 4, 5), True)])
+def test_outputs_have_torch_empty_strides(device, shape, cl):
+    """The kernels allocate through the stable C shim with strides they compute (csrc/ops/stable.h `empty`):
+    every output, also of an empty batch or with dimensions of size 1, has the strides torch.empty gives its
+    layout (channels_last only where x is that and not also contiguous: memory_format in _spec.py)."""
+    from recogfast.ops._spec import memory_format
+
+    x = torch.randn(shape, device=device)
+    x = x.contiguous(memory_format=torch.channels_last) if cl else x
+    C, R = shape[1], 2
+    w = [torch.randn(R, C, device=device), torch.randn(R, device=device), torch.randn(C, R, device=device),
+         torch.randn(C, device=device)]
+    ops = torch.ops.recogfast
+    outs = [ops.se_gate(x, *w), *ops._se_gate_backward(torch.randn_like(x), x, *w)]
+    fmts = [memory_format(x)] * 2 + [torch.contiguous_format] * 4
+    for i, (out, fmt) in enumerate(zip(outs, fmts)):
+        assert out.stride() == torch.empty(out.shape, memory_format=fmt).stride(), f"output {i}"

@@ -132,3 +132,14 @@ def test_parametrized_weights_get_their_gradients():
     parametrize.register_parametrization(m.block2.q, "weight", _Double())
     m(x).sum().backward()
     assert m.block2.q.parametrizations.weight.original.grad is not None
+
+
+def test_unflatten_gives_each_gradient_its_parameter_shape():
+    # view(*shape) has no form for a 0-d parameter's shape (); flattened by reshape(-1) its gradient has shape [1]
+    from recogfast.ops._fast_path import _unflatten
+
+    grads = [torch.ones(1), torch.ones(4, 3), torch.ones(5)]
+    shapes = [torch.Size([]), torch.Size([4, 3, 1, 1]), None]
+    out = _unflatten([None, *grads], 1, shapes)
+    assert out[0] is None and out[3] is grads[2]
+    assert [g.shape for g in out[1:]] == [torch.Size([]), torch.Size([4, 3, 1, 1]), torch.Size([5])]

@@ -22,9 +22,9 @@ inline void float_tensor(const char* op, const char* name, const Tensor& t, int6
   RF_CHECK(t.defined(), op, ": ", name, " is undefined");
   RF_CHECK(t.dim() == ndim, op, ": ", name, " must be a ", ndim, "-D tensor, got a ", t.dim(),
               "-D tensor of shape ", shape_str(t));
-  RF_CHECK(is_floating(t.scalar_type()), op, ": ", name,
+  RF_CHECK(is_floating(dtype_of(t)), op, ": ", name,
               " must be a floating-point tensor (float32, float64, float16 or bfloat16), got ",
-              dtype_str(t.scalar_type()));
+              dtype_str(dtype_of(t)));
 }
 
 // `t` has exactly the sizes `expected` (written as `what`, e.g. "[R, C]").
@@ -38,8 +38,8 @@ inline void like(const char* op, const char* name, const Tensor& t, const char* 
                  const Tensor& ref) {
   RF_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", device_str(t.device()), " but ", ref_name,
            " is on ", device_str(ref.device()), "; move all arguments to one device");
-  RF_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", dtype_str(t.scalar_type()),
-              " but ", ref_name, " has dtype ", dtype_str(ref.scalar_type()), "; ", name, " must have ", ref_name,
+  RF_CHECK(dtype_of(t) == dtype_of(ref), op, ": ", name, " has dtype ", dtype_str(dtype_of(t)),
+              " but ", ref_name, " has dtype ", dtype_str(dtype_of(ref)), "; ", name, " must have ", ref_name,
            "'s dtype");
 }
 
@@ -84,8 +84,8 @@ inline bool mixed_weights(ScalarType x, ScalarType w) {
 inline void weight_like(const char* op, const char* name, const Tensor& t, const Tensor& x) {
   RF_CHECK(t.device() == x.device(), op, ": ", name, " is on ", device_str(t.device()), " but x is on ",
            device_str(x.device()), "; move all arguments to one device");
-  RF_CHECK(t.scalar_type() == x.scalar_type() || mixed_weights(x.scalar_type(), t.scalar_type()), op, ": ", name,
-           " has dtype ", dtype_str(t.scalar_type()), " but x has dtype ", dtype_str(x.scalar_type()),
+  RF_CHECK(dtype_of(t) == dtype_of(x) || mixed_weights(dtype_of(x), dtype_of(t)), op, ": ", name,
+           " has dtype ", dtype_str(dtype_of(t)), " but x has dtype ", dtype_str(dtype_of(x)),
            "; the weights must have x's dtype, or be float32 with a float16 or bfloat16 x");
 }
 
@@ -96,8 +96,8 @@ inline void gate_shapes(const char* op, const Tensor& x, std::initializer_list<S
   for (const Shape& w : weights) weight_like(op, w.name, w.t, x);
   const Shape& first = *weights.begin();
   for (const Shape& w : weights)
-    RF_CHECK(w.t.scalar_type() == first.t.scalar_type(), op, ": ", w.name, " has dtype ",
-             dtype_str(w.t.scalar_type()), " but ", first.name, " has dtype ", dtype_str(first.t.scalar_type()),
+    RF_CHECK(dtype_of(w.t) == dtype_of(first.t), op, ": ", w.name, " has dtype ",
+             dtype_str(dtype_of(w.t)), " but ", first.name, " has dtype ", dtype_str(dtype_of(first.t)),
              "; all weights must have one dtype");
 }
 

@@ -192,22 +192,79 @@ using torch::stable::reshape;
 using torch::stable::view;
 using torch::stable::zero_;
 
+// t.scalar_type() for the four floating types the kernels take, without the stable API's conversion, which maps
+// the shim's dtype code through a chain of calls into libtorch (aoti_torch_dtype_uint8(), _int8(), ...: seven
+// for float32, thirteen for bfloat16) on every call; an op's checks, dispatch and typed data pointers ask some
+// thirty times a call (~1 µs for a SE forward and backward). The four codes are read from the shim once; any
+// other dtype takes scalar_type().
+inline ScalarType dtype_of(const Tensor& t) {
+  static const int32_t f32 = aoti_torch_dtype_float32(), f64 = aoti_torch_dtype_float64(),
+                       f16 = aoti_torch_dtype_float16(), bf16 = aoti_torch_dtype_bfloat16();
+  int32_t code;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(t.get(), &code));
+  if (code == f32) return kFloat;
+  if (code == f64) return kDouble;
+  if (code == f16) return kHalf;
+  if (code == bf16) return kBFloat16;
+  return t.scalar_type();
+}
+
+// t's data as T* where the caller has checked t's dtype (dispatched on it): the stable API's typed
+// const_data_ptr<T>() / mutable_data_ptr<T>() convert the dtype again (see dtype_of) to check it.
+template <typename T>
+inline const T* data_of(const Tensor& t) {
+  return static_cast<const T*>(t.const_data_ptr());
+}
+template <typename T>
+inline T* mutable_data_of(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
+// aten::empty without the dispatcher. torch::stable::empty is a boxed call (the operator looked up by name,
+// the arguments converted both ways: about half a microsecond), which a small op's host time feels (a SE
+// backward allocates five outputs); the stable C shim's aoti_torch_empty_strided allocates directly. The
+// strides are the ones c10 gives the format (TensorImpl::empty_tensor_restride), so the tensor is the same;
+// other formats and ranks take aten::empty.
 inline Tensor empty(IntList sizes, ScalarType dtype, const Device& device,
                     MemoryFormat fmt = MemoryFormat::Contiguous) {
-  return torch::stable::empty(sizes, dtype, std::nullopt, device, std::nullopt, fmt);
+  constexpr size_t kMaxDim = 8;
+  const size_t n = sizes.size();
+  const bool cl = fmt == MemoryFormat::ChannelsLast && n == 4;
+  if (n > kMaxDim || !(fmt == MemoryFormat::Contiguous || cl)) {
+    return torch::stable::empty(sizes, dtype, std::nullopt, device, std::nullopt, fmt);
+  }
+  std::array<int64_t, kMaxDim> strides{};
+  if (cl) {  // c10::get_channels_last_strides_2d
+    strides[1] = 1;
+    strides[3] = sizes[1];
+    strides[2] = strides[3] * sizes[3];
+    strides[0] = strides[2] * sizes[2];
+  } else {  // contiguous: a dimension of size 0 counts as 1
+    int64_t s = 1;
+    for (size_t i = n; i-- > 0;) {
+      strides[i] = s;
+      s *= sizes[i] > 1 ? sizes[i] : 1;
+    }
+  }
+  namespace sd = torch::stable::detail;
+  AtenTensorHandle out = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(
+      int64_t(n), sizes.data(), strides.data(), sd::to<int32_t>(sd::from(dtype)),
+      sd::to<int32_t>(sd::from(device.type())), int32_t(device.index()), &out));
+  return Tensor(out);
 }
 // A new tensor on `like`'s device (dtype: like's unless given), as at::empty(sizes, like.options()).
 inline Tensor empty_as(const Tensor& like, IntList sizes, std::optional<ScalarType> dtype = std::nullopt) {
-  return empty(sizes, dtype.value_or(like.scalar_type()), like.device());
+  return empty(sizes, dtype.value_or(dtype_of(like)), like.device());
 }
 inline Tensor full_as(const Tensor& like, IntList sizes, double value, std::optional<ScalarType> dtype = std::nullopt) {
-  return torch::stable::full(sizes, value, dtype.value_or(like.scalar_type()), std::nullopt, like.device());
+  return torch::stable::full(sizes, value, dtype.value_or(dtype_of(like)), std::nullopt, like.device());
 }
 inline Tensor zeros_as(const Tensor& like, IntList sizes, std::optional<ScalarType> dtype = std::nullopt) {
   return full_as(like, sizes, 0.0, dtype);
 }
 inline Tensor empty_like(const Tensor& t, MemoryFormat fmt) {
-  return empty(t.sizes(), t.scalar_type(), t.device(), fmt);
+  return empty(t.sizes(), dtype_of(t), t.device(), fmt);
 }
 
 // t.is_contiguous(fmt), from the strides, as c10 computes it (dimensions of size 1 do not count).
@@ -233,7 +290,7 @@ inline Tensor narrow(const Tensor& t, int64_t dim, int64_t start, int64_t length
 }
 inline Tensor transposed(const Tensor& t) { return torch::stable::transpose(t, 0, 1); }
 inline Tensor to_dtype(const Tensor& t, ScalarType dtype) {
-  if (t.scalar_type() == dtype) return t;
+  if (dtype_of(t) == dtype) return t;
   return torch::stable::to(t, dtype);
 }
 inline Tensor to_cpu(const Tensor& t) {

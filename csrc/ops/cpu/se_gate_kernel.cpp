@@ -130,10 +130,10 @@ struct SEGateCPU : cpu::ChannelGate<scalar_t> {
 template <typename scalar_t, typename w_t>
 SEGateCPU<scalar_t, w_t> make_kernel(const detail::SEGateArgs& a) {
   const Tensor& x = a.x;
-  return SEGateCPU<scalar_t, w_t>{{x.const_data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2) * x.size(3),
+  return SEGateCPU<scalar_t, w_t>{{data_of<scalar_t>(x), x.size(0), x.size(1), x.size(2) * x.size(3),
                               a.channels_last},
-                                  a.w1.const_data_ptr<w_t>(), a.b1.const_data_ptr<w_t>(),
-                                  a.w2.const_data_ptr<w_t>(), a.b2.const_data_ptr<w_t>(), a.R};
+                                  data_of<w_t>(a.w1), data_of<w_t>(a.b1),
+                                  data_of<w_t>(a.w2), data_of<w_t>(a.b2), a.R};
 }
 
 Tensor se_gate_cpu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
@@ -141,8 +141,8 @@ Tensor se_gate_cpu(const Tensor& x, const Tensor& w1, const Tensor& b1, const Te
   const auto a = detail::prepare_se_gate(x, w1, b1, w2, b2);
   Tensor y = empty_like(a.x, checks::layout_of(a.channels_last));
   if (a.x.numel() == 0) return y;
-  RF_DISPATCH_GATE(a.x.scalar_type(), a.w1.scalar_type(), "se_gate_cpu", [&] {
-    make_kernel<scalar_t, w_t>(a).forward(y.mutable_data_ptr<scalar_t>());
+  RF_DISPATCH_GATE(dtype_of(a.x), dtype_of(a.w1), "se_gate_cpu", [&] {
+    make_kernel<scalar_t, w_t>(a).forward(mutable_data_of<scalar_t>(y));
   });
   return y;
 }
@@ -153,10 +153,10 @@ detail::SEGateGrads se_gate_backward_cpu(const Tensor& grad_y, const Tensor& x, 
   auto grads = detail::alloc_se_gate_grads(a);
   if (a.x.numel() == 0) return grads;
   auto& [gx, gw1, gb1, gw2, gb2] = grads;
-  RF_DISPATCH_GATE(a.x.scalar_type(), a.w1.scalar_type(), "se_gate_backward_cpu", [&] {
-    make_kernel<scalar_t, w_t>(a).backward(a.grad_y.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(),
-                                           gw1.mutable_data_ptr<w_t>(), gb1.mutable_data_ptr<w_t>(),
-                                           gw2.mutable_data_ptr<w_t>(), gb2.mutable_data_ptr<w_t>());
+  RF_DISPATCH_GATE(dtype_of(a.x), dtype_of(a.w1), "se_gate_backward_cpu", [&] {
+    make_kernel<scalar_t, w_t>(a).backward(data_of<scalar_t>(a.grad_y), mutable_data_of<scalar_t>(gx),
+                                           mutable_data_of<w_t>(gw1), mutable_data_of<w_t>(gb1),
+                                           mutable_data_of<w_t>(gw2), mutable_data_of<w_t>(gb2));
   });
   return grads;
 }
