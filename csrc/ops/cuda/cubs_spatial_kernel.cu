@@ -25,9 +25,12 @@
 // chosen by RECOGFAST_CUBS_SPATIAL_TILE = 0 (default: 128, 2, 512), 1 (256, 1, 512), 2 (128, 3, 512) or
 // 3 (64, 2, 1024), read once per process; all four give bit-identical results (cubs_spatial_passes.cuh).
 // The weights are w_t: x's type, or float for a 16-bit x (mixed, read without a cast). Only the projections and
-// the column pass (its grad_x epilogue) read both x and weights; they are the kernels compiled once more per 16-bit
-// type. The row pass is compiled per x type (its epilogue writes y; the layout is a runtime branch there):
-// 4 x types x 2 (stats or not) x 4 variants; the backward's recomputation takes the fp32 / fp64 ones without x.
+// the backward's grad_x (the column pass's epilogue) read both x and weights. The row pass is compiled per x type
+// (its epilogue writes y; the layout is a runtime branch there): 4 x types x 2 (stats or not) x 4 variants, the
+// backward's recomputation taking the fp32 / fp64 ones without x; the column pass per accumulation type and
+// variant, its epilogue taking grad_y's and the weights' types at run time (with_x_type). The row pass keeps its
+// per-type build: taking x's type at run time as well cost its fp32 inference pass of variants 0 and 3 a 4-byte
+// spill (nvcc -Xptxas -v, sm_90).
 
 #include <algorithm>
 
@@ -198,8 +201,9 @@ CubsSpatialGrads spatial_backward_cuda(const char* op, const Tensor& grad_y_, co
     const bool vec = gate_tile_vec<scalar_t>(C, gyp, gxp);
     with_spatial_tile(L.dtype, [&](auto cfg) {  // dk, dv, and grad_x in its epilogue
       using Cfg = decltype(cfg);
-      cubs_spatial_col_kernel<scalar_t, w_t, acc_t, Cfg><<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(
-          qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP, gate, dqkv, gyp, gxp, wt, C, cl, vec);
+      cubs_spatial_col_kernel<acc_t, Cfg><<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(
+          qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP, gate, dqkv, gyp, gxp, wt.w[0], wt.w[1], wt.w[2],
+          x_kind(L.dtype), !std::is_same_v<w_t, scalar_t>, C, cl, vec);
       RF_CUDA_KERNEL_LAUNCH_CHECK();
     });
     int64_t tasks = B;

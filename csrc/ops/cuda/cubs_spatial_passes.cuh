@@ -16,9 +16,9 @@
 //   3 64 threads, 2 rows, 1024-value tiles: 128 rows a block, twice the blocks of variant 0 (28x28 and smaller:
 //     B·ceil(784 / 128) = 448 blocks at B = 64, against 256 for 132 SMs), half the barriers a pass.
 // ptxas -v (nvcc 13.0, sm_90), registers of fp32 row pass with stats / without / column pass, fp64 in brackets,
-// with their gating epilogues (gate_tile; fp16 / bf16 x alike, but 32 in the row pass of variant 1 without stats);
-// no variant spills: 0: 94 / 56 / 48 (164 / 80 / 92); 1: 48 / 40 / 48 (96 / 48 / 64);
-// 2: 127 / 64 / 64 (252 / 126 / 126); 3: 94 / 56 / 96 (164 / 80 / 138).
+// with their gating epilogues (gate_tile; the row pass of fp16 / bf16 x alike, but 32 in variant 1 without stats);
+// no variant spills: 0: 94 / 56 / 56 (164 / 80 / 92); 1: 48 / 40 / 48 (96 / 48 / 64);
+// 2: 127 / 64 / 64 (252 / 126 / 126); 3: 94 / 56 / 96 (164 / 80 / 142).
 // All four give bit-identical results: a row's (column's) sums take the same terms in the same order whatever the
 // variant (summation lane = position in its kChunk-term chunk, chunks at multiples of kChunk from 0, since every
 // kTile is a multiple of kChunk; the thread that owns the row does not enter the arithmetic). Unmeasured: the first
@@ -286,13 +286,14 @@ __global__ void cubs_spatial_prep_kernel(const acc_t* __restrict__ qkv, const ac
 // The column pass of the backward: for column j, dv_j = sum_i e_ij fa_i and
 // dk_j = sum_i e_ij fb_i (v_j - f_i) (the difference per pair: no cancellation when v_j ~ f_i),
 // e_ij = 2^(q_i log2e (k_j - k*_i)). Epilogue: grad_x = grad_y gate + wq dq + wk dk + wv dv over the block's
-// columns (pixels) and all channels (gate_tile; gate and dq from the prep kernel).
-template <typename scalar_t, typename w_t, typename acc_t, class Cfg>
+// columns (pixels) and all channels (gate_tile; gate and dq from the prep kernel; grad_y's and the weights' types
+// by xkind and wfloat, with_x_type: one column pass per accumulation type and variant).
+template <typename acc_t, class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads) cubs_spatial_col_kernel(
     const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ pack, const acc_t* __restrict__ fr, int64_t B,
     int64_t P, acc_t* __restrict__ dk, acc_t* __restrict__ dv, const acc_t* __restrict__ gate,
-    const acc_t* __restrict__ dq, const scalar_t* __restrict__ gy, scalar_t* __restrict__ gx, const Weights<w_t> wt,
-    int64_t C, bool cl, bool vec) {
+    const acc_t* __restrict__ dq, const void* __restrict__ gy, void* __restrict__ gx, const void* wq, const void* wk,
+    const void* wv, int xkind, bool wfloat, int64_t C, bool cl, bool vec) {
   constexpr int kThreads = Cfg::kThreads, kRows = Cfg::kRows, kTile = Cfg::kTile;
   __shared__ Quad<acc_t> rows[kTile];
   __shared__ acc_t rows_f[kTile];
@@ -359,8 +360,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) cubs_spatial_col_kernel(
     dk[b * P + j] = fs[2][u] = sb[t].value();
   }
   __syncthreads();
-  gate_tile<scalar_t, w_t, acc_t, true>(gy, gx, &fs[0][0], kThreads * kRows, wt.w[0], wt.w[1], wt.w[2], C, P, cl,
-                                        vec);
+  with_x_type<acc_t>(xkind, wfloat, [&](auto x_tag, auto w_tag) {
+    using scalar_t = std::remove_pointer_t<decltype(x_tag)>;
+    using w_t = std::remove_pointer_t<decltype(w_tag)>;
+    gate_tile<scalar_t, w_t, acc_t, true>(static_cast<const scalar_t*>(gy), static_cast<scalar_t*>(gx), &fs[0][0],
+                                          kThreads * kRows, static_cast<const w_t*>(wq), static_cast<const w_t*>(wk),
+                                          static_cast<const w_t*>(wv), C, P, cl, vec);
+  });
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "ops/cuda/cubs_common.cuh"
 
@@ -182,6 +183,27 @@ __device__ __attribute__((noinline)) void gate_tile(const scalar_t* __restrict__
   } else {
     gate_run_nhwc<scalar_t, w_t, acc_t, kGrad, 1>(in + base, out + base, fs, tile, wq, wk, wv, n, C);
   }
+}
+
+// grad_y's element type and the weights' chosen at run time, for the column pass, compiled per accumulation type
+// only (its epilogue is its only code that reads them; compiled per (x, w) type pair it took 24 kernels instead
+// of 8): kind 0 x and weights acc_t; 1 / 2 Half / BFloat16 x (acc_t float) with weights of x's type, or float
+// where wfloat. Calls f(x type*, weight type*) with null pointers as tags.
+inline int x_kind(ScalarType t) { return t == kHalf ? 1 : t == kBFloat16 ? 2 : 0; }
+
+template <typename acc_t, typename F>
+__device__ __forceinline__ void with_x_type(int kind, bool wfloat, F&& f) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (kind == 1) {
+      if (wfloat) return f(static_cast<Half*>(nullptr), static_cast<float*>(nullptr));
+      return f(static_cast<Half*>(nullptr), static_cast<Half*>(nullptr));
+    }
+    if (kind == 2) {
+      if (wfloat) return f(static_cast<BFloat16*>(nullptr), static_cast<float*>(nullptr));
+      return f(static_cast<BFloat16*>(nullptr), static_cast<BFloat16*>(nullptr));
+    }
+  }
+  f(static_cast<acc_t*>(nullptr), static_cast<acc_t*>(nullptr));
 }
 
 // vec for gate_tile: NHWC runs start at multiples of C elements, so C a multiple of the 16-byte vector and
