@@ -5,7 +5,8 @@
 // backward from those statistics, against the CPU kernel with main.cpp's tolerances, and every output bit for bit
 // against variant 0's (the variants sum the same terms in the same order). Shapes: P below one block's rows, P over
 // one and two tiles of 512 and 1024 (P = 1200, 1089: several blocks with a ragged last block and tile), NCHW and
-// NHWC, fp64, fp32, bf16 with fp32 weights. Then a bad value: one line naming the variable and the allowed values.
+// NHWC (C a multiple of the 16-byte vector and not: both epilogue paths), fp64, fp32, bf16 with fp32 weights, and
+// each call's kernel launches. Then a bad value: one line naming the variable and the allowed values.
 // Block 1 (run_channel_threads): RECOGFAST_CUBS_CHANNEL_THREADS = 256, 128, 512 (threads a sample of the head
 // kernel, cubs_channel_kernel.cu), forward and backward against the CPU kernel and bit for bit against 256, with C
 // and N over one block's threads, fp32, fp64 (which keeps 256) and bf16 with fp32 weights; then a bad value.
@@ -109,8 +110,25 @@ void run_spatial_tiles() {
   at::manual_seed(7);
   struct S { int64_t B, C, H, W; bool cl; at::ScalarType dt, wdt; };
   const S shapes[] = {S{2, 16, 5, 7, true, at::kDouble, at::kDouble}, S{2, 8, 30, 40, false, at::kFloat, at::kFloat},
-                      S{1, 8, 33, 33, true, at::kBFloat16, at::kFloat}};
+                      S{1, 8, 33, 33, true, at::kBFloat16, at::kFloat}, S{2, 6, 9, 11, true, at::kFloat, at::kFloat}};
   BitIdentity bits{"tile0", 40};
+  // Launches a call (cubs_spatial_kernel.cu): forward and training forward 3 (project, key range, row pass with
+  // y in its epilogue), backward from the saved statistics 5 (project, prep, column pass with grad_x in its
+  // epilogue, weight-gradient partials and reduction), the backward with its own row pass 7.
+  int launch_runs = 0, launch_ok = 0;
+  auto launches = [&](const std::string& t, const char* call, int want, auto f) {
+    const int before = recogfast::emu_launches();
+    auto r = f();
+    const int got = recogfast::emu_launches() - before;
+    ++launch_runs;
+    if (got == want) {
+      ++launch_ok;
+    } else {
+      ++failures;
+      std::printf("FAIL %s %s: %d launches, want %d\n", t.c_str(), call, got, want);
+    }
+    return r;
+  };
   for (const S& s : shapes) {
     at::Tensor x = at::randn({s.B, s.C, s.H, s.W}, at::TensorOptions().dtype(s.dt));
     if (s.cl) x = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -132,10 +150,17 @@ void run_spatial_tiles() {
       std::snprintf(tag, sizeof tag, "tile%d B=%ld C=%ld %ldx%ld %s %s", v, s.B, s.C, s.H, s.W, s.cl ? "NHWC" : "NCHW",
                     c10::toString(s.dt));
       const std::string t = tag;
-      const at::Tensor ey = recogfast::emu_cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]);
-      const auto eg = recogfast::emu_cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]);
-      const auto et = recogfast::emu_cubs_spatial_forward_train(x, w[0], w[1], w[2], w[3], w[4], w[5]);
-      const auto es = recogfast::emu_cubs_spatial_backward_saved(gy, x, std::get<1>(et), w[0], w[1], w[2], w[3], w[4], w[5]);
+      const at::Tensor ey =
+          launches(t, "fwd", 3, [&] { return recogfast::emu_cubs_spatial(x, w[0], w[1], w[2], w[3], w[4], w[5]); });
+      const auto eg = launches(t, "bwd", 7, [&] {
+        return recogfast::emu_cubs_spatial_backward(gy, x, w[0], w[1], w[2], w[3], w[4], w[5]);
+      });
+      const auto et = launches(t, "train", 3, [&] {
+        return recogfast::emu_cubs_spatial_forward_train(x, w[0], w[1], w[2], w[3], w[4], w[5]);
+      });
+      const auto es = launches(t, "saved", 5, [&] {
+        return recogfast::emu_cubs_spatial_backward_saved(gy, x, std::get<1>(et), w[0], w[1], w[2], w[3], w[4], w[5]);
+      });
       cmp(ey, cy, "y", (t + " fwd").c_str(), rtol);
       cmp_tuple(eg, cg, (t + " bwd").c_str(), rtol * 10);
       cmp(std::get<0>(et), std::get<0>(ct), "y", (t + " train").c_str(), rtol);
@@ -160,4 +185,6 @@ void run_spatial_tiles() {
                  });
   std::printf("cubs_spatial tile variants: %d of %d variant runs bit-identical to tile0\n", bits.identical,
               bits.compared);
+  std::printf("cubs_spatial launches: %d of %d calls as documented (3 a forward, 5 a saved backward)\n", launch_ok,
+              launch_runs);
 }

@@ -120,8 +120,12 @@ struct EmuCfg {
 };
 inline EmuCfg emu_cfg(dim3 g, dim3 b, size_t = 0, cudaStream_t = nullptr) { return {g, b}; }
 
+// Kernel launches so far (every emulated file): the emulation checks the launch counts its launchers document.
+inline int emu_launch_count = 0;
+
 template <typename... P, typename... A>
 void emu_launch(void (*kernel)(P...), EmuCfg cfg, A&&... args) {
+  ++emu_launch_count;
   const int nthreads = cfg.block.x * cfg.block.y * cfg.block.z;
   for (unsigned bz = 0; bz < cfg.grid.z; ++bz)
     for (unsigned by = 0; by < cfg.grid.y; ++by)

@@ -30,6 +30,7 @@ recogfast_aten::T9 emu_cubs_channel_backward(const at::Tensor&, const at::Tensor
 at::Tensor emu_se_gate(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&);
 recogfast_aten::T5 emu_se_gate_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                          const at::Tensor&, const at::Tensor&);
+int emu_launches();  // kernel launches so far, all emulated files (emu.h)
 int emu_se_fused_launches();  // se_gate_fused.cuh's launches so far
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,

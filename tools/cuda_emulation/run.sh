@@ -82,6 +82,7 @@ recogfast_aten::T7 emu_cubs_spatial_backward_saved(const at::Tensor& gy, const a
                                                   const at::Tensor& d, const at::Tensor& e, const at::Tensor& f) {
   return A(emu_sp::cubs_spatial_backward_saved_cuda(S(gy), S(x), S(st), S(a), S(b), S(c), S(d), S(e), S(f)));
 }
+int emu_launches() { return emu_launch_count; }
 }  // namespace recogfast
 CPP
 cat >> "$OUT/ch_emu.cpp" <<'CPP'

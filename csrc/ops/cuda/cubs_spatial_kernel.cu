@@ -5,14 +5,16 @@
 //           2. min k, max k (and v there) per sample   (cubs_spatial_key_range_kernel; training: mean of v)
 //           3. per row i: l_i, f_i in one pass over j  (cubs_spatial_row_kernel), gate = sigmoid(f); the
 //              training forward (_cubs_spatial_forward_train) also forms sum e k, sum e k v, sum e v about the
-//              mean of v and saves stats = {f, 1 / l, cov} per row
-//           4. y = x * gate                            (cubs_spatial_apply_kernel)
+//              mean of v and saves stats = {f, 1 / l, cov} per row; its epilogue: y = x * gate over the block's
+//              pixels (gate_tile, cubs_spatial_pixels.cuh)
 // Backward (from the saved stats): 1. q, k, v and d_i = sum_c grad_y x; 2. the key range and per row gate, dq and
 //           the column pass's factors (cubs_spatial_prep_kernel, O(B·HW)); 3. a column pass over i -> dk, dv
-//           (cubs_spatial_col_kernel); 4. grad_x; 5. weight gradients (fixed-order sums).
-// Kernels: 4 a forward, 6 a backward (project, prep, col, apply, wgrad, reduce), two B·HW² passes a step.
+//           (cubs_spatial_col_kernel), its epilogue grad_x over the block's pixels; 4. weight gradients
+//           (fixed-order sums).
+// Kernels: 3 a forward, 5 a backward (project, prep, col, wgrad, reduce), two B·HW² passes a step (issue 25 part
+// 2: the gating folded into the quadratic passes, 4 and 6 before; the emulation checks the counts).
 // _cubs_spatial_backward (no stats: the registered op's autograd) runs the key range and the row pass with stats
-// first (8 kernels, three passes a step).
+// (no epilogue) first (7 kernels, three passes a step).
 //
 // The two B·HW² passes: each thread owns kRows rows (or columns); the block (kThreads threads) stages tiles of
 // kTile of the other side's values in shared memory, read as broadcasts (every thread reads the same address), so
@@ -23,7 +25,12 @@
 // chosen by RECOGFAST_CUBS_SPATIAL_TILE = 0 (default: 128, 2, 512), 1 (256, 1, 512), 2 (128, 3, 512) or
 // 3 (64, 2, 1024), read once per process; all four give bit-identical results (cubs_spatial_passes.cuh).
 // The weights are w_t: x's type, or float for a 16-bit x (mixed, read without a cast). Only the projections and
-// the backward's grad_x pass read both x and weights; they are the kernels compiled once more per 16-bit type.
+// the backward's grad_x (the column pass's epilogue) read both x and weights. The row pass is compiled per x type
+// (its epilogue writes y; the layout is a runtime branch there): 4 x types x 2 (stats or not) x 4 variants, the
+// backward's recomputation taking the fp32 / fp64 ones without x; the column pass per accumulation type and
+// variant, its epilogue taking grad_y's and the weights' types at run time (with_x_type). The row pass keeps its
+// per-type build: taking x's type at run time as well cost its fp32 inference pass of variants 0 and 3 a 4-byte
+// spill (nvcc -Xptxas -v, sm_90).
 
 #include <algorithm>
 
@@ -64,49 +71,28 @@ void launch_project(const Launch& L, const scalar_t* x, const scalar_t* gy, cons
   RF_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The key range of each sample, then the row pass: gate = sigmoid(f); with stats (training) also the mean of v
-// and the saved statistics. vmean: B scratch values (stats only).
-template <typename acc_t>
-void launch_rows(const Launch& L, const acc_t* qkv, Quad<acc_t>* kr, acc_t* vmean, acc_t* gate, acc_t* stats) {
+// The key range of each sample, then the row pass: gate = sigmoid(f) (into gate unless null); with stats
+// (training) also the mean of v and the saved statistics; with x (the forward) also y = x * gate, the row pass's
+// epilogue. vmean: B scratch values (stats only).
+template <typename scalar_t, typename acc_t>
+void launch_rows(const Launch& L, const acc_t* qkv, Quad<acc_t>* kr, acc_t* vmean, acc_t* gate, acc_t* stats,
+                 const scalar_t* x, scalar_t* y) {
   const int64_t BP = L.B * L.P;
   cubs_spatial_key_range_kernel<acc_t><<<L.B, 256, 0, L.stream>>>(qkv + BP, qkv + 2 * BP, L.P, kr,
                                                                   stats ? vmean : nullptr);
   RF_CUDA_KERNEL_LAUNCH_CHECK();
+  const bool vec = x != nullptr && gate_tile_vec<scalar_t>(L.C, x, y);
   with_spatial_tile(L.dtype, [&](auto cfg) {
     using Cfg = decltype(cfg);
     if (stats) {
-      cubs_spatial_row_kernel<acc_t, true, Cfg>
-          <<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(qkv, kr, vmean, L.B, L.P, gate, stats);
+      cubs_spatial_row_kernel<scalar_t, acc_t, true, Cfg><<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(
+          qkv, kr, vmean, L.B, L.P, gate, stats, x, y, L.C, L.cl, vec);
     } else {
-      cubs_spatial_row_kernel<acc_t, false, Cfg>
-          <<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(qkv, kr, nullptr, L.B, L.P, gate, nullptr);
+      cubs_spatial_row_kernel<scalar_t, acc_t, false, Cfg><<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(
+          qkv, kr, nullptr, L.B, L.P, gate, nullptr, x, y, L.C, L.cl, vec);
     }
     RF_CUDA_KERNEL_LAUNCH_CHECK();
   });
-}
-
-template <typename scalar_t, typename w_t, typename acc_t, bool kGrad>
-void launch_apply(const Launch& L, const scalar_t* in, scalar_t* out, const acc_t* gate, const acc_t* dqkv,
-                  const Weights<w_t>& wt) {
-  constexpr int threads = 256;
-  const int64_t numel = L.B * L.C * L.P;
-  const int64_t blocks = grid_for(numel, threads);
-  auto go = [&](auto index_tag) {
-    using index_t = decltype(index_tag);
-    auto kernel = L.cl ? cubs_spatial_apply_kernel<scalar_t, w_t, acc_t, index_t, true, kGrad>
-                       : cubs_spatial_apply_kernel<scalar_t, w_t, acc_t, index_t, false, kGrad>;
-    kernel<<<blocks, threads, 0, L.stream>>>(in, out, gate, dqkv, wt, index_t(numel), index_t(L.C), index_t(L.P),
-                                             index_t(L.B * L.P));
-    RF_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  // The largest index formed: e < numel, and with kGrad dqkv[2 * BP + bp] < 3 * B * P, which exceeds numel
-  // when C <= 2.
-  const int64_t max_index = kGrad ? std::max(numel, 3 * L.B * L.P) : numel;
-  if (fits_int32(max_index, blocks * threads)) {
-    go(int32_t{});
-  } else {
-    go(int64_t{});
-  }
 }
 
 void check_launch(const Launch& L) {
@@ -138,18 +124,16 @@ Tensor spatial_forward_cuda(const char* op, const Tensor& x_, const Tensor& wq, 
     const Weights<w_t> wt{{wc[0].const_data_ptr<w_t>(), wc[2].const_data_ptr<w_t>(), wc[4].const_data_ptr<w_t>()},
                           {wc[1].const_data_ptr<w_t>(), wc[3].const_data_ptr<w_t>(), wc[5].const_data_ptr<w_t>()}};
     const int64_t BP = L.B * L.P;
-    Tensor scratch = empty_as(x, {4 * BP}, acc_type);  // q, k, v, gate
+    Tensor scratch = empty_as(x, {3 * BP}, acc_type);  // q, k, v (the gates stay in the row pass)
     Tensor key_range = empty_as(x, {5 * L.B}, acc_type);  // kr (4 a sample), vmean
     acc_t* qkv = scratch.mutable_data_ptr<acc_t>();
-    acc_t* gate = qkv + 3 * BP;
     auto* kr = reinterpret_cast<Quad<acc_t>*>(key_range.mutable_data_ptr<acc_t>());
     acc_t* vmean = key_range.mutable_data_ptr<acc_t>() + 4 * L.B;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     launch_project<scalar_t, w_t, acc_t, false>(L, xp, nullptr, wt, qkv, nullptr);
-    launch_rows<acc_t>(L, qkv, kr, vmean, gate, stats ? stats->mutable_data_ptr<acc_t>() : nullptr);
-    // the forward's scaling reads no weight: its x-typed instantiation serves a mixed call too
-    launch_apply<scalar_t, scalar_t, acc_t, false>(L, xp, y.mutable_data_ptr<scalar_t>(), gate, nullptr,
-                                                   Weights<scalar_t>{});
+    // the row pass's epilogue reads no weight: one instantiation per x type serves a mixed call too
+    launch_rows<scalar_t, acc_t>(L, qkv, kr, vmean, nullptr, stats ? stats->mutable_data_ptr<acc_t>() : nullptr,
+                                 xp, y.mutable_data_ptr<scalar_t>());
   });
   return y;
 }
@@ -206,19 +190,22 @@ CubsSpatialGrads spatial_backward_cuda(const char* op, const Tensor& grad_y_, co
     if (!saved) {
       own = empty_as(x, {5 * B + 3 * BP}, acc_type);  // kr (4 a sample, first: 16-byte aligned) | vmean | stats
       acc_t* o = own.mutable_data_ptr<acc_t>();
-      launch_rows<acc_t>(L, qkv, reinterpret_cast<Quad<acc_t>*>(o), o + 4 * B, gate, o + 5 * B);
+      launch_rows<acc_t, acc_t>(L, qkv, reinterpret_cast<Quad<acc_t>*>(o), o + 4 * B, gate, o + 5 * B, nullptr,
+                                nullptr);
     }
     const acc_t* stats = saved ? saved->const_data_ptr<acc_t>() : own.const_data_ptr<acc_t>() + 5 * B;
     cubs_spatial_prep_kernel<acc_t><<<B, 256, 0, L.stream>>>(qkv, stats, d, B, P, gate, dqkv, pack, fr);
     RF_CUDA_KERNEL_LAUNCH_CHECK();
-    with_spatial_tile(L.dtype, [&](auto cfg) {
+    const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    const bool vec = gate_tile_vec<scalar_t>(C, gyp, gxp);
+    with_spatial_tile(L.dtype, [&](auto cfg) {  // dk, dv, and grad_x in its epilogue
       using Cfg = decltype(cfg);
-      cubs_spatial_col_kernel<acc_t, Cfg>
-          <<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP);
+      cubs_spatial_col_kernel<acc_t, Cfg><<<quad_grid<Cfg>(L), Cfg::kThreads, 0, L.stream>>>(
+          qkv, pack, fr, B, P, dqkv + BP, dqkv + 2 * BP, gate, dqkv, gyp, gxp, wt.w[0], wt.w[1], wt.w[2],
+          x_kind(L.dtype), !std::is_same_v<w_t, scalar_t>, C, cl, vec);
       RF_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    launch_apply<scalar_t, w_t, acc_t, true>(L, gy.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), gate,
-                                             dqkv, wt);
     int64_t tasks = B;
     Tensor part;
     if (cl) {

@@ -15,9 +15,10 @@
 //     registers and fewer resident warps (4 rows spilled: 8 bytes in the fp32 inference pass, 304 in fp64 stats);
 //   3 64 threads, 2 rows, 1024-value tiles: 128 rows a block, twice the blocks of variant 0 (28x28 and smaller:
 //     B·ceil(784 / 128) = 448 blocks at B = 64, against 256 for 132 SMs), half the barriers a pass.
-// ptxas -v (nvcc 13.0, sm_90), registers of fp32 row pass with stats / without / column pass, fp64 in brackets;
-// no variant spills: 0: 91 / 48 / 56 (164 / 80 / 92); 1: 48 / 32 / 40 (96 / 48 / 64);
-// 2: 126 / 64 / 64 (254 / 126 / 126); 3: 91 / 48 / 96 (164 / 80 / 136).
+// ptxas -v (nvcc 13.0, sm_90), registers of fp32 row pass with stats / without / column pass, fp64 in brackets,
+// with their gating epilogues (gate_tile; the row pass of fp16 / bf16 x alike, but 32 in variant 1 without stats);
+// no variant spills: 0: 94 / 56 / 56 (164 / 80 / 92); 1: 48 / 40 / 48 (96 / 48 / 64);
+// 2: 127 / 64 / 64 (252 / 126 / 126); 3: 94 / 56 / 96 (164 / 80 / 142).
 // All four give bit-identical results: a row's (column's) sums take the same terms in the same order whatever the
 // variant (summation lane = position in its kChunk-term chunk, chunks at multiples of kChunk from 0, since every
 // kTile is a multiple of kChunk; the thread that owns the row does not enter the arithmetic). Unmeasured: the first
@@ -27,6 +28,7 @@
 #include <cstdint>
 
 #include "ops/cuda/cubs_common.cuh"
+#include "ops/cuda/cubs_spatial_pixels.cuh"
 
 namespace recogfast {
 namespace {
@@ -141,7 +143,9 @@ __global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, const
   if (threadIdx.x == 0) kr[b] = r;
 }
 
-// The row pass (Cfg: the variant). grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f); with kStats
+// The row pass (Cfg: the variant). grid (ceil(P / (kThreads * kRows)), B). Writes gate = sigmoid(f) (unless gate is
+// null), with x also y = x * gate over the block's pixels (its epilogue, gate_tile: C channels, NCHW or NHWC by cl,
+// 16-byte accesses with vec; scalar_t is x's type, unused without x); with kStats
 // (the training forward) also stats [3][B·P] = {f, 1 / l, cov}: cov = sum_j A_ij k_j (v_j - f_i)
 // = (skv - svc sk / l) / l with the moments skv = sum e (k - k*)(v - vc), svc = sum e (v - vc) about the sample's
 // mean vc of v (vmean), as the CPU kernel (rank_one_attention.h; issue 25: about v* the cancellation of
@@ -149,12 +153,14 @@ __global__ void cubs_spatial_key_range_kernel(const acc_t* __restrict__ k, const
 // the row's dominant column (k*, v*): f = v* + sum e (v - v*) / l, free of cancellation when the softmax
 // saturates; l and sv are formed the same way with and without kStats (the training forward's y is the inference
 // forward's).
-template <typename acc_t, bool kStats, class Cfg>
+template <typename scalar_t, typename acc_t, bool kStats, class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads) cubs_spatial_row_kernel(
     const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ kr, const acc_t* __restrict__ vmean, int64_t B,
-    int64_t P, acc_t* __restrict__ gate, acc_t* __restrict__ stats) {
+    int64_t P, acc_t* __restrict__ gate, acc_t* __restrict__ stats, const scalar_t* __restrict__ x,
+    scalar_t* __restrict__ y, int64_t C, bool cl, bool vec) {
   constexpr int kThreads = Cfg::kThreads, kRows = Cfg::kRows, kTile = Cfg::kTile;
   __shared__ Pair<acc_t> kv[kTile];
+  __shared__ acc_t gs[kThreads * kRows];  // the block's gates, for the epilogue
   const int64_t BP = B * P, b = blockIdx.y;
   const acc_t* q = qkv + b * P;
   const acc_t* k = qkv + BP + b * P;
@@ -231,7 +237,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) cubs_spatial_row_kernel(
     const double svt = double(sv[t].hi) + double(sv[t].lo);
     const double f = double(vst[t]) + svt * inv_l;
     const int64_t r = b * P + i;
-    gate[r] = acc_t(sigmoid(f));
+    const acc_t g = acc_t(sigmoid(f));
+    gs[threadIdx.x + t * kThreads] = g;
+    if (gate != nullptr) gate[r] = g;
     if constexpr (kStats) {
       const double skt = double(sk[t].hi) + double(sk[t].lo), skvt = double(skv[t].hi) + double(skv[t].lo);
       const double svct = double(svc[t].hi) + double(svc[t].lo);
@@ -240,6 +248,11 @@ __global__ void __launch_bounds__(Cfg::kThreads) cubs_spatial_row_kernel(
       stats[2 * BP + r] = acc_t((skvt - svct * skt * inv_l) * inv_l);
     }
   }
+  if (x == nullptr) return;  // the backward's recomputation of the statistics: no y
+  // Epilogue, the forward's y = x * gate over the block's kThreads·kRows pixels and all channels: one launch and
+  // one read of the gates fewer than a separate pass, with accesses as coalesced (gate_tile).
+  __syncthreads();
+  gate_tile<scalar_t, scalar_t, acc_t, false>(x, y, gs, kThreads * kRows, nullptr, nullptr, nullptr, C, P, cl, vec);
 }
 
 // The backward's per-row factors from the saved statistics, one block a sample (O(P) work, after the projections
@@ -272,14 +285,19 @@ __global__ void cubs_spatial_prep_kernel(const acc_t* __restrict__ qkv, const ac
 
 // The column pass of the backward: for column j, dv_j = sum_i e_ij fa_i and
 // dk_j = sum_i e_ij fb_i (v_j - f_i) (the difference per pair: no cancellation when v_j ~ f_i),
-// e_ij = 2^(q_i log2e (k_j - k*_i)).
+// e_ij = 2^(q_i log2e (k_j - k*_i)). Epilogue: grad_x = grad_y gate + wq dq + wk dk + wv dv over the block's
+// columns (pixels) and all channels (gate_tile; gate and dq from the prep kernel; grad_y's and the weights' types
+// by xkind and wfloat, with_x_type: one column pass per accumulation type and variant).
 template <typename acc_t, class Cfg>
 __global__ void __launch_bounds__(Cfg::kThreads) cubs_spatial_col_kernel(
     const acc_t* __restrict__ qkv, const Quad<acc_t>* __restrict__ pack, const acc_t* __restrict__ fr, int64_t B,
-    int64_t P, acc_t* __restrict__ dk, acc_t* __restrict__ dv) {
+    int64_t P, acc_t* __restrict__ dk, acc_t* __restrict__ dv, const acc_t* __restrict__ gate,
+    const acc_t* __restrict__ dq, const void* __restrict__ gy, void* __restrict__ gx, const void* wq, const void* wk,
+    const void* wv, int xkind, bool wfloat, int64_t C, bool cl, bool vec) {
   constexpr int kThreads = Cfg::kThreads, kRows = Cfg::kRows, kTile = Cfg::kTile;
   __shared__ Quad<acc_t> rows[kTile];
   __shared__ acc_t rows_f[kTile];
+  __shared__ acc_t fs[4][kThreads * kRows];  // the block's gate, dq, dk, dv, for the epilogue
   const int64_t BP = B * P, b = blockIdx.y;
   const acc_t* k = qkv + BP + b * P;
   const acc_t* v = qkv + 2 * BP + b * P;
@@ -335,9 +353,20 @@ __global__ void __launch_bounds__(Cfg::kThreads) cubs_spatial_col_kernel(
   for (int t = 0; t < kRows; ++t) {
     const int64_t j = col0 + t * kThreads;
     if (j >= P) continue;
-    dv[b * P + j] = sa[t].value();
-    dk[b * P + j] = sb[t].value();
+    const int u = threadIdx.x + t * kThreads;
+    fs[0][u] = gate[b * P + j];
+    fs[1][u] = dq[b * P + j];
+    dv[b * P + j] = fs[3][u] = sa[t].value();
+    dk[b * P + j] = fs[2][u] = sb[t].value();
   }
+  __syncthreads();
+  with_x_type<acc_t>(xkind, wfloat, [&](auto x_tag, auto w_tag) {
+    using scalar_t = std::remove_pointer_t<decltype(x_tag)>;
+    using w_t = std::remove_pointer_t<decltype(w_tag)>;
+    gate_tile<scalar_t, w_t, acc_t, true>(static_cast<const scalar_t*>(gy), static_cast<scalar_t*>(gx), &fs[0][0],
+                                          kThreads * kRows, static_cast<const w_t*>(wq), static_cast<const w_t*>(wk),
+                                          static_cast<const w_t*>(wv), C, P, cl, vec);
+  });
 }
 
 }  // namespace

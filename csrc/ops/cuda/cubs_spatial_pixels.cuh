@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "ops/cuda/cubs_common.cuh"
 
@@ -99,30 +100,118 @@ __global__ void cubs_spatial_project_nhwc(const scalar_t* __restrict__ x, const 
   }
 }
 
-// y = x * gate[b, p]; with kGrad: grad_x = grad_y * gate + wq[c] dq + wk[c] dk + wv[c] dv.
-template <typename scalar_t, typename w_t, typename acc_t, typename index_t, bool kChannelsLast, bool kGrad>
-__global__ void cubs_spatial_apply_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
-                                          const acc_t* __restrict__ gate, const acc_t* __restrict__ dqkv,
-                                          const Weights<w_t> wt, index_t numel, index_t C, index_t P,
-                                          index_t BP) {
-  for (index_t e = blockIdx.x * blockDim.x + threadIdx.x; e < numel; e += gridDim.x * blockDim.x) {
-    index_t bp, c;
-    if constexpr (kChannelsLast) {
-      bp = e / C;
-      c = e - bp * C;
-    } else {
-      const index_t bc = e / P;
-      const index_t b = bc / C;
-      c = bc - b * C;
-      bp = b * P + (e - bc * P);
+// The gating of one pixel tile, the epilogue of a quadratic pass (issue 25 part 2: the forward's row pass and the
+// backward's column pass scale their own pixels, one launch fewer each way, no separate read of the gate):
+// out = in * gate; with kGrad (grad_x from grad_y) out = in * gate + wq[c] dq + wk[c] dk + wv[c] dv, the
+// arithmetic of the former cubs_spatial_apply_kernel term for term (same roundings: the results are those of the
+// separate pass). The tile is the block's pixels [i0, i0 + n), i0 = blockIdx.x · tile, of sample blockIdx.y, all
+// C channels; its factors are in shared memory, fs[k · tile + p] for p < n (k = 0 gate; kGrad: 1 dq, 2 dk,
+// 3 dv), written before a __syncthreads by the calling block, which runs this whole.
+template <typename acc_t, bool kGrad>
+__device__ __forceinline__ acc_t gated(acc_t in, const acc_t* fs, int tile, int p, acc_t w0, acc_t w1, acc_t w2) {
+  acc_t r = in * fs[p];
+  if constexpr (kGrad) r += w0 * fs[tile + p] + w1 * fs[2 * tile + p] + w2 * fs[3 * tile + p];
+  return r;
+}
+
+// NHWC: the tile is one run of n·C elements, moved in units of kVec elements of one pixel (a 16-byte access when
+// C is a multiple of kVec and both pointers are 16-byte aligned: the launcher's vec; else kVec = 1). Unit u is
+// pixel u / cv, channels from (u % cv) kVec; each thread steps by blockDim.x units and tracks (pixel, channel
+// unit) by additions: no division a unit (the former apply kernel's per-element e / C) and 64-bit offsets
+// throughout (no int32 / int64 choice).
+template <typename scalar_t, typename w_t, typename acc_t, bool kGrad, int kVec>
+__device__ __forceinline__ void gate_run_nhwc(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
+                                              const acc_t* fs, int tile, const w_t* wq, const w_t* wk,
+                                              const w_t* wv, int n, int64_t C) {
+  using Vec = gpu::VecT<scalar_t, kVec>;
+  const int64_t cv = C / kVec, units = n * cv, step = blockDim.x;
+  const int64_t dp = step / cv, dc = step - dp * cv;
+  int64_t p = threadIdx.x / cv, c = threadIdx.x - p * cv;
+  for (int64_t u = threadIdx.x; u < units; u += step) {
+    Vec v = reinterpret_cast<const Vec*>(in)[u];
+#pragma unroll
+    for (int t = 0; t < kVec; ++t) {
+      acc_t w0 = 0, w1 = 0, w2 = 0;
+      if constexpr (kGrad) {
+        const int64_t ch = c * kVec + t;
+        w0 = static_cast<acc_t>(wq[ch]);
+        w1 = static_cast<acc_t>(wk[ch]);
+        w2 = static_cast<acc_t>(wv[ch]);
+      }
+      v.v[t] = static_cast<scalar_t>(gated<acc_t, kGrad>(static_cast<acc_t>(v.v[t]), fs, tile, int(p), w0, w1, w2));
     }
-    acc_t r = static_cast<acc_t>(in[e]) * gate[bp];
-    if constexpr (kGrad) {
-      r += static_cast<acc_t>(wt.w[0][c]) * dqkv[bp] + static_cast<acc_t>(wt.w[1][c]) * dqkv[BP + bp] +
-           static_cast<acc_t>(wt.w[2][c]) * dqkv[2 * BP + bp];
+    reinterpret_cast<Vec*>(out)[u] = v;
+    p += dp;
+    c += dc;
+    if (c >= cv) {
+      c -= cv;
+      ++p;
     }
-    out[e] = static_cast<scalar_t>(r);
   }
+}
+
+// The whole tile, by every thread of the block. NCHW: per channel the tile's pixels are contiguous (one run of n,
+// the channel's weights read once); NHWC: gate_run_nhwc. Not inlined: inlined, its code raised the registers of
+// the quadratic loop before it (fp64 column pass of variant 1: 48 registers and 80 bytes of spills, against 64 and
+// none); called, it costs one call a block (few arguments: they are registers of the call).
+template <typename scalar_t, typename w_t, typename acc_t, bool kGrad>
+__device__ __attribute__((noinline)) void gate_tile(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
+                                                    const acc_t* fs, int tile, const w_t* wq, const w_t* wk,
+                                                    const w_t* wv, int64_t C, int64_t P, bool cl, bool vec) {
+  const int64_t b = blockIdx.y, i0 = int64_t(blockIdx.x) * tile;
+  const int n = static_cast<int>(min(int64_t(tile), P - i0));
+  if (!cl) {
+    const int64_t base = b * C * P + i0;
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* ic = in + base + c * P;
+      scalar_t* oc = out + base + c * P;
+      acc_t w0 = 0, w1 = 0, w2 = 0;
+      if constexpr (kGrad) {
+        w0 = static_cast<acc_t>(wq[c]);
+        w1 = static_cast<acc_t>(wk[c]);
+        w2 = static_cast<acc_t>(wv[c]);
+      }
+      for (int p = threadIdx.x; p < n; p += blockDim.x)
+        oc[p] = static_cast<scalar_t>(gated<acc_t, kGrad>(static_cast<acc_t>(ic[p]), fs, tile, p, w0, w1, w2));
+    }
+    return;
+  }
+  const int64_t base = (b * P + i0) * C;
+  if (vec) {
+    gate_run_nhwc<scalar_t, w_t, acc_t, kGrad, 16 / sizeof(scalar_t)>(in + base, out + base, fs, tile, wq, wk, wv, n,
+                                                                      C);
+  } else {
+    gate_run_nhwc<scalar_t, w_t, acc_t, kGrad, 1>(in + base, out + base, fs, tile, wq, wk, wv, n, C);
+  }
+}
+
+// grad_y's element type and the weights' chosen at run time, for the column pass, compiled per accumulation type
+// only (its epilogue is its only code that reads them; compiled per (x, w) type pair it took 24 kernels instead
+// of 8): kind 0 x and weights acc_t; 1 / 2 Half / BFloat16 x (acc_t float) with weights of x's type, or float
+// where wfloat. Calls f(x type*, weight type*) with null pointers as tags.
+inline int x_kind(ScalarType t) { return t == kHalf ? 1 : t == kBFloat16 ? 2 : 0; }
+
+template <typename acc_t, typename F>
+__device__ __forceinline__ void with_x_type(int kind, bool wfloat, F&& f) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (kind == 1) {
+      if (wfloat) return f(static_cast<Half*>(nullptr), static_cast<float*>(nullptr));
+      return f(static_cast<Half*>(nullptr), static_cast<Half*>(nullptr));
+    }
+    if (kind == 2) {
+      if (wfloat) return f(static_cast<BFloat16*>(nullptr), static_cast<float*>(nullptr));
+      return f(static_cast<BFloat16*>(nullptr), static_cast<BFloat16*>(nullptr));
+    }
+  }
+  f(static_cast<acc_t*>(nullptr), static_cast<acc_t*>(nullptr));
+}
+
+// vec for gate_tile: NHWC runs start at multiples of C elements, so C a multiple of the 16-byte vector and
+// 16-byte aligned tensors make every run's accesses whole vectors.
+template <typename scalar_t>
+inline bool gate_tile_vec(int64_t C, const void* in, const void* out) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return C % (16 / int64_t(sizeof(scalar_t))) == 0 && aligned(in) && aligned(out);
 }
 
 // Weight-gradient partial sums, NCHW: a warp per (b, c) row; part[b][i][c] = sum_p dqkv[i][b, p] x[b, c, p].
