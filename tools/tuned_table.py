@@ -45,7 +45,6 @@ SWEPT = {
     "cubs_channel_threads": (r"^cubs1 (fwd|fwd\+bwd) cuda ", "cubs_channel_threads", None),
     "ms_flash_tile": (r"^ms_loss fwd\+bwd cuda (bf16|fp16|tf32) ", "flash_tile", "flash"),
 }
-PATH_GROUPS = r"^ms_loss fwd\+bwd cuda (bf16|fp16|tf32) "
 
 
 def _dtype(group: str) -> str | None:
@@ -116,11 +115,13 @@ def pick(rows: list[dict], tests: dict | None, margin: float = 0.03, cc: str | N
             win, lines = _decide(groups, k.default, k.allowed, margin)
             decisions[(knob, dev, dtype)] = None if win == k.default else win
             report.append(dict(knob=knob, cc=dev, dtype=dtype, decision=win, candidates=lines))
+    # the MS loss's path: tiles against flash at its chosen tile, on the flash tile sweep's groups
     gate = flash_gate(tests)
-    tiles = _times(rows, PATH_GROUPS, "ms_loss_path", None, cc)
-    for (dev, dtype), groups in sorted(tiles.items()):
+    pattern, key, path = SWEPT["ms_flash_tile"]
+    flash = _times(rows, pattern, key, path, cc)
+    for (dev, dtype), groups in sorted(_times(rows, pattern, "ms_loss_path", None, cc).items()):
         tile = decisions.get(("ms_flash_tile", dev, dtype)) or KNOBS["ms_flash_tile"].default
-        flash_rows = _times(rows, PATH_GROUPS, "flash_tile", "flash", cc).get((dev, dtype), {})
+        flash_rows = flash.get((dev, dtype), {})
         merged = {g: {"tiles": v["tiles"], "flash": flash_rows[g][tile]}
                   for g, v in groups.items() if "tiles" in v and tile in flash_rows.get(g, {})}
         win, lines = _decide(merged, "tiles", ("flash",), margin)
@@ -172,8 +173,7 @@ def load(src: Path) -> tuple[list[dict], dict | None]:
     if src.is_file():
         s = json.loads(src.read_text())
         return s.get("bench", []), s.get("tests")
-    tests = _junit(src)
-    return _bench(src), tests
+    return _bench(src), _junit(src)
 
 
 def _fmt(report) -> str:

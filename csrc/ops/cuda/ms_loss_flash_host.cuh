@@ -125,11 +125,11 @@ void allow_smem(Kernel kernel, size_t bytes) {
     RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-// Calls f(Cfg{}) with the tile variant chosen by RECOGFAST_MS_FLASH_TILE (3: variant 0's tiles, its forward and
-// the fallback of its backward).
+// Calls f(Cfg{}) with tile variant `variant` (flash_tile_variant; 3: variant 0's tiles, its forward and the
+// fallback of its backward).
 template <typename F>
-void with_flash_tile(ScalarType dtype, F&& f) {
-  switch (flash_tile_variant(dtype)) {
+void with_flash_tile(int variant, F&& f) {
+  switch (variant) {
     case 1: return f(FlashTile1{});
     case 2: return f(FlashTile2{});
     default: return f(FlashTile0{});
@@ -165,7 +165,7 @@ void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_id
   constexpr MmaKind K = mma_kind<scalar_t>();
   Tensor lab32;
   const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
-  with_flash_tile(scalar_type_of<scalar_t>(), [&](auto cfg) {
+  with_flash_tile(flash_tile_variant(scalar_type_of<scalar_t>()), [&](auto cfg) {
     using Cfg = FlashTile<decltype(cfg)::BM, decltype(cfg)::BN, decltype(cfg)::BK, 8>;  // DC: backward only
     const size_t smem = flash_smem<Cfg, K>(false);
     const unsigned grid = static_cast<unsigned>(ceil_div(cd.B, Cfg::BM));
@@ -214,7 +214,8 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
     }
   };
   // variant 3: G in shared memory where it fits the device's opt-in limit, else variant 0
-  if (flash_tile_variant(scalar_type_of<scalar_t>()) == 3) {
+  const int variant = flash_tile_variant(scalar_type_of<scalar_t>());
+  if (variant == 3) {
     using Cfg = FlashTile3;
     const size_t smem = flash_gsmem_smem<Cfg, K>(D);
     if (smem <= size_t(gpu::device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>())) {
@@ -236,7 +237,7 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
       return;
     }
   }
-  with_flash_tile(scalar_type_of<scalar_t>(), [&](auto cfg) {
+  with_flash_tile(variant, [&](auto cfg) {
     using Cfg = decltype(cfg);
     const size_t smem = flash_smem<Cfg, K>(true);
     allow_smem(ms_flash_bwd_kernel<Cfg, K, scalar_t>, smem);
