@@ -4,8 +4,9 @@ serial21), forward and forward+backward. Every side gets the same input and weig
 x's and the parameters' gradients are set to None before each timed call; on CUDA each case is also timed
 by CUDA events and by CUDA-graph replay (conftest.py). On CUDA the fused rows record the kernel variants they ran
 (recogfast/tuned.py): Block 2's cubs_spatial_tile (RECOGFAST_CUBS_SPATIAL_TILE; set, impl fused_tileN) and Block 1's
-cubs_channel_threads (RECOGFAST_CUBS_CHANNEL_THREADS; set, fused_threadsN); tools/gpu_check.sh step cubs_tiles sweeps
-both, and tools/tuned_table.py picks the winners from those rows.
+cubs_channel_threads (RECOGFAST_CUBS_CHANNEL_THREADS; set, fused_threadsN) and cubs_channel_variant (the one-CTA
+variant, RECOGFAST_CUBS_CHANNEL_VARIANT=fused; set, fused_1cta); tools/gpu_check.sh step cubs_tiles sweeps them, and
+tools/tuned_table.py picks the winners from those rows.
 
 CPU: one small shape (B=8 at 28×28×64) so the suite runs on a 2-core machine; the closing
 table gives each implementation's time relative to the fused kernel. CUDA (skipped without a GPU):
@@ -115,8 +116,10 @@ def test_cubs(benchmark, device, stage, name, impl, mode):
             label += f"_tile{suffix}" if suffix else ""
         if name != "cubs2":
             threads, suffix = kernel_variant("cubs_channel_threads", dtype, device)
-            benchmark.extra_info["cubs_channel_threads"] = threads
+            variant, vsuffix = kernel_variant("cubs_channel_variant", dtype, device)
+            benchmark.extra_info.update(cubs_channel_threads=threads, cubs_channel_variant=variant)
             label += f"_threads{suffix}" if suffix else ""
+            label += {"": "", "fused": "_1cta"}.get(vsuffix, f"_{vsuffix}")  # one CTA a sample: as SE's fused_1cta
     group = f"{name} {mode} {device} {str(dtype)[6:]} B={B} C={C} {H}x{H}"
     run_benchmark(benchmark, step, device=device, group=group, impl=label, floor_seconds=floor_s, floor_what=what,
                   rounds=5 if device == "cpu" else 20, reset=grad_reset(x, module), graph=True)

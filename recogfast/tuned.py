@@ -29,12 +29,19 @@ KNOBS = {
     "cubs_spatial_tile": Knob("RECOGFAST_CUBS_SPATIAL_TILE", ("0", "1", "2", "3"), "0"),
     # Block 1's head kernel: threads a sample (fp64 always 256, csrc/ops/cuda/cubs_channel_kernel.cu)
     "cubs_channel_threads": Knob("RECOGFAST_CUBS_CHANNEL_THREADS", ("128", "256", "512"), "256"),
+    # the one-CTA variants (a sample staged in shared memory: one launch forward, two backward; the split path where
+    # it does not fit): "auto" is the table's entry, else the split path; the table holds "fused" only after a GPU
+    # cross-check (csrc/ops/cuda/sample_stage.cuh one_cta_wanted)
+    "se_variant": Knob("RECOGFAST_SE_VARIANT", ("auto", "fused", "split"), "auto"),
+    "cubs_channel_variant": Knob("RECOGFAST_CUBS_CHANNEL_VARIANT", ("auto", "fused", "split"), "auto"),
     # the flash MS loss's tile shape (csrc/ops/cuda/ms_loss_flash_host.cuh)
     "ms_flash_tile": Knob("RECOGFAST_MS_FLASH_TILE", ("0", "1", "2", "3"), "0"),
     # the MS loss's CUDA path where both can run (sm_80+, bf16 / fp16, fp32 with TF32): "auto" is the table's
     # entry, else dispatch.MS_FLASH_BY_DEFAULT's choice; the table holds "flash" only after a GPU cross-check
     "ms_loss_path": Knob("RECOGFAST_MS_LOSS_PATH", ("auto", "flash", "tiles"), "auto"),
 }
+
+ONE_CTA = ("auto", "fused", "split")  # the values of the one-CTA variants' knobs
 
 # (knob, compute capability "major.minor", dtype as torch names it without "torch.") -> value.
 # Written by tools/tuned_table.py; no sweep has run on a GPU yet, so every device takes the defaults.
@@ -53,11 +60,14 @@ def tuned(knob: str, capability: tuple[int, int], dtype: torch.dtype) -> str | N
 def effective(knob: str, capability: tuple[int, int], dtype: torch.dtype) -> str:
     """The variant a kernel takes: the environment variable where set (an unknown value raises, as the kernel
     does), else the table's entry, else the built-in default. For ms_loss_path, "auto" stands for the rule of
-    recogfast.dispatch.ms_loss_path, which reads the table itself."""
+    recogfast.dispatch.ms_loss_path, which reads the table itself; for the one-CTA variants (se_variant,
+    cubs_channel_variant) "auto" is resolved here as the kernels resolve it: the table's entry, else "split"."""
     k = KNOBS[knob]
     env = os.environ.get(k.env) or ""
-    if env:
-        if env not in k.allowed:
-            raise ValueError(f"{k.env} must be {', '.join(k.allowed[:-1])} or {k.allowed[-1]}, got {env!r}")
+    if env and env not in k.allowed:
+        raise ValueError(f"{k.env} must be {', '.join(k.allowed[:-1])} or {k.allowed[-1]}, got {env!r}")
+    one_cta = k.allowed == ONE_CTA
+    if env and not (one_cta and env == "auto"):
         return env
-    return tuned(knob, capability, dtype) or k.default
+    value = tuned(knob, capability, dtype) or k.default
+    return "split" if one_cta and value == "auto" else value

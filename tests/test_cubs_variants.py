@@ -5,7 +5,8 @@ own here:
 - Block 1: RECOGFAST_CUBS_CHANNEL_THREADS = 256, 128, 512, the threads a sample of its head kernel
   (csrc/ops/cuda/cubs_channel_kernel.cu).
 The variants sum the same terms in the same order: every output and gradient is bit-identical to the defaults'.
-Another value is a one-line error naming the variable and the allowed values.
+Another value is a one-line error naming the variable and the allowed values. Block 1's one-CTA variant
+(RECOGFAST_CUBS_CHANNEL_VARIANT, read on every call) is tested at the end of the file, in this process.
 
 Only the CUDA launchers read the variables (the CPU kernels have one shape), so on a machine without a GPU these
 tests skip; the host emulation checks the same on the CPU (tools/cuda_emulation/run.sh tiles: cubs_tiles.h)."""
@@ -78,3 +79,82 @@ def test_cuda_cubs_variant_bad_value_is_one_line(tmp_path, tile, threads, messag
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("RuntimeError: ") and message in last, proc.stderr[-2000:]  # the exception, one line
+
+
+# Block 1's one-CTA variant, RECOGFAST_CUBS_CHANNEL_VARIANT (csrc/ops/cuda/cubs_channel_fused.cuh; read on every call,
+# so these run in this process): "fused" stages each sample in shared memory and runs the pool, the head and the
+# gating in one launch (two in the backward) where the sample fits, the split path elsewhere (56x56x64 here);
+# "auto" / unset is the tuned table's choice, the split path while it has no entry. The head is the split path's
+# code; only the channel sums' order differs, so the rule is the split kernels' error against the float64 CPU truth:
+# within twice it plus one rounding unit of the scale. The benchmark's C and H (B = 8: the float64 truth stays quick).
+CUBS_HEADLINE = [(8, 64, 56), (8, 128, 28), (8, 256, 14), (8, 512, 7)]
+
+
+def _channel_fwd_bwd(monkeypatch, variant, args, gy):
+    """y and every gradient of one Block 1 fwd+bwd under RECOGFAST_CUBS_CHANNEL_VARIANT=variant, fresh leaves."""
+    import torch
+
+    monkeypatch.setenv("RECOGFAST_CUBS_CHANNEL_VARIANT", variant)
+    leaves = [a.detach().clone().requires_grad_(True) for a in args]
+    y = torch.ops.recogfast.cubs_channel(*leaves)
+    return [y.detach(), *torch.autograd.grad(y, leaves, gy)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("shape", CUBS_HEADLINE, ids=["56", "28", "14", "7"])
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32", "bf16-w32"])
+def test_cuda_cubs_channel_one_cta_matches_split_and_cpu(monkeypatch, shape, fmt, dtype):
+    import torch
+    from test_cubs import make_args1
+
+    B, C, H = shape
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    args64 = make_args1(B, C, H, H, C // 2, memory_format=memory_format)
+    gy64 = torch.randn_like(args64[0])
+    xdt = torch.float32 if dtype == "fp32" else torch.bfloat16
+    wdt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    args = [args64[0].to(xdt).cuda()] + [a.to(wdt).cuda() for a in args64[1:]]
+    gy = gy64.to(xdt).cuda()
+    truth = _channel_fwd_bwd(monkeypatch, "split", [a.cpu().double() for a in args], gy.cpu().double())
+    split = _channel_fwd_bwd(monkeypatch, "split", args, gy)
+    fused = _channel_fwd_bwd(monkeypatch, "fused", args, gy)
+    names = ("y", "grad x", "grad wq", "grad bq", "grad wk", "grad bk", "grad wv", "grad bv", "grad wo", "grad bo")
+    for name, f, s, t in zip(names, fused, split, truth):
+        assert f.dtype == s.dtype and f.shape == s.shape and f.stride() == s.stride(), name
+        scale = t.abs().max().item()
+        err, split_err = ((o.cpu().double() - t).abs().max().item() for o in (f, s))
+        eps = torch.finfo(f.dtype).eps
+        assert err <= 2 * split_err + eps * scale, f"{name} {shape} {fmt} {dtype}: fused {err} vs split {split_err}"
+
+
+@needs_cuda
+def test_cuda_cubs_channel_one_cta_auto_is_split_and_fused_is_deterministic(monkeypatch):
+    """"auto" is the variant the tuned table names for the device (the split path without an entry), bit for bit;
+    the one-CTA kernels sum in a fixed order (two calls agree bit for bit)."""
+    import torch
+    from recogfast.tuned import effective
+    from test_cubs import make_args1
+
+    args = make_args1(8, 256, 14, 14, 128, dtype=torch.bfloat16, device="cuda", memory_format=torch.channels_last)
+    gy = torch.randn_like(args[0])
+    monkeypatch.delenv("RECOGFAST_CUBS_CHANNEL_VARIANT", raising=False)
+    table = effective("cubs_channel_variant", torch.cuda.get_device_capability(), torch.bfloat16)
+    auto, split = (_channel_fwd_bwd(monkeypatch, v, args, gy) for v in ("auto", table))
+    first, second = (_channel_fwd_bwd(monkeypatch, "fused", args, gy) for _ in range(2))
+    for a, s, f1, f2 in zip(auto, split, first, second):
+        assert torch.equal(a, s) and torch.equal(f1, f2)
+
+
+@needs_cuda
+def test_cuda_cubs_channel_one_cta_bad_value_is_one_line(monkeypatch):
+    import torch
+    from test_cubs import make_args1
+
+    monkeypatch.setenv("RECOGFAST_CUBS_CHANNEL_VARIANT", "fast")
+    args = make_args1(2, 8, 3, 3, 4, dtype=torch.float32, device="cuda")
+    want = "recogfast::cubs_channel: RECOGFAST_CUBS_CHANNEL_VARIANT must be auto, fused or split, got 'fast'"
+    with pytest.raises(RuntimeError, match=want) as e:
+        torch.ops.recogfast.cubs_channel(*args)
+    assert "\n" not in str(e.value)

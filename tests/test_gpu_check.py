@@ -33,8 +33,9 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
                       "ncu": "skipped", "maxautotune": "skipped"}, status
     notes = {s["step"]: s["note"] for s in summary["steps"]}
     # The CUBS kernel variants: Block 2 (RECOGFAST_CUBS_SPATIAL_TILE 0-3) at 56x56 and 28x28, Block 1
-    # (RECOGFAST_CUBS_CHANNEL_THREADS 128, 512) at 56x56 and 7x7, fwd and fwd+bwd, a pytest run each variant.
-    assert notes["cubs_tiles"] == "no GPU: 8 CUBS Block 1 and 2 benchmarks selected, a run each variant", notes["cubs_tiles"]
+    # (RECOGFAST_CUBS_CHANNEL_THREADS 128, 512) at 56x56 and 7x7, Block 1's one-CTA variant at four stages, fwd and
+    # fwd+bwd, a pytest run each variant.
+    assert notes["cubs_tiles"] == "no GPU: 16 CUBS Block 1 and 2 benchmarks selected, a run each variant", notes["cubs_tiles"]
     # The flash MS-loss step (tile variants, batch sweep) skips here, but its selection names CUDA benchmarks.
     assert int(notes["flash"].split("no GPU: ")[1].split()[0]) >= 5, notes["flash"]
     # The torch.compile peers skip on the CPU, but their -k selections must name CUDA benchmarks.
@@ -45,8 +46,9 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
     assert summary["crosscheck"]["summary"]["failed"] == 0
     # The sanitizer's variant runs: each cross-check ran (here on the CPU) with its variables set.
     san = tarfile.open(out / "logs.tar.gz").extractfile("logs/variants_san.log").read().decode()
-    assert san.count("crosscheck cpu: ") == 4 and "RECOGFAST_MS_FLASH_TILE=3: ms_loss bfloat16" in san, san
-    assert san.count(" comparisons, 0 failed") == 4, san
+    assert san.count("crosscheck cpu: ") == 5 and "RECOGFAST_MS_FLASH_TILE=3: ms_loss bfloat16" in san, san
+    assert "== RECOGFAST_CUBS_CHANNEL_VARIANT=fused: cubs_channel float32,bfloat16" in san, san
+    assert san.count(" comparisons, 0 failed") == 5, san
     # The variants' winners (tools/tuned_table.py): none among CPU records.
     tuned = tarfile.open(out / "logs.tar.gz").extractfile("logs/tuned.txt").read().decode()
     assert tuned.strip() == "no swept variant in these records", tuned

@@ -375,11 +375,16 @@ def test_cuda_fused_variant_matches_split_and_cpu(monkeypatch, shape, fmt, dtype
 
 @needs_cuda
 def test_cuda_se_variant_auto_is_split_and_fused_is_deterministic(monkeypatch):
-    """Until a GPU run has cross-checked the fused kernels, "auto" is the split path (bit for bit); the fused
-    kernels sum in a fixed order (two calls agree bit for bit)."""
+    """"auto" is the variant the tuned table names for the device (recogfast/tuned.py se_variant; the split path
+    until a GPU run has cross-checked the fused kernels and found them faster), bit for bit; the fused kernels sum in
+    a fixed order (two calls agree bit for bit)."""
+    from recogfast.tuned import effective
+
     args = make_args(8, 256, 14, 14, 16, dtype=torch.bfloat16, device="cuda", memory_format=torch.channels_last)
     gy = torch.randn_like(args[0])
-    auto, split = (_variant_fwd_bwd(monkeypatch, v, args, gy) for v in ("auto", "split"))
+    monkeypatch.delenv("RECOGFAST_SE_VARIANT", raising=False)
+    table = effective("se_variant", torch.cuda.get_device_capability(), torch.bfloat16)
+    auto, split = (_variant_fwd_bwd(monkeypatch, v, args, gy) for v in ("auto", table))
     first, second = (_variant_fwd_bwd(monkeypatch, "fused", args, gy) for _ in range(2))
     for a, s, f1, f2 in zip(auto, split, first, second):
         assert torch.equal(a, s) and torch.equal(f1, f2)

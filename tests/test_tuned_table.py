@@ -175,7 +175,14 @@ def test_knobs_match_the_cuda_readers():
     import re
 
     src = "".join(p.read_text() for p in sorted((ROOT / "csrc/ops/cuda").glob("*.cu*")))
+    # the one-CTA variants: sample_stage::one_cta_wanted(op, variable, knob, dtype) with its own allowed values
+    one_cta = re.search(r'one_cta_wanted\(const char\* op.*?env_choice\(op, var, \{([^}]*)\}, (\d+), tuned\)', src, re.S)
+    assert one_cta and tuple(re.findall(r'"([^"]*)"', one_cta.group(1))) == tuned.ONE_CTA and one_cta.group(2) == "0"
     for knob, k in tuned.KNOBS.items():
+        if k.allowed == tuned.ONE_CTA:
+            assert re.search(rf'one_cta_wanted\("[\w:]+",\s*"{k.env}",\s*"{knob}",\s*dtype\)', src), knob
+            assert k.default == "auto", knob
+            continue
         m = re.search(rf'"{k.env}",\s*\{{([^}}]*)\}}(?:,\s*(\d+))?(?:,\s*gpu::tuned_value\("(\w+)")?', src)
         assert m, k.env
         assert tuple(re.findall(r'"([^"]*)"', m.group(1))) == k.allowed, knob
@@ -183,3 +190,46 @@ def test_knobs_match_the_cuda_readers():
         if knob != "ms_loss_path":  # its table entry is read beside the variable (use_flash)
             assert m.group(3) == knob, knob
     assert 'gpu::tuned_value("ms_loss_path", dtype)' in src
+
+
+def _one_cta(knob, group, split, fused):
+    """Rows of a one-CTA sweep: the headline (split) and the variant's (fused_1cta), at each group."""
+    return [r for g, a, b in zip(group, split, fused)
+            for r in (_row(g, "fused", a, **{knob: "split"}), _row(g, "fused_1cta", b, **{knob: "fused"}))]
+
+
+SE_GROUPS = ["se_gate fwd+bwd cuda bfloat16 B=256 C=128 28x28", "se_gate fwd+bwd cuda bfloat16 B=256 C=512 7x7"]
+B1_GROUPS = ["cubs1 fwd+bwd cuda bfloat16 B=64 C=128 28x28", "cubs1 fwd cuda bfloat16 B=64 C=512 7x7"]
+GATED = dict(counts=dict(tests=40, failures=0, errors=0, flash_passed=0, se_variant_passed=3,
+                         cubs_channel_variant_passed=5), failed=[])
+
+
+def test_one_cta_variants_are_picked_against_split_after_their_gpu_tests():
+    rows = _one_cta("se_variant", SE_GROUPS, (1.0, 0.3), (0.8, 0.2))
+    rows += _one_cta("cubs_channel_variant", B1_GROUPS, (1.0, 0.3), (0.9, 0.31))  # slower at 7x7: keeps split
+    decisions, report = tt.pick(rows, GATED)
+    assert decisions[("se_variant", "9.0", "bfloat16")] == "fused"
+    assert decisions[("cubs_channel_variant", "9.0", "bfloat16")] is None
+    # without the variant's own passing tests, or with a failing test of the op, the split path stays
+    for tests, why in [(None, "no junit.xml"), (dict(GATED, counts=dict(GATED["counts"], se_variant_passed=0)),
+                                                "no se one-CTA CUDA test passed"),
+                       (dict(GATED, failed=[dict(test="tests.test_se_gate::test_cuda_x", message="")]),
+                        "1 test_se_gate CUDA tests failed")]:
+        decisions, report = tt.pick(rows, tests)
+        assert decisions[("se_variant", "9.0", "bfloat16")] is None
+        se = next(r for r in report if r["knob"] == "se_variant")
+        assert se["decision"] == "split" and why in se["candidates"][-1]["note"], se
+
+
+def test_effective_one_cta_auto_is_the_table_else_split(monkeypatch):
+    monkeypatch.delenv("RECOGFAST_CUBS_CHANNEL_VARIANT", raising=False)
+    assert tuned.effective("cubs_channel_variant", (9, 0), torch.bfloat16) == "split"
+    monkeypatch.setitem(tuned.TUNED, ("cubs_channel_variant", "9.0", "bfloat16"), "fused")
+    assert tuned.effective("cubs_channel_variant", (9, 0), torch.bfloat16) == "fused"
+    assert tuned.effective("cubs_channel_variant", (8, 0), torch.bfloat16) == "split"
+    for env, want in [("auto", "fused"), ("split", "split"), ("fused", "fused")]:
+        monkeypatch.setenv("RECOGFAST_CUBS_CHANNEL_VARIANT", env)
+        assert tuned.effective("cubs_channel_variant", (9, 0), torch.bfloat16) == want, env
+    monkeypatch.setenv("RECOGFAST_SE_VARIANT", "1cta")
+    with pytest.raises(ValueError, match="RECOGFAST_SE_VARIANT must be auto, fused or split, got '1cta'"):
+        tuned.effective("se_variant", (9, 0), torch.bfloat16)

@@ -151,6 +151,7 @@ SAN_VARIANTS=(
   "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=3|ms_loss|bfloat16"
   "RECOGFAST_SE_VARIANT=fused|se_gate|float32,bfloat16"
   "RECOGFAST_CUBS_SPATIAL_TILE=3 RECOGFAST_CUBS_CHANNEL_THREADS=512|cubs_channel,cubs_spatial_saved|float32,bfloat16"
+  "RECOGFAST_CUBS_CHANNEL_VARIANT=fused|cubs_channel|float32,bfloat16"
 )
 sanitize_variants() {  # TOOL...: the sanitizer command line, or nothing (the rehearsal)
   local v env ops dtypes
@@ -163,7 +164,7 @@ sanitize_variants() {  # TOOL...: the sanitizer command line, or nothing (the re
 }
 if [[ $GPU == 1 ]] && command -v compute-sanitizer >/dev/null; then
   export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-  step variants_san 120 "compute-sanitizer memcheck + racecheck of the variants (flash, one-CTA SE, CUBS)" -- bash -c "$(declare -p SAN_VARIANTS PY GPU); $(declare -f sanitize_variants)
+  step variants_san 120 "compute-sanitizer memcheck + racecheck of the variants (flash, one-CTA SE and Block 1, CUBS tiles)" -- bash -c "$(declare -p SAN_VARIANTS PY GPU); $(declare -f sanitize_variants)
     sanitize_variants compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 30 &&
     sanitize_variants compute-sanitizer --tool racecheck --kernel-name kns=recogfast --error-exitcode 9 --print-limit 30"
   unset PYTORCH_NO_CUDA_MEMORY_CACHING
@@ -247,21 +248,26 @@ fi
 # RECOGFAST_CUBS_SPATIAL_TILE = 0-3 (csrc/ops/cuda/cubs_spatial_passes.cuh: threads a block, rows a thread, staged tile
 # of its two quadratic passes) at 56x56x64 and 28x28x128, fwd and fwd+bwd (impl fused_tileN beside fused = 0); then
 # Block 1's RECOGFAST_CUBS_CHANNEL_THREADS = 128, 512 (threads a sample of its head kernel; 256 is the headline's) at
-# 56x56x64 and 7x7x512 (impl fused_threadsN).
+# 56x56x64 and 7x7x512 (impl fused_threadsN); then Block 1's one-CTA variant, RECOGFAST_CUBS_CHANNEL_VARIANT=fused
+# (csrc/ops/cuda/cubs_channel_fused.cuh; impl fused_1cta) at the stages whose sample fits in shared memory: 28x28x128,
+# 14x14x256, 7x7x512 at B = 64 and 2x2x512 at B = 256.
 CUBS_TILE_SEL="cuda and test_cubs and cubs2 and fused and (stage0 or stage1)"
 CUBS_THREADS_SEL="cuda and test_cubs and cubs1 and fused and (stage0 or stage3)"
+CUBS_1CTA_SEL="cuda and test_cubs and cubs1 and fused and (stage1 or stage2 or stage3 or stage7)"
 CUBS_BENCH=benchmarks/test_cubs_bench.py
 if [[ $GPU == 1 ]]; then
   step cubs_tiles 150 "CUBS kernel variants: Block 2 tiles 0-3, Block 1 threads 128, 512" -- bash -c "
     for v in 0 1 2 3; do RECOGFAST_CUBS_SPATIAL_TILE=\$v $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_TILE_SEL' \
       --benchmark-json='$OUT/logs/bench_cubs_tile'\$v.json || exit 1; done
     for t in 128 512; do RECOGFAST_CUBS_CHANNEL_THREADS=\$t $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_THREADS_SEL' \
-      --benchmark-json='$OUT/logs/bench_cubs_threads'\$t.json || exit 1; done"
+      --benchmark-json='$OUT/logs/bench_cubs_threads'\$t.json || exit 1; done
+    RECOGFAST_CUBS_CHANNEL_VARIANT=fused $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_1CTA_SEL' \
+      --benchmark-json='$OUT/logs/bench_cubs_1cta.json'"
 else
-  n_tiles=$(collect "($CUBS_TILE_SEL) or ($CUBS_THREADS_SEL)")
+  n_tiles=$(collect "($CUBS_TILE_SEL) or ($CUBS_THREADS_SEL) or ($CUBS_1CTA_SEL)")
   if [[ $n_tiles -lt 0 ]]; then skip cubs_tiles "deadline reached before the step"
-  elif [[ $n_tiles -eq 8 ]]; then skip cubs_tiles "no GPU: $n_tiles CUBS Block 1 and 2 benchmarks selected, a run each variant"
-  else record cubs_tiles failed 0 "the CUBS variant selections name $n_tiles benchmarks, not 8"; fi
+  elif [[ $n_tiles -eq 16 ]]; then skip cubs_tiles "no GPU: $n_tiles CUBS Block 1 and 2 benchmarks selected, a run each variant"
+  else record cubs_tiles failed 0 "the CUBS variant selections name $n_tiles benchmarks, not 16"; fi
 fi
 
 # 7. where the GPU time goes: kernel tables, launches per fwd+bwd, CUDA-graph replay vs eager

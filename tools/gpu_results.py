@@ -45,12 +45,19 @@ def _steps(out: Path) -> list[dict]:
     return rows
 
 
+# The CUDA tests whose passing lets tools/tuned_table.py make a variant the default: counts key -> the words a passed
+# test's name holds (the flash MS-loss kernels; the one-CTA SE and CUBS Block 1 variants).
+GATED_TESTS = {"flash_passed": ("flash", "cuda"),
+               "se_variant_passed": ("test_se_gate", "cuda", "variant"),
+               "cubs_channel_variant_passed": ("test_cubs", "cuda", "one_cta")}
+
+
 def _junit(out: Path) -> dict | None:
     path = out / "junit.xml"
     if not path.exists():
         return None
     root = ET.parse(path).getroot()
-    counts = dict(tests=0, failures=0, errors=0, skipped=0, flash_passed=0)
+    counts = dict(tests=0, failures=0, errors=0, skipped=0, **{k: 0 for k in GATED_TESTS})
     failed = []
     for case in root.iter("testcase"):
         counts["tests"] += 1
@@ -62,8 +69,9 @@ def _junit(out: Path) -> dict | None:
                 failed.append(dict(test=name, message=(el.get("message") or "")[:300]))
         if case.find("skipped") is not None:
             counts["skipped"] += 1
-        elif case.find("failure") is None and case.find("error") is None and "flash" in name and "cuda" in name:
-            counts["flash_passed"] += 1  # the flash MS-loss kernels' CUDA tests (tools/tuned_table.py's gate)
+        elif case.find("failure") is None and case.find("error") is None:
+            for key, words in GATED_TESTS.items():
+                counts[key] += all(w in name for w in words)
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     return dict(counts=counts, failed=failed)
 
@@ -83,7 +91,7 @@ def _bench_row(b: dict) -> dict:
                mean_ms=stats.get("mean", 0) * 1e3, min_ms=stats.get("min", 0) * 1e3)
     for k in ("events_ms", "graph_ms", "graph_note", "first_call_s", "floor_ms", "floor", "ratio_to_floor",
               "images_per_s", "extra_peak_mb", "peak_memory_gib", "device_cc", "cubs_spatial_tile",
-              "cubs_channel_threads", "flash_tile", "ms_loss_path"):
+              "cubs_channel_threads", "flash_tile", "ms_loss_path", "se_variant", "cubs_channel_variant"):
         row[k] = info.get(k)
     return row
 

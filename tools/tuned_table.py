@@ -14,7 +14,9 @@ A variant wins only where it is faster than the default by at least the margin i
 by less than the margin at every shape the default was measured at (the sweep's timing noise is a few percent).
 The MS loss's path (knob ms_loss_path) becomes "flash" for a dtype only where the flash kernels (at their chosen
 tile) beat the tiles path by the margin at every shape and the same run's CUDA tests of the MS loss all passed with
-flash tests among them (junit.xml): the default changes only after a GPU cross-check.
+flash tests among them (junit.xml): the default changes only after a GPU cross-check. The one-CTA variants of SE and
+CUBS Block 1 (se_variant, cubs_channel_variant) likewise: "fused" against the split path, and only where the op's
+CUDA tests all passed with the variant's own among them.
 """
 
 from __future__ import annotations
@@ -44,7 +46,14 @@ SWEPT = {
     "cubs_spatial_tile": (r"^cubs2 (fwd|fwd\+bwd) cuda ", "cubs_spatial_tile", None),
     "cubs_channel_threads": (r"^cubs1 (fwd|fwd\+bwd) cuda ", "cubs_channel_threads", None),
     "ms_flash_tile": (r"^ms_loss fwd\+bwd cuda (bf16|fp16|tf32) ", "flash_tile", "flash"),
+    "se_variant": (r"^se_gate (fwd|fwd\+bwd) cuda ", "se_variant", None),
+    "cubs_channel_variant": (r"^cubs1 (fwd|fwd\+bwd) cuda ", "cubs_channel_variant", None),
 }
+# The one-CTA variants: "fused" is measured against the split path (the records name the variant each ran, "auto"
+# resolved), and becomes a table entry only where the same run's CUDA tests of the op passed, with the variant's
+# own tests among them (junit.xml counts, tools/gpu_results.py GATED_TESTS), as the flash path.
+ONE_CTA = {"se_variant": ("se_variant_passed", "test_se_gate"),
+           "cubs_channel_variant": ("cubs_channel_variant_passed", "test_cubs")}
 
 
 def _dtype(group: str) -> str | None:
@@ -94,16 +103,22 @@ def _decide(groups: dict, default: str, candidates, margin: float) -> tuple[str,
     return best, lines
 
 
-def flash_gate(tests: dict | None) -> str | None:
-    """Why the run does not allow flash by default (None: it does)."""
+def tests_gate(tests: dict | None, failing: str, what: str, passed_key: str, variant: str) -> str | None:
+    """Why the run's CUDA tests do not allow a variant by default (None: they do): tests whose name holds `failing`
+    failed, or none of the variant's own tests (counts[passed_key]) passed."""
     if not tests:
         return "no junit.xml: the CUDA tests did not run"
-    failed = [f["test"] for f in tests["failed"] if "ms_loss" in f["test"]]
+    failed = [f["test"] for f in tests["failed"] if failing in f["test"]]
     if failed:
-        return f"{len(failed)} MS-loss CUDA tests failed ({failed[0]})"
-    if not tests.get("counts", {}).get("flash_passed"):
-        return "no flash CUDA test passed"
+        return f"{len(failed)} {what} CUDA tests failed ({failed[0]})"
+    if not tests.get("counts", {}).get(passed_key):
+        return f"no {variant} CUDA test passed"
     return None
+
+
+def flash_gate(tests: dict | None) -> str | None:
+    """Why the run does not allow flash by default (None: it does)."""
+    return tests_gate(tests, "ms_loss", "MS-loss", "flash_passed", "flash")
 
 
 def pick(rows: list[dict], tests: dict | None, margin: float = 0.03, cc: str | None = None):
@@ -111,9 +126,15 @@ def pick(rows: list[dict], tests: dict | None, margin: float = 0.03, cc: str | N
     decisions, report = {}, []
     for knob, (pattern, key, path) in SWEPT.items():
         k = KNOBS[knob]
+        base, candidates = ("split", ("fused",)) if knob in ONE_CTA else (k.default, k.allowed)
         for (dev, dtype), groups in sorted(_times(rows, pattern, key, path, cc).items()):
-            win, lines = _decide(groups, k.default, k.allowed, margin)
-            decisions[(knob, dev, dtype)] = None if win == k.default else win
+            win, lines = _decide(groups, base, candidates, margin)
+            if knob in ONE_CTA and win == "fused":
+                passed_key, failing = ONE_CTA[knob]
+                gate = tests_gate(tests, failing, failing, passed_key, knob.replace("_variant", " one-CTA"))
+                if gate:
+                    win, lines = base, lines + [dict(value="fused", note=f"faster, but {gate}")]
+            decisions[(knob, dev, dtype)] = None if win in (k.default, base) else win
             report.append(dict(knob=knob, cc=dev, dtype=dtype, decision=win, candidates=lines))
     # the MS loss's path: tiles against flash at its chosen tile, on the flash tile sweep's groups
     gate = flash_gate(tests)

@@ -1,7 +1,8 @@
 // Runs the CUDA kernels of the SE, CUBS and MS-loss ops under host emulation and compares with the CPU ops
 // (SE and CUBS also mixed: float32 weights with a bf16 / fp16 x).
 // `emu_test ms` runs only the MS-loss section, `emu_test se` only the fused-SE section (run_se_fused),
-// `emu_test tiles` only the CUBS kernel variants (cubs_tiles.h: RECOGFAST_CUBS_SPATIAL_TILE, _CHANNEL_THREADS).
+// `emu_test tiles` only the CUBS kernel variants (cubs_tiles.h: RECOGFAST_CUBS_SPATIAL_TILE, _CHANNEL_THREADS;
+// channel_fused.h: RECOGFAST_CUBS_CHANNEL_VARIANT), `emu_test ch` only the last.
 #include <ATen/ATen.h>
 #include <cmath>
 #include <cstdio>
@@ -32,6 +33,7 @@ recogfast_aten::T5 emu_se_gate_backward(const at::Tensor&, const at::Tensor&, co
                                          const at::Tensor&, const at::Tensor&);
 int emu_launches();  // kernel launches so far, all emulated files (emu.h)
 int emu_se_fused_launches();  // se_gate_fused.cuh's launches so far
+int emu_channel_fused_launches();  // cubs_channel_fused.cuh's launches so far
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
     double, double, double, std::string_view);
@@ -192,6 +194,7 @@ void run_se_fused() {
 
 #include "ms_flash.h"  // run_ms_flash
 #include "cubs_tiles.h"  // run_spatial_tiles
+#include "channel_fused.h"  // run_channel_fused
 
 void run_ms_loss() {
   setenv("RECOGFAST_MS_LOSS_PATH", "tiles", 1);  // the cases below check the tiles path (run_ms_flash: flash)
@@ -424,10 +427,16 @@ int main(int argc, char** argv) {
     std::printf("%s\n", failures ? "FAILURES" : "emulated fused SE matches the CPU kernel");
     return failures != 0;
   }
+  if (argc > 1 && std::string(argv[1]) == "ch") {
+    run_channel_fused();
+    std::printf("%s\n", failures ? "FAILURES" : "emulated one-CTA Block 1 matches the CPU kernel and the split path");
+    return failures != 0;
+  }
   if (argc > 1 && std::string(argv[1]) == "tiles") {
     failures += recogfast::emu_tuned_table_check();
     run_spatial_tiles();
     run_channel_threads();
+    run_channel_fused();
     std::printf("%s\n", failures ? "FAILURES" : "emulated CUBS kernel variants match the CPU kernels and each other");
     return failures != 0;
   }
@@ -515,6 +524,7 @@ int main(int argc, char** argv) {
   if (!only_ms) failures += recogfast::emu_tuned_table_check();
   if (!only_ms) run_spatial_tiles();
   if (!only_ms) run_channel_threads();
+  if (!only_ms) run_channel_fused();
   if (!only_ms) run_accuracy(false);
   run_ms_loss();
   std::printf("%s\n", failures ? "FAILURES" : "all emulated CUDA results match the CPU kernels");

@@ -29,7 +29,7 @@ PY=${PY:-$ROOT/.venv/bin/python}
 T=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 OUT=$ROOT/build/cuda_emulation
 mkdir -p "$OUT"
-for h in common channel_gate se_gate_fused cubs_common ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_gsmem ms_loss_flash_host cubs_spatial_passes cubs_spatial_pixels; do
+for h in common channel_gate sample_stage se_gate_fused cubs_common cubs_channel_head cubs_channel_fused ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_gsmem ms_loss_flash_host cubs_spatial_passes cubs_spatial_pixels; do
   $PY transform.py "$ROOT/csrc/ops/cuda/$h.cuh" "$OUT/${h}_emu.h"
 done
 $PY transform.py "$ROOT/csrc/ops/cuda/se_gate_kernel.cu" "$OUT/se_emu.cpp" emu_se
@@ -99,6 +99,7 @@ recogfast_aten::T9 emu_cubs_channel_backward(const at::Tensor& gy, const at::Ten
                                             const at::Tensor& h) {
   return A(emu_ch::cubs_channel_backward_cuda(S(gy), S(x), S(a), S(b), S(c), S(d), S(e), S(f), S(g), S(h)));
 }
+int emu_channel_fused_launches() { return cubs_channel_fused::emu_launches; }
 }  // namespace recogfast
 CPP
 cat >> "$OUT/se_emu.cpp" <<'CPP'

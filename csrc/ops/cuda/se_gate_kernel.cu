@@ -172,7 +172,7 @@ Tensor se_gate_cuda(const Tensor& x_, const Tensor& w1, const Tensor& b1, const 
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = a.R;
   const cudaStream_t stream = gpu::current_stream(x_);
   const ScalarType acc_type = acc_dtype(x.scalar_type());
-  const bool fused = se_fused::se_variant_env() == se_fused::SeVariant::kFused;
+  const bool fused = se_fused::fused_wanted(x.scalar_type());
 
   RF_DISPATCH_GATE(x.scalar_type(), a.w1.scalar_type(), "se_gate_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;
@@ -215,7 +215,7 @@ detail::SEGateGrads se_gate_backward_cuda(const Tensor& grad_y, const Tensor& x_
   const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = a.R;
   const cudaStream_t stream = gpu::current_stream(x_);
   const ScalarType acc_type = acc_dtype(x.scalar_type());
-  const bool fused = se_fused::se_variant_env() == se_fused::SeVariant::kFused;
+  const bool fused = se_fused::fused_wanted(x.scalar_type());
 
   RF_DISPATCH_GATE(x.scalar_type(), a.w1.scalar_type(), "se_gate_backward_cuda", [&] {
     using acc_t = opmath_t<scalar_t>;

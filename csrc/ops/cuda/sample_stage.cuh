@@ -1,0 +1,205 @@
+// One CTA a sample, the streaming half of a channel gate (the one-CTA variants of SE, se_gate_fused.cuh, and of
+// CUBS Block 1, cubs_channel_fused.cuh): sample b of x (and of grad_y) is read from DRAM once, in 16-byte vectors
+// where they fit, staged whole in shared memory while each channel is summed, and after the op's head has made the
+// gate from those sums, written back once from the stage:
+//   forward:  stage x, sum x per channel; out = x * gate[c]                       (2|x| of DRAM traffic)
+//   backward: stage grad_y, sum x and grad_y * x per channel; out = grad_y * gate[c] + coef[c]  (3|x|)
+// Sums: products in acc_t (as the split pool, channel_gate.cuh), accumulated in sum_t (SE: acc_t; Block 1: double,
+// the accuracy rule of issue 25), each thread serially, then across the warp by shuffles (fixed xor order), then
+// across the CTA's pixel groups through one [groups, C] sum_t buffer in a fixed order: deterministic.
+// The NHWC layout splits the threads into P pixel phases of C / V vector columns (P = 1 when the columns alone
+// fill the CTA); P > 1 needs the buffer (red_elems), used once for the x sums and again for the grad_y * x sums.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <type_traits>
+
+#include "ops/cuda/common.cuh"
+
+namespace recogfast {
+namespace sample_stage {
+
+using gpu::kWarp;
+using gpu::warp_sum;
+
+__host__ __device__ inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// NHWC sums: threads split into P pixel phases of C/V vector columns each (P = 1 when the columns alone fill the
+// block); P > 1 needs a [groups, C] buffer, summed over the groups in a fixed order. When the columns divide a warp,
+// its 32 / cols phases of each column are first added by shuffles, so groups = warps (28x28x128 bf16: 16 x 128
+// sums, not 32 x 128).
+__host__ __device__ inline int64_t nhwc_phases(int64_t C, int V, int threads) {
+  const int64_t cols = C / V;
+  return cols >= threads ? 1 : threads / cols;
+}
+__host__ __device__ inline bool nhwc_warp_phases(int64_t C, int V, int threads) {
+  return nhwc_phases(C, V, threads) > 1 && kWarp % (C / V) == 0;
+}
+__host__ __device__ inline int64_t nhwc_groups(int64_t C, int V, int threads) {
+  return nhwc_warp_phases(C, V, threads) ? threads / kWarp : nhwc_phases(C, V, threads);
+}
+// Elements of the sum buffer a CTA of `threads` needs (0: none).
+__host__ __device__ inline int64_t red_elems(int64_t C, int V, int threads, bool channels_last) {
+  return channels_last && nhwc_phases(C, V, threads) > 1 ? nhwc_groups(C, V, threads) * C : 0;
+}
+
+// Stages sample xv (kBackward: gv, grad_y) of C channels x HW pixels, V elements a vector, into `stage` and hands
+// each channel's sum of x to fx(c, sum) and (kBackward) of grad_y * x to fg(c, sum), each channel once, by one
+// thread. The caller synchronises the CTA before it reads what fx / fg stored.
+template <typename scalar_t, typename acc_t, typename sum_t, int V, bool kCL, bool kBackward, typename FX, typename FG>
+__device__ __forceinline__ void stage_sums(const gpu::VecT<scalar_t, V>* __restrict__ xv,
+                                           const gpu::VecT<scalar_t, V>* __restrict__ gv,
+                                           gpu::VecT<scalar_t, V>* __restrict__ stage, sum_t* __restrict__ red, int C,
+                                           int HW, FX fx, FG fg) {
+  using Vec = gpu::VecT<scalar_t, V>;
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int warp = tid / kWarp, lane = tid % kWarp, warps = nthreads / kWarp;
+  // One vector of x (and grad_y) into the stage and the running sums (M = V for NHWC's per-channel sums, 1 for NCHW).
+  auto take = [&](int j, auto& sx, auto& sg) {
+    const Vec v = xv[j];
+    if constexpr (kBackward) {
+      const Vec q = gv[j];
+      stage[j] = q;
+#pragma unroll
+      for (int k = 0; k < V; ++k) sg[kCL ? k : 0] += sum_t(static_cast<acc_t>(q.v[k]) * static_cast<acc_t>(v.v[k]));
+    } else {
+      stage[j] = v;
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) sx[kCL ? k : 0] += sum_t(static_cast<acc_t>(v.v[k]));
+  };
+  if constexpr (!kCL) {  // a warp a channel, lanes along its HW / V contiguous vectors
+    const int hv = HW / V;
+    for (int c = warp; c < C; c += warps) {
+      sum_t sx[1] = {0}, sg[1] = {0};
+      for (int i = lane; i < hv; i += kWarp) take(c * hv + i, sx, sg);
+      const sum_t tx = warp_sum(sx[0]);
+      const sum_t tg = kBackward ? warp_sum(sg[0]) : sum_t(0);
+      if (lane == 0) {
+        fx(c, tx);
+        if constexpr (kBackward) fg(c, tg);
+      }
+    }
+    return;
+  }
+  // NHWC: thread (phase ph, column cv) holds V channels and sums pixels ph, ph + P, ... (coalesced across cv).
+  const int cols = C / V, P = int(nhwc_phases(C, V, nthreads));
+  if (P == 1) {  // the columns fill the CTA: each thread owns whole channels, no buffer
+    for (int cv = tid; cv < cols; cv += nthreads) {
+      sum_t sx[V], sg[V];
+#pragma unroll
+      for (int k = 0; k < V; ++k) sx[k] = sg[k] = 0;
+      for (int p = 0; p < HW; ++p) take(p * cols + cv, sx, sg);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        fx(cv * V + k, sx[k]);
+        if constexpr (kBackward) fg(cv * V + k, sg[k]);
+      }
+    }
+    return;
+  }
+  // P > 1: P * cols <= nthreads, so a thread owns at most one (phase, column).
+  const int cv = tid % cols, ph = tid / cols;
+  sum_t sx[V], sg[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) sx[k] = sg[k] = 0;
+  if (ph < P)
+    for (int p = ph; p < HW; p += P) take(p * cols + cv, sx, sg);
+  // warp phases: every thread is active (P * cols == nthreads) and lanes cv, cv + cols, ... of a warp hold one
+  // column's phases: add them (fixed xor order); lanes < cols write the warp's sums as group `warp`.
+  int grp = ph;
+  bool writer = ph < P;
+  if (nhwc_warp_phases(C, V, nthreads)) {
+    for (int off = cols; off < kWarp; off <<= 1) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        sx[k] += __shfl_xor_sync(0xffffffffu, sx[k], off);
+        if constexpr (kBackward) sg[k] += __shfl_xor_sync(0xffffffffu, sg[k], off);
+      }
+    }
+    grp = warp;
+    writer = lane < cols;
+  }
+  const int groups = int(nhwc_groups(C, V, nthreads));
+  // The x sums through the buffer, then (backward) the grad_y * x sums through the same buffer.
+#pragma unroll
+  for (int pass = 0; pass < (kBackward ? 2 : 1); ++pass) {
+    if (pass == 1) __syncthreads();  // every thread has read the x sums
+    if (writer) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) red[grp * C + cv * V + k] = pass == 0 ? sx[k] : sg[k];
+    }
+    __syncthreads();
+    for (int c = tid; c < C; c += nthreads) {
+      sum_t s = 0;
+      for (int q = 0; q < groups; ++q) s += red[q * C + c];
+      if (pass == 0) fx(c, s);
+      else fg(c, s);
+    }
+  }
+}
+
+// out = staged * gate[c] (+ coef[c] with kBackward), 16-byte vectors, after the CTA has synchronised on the gate.
+template <typename scalar_t, typename acc_t, int V, bool kCL, bool kBackward>
+__device__ __forceinline__ void apply_staged(const gpu::VecT<scalar_t, V>* __restrict__ stage,
+                                             gpu::VecT<scalar_t, V>* __restrict__ ov, const acc_t* __restrict__ gate,
+                                             const acc_t* __restrict__ coef, int C, int HW) {
+  using Vec = gpu::VecT<scalar_t, V>;
+  const int nv = C * HW / V;
+  for (int i = threadIdx.x; i < nv; i += blockDim.x) {
+    const int e = i * V;
+    Vec v = stage[i];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = kCL ? e % C + k : e / HW;
+      acc_t r = static_cast<acc_t>(v.v[k]) * gate[c];
+      if constexpr (kBackward) r += coef[c];
+      v.v[k] = static_cast<scalar_t>(r);
+    }
+    ov[i] = v;
+  }
+}
+
+// 16-byte vectors where the innermost extent (HW for NCHW, C for NHWC) divides into them and every pointer is
+// 16-byte aligned, else scalars: the V of a launch.
+template <typename scalar_t>
+int vector_width(int64_t C, int64_t HW, bool channels_last, std::initializer_list<const void*> ptrs) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  if ((channels_last ? C : HW) % kVec != 0) return 1;
+  for (const void* p : ptrs)
+    if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
+  return kVec;
+}
+
+// Opt-in dynamic shared memory per block of the current device (the emulation re-reads it: EMU_SMEM_OPTIN
+// tests the fallback to the split path).
+inline int64_t smem_optin() { return gpu::device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(); }
+
+// Whether a one-CTA variant runs (where the sample fits): variable `var` = "fused", or "auto" / unset where the
+// tuned table's `knob` (recogfast/tuned.py) says "fused" for the device and x's dtype; "split" or no table entry:
+// the split path. Read on every call (one getenv); another value is a one-line error naming the variable.
+inline bool one_cta_wanted(const char* op, const char* var, const char* knob, ScalarType dtype) {
+  const char* tuned = gpu::tuned_value(knob, dtype);
+  const int v = gpu::env_choice(op, var, {"auto", "fused", "split"}, 0, tuned);
+  return v == 1 || (v == 0 && tuned && std::strcmp(tuned, "fused") == 0);
+}
+
+// Runs go(integral_constant<int, V>, bool_constant<channels_last>) for the (V, layout) of a launch: the four
+// instantiations a one-CTA kernel has for each dtype.
+template <typename scalar_t, typename Go>
+void with_vector(int V, bool channels_last, Go go) {
+  constexpr int kVec = 16 / sizeof(scalar_t);
+  using T = std::true_type;
+  using F = std::false_type;
+  if (V == kVec && channels_last) go(std::integral_constant<int, kVec>{}, T{});
+  else if (V == kVec) go(std::integral_constant<int, kVec>{}, F{});
+  else if (channels_last) go(std::integral_constant<int, 1>{}, T{});
+  else go(std::integral_constant<int, 1>{}, F{});
+}
+
+}  // namespace sample_stage
+}  // namespace recogfast
