@@ -1,11 +1,11 @@
 // CUBS Block 1's one-CTA variant, RECOGFAST_CUBS_CHANNEL_VARIANT=fused (cubs_channel_fused.cuh, 64 threads a CTA
 // under the emulation; main.cpp includes this inside its anonymous namespace, after cmp, cmp_tuple, dtype_slot and
 // expect_bad_env). Forward and backward against the CPU kernel (main.cpp's tolerances) and against the split path
-// of the same emulation (the same head code; only the channel sums' order differs), over NCHW / NHWC, the
-// 16-byte-vector and scalar paths, NHWC with several pixel phases (warp phases or not) and with channels wrapping
-// the CTA, odd C and HW, N = 1, B = 1, C and N over the CTA's threads, fp64, fp32, bf16 and fp16, 16-bit x also with
-// fp32 weights; each case must take the fused kernels (kernel launches: 1 forward, 2 backward; the split path 3
-// and 4). Then a sample over the opt-in shared memory (EMU_SMEM_OPTIN) takes the split path, and a bad value is one
+// of the same emulation (the same head code; only the channel sums' order differs), over NCHW with 1 to 32 lanes a
+// channel, NHWC with several pixel phases (warp phases or not) and with channels wrapping the CTA, N = 1, B = 1,
+// C and N over the CTA's threads, fp64, fp32, bf16 and fp16, 16-bit x also with fp32 weights; each case must take
+// the fused kernels where the sample reads in 16-byte vectors (kernel launches: 1 forward, 2 backward) and the
+// split path elsewhere (odd C, NCHW with HW not a multiple of the vector: 3 and 4). Then a sample over the opt-in shared memory (EMU_SMEM_OPTIN) takes the split path, and a bad value is one
 // line. `emu_test ch` runs only this; `emu_test tiles` runs it with the other CUBS variants, and the full run too.
 #pragma once
 
@@ -18,15 +18,16 @@ void run_channel_fused() {
   };
   struct S { int64_t B, C, H, W, N; bool cl; at::ScalarType dt; const char* what; };
   const std::vector<S> cases = {
-      {1, 3, 1, 1, 1, false, at::kDouble, "C=3 HW=1 N=1 B=1"},   {1, 3, 1, 1, 1, true, at::kFloat, "HW=1 NHWC"},
-      {3, 17, 7, 7, 8, true, at::kFloat, "odd C, P=3 phases"},     {2, 17, 5, 9, 8, false, at::kFloat, "odd C, HW"},
-      {2, 16, 7, 7, 8, true, at::kBFloat16, "V=8 P=32 warp phases"}, {2, 16, 4, 4, 8, false, at::kBFloat16, "NCHW V=8"},
-      {3, 17, 5, 9, 9, true, at::kHalf, "V=1 odd"},                {2, 8, 6, 6, 4, false, at::kHalf, "NCHW V=1"},
-      {2, 64, 7, 7, 32, true, at::kFloat, "V=4 P=4"},              {1, 80, 3, 3, 40, true, at::kDouble, "V=2 P=1"},
-      {2, 130, 2, 2, 70, true, at::kFloat, "V=1, C and N wrap"},   {2, 24, 4, 4, 12, false, at::kDouble, "NCHW V=2"},
-      {2, 16, 5, 9, 8, true, at::kDouble, "5x9 NHWC"},             {4, 24, 7, 7, 12, false, at::kBFloat16, "7x7 B=4"},
-      {2, 40, 3, 5, 20, true, at::kHalf, "V=8 P=12"},              {2, 96, 2, 3, 150, true, at::kFloat, "N > C"}};
-  int n = 0;
+      {1, 4, 1, 2, 1, true, at::kFloat, "C=4 HW=2 N=1 B=1"},        {1, 3, 1, 1, 1, false, at::kDouble, "HW=1: split"},
+      {3, 17, 7, 7, 8, true, at::kFloat, "odd C: split"},            {2, 17, 5, 9, 8, false, at::kFloat, "HW=45: split"},
+      {2, 16, 7, 7, 8, true, at::kBFloat16, "V=8 P=32 warp phases"}, {2, 16, 4, 4, 8, false, at::kBFloat16, "NCHW L=2"},
+      {2, 40, 2, 4, 20, false, at::kBFloat16, "NCHW L=1, 32 a warp"}, {2, 8, 4, 6, 4, false, at::kHalf, "NCHW L=4"},
+      {2, 6, 8, 20, 3, false, at::kFloat, "NCHW L=32, 2 rounds"},    {2, 8, 6, 6, 4, false, at::kHalf, "HW=36: split"},
+      {2, 64, 7, 7, 32, true, at::kFloat, "V=4 P=4"},                {1, 80, 3, 3, 40, true, at::kDouble, "V=2 P=1"},
+      {2, 264, 2, 2, 140, true, at::kFloat, "C and N wrap the CTA"}, {2, 24, 4, 4, 12, false, at::kDouble, "NCHW L=8"},
+      {2, 16, 5, 9, 8, true, at::kDouble, "5x9 NHWC"},               {4, 24, 7, 7, 12, false, at::kBFloat16, "7x7: split"},
+      {2, 40, 3, 5, 20, true, at::kHalf, "V=8 P=12"},                {2, 96, 2, 3, 150, true, at::kFloat, "N > C"}};
+  int n = 0, n_fused = 0, n_runs = 0;
   setenv("RECOGFAST_CUBS_CHANNEL_VARIANT", "fused", 1);
   for (const S& s : cases) {
     at::Tensor x = at::randn({s.B, s.C, s.H, s.W}, at::TensorOptions().dtype(s.dt));
@@ -52,11 +53,19 @@ void run_channel_fused() {
       const int k1 = recogfast::emu_launches();
       const auto ge = bwd();
       const int k2 = recogfast::emu_launches();
-      if (recogfast::emu_channel_fused_launches() != launches + 2 || k1 - k0 != 1 || k2 - k1 != 2) {
-        ++failures;  // forward: the one-CTA kernel; backward: it and the weight-gradient sum
-        std::printf("FAIL %s: the fused kernels did not run (%d fused launches; kernels: forward %d, backward %d)\n",
-                    tag, recogfast::emu_channel_fused_launches() - launches, k1 - k0, k2 - k1);
+      // the one-CTA kernels run where the sample reads in 16-byte vectors (the tensors here are aligned)
+      const bool cl = !x.is_contiguous();  // the kernels' layout (checks.h use_channels_last)
+      const bool fused = (cl ? s.C : s.H * s.W) % (16 / int64_t(x.element_size())) == 0;
+      const int want_f = fused ? 1 : 3, want_b = fused ? 2 : 4;
+      if (recogfast::emu_channel_fused_launches() != launches + (fused ? 2 : 0) || k1 - k0 != want_f ||
+          k2 - k1 != want_b) {
+        ++failures;  // forward: the one-CTA kernel; backward: it and the weight-gradient sum (split: 3 and 4)
+        std::printf("FAIL %s: %d fused launches, kernels forward %d, backward %d; want %d, %d, %d\n", tag,
+                    recogfast::emu_channel_fused_launches() - launches, k1 - k0, k2 - k1, fused ? 2 : 0, want_f,
+                    want_b);
       }
+      n_fused += fused;
+      ++n_runs;
       const at::Tensor yc = recogfast_aten::cubs_channel(x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
       const auto gc = recogfast_aten::cubs_channel_backward(gy, x, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
       cmp(y, yc, "y", tag, rtol);
@@ -80,9 +89,9 @@ void run_channel_fused() {
       n += 2 * 10;
     }
   }
-  std::printf("ch fused: %d comparisons; worst y/gx err/scale vs CPU fp64 %.3g, fp32 %.3g, bf16 %.3g, fp16 %.3g; "
-              "vs split %.3g, %.3g, %.3g, %.3g\n", n, worst[0], worst[1], worst[2], worst[3], worst_split[0],
-              worst_split[1], worst_split[2], worst_split[3]);
+  std::printf("ch fused: %d comparisons, %d of %d runs one-CTA (the rest split); worst y/gx err/scale vs CPU fp64 "
+              "%.3g, fp32 %.3g, bf16 %.3g, fp16 %.3g; vs split %.3g, %.3g, %.3g, %.3g\n", n, n_fused, n_runs, worst[0],
+              worst[1], worst[2], worst[3], worst_split[0], worst_split[1], worst_split[2], worst_split[3]);
   // A sample over the opt-in limit (EMU_SMEM_OPTIN = 1 KB) takes the split path, still right.
   setenv("EMU_SMEM_OPTIN", "1024", 1);
   const int before = recogfast::emu_channel_fused_launches();

@@ -74,29 +74,39 @@ __global__ void channel_gate_pool_nhwc_kernel(const scalar_t* __restrict__ x, co
   }
 }
 
-// out = in * gate[b, c] (+ coef[b, c] when kGrad), kVec elements a thread. kVec divides the innermost
-// extent (HW for NCHW, C for NHWC), so one division per vector finds (b, c).
-template <typename scalar_t, typename acc_t, typename index_t, int kVec, bool kChannelsLast, bool kGrad>
+// out = in * gate[b, c] (+ coef[b, c] when kGrad), kVec elements a thread. Where kVec divides the innermost
+// extent (HW for NCHW, C for NHWC) one division per vector finds (b, c); kSpan (NCHW whose HW kVec does not divide,
+// 14x14 and 7x7 in bf16: the tensor read as flat 16-byte vectors) lets a vector span rows, each element stepping
+// its (b, c) on from the vector's first.
+template <typename scalar_t, typename acc_t, typename index_t, int kVec, bool kChannelsLast, bool kGrad,
+          bool kSpan = false>
 __global__ void channel_gate_apply_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                                           const acc_t* __restrict__ gate, const acc_t* __restrict__ coef, index_t nvec,
                                           index_t C, index_t HW) {
   using Vec = gpu::VecT<scalar_t, kVec>;
   for (index_t i = blockIdx.x * blockDim.x + threadIdx.x; i < nvec; i += gridDim.x * blockDim.x) {
     const index_t e = i * kVec;
-    index_t bc;
+    index_t bc, r = 0;
     if constexpr (kChannelsLast) {
       const index_t pixel = e / C;
       bc = (pixel / HW) * C + (e - pixel * C);
     } else {
       bc = e / HW;
+      r = e - bc * HW;  // the first element's pixel in its row
     }
     Vec v = reinterpret_cast<const Vec*>(in)[i];
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       const index_t j = kChannelsLast ? bc + k : bc;
-      acc_t r = static_cast<acc_t>(v.v[k]) * gate[j];
-      if constexpr (kGrad) r += coef[j];
-      v.v[k] = static_cast<scalar_t>(r);
+      acc_t y = static_cast<acc_t>(v.v[k]) * gate[j];
+      if constexpr (kGrad) y += coef[j];
+      v.v[k] = static_cast<scalar_t>(y);
+      if constexpr (kSpan) {
+        if (++r == HW) {
+          r = 0;
+          ++bc;
+        }
+      }
     }
     reinterpret_cast<Vec*>(out)[i] = v;
   }
@@ -136,13 +146,16 @@ void launch_apply(const scalar_t* in, scalar_t* out, const acc_t* gate, const ac
   constexpr int threads = 256;
   constexpr int kVec = 16 / sizeof(scalar_t);
   const int64_t inner = channels_last ? C : HW;
-  const bool vec_ok = inner % kVec == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 &&
-                      reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  const bool aligned = reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  // NCHW whose rows kVec does not divide: flat vectors spanning rows where the whole tensor divides into them
+  const bool span = !channels_last && inner % kVec != 0 && numel % kVec == 0 && aligned;
+  const bool vec_ok = (inner % kVec == 0 && aligned) || span;
   auto go = [&](auto vec_tag, auto index_tag) {
     constexpr int V = decltype(vec_tag)::value;
     using index_t = decltype(index_tag);
     const int64_t nvec = numel / V;
     auto kernel = channels_last ? channel_gate_apply_kernel<scalar_t, acc_t, index_t, V, true, kGrad>
+                  : span        ? channel_gate_apply_kernel<scalar_t, acc_t, index_t, V, false, kGrad, V != 1>
                                 : channel_gate_apply_kernel<scalar_t, acc_t, index_t, V, false, kGrad>;
     kernel<<<gpu::grid_for(nvec, threads), threads, 0, stream>>>(in, out, gate, coef, index_t(nvec), index_t(C),
                                                                  index_t(HW));

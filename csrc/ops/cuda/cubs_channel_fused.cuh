@@ -7,13 +7,14 @@
 //             grad_x[b] = staged grad_y * gate + coef, and the per-sample vectors g, dz [C], f [N], dqkv [3N] that
 //             cubs_channel_weight_grad_kernel sums over the batch: 3|x|, two launches (split: 4 launches, 4|x|).
 // The head's arithmetic is the split path's (head_sample, the same code); only the channel sums differ in order
-// (a thread's pixels, then the warp, then the CTA's pixel groups, all in double, then one rounding of the mean), so
-// the two paths agree to the sums' rounding (tools/cuda_emulation/channel_fused.h checks both against the CPU
+// (a thread's pixels, then its lanes, then the CTA's pixel groups, all in double, then one rounding of the mean),
+// so the two paths agree to the sums' rounding (tools/cuda_emulation/channel_fused.h checks both against the CPU
 // kernel). Fits where C*HW elements of x plus the sum buffer (doubles, NHWC with several pixel phases) and the
 // head's 2 C + 11 N accumulators plus gate and coef [C] are within the device's opt-in shared memory (227 KiB on
 // sm_90), forward and backward alike (the sum buffer serves the x sums, then the grad_y * x sums): bf16, N = C / 2,
 // NCHW / NHWC: 7x7x512 68 / 100 KiB, 14x14x256 108 / 140 KiB, 28x28x128 201 / 217 KiB; 56x56x64 (392 KiB of x
-// alone) keeps the split path, as does any sample that does not fit. 512 threads a CTA (fp64: 256, its head takes
+// alone) keeps the split path, as does any sample that does not fit or cannot be read in 16-byte vectors
+// (sample_stage::vectorizable: NCHW 14x14 and 7x7 in bf16). 512 threads a CTA (fp64: 256, its head takes
 // 155 registers a thread).
 // Variant (read on every call, sample_stage::one_cta_wanted): "auto" (default: the tuned table's
 // cubs_channel_variant for the device and dtype, else the split path: these kernels have run only under the host
@@ -44,6 +45,9 @@ namespace cubs_channel_fused {
 using cubs_cuda::Params;
 using sample_stage::round16;
 
+template <typename scalar_t>
+constexpr int kVec = 16 / sizeof(scalar_t);  // elements a 16-byte vector: the one width the kernel is built for
+
 template <typename acc_t>  // threads a CTA (fp64 at most 256: its head's registers)
 constexpr int kThreads = std::is_same_v<acc_t, double> ? std::min(256, RECOGFAST_CUBS_FUSED_THREADS)
                                                        : RECOGFAST_CUBS_FUSED_THREADS;
@@ -59,7 +63,7 @@ inline int64_t smem_bytes(int64_t C, int64_t HW, int64_t N, size_t elem, size_t 
          (cubs_cuda::head_smem_elems(C, N) + 2 * C) * int64_t(acc);
 }
 
-// One CTA a sample; V elements a vector (V divides HW for NCHW, C for NHWC). out: y, or grad_x with kBackward.
+// One CTA a sample; V = kVec elements a vector (V divides HW for NCHW, C for NHWC). out: y, or grad_x with kBackward.
 // Registers (ptxas -v, nvcc 13.0, sm_90, 16-bit x): the forward fits two CTAs an SM in 54-64 a thread, no spill; the
 // backward takes 93-119 and one CTA an SM (asked for: ptxas's own target of 64 spilled 40-48 bytes in the NCHW and
 // fp32 NHWC backwards), which is the occupancy the staged sample allows from 14x14x256 on anyway.
@@ -96,14 +100,14 @@ __global__ void __launch_bounds__(kThreads<acc_t>, kBackward ? 1 : 2)
 inline int emu_launches = 0;  // fused launches so far: the emulation checks that its fused cases took this path
 #endif
 
-// The launch's shared memory where the variant is wanted and sample b fits, else 0 (the caller runs the split
-// path). gy: the backward's grad_y (null forward).
+// The launch's shared memory where the variant is wanted, the sample can be read in 16-byte vectors
+// (sample_stage::vectorizable) and it fits, else 0 (the caller runs the split path). gy: the backward's grad_y
+// (null forward).
 template <typename scalar_t, typename acc_t>
 int64_t plan(const scalar_t* x, const scalar_t* gy, const scalar_t* out, int64_t C, int64_t HW, int64_t N, bool cl,
              ScalarType dtype) {
-  if (!fused_wanted(dtype)) return 0;
-  const int V = sample_stage::vector_width<scalar_t>(C, HW, cl, {x, out, gy});
-  const int64_t bytes = smem_bytes(C, HW, N, sizeof(scalar_t), sizeof(acc_t), V, cl, kThreads<acc_t>);
+  if (!fused_wanted(dtype) || !sample_stage::vectorizable<scalar_t>(C, HW, cl, {x, out, gy})) return 0;
+  const int64_t bytes = smem_bytes(C, HW, N, sizeof(scalar_t), sizeof(acc_t), kVec<scalar_t>, cl, kThreads<acc_t>);
   return bytes <= sample_stage::smem_optin() ? bytes : 0;
 }
 
@@ -112,10 +116,8 @@ template <typename scalar_t, typename w_t, typename acc_t, bool kBackward>
 void launch(int64_t bytes, const scalar_t* x, const scalar_t* gy, scalar_t* out, const Params<w_t>& prm, int64_t B,
             int64_t C, int64_t HW, int64_t N, bool cl, acc_t* g, acc_t* f, acc_t* dz, acc_t* dqkv,
             cudaStream_t stream) {
-  const int V = sample_stage::vector_width<scalar_t>(C, HW, cl, {x, out, gy});
-  sample_stage::with_vector<scalar_t>(V, cl, [&](auto vec_tag, auto cl_tag) {
-    auto kernel = cubs_channel_fused_kernel<scalar_t, w_t, acc_t, decltype(vec_tag)::value, decltype(cl_tag)::value,
-                                            kBackward>;
+  sample_stage::with_layout(cl, [&](auto cl_tag) {
+    auto kernel = cubs_channel_fused_kernel<scalar_t, w_t, acc_t, kVec<scalar_t>, decltype(cl_tag)::value, kBackward>;
     if (bytes > int64_t(gpu::kDefaultSmemBytes))
       RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
     kernel<<<B, kThreads<acc_t>, bytes, stream>>>(x, gy, out, prm, int(C), int(HW), int(N), g, f, dz, dqkv);

@@ -5,8 +5,10 @@
 //   forward:  stage x, sum x per channel; out = x * gate[c]                       (2|x| of DRAM traffic)
 //   backward: stage grad_y, sum x and grad_y * x per channel; out = grad_y * gate[c] + coef[c]  (3|x|)
 // Sums: products in acc_t (as the split pool, channel_gate.cuh), accumulated in sum_t (SE: acc_t; Block 1: double,
-// the accuracy rule of issue 25), each thread serially, then across the warp by shuffles (fixed xor order), then
-// across the CTA's pixel groups through one [groups, C] sum_t buffer in a fixed order: deterministic.
+// the accuracy rule of issue 25), each thread serially, then across its lanes by shuffles (fixed xor order), then
+// (NHWC) across the CTA's pixel groups through one [groups, C] sum_t buffer in a fixed order: deterministic.
+// Vectors: always 16 bytes (V = 16 / element size); a sample that cannot be read so takes the op's split path
+// (vectorizable).
 // The NHWC layout splits the threads into P pixel phases of C / V vector columns (P = 1 when the columns alone
 // fill the CTA); P > 1 needs the buffer (red_elems), used once for the x sums and again for the grad_y * x sums.
 #pragma once
@@ -72,16 +74,26 @@ __device__ __forceinline__ void stage_sums(const gpu::VecT<scalar_t, V>* __restr
 #pragma unroll
     for (int k = 0; k < V; ++k) sx[kCL ? k : 0] += sum_t(static_cast<acc_t>(v.v[k]));
   };
-  if constexpr (!kCL) {  // a warp a channel, lanes along its HW / V contiguous vectors
+  if constexpr (!kCL) {
+    // NCHW: L lanes a channel (the power of two from HW / V up to 32), 32 / L channels a warp at a time, so that a
+    // small sample keeps every lane loading (4x4: 2 vectors a channel, 16 channels a warp); the group's sums by xor
+    // shuffles within it. Every lane runs every round (the shuffles take the whole warp); past C it adds nothing.
     const int hv = HW / V;
-    for (int c = warp; c < C; c += warps) {
+    int L = 1;
+    while (L < hv && L < kWarp) L <<= 1;
+    const int per_warp = kWarp / L, sub = lane % L;
+    for (int c0 = warp * per_warp; c0 < C; c0 += warps * per_warp) {
+      const int c = c0 + lane / L;
       sum_t sx[1] = {0}, sg[1] = {0};
-      for (int i = lane; i < hv; i += kWarp) take(c * hv + i, sx, sg);
-      const sum_t tx = warp_sum(sx[0]);
-      const sum_t tg = kBackward ? warp_sum(sg[0]) : sum_t(0);
-      if (lane == 0) {
-        fx(c, tx);
-        if constexpr (kBackward) fg(c, tg);
+      if (c < C)
+        for (int i = sub; i < hv; i += L) take(c * hv + i, sx, sg);
+      for (int off = L >> 1; off > 0; off >>= 1) {
+        sx[0] += __shfl_xor_sync(0xffffffffu, sx[0], off);
+        if constexpr (kBackward) sg[0] += __shfl_xor_sync(0xffffffffu, sg[0], off);
+      }
+      if (sub == 0 && c < C) {
+        fx(c, sx[0]);
+        if constexpr (kBackward) fg(c, sg[0]);
       }
     }
     return;
@@ -164,15 +176,17 @@ __device__ __forceinline__ void apply_staged(const gpu::VecT<scalar_t, V>* __res
   }
 }
 
-// 16-byte vectors where the innermost extent (HW for NCHW, C for NHWC) divides into them and every pointer is
-// 16-byte aligned, else scalars: the V of a launch.
+// Whether a one-CTA kernel can read the sample in 16-byte vectors: the innermost extent (HW for NCHW, C for NHWC)
+// divides into them and every pointer is 16-byte aligned. Only then does it run (else the split path): with scalar
+// loads (NCHW 7x7 or 14x14 in bf16, an odd C) its per-channel loops keep too few bytes in flight to stream a sample
+// at DRAM speed; V = 16 / element size is the one width the kernels are built for.
 template <typename scalar_t>
-int vector_width(int64_t C, int64_t HW, bool channels_last, std::initializer_list<const void*> ptrs) {
+bool vectorizable(int64_t C, int64_t HW, bool channels_last, std::initializer_list<const void*> ptrs) {
   constexpr int kVec = 16 / sizeof(scalar_t);
-  if ((channels_last ? C : HW) % kVec != 0) return 1;
+  if ((channels_last ? C : HW) % kVec != 0) return false;
   for (const void* p : ptrs)
-    if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
-  return kVec;
+    if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
 }
 
 // Opt-in dynamic shared memory per block of the current device (the emulation re-reads it: EMU_SMEM_OPTIN
@@ -188,17 +202,12 @@ inline bool one_cta_wanted(const char* op, const char* var, const char* knob, Sc
   return v == 1 || (v == 0 && tuned && std::strcmp(tuned, "fused") == 0);
 }
 
-// Runs go(integral_constant<int, V>, bool_constant<channels_last>) for the (V, layout) of a launch: the four
-// instantiations a one-CTA kernel has for each dtype.
-template <typename scalar_t, typename Go>
-void with_vector(int V, bool channels_last, Go go) {
-  constexpr int kVec = 16 / sizeof(scalar_t);
-  using T = std::true_type;
-  using F = std::false_type;
-  if (V == kVec && channels_last) go(std::integral_constant<int, kVec>{}, T{});
-  else if (V == kVec) go(std::integral_constant<int, kVec>{}, F{});
-  else if (channels_last) go(std::integral_constant<int, 1>{}, T{});
-  else go(std::integral_constant<int, 1>{}, F{});
+// Runs go(bool_constant<channels_last>) for the layout of a launch: the two instantiations a one-CTA kernel has for
+// each dtype (16-byte vectors: V = 16 / element size).
+template <typename Go>
+void with_layout(bool channels_last, Go go) {
+  if (channels_last) go(std::true_type{});
+  else go(std::false_type{});
 }
 
 }  // namespace sample_stage

@@ -7,11 +7,12 @@
 //             h, du [R] that se_gate_weight_grad_kernel (se_gate_kernel.cu) sums over the batch in a fixed
 //             order: 3|x|, two launches (split: 4 launches, 4|x|). Forward + backward: 5|x|, the DRAM floor of
 //             benchmarks/test_se_gate_bench.py (split: 7|x|).
-// Fits when C*HW elements plus the accumulators (fused_smem_bytes) are within the device's opt-in shared memory
-// per block (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KB on sm_90, CUDA C++ Programming Guide, "Technical
-// Specifications per Compute Capability"). bf16 with R = C/16 (fused_smem_bytes, forward / backward): 7x7x512
-// 69 / 89 KB, 14x14x256 116 / 134 KB, 28x28x128 205 / 214 KB fit; 56x56x64 (392 KB of x alone) does not, and keeps
-// the split path. One CTA an SM at 28x28 and 14x14, three at 7x7 (228 KB an SM): the latency of the one read of
+// Runs where the sample reads in 16-byte vectors (sample_stage::vectorizable: HW for NCHW, C for NHWC a multiple of
+// 16 bytes' elements) and C*HW elements plus the accumulators (fused_smem_bytes) are within the device's opt-in
+// shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin: 227 KB on sm_90, CUDA C++ Programming Guide,
+// "Technical Specifications per Compute Capability"). bf16 NHWC with R = C/16 (forward / backward): 7x7x512
+// 71 / 75 KB, 14x14x256 119 / 121 KB, 28x28x128 210 / 211 KB fit; 56x56x64 (392 KB of x alone) does not, and keeps
+// the split path, as do NCHW 14x14 and 7x7 in bf16 (HW not a multiple of 8). One CTA an SM at 28x28 and 14x14, three at 7x7 (228 KB an SM): the latency of the one read of
 // x is hidden by kThreads = 512 threads a CTA, not by more CTAs (unmeasured: the first GPU run times it).
 // Variant (read on every call, one getenv): RECOGFAST_SE_VARIANT = "auto" (default: the tuned table's se_variant for
 // the device and dtype, recogfast/tuned.py, else the split path -- the fused kernels have run only under the host
@@ -63,7 +64,8 @@ inline int64_t fused_smem_bytes(int64_t C, int64_t HW, int64_t R, size_t elem, s
   return sample_stage::round16(C * HW * int64_t(elem)) + accs * int64_t(acc);
 }
 
-// One CTA a sample; V elements a vector (V divides HW for NCHW, C for NHWC). out: y, or grad_x with kBackward.
+// One CTA a sample; V = 16 / element size elements a vector (V divides HW for NCHW, C for NHWC). out: y, or grad_x
+// with kBackward.
 template <typename scalar_t, typename w_t, typename acc_t, int V, bool kCL, bool kBackward>
 __global__ void __launch_bounds__(kThreads)
     se_fused_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy, scalar_t* __restrict__ out,
@@ -145,17 +147,18 @@ __global__ void __launch_bounds__(kThreads)
 inline int emu_launches = 0;  // fused launches so far: the emulation checks that its fused cases took this path
 #endif
 
-// Launches the fused kernel when sample b fits in shared memory and returns true; false (nothing launched) when
-// it does not, and the caller runs the split path. gy, dz, h, du, g: backward only (null forward).
+// Launches the fused kernel when sample b can be read in 16-byte vectors (sample_stage::vectorizable) and fits in
+// shared memory and returns true; false (nothing launched) otherwise, and the caller runs the split path. gy, dz, h, du, g: backward only (null forward).
 template <typename scalar_t, typename w_t, typename acc_t, bool kBackward>
 bool launch(const scalar_t* x, const scalar_t* gy, scalar_t* out, const w_t* w1, const w_t* b1, const w_t* w2,
             const w_t* b2, int64_t B, int64_t C, int64_t HW, int64_t R, bool cl, acc_t* dz, acc_t* h, acc_t* du,
             acc_t* g, cudaStream_t stream) {
-  const int V = sample_stage::vector_width<scalar_t>(C, HW, cl, {x, out, gy});
-  const int64_t bytes = fused_smem_bytes(C, HW, R, sizeof(scalar_t), sizeof(acc_t), V, cl, kBackward);
+  constexpr int kVec = 16 / sizeof(scalar_t);  // the one vector width the kernel is built for
+  if (!sample_stage::vectorizable<scalar_t>(C, HW, cl, {x, out, gy})) return false;
+  const int64_t bytes = fused_smem_bytes(C, HW, R, sizeof(scalar_t), sizeof(acc_t), kVec, cl, kBackward);
   if (bytes > sample_stage::smem_optin()) return false;
-  sample_stage::with_vector<scalar_t>(V, cl, [&](auto vec_tag, auto cl_tag) {
-    auto kernel = se_fused_kernel<scalar_t, w_t, acc_t, decltype(vec_tag)::value, decltype(cl_tag)::value, kBackward>;
+  sample_stage::with_layout(cl, [&](auto cl_tag) {
+    auto kernel = se_fused_kernel<scalar_t, w_t, acc_t, kVec, decltype(cl_tag)::value, kBackward>;
     if (bytes > int64_t(gpu::kDefaultSmemBytes))
       RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
     kernel<<<B, kThreads, bytes, stream>>>(x, gy, out, w1, b1, w2, b2, int(C), int(HW), int(R), dz, h, du, g);
