@@ -33,9 +33,9 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
                       "ncu": "skipped", "maxautotune": "skipped"}, status
     notes = {s["step"]: s["note"] for s in summary["steps"]}
     # The CUBS kernel variants: Block 2 (RECOGFAST_CUBS_SPATIAL_TILE 0-3) at 56x56 and 28x28, Block 1
-    # (RECOGFAST_CUBS_CHANNEL_THREADS 128, 512) at 56x56 and 7x7, Block 1's one-CTA variant at four stages, fwd and
-    # fwd+bwd, a pytest run each variant.
-    assert notes["cubs_tiles"] == "no GPU: 16 CUBS Block 1 and 2 benchmarks selected, a run each variant", notes["cubs_tiles"]
+    # (RECOGFAST_CUBS_CHANNEL_THREADS 128, 512) at 56x56 and 7x7, Block 1's one-CTA variant at four stages (7x7 in
+    # both Block 1 selections: 14 distinct), fwd and fwd+bwd, a pytest run each variant.
+    assert notes["cubs_tiles"] == "no GPU: 14 CUBS Block 1 and 2 benchmarks selected, a run each variant", notes["cubs_tiles"]
     # The flash MS-loss step (tile variants, batch sweep) skips here, but its selection names CUDA benchmarks.
     assert int(notes["flash"].split("no GPU: ")[1].split()[0]) >= 5, notes["flash"]
     # The torch.compile peers skip on the CPU, but their -k selections must name CUDA benchmarks.

@@ -117,11 +117,9 @@ void launch(int64_t bytes, const scalar_t* x, const scalar_t* gy, scalar_t* out,
             int64_t C, int64_t HW, int64_t N, bool cl, acc_t* g, acc_t* f, acc_t* dz, acc_t* dqkv,
             cudaStream_t stream) {
   sample_stage::with_layout(cl, [&](auto cl_tag) {
-    auto kernel = cubs_channel_fused_kernel<scalar_t, w_t, acc_t, kVec<scalar_t>, decltype(cl_tag)::value, kBackward>;
-    if (bytes > int64_t(gpu::kDefaultSmemBytes))
-      RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    kernel<<<B, kThreads<acc_t>, bytes, stream>>>(x, gy, out, prm, int(C), int(HW), int(N), g, f, dz, dqkv);
-    RF_CUDA_KERNEL_LAUNCH_CHECK();
+    sample_stage::launch_one_cta(
+        cubs_channel_fused_kernel<scalar_t, w_t, acc_t, kVec<scalar_t>, decltype(cl_tag)::value, kBackward>, B,
+        kThreads<acc_t>, bytes, stream, x, gy, out, prm, int(C), int(HW), int(N), g, f, dz, dqkv);
   });
 #ifdef RECOGFAST_CUDA_EMULATION
   ++emu_launches;

@@ -202,6 +202,16 @@ inline bool one_cta_wanted(const char* op, const char* var, const char* knob, Sc
   return v == 1 || (v == 0 && tuned && std::strcmp(tuned, "fused") == 0);
 }
 
+// Launches a one-CTA kernel: B CTAs of `threads`, `bytes` of dynamic shared memory (opted in above the default
+// 48 KiB).
+template <typename Kernel, typename... Args>
+void launch_one_cta(Kernel kernel, int64_t B, int threads, int64_t bytes, cudaStream_t stream, Args... args) {
+  if (bytes > int64_t(gpu::kDefaultSmemBytes))
+    RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  kernel<<<B, threads, bytes, stream>>>(args...);
+  RF_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // Runs go(bool_constant<channels_last>) for the layout of a launch: the two instantiations a one-CTA kernel has for
 // each dtype (16-byte vectors: V = 16 / element size).
 template <typename Go>

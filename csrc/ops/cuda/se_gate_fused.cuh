@@ -148,7 +148,8 @@ inline int emu_launches = 0;  // fused launches so far: the emulation checks tha
 #endif
 
 // Launches the fused kernel when sample b can be read in 16-byte vectors (sample_stage::vectorizable) and fits in
-// shared memory and returns true; false (nothing launched) otherwise, and the caller runs the split path. gy, dz, h, du, g: backward only (null forward).
+// shared memory and returns true; false (nothing launched) otherwise, and the caller runs the split path.
+// gy, dz, h, du, g: backward only (null forward).
 template <typename scalar_t, typename w_t, typename acc_t, bool kBackward>
 bool launch(const scalar_t* x, const scalar_t* gy, scalar_t* out, const w_t* w1, const w_t* b1, const w_t* w2,
             const w_t* b2, int64_t B, int64_t C, int64_t HW, int64_t R, bool cl, acc_t* dz, acc_t* h, acc_t* du,
@@ -158,11 +159,9 @@ bool launch(const scalar_t* x, const scalar_t* gy, scalar_t* out, const w_t* w1,
   const int64_t bytes = fused_smem_bytes(C, HW, R, sizeof(scalar_t), sizeof(acc_t), kVec, cl, kBackward);
   if (bytes > sample_stage::smem_optin()) return false;
   sample_stage::with_layout(cl, [&](auto cl_tag) {
-    auto kernel = se_fused_kernel<scalar_t, w_t, acc_t, kVec, decltype(cl_tag)::value, kBackward>;
-    if (bytes > int64_t(gpu::kDefaultSmemBytes))
-      RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-    kernel<<<B, kThreads, bytes, stream>>>(x, gy, out, w1, b1, w2, b2, int(C), int(HW), int(R), dz, h, du, g);
-    RF_CUDA_KERNEL_LAUNCH_CHECK();
+    sample_stage::launch_one_cta(se_fused_kernel<scalar_t, w_t, acc_t, kVec, decltype(cl_tag)::value, kBackward>, B,
+                                 kThreads, bytes, stream, x, gy, out, w1, b1, w2, b2, int(C), int(HW), int(R), dz, h,
+                                 du, g);
   });
 #ifdef RECOGFAST_CUDA_EMULATION
   ++emu_launches;
