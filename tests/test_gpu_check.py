@@ -230,13 +230,21 @@ def test_cuda_emulation_transform_renames_each_kernel_namespace(tmp_path, kernel
     assert "namespace emu_x {" in text and "<<<" not in text and "TORCH_LIBRARY_IMPL" not in text
 
 
-def test_cuda_emulation_transform_rewrites_the_fused_se_header(tmp_path):
-    """se_gate_fused.cuh (RECOGFAST_SE_VARIANT=fused) reaches the emulation as a rewritten header (run.sh):
-    its launch, its dynamic shared memory and its include must all be rewritten."""
-    out = tmp_path / "se_gate_fused_emu.h"
-    subprocess.run([sys.executable, str(ROOT / "tools/cuda_emulation/transform.py"),
-                    str(ROOT / "csrc/ops/cuda/se_gate_fused.cuh"), str(out)], check=True)
-    text = out.read_text()
-    assert "<<<" not in text and "emu_launch(kernel, emu_cfg(" in text
-    assert "emu_dynamic_smem()" in text and '#include "common_emu.h"' in text
-    assert "se_gate_fused" in (ROOT / "tools/cuda_emulation/run.sh").read_text()
+def test_cuda_emulation_transform_rewrites_the_one_cta_headers(tmp_path):
+    """The one-CTA variants (se_gate_fused.cuh: RECOGFAST_SE_VARIANT=fused; cubs_channel_fused.cuh:
+    RECOGFAST_CUBS_CHANNEL_VARIANT=fused) and their shared streaming half (sample_stage.cuh, which launches them) reach
+    the emulation as rewritten headers (run.sh): the launch, the dynamic shared memory and the includes."""
+    run_sh = (ROOT / "tools/cuda_emulation/run.sh").read_text()
+
+    def rewrite(name):
+        out = tmp_path / f"{name}_emu.h"
+        subprocess.run([sys.executable, str(ROOT / "tools/cuda_emulation/transform.py"),
+                        str(ROOT / f"csrc/ops/cuda/{name}.cuh"), str(out)], check=True)
+        assert name in run_sh
+        return out.read_text()
+
+    stage = rewrite("sample_stage")
+    assert "<<<" not in stage and "emu_launch(kernel, emu_cfg(" in stage and '#include "common_emu.h"' in stage
+    for name in ("se_gate_fused", "cubs_channel_fused"):
+        text = rewrite(name)
+        assert "<<<" not in text and "emu_dynamic_smem()" in text and '#include "sample_stage_emu.h"' in text, name
