@@ -251,6 +251,15 @@ inline cudaError_t cudaDeviceGetAttribute(int* n, int attr, int) {
 }
 template <typename F>
 cudaError_t cudaFuncSetAttribute(F, int, int) { return cudaSuccess; }
+// A kernel's attributes: compiled for compute capability 9.0 (sample_stage.cuh has_clusters).
+struct cudaFuncAttributes {
+  int ptxVersion = 0, binaryVersion = 0;
+};
+template <typename F>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, F) {
+  a->ptxVersion = a->binaryVersion = 90;
+  return cudaSuccess;
+}
 using std::min;
 using std::max;
 using std::exp;

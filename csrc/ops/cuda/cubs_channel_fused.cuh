@@ -134,7 +134,9 @@ Plan plan(const scalar_t* x, const scalar_t* gy, const scalar_t* out, int64_t C,
   auto bytes = [&](int K) {
     return smem_bytes(C, HW, N, sizeof(scalar_t), sizeof(acc_t), kVec<scalar_t>, cl, kThreads<acc_t>, K);
   };
-  const int K = sample_stage::cluster_size(HW, kVec<scalar_t>, cl, sample_stage::smem_optin(), bytes);
+  const bool clusters = sample_stage::has_clusters(
+      cubs_channel_fused_kernel<scalar_t, acc_t, acc_t, kVec<scalar_t>, false, false>);  // any instantiation: one build
+  const int K = sample_stage::cluster_size(HW, kVec<scalar_t>, cl, sample_stage::smem_optin(), clusters, bytes);
   return K ? Plan{K, bytes(K)} : Plan{};
 }
 

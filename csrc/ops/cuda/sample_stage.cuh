@@ -192,7 +192,7 @@ __device__ __forceinline__ void apply_staged(const gpu::VecT<scalar_t, V>* __res
 template <typename sum_t, typename F>
 __device__ __forceinline__ void cluster_sums(const sum_t* part, int n, int K, F fin) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-  __trap();  // never launched below compute capability 9.0: cluster_size() gives 1 there
+  __trap();  // never reached: has_clusters() is false for this code, and cluster_size() gives K = 1
 #else
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
@@ -206,13 +206,24 @@ __device__ __forceinline__ void cluster_sums(const sum_t* part, int n, int K, F 
 #endif
 }
 
-// The CTAs a sample takes: the smallest K of 1, 2, 4, 8 (the portable cluster sizes) that divides HW, keeps each
-// CTA's NCHW row part a whole number of vectors, and whose part fits in `optin` bytes (bytes(K): the launch's
-// shared memory with K CTAs a sample), where the device runs clusters (compute capability 9.0 or later); 0 where
-// none does (the split path).
+// Whether `kernel` runs its cluster code on the current device: its code was compiled for compute capability 9.0
+// or later (ptxVersion; a build for older GPUs only, JIT-compiled for a newer one, has the trap instead). Asked once
+// per kernel type (a driver call; every kernel of the extension is built for the same architectures).
+template <typename Kernel>
+bool has_clusters(Kernel kernel) {
+  static const bool ok = [kernel] {
+    cudaFuncAttributes a{};
+    RF_CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
+    return a.ptxVersion >= 90;
+  }();
+  return ok;
+}
+
+// The CTAs a sample takes: the smallest K of 1, 2, 4, 8 (the portable cluster sizes; K > 1 only where `clusters`,
+// has_clusters) that divides HW, keeps each CTA's NCHW row part a whole number of vectors, and whose part fits in
+// `optin` bytes (bytes(K): the launch's shared memory with K CTAs a sample); 0 where none does (the split path).
 template <typename Bytes>
-int cluster_size(int64_t HW, int V, bool channels_last, int64_t optin, Bytes bytes) {
-  const bool clusters = gpu::device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9;
+int cluster_size(int64_t HW, int V, bool channels_last, int64_t optin, bool clusters, Bytes bytes) {
   for (int K = 1; K <= (clusters ? 8 : 1); K *= 2) {
     if (HW % K != 0 || (!channels_last && (HW / K) % V != 0)) continue;
     if (bytes(K) <= optin) return K;

@@ -178,7 +178,8 @@ bool launch(const scalar_t* x, const scalar_t* gy, scalar_t* out, const w_t* w1,
   auto bytes = [&](int K) {
     return fused_smem_bytes(C, HW, R, sizeof(scalar_t), sizeof(acc_t), kVec, cl, kBackward, K);
   };
-  const int K = sample_stage::cluster_size(HW, kVec, cl, sample_stage::smem_optin(), bytes);
+  const bool clusters = sample_stage::has_clusters(se_fused_kernel<scalar_t, w_t, acc_t, kVec, false, kBackward>);
+  const int K = sample_stage::cluster_size(HW, kVec, cl, sample_stage::smem_optin(), clusters, bytes);
   if (K == 0) return false;
   sample_stage::with_layout(cl, [&](auto cl_tag) {
     sample_stage::launch_cluster(se_fused_kernel<scalar_t, w_t, acc_t, kVec, decltype(cl_tag)::value, kBackward>, B, K,
