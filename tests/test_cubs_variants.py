@@ -83,10 +83,12 @@ def test_cuda_cubs_variant_bad_value_is_one_line(tmp_path, tile, threads, messag
 
 # Block 1's one-CTA variant, RECOGFAST_CUBS_CHANNEL_VARIANT (csrc/ops/cuda/cubs_channel_fused.cuh; read on every call,
 # so these run in this process): "fused" stages each sample in shared memory and runs the pool, the head and the
-# gating in one launch (two in the backward) where the sample fits, the split path elsewhere (56x56x64 here);
-# "auto" / unset is the tuned table's choice, the split path while it has no entry. The head is the split path's
-# code; only the channel sums' order differs, so the rule is the split kernels' error against the float64 CPU truth:
-# within twice it plus one rounding unit of the scale. The benchmark's C and H (B = 8: the float64 truth stays quick).
+# gating in one launch (two in the backward): one CTA a sample, or a cluster of CTAs where one CTA cannot hold it
+# (56x56x64 here: 2 in bf16, 4 in fp32), the split path where the sample does not read in 16-byte vectors (NCHW 14x14
+# and 7x7 in bf16); "auto" / unset is the tuned table's choice, the split path while it has no entry. The head is
+# the split path's code; only the channel sums' order differs, so the rule is the split kernels' error against the
+# float64 CPU truth: within twice it plus one rounding unit of the scale. The benchmark's C and H (B = 8: the float64
+# truth stays quick).
 CUBS_HEADLINE = [(8, 64, 56), (8, 128, 28), (8, 256, 14), (8, 512, 7)]
 
 

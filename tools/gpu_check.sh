@@ -249,11 +249,11 @@ fi
 # of its two quadratic passes) at 56x56x64 and 28x28x128, fwd and fwd+bwd (impl fused_tileN beside fused = 0); then
 # Block 1's RECOGFAST_CUBS_CHANNEL_THREADS = 128, 512 (threads a sample of its head kernel; 256 is the headline's) at
 # 56x56x64 and 7x7x512 (impl fused_threadsN); then Block 1's one-CTA variant, RECOGFAST_CUBS_CHANNEL_VARIANT=fused
-# (csrc/ops/cuda/cubs_channel_fused.cuh; impl fused_1cta) at the stages whose sample fits in shared memory: 28x28x128,
+# (csrc/ops/cuda/cubs_channel_fused.cuh; impl fused_1cta) at 56x56x64 (a cluster of 2 CTAs a sample), 28x28x128,
 # 14x14x256, 7x7x512 at B = 64 and 2x2x512 at B = 256.
 CUBS_TILE_SEL="cuda and test_cubs and cubs2 and fused and (stage0 or stage1)"
 CUBS_THREADS_SEL="cuda and test_cubs and cubs1 and fused and (stage0 or stage3)"
-CUBS_1CTA_SEL="cuda and test_cubs and cubs1 and fused and (stage1 or stage2 or stage3 or stage7)"
+CUBS_1CTA_SEL="cuda and test_cubs and cubs1 and fused and (stage0 or stage1 or stage2 or stage3 or stage7)"
 CUBS_BENCH=benchmarks/test_cubs_bench.py
 if [[ $GPU == 1 ]]; then
   step cubs_tiles 180 "CUBS kernel variants: Block 2 tiles 0-3, Block 1 threads 128, 512, Block 1 one-CTA" -- bash -c "
@@ -266,7 +266,7 @@ if [[ $GPU == 1 ]]; then
 else
   n_tiles=$(collect "($CUBS_TILE_SEL) or ($CUBS_THREADS_SEL) or ($CUBS_1CTA_SEL)")
   if [[ $n_tiles -lt 0 ]]; then skip cubs_tiles "deadline reached before the step"
-  # 4 Block 2, 4 Block 1 threads, 8 Block 1 one-CTA benchmarks, 2 of them (7x7x512) also in the threads selection
+  # 4 Block 2, 4 Block 1 threads, 10 Block 1 one-CTA benchmarks, 4 of them (56x56, 7x7) also in the threads selection
   elif [[ $n_tiles -eq 14 ]]; then skip cubs_tiles "no GPU: $n_tiles CUBS Block 1 and 2 benchmarks selected, a run each variant"
   else record cubs_tiles failed 0 "the CUBS variant selections name $n_tiles benchmarks, not 14"; fi
 fi

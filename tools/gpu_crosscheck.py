@@ -55,11 +55,14 @@ def _attn_cases(small: bool):
     def rn(*s, scale=1.0):
         return torch.randn(*s, generator=g, dtype=torch.float64) * scale
 
-    se_shapes = [(4, 64, 14, 14, 4), (3, 33, 5, 7, 2)] + ([] if small else [(2, 1000, 2, 2, 62), (8, 256, 7, 7, 16)])
+    # 2x64x56x56: a sample over one CTA's shared memory, a cluster of CTAs a sample in the one-CTA variants
+    se_shapes = [(4, 64, 14, 14, 4), (3, 33, 5, 7, 2), (2, 64, 56, 56, 4)] + ([] if small else [(2, 1000, 2, 2, 62),
+                                                                                                (8, 256, 7, 7, 16)])
     for B, C, H, W, R in se_shapes:
         w = [rn(R, C, scale=C**-0.5), rn(R, scale=0.1), rn(C, R, scale=R**-0.5), rn(C, scale=0.1)]
         yield "se_gate", (B, C, H, W), rn(B, C, H, W), w
-    ch_shapes = [(4, 64, 7, 7, 32), (2, 3, 5, 4, 2)] + ([] if small else [(2, 256, 14, 14, 128), (8, 32, 28, 28, 16)])
+    ch_shapes = [(4, 64, 7, 7, 32), (2, 3, 5, 4, 2), (2, 64, 56, 56, 32)] + ([] if small else [(2, 256, 14, 14, 128),
+                                                                                                (8, 32, 28, 28, 16)])
     for B, C, H, W, N in ch_shapes:
         w = [rn(N, C, scale=C**-0.5), rn(N, scale=0.1), rn(N, C, scale=C**-0.5), rn(N, scale=0.1),
              rn(N, C, scale=C**-0.5), rn(N, scale=0.1), rn(C, N, scale=N**-0.5), rn(C, scale=0.1)]

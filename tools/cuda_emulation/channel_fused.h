@@ -5,8 +5,9 @@
 // channel, NHWC with several pixel phases (warp phases or not) and with channels wrapping the CTA, N = 1, B = 1,
 // C and N over the CTA's threads, fp64, fp32, bf16 and fp16, 16-bit x also with fp32 weights; each case must take
 // the fused kernels where the sample reads in 16-byte vectors (kernel launches: 1 forward, 2 backward) and the
-// split path elsewhere (odd C, NCHW with HW not a multiple of the vector: 3 and 4). Then a sample over the opt-in shared memory (EMU_SMEM_OPTIN) takes the split path, and a bad value is one
-// line. `emu_test ch` runs only this; `emu_test tiles` runs it with the other CUBS variants, and the full run too.
+// split path elsewhere (odd C, NCHW with HW not a multiple of the vector: 3 and 4). Then a sample that no cluster
+// holds (EMU_SMEM_OPTIN) takes the split path, and a bad value is one line. Clusters: clusters.h.
+// `emu_test ch` runs this and clusters.h; `emu_test tiles` runs it with the other CUBS variants, and the full run too.
 #pragma once
 
 void run_channel_fused() {
@@ -92,8 +93,8 @@ void run_channel_fused() {
   std::printf("ch fused: %d comparisons, %d of %d runs one-CTA (the rest split); worst y/gx err/scale vs CPU fp64 "
               "%.3g, fp32 %.3g, bf16 %.3g, fp16 %.3g; vs split %.3g, %.3g, %.3g, %.3g\n", n, n_fused, n_runs, worst[0],
               worst[1], worst[2], worst[3], worst_split[0], worst_split[1], worst_split[2], worst_split[3]);
-  // A sample over the opt-in limit (EMU_SMEM_OPTIN = 1 KB) takes the split path, still right.
-  setenv("EMU_SMEM_OPTIN", "1024", 1);
+  // A sample that no cluster of up to 8 CTAs holds (EMU_SMEM_OPTIN = 256 bytes) takes the split path, still right.
+  setenv("EMU_SMEM_OPTIN", "256", 1);
   const int before = recogfast::emu_channel_fused_launches();
   {
     const at::Tensor x = at::randn({2, 16, 6, 6}).contiguous(at::MemoryFormat::ChannelsLast), gy = at::randn_like(x);

@@ -1,5 +1,5 @@
 // Host emulation of the CUDA features the SE, CUBS and MS-loss kernels use: one std::thread per CUDA thread, blocks run
-// one after another, __shared__ = function-static, __syncthreads = block barrier, warp shuffles through a
+// one after another (the CTAs of a thread block cluster together, with distributed shared memory), __shared__ = function-static, __syncthreads = block barrier, warp shuffles through a
 // per-warp buffer and barrier. Exited threads drop out of the barriers. The tensor-core mma.sync shapes of the
 // flash MS loss (csrc/ops/cuda/ms_loss_mma.cuh) are emulated warp-wide: every lane's fragment registers are
 // gathered, D = A·B + C is computed from the PTX ISA fragment layouts and each lane gets its own D back.
@@ -23,15 +23,41 @@ struct dim3 {
 typedef void* cudaStream_t;
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
+struct EmuCluster;
 struct EmuBlock {
   std::unique_ptr<std::barrier<>> block;
   std::vector<std::unique_ptr<std::barrier<>>> warps;
   std::vector<double> shfl;  // [threads]
   std::vector<uint32_t> mma;  // [threads][10]: a lane's A (4), B (2) and C (4) registers
+  std::vector<unsigned char> smem;  // a cluster's CTA: its own dynamic shared memory (else emu_smem)
+  EmuCluster* cluster = nullptr;
+  unsigned rank = 0;  // in its cluster
+};
+// A thread block cluster (emu_launch_cluster): its CTAs run at once, one barrier over all their threads.
+struct EmuCluster {
+  std::unique_ptr<std::barrier<>> bar;
+  std::vector<EmuBlock*> blocks;
 };
 inline thread_local EmuBlock* emu_blk = nullptr;
 inline std::vector<unsigned char> emu_smem(1 << 20);
-inline unsigned char* emu_dynamic_smem() { return emu_smem.data(); }
+inline unsigned char* emu_dynamic_smem() {
+  return emu_blk && emu_blk->cluster ? emu_blk->smem.data() : emu_smem.data();
+}
+// cooperative_groups' cluster API as the one-CTA kernels use it (sample_stage.cuh cluster_sums).
+namespace cooperative_groups {
+struct cluster_group {
+  void sync() const { emu_blk->cluster->bar->arrive_and_wait(); }
+  unsigned block_rank() const { return emu_blk->rank; }
+  unsigned num_blocks() const { return unsigned(emu_blk->cluster->blocks.size()); }
+  // The address in CTA `rank`'s shared memory at p's offset in this CTA's.
+  template <typename T>
+  T* map_shared_rank(T* p, unsigned rank) const {
+    const auto off = reinterpret_cast<const unsigned char*>(p) - emu_blk->smem.data();
+    return reinterpret_cast<T*>(emu_blk->cluster->blocks[rank]->smem.data() + off);
+  }
+};
+inline cluster_group this_cluster() { return {}; }
+}  // namespace cooperative_groups
 
 inline void __syncthreads() { emu_blk->block->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) {
@@ -117,8 +143,9 @@ inline void emu_mma_tf32_1688(float d[4], const uint32_t a[4], const uint32_t b[
 
 struct EmuCfg {
   dim3 grid, block;
+  size_t smem = 0;  // dynamic shared memory a block
 };
-inline EmuCfg emu_cfg(dim3 g, dim3 b, size_t = 0, cudaStream_t = nullptr) { return {g, b}; }
+inline EmuCfg emu_cfg(dim3 g, dim3 b, size_t smem = 0, cudaStream_t = nullptr) { return {g, b, smem}; }
 
 // Kernel launches so far (every emulated file): the emulation checks the launch counts its launchers document.
 inline int emu_launch_count = 0;
@@ -153,6 +180,50 @@ void emu_launch(void (*kernel)(P...), EmuCfg cfg, A&&... args) {
       }
 }
 
+// A launch in clusters of K CTAs along x (cudaLaunchKernelEx with cudaLaunchAttributeClusterDimension): the
+// clusters one after another, the K CTAs of each at once, each with its own dynamic shared memory.
+template <typename... P, typename... A>
+void emu_launch_cluster(void (*kernel)(P...), EmuCfg cfg, int K, A&&... args) {
+  ++emu_launch_count;
+  const int nthreads = cfg.block.x * cfg.block.y * cfg.block.z;
+  for (unsigned c0 = 0; c0 < cfg.grid.x; c0 += unsigned(K)) {
+    EmuCluster cl;
+    cl.bar = std::make_unique<std::barrier<>>(K * nthreads);
+    std::vector<std::unique_ptr<EmuBlock>> blks;
+    for (int r = 0; r < K; ++r) {
+      auto blk = std::make_unique<EmuBlock>();
+      blk->block = std::make_unique<std::barrier<>>(nthreads);
+      for (int w = 0; w < (nthreads + 31) / 32; ++w)
+        blk->warps.push_back(std::make_unique<std::barrier<>>(std::min(32, nthreads - 32 * w)));
+      blk->shfl.resize(nthreads);
+      blk->mma.resize(size_t(nthreads) * 10);
+      blk->smem.assign(cfg.smem, 0xA5);  // garbage, as a GPU's
+      blk->cluster = &cl;
+      blk->rank = unsigned(r);
+      cl.blocks.push_back(blk.get());
+      blks.push_back(std::move(blk));
+    }
+    std::vector<std::thread> ts;
+    for (int r = 0; r < K; ++r)
+      for (int t = 0; t < nthreads; ++t) {
+        ts.emplace_back([&, r, t] {
+          EmuBlock& blk = *blks[r];
+          emu_blk = &blk;
+          threadIdx = dim3(t % cfg.block.x, (t / cfg.block.x) % cfg.block.y, t / (cfg.block.x * cfg.block.y));
+          blockIdx = dim3(c0 + unsigned(r), 0, 0);
+          blockDim = cfg.block;
+          gridDim = cfg.grid;
+          kernel(static_cast<P>(args)...);
+          blk.warps[t / 32]->arrive_and_drop();
+          blk.block->arrive_and_drop();
+          cl.bar->arrive_and_drop();
+          emu_blk = nullptr;
+        });
+      }
+    for (auto& th : ts) th.join();
+  }
+}
+
 #define __global__
 #define __device__
 #define __host__
@@ -180,6 +251,15 @@ inline cudaError_t cudaDeviceGetAttribute(int* n, int attr, int) {
 }
 template <typename F>
 cudaError_t cudaFuncSetAttribute(F, int, int) { return cudaSuccess; }
+// A kernel's attributes: compiled for compute capability 9.0 (sample_stage.cuh has_clusters).
+struct cudaFuncAttributes {
+  int ptxVersion = 0, binaryVersion = 0;
+};
+template <typename F>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, F) {
+  a->ptxVersion = a->binaryVersion = 90;
+  return cudaSuccess;
+}
 using std::min;
 using std::max;
 using std::exp;

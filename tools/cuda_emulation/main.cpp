@@ -2,7 +2,8 @@
 // (SE and CUBS also mixed: float32 weights with a bf16 / fp16 x).
 // `emu_test ms` runs only the MS-loss section, `emu_test se` only the fused-SE section (run_se_fused),
 // `emu_test tiles` only the CUBS kernel variants (cubs_tiles.h: RECOGFAST_CUBS_SPATIAL_TILE, _CHANNEL_THREADS;
-// channel_fused.h: RECOGFAST_CUBS_CHANNEL_VARIANT), `emu_test ch` only the last.
+// channel_fused.h: RECOGFAST_CUBS_CHANNEL_VARIANT), `emu_test ch` only the last, `emu_test cl` only the one-CTA
+// variants split over clusters (clusters.h).
 #include <ATen/ATen.h>
 #include <cmath>
 #include <cstdio>
@@ -34,6 +35,9 @@ recogfast_aten::T5 emu_se_gate_backward(const at::Tensor&, const at::Tensor&, co
 int emu_launches();  // kernel launches so far, all emulated files (emu.h)
 int emu_se_fused_launches();  // se_gate_fused.cuh's launches so far
 int emu_channel_fused_launches();  // cubs_channel_fused.cuh's launches so far
+int emu_se_fused_clusters();  // of those launches, cluster launches (K > 1 CTAs a sample)
+int emu_channel_fused_clusters();
+int emu_last_cluster();  // the CTAs a sample of the last one-CTA launch (sample_stage.cuh)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
     double, double, double, std::string_view);
@@ -166,8 +170,8 @@ void run_se_fused() {
   }
   std::printf("se fused: %d comparisons; worst y/gx err/scale fp64 %.3g, fp32 %.3g, bf16 %.3g, fp16 %.3g\n", n,
               worst[0], worst[1], worst[2], worst[3]);
-  // A sample over the opt-in limit (EMU_SMEM_OPTIN = 1 KB) takes the split path, still right.
-  setenv("EMU_SMEM_OPTIN", "1024", 1);
+  // A sample that no cluster of up to 8 CTAs holds (EMU_SMEM_OPTIN = 256 bytes) takes the split path, still right.
+  setenv("EMU_SMEM_OPTIN", "256", 1);
   const int before_fallback = recogfast::emu_se_fused_launches();
   {
     at::Tensor x = at::randn({2, 16, 6, 6}, at::kFloat).contiguous(at::MemoryFormat::ChannelsLast), gy = at::randn_like(x);
@@ -199,6 +203,7 @@ void run_se_fused() {
 #include "ms_flash.h"  // run_ms_flash
 #include "cubs_tiles.h"  // run_spatial_tiles
 #include "channel_fused.h"  // run_channel_fused
+#include "clusters.h"  // run_clusters
 
 void run_ms_loss() {
   setenv("RECOGFAST_MS_LOSS_PATH", "tiles", 1);  // the cases below check the tiles path (run_ms_flash: flash)
@@ -428,11 +433,18 @@ int main(int argc, char** argv) {
   const bool only_ms = argc > 1 && std::string(argv[1]) == "ms";
   if (argc > 1 && std::string(argv[1]) == "se") {
     run_se_fused();
+    run_clusters();
     std::printf("%s\n", failures ? "FAILURES" : "emulated fused SE matches the CPU kernel");
+    return failures != 0;
+  }
+  if (argc > 1 && std::string(argv[1]) == "cl") {
+    run_clusters();
+    std::printf("%s\n", failures ? "FAILURES" : "emulated cluster launches match the CPU kernels and the split path");
     return failures != 0;
   }
   if (argc > 1 && std::string(argv[1]) == "ch") {
     run_channel_fused();
+    run_clusters();
     std::printf("%s\n", failures ? "FAILURES" : "emulated one-CTA Block 1 matches the CPU kernel and the split path");
     return failures != 0;
   }
@@ -529,6 +541,7 @@ int main(int argc, char** argv) {
   if (!only_ms) run_spatial_tiles();
   if (!only_ms) run_channel_threads();
   if (!only_ms) run_channel_fused();
+  if (!only_ms) run_clusters();
   if (!only_ms) run_accuracy(false);
   run_ms_loss();
   std::printf("%s\n", failures ? "FAILURES" : "all emulated CUDA results match the CPU kernels");

@@ -100,6 +100,7 @@ recogfast_aten::T9 emu_cubs_channel_backward(const at::Tensor& gy, const at::Ten
   return A(emu_ch::cubs_channel_backward_cuda(S(gy), S(x), S(a), S(b), S(c), S(d), S(e), S(f), S(g), S(h)));
 }
 int emu_channel_fused_launches() { return cubs_channel_fused::emu_launches; }
+int emu_channel_fused_clusters() { return cubs_channel_fused::emu_clusters; }
 }  // namespace recogfast
 CPP
 cat >> "$OUT/se_emu.cpp" <<'CPP'
@@ -114,6 +115,8 @@ recogfast_aten::T5 emu_se_gate_backward(const at::Tensor& gy, const at::Tensor& 
   return A(emu_se::se_gate_backward_cuda(S(gy), S(x), S(a), S(b), S(c), S(d)));
 }
 int emu_se_fused_launches() { return se_fused::emu_launches; }
+int emu_se_fused_clusters() { return se_fused::emu_clusters; }
+int emu_last_cluster() { return sample_stage::emu_last_cluster; }
 }  // namespace recogfast
 CPP
 # EMU_SERIAL=1 compiles one file at a time (a shared 2-core machine), else the four kernel files in parallel.

@@ -13,8 +13,9 @@
 // head's 2 C + 11 N accumulators plus gate and coef [C] are within the device's opt-in shared memory (227 KiB on
 // sm_90), forward and backward alike (the sum buffer serves the x sums, then the grad_y * x sums): bf16, N = C / 2,
 // NCHW / NHWC: 7x7x512 68 / 100 KiB, 14x14x256 108 / 140 KiB, 28x28x128 201 / 217 KiB; 56x56x64 (392 KiB of x
-// alone) keeps the split path, as does any sample that does not fit or cannot be read in 16-byte vectors
-// (sample_stage::vectorizable: NCHW 14x14 and 7x7 in bf16). 512 threads a CTA (fp64: 256, its head takes
+// alone) runs as a cluster of 2 CTAs a sample (sample_stage.cuh cluster_sums; 199 / 207 KiB each), compute capability
+// 9.0+; a sample that cannot be read in 16-byte vectors (sample_stage::vectorizable: NCHW 14x14 and 7x7 in bf16) or
+// that no cluster of up to 8 holds keeps the split path. 512 threads a CTA (fp64: 256, its head takes
 // 155 registers a thread).
 // Variant (read on every call, sample_stage::one_cta_wanted): "auto" (default: the tuned table's
 // cubs_channel_variant for the device and dtype, else the split path: these kernels have run only under the host
@@ -57,72 +58,101 @@ inline bool fused_wanted(ScalarType dtype) {
                                       "cubs_channel_variant", dtype);
 }
 
-// Dynamic shared memory: the staged sample, the double sum buffer, the head's accumulators, gate and coef [C].
-inline int64_t smem_bytes(int64_t C, int64_t HW, int64_t N, size_t elem, size_t acc, int V, bool cl, int threads) {
-  return round16(C * HW * int64_t(elem)) + sample_stage::red_elems(C, V, threads, cl) * int64_t(sizeof(double)) +
+// Dynamic shared memory with K CTAs a sample: the staged part (HW / K pixels), the double sum buffer, (K > 1) the
+// part's double sums [2][C], the head's accumulators, gate and coef [C].
+inline int64_t smem_bytes(int64_t C, int64_t HW, int64_t N, size_t elem, size_t acc, int V, bool cl, int threads,
+                          int K) {
+  return round16(C * (HW / K) * int64_t(elem)) +
+         (sample_stage::red_elems(C, V, threads, cl) + (K > 1 ? 2 * C : 0)) * int64_t(sizeof(double)) +
          (cubs_cuda::head_smem_elems(C, N) + 2 * C) * int64_t(acc);
 }
 
-// One CTA a sample; V = kVec elements a vector (V divides HW for NCHW, C for NHWC). out: y, or grad_x with kBackward.
+// K CTAs a sample (1, or a cluster of K: sample_stage.cuh cluster_sums; blockIdx.x = b K + rank, every CTA runs
+// the head, CTA 0 writes the sample's vectors); V = kVec elements a vector (V divides HW for NCHW, C for NHWC).
+// out: y, or grad_x with kBackward.
 // Registers (ptxas -v, nvcc 13.0, sm_90, 16-bit x): the forward fits two CTAs an SM in 54-64 a thread, no spill; the
 // backward takes 93-119 and one CTA an SM (asked for: ptxas's own target of 64 spilled 40-48 bytes in the NCHW and
 // fp32 NHWC backwards), which is the occupancy the staged sample allows from 14x14x256 on anyway.
 template <typename scalar_t, typename w_t, typename acc_t, int V, bool kCL, bool kBackward>
 __global__ void __launch_bounds__(kThreads<acc_t>, kBackward ? 1 : 2)
     cubs_channel_fused_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
-                              scalar_t* __restrict__ out, const Params<w_t> prm, int C, int HW, int N,
+                              scalar_t* __restrict__ out, const Params<w_t> prm, int C, int HW, int N, int K,
                               acc_t* __restrict__ g_out, acc_t* __restrict__ f_out, acc_t* __restrict__ dz_out,
                               acc_t* __restrict__ dqkv_out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using Vec = gpu::VecT<scalar_t, V>;
-  const int n = C * HW;
+  const int n = C * HW, HWk = HW / K, rank = blockIdx.x % K;
   Vec* stage = reinterpret_cast<Vec*>(smem_raw);
-  double* red = reinterpret_cast<double*>(smem_raw + round16(int64_t(n) * sizeof(scalar_t)));
-  acc_t* head = reinterpret_cast<acc_t*>(red + sample_stage::red_elems(C, V, blockDim.x, kCL));
+  double* red = reinterpret_cast<double*>(smem_raw + round16(int64_t(C) * HWk * sizeof(scalar_t)));
+  double* part = red + sample_stage::red_elems(C, V, blockDim.x, kCL);  // [2][C], K > 1
+  acc_t* head = reinterpret_cast<acc_t*>(part + (K > 1 ? 2 * C : 0));
   acc_t* gate = head + cubs_cuda::head_smem_elems(C, N);
   acc_t* coef = gate + C;
-  const int64_t b = blockIdx.x;
-  // 1. The one read of x (and grad_y) into the stage and the head's g = mean x, dz = sum grad_y x.
+  const int64_t b = blockIdx.x / K, x0 = b * n + int64_t(rank) * HWk * (kCL ? C : 1);  // the part's first element
+  // 1. The one read of x (and grad_y) into the stage and the head's g = mean x, dz = sum grad_y x (K > 1: this
+  //    CTA's part, then the cluster's totals).
+  auto fin_x = [&](int c, double s) { head[c] = acc_t(s / double(HW)); };
+  auto fin_g = [&](int c, double s) { head[C + c] = acc_t(s); };
   sample_stage::stage_sums<scalar_t, acc_t, double, V, kCL, kBackward>(
-      reinterpret_cast<const Vec*>(x + b * n), kBackward ? reinterpret_cast<const Vec*>(gy + b * n) : nullptr, stage,
-      red, C, HW, [&](int c, double s) { head[c] = acc_t(s / double(HW)); },
-      [&](int c, double s) { head[C + c] = acc_t(s); });
+      reinterpret_cast<const Vec*>(x + x0), kBackward ? reinterpret_cast<const Vec*>(gy + x0) : nullptr, stage, red,
+      C, HWk, HW / V, [&](int c, double s) { K > 1 ? void(part[c] = s) : fin_x(c, s); },
+      [&](int c, double s) { K > 1 ? void(part[C + c] = s) : fin_g(c, s); });
+  if (K > 1) {
+    sample_stage::cluster_sums(part, kBackward ? 2 * C : C, K, [&](int c, double s) {
+      if (c < C) fin_x(c, s);
+      else fin_g(c - C, s);
+    });
+  }
   __syncthreads();
-  // 2. The head (the split path's code), gate and coef into shared memory.
-  cubs_cuda::head_sample<w_t, acc_t, kBackward>(head, prm, b, C, N, HW, gate, coef, g_out, f_out, dz_out, dqkv_out);
+  // 2. The head (the split path's code), gate and coef into shared memory; the sample's vectors from CTA 0.
+  const bool first = rank == 0;
+  cubs_cuda::head_sample<w_t, acc_t, kBackward>(head, prm, b, C, N, HW, gate, coef, first ? g_out : nullptr,
+                                                first ? f_out : nullptr, first ? dz_out : nullptr,
+                                                first ? dqkv_out : nullptr);
   __syncthreads();
-  // 3. out[b] = staged * gate (+ coef).
-  sample_stage::apply_staged<scalar_t, acc_t, V, kCL, kBackward>(stage, reinterpret_cast<Vec*>(out + b * n), gate,
-                                                                  coef, C, HW);
+  // 3. out = staged * gate (+ coef), this CTA's part.
+  sample_stage::apply_staged<scalar_t, acc_t, V, kCL, kBackward>(stage, reinterpret_cast<Vec*>(out + x0), gate, coef,
+                                                                  C, HWk, HW / V);
 }
 
 #ifdef RECOGFAST_CUDA_EMULATION
 inline int emu_launches = 0;  // fused launches so far: the emulation checks that its fused cases took this path
+inline int emu_clusters = 0;  // of them, launches of clusters (K > 1 CTAs a sample)
 #endif
 
-// The launch's shared memory where the variant is wanted, the sample can be read in 16-byte vectors
-// (sample_stage::vectorizable) and it fits, else 0 (the caller runs the split path). gy: the backward's grad_y
-// (null forward).
+// The launch where the variant is wanted, the sample can be read in 16-byte vectors (sample_stage::vectorizable)
+// and one CTA or a cluster of K holds it (sample_stage::cluster_size): {K, bytes a CTA}; K = 0 otherwise (the caller
+// runs the split path). gy: the backward's grad_y (null forward).
+struct Plan {
+  int K = 0;
+  int64_t bytes = 0;
+};
 template <typename scalar_t, typename acc_t>
-int64_t plan(const scalar_t* x, const scalar_t* gy, const scalar_t* out, int64_t C, int64_t HW, int64_t N, bool cl,
-             ScalarType dtype) {
-  if (!fused_wanted(dtype) || !sample_stage::vectorizable<scalar_t>(C, HW, cl, {x, out, gy})) return 0;
-  const int64_t bytes = smem_bytes(C, HW, N, sizeof(scalar_t), sizeof(acc_t), kVec<scalar_t>, cl, kThreads<acc_t>);
-  return bytes <= sample_stage::smem_optin() ? bytes : 0;
+Plan plan(const scalar_t* x, const scalar_t* gy, const scalar_t* out, int64_t C, int64_t HW, int64_t N, bool cl,
+          ScalarType dtype) {
+  if (!fused_wanted(dtype) || !sample_stage::vectorizable<scalar_t>(C, HW, cl, {x, out, gy})) return {};
+  auto bytes = [&](int K) {
+    return smem_bytes(C, HW, N, sizeof(scalar_t), sizeof(acc_t), kVec<scalar_t>, cl, kThreads<acc_t>, K);
+  };
+  const bool clusters = sample_stage::has_clusters(
+      cubs_channel_fused_kernel<scalar_t, acc_t, acc_t, kVec<scalar_t>, false, false>);  // any instantiation: one build
+  const int K = sample_stage::cluster_size(HW, kVec<scalar_t>, cl, sample_stage::smem_optin(), clusters, bytes);
+  return K ? Plan{K, bytes(K)} : Plan{};
 }
 
-// Launches the fused kernel with plan()'s `bytes` of shared memory. g, f, dz, dqkv: backward only (null forward).
+// Launches the fused kernel as plan() says. g, f, dz, dqkv: backward only (null forward).
 template <typename scalar_t, typename w_t, typename acc_t, bool kBackward>
-void launch(int64_t bytes, const scalar_t* x, const scalar_t* gy, scalar_t* out, const Params<w_t>& prm, int64_t B,
+void launch(const Plan& p, const scalar_t* x, const scalar_t* gy, scalar_t* out, const Params<w_t>& prm, int64_t B,
             int64_t C, int64_t HW, int64_t N, bool cl, acc_t* g, acc_t* f, acc_t* dz, acc_t* dqkv,
             cudaStream_t stream) {
   sample_stage::with_layout(cl, [&](auto cl_tag) {
-    sample_stage::launch_one_cta(
-        cubs_channel_fused_kernel<scalar_t, w_t, acc_t, kVec<scalar_t>, decltype(cl_tag)::value, kBackward>, B,
-        kThreads<acc_t>, bytes, stream, x, gy, out, prm, int(C), int(HW), int(N), g, f, dz, dqkv);
+    sample_stage::launch_cluster(
+        cubs_channel_fused_kernel<scalar_t, w_t, acc_t, kVec<scalar_t>, decltype(cl_tag)::value, kBackward>, B, p.K,
+        kThreads<acc_t>, p.bytes, stream, x, gy, out, prm, int(C), int(HW), int(N), p.K, g, f, dz, dqkv);
   });
 #ifdef RECOGFAST_CUDA_EMULATION
   ++emu_launches;
+  emu_clusters += p.K > 1;
 #endif
 }
 

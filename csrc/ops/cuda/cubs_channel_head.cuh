@@ -31,7 +31,7 @@ __host__ __device__ inline int64_t head_smem_elems(int64_t C, int64_t N) { retur
 // hold g (the channel means) and the next C, with kGrad, the sums of grad_y * x over the pixels; the CTA has
 // synchronised since they were stored. Writes gate[c] (c < C: sample b's, in global or shared memory); with kGrad
 // also coef[c] = dg / HW and, for the weight gradients, g_out, dz_out [B, C], f_out [B, N], dqkv_out [B, 3N] at
-// sample b. The caller synchronises the CTA before it reads gate or coef.
+// sample b (null: not written; the other CTAs of a cluster, which hold the same values). The caller synchronises the CTA before it reads gate or coef.
 template <typename w_t, typename acc_t, bool kGrad>
 __device__ __forceinline__ void head_sample(acc_t* __restrict__ smem, const Params<w_t>& prm, int64_t b, int64_t C,
                                             int64_t N, int64_t HW, acc_t* __restrict__ gate, acc_t* __restrict__ coef,
@@ -140,7 +140,7 @@ __device__ __forceinline__ void head_sample(acc_t* __restrict__ smem, const Para
   // df_i = sum_c Wo[c, i] dz_c; dq_i = df_i cov_i; the column pass's factors fa, fb, q log2e (kept in l, sk,
   // skv; ms holds the rows' dominant keys); f goes out (grad Wo) and f about v* takes its place.
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
-    f_out[b * N + i] = f[i];
+    if (f_out) f_out[b * N + i] = f[i];
     f[i] = sk[i];
     double dfd = 0;
     for (int64_t c = 0; c < C; ++c) dfd += double(static_cast<acc_t>(prm.wo[c * N + i])) * double(dz[c]);
@@ -188,10 +188,13 @@ __device__ __forceinline__ void head_sample(acc_t* __restrict__ smem, const Para
       a += double(static_cast<acc_t>(prm.w[which][(r - which * N) * C + c])) * double(dqkv[r]);
     }
     coef[c] = acc_t((a + double(dz[c])) / double(HW));
-    g_out[b * C + c] = g[c];
-    dz_out[b * C + c] = dz[c];
+    if (g_out) {
+      g_out[b * C + c] = g[c];
+      dz_out[b * C + c] = dz[c];
+    }
   }
-  for (int64_t r = threadIdx.x; r < 3 * N; r += blockDim.x) dqkv_out[b * 3 * N + r] = dqkv[r];
+  if (dqkv_out)
+    for (int64_t r = threadIdx.x; r < 3 * N; r += blockDim.x) dqkv_out[b * 3 * N + r] = dqkv[r];
 }
 
 }  // namespace cubs_cuda

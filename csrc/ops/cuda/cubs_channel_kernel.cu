@@ -164,8 +164,8 @@ Tensor cubs_channel_cuda(const Tensor& x_, const Tensor& wq, const Tensor& bq, c
     const size_t smem = head_smem_bytes(C, N, sizeof(acc_t));  // both paths: the head's limit
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const int64_t fused = cubs_channel_fused::plan<scalar_t, acc_t>(xp, nullptr, yp, C, HW, N, cl, x.scalar_type());
-    if (fused) {
+    const auto fused = cubs_channel_fused::plan<scalar_t, acc_t>(xp, nullptr, yp, C, HW, N, cl, x.scalar_type());
+    if (fused.K) {
       cubs_channel_fused::launch<scalar_t, w_t, acc_t, false>(fused, xp, nullptr, yp, params<w_t>(w), B, C, HW, N, cl,
                                                               nullptr, nullptr, nullptr, nullptr, stream);
       return;
@@ -211,15 +211,15 @@ CubsChannelGrads cubs_channel_backward_cuda(const Tensor& grad_y_, const Tensor&
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
-    const int64_t fused = cubs_channel_fused::plan<scalar_t, acc_t>(xp, gyp, gxp, C, HW, N, cl, x.scalar_type());
+    const auto fused = cubs_channel_fused::plan<scalar_t, acc_t>(xp, gyp, gxp, C, HW, N, cl, x.scalar_type());
     // g, dz [B, C] | f [B, N] | dqkv [B, 3N] | split path only: gate, coef [B, C] | px, pgx [chunks, B, C]
-    const int64_t split = fused ? 0 : 2 * B * C + 2 * chunks * B * C;
+    const int64_t split = fused.K ? 0 : 2 * B * C + 2 * chunks * B * C;
     Tensor scratch = empty_as(x, {2 * B * C + 4 * B * N + split}, acc_type);
     acc_t* gs = scratch.mutable_data_ptr<acc_t>();
     acc_t* dz = gs + B * C;
     acc_t* f = dz + B * C;
     acc_t* dqkv = f + B * N;
-    if (fused) {
+    if (fused.K) {
       cubs_channel_fused::launch<scalar_t, w_t, acc_t, true>(fused, xp, gyp, gxp, params<w_t>(w), B, C, HW, N, cl, gs,
                                                              f, dz, dqkv, stream);
     } else {

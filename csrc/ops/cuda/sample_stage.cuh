@@ -22,6 +22,10 @@
 
 #include "ops/cuda/common.cuh"
 
+#ifndef RECOGFAST_CUDA_EMULATION
+#include <cooperative_groups.h>  // this_cluster (sm_90); the host emulation has its own (emu.h)
+#endif
+
 namespace recogfast {
 namespace sample_stage {
 
@@ -51,20 +55,22 @@ __host__ __device__ inline int64_t red_elems(int64_t C, int V, int threads, bool
 
 // Stages sample xv (kBackward: gv, grad_y) of C channels x HW pixels, V elements a vector, into `stage` and hands
 // each channel's sum of x to fx(c, sum) and (kBackward) of grad_y * x to fg(c, sum), each channel once, by one
-// thread. The caller synchronises the CTA before it reads what fx / fg stored.
+// thread. The caller synchronises the CTA before it reads what fx / fg stored. The pixels may be one CTA's part of a
+// sample (a cluster's, below): NHWC, a run of HW whole pixels (xv at its first); NCHW, HW pixels of each channel row,
+// rows src_row vectors apart in x (HW / V for a whole sample), staged HW / V apart.
 template <typename scalar_t, typename acc_t, typename sum_t, int V, bool kCL, bool kBackward, typename FX, typename FG>
 __device__ __forceinline__ void stage_sums(const gpu::VecT<scalar_t, V>* __restrict__ xv,
                                            const gpu::VecT<scalar_t, V>* __restrict__ gv,
                                            gpu::VecT<scalar_t, V>* __restrict__ stage, sum_t* __restrict__ red, int C,
-                                           int HW, FX fx, FG fg) {
+                                           int HW, int src_row, FX fx, FG fg) {
   using Vec = gpu::VecT<scalar_t, V>;
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int warp = tid / kWarp, lane = tid % kWarp, warps = nthreads / kWarp;
   // One vector of x (and grad_y) into the stage and the running sums (M = V for NHWC's per-channel sums, 1 for NCHW).
-  auto take = [&](int j, auto& sx, auto& sg) {
-    const Vec v = xv[j];
+  auto take = [&](int src, int j, auto& sx, auto& sg) {  // source vector src, stage vector j
+    const Vec v = xv[src];
     if constexpr (kBackward) {
-      const Vec q = gv[j];
+      const Vec q = gv[src];
       stage[j] = q;
 #pragma unroll
       for (int k = 0; k < V; ++k) sg[kCL ? k : 0] += sum_t(static_cast<acc_t>(q.v[k]) * static_cast<acc_t>(v.v[k]));
@@ -86,7 +92,7 @@ __device__ __forceinline__ void stage_sums(const gpu::VecT<scalar_t, V>* __restr
       const int c = c0 + lane / L;
       sum_t sx[1] = {0}, sg[1] = {0};
       if (c < C)
-        for (int i = sub; i < hv; i += L) take(c * hv + i, sx, sg);
+        for (int i = sub; i < hv; i += L) take(c * src_row + i, c * hv + i, sx, sg);
       for (int off = L >> 1; off > 0; off >>= 1) {
         sx[0] += __shfl_xor_sync(0xffffffffu, sx[0], off);
         if constexpr (kBackward) sg[0] += __shfl_xor_sync(0xffffffffu, sg[0], off);
@@ -105,7 +111,7 @@ __device__ __forceinline__ void stage_sums(const gpu::VecT<scalar_t, V>* __restr
       sum_t sx[V], sg[V];
 #pragma unroll
       for (int k = 0; k < V; ++k) sx[k] = sg[k] = 0;
-      for (int p = 0; p < HW; ++p) take(p * cols + cv, sx, sg);
+      for (int p = 0; p < HW; ++p) take(p * cols + cv, p * cols + cv, sx, sg);
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         fx(cv * V + k, sx[k]);
@@ -120,7 +126,7 @@ __device__ __forceinline__ void stage_sums(const gpu::VecT<scalar_t, V>* __restr
 #pragma unroll
   for (int k = 0; k < V; ++k) sx[k] = sg[k] = 0;
   if (ph < P)
-    for (int p = ph; p < HW; p += P) take(p * cols + cv, sx, sg);
+    for (int p = ph; p < HW; p += P) take(p * cols + cv, p * cols + cv, sx, sg);
   // warp phases: every thread is active (P * cols == nthreads) and lanes cv, cv + cols, ... of a warp hold one
   // column's phases: add them (fixed xor order); lanes < cols write the warp's sums as group `warp`.
   int grp = ph;
@@ -155,13 +161,14 @@ __device__ __forceinline__ void stage_sums(const gpu::VecT<scalar_t, V>* __restr
   }
 }
 
-// out = staged * gate[c] (+ coef[c] with kBackward), 16-byte vectors, after the CTA has synchronised on the gate.
+// out = staged * gate[c] (+ coef[c] with kBackward), 16-byte vectors, after the CTA has synchronised on the gate;
+// the stage and out laid out as stage_sums's stage and x.
 template <typename scalar_t, typename acc_t, int V, bool kCL, bool kBackward>
 __device__ __forceinline__ void apply_staged(const gpu::VecT<scalar_t, V>* __restrict__ stage,
                                              gpu::VecT<scalar_t, V>* __restrict__ ov, const acc_t* __restrict__ gate,
-                                             const acc_t* __restrict__ coef, int C, int HW) {
+                                             const acc_t* __restrict__ coef, int C, int HW, int src_row) {
   using Vec = gpu::VecT<scalar_t, V>;
-  const int nv = C * HW / V;
+  const int nv = C * HW / V, hv = HW / V;
   for (int i = threadIdx.x; i < nv; i += blockDim.x) {
     const int e = i * V;
     Vec v = stage[i];
@@ -172,8 +179,56 @@ __device__ __forceinline__ void apply_staged(const gpu::VecT<scalar_t, V>* __res
       if constexpr (kBackward) r += coef[c];
       v.v[k] = static_cast<scalar_t>(r);
     }
-    ov[i] = v;
+    ov[kCL ? i : i / hv * src_row + i % hv] = v;  // NCHW: stage row i / hv, rows src_row apart in out
   }
+}
+
+// A sample too large for one CTA's shared memory (56x56x64 bf16: 392 KB) is split over a cluster of K CTAs
+// (thread block clusters, compute capability 9.0; CUDA C++ Programming Guide, "Thread Block Clusters" and
+// "Distributed Shared Memory"): CTA r of the cluster stages pixels [r HW / K, (r + 1) HW / K) of every channel and
+// sums them into part [2][C] of its shared memory; cluster_sums then gives every CTA the same totals, CTA 0's part
+// plus CTA 1's ... in rank order, read through distributed shared memory. Each CTA then runs the head itself (the
+// same inputs, the same code: the same gate) and writes its own pixels. DRAM traffic stays 2|x| / 3|x|.
+template <typename sum_t, typename F>
+__device__ __forceinline__ void cluster_sums(const sum_t* part, int n, int K, F fin) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // never reached: has_clusters() is false for this code, and cluster_size() gives K = 1
+#else
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every CTA's part is in its shared memory
+  for (int c = threadIdx.x; c < n; c += blockDim.x) {
+    sum_t s = 0;
+    for (int q = 0; q < K; ++q) s += cluster.map_shared_rank(part, q)[c];
+    fin(c, s);
+  }
+  cluster.sync();  // no CTA exits (its shared memory gone) while another still reads it
+#endif
+}
+
+// Whether `kernel` runs its cluster code on the current device: its code was compiled for compute capability 9.0
+// or later (ptxVersion; a build for older GPUs only, JIT-compiled for a newer one, has the trap instead). Asked once
+// per kernel type (a driver call; every kernel of the extension is built for the same architectures).
+template <typename Kernel>
+bool has_clusters(Kernel kernel) {
+  static const bool ok = [kernel] {
+    cudaFuncAttributes a{};
+    RF_CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
+    return a.ptxVersion >= 90;
+  }();
+  return ok;
+}
+
+// The CTAs a sample takes: the smallest K of 1, 2, 4, 8 (the portable cluster sizes; K > 1 only where `clusters`,
+// has_clusters) that divides HW, keeps each CTA's NCHW row part a whole number of vectors, and whose part fits in
+// `optin` bytes (bytes(K): the launch's shared memory with K CTAs a sample); 0 where none does (the split path).
+template <typename Bytes>
+int cluster_size(int64_t HW, int V, bool channels_last, int64_t optin, bool clusters, Bytes bytes) {
+  for (int K = 1; K <= (clusters ? 8 : 1); K *= 2) {
+    if (HW % K != 0 || (!channels_last && (HW / K) % V != 0)) continue;
+    if (bytes(K) <= optin) return K;
+  }
+  return 0;
 }
 
 // Whether a one-CTA kernel can read the sample in 16-byte vectors: the innermost extent (HW for NCHW, C for NHWC)
@@ -210,6 +265,39 @@ void launch_one_cta(Kernel kernel, int64_t B, int threads, int64_t bytes, cudaSt
     RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
   kernel<<<B, threads, bytes, stream>>>(args...);
   RF_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+#ifdef RECOGFAST_CUDA_EMULATION
+inline int emu_last_cluster = 0;  // the K of the last launch_cluster (the emulation checks the launchers' choice)
+#endif
+
+// Launches a one-CTA kernel split over clusters of K CTAs a sample (grid = B K, each CTA `bytes` of dynamic shared
+// memory); K = 1 is launch_one_cta.
+template <typename... P, typename... Args>
+void launch_cluster(void (*kernel)(P...), int64_t B, int K, int threads, int64_t bytes, cudaStream_t stream,
+                    Args... args) {
+#ifdef RECOGFAST_CUDA_EMULATION
+  emu_last_cluster = K;
+#endif
+  if (K == 1) return launch_one_cta(kernel, B, threads, bytes, stream, args...);
+  RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+#ifdef RECOGFAST_CUDA_EMULATION
+  emu_launch_cluster(kernel, emu_cfg(B * K, threads, bytes, stream), K, args...);
+#else
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(unsigned(B * K));
+  cfg.blockDim = dim3(unsigned(threads));
+  cfg.dynamicSmemBytes = size_t(bytes);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(K);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  RF_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<P>(args)...));
+#endif
 }
 
 // Runs go(bool_constant<channels_last>) for the layout of a launch: the two instantiations a one-CTA kernel has for
