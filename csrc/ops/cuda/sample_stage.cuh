@@ -1,7 +1,7 @@
 // One CTA a sample, the streaming half of a channel gate (the one-CTA variants of SE, se_gate_fused.cuh, and of
 // CUBS Block 1, cubs_channel_fused.cuh): sample b of x (and of grad_y) is read from DRAM once, in 16-byte vectors
-// where they fit, staged whole in shared memory while each channel is summed, and after the op's head has made the
-// gate from those sums, written back once from the stage:
+// where they fit, staged in shared memory (whole, or a cluster's part of it: cluster_sums below) while each channel
+// is summed, and after the op's head has made the gate from those sums, written back once from the stage:
 //   forward:  stage x, sum x per channel; out = x * gate[c]                       (2|x| of DRAM traffic)
 //   backward: stage grad_y, sum x and grad_y * x per channel; out = grad_y * gate[c] + coef[c]  (3|x|)
 // Sums: products in acc_t (as the split pool, channel_gate.cuh), accumulated in sum_t (SE: acc_t; Block 1: double,
@@ -30,7 +30,6 @@ namespace recogfast {
 namespace sample_stage {
 
 using gpu::kWarp;
-using gpu::warp_sum;
 
 __host__ __device__ inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
