@@ -24,6 +24,8 @@ class Knob(NamedTuple):
     default: str  # the built-in default: what a device or dtype without a table entry takes
 
 
+ONE_CTA = ("auto", "fused", "split")  # the values of the one-CTA variants' knobs
+
 KNOBS = {
     # Block 2's quadratic passes (csrc/ops/cuda/cubs_spatial_passes.cuh): threads, rows a thread, staged tile
     "cubs_spatial_tile": Knob("RECOGFAST_CUBS_SPATIAL_TILE", ("0", "1", "2", "3"), "0"),
@@ -32,16 +34,14 @@ KNOBS = {
     # the one-CTA variants (a sample staged in shared memory: one launch forward, two backward; the split path where
     # it does not fit): "auto" is the table's entry, else the split path; the table holds "fused" only after a GPU
     # cross-check (csrc/ops/cuda/sample_stage.cuh one_cta_wanted)
-    "se_variant": Knob("RECOGFAST_SE_VARIANT", ("auto", "fused", "split"), "auto"),
-    "cubs_channel_variant": Knob("RECOGFAST_CUBS_CHANNEL_VARIANT", ("auto", "fused", "split"), "auto"),
+    "se_variant": Knob("RECOGFAST_SE_VARIANT", ONE_CTA, "auto"),
+    "cubs_channel_variant": Knob("RECOGFAST_CUBS_CHANNEL_VARIANT", ONE_CTA, "auto"),
     # the flash MS loss's tile shape (csrc/ops/cuda/ms_loss_flash_host.cuh)
     "ms_flash_tile": Knob("RECOGFAST_MS_FLASH_TILE", ("0", "1", "2", "3"), "0"),
     # the MS loss's CUDA path where both can run (sm_80+, bf16 / fp16, fp32 with TF32): "auto" is the table's
     # entry, else dispatch.MS_FLASH_BY_DEFAULT's choice; the table holds "flash" only after a GPU cross-check
     "ms_loss_path": Knob("RECOGFAST_MS_LOSS_PATH", ("auto", "flash", "tiles"), "auto"),
 }
-
-ONE_CTA = ("auto", "fused", "split")  # the values of the one-CTA variants' knobs
 
 # (knob, compute capability "major.minor", dtype as torch names it without "torch.") -> value.
 # Written by tools/tuned_table.py; no sweep has run on a GPU yet, so every device takes the defaults.

@@ -59,3 +59,27 @@ def mixed_errors(fused, reference, args64, gy64, dtype):
         assert err <= 2 * ref_err + slack * scale, f"{name} {dtype}: {err} vs reference {ref_err} (scale {scale})"
         worst = [max(worst[0], err / scale), max(worst[1], ref_err / scale)]
     return worst
+
+
+# --- the one-CTA variants (RECOGFAST_SE_VARIANT, RECOGFAST_CUBS_CHANNEL_VARIANT: read on every call) -------------
+def variant_fwd_bwd(monkeypatch, var, op, variant, args, gy):
+    """y and every gradient of one fwd+bwd of `op` under environment variable `var` = `variant`, on fresh leaves
+    (no accumulation from an earlier call: the gradients are reset)."""
+    monkeypatch.setenv(var, variant)
+    leaves = [a.detach().clone().requires_grad_(True) for a in args]
+    y = op(*leaves)
+    return [y.detach(), *torch.autograd.grad(y, leaves, gy)]
+
+
+def variant_runs(monkeypatch, var, op, args64, gy64, dtype):
+    """(fused, split, truth) of one fwd+bwd on the GPU: the float64 inputs rounded as a variant test runs them
+    (dtype "bf16": x and weights bf16; "fp32"; "bf16-w32": bf16 x, fp32 weights), then `var` = split and fused; the
+    truth is the CPU kernel in float64 on the rounded inputs."""
+    xdt = torch.float32 if dtype == "fp32" else torch.bfloat16
+    wdt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    args = [args64[0].to(xdt).cuda()] + [a.to(wdt).cuda() for a in args64[1:]]
+    gy = gy64.to(xdt).cuda()
+    truth = variant_fwd_bwd(monkeypatch, var, op, "split", [a.cpu().double() for a in args], gy.cpu().double())
+    split = variant_fwd_bwd(monkeypatch, var, op, "split", args, gy)
+    fused = variant_fwd_bwd(monkeypatch, var, op, "fused", args, gy)
+    return fused, split, truth

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CUDA_KERNELS, HAS_CUDA
+from conftest import CUDA_KERNELS, HAS_CUDA, variant_fwd_bwd, variant_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_cuda = pytest.mark.skipif(not (HAS_CUDA and CUDA_KERNELS), reason="needs a visible GPU and the CUDA kernels")
@@ -92,14 +92,11 @@ def test_cuda_cubs_variant_bad_value_is_one_line(tmp_path, tile, threads, messag
 CUBS_HEADLINE = [(8, 64, 56), (8, 128, 28), (8, 256, 14), (8, 512, 7)]
 
 
-def _channel_fwd_bwd(monkeypatch, variant, args, gy):
-    """y and every gradient of one Block 1 fwd+bwd under RECOGFAST_CUBS_CHANNEL_VARIANT=variant, fresh leaves."""
+def _channel_variant():
+    """conftest.variant_fwd_bwd's var and op for Block 1."""
     import torch
 
-    monkeypatch.setenv("RECOGFAST_CUBS_CHANNEL_VARIANT", variant)
-    leaves = [a.detach().clone().requires_grad_(True) for a in args]
-    y = torch.ops.recogfast.cubs_channel(*leaves)
-    return [y.detach(), *torch.autograd.grad(y, leaves, gy)]
+    return "RECOGFAST_CUBS_CHANNEL_VARIANT", torch.ops.recogfast.cubs_channel
 
 
 @needs_cuda
@@ -115,13 +112,7 @@ def test_cuda_cubs_channel_one_cta_matches_split_and_cpu(monkeypatch, shape, fmt
     memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
     args64 = make_args1(B, C, H, H, C // 2, memory_format=memory_format)
     gy64 = torch.randn_like(args64[0])
-    xdt = torch.float32 if dtype == "fp32" else torch.bfloat16
-    wdt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    args = [args64[0].to(xdt).cuda()] + [a.to(wdt).cuda() for a in args64[1:]]
-    gy = gy64.to(xdt).cuda()
-    truth = _channel_fwd_bwd(monkeypatch, "split", [a.cpu().double() for a in args], gy.cpu().double())
-    split = _channel_fwd_bwd(monkeypatch, "split", args, gy)
-    fused = _channel_fwd_bwd(monkeypatch, "fused", args, gy)
+    fused, split, truth = variant_runs(monkeypatch, *_channel_variant(), args64, gy64, dtype)
     names = ("y", "grad x", "grad wq", "grad bq", "grad wk", "grad bk", "grad wv", "grad bv", "grad wo", "grad bo")
     for name, f, s, t in zip(names, fused, split, truth):
         assert f.dtype == s.dtype and f.shape == s.shape and f.stride() == s.stride(), name
@@ -143,8 +134,8 @@ def test_cuda_cubs_channel_one_cta_auto_is_split_and_fused_is_deterministic(monk
     gy = torch.randn_like(args[0])
     monkeypatch.delenv("RECOGFAST_CUBS_CHANNEL_VARIANT", raising=False)
     table = effective("cubs_channel_variant", torch.cuda.get_device_capability(), torch.bfloat16)
-    auto, split = (_channel_fwd_bwd(monkeypatch, v, args, gy) for v in ("auto", table))
-    first, second = (_channel_fwd_bwd(monkeypatch, "fused", args, gy) for _ in range(2))
+    auto, split = (variant_fwd_bwd(monkeypatch, *_channel_variant(), v, args, gy) for v in ("auto", table))
+    first, second = (variant_fwd_bwd(monkeypatch, *_channel_variant(), "fused", args, gy) for _ in range(2))
     for a, s, f1, f2 in zip(auto, split, first, second):
         assert torch.equal(a, s) and torch.equal(f1, f2)
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DEVICES, MIXED_DTYPES, mixed_errors
+from conftest import DEVICES, MIXED_DTYPES, mixed_errors, variant_fwd_bwd, variant_runs
 from recogfast import dispatch
 from recogfast.nn import SEBlock
 from recogfast.ops import se_gate, se_gate_reference
@@ -337,13 +337,7 @@ SE_HEADLINE = [(16, 64, 56), (16, 128, 28), (16, 256, 14), (16, 512, 7)]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 
-def _variant_fwd_bwd(monkeypatch, variant, args, gy):
-    """y and every gradient of one fwd+bwd under RECOGFAST_SE_VARIANT=variant, on fresh leaves (no
-    accumulation from an earlier call: the gradients are reset)."""
-    monkeypatch.setenv("RECOGFAST_SE_VARIANT", variant)
-    leaves = [a.detach().clone().requires_grad_(True) for a in args]
-    y = torch.ops.recogfast.se_gate(*leaves)
-    return [y.detach(), *torch.autograd.grad(y, leaves, gy)]
+SE_VARIANT = ("RECOGFAST_SE_VARIANT", torch.ops.recogfast.se_gate)  # conftest.variant_fwd_bwd's var and op
 
 
 @needs_cuda
@@ -357,14 +351,7 @@ def test_cuda_fused_variant_matches_split_and_cpu(monkeypatch, shape, fmt, dtype
     torch.manual_seed(0)
     args64 = make_args(B, C, H, H, max(1, C // 16), memory_format=fmt)
     gy64 = torch.randn_like(args64[0])
-    xdt = torch.float32 if dtype == "fp32" else torch.bfloat16
-    wdt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    args = [args64[0].to(xdt).cuda()] + [a.to(wdt).cuda() for a in args64[1:]]
-    gy = gy64.to(xdt).cuda()
-    # The truth: the CPU kernel in float64 on the rounded inputs.
-    truth = _variant_fwd_bwd(monkeypatch, "split", [a.cpu().double() for a in args], gy.cpu().double())
-    split = _variant_fwd_bwd(monkeypatch, "split", args, gy)
-    fused = _variant_fwd_bwd(monkeypatch, "fused", args, gy)
+    fused, split, truth = variant_runs(monkeypatch, *SE_VARIANT, args64, gy64, dtype)
     for name, f, s, t in zip(("y", "grad x", "grad w1", "grad b1", "grad w2", "grad b2"), fused, split, truth):
         assert f.dtype == s.dtype and f.shape == s.shape, name
         scale = t.abs().max().item()
@@ -384,8 +371,8 @@ def test_cuda_se_variant_auto_is_split_and_fused_is_deterministic(monkeypatch):
     gy = torch.randn_like(args[0])
     monkeypatch.delenv("RECOGFAST_SE_VARIANT", raising=False)
     table = effective("se_variant", torch.cuda.get_device_capability(), torch.bfloat16)
-    auto, split = (_variant_fwd_bwd(monkeypatch, v, args, gy) for v in ("auto", table))
-    first, second = (_variant_fwd_bwd(monkeypatch, "fused", args, gy) for _ in range(2))
+    auto, split = (variant_fwd_bwd(monkeypatch, *SE_VARIANT, v, args, gy) for v in ("auto", table))
+    first, second = (variant_fwd_bwd(monkeypatch, *SE_VARIANT, "fused", args, gy) for _ in range(2))
     for a, s, f1, f2 in zip(auto, split, first, second):
         assert torch.equal(a, s) and torch.equal(f1, f2)
 

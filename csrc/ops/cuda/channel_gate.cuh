@@ -147,9 +147,9 @@ void launch_apply(const scalar_t* in, scalar_t* out, const acc_t* gate, const ac
   constexpr int kVec = 16 / sizeof(scalar_t);
   const int64_t inner = channels_last ? C : HW;
   const bool aligned = reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
-  // NCHW whose rows kVec does not divide: flat vectors spanning rows where the whole tensor divides into them
-  const bool span = !channels_last && inner % kVec != 0 && numel % kVec == 0 && aligned;
-  const bool vec_ok = (inner % kVec == 0 && aligned) || span;
+  // NCHW whose rows kVec does not divide: flat vectors spanning rows, where the whole tensor divides into them
+  const bool span = !channels_last && inner % kVec != 0;
+  const bool vec_ok = aligned && (span ? numel % kVec : inner % kVec) == 0;
   auto go = [&](auto vec_tag, auto index_tag) {
     constexpr int V = decltype(vec_tag)::value;
     using index_t = decltype(index_tag);

@@ -81,38 +81,28 @@ __global__ void __launch_bounds__(kThreads<acc_t>, kBackward ? 1 : 2)
                               acc_t* __restrict__ dqkv_out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using Vec = gpu::VecT<scalar_t, V>;
-  const int n = C * HW, HWk = HW / K, rank = blockIdx.x % K;
+  const sample_stage::Part p = sample_stage::part_of<kCL>(C, HW, K);
   Vec* stage = reinterpret_cast<Vec*>(smem_raw);
-  double* red = reinterpret_cast<double*>(smem_raw + round16(int64_t(C) * HWk * sizeof(scalar_t)));
+  double* red = reinterpret_cast<double*>(smem_raw + round16(int64_t(C) * p.HW * sizeof(scalar_t)));
   double* part = red + sample_stage::red_elems(C, V, blockDim.x, kCL);  // [2][C], K > 1
   acc_t* head = reinterpret_cast<acc_t*>(part + (K > 1 ? 2 * C : 0));
   acc_t* gate = head + cubs_cuda::head_smem_elems(C, N);
   acc_t* coef = gate + C;
-  const int64_t b = blockIdx.x / K, x0 = b * n + int64_t(rank) * HWk * (kCL ? C : 1);  // the part's first element
   // 1. The one read of x (and grad_y) into the stage and the head's g = mean x, dz = sum grad_y x (K > 1: this
   //    CTA's part, then the cluster's totals).
-  auto fin_x = [&](int c, double s) { head[c] = acc_t(s / double(HW)); };
-  auto fin_g = [&](int c, double s) { head[C + c] = acc_t(s); };
-  sample_stage::stage_sums<scalar_t, acc_t, double, V, kCL, kBackward>(
-      reinterpret_cast<const Vec*>(x + x0), kBackward ? reinterpret_cast<const Vec*>(gy + x0) : nullptr, stage, red,
-      C, HWk, HW / V, [&](int c, double s) { K > 1 ? void(part[c] = s) : fin_x(c, s); },
-      [&](int c, double s) { K > 1 ? void(part[C + c] = s) : fin_g(c, s); });
-  if (K > 1) {
-    sample_stage::cluster_sums(part, kBackward ? 2 * C : C, K, [&](int c, double s) {
-      if (c < C) fin_x(c, s);
-      else fin_g(c - C, s);
-    });
-  }
+  sample_stage::sample_sums<scalar_t, acc_t, double, V, kCL, kBackward>(
+      x, gy, p, stage, red, part, C, HW, K, [&](int c, double s) { head[c] = acc_t(s / double(HW)); },
+      [&](int c, double s) { head[C + c] = acc_t(s); });
   __syncthreads();
   // 2. The head (the split path's code), gate and coef into shared memory; the sample's vectors from CTA 0.
-  const bool first = rank == 0;
-  cubs_cuda::head_sample<w_t, acc_t, kBackward>(head, prm, b, C, N, HW, gate, coef, first ? g_out : nullptr,
+  const bool first = p.rank == 0;
+  cubs_cuda::head_sample<w_t, acc_t, kBackward>(head, prm, p.b, C, N, HW, gate, coef, first ? g_out : nullptr,
                                                 first ? f_out : nullptr, first ? dz_out : nullptr,
                                                 first ? dqkv_out : nullptr);
   __syncthreads();
   // 3. out = staged * gate (+ coef), this CTA's part.
-  sample_stage::apply_staged<scalar_t, acc_t, V, kCL, kBackward>(stage, reinterpret_cast<Vec*>(out + x0), gate, coef,
-                                                                  C, HWk, HW / V);
+  sample_stage::apply_staged<scalar_t, acc_t, V, kCL, kBackward>(stage, reinterpret_cast<Vec*>(out + p.x0), gate,
+                                                                  coef, C, p.HW, HW / V);
 }
 
 #ifdef RECOGFAST_CUDA_EMULATION

@@ -205,6 +205,39 @@ __device__ __forceinline__ void cluster_sums(const sum_t* part, int n, int K, F 
 #endif
 }
 
+// This CTA's part of its sample when K CTAs take one (blockIdx.x = b K + rank, each HW / K pixels of every channel;
+// K = 1: the whole sample): the sample b, the part's first element x0 in x, its pixels HW / K.
+struct Part {
+  int64_t b, x0;
+  int rank, HW;
+};
+template <bool kCL>
+__device__ __forceinline__ Part part_of(int C, int HW, int K) {
+  const int rank = blockIdx.x % K, HWk = HW / K;
+  const int64_t b = blockIdx.x / K;
+  return {b, b * C * HW + int64_t(rank) * HWk * (kCL ? C : 1), rank, HWk};
+}
+
+// stage_sums over this CTA's part p (x and grad_y at the sample's part, rows HW / V vectors apart), then, for K > 1,
+// the cluster's totals through `part_sums` ([2][C] of this CTA's shared memory, cluster_sums): fx(c, sum) and
+// fg(c, sum) get each channel's sums over the whole sample either way. The caller synchronises the CTA after.
+template <typename scalar_t, typename acc_t, typename sum_t, int V, bool kCL, bool kBackward, typename FX, typename FG>
+__device__ __forceinline__ void sample_sums(const scalar_t* x, const scalar_t* gy, const Part& p,
+                                            gpu::VecT<scalar_t, V>* stage, sum_t* red, sum_t* part_sums, int C,
+                                            int HW, int K, FX fx, FG fg) {
+  using Vec = gpu::VecT<scalar_t, V>;
+  stage_sums<scalar_t, acc_t, sum_t, V, kCL, kBackward>(
+      reinterpret_cast<const Vec*>(x + p.x0), kBackward ? reinterpret_cast<const Vec*>(gy + p.x0) : nullptr, stage,
+      red, C, p.HW, HW / V, [&](int c, sum_t s) { K > 1 ? void(part_sums[c] = s) : fx(c, s); },
+      [&](int c, sum_t s) { K > 1 ? void(part_sums[C + c] = s) : fg(c, s); });
+  if (K > 1) {
+    cluster_sums(part_sums, kBackward ? 2 * C : C, K, [&](int c, sum_t s) {
+      if (c < C) fx(c, s);
+      else fg(c - C, s);
+    });
+  }
+}
+
 // Whether `kernel` runs its cluster code on the current device: its code was compiled for compute capability 9.0
 // or later (ptxVersion; a build for older GPUs only, JIT-compiled for a newer one, has the trap instead). Asked once
 // per kernel type (a driver call; every kernel of the extension is built for the same architectures).

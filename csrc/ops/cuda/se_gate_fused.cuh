@@ -77,10 +77,9 @@ __global__ void __launch_bounds__(kThreads, kBackward ? 1 : 2)
                     acc_t* __restrict__ h_out, acc_t* __restrict__ du_out, acc_t* __restrict__ g_out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using Vec = gpu::VecT<scalar_t, V>;
-  const int n = C * HW, HWk = HW / K, rank = blockIdx.x % K;
-  const int64_t part_off = int64_t(rank) * HWk * (kCL ? C : 1);  // the part's first element in the sample
+  const sample_stage::Part p = sample_stage::part_of<kCL>(C, HW, K);
   Vec* stage = reinterpret_cast<Vec*>(smem_raw);
-  acc_t* g = reinterpret_cast<acc_t*>(smem_raw + sample_stage::round16(int64_t(C) * HWk * sizeof(scalar_t)));
+  acc_t* g = reinterpret_cast<acc_t*>(smem_raw + sample_stage::round16(int64_t(C) * p.HW * sizeof(scalar_t)));
   acc_t* gate = g + C;
   acc_t* u = gate + C;
   acc_t* dz = u + R;  // the sums of grad_y * x first, dL/dz after the gate
@@ -88,24 +87,15 @@ __global__ void __launch_bounds__(kThreads, kBackward ? 1 : 2)
   acc_t* du = coef + (kBackward ? C : 0);
   acc_t* red = du + (kBackward ? R : 0);
   acc_t* part = red + sample_stage::red_elems(C, V, blockDim.x, kCL);  // [2][C], K > 1
-  const int64_t b = blockIdx.x / K;
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int warp = tid / kWarp, lane = tid % kWarp, warps = nthreads / kWarp;
   const acc_t inv_hw = acc_t(1) / acc_t(HW);
 
   // 1. The one read of x (and grad_y): stage x (forward) or grad_y (backward), sum x and grad_y * x per channel.
   //    K > 1: this CTA's part, then the cluster's totals.
-  const int64_t x0 = b * n + part_off;
-  sample_stage::stage_sums<scalar_t, acc_t, acc_t, V, kCL, kBackward>(
-      reinterpret_cast<const Vec*>(x + x0), kBackward ? reinterpret_cast<const Vec*>(gy + x0) : nullptr, stage, red, C,
-      HWk, HW / V, [&](int c, acc_t s) { (K > 1 ? part : g)[c] = K > 1 ? s : s * inv_hw; },
-      [&](int c, acc_t s) { (K > 1 ? part + C : dz)[c] = s; });
-  if (K > 1) {
-    sample_stage::cluster_sums(part, kBackward ? 2 * C : C, K, [&](int c, acc_t s) {
-      if (c < C) g[c] = s * inv_hw;
-      else dz[c - C] = s;
-    });
-  }
+  sample_stage::sample_sums<scalar_t, acc_t, acc_t, V, kCL, kBackward>(
+      x, gy, p, stage, red, part, C, HW, K, [&](int c, acc_t s) { g[c] = s * inv_hw; },
+      [&](int c, acc_t s) { dz[c] = s; });
   __syncthreads();
 
   // 2. The MLP (se_gate_mlp_kernel's arithmetic, from shared memory). u[r] = b1[r] + W1[r, :] . g, a warp a row.
@@ -123,9 +113,9 @@ __global__ void __launch_bounds__(kThreads, kBackward ? 1 : 2)
     gate[c] = s;
     if constexpr (kBackward) {
       dz[c] = dz[c] * s * (acc_t(1) - s);  // dL/ds[c] = sum_hw grad_y x, times the sigmoid's derivative
-      if (rank == 0) {  // the sample's vectors, once (every CTA of a cluster holds the same)
-        dz_out[b * C + c] = dz[c];
-        g_out[b * C + c] = g[c];
+      if (p.rank == 0) {  // the sample's vectors, once (every CTA of a cluster holds the same)
+        dz_out[p.b * C + c] = dz[c];
+        g_out[p.b * C + c] = g[c];
       }
     }
   }
@@ -140,9 +130,9 @@ __global__ void __launch_bounds__(kThreads, kBackward ? 1 : 2)
       }
       if (lane == 0) {
         du[r] = a;
-        if (rank == 0) {
-          du_out[b * R + r] = a;
-          h_out[b * R + r] = relu(u[r]);
+        if (p.rank == 0) {
+          du_out[p.b * R + r] = a;
+          h_out[p.b * R + r] = relu(u[r]);
         }
       }
     }
@@ -157,8 +147,8 @@ __global__ void __launch_bounds__(kThreads, kBackward ? 1 : 2)
   __syncthreads();
 
   // 3. out[b] = staged * gate[c] (+ coef[c]), 16-byte vectors.
-  sample_stage::apply_staged<scalar_t, acc_t, V, kCL, kBackward>(stage, reinterpret_cast<Vec*>(out + x0), gate, coef,
-                                                                  C, HWk, HW / V);
+  sample_stage::apply_staged<scalar_t, acc_t, V, kCL, kBackward>(stage, reinterpret_cast<Vec*>(out + p.x0), gate,
+                                                                  coef, C, p.HW, HW / V);
 }
 
 #ifdef RECOGFAST_CUDA_EMULATION
@@ -187,10 +177,8 @@ bool launch(const scalar_t* x, const scalar_t* gy, scalar_t* out, const w_t* w1,
                                  dz, h, du, g);
   });
 #ifdef RECOGFAST_CUDA_EMULATION
-  emu_clusters += K > 1;
-#endif
-#ifdef RECOGFAST_CUDA_EMULATION
   ++emu_launches;
+  emu_clusters += K > 1;
 #endif
   return true;
 }
