@@ -19,7 +19,7 @@ B = 16384, D = 512: 0.82 TFLOP, a ~0.8 ms floor in bf16; the goal is <= 5 ms, 20
 Flash path (issue 26, csrc/ops/cuda/ms_loss_flash.cuh; sm_80+): the tensor-core test runs both CUDA paths,
 chosen by RECOGFAST_MS_LOSS_PATH (`path` parameter): impl "fused" is the flash path (bf16, and fp32 with TF32
 allowed; what "auto" will pick once a GPU run has cross-checked it: dispatch.MS_FLASH_BY_DEFAULT), "fused-tiles" the
-cuBLAS path, each with its extra peak memory. RECOGFAST_MS_FLASH_TILE (0-3, read once per process; 3 = the backward with G in shared memory) picks the tile variant: tools/gpu_check.sh
+cuBLAS path, each with its extra peak memory. RECOGFAST_MS_FLASH_TILE (0-5, read once per process; 3 = the backward with G in shared memory, 3-5 prefetch in registers, 5 = 32-row forward warps) picks the tile variant: tools/gpu_check.sh
 reruns the flash cases once per variant. `test_ms_loss_flash_batch_sweep` (CUDA only) times one bf16 fwd+bwd at
 B up to 1,000,000 (the largest-batch goal) with its peak memory.
 """

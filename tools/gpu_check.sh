@@ -149,6 +149,7 @@ fi
 SAN_VARIANTS=(
   "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=0|ms_loss|bfloat16,float16"
   "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=3|ms_loss|bfloat16"
+  "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=5|ms_loss|bfloat16,float16"
   "RECOGFAST_SE_VARIANT=fused|se_gate|float32,bfloat16"
   "RECOGFAST_CUBS_SPATIAL_TILE=3 RECOGFAST_CUBS_CHANNEL_THREADS=512|cubs_channel,cubs_spatial_saved|float32,bfloat16"
   "RECOGFAST_CUBS_CHANNEL_VARIANT=fused|cubs_channel|float32,bfloat16"
@@ -164,7 +165,7 @@ sanitize_variants() {  # TOOL...: the sanitizer command line, or nothing (the re
 }
 if [[ $GPU == 1 ]] && command -v compute-sanitizer >/dev/null; then
   export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-  step variants_san 120 "compute-sanitizer memcheck + racecheck of the variants (flash, one-CTA SE and Block 1, CUBS tiles)" -- bash -c "$(declare -p SAN_VARIANTS PY GPU); $(declare -f sanitize_variants)
+  step variants_san 140 "compute-sanitizer memcheck + racecheck of the variants (flash, one-CTA SE and Block 1, CUBS tiles)" -- bash -c "$(declare -p SAN_VARIANTS PY GPU); $(declare -f sanitize_variants)
     sanitize_variants compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 30 &&
     sanitize_variants compute-sanitizer --tool racecheck --kernel-name kns=recogfast --error-exitcode 9 --print-limit 30"
   unset PYTORCH_NO_CUDA_MEMORY_CACHING
@@ -233,8 +234,8 @@ FLASH_TILE_SEL="cuda and tensor_cores and flash and bf16 and size3"
 FLASH_SWEEP_SEL="cuda and flash_batch_sweep"
 MS_BENCH=benchmarks/test_ms_loss_bench.py
 if [[ $GPU == 1 ]]; then
-  step flash 180 "flash MS loss: tile variants 1, 2, 3; batch sweep to 10^6" -- bash -c "
-    for v in 1 2 3; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
+  step flash 220 "flash MS loss: tile variants 1-5; batch sweep to 10^6" -- bash -c "
+    for v in 1 2 3 4 5; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
       --benchmark-json='$OUT/logs/bench_flash_tile'\$v.json || exit 1; done
     $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_SWEEP_SEL' --benchmark-json='$OUT/logs/bench_flash_sweep.json'"
 else

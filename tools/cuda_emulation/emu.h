@@ -1,12 +1,13 @@
 // Host emulation of the CUDA features the SE, CUBS and MS-loss kernels use: one std::thread per CUDA thread, blocks run
 // one after another (the CTAs of a thread block cluster together, with distributed shared memory), __shared__ = function-static, __syncthreads = block barrier, warp shuffles through a
 // per-warp buffer and barrier. Exited threads drop out of the barriers. The tensor-core mma.sync shapes of the
-// flash MS loss (csrc/ops/cuda/ms_loss_mma.cuh) are emulated warp-wide: every lane's fragment registers are
+// flash MS loss (csrc/ops/cuda/ms_loss_mma.cuh) and its ldmatrix are emulated warp-wide: every lane's fragment registers are
 // gathered, D = A·B + C is computed from the PTX ISA fragment layouts and each lane gets its own D back.
 #pragma once
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -139,6 +140,30 @@ inline void emu_mma_16816(bool bf16, float d[4], const uint32_t a[4], const uint
 }
 inline void emu_mma_tf32_1688(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
   emu_mma(2, d, a, b, c);
+}
+
+// ldmatrix.sync.aligned.m8n8.x{n}.trans.shared.b16 (ms_loss_mma.cuh ldsm_trans): lane l's `row` is row l % 8 of
+// matrix l / 8 (n = 2: lanes 0-15's only); lane (g = l / 4, t = l % 4) gets r[i] = matrix i's (row 2t, col g) in the
+// low half and (row 2t + 1, col g) in the high half. A misaligned row address aborts, as the GPU faults.
+inline void emu_ldmatrix_trans(int n, uint32_t* r, const uint16_t* row) {
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x, warp = tid / 32, lane = tid % 32;
+  auto& bar = *emu_blk->warps[warp];
+  std::memcpy(&emu_blk->shfl[tid], &row, sizeof(row));
+  bar.arrive_and_wait();
+  auto row_of = [&](int i, int j) {  // matrix i's row j: lane 8i + j's address
+    const uint16_t* p;
+    std::memcpy(&p, &emu_blk->shfl[warp * 32 + 8 * i + j], sizeof(p));
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+      std::fprintf(stderr, "emu_ldmatrix_trans: row address %p not 16-byte aligned\n", static_cast<const void*>(p));
+      std::abort();
+    }
+    return p;
+  };
+  uint32_t out[4];
+  const int g = lane / 4, t = lane % 4;
+  for (int i = 0; i < n; ++i) out[i] = uint32_t(row_of(i, 2 * t)[g]) | (uint32_t(row_of(i, 2 * t + 1)[g]) << 16);
+  bar.arrive_and_wait();
+  for (int i = 0; i < n; ++i) r[i] = out[i];
 }
 
 struct EmuCfg {

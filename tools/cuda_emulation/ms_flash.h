@@ -9,9 +9,9 @@ at::Tensor round_tf32(const at::Tensor& x) {
 }
 
 // The flash path (RECOGFAST_MS_LOSS_PATH=flash: tensor-core tiles, emulated mma) against the CPU kernel and the
-// tiles path, over bf16 / fp16 / fp32 (TF32), the four tile variants (small emulation shapes; each case under
-// two of them, variant 3 also on the edge cases and once past the opt-in shared memory, where its backward falls
-// back to variant 0's), D = 1, 7, 64, 130, label layouts, ε = 0, reference sets with and without gradient, several row / column blocks, feature
+// tiles path, over bf16 / fp16 / fp32 (TF32), the six tile variants (small emulation shapes; each case under
+// three of them, variant 3 also on the edge cases and once past the opt-in shared memory, where its backward falls
+// back to variant 4's), D = 1, 7, 64, 130, label layouts, ε = 0, reference sets with and without gradient, several row / column blocks, feature
 // chunks and backward waves with tails. fp32 runs TF32 products: its inputs are rounded to tf32 first (the
 // rounding TF32 applies, cvt.rna) so that the CPU kernel sees the same operands and the mining decisions
 // agree; what remains is the W operand's tf32 rounding (2^-11 relative) in the gradients.
@@ -42,10 +42,10 @@ void run_ms_flash() {
   };
   const double alpha = 2, beta = 50, base = 0.5;
   setenv("RECOGFAST_MS_LOSS_PATH", "flash", 1);
-  // The runs: every case per dtype, its variant rotating (bf16 and fp32 put variant 3 on 37x130 (6 feature
-  // chunks), all distinct, the reference set without gradient; fp16 on 70x64, lone classes, the reference set
-  // with gradient); then variant 3 on the edge cases (D = 1, B = 1, R = 5 with gradient and eps = 0, D = 7), and
-  // once with a 2 KB opt-in limit (EMU_SMEM_OPTIN), so that its backward takes variant 0's kernel.
+  // The runs: every case per dtype, its variant rotating over 0-5 (each dtype a different phase, so that every
+  // variant meets multi-chunk D, a reference set and the edge cases in some dtype); then variant 3 on the edge
+  // cases (D = 1, B = 1, R = 5 with gradient and eps = 0, D = 7), and once with a 2 KB opt-in limit
+  // (EMU_SMEM_OPTIN), so that its backward takes variant 4's kernel.
   struct Run {
     at::ScalarType dt;
     size_t ci;
@@ -54,11 +54,12 @@ void run_ms_flash() {
   };
   std::vector<Run> runs;
   const at::ScalarType dts[3] = {at::kBFloat16, at::kHalf, at::kFloat};
-  const int rot[3] = {2, 3, 2};
+  const int rot[3] = {2, 3, 4};
   for (int di = 0; di < 3; ++di)
-    for (size_t i = 0; i < cases.size(); ++i) runs.push_back({dts[di], i, int((i + rot[di]) % 4), false});
+    for (size_t i = 0; i < cases.size(); ++i) runs.push_back({dts[di], i, int((i + rot[di]) % 6), false});
   for (size_t i : {2, 3, 7, 10}) runs.push_back({at::kBFloat16, i, 3, false});
   runs.push_back({at::kFloat, 7, 3, false});
+  runs.push_back({at::kBFloat16, 0, 5, false});  // 70 rows: two 64-row CTAs of 32-row warps, the second partial
   runs.push_back({at::kHalf, 1, 3, true});
   int gsmem_expected = 0;
   const int gsmem0 = recogfast::emu_ms_gsmem_backwards();

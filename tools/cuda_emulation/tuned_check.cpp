@@ -46,7 +46,8 @@ int emu_tuned_table_check() {
   }
   for (const TunedEntry* e = gpu::kTuned; e->knob; ++e) {  // the committed table: its values allowed
     const std::string k = e->knob, val = e->value;
-    const bool ok = k == "cubs_spatial_tile" || k == "ms_flash_tile"  ? val.size() == 1 && val[0] >= '0' && val[0] <= '3'
+    const bool ok = k == "cubs_spatial_tile"                          ? val.size() == 1 && val[0] >= '0' && val[0] <= '3'
+                    : k == "ms_flash_tile"                            ? val.size() == 1 && val[0] >= '0' && val[0] <= '5'
                     : k == "cubs_channel_threads"                     ? val == "128" || val == "256" || val == "512"
                     : k == "ms_loss_path"                             ? val == "flash" || val == "tiles"
                                                                       : false;

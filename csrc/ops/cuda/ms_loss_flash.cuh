@@ -18,13 +18,15 @@
 //   [col is anchor] w(col, row) (pair_weight, from both rows' saved stats) times the column scale inv2_col,
 //   turns it into A fragments (bf16/fp16: straight from the accumulator registers, the FA-2 layout identity;
 //   tf32: through a per-warp shared-memory row, whose A layout differs from the accumulator's) and
-//   accumulates G_I += W_IJ · x'_J. Every G row is written once by one warp: no atomics.
+//   accumulates G_I += W_IJ · x'_J (bf16/fp16: x'_J's B fragments by ldmatrix.trans, two n-tiles a load). Every G row is written once by one warp: no atomics.
 // Where G lives: registers, one DC-wide chunk of features per CTA (DC / 2 fp32 registers a lane; a full
 //   512-wide row would need 256). D > DC takes ceil(D / DC) CTAs per row block, each recomputing S_IJ: for
 //   D = 512, DC = 128 that is 4 S products + 1 G product per pair instead of 2 — the price of registers-only
 //   accumulation; tile variant 3 (ms_loss_flash_gsmem.cuh) keeps the CTA's G rows in shared memory instead
 //   (BM x D x 4 bytes, 128 KB at BM = 64, D = 512): 1 S + 1 G product per pair. Shared memory: (BM + BN)(BK + pad) + BN (DC + pad) operand
 //   elements (+ BM (BN + 4) fp32 for tf32): 27 KB for bf16 at the default tile, 69 KB tf32 (opt-in).
+// Exponentials (pass 2's sums, the backward's pair weights): one MUFU.EX2 each (exp_of<true>, ms_loss_rows.cuh),
+// whose 2^-22 is far inside the bf16 / fp16 / TF32 operands' own rounding; the tiles path keeps exp.
 // Labels: int32 (a narrowing copy); where a label does not fit int32 (flag set on the device by the copy)
 // the kernels compare the int64 labels instead — decided per CTA on the device, no host sync.
 #pragma once
@@ -41,11 +43,15 @@
 namespace recogfast {
 namespace {
 
-template <int BM_, int BN_, int BK_, int DC_>
+// MW: m-tiles (16 rows each) a warp owns (forward only; the backward's W fragments need MW = 1): each B fragment
+// loaded from shared memory feeds MW mma, so the S product's shared-memory reads per mma fall from 2.5 (MW = 1,
+// BN = 64: 4 A + 16 B 32-bit loads per 8 mma) to 1.5 (MW = 2), for MW x the accumulator registers.
+template <int BM_, int BN_, int BK_, int DC_, bool kPrefetch_ = false, int MW_ = 1>
 struct FlashTile {
-  static constexpr int BM = BM_, BN = BN_, BK = BK_, DC = DC_;
-  static constexpr int kWarps = BM / 16, kThreads = kWarps * kWarp, NT = BN / 8, DT = DC / 8;
-  static_assert(BM % 16 == 0 && BN % 16 == 0 && BK % 16 == 0 && DC % 8 == 0, "flash tile shape");
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, DC = DC_, MW = MW_;
+  static constexpr bool kPrefetch = kPrefetch_;  // similarity_tile's register prefetch of the next feature chunk
+  static constexpr int kWarps = BM / (16 * MW), kThreads = kWarps * kWarp, NT = BN / 8, DT = DC / 8;
+  static_assert(BM % (16 * MW) == 0 && BN % 16 == 0 && BK % 16 == 0 && DC % 8 == 0, "flash tile shape");
 };
 
 // Everything the flash kernels read about the candidates (batch rows then reference rows).
@@ -75,10 +81,40 @@ __device__ __forceinline__ flash_elem_t<K> to_elem(float v) {
 template <MmaKind K>
 constexpr int kPad = K == MmaKind::kTF32 ? 4 : 8;  // row padding of the staged tiles, in elements
 
+// One staging group: features [d, d + V) of candidate c (V = 16 / sizeof(scalar_t)), loaded raw into v, and its
+// row's scale q = p2[c], or 0 (v untouched) for padding (c >= c_end, d >= D) and for rows with inv2 = 0 (a zero /
+// NaN row). One 16-byte load where the row segment is whole and 16-byte aligned, else V scalar loads (D not a
+// multiple of V, an offset view, the tail; features past D read as 0).
+template <typename scalar_t, int V>
+__device__ __forceinline__ float load_group(VecT<scalar_t, V>& v, const FlashArgs<scalar_t>& a, int64_t c,
+                                            int64_t c_end, int64_t d) {
+  const float q = c < c_end && d < a.D ? a.p2[c] * (a.inv2[c] != 0.f) : 0.f;
+  if (q != 0.f) {
+    const scalar_t* x = (c < a.B ? a.xb + c * a.D : a.xr + (c - a.B) * a.D) + d;
+    if (d + V <= a.D && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+      v = *reinterpret_cast<const VecT<scalar_t, V>*>(x);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j) v.v[j] = d + j < a.D ? x[j] : static_cast<scalar_t>(0.f);
+    }
+  }
+  return q;
+}
+
+// A group's V operand elements x · q (exact: q is a power of two) at s, or V zeros where q = 0: one 16-byte store
+// (V operand elements are 16 bytes for every kind: 8 bf16/fp16, 4 tf32; s is 16-byte aligned, since the staged
+// tiles' leading dimensions BK + kPad, DC + kPad are multiples of 16 bytes and groups start at multiples of V).
+template <MmaKind K, typename scalar_t, int V>
+__device__ __forceinline__ void store_group(flash_elem_t<K>* s, const VecT<scalar_t, V>& v, float q) {
+  static_assert(V * sizeof(flash_elem_t<K>) == 16, "a staging group is one 16-byte store");
+  VecT<flash_elem_t<K>, V> o;
+#pragma unroll
+  for (int j = 0; j < V; ++j) o.v[j] = to_elem<K>(q != 0.f ? static_cast<float>(v.v[j]) * q : 0.f);
+  *reinterpret_cast<VecT<flash_elem_t<K>, V>*>(s) = o;
+}
+
 // Stages rows [c0, c0 + rows) (candidate indices, valid below c_end) x features [k0, k0 + cols) into s
-// (leading dimension ld), each row scaled by p2, zero past D / c_end and for rows with inv2 = 0. A thread moves
-// V consecutive features (one 16-byte load where the row segment is whole and 16-byte aligned, else V scalar
-// loads: D not a multiple of V, an offset view, the tail), reading the row's scale once.
+// (leading dimension ld), each row scaled by its p2, one group (load_group) after another.
 template <MmaKind K, typename scalar_t>
 __device__ __forceinline__ void stage(flash_elem_t<K>* s, int ld, const FlashArgs<scalar_t>& a, int64_t c0,
                                       int64_t c_end, int rows, int64_t k0, int cols, int tid, int nthreads) {
@@ -86,87 +122,151 @@ __device__ __forceinline__ void stage(flash_elem_t<K>* s, int ld, const FlashArg
   const int groups = cols / V;
   for (int e = tid; e < rows * groups; e += nthreads) {
     const int r = e / groups, k = e % groups * V;
-    const int64_t c = c0 + r, d = k0 + k;
-    float v[V];
-    const float q = c < c_end && d < a.D ? a.p2[c] * (a.inv2[c] != 0.f) : 0.f;  // 0: a zero / NaN row, or padding
-    if (q != 0.f) {
-      const scalar_t* x = (c < a.B ? a.xb + c * a.D : a.xr + (c - a.B) * a.D) + d;
-      if (d + V <= a.D && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
-        const VecT<scalar_t, V> w = *reinterpret_cast<const VecT<scalar_t, V>*>(x);
-#pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = static_cast<float>(w.v[j]) * q;
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = d + j < a.D ? static_cast<float>(x[j]) * q : 0.f;
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < V; ++j) v[j] = 0.f;
-    }
-#pragma unroll
-    for (int j = 0; j < V; ++j) s[r * ld + k + j] = to_elem<K>(v[j]);
+    VecT<scalar_t, V> v;
+    const float q = load_group(v, a, c0 + r, c_end, k0 + k);
+    store_group<K>(s + r * ld + k, v, q);
   }
 }
 
-// acc[nt] += A (this warp's 16 rows of As) · B (the BN rows of Bs)ᵀ over BK staged features.
+// A thread's groups of one kRows x kCols staging held in registers between load and store (similarity_tile's
+// prefetch): group i is element tid + i · kThreads of the rows x (kCols / V) groups.
+template <typename scalar_t, int kRows, int kCols, int kThreads>
+struct StageRegs {
+  static constexpr int V = 16 / sizeof(scalar_t), kGroups = kRows * (kCols / V);
+  static constexpr int N = (kGroups + kThreads - 1) / kThreads;
+  VecT<scalar_t, V> v[N];
+  float q[N];
+
+  __device__ __forceinline__ void load(const FlashArgs<scalar_t>& a, int64_t c0, int64_t c_end, int64_t k0, int tid) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const int e = tid + i * kThreads;
+      q[i] = e < kGroups ? load_group(v[i], a, c0 + e / (kCols / V), c_end, k0 + e % (kCols / V) * V) : 0.f;
+    }
+  }
+  template <MmaKind K>
+  __device__ __forceinline__ void store(flash_elem_t<K>* s, int ld, int tid) const {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const int e = tid + i * kThreads;
+      if (e < kGroups) store_group<K>(s + e / (kCols / V) * ld + e % (kCols / V) * V, v[i], q[i]);
+    }
+  }
+};
+
+// acc[m][nt] += A (m-tile m of this warp's 16 MW rows of As, from wrow) · B (the BN rows of Bs)ᵀ over BK staged
+// features; each B fragment serves the MW m-tiles.
 template <class Cfg, MmaKind K>
-__device__ __forceinline__ void tile_product(float (&acc)[Cfg::NT][4], const flash_elem_t<K>* As,
+__device__ __forceinline__ void tile_product(float (&acc)[Cfg::MW][Cfg::NT][4], const flash_elem_t<K>* As,
                                              const flash_elem_t<K>* Bs, int ld, int wrow, int g, int t) {
   if constexpr (K == MmaKind::kTF32) {
 #pragma unroll
     for (int kk = 0; kk < Cfg::BK; kk += 8) {
-      const uint32_t* a0 = As + (wrow + g) * ld + kk;
-      const uint32_t av[4] = {a0[t], a0[8 * ld + t], a0[t + 4], a0[8 * ld + t + 4]};
+      uint32_t av[Cfg::MW][4];
+#pragma unroll
+      for (int m = 0; m < Cfg::MW; ++m) {
+        const uint32_t* a0 = As + (wrow + 16 * m + g) * ld + kk;
+        av[m][0] = a0[t], av[m][1] = a0[8 * ld + t], av[m][2] = a0[t + 4], av[m][3] = a0[8 * ld + t + 4];
+      }
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; ++nt) {
         const uint32_t* b0 = Bs + (nt * 8 + g) * ld + kk;
         const uint32_t bv[2] = {b0[t], b0[t + 4]};
-        mma_tf32_1688(acc[nt], av, bv, acc[nt]);
+#pragma unroll
+        for (int m = 0; m < Cfg::MW; ++m) mma_tf32_1688(acc[m][nt], av[m], bv, acc[m][nt]);
       }
     }
   } else {
 #pragma unroll
     for (int kk = 0; kk < Cfg::BK; kk += 16) {
-      const uint16_t* a0 = As + (wrow + g) * ld + kk + 2 * t;
-      const uint32_t av[4] = {pack2(a0[0], a0[1]), pack2(a0[8 * ld], a0[8 * ld + 1]), pack2(a0[8], a0[9]),
-                              pack2(a0[8 * ld + 8], a0[8 * ld + 9])};
+      uint32_t av[Cfg::MW][4];
+#pragma unroll
+      for (int m = 0; m < Cfg::MW; ++m) {
+        const uint16_t* a0 = As + (wrow + 16 * m + g) * ld + kk + 2 * t;
+        av[m][0] = pack2(a0[0], a0[1]), av[m][1] = pack2(a0[8 * ld], a0[8 * ld + 1]);
+        av[m][2] = pack2(a0[8], a0[9]), av[m][3] = pack2(a0[8 * ld + 8], a0[8 * ld + 9]);
+      }
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; ++nt) {
         const uint16_t* b0 = Bs + (nt * 8 + g) * ld + kk + 2 * t;
         const uint32_t bv[2] = {pack2(b0[0], b0[1]), pack2(b0[8], b0[9])};
-        mma_16816<K>(acc[nt], av, bv, acc[nt]);
+#pragma unroll
+        for (int m = 0; m < Cfg::MW; ++m) mma_16816<K>(acc[m][nt], av[m], bv, acc[m][nt]);
       }
     }
   }
 }
 
-// S of rows [r0, r0 + BM) (candidates, valid below r_end) against columns [j0, j0 + BN) (valid below j_end),
-// unscaled (x' · x'), in the accumulator fragments of each warp. Ends with a barrier: the staging buffers
-// are free again.
-template <class Cfg, MmaKind K, typename scalar_t>
-__device__ __forceinline__ void similarity_tile(float (&acc)[Cfg::NT][4], flash_elem_t<K>* As, flash_elem_t<K>* Bs,
-                                                const FlashArgs<scalar_t>& a, int64_t r0, int64_t r_end, int64_t j0,
-                                                int64_t j_end, int wrow, int g, int t) {
-  constexpr int ld = Cfg::BK + kPad<K>;
-#pragma unroll
-  for (int nt = 0; nt < Cfg::NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-  for (int64_t k0 = 0; k0 < a.D; k0 += Cfg::BK) {
-    stage<K>(As, ld, a, r0, r_end, Cfg::BM, k0, Cfg::BK, threadIdx.x, Cfg::kThreads);
-    stage<K>(Bs, ld, a, j0, j_end, Cfg::BN, k0, Cfg::BK, threadIdx.x, Cfg::kThreads);
-    __syncthreads();
-    tile_product<Cfg, K>(acc, As, Bs, ld, wrow, g, t);
-    __syncthreads();
+// The m16n8k16 B fragments of k-rows [k0, k0 + 16) and of the n-tiles at columns n0 (bv[0]) and, where `both`,
+// n0 + 8 (bv[1]) of the row-major [k][ld] 16-bit tile s: one ldmatrix.trans (x4, or x2 for one n-tile) instead of
+// four 16-bit loads per fragment register (the backward's G product: B = x'_J's chunk, k = the column candidates).
+// Needs 16-byte aligned rows: ld and n0 multiples of 8 elements (kPad and DC keep them so).
+__device__ __forceinline__ void b_frags_trans(uint32_t (&bv)[2][2], const uint16_t* s, int ld, int k0, int n0, int lane,
+                                              bool both) {
+  const uint16_t* row = s + (k0 + (lane >> 3 & 1) * 8 + (lane & 7)) * ld + n0 + (lane >> 4) * 8;
+  if (both) {
+    uint32_t r[4];
+    ldsm_trans<4>(r, row);
+    bv[0][0] = r[0], bv[0][1] = r[1], bv[1][0] = r[2], bv[1][1] = r[3];
+  } else {
+    uint32_t r[2];
+    ldsm_trans<2>(r, row);
+    bv[0][0] = r[0], bv[0][1] = r[1];
   }
 }
 
-// The two accumulator rows this thread holds in a CTA's row block at r0 (its warp's 16 rows at wrow, fragment row g
-// and g + 8) and their scales inv2 (0 past row_end: padding rows add nothing). Every flash kernel starts with it.
-template <typename scalar_t>
-__device__ __forceinline__ void fragment_rows(const FlashArgs<scalar_t>& a, int64_t r0, int wrow, int g,
-                                              int64_t row_end, int64_t (&row)[2], float (&scale)[2]) {
+// S of rows [r0, r0 + BM) (candidates, valid below r_end) against columns [j0, j0 + BN) (valid below j_end),
+// unscaled (x' · x'), in the accumulator fragments of each warp (acc[m]: its m-tile m). With Cfg::kPrefetch the loop is software-pipelined
+// through registers: the global loads of feature chunk k0 + BK are issued before chunk k0's product and stored to
+// shared memory after it, so their latency hides behind the mma rather than behind other CTAs (the same shared
+// memory and barriers, about 30-65 more registers a thread on sm_90; the same values and mma order, so the same
+// bits). Ends with a barrier: the staging buffers are free again.
+template <class Cfg, MmaKind K, typename scalar_t>
+__device__ __forceinline__ void similarity_tile(float (&acc)[Cfg::MW][Cfg::NT][4], flash_elem_t<K>* As,
+                                                flash_elem_t<K>* Bs, const FlashArgs<scalar_t>& a, int64_t r0,
+                                                int64_t r_end, int64_t j0, int64_t j_end, int wrow, int g, int t) {
+  constexpr int ld = Cfg::BK + kPad<K>;
+  const int tid = threadIdx.x;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    row[h] = r0 + wrow + g + 8 * h;
+  for (int m = 0; m < Cfg::MW; ++m)
+#pragma unroll
+    for (int nt = 0; nt < Cfg::NT; ++nt) acc[m][nt][0] = acc[m][nt][1] = acc[m][nt][2] = acc[m][nt][3] = 0.f;
+  if constexpr (Cfg::kPrefetch) {
+    StageRegs<scalar_t, Cfg::BM, Cfg::BK, Cfg::kThreads> ra;
+    StageRegs<scalar_t, Cfg::BN, Cfg::BK, Cfg::kThreads> rb;
+    ra.load(a, r0, r_end, 0, tid);
+    rb.load(a, j0, j_end, 0, tid);
+    for (int64_t k0 = 0; k0 < a.D; k0 += Cfg::BK) {
+      ra.template store<K>(As, ld, tid);
+      rb.template store<K>(Bs, ld, tid);
+      __syncthreads();
+      if (k0 + Cfg::BK < a.D) {  // the next chunk's loads, in flight during this chunk's product
+        ra.load(a, r0, r_end, k0 + Cfg::BK, tid);
+        rb.load(a, j0, j_end, k0 + Cfg::BK, tid);
+      }
+      tile_product<Cfg, K>(acc, As, Bs, ld, wrow, g, t);
+      __syncthreads();
+    }
+  } else {
+    for (int64_t k0 = 0; k0 < a.D; k0 += Cfg::BK) {
+      stage<K>(As, ld, a, r0, r_end, Cfg::BM, k0, Cfg::BK, tid, Cfg::kThreads);
+      stage<K>(Bs, ld, a, j0, j_end, Cfg::BN, k0, Cfg::BK, tid, Cfg::kThreads);
+      __syncthreads();
+      tile_product<Cfg, K>(acc, As, Bs, ld, wrow, g, t);
+      __syncthreads();
+    }
+  }
+}
+
+// The 2 MW accumulator rows this thread holds in a CTA's row block at r0 (its warp's MW m-tiles of 16 rows from
+// wrow; m-tile m's fragment rows g and g + 8 are row[2m], row[2m + 1]) and their scales inv2 (0 past row_end:
+// padding rows add nothing). Every flash kernel starts with it.
+template <int MW, typename scalar_t>
+__device__ __forceinline__ void fragment_rows(const FlashArgs<scalar_t>& a, int64_t r0, int wrow, int g,
+                                              int64_t row_end, int64_t (&row)[2 * MW], float (&scale)[2 * MW]) {
+#pragma unroll
+  for (int h = 0; h < 2 * MW; ++h) {
+    row[h] = r0 + wrow + 16 * (h / 2) + g + 8 * (h % 2);
     scale[h] = row[h] < row_end ? a.inv2[row[h]] : 0.f;
   }
 }
@@ -186,49 +286,53 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   constexpr int ld = Cfg::BK + kPad<K>;
   elem_t* As = reinterpret_cast<elem_t*>(smem_raw);
   elem_t* Bs = As + Cfg::BM * ld;
-  const int lane = threadIdx.x % kWarp, wrow = threadIdx.x / kWarp * 16, g = lane / 4, t = lane % 4;
+  constexpr int MW = Cfg::MW, H = 2 * MW;  // the H rows this thread holds (fragment_rows)
+  const int lane = threadIdx.x % kWarp, wrow = threadIdx.x / kWarp * 16 * MW, g = lane / 4, t = lane % 4;
   const int64_t r0 = int64_t(blockIdx.x) * Cfg::BM;
   const bool wide = a.flags[2] != 0;
   const float inf = INFINITY, alpha = float(p.alpha), beta = float(p.beta), base = float(p.base), eps = float(p.eps);
-  int64_t row[2];
-  float si[2], mn[2], mx[2], zp[2] = {0.f, 0.f}, zn[2] = {0.f, 0.f};
-  int64_t an[2] = {-1, -1}, ax[2] = {-1, -1};
-  fragment_rows(a, r0, wrow, g, a.B, row, si);
+  int64_t row[H], an[H], ax[H];
+  float si[H], mn[H], mx[H], zp[H], zn[H];
+  fragment_rows<MW>(a, r0, wrow, g, a.B, row, si);
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
+  for (int h = 0; h < H; ++h) {
     const bool ok = row[h] < a.B;
     mn[h] = kPass == 2 && ok ? stats[row[h] * 4 + 2] : inf;
     mx[h] = kPass == 2 && ok ? stats[row[h] * 4 + 3] : -inf;
+    an[h] = ax[h] = -1;
+    zp[h] = zn[h] = 0.f;
   }
   const bool ms = p.mining == int(Mining::kMS);
-  float acc[Cfg::NT][4];
+  float acc[MW][Cfg::NT][4];
   for (int64_t j0 = 0; j0 < a.M; j0 += Cfg::BN) {
     similarity_tile<Cfg, K>(acc, As, Bs, a, r0, a.B, j0, a.M, wrow, g, t);
 #pragma unroll
-    for (int nt = 0; nt < Cfg::NT; ++nt)
+    for (int m = 0; m < MW; ++m)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int h = e / 2;
-        const int64_t k = j0 + nt * 8 + 2 * t + (e & 1), i = row[h];
-        if (i >= a.B || k >= a.M || k == i) continue;
-        const float s = acc[nt][e] * (si[h] * a.inv2[k]);
-        const bool pos = same_label(a, wide, i, k);
-        if constexpr (kPass == 1) {  // columns arrive in increasing order: strict < / > keeps the first index
-          if (pos) {
-            if (an[h] < 0 || s < mn[h]) mn[h] = s, an[h] = k;
-          } else if (ax[h] < 0 || s > mx[h]) {
-            mx[h] = s, ax[h] = k;
+      for (int nt = 0; nt < Cfg::NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = 2 * m + e / 2;
+          const int64_t k = j0 + nt * 8 + 2 * t + (e & 1), i = row[h];
+          if (i >= a.B || k >= a.M || k == i) continue;
+          const float s = acc[m][nt][e] * (si[h] * a.inv2[k]);
+          const bool pos = same_label(a, wide, i, k);
+          if constexpr (kPass == 1) {  // columns arrive in increasing order: strict < / > keeps the first index
+            if (pos) {
+              if (an[h] < 0 || s < mn[h]) mn[h] = s, an[h] = k;
+            } else if (ax[h] < 0 || s > mx[h]) {
+              mx[h] = s, ax[h] = k;
+            }
+          } else if (pos) {  // exp_of<true>: ex2 (see ms_loss_rows.cuh)
+            if (s - eps < (ms ? mx[h] : inf)) zp[h] += exp_of<true>(-alpha * (s - mn[h]));
+          } else if (s + eps > (ms ? mn[h] : -inf)) {
+            zn[h] += exp_of<true>(beta * (s - mx[h]));
           }
-        } else if (pos) {
-          if (s - eps < (ms ? mx[h] : inf)) zp[h] += exp(-alpha * (s - mn[h]));
-        } else if (s + eps > (ms ? mn[h] : -inf)) {
-          zn[h] += exp(beta * (s - mx[h]));
         }
-      }
   }
   // The 4 lanes of a row group hold the row's columns: merge them (fixed order).
-  #pragma unroll
-  for (int h = 0; h < 2; ++h) {
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
 #pragma unroll
     for (int o = 1; o < 4; o <<= 1) {
       if constexpr (kPass == 1) {
@@ -286,8 +390,8 @@ __device__ __forceinline__ void weight_tile(float (&acc)[Cfg::NT][4], const Flas
       if (c < row_end && k < ncols && k != c) {
         const float sk = a.inv2[k], s = acc[nt][e] * (sc[h] * sk);
         const bool pos = same_label(a, wide, c, k);
-        if (c < p.B) w += pair_weight(stats, hard_idx, c, k, s, pos, p);
-        if (k < p.B) w += pair_weight(stats, hard_idx, k, c, s, pos, p);
+        if (c < p.B) w += pair_weight<float, true>(stats, hard_idx, c, k, s, pos, p);
+        if (k < p.B) w += pair_weight<float, true>(stats, hard_idx, k, c, s, pos, p);
         w *= sk;
       }
       acc[nt][e] = w;
@@ -311,14 +415,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   const int lane = threadIdx.x % kWarp, wrow = threadIdx.x / kWarp * 16, g = lane / 4, t = lane % 4;
   const int64_t r0 = row0 + int64_t(blockIdx.x) * Cfg::BM, dc0 = int64_t(blockIdx.y) * Cfg::DC;
   const bool wide = a.flags[2] != 0;
+  static_assert(Cfg::MW == 1, "the backward's warps own one m-tile (the W fragments' layout)");
   int64_t row[2];
   float sc[2];
-  fragment_rows(a, r0, wrow, g, row_end, row, sc);
-  float acc[Cfg::NT][4], gacc[Cfg::DT][4];
+  fragment_rows<1>(a, r0, wrow, g, row_end, row, sc);
+  float acc1[1][Cfg::NT][4], gacc[Cfg::DT][4];
+  auto& acc = acc1[0];
 #pragma unroll
   for (int dn = 0; dn < Cfg::DT; ++dn) gacc[dn][0] = gacc[dn][1] = gacc[dn][2] = gacc[dn][3] = 0.f;
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
-    similarity_tile<Cfg, K>(acc, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
+    similarity_tile<Cfg, K>(acc1, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
     stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
     weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
     if constexpr (K == MmaKind::kTF32) {
@@ -340,18 +446,20 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         }
       }
     } else {
-      // The accumulator of n-tiles 2q, 2q+1 is, element for element, the A fragment of k-step q (FA-2).
+      // The accumulator of n-tiles 2q, 2q+1 is, element for element, the A fragment of k-step q (FA-2); the B
+      // fragments of two n-tiles come from one ldmatrix.trans of Xs.
 #pragma unroll
       for (int q = 0; q < Cfg::NT / 2; ++q) {
         const uint32_t av[4] = {pack2(to_elem<K>(acc[2 * q][0]), to_elem<K>(acc[2 * q][1])),
                                 pack2(to_elem<K>(acc[2 * q][2]), to_elem<K>(acc[2 * q][3])),
                                 pack2(to_elem<K>(acc[2 * q + 1][0]), to_elem<K>(acc[2 * q + 1][1])),
                                 pack2(to_elem<K>(acc[2 * q + 1][2]), to_elem<K>(acc[2 * q + 1][3]))};
-        const elem_t* x0 = Xs + (16 * q + 2 * t) * ldx + g;
 #pragma unroll
-        for (int dn = 0; dn < Cfg::DT; ++dn) {
-          const uint32_t bv[2] = {pack2(x0[dn * 8], x0[ldx + dn * 8]), pack2(x0[8 * ldx + dn * 8], x0[9 * ldx + dn * 8])};
-          mma_16816<K>(gacc[dn], av, bv, gacc[dn]);
+        for (int dn = 0; dn < Cfg::DT; dn += 2) {
+          uint32_t bv[2][2];
+          b_frags_trans(bv, Xs, ldx, 16 * q, dn * 8, lane, dn + 1 < Cfg::DT);
+          mma_16816<K>(gacc[dn], av, bv[0], gacc[dn]);
+          if (dn + 1 < Cfg::DT) mma_16816<K>(gacc[dn + 1], av, bv[1], gacc[dn + 1]);
         }
       }
     }

@@ -6,7 +6,8 @@
 //   2. forms W_IJ once (weight_tile) and keeps it in registers as A fragments (bf16/fp16: packed straight from
 //      the accumulator, the FA-2 layout identity; tf32: through this warp's rows of Ws, read back once),
 //   3. for each DC-wide feature chunk stages x'_J's chunk (Xs) and runs G_I[:, chunk] += W_IJ · x'_J[:, chunk],
-//      the mma accumulating into C fragments loaded from and stored back to Gs, one 8-column n-tile at a time.
+//      the mma accumulating into C fragments loaded from and stored back to Gs, two 8-column n-tiles at a time
+//      (bf16/fp16: their B fragments by one ldmatrix.trans of Xs).
 // So 1 S product + 1 G product per pair at any D that fits. Each warp owns its 16 rows of Gs (the C fragment's
 // rows g, g + 8), so the read-modify-write of G needs no barrier; an element's sum runs over column blocks, then
 // k-steps, in increasing order: the register kernel's order at the same BN. Deterministic, no atomics.
@@ -41,8 +42,9 @@ __host__ __device__ inline int64_t flash_gsmem_ld(int64_t D) { return (D + 31) /
 // anchors, or the reference rows) against columns = candidates [0, ncols), all D features; norms [M] the rows'
 // norms, grad_loss the loss gradient, nb the batch size (the loss's mean). One CTA per BM rows.
 // __launch_bounds__(kThreads, 1): one CTA per SM is what the shared memory allows at D = 512 anyway; without the
-// minimum ptxas (nvcc 13.0, sm_90) spilled 8 bytes of the tf32 kernel at 72 registers; with it 97 (bf16, fp16) / 104
-// (tf32) registers and no spills.
+// minimum ptxas (nvcc 13.0, sm_90) spilled 8 bytes of the tf32 kernel at 72 registers; with it, and with the register
+// prefetch of FlashTile3 (one CTA of 4 warps an SM has no other CTA to hide its loads behind), 164 (bf16, fp16) /
+// 174 (tf32) registers and no spills.
 template <class Cfg, MmaKind K, typename scalar_t>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     ms_flash_bwd_gsmem_kernel(FlashArgs<scalar_t> a, Params p, const float* __restrict__ stats,
@@ -62,15 +64,17 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   const int lane = threadIdx.x % kWarp, wrow = threadIdx.x / kWarp * 16, g = lane / 4, t = lane % 4;
   const int64_t r0 = row0 + int64_t(blockIdx.x) * Cfg::BM;
   const bool wide = a.flags[2] != 0;
+  static_assert(Cfg::MW == 1, "the backward's warps own one m-tile (the W fragments' layout)");
   int64_t row[2];
   float sc[2];
-  fragment_rows(a, r0, wrow, g, row_end, row, sc);
+  fragment_rows<1>(a, r0, wrow, g, row_end, row, sc);
   for (int i = threadIdx.x; i < Cfg::BM * ldg; i += Cfg::kThreads) Gs[i] = 0.f;
   __syncthreads();
-  float acc[Cfg::NT][4];
+  float acc1[1][Cfg::NT][4];
+  auto& acc = acc1[0];
   uint32_t wa[KS][4];  // W_IJ as the A fragments of the G product's k-steps
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
-    similarity_tile<Cfg, K>(acc, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
+    similarity_tile<Cfg, K>(acc1, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
     weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
     if constexpr (K == MmaKind::kTF32) {  // the tf32 A layout differs from the accumulator's: via this warp's Ws rows
 #pragma unroll
@@ -96,25 +100,42 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
       __syncthreads();  // Xs staged
 #pragma unroll
-      for (int dn = 0; dn < Cfg::DT; ++dn) {
+      for (int dn = 0; dn < Cfg::DT; dn += 2) {  // n-tile pairs: dn, and dn + 1 where `two`
         if (dc0 + dn * 8 >= D) continue;  // warp-uniform: the n-tiles past D (zero in Xs) are not computed
-        float* c0 = Gs + (wrow + g) * ldg + dc0 + dn * 8 + 2 * t;
-        VecT<float, 2> lo = *reinterpret_cast<const VecT<float, 2>*>(c0), hi = *reinterpret_cast<const VecT<float, 2>*>(c0 + 8 * ldg);
-        float c[4] = {lo.v[0], lo.v[1], hi.v[0], hi.v[1]};
+        const bool two = dn + 1 < Cfg::DT && dc0 + dn * 8 + 8 < D;
+        float c[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          if (j == 1 && !two) break;
+          const float* c0 = Gs + (wrow + g) * ldg + dc0 + (dn + j) * 8 + 2 * t;
+          const VecT<float, 2> lo = *reinterpret_cast<const VecT<float, 2>*>(c0),
+                               hi = *reinterpret_cast<const VecT<float, 2>*>(c0 + 8 * ldg);
+          c[j][0] = lo.v[0], c[j][1] = lo.v[1], c[j][2] = hi.v[0], c[j][3] = hi.v[1];
+        }
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
           if constexpr (K == MmaKind::kTF32) {
-            const uint32_t bv[2] = {Xs[(8 * ks + t) * ldx + dn * 8 + g], Xs[(8 * ks + t + 4) * ldx + dn * 8 + g]};
-            mma_tf32_1688(c, wa[ks], bv, c);
-          } else {
-            const elem_t* x0 = Xs + (16 * ks + 2 * t) * ldx + dn * 8 + g;
-            const uint32_t bv[2] = {pack2(x0[0], x0[ldx]), pack2(x0[8 * ldx], x0[9 * ldx])};
-            mma_16816<K>(c, wa[ks], bv, c);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              if (j == 1 && !two) break;
+              const int n = (dn + j) * 8 + g;
+              const uint32_t bv[2] = {Xs[(8 * ks + t) * ldx + n], Xs[(8 * ks + t + 4) * ldx + n]};
+              mma_tf32_1688(c[j], wa[ks], bv, c[j]);
+            }
+          } else {  // both n-tiles' B fragments by one ldmatrix.trans
+            uint32_t bv[2][2];
+            b_frags_trans(bv, Xs, ldx, 16 * ks, dn * 8, lane, two);
+            mma_16816<K>(c[0], wa[ks], bv[0], c[0]);
+            if (two) mma_16816<K>(c[1], wa[ks], bv[1], c[1]);
           }
         }
-        lo.v[0] = c[0], lo.v[1] = c[1], hi.v[0] = c[2], hi.v[1] = c[3];
-        *reinterpret_cast<VecT<float, 2>*>(c0) = lo;
-        *reinterpret_cast<VecT<float, 2>*>(c0 + 8 * ldg) = hi;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          if (j == 1 && !two) break;
+          float* c0 = Gs + (wrow + g) * ldg + dc0 + (dn + j) * 8 + 2 * t;
+          *reinterpret_cast<VecT<float, 2>*>(c0) = VecT<float, 2>{{c[j][0], c[j][1]}};
+          *reinterpret_cast<VecT<float, 2>*>(c0 + 8 * ldg) = VecT<float, 2>{{c[j][2], c[j][3]}};
+        }
       }
       __syncthreads();  // Xs free for the next chunk (and, after the last, As / Bs for the next column block)
     }

@@ -17,14 +17,20 @@
 // twice the G registers); 3 = G in shared memory (ms_loss_flash_gsmem.cuh): the backward's CTA of BM 64 rows
 // (BN 64, BK 32, DC 128; 4 warps) keeps G for its rows x all D features in shared memory, so S_IJ is computed
 // once per pair instead of once per DC-wide chunk, and writes the gradient rows itself (the normalisation's
-// backward fused: no G buffer, one launch for all rows); the forward is variant 0's. Read once per process (each
-// launch of the emulation re-reads it). Unmeasured: the first GPU run sweeps them (tools/gpu_check.sh).
-// Products per pair (pair = anchor row x candidate column block, D = 512) in the backward: variants 0 and 1,
+// backward fused: no G buffer, one launch for all rows), with the register prefetch (below); its forward is variant
+// 4's; 4 = variant 0 with similarity_tile's register prefetch (FlashTile::kPrefetch: the next feature chunk's
+// global loads in flight during this chunk's mma; 30-65 more registers a thread: fewer CTAs per SM, each hiding
+// its own load latency — which wins is the GPU's to say); 5 = a forward of 128-row CTAs whose 4 warps own 32 rows
+// (2 m-tiles, FlashTile::MW: each B fragment read from shared memory feeds 2 mma, 1.5 shared loads per mma instead of
+// 2.5), with the prefetch, and variant 4's backward. Read once per process (each launch of the emulation
+// re-reads it). Unmeasured: the first GPU run sweeps them (tools/gpu_check.sh).
+// Products per pair (pair = anchor row x candidate column block, D = 512) in the backward: variants 0, 1 and 4,
 // ceil(D / 128) = 4 S + 1 G; variant 2, 2 S + 1 G; variant 3, 1 S + 1 G (the forward: 1 S per pass, all variants).
 // Variant 3's shared memory (flash_gsmem_smem): BM (round_up(D, 32) + 8) 4 bytes of G + the operand tiles:
 // 157 KB bf16/fp16, 198 KB tf32 at D = 512 (opt-in; sm_90 allows 227 KB, sm_80 163 KB); where it exceeds the
 // device's opt-in limit (cudaDevAttrMaxSharedMemoryPerBlockOptin: D > 768 bf16, D > 608 tf32 on sm_90) the call
-// takes variant 0's register backward instead, decided per call on the host. Both have the same tiles but DC,
+// takes variant 4's register backward instead, decided per call on the host. Variants 0, 3 and 4 have the same
+// BM, BN, BK (the register prefetch changes no value), variant 3 another DC,
 // so the same W, the same mma sequence per G element and the same normalisation arithmetic: the emulation finds
 // their gradients bitwise equal (on a GPU, up to nvcc's FMA contraction of the epilogue).
 // Extra memory: labels int32 M·4 bytes; the backward G buffer of a wave of T rows, T·D·4 bytes with
@@ -55,12 +61,16 @@ inline int emu_gsmem_backwards = 0;  // backward calls that took variant 3's ker
 using FlashTile0 = FlashTile<64, 64, 32, 128>;
 using FlashTile1 = FlashTile<128, 64, 32, 128>;
 using FlashTile2 = FlashTile<64, 64, 32, 256>;
-using FlashTile3 = FlashTile<64, 64, 32, 128>;  // G in shared memory (backward only)
+using FlashTile3 = FlashTile<64, 64, 32, 128, true>;  // G in shared memory (backward only)
+using FlashTile4 = FlashTile<64, 64, 32, 128, true>;  // variant 0 with the register prefetch
+using FlashTile5 = FlashTile<128, 64, 32, 8, true, 2>;  // forward only: 4 warps of 2 m-tiles (32 rows) each
 #else  // small tiles: several row / column blocks, feature chunks and waves out of a few dozen rows
 using FlashTile0 = FlashTile<32, 16, 16, 16>;
 using FlashTile1 = FlashTile<16, 32, 32, 8>;
 using FlashTile2 = FlashTile<48, 16, 16, 24>;
-using FlashTile3 = FlashTile<32, 16, 16, 24>;  // D = 130: 6 chunks, the last of 10 features
+using FlashTile3 = FlashTile<32, 16, 16, 24, true>;  // D = 130: 6 chunks, the last of 10 features
+using FlashTile4 = FlashTile<48, 32, 16, 16, true>;  // prefetch groups with tails (fp32 B: 128 over 96 threads)
+using FlashTile5 = FlashTile<64, 16, 16, 8, true, 2>;  // 2 warps of 32 rows: B = 70 leaves a partial m-tile
 #endif
 
 enum class MsPath : int { kAuto = 0, kFlash = 1, kTiles = 2 };
@@ -73,7 +83,8 @@ inline MsPath ms_path_env() {  // the order of MsPath
 // The tile variant for embeddings of `dtype`: RECOGFAST_MS_FLASH_TILE, else the tuned table's, else 0.
 struct FlashTileEnv {};
 inline int flash_tile_variant(ScalarType dtype) {
-  return gpu::env_choice_once<FlashTileEnv>("recogfast::ms_loss", "RECOGFAST_MS_FLASH_TILE", {"0", "1", "2", "3"}, 0,
+  return gpu::env_choice_once<FlashTileEnv>("recogfast::ms_loss", "RECOGFAST_MS_FLASH_TILE", {"0", "1", "2", "3", "4", "5"},
+                                            0,
                                             gpu::tuned_value("ms_flash_tile", dtype));
 }
 
@@ -125,13 +136,19 @@ void allow_smem(Kernel kernel, size_t bytes) {
     RF_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-// Calls f(Cfg{}) with tile variant `variant` (flash_tile_variant; 3: variant 0's tiles, its forward and the
-// fallback of its backward).
-template <typename F>
+// Calls f(Cfg{}) with the forward's (kBackward false) or the backward's tiles of variant `variant`
+// (flash_tile_variant; 3: variant 4's tiles, its forward and the fallback of its backward; 5: FlashTile5's forward,
+// variant 4's backward).
+template <bool kBackward, typename F>
 void with_flash_tile(int variant, F&& f) {
   switch (variant) {
     case 1: return f(FlashTile1{});
     case 2: return f(FlashTile2{});
+    case 3:
+    case 4: return f(FlashTile4{});
+    case 5:
+      if constexpr (kBackward) return f(FlashTile4{});
+      else return f(FlashTile5{});
     default: return f(FlashTile0{});
   }
 }
@@ -165,8 +182,9 @@ void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_id
   constexpr MmaKind K = mma_kind<scalar_t>();
   Tensor lab32;
   const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
-  with_flash_tile(flash_tile_variant(scalar_type_of<scalar_t>()), [&](auto cfg) {
-    using Cfg = FlashTile<decltype(cfg)::BM, decltype(cfg)::BN, decltype(cfg)::BK, 8>;  // DC: backward only
+  with_flash_tile<false>(flash_tile_variant(scalar_type_of<scalar_t>()), [&](auto cfg) {
+    using C = decltype(cfg);
+    using Cfg = FlashTile<C::BM, C::BN, C::BK, 8, C::kPrefetch, C::MW>;  // DC: backward only
     const size_t smem = flash_smem<Cfg, K>(false);
     const unsigned grid = static_cast<unsigned>(ceil_div(cd.B, Cfg::BM));
     allow_smem(ms_flash_fwd_kernel<Cfg, K, scalar_t, 1>, smem);
@@ -237,7 +255,7 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
       return;
     }
   }
-  with_flash_tile(variant, [&](auto cfg) {
+  with_flash_tile<true>(variant, [&](auto cfg) {
     using Cfg = decltype(cfg);
     const size_t smem = flash_smem<Cfg, K>(true);
     allow_smem(ms_flash_bwd_kernel<Cfg, K, scalar_t>, smem);

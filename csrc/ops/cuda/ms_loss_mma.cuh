@@ -1,5 +1,6 @@
 // Warp-level tensor-core products for the flash MS loss (ms_loss_flash.cuh): one device function per PTX
-// shape, each a single `mma.sync` in inline PTX (sm_80+). Hand-written PTX rather than CUTLASS/CuTe: the
+// shape, each a single `mma.sync` in inline PTX (sm_80+), and the transposing shared-memory fragment load
+// (`ldmatrix .trans`) of the backward's G product. Hand-written PTX rather than CUTLASS/CuTe: the
 // flash kernels need two shapes and plain fragment loads, and the CUTLASS headers would add minutes per .cu
 // to a build that runs on 2 cores (CI's 90-minute budget), for no tile speed we could not reach by hand.
 //
@@ -14,7 +15,8 @@
 // Under RECOGFAST_CUDA_EMULATION (tools/cuda_emulation) the bodies are emu.h's warp-wide emulations, which
 // gather the 32 lanes' registers, compute D = A·B + C from exactly these layouts (bf16/fp16 products exact,
 // fp32 accumulation; tf32 operands rounded as cvt.rna.tf32.f32) and scatter D: the kernels' fragment
-// indexing is checked for real on the host.
+// indexing is checked for real on the host. ldmatrix likewise (emu_ldmatrix_trans: the 32 lanes' row addresses
+// gathered, each lane's registers filled from the layout below, 16-byte alignment checked).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -62,6 +64,22 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
   return r;
 }
+
+// ldmatrix.sync.aligned.m8n8.x{N}.trans.shared.b16 (sm_75+): kN (2 or 4) 8x8 matrices of 16-bit elements from
+// shared memory; lane l gives the address of row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned; for kN = 2
+// lanes 16-31's are ignored) and r[i] receives matrix i transposed: lane (g, t)'s pair (row 2t, col g) (low half),
+// (row 2t + 1, col g). A [k][n] tile's 8x8 block so lands as the m16n8k16 B fragment register of k-rows
+// 2t, 2t + 1 and column g (see the layout table above).
+template <int kN>
+__device__ __forceinline__ void ldsm_trans(uint32_t (&r)[kN], const uint16_t* row) {
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (kN == 4)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
 #else
 template <MmaKind K>
 void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
@@ -71,6 +89,10 @@ inline void mma_tf32_1688(float d[4], const uint32_t a[4], const uint32_t b[2], 
   emu_mma_tf32_1688(d, a, b, c);
 }
 inline uint32_t to_tf32(float x) { return emu_cvt_rna_tf32(x); }
+template <int kN>
+void ldsm_trans(uint32_t (&r)[kN], const uint16_t* row) {
+  emu_ldmatrix_trans(kN, r, row);
+}
 #endif
 
 // Two 16-bit values (lo = lower index) as one 32-bit register.
