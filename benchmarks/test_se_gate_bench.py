@@ -8,29 +8,30 @@ writes y (2|x|); forward+backward adds reading x and grad_y and writing grad_x (
 measured copy bandwidth. The fused kernels move 3|x| forward and 7|x| forward+backward on the GPU
 (pool, then scale, re-reading x), and close to the floor on the CPU when a sample fits in the cache.
 
-CUDA kernel variant (RECOGFAST_SE_VARIANT, set per case): impl "fused" is the split path (today's default,
-"auto"), impl "fused_1cta" the opt-in one-CTA-a-sample kernels (csrc/ops/cuda/se_gate_fused.cuh: 2|x| forward,
-3|x| backward where a sample fits in shared memory; 56x56x64 bf16 does not and runs the split path there too).
-On the CPU the variant changes nothing (one kernel), so "fused_1cta" is a CUDA-only case.
+CUDA kernel variant (RECOGFAST_SE_VARIANT): impl "fused" is what a user gets (the variable unset: "auto", the tuned
+table's entry, else the split path; extra_info se_variant names the one it ran), impl "fused_split" forces the split
+path and "fused_1cta" the one-CTA-a-sample kernels (csrc/ops/cuda/se_gate_fused.cuh: 2|x| forward, 3|x| backward;
+56x56 as a cluster of CTAs a sample), so that a sweep times both whatever the table says (tools/tuned_table.py needs
+the split baseline). On the CPU the variant changes nothing (one kernel): the two forced rows are CUDA-only.
 """
 
 import pytest
 import torch
 
-from conftest import BENCH_DEVICES, COMPILE_MODES, compile_peer, grad_reset, run_benchmark
+from conftest import BENCH_DEVICES, COMPILE_MODES, compile_peer, grad_reset, kernel_variant, run_benchmark
 from recogfast.ops import se_gate_reference
 
 # (B, C, H) per device: small batches on the CPU so `make bench` runs on a 2-core machine.
 STAGES = {"cpu": [(4, 64, 56), (4, 128, 28), (4, 256, 14), (4, 512, 7)],
           "cuda": [(256, 64, 56), (256, 128, 28), (256, 256, 14), (256, 512, 7)]}
 DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
-IMPLS = ["fused", "fused_1cta", "reference", *COMPILE_MODES]
-VARIANT = {"fused": "split", "fused_1cta": "fused"}  # RECOGFAST_SE_VARIANT per fused impl
+IMPLS = ["fused", "fused_split", "fused_1cta", "reference", *COMPILE_MODES]
+VARIANT = {"fused_split": "split", "fused_1cta": "fused"}  # RECOGFAST_SE_VARIANT forced per impl
 _compiled = {}
 
 
 def _fn(impl, key):
-    if impl in VARIANT:
+    if impl == "fused" or impl in VARIANT:
         return torch.ops.recogfast.se_gate
     if impl == "reference":
         return se_gate_reference
@@ -57,11 +58,14 @@ def _inputs(device, B, C, H, grad):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_se_gate(benchmark, device, stage, impl, mode, monkeypatch):
-    if impl == "fused_1cta" and device == "cpu":
+    if impl in VARIANT and device == "cpu":
         pytest.skip("RECOGFAST_SE_VARIANT picks a CUDA kernel; the CPU has one")
     if impl in VARIANT:
         monkeypatch.setenv("RECOGFAST_SE_VARIANT", VARIANT[impl])
         benchmark.extra_info["se_variant"] = VARIANT[impl]
+    elif impl == "fused" and device == "cuda":  # the user's variant: the table's entry ("auto" resolved)
+        monkeypatch.delenv("RECOGFAST_SE_VARIANT", raising=False)
+        benchmark.extra_info["se_variant"] = kernel_variant("se_variant", DTYPE[device], device)[0]
     B, C, H = STAGES[device][stage]
     fn = _fn(impl, (device, stage, mode))
     args = _inputs(device, B, C, H, grad=mode != "fwd")

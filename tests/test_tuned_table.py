@@ -94,6 +94,22 @@ def test_pick_block1_threads_default_is_256():
     assert decisions[("cubs_channel_threads", "9.0", "bfloat16")] == "128"
 
 
+def test_pick_keeps_the_entry_when_the_baseline_was_not_measured():
+    """A table that names a winner makes the headline rows run it; a sweep without the baseline's rows must not
+    turn that into "default" (the next --write would drop the entry, the run after pick it again)."""
+    g = "cubs1 fwd+bwd cuda bfloat16 B=64 C=64 56x56"
+    rows = [_row(g, "fused", 0.9, cubs_channel_threads="512"),
+            _row(g, "fused_threads128", 1.0, cubs_channel_threads="128"),
+            _row(g, "fused_threads512", 0.9, cubs_channel_threads="512")]
+    decisions, report = tt.pick(rows, None)
+    assert ("cubs_channel_threads", "9.0", "bfloat16") not in decisions
+    assert report[0]["decision"] == "kept" and "not measured" in report[0]["candidates"][0]["note"]
+    se = "se_gate fwd+bwd cuda bfloat16 B=256 C=64 56x56"
+    decisions, _ = tt.pick([_row(se, "fused", 0.5, se_variant="fused"), _row(se, "fused_1cta", 0.5, se_variant="fused")],
+                           None)
+    assert ("se_variant", "9.0", "bfloat16") not in decisions
+
+
 def _ms(flash: dict, tiles: float, mode="bf16"):
     g = f"ms_loss fwd+bwd cuda {mode} B=16384 R=0 D=512"
     rows = [_row(g, "fused" if v == "0" else f"fused_tile{v}", t, ms_loss_path="flash", flash_tile=v)

@@ -175,7 +175,7 @@ else
 fi
 
 # 6. the headline benchmark shapes (benchmarks/RESULTS.md), each with its floor and ratio, three timings
-SE="test_se_gate and (fused or reference) and not fused_1cta"
+SE="test_se_gate and (fused or reference) and not fused_1cta and not fused_split"
 CUBS="(test_cubs and fwd+bwd and (stage0 or stage4) and (fused or reference))"
 TRAIN="test_resnet18_train_step"
 MS="(test_ms_loss_fwd_bwd and (size2 or size3 or size4))"
@@ -219,23 +219,25 @@ else
       --benchmark-json='$OUT/logs/bench.json'"
 fi
 
-# 6a. SE's opt-in CUDA variant (RECOGFAST_SE_VARIANT=fused, one CTA a sample; impl fused_1cta) at 56², 28², 14², 7²
-# bf16 B=256, fwd and fwd+bwd: the split variant (impl fused, today's path) ran in the headline step above.
-bench_step se_fused 90 "SE one-CTA variant (RECOGFAST_SE_VARIANT=fused)" "cuda and test_se_gate and fused_1cta" \
-  benchmarks/test_se_gate_bench.py
+# 6a. SE's two CUDA variants forced (RECOGFAST_SE_VARIANT=fused, one CTA a sample, impl fused_1cta; =split, impl
+# fused_split) at 56², 28², 14², 7² bf16 B=256, fwd and fwd+bwd: the headline step's "fused" ran the table's (or the
+# default's) variant; both forced rows give tools/tuned_table.py its comparison whatever the table says.
+bench_step se_fused 110 "SE variants forced (RECOGFAST_SE_VARIANT=fused, split)" \
+  "cuda and test_se_gate and (fused_1cta or fused_split)" benchmarks/test_se_gate_bench.py
 
 # 6b. the engine's training step: eager against the captured step of `recogfast train --cuda-graphs`
 bench_step graphs 150 "engine train-step benchmarks (eager and --cuda-graphs)" "cuda and test_engine_train_step" \
   benchmarks/test_train_graphs_bench.py
 
 # 6c. the flash MS loss (issue 26): its tile variants (RECOGFAST_MS_FLASH_TILE, read once per process: one pytest
-# run each; variant 0 ran in the headline step) at bf16 B = 16384, then the batch sweep up to B = 1,000,000.
+# run each, all six set explicitly: the headline step ran the table's variant, and tools/tuned_table.py needs the
+# default's rows too) at bf16 B = 16384, then the batch sweep up to B = 1,000,000.
 FLASH_TILE_SEL="cuda and tensor_cores and flash and bf16 and size3"
 FLASH_SWEEP_SEL="cuda and flash_batch_sweep"
 MS_BENCH=benchmarks/test_ms_loss_bench.py
 if [[ $GPU == 1 ]]; then
-  step flash 220 "flash MS loss: tile variants 1-5; batch sweep to 10^6" -- bash -c "
-    for v in 1 2 3 4 5; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
+  step flash 250 "flash MS loss: tile variants 0-5; batch sweep to 10^6" -- bash -c "
+    for v in 0 1 2 3 4 5; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
       --benchmark-json='$OUT/logs/bench_flash_tile'\$v.json || exit 1; done
     $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_SWEEP_SEL' --benchmark-json='$OUT/logs/bench_flash_sweep.json'"
 else
@@ -248,22 +250,24 @@ fi
 # 6d. the CUBS kernel variants, each read once per process (one pytest run each), at bf16 B = 64: Block 2's
 # RECOGFAST_CUBS_SPATIAL_TILE = 0-3 (csrc/ops/cuda/cubs_spatial_passes.cuh: threads a block, rows a thread, staged tile
 # of its two quadratic passes) at 56x56x64 and 28x28x128, fwd and fwd+bwd (impl fused_tileN beside fused = 0); then
-# Block 1's RECOGFAST_CUBS_CHANNEL_THREADS = 128, 512 (threads a sample of its head kernel; 256 is the headline's) at
-# 56x56x64 and 7x7x512 (impl fused_threadsN); then Block 1's one-CTA variant, RECOGFAST_CUBS_CHANNEL_VARIANT=fused
-# (csrc/ops/cuda/cubs_channel_fused.cuh; impl fused_1cta) at 56x56x64 (a cluster of 2 CTAs a sample), 28x28x128,
-# 14x14x256, 7x7x512 at B = 64 and 2x2x512 at B = 256.
+# Block 1's RECOGFAST_CUBS_CHANNEL_THREADS = 128, 256, 512 (threads a sample of its head kernel) at 56x56x64 and
+# 7x7x512 (impl fused_threadsN); then Block 1's one-CTA variant and the split path forced,
+# RECOGFAST_CUBS_CHANNEL_VARIANT=fused / split (csrc/ops/cuda/cubs_channel_fused.cuh; impl fused_1cta / fused_split)
+# at 56x56x64 (a cluster of 2 CTAs a sample), 28x28x128, 14x14x256, 7x7x512 at B = 64 and 2x2x512 at B = 256. Every
+# value is set explicitly, the default included: the headline rows ran the table's values, and tools/tuned_table.py
+# compares each candidate with the default's rows.
 CUBS_TILE_SEL="cuda and test_cubs and cubs2 and fused and (stage0 or stage1)"
 CUBS_THREADS_SEL="cuda and test_cubs and cubs1 and fused and (stage0 or stage3)"
 CUBS_1CTA_SEL="cuda and test_cubs and cubs1 and fused and (stage0 or stage1 or stage2 or stage3 or stage7)"
 CUBS_BENCH=benchmarks/test_cubs_bench.py
 if [[ $GPU == 1 ]]; then
-  step cubs_tiles 180 "CUBS kernel variants: Block 2 tiles 0-3, Block 1 threads 128, 512, Block 1 one-CTA" -- bash -c "
+  step cubs_tiles 230 "CUBS kernel variants: Block 2 tiles 0-3, Block 1 threads 128-512, Block 1 one-CTA and split" -- bash -c "
     for v in 0 1 2 3; do RECOGFAST_CUBS_SPATIAL_TILE=\$v $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_TILE_SEL' \
       --benchmark-json='$OUT/logs/bench_cubs_tile'\$v.json || exit 1; done
-    for t in 128 512; do RECOGFAST_CUBS_CHANNEL_THREADS=\$t $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_THREADS_SEL' \
+    for t in 128 256 512; do RECOGFAST_CUBS_CHANNEL_THREADS=\$t $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_THREADS_SEL' \
       --benchmark-json='$OUT/logs/bench_cubs_threads'\$t.json || exit 1; done
-    RECOGFAST_CUBS_CHANNEL_VARIANT=fused $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_1CTA_SEL' \
-      --benchmark-json='$OUT/logs/bench_cubs_1cta.json'"
+    for v in fused split; do RECOGFAST_CUBS_CHANNEL_VARIANT=\$v $PY -m pytest $CUBS_BENCH $BENCH_ARGS -k '$CUBS_1CTA_SEL' \
+      --benchmark-json='$OUT/logs/bench_cubs_1cta_'\$v.json || exit 1; done"
 else
   n_tiles=$(collect "($CUBS_TILE_SEL) or ($CUBS_THREADS_SEL) or ($CUBS_1CTA_SEL)")
   if [[ $n_tiles -lt 0 ]]; then skip cubs_tiles "deadline reached before the step"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from gpu_results import _bench, _junit, best_time  # noqa: E402
-from recogfast.tuned import KNOBS  # noqa: E402
+from recogfast.tuned import KNOBS, TUNED  # noqa: E402
 
 PY_TABLE = ROOT / "recogfast" / "tuned.py"
 HEADER = ROOT / "csrc" / "ops" / "cuda" / "tuned_table.h"
@@ -128,6 +128,12 @@ def pick(rows: list[dict], tests: dict | None, margin: float = 0.03, cc: str | N
         k = KNOBS[knob]
         base, candidates = ("split", ("fused",)) if knob in ONE_CTA else (k.default, k.allowed)
         for (dev, dtype), groups in sorted(_times(rows, pattern, key, path, cc).items()):
+            if not any(base in g for g in groups.values()):
+                # Nothing to compare against: the headline row ran the table's value, no row the baseline's. No
+                # decision, so --write keeps the table's entry (deciding "default" here would drop a winner).
+                report.append(dict(knob=knob, cc=dev, dtype=dtype, decision="kept",
+                                   candidates=[dict(value=base, note="not measured: the table's entry stays")]))
+                continue
             win, lines = _decide(groups, base, candidates, margin)
             if knob in ONE_CTA and win == "fused":
                 passed_key, failing = ONE_CTA[knob]
@@ -141,7 +147,8 @@ def pick(rows: list[dict], tests: dict | None, margin: float = 0.03, cc: str | N
     pattern, key, path = SWEPT["ms_flash_tile"]
     flash = _times(rows, pattern, key, path, cc)
     for (dev, dtype), groups in sorted(_times(rows, pattern, "ms_loss_path", None, cc).items()):
-        tile = decisions.get(("ms_flash_tile", dev, dtype)) or KNOBS["ms_flash_tile"].default
+        key = ("ms_flash_tile", dev, dtype)  # this pick's tile, else (kept) the table's, else the default
+        tile = (decisions[key] if key in decisions else TUNED.get(key)) or KNOBS["ms_flash_tile"].default
         flash_rows = flash.get((dev, dtype), {})
         merged = {g: {"tiles": v["tiles"], "flash": flash_rows[g][tile]}
                   for g, v in groups.items() if "tiles" in v and tile in flash_rows.get(g, {})}
