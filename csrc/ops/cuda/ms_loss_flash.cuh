@@ -423,6 +423,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   auto& acc = acc1[0];
 #pragma unroll
   for (int dn = 0; dn < Cfg::DT; ++dn) gacc[dn][0] = gacc[dn][1] = gacc[dn][2] = gacc[dn][3] = 0.f;
+  // x'_J's chunk is staged straight away (no register prefetch here: holding it across weight_tile took variant 4's
+  // kernel to 255 registers and 134-184 bytes of spills on sm_90; variant 3's backward does prefetch it).
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
     similarity_tile<Cfg, K>(acc1, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
     stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);

@@ -5,7 +5,9 @@
 //   1. computes S_IJ once, over the full D (similarity_tile),
 //   2. forms W_IJ once (weight_tile) and keeps it in registers as A fragments (bf16/fp16: packed straight from
 //      the accumulator, the FA-2 layout identity; tf32: through this warp's rows of Ws, read back once),
-//   3. for each DC-wide feature chunk stages x'_J's chunk (Xs) and runs G_I[:, chunk] += W_IJ · x'_J[:, chunk],
+//   3. for each DC-wide feature chunk stages x'_J's chunk (Xs; with Cfg::kPrefetch its loads are issued before W is
+//      formed, and each next chunk's during this chunk's product: one CTA an SM has no other CTA to hide them
+//      behind) and runs G_I[:, chunk] += W_IJ · x'_J[:, chunk],
 //      the mma accumulating into C fragments loaded from and stored back to Gs, two 8-column n-tiles at a time
 //      (bf16/fp16: their B fragments by one ldmatrix.trans of Xs).
 // So 1 S product + 1 G product per pair at any D that fits. Each warp owns its 16 rows of Gs (the C fragment's
@@ -42,9 +44,10 @@ __host__ __device__ inline int64_t flash_gsmem_ld(int64_t D) { return (D + 31) /
 // anchors, or the reference rows) against columns = candidates [0, ncols), all D features; norms [M] the rows'
 // norms, grad_loss the loss gradient, nb the batch size (the loss's mean). One CTA per BM rows.
 // __launch_bounds__(kThreads, 1): one CTA per SM is what the shared memory allows at D = 512 anyway; without the
-// minimum ptxas (nvcc 13.0, sm_90) spilled 8 bytes of the tf32 kernel at 72 registers; with it, and with the register
-// prefetch of FlashTile3 (one CTA of 4 warps an SM has no other CTA to hide its loads behind), 164 (bf16, fp16) /
-// 174 (tf32) registers and no spills.
+// minimum ptxas (nvcc 13.0, sm_90) spilled 8 bytes of the tf32 kernel at 72 registers; with it 97 / 104; with the
+// register prefetch of FlashTile3 (one CTA of 4 warps an SM has no other CTA to hide its loads behind) of the S
+// product's chunks and of x'_J's chunks, 252 (bf16, fp16) / 254 (tf32) registers and no spills: at the limit, so a
+// change here must recheck `-Xptxas -v`.
 template <class Cfg, MmaKind K, typename scalar_t>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     ms_flash_bwd_gsmem_kernel(FlashArgs<scalar_t> a, Params p, const float* __restrict__ stats,
@@ -73,8 +76,10 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   float acc1[1][Cfg::NT][4];
   auto& acc = acc1[0];
   uint32_t wa[KS][4];  // W_IJ as the A fragments of the G product's k-steps
+  [[maybe_unused]] StageRegs<scalar_t, Cfg::BN, Cfg::DC, Cfg::kThreads> rx;  // kPrefetch: the next x'_J chunk, in flight
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
     similarity_tile<Cfg, K>(acc1, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
+    if constexpr (Cfg::kPrefetch) rx.load(a, j0, ncols, 0, threadIdx.x);  // its latency behind W's exps
     weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
     if constexpr (K == MmaKind::kTF32) {  // the tf32 A layout differs from the accumulator's: via this warp's Ws rows
 #pragma unroll
@@ -97,8 +102,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
     }
     for (int dc0 = 0; dc0 < D; dc0 += Cfg::DC) {
-      stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
+      if constexpr (Cfg::kPrefetch) {
+        rx.template store<K>(Xs, ldx, threadIdx.x);
+      } else {
+        stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
+      }
       __syncthreads();  // Xs staged
+      if constexpr (Cfg::kPrefetch) {  // the next chunk's loads, in flight during this chunk's G product
+        if (dc0 + Cfg::DC < D) rx.load(a, j0, ncols, dc0 + Cfg::DC, threadIdx.x);
+      }
 #pragma unroll
       for (int dn = 0; dn < Cfg::DT; dn += 2) {  // n-tile pairs: dn, and dn + 1 where `two`
         if (dc0 + dn * 8 >= D) continue;  // warp-uniform: the n-tiles past D (zero in Xs) are not computed
