@@ -1,9 +1,9 @@
 // Runs the CUDA kernels of the SE, CUBS and MS-loss ops under host emulation and compares with the CPU ops
 // (SE and CUBS also mixed: float32 weights with a bf16 / fp16 x).
-// `emu_test ms` runs only the MS-loss section, `emu_test se` only the fused-SE section (run_se_fused) and the split
-// path's NCHW pool alone (pool.h), `emu_test tiles` only the CUBS kernel variants (cubs_tiles.h: RECOGFAST_CUBS_SPATIAL_TILE, _CHANNEL_THREADS;
-// channel_fused.h: RECOGFAST_CUBS_CHANNEL_VARIANT), `emu_test ch` only the last, `emu_test cl` only the one-CTA
-// variants split over clusters (clusters.h).
+// `emu_test ms` runs only the MS-loss section, `emu_test se` only the split path's NCHW pool alone (pool.h), the
+// fused-SE section (run_se_fused) and the clusters (clusters.h), `emu_test tiles` only the CUBS kernel variants
+// (cubs_tiles.h: RECOGFAST_CUBS_SPATIAL_TILE, _CHANNEL_THREADS; channel_fused.h: RECOGFAST_CUBS_CHANNEL_VARIANT),
+// `emu_test ch` only the last, `emu_test cl` only the one-CTA variants split over clusters (clusters.h).
 #include <ATen/ATen.h>
 #include <cmath>
 #include <cstdio>

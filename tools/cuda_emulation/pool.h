@@ -5,8 +5,8 @@
 // bf16 and fp16, with a row count that no rows-a-warp R divides (the last chunk short, its last vector cut) and
 // several blocks. Aligned tensors must take the vector kernel (launches counted), an offset view (1 element in; HW =
 // 13, 196, backward form) the scalar one; both within 1 ulp of acc_t plus 1e-12 of the row's sum of |terms|, nothing
-// written past the rows; the vector kernel the same bits on a second run. main.cpp includes this inside its anonymous namespace (after failures, dtype_slot);
-// `emu_test se` runs it, as does the full run.
+// written past the rows; the vector kernel the same bits on a second run. main.cpp includes this inside its
+// anonymous namespace (after failures); `emu_test se` runs it, as does the full run.
 #pragma once
 
 void run_pool() {
