@@ -27,7 +27,8 @@ void run_channel_fused() {
       {2, 64, 7, 7, 32, true, at::kFloat, "V=4 P=4"},                {1, 80, 3, 3, 40, true, at::kDouble, "V=2 P=1"},
       {2, 264, 2, 2, 140, true, at::kFloat, "C and N wrap the CTA"}, {2, 24, 4, 4, 12, false, at::kDouble, "NCHW L=8"},
       {2, 16, 5, 9, 8, true, at::kDouble, "5x9 NHWC"},               {4, 24, 7, 7, 12, false, at::kBFloat16, "7x7: split"},
-      {2, 40, 3, 5, 20, true, at::kHalf, "V=8 P=12"},                {2, 96, 2, 3, 150, true, at::kFloat, "N > C"}};
+      {2, 40, 3, 5, 20, true, at::kHalf, "V=8 P=12"},                {2, 96, 2, 3, 150, true, at::kFloat, "N > C"},
+      {2, 16, 14, 14, 8, false, at::kBFloat16, "14x14: split"}};
   int n = 0, n_fused = 0, n_runs = 0;
   setenv("RECOGFAST_CUBS_CHANNEL_VARIANT", "fused", 1);
   for (const S& s : cases) {

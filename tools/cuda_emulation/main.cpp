@@ -1,9 +1,9 @@
 // Runs the CUDA kernels of the SE, CUBS and MS-loss ops under host emulation and compares with the CPU ops
 // (SE and CUBS also mixed: float32 weights with a bf16 / fp16 x).
-// `emu_test ms` runs only the MS-loss section, `emu_test se` only the fused-SE section (run_se_fused),
-// `emu_test tiles` only the CUBS kernel variants (cubs_tiles.h: RECOGFAST_CUBS_SPATIAL_TILE, _CHANNEL_THREADS;
-// channel_fused.h: RECOGFAST_CUBS_CHANNEL_VARIANT), `emu_test ch` only the last, `emu_test cl` only the one-CTA
-// variants split over clusters (clusters.h).
+// `emu_test ms` runs only the MS-loss section, `emu_test se` only the split path's NCHW pool alone (pool.h), the
+// fused-SE section (run_se_fused) and the clusters (clusters.h), `emu_test tiles` only the CUBS kernel variants
+// (cubs_tiles.h: RECOGFAST_CUBS_SPATIAL_TILE, _CHANNEL_THREADS; channel_fused.h: RECOGFAST_CUBS_CHANNEL_VARIANT),
+// `emu_test ch` only the last, `emu_test cl` only the one-CTA variants split over clusters (clusters.h).
 #include <ATen/ATen.h>
 #include <cmath>
 #include <cstdio>
@@ -38,6 +38,9 @@ int emu_channel_fused_launches();  // cubs_channel_fused.cuh's launches so far
 int emu_se_fused_clusters();  // of those launches, cluster launches (K > 1 CTAs a sample)
 int emu_channel_fused_clusters();
 int emu_last_cluster();  // the CTAs a sample of the last one-CTA launch (sample_stage.cuh)
+std::tuple<at::Tensor, at::Tensor> emu_gate_pool(const at::Tensor&, const at::Tensor&);  // channel_gate.cuh's pool
+int emu_pool_vec_launches();  // NCHW pools that took the vector kernel so far
+int emu_pool_rows(int64_t HW, int V);  // channel_gate::nchw_pool_rows
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emu_ms_loss(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, double,
     double, double, double, std::string_view);
@@ -128,7 +131,7 @@ void run_se_fused() {
       {2, 64, 7, 7, true, at::kFloat, "V=4 P=4"},                 {1, 80, 3, 3, true, at::kDouble, "V=2 P=1"},
       {2, 264, 2, 2, true, at::kFloat, "C wraps the block"},      {2, 24, 4, 4, false, at::kDouble, "NCHW L=8"},
       {2, 16, 5, 9, true, at::kDouble, "5x9 NHWC"},               {4, 24, 7, 7, false, at::kBFloat16, "7x7: split"},
-      {2, 40, 3, 5, true, at::kHalf, "V=8 P=12"}};
+      {2, 40, 3, 5, true, at::kHalf, "V=8 P=12"},                {2, 16, 14, 14, false, at::kBFloat16, "14x14: split"}};
   for (const S& s : cases) {
     at::Tensor x = at::randn({s.B, s.C, s.H, s.W}, at::TensorOptions().dtype(s.dt));
     if (s.cl) x = x.contiguous(at::MemoryFormat::ChannelsLast);
@@ -211,6 +214,7 @@ void run_se_fused() {
 #include "cubs_tiles.h"  // run_spatial_tiles
 #include "channel_fused.h"  // run_channel_fused
 #include "clusters.h"  // run_clusters
+#include "pool.h"  // run_pool
 
 void run_ms_loss() {
   setenv("RECOGFAST_MS_LOSS_PATH", "tiles", 1);  // the cases below check the tiles path (run_ms_flash: flash)
@@ -439,6 +443,7 @@ void run_accuracy(bool full) {
 int main(int argc, char** argv) {
   const bool only_ms = argc > 1 && std::string(argv[1]) == "ms";
   if (argc > 1 && std::string(argv[1]) == "se") {
+    run_pool();
     run_se_fused();
     run_clusters();
     std::printf("%s\n", failures ? "FAILURES" : "emulated fused SE matches the CPU kernel");
@@ -543,6 +548,7 @@ int main(int argc, char** argv) {
     }
   }
   }
+  if (!only_ms) run_pool();
   if (!only_ms) run_se_fused();
   if (!only_ms) failures += recogfast::emu_tuned_table_check();
   if (!only_ms) run_spatial_tiles();

@@ -8,7 +8,8 @@
 # MS loss: its cuBLAS products run through at::mm on the CPU (bf16/fp16 operands as fp32 copies: the same
 # exact products and fp32 accumulation as aten::mm.dtype_out), with a tile budget of a few rows so that small
 # inputs span several tiles. `run.sh ms` runs only the MS-loss section; `run.sh se` only the fused SE kernels
-# (RECOGFAST_SE_VARIANT=fused, se_gate_fused.cuh), which the full run also checks. The flash MS-loss path (ms_loss_flash.cuh)
+# (RECOGFAST_SE_VARIANT=fused, se_gate_fused.cuh) and the split path's NCHW pool alone (pool.h: every vector layout,
+# the scalar fallback), which the full run also checks. The flash MS-loss path (ms_loss_flash.cuh)
 # runs its tensor-core tiles with emu.h's warp-wide mma emulation (the PTX fragment layouts, exact products, fp32
 # accumulation) at small tile shapes (ms_loss_flash_host.cuh) and a 2 KB backward G budget (several waves);
 # EMU_NO_FLASH=1 skips it; EMU_DIGEST=1 prints a hash of every MS-loss output it compares (two builds' runs
@@ -118,6 +119,34 @@ recogfast_aten::T5 emu_se_gate_backward(const at::Tensor& gy, const at::Tensor& 
 int emu_se_fused_launches() { return se_fused::emu_launches; }
 int emu_se_fused_clusters() { return se_fused::emu_clusters; }
 int emu_last_cluster() { return sample_stage::emu_last_cluster; }
+// channel_gate.cuh's NCHW pool alone (launch_pool) on x [rows, HW], with gy (defined) its backward form: px, pgx
+// ([rows + 4] of acc_t, NaN where not written: the 4 past the end must stay so).
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor> emu_pool_as(const at::Tensor& x, const at::Tensor& gy) {
+  using acc_t = opmath_t<scalar_t>;
+  const int64_t rows = x.size(0), HW = x.size(1);
+  const auto o = x.options().dtype(std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat);
+  at::Tensor px = at::full({rows + 4}, NAN, o), pgx = at::full({rows + 4}, NAN, o);
+  const auto* xp = static_cast<const scalar_t*>(x.const_data_ptr());
+  if (gy.defined())
+    channel_gate::launch_pool<scalar_t, acc_t, true>(xp, static_cast<const scalar_t*>(gy.const_data_ptr()),
+                                                     px.data_ptr<acc_t>(), pgx.data_ptr<acc_t>(), rows, 1, HW, false,
+                                                     1, HW, nullptr);
+  else
+    channel_gate::launch_pool<scalar_t, acc_t, false>(xp, nullptr, px.data_ptr<acc_t>(), nullptr, rows, 1, HW, false,
+                                                      1, HW, nullptr);
+  return {px, pgx};
+}
+std::tuple<at::Tensor, at::Tensor> emu_gate_pool(const at::Tensor& x, const at::Tensor& gy) {
+  switch (x.scalar_type()) {
+    case at::kDouble: return emu_pool_as<double>(x, gy);
+    case at::kFloat: return emu_pool_as<float>(x, gy);
+    case at::kBFloat16: return emu_pool_as<BFloat16>(x, gy);
+    default: return emu_pool_as<Half>(x, gy);
+  }
+}
+int emu_pool_vec_launches() { return channel_gate::emu_pool_vec_launches; }
+int emu_pool_rows(int64_t HW, int V) { return channel_gate::nchw_pool_rows(HW, V); }
 }  // namespace recogfast
 CPP
 # EMU_SERIAL=1 compiles one file at a time (a shared 2-core machine), else the four kernel files in parallel.

@@ -3,6 +3,8 @@
 // pool x and grad_y * x together, the head's backward, then grad_x = grad_y * gate + coef[b, c].
 // NCHW and NHWC (channels_last), any dtype, accumulation in acc_t; the pool's sums in double (issue 25: a lane's
 // serial fp32 sum of HW / 32 = 98 terms at 56x56 was the largest rounding of CUBS Block 1's g and dz), stored as acc_t.
+// Both passes read NCHW in 16-byte vectors for any HW where the pointers are aligned (vectors may span rows: 14x14
+// and 7x7 in bf16, the default training layout), scalars otherwise (an offset view).
 #pragma once
 
 #include <cstdint>
@@ -17,7 +19,8 @@ using gpu::ceil_div;
 using gpu::kWarp;
 using gpu::warp_sum;
 
-// NCHW: one warp per (b, c) row of HW contiguous elements. px[row] = sum x; with kGrad pgx[row] = sum grad_y x.
+// NCHW, the fallback (pointers not 16-byte aligned: an offset view): one warp per (b, c) row of HW contiguous
+// elements, scalar loads. px[row] = sum x; with kGrad pgx[row] = sum grad_y x.
 template <typename scalar_t, typename acc_t, bool kGrad>
 __global__ void channel_gate_pool_nchw_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
                                               acc_t* __restrict__ px, acc_t* __restrict__ pgx, int64_t rows,
@@ -37,6 +40,111 @@ __global__ void channel_gate_pool_nchw_kernel(const scalar_t* __restrict__ x, co
   if (lane == 0) {
     px[row] = acc_t(sx);
     if constexpr (kGrad) pgx[row] = acc_t(sgx);
+  }
+}
+
+constexpr int kPoolSlots = kWarp + 1;  // a row's slots in the vector pool's shared memory, padded: no bank conflict
+constexpr int kPoolMaxRows = 16;       // rows a warp at most (shared memory: 4 warps x 16 x 33 x 16 B = 33 KiB)
+constexpr int kPoolWarps = 4;          // warps a block (each its own chunk)
+
+// NCHW in 16-byte vectors, for any HW: the rows of consecutive (b, c) are contiguous, so a warp owns a chunk of R
+// rows (R HW elements, R HW a multiple of V: the chunk starts on a 16-byte boundary; nchw_pool_rows) and its lanes
+// read the chunk as flat vectors (lane l: vectors l, l + 32, ...). A vector may straddle two rows (HW not a
+// multiple of V) or hold several (HW < V): each element steps its row on from the vector's first. A lane keeps the
+// running sums of its current row in registers and stores them to its own shared-memory slot [row][lane] when its
+// row changes (a lane's rows only grow: each slot is written at most once, no dynamic register indexing). Row j's
+// 32 slots are then added in a fixed order: the 32 / R lanes j + R q each add R consecutive slots serially, a
+// butterfly over those lanes adds their sums. The order depends only on (HW, R, dtype), so every run gives the same
+// bits (no atomics, nothing timing-dependent). Sums in double, stored as acc_t; the last chunk may hold fewer rows,
+// its last vector fewer elements (read one by one, the rest zero: they fall in rows past the tensor, not stored).
+template <typename scalar_t, typename acc_t, bool kGrad>
+__global__ void channel_gate_pool_nchw_vec_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ gy,
+                                                  acc_t* __restrict__ px, acc_t* __restrict__ pgx, int64_t rows,
+                                                  int HW, int R) {
+  constexpr int V = 16 / sizeof(scalar_t);
+  constexpr int kBatch = 4;  // vectors a lane loads before adding them up (loads in flight)
+  using Vec = gpu::VecT<scalar_t, V>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t row0 = (blockIdx.x * int64_t(blockDim.x / kWarp) + warp) * R;
+  if (row0 >= rows) return;  // the whole warp: no barrier below spans warps
+  double* slot_x = reinterpret_cast<double*>(smem_raw) + int64_t(warp) * (kGrad ? 2 : 1) * R * kPoolSlots;
+  double* slot_gx = slot_x + R * kPoolSlots;
+  for (int r = 0; r < R; ++r) {  // a lane's slots of the rows it never reaches add 0
+    slot_x[r * kPoolSlots + lane] = 0;
+    if constexpr (kGrad) slot_gx[r * kPoolSlots + lane] = 0;
+  }
+  const int nrows = rows - row0 < R ? int(rows - row0) : R;
+  const int n = nrows * HW, nv = (n + V - 1) / V;  // elements and vectors of this chunk
+  const scalar_t* xc = x + row0 * HW;
+  const scalar_t* gc = kGrad ? gy + row0 * HW : nullptr;
+  auto load = [&](const scalar_t* p, int i) {
+    if ((i + 1) * V <= n) return reinterpret_cast<const Vec*>(p)[i];
+    Vec v;  // the tensor's last vector, cut short
+#pragma unroll
+    for (int k = 0; k < V; ++k) v.v[k] = i * V + k < n ? p[i * V + k] : static_cast<scalar_t>(acc_t(0));
+    return v;
+  };
+  double sx = 0, sgx = 0;  // the lane's sums of row `cur` so far
+  int cur = 0;
+  auto flush = [&](int r) {  // on to row r: store row cur's sums (row 0's slot already holds 0 if cur never ran)
+    slot_x[cur * kPoolSlots + lane] = sx;
+    if constexpr (kGrad) slot_gx[cur * kPoolSlots + lane] = sgx;
+    sx = sgx = 0;
+    cur = r;
+  };
+  auto add = [&](const Vec& a, const Vec& g, int k) {
+    const acc_t v = static_cast<acc_t>(a.v[k]);
+    sx += double(v);
+    if constexpr (kGrad) sgx += double(static_cast<acc_t>(g.v[k]) * v);
+  };
+  for (int i0 = lane; i0 < nv; i0 += kBatch * kWarp) {
+    Vec vx[kBatch], vg[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      if (i0 + u * kWarp < nv) {
+        vx[u] = load(xc, i0 + u * kWarp);
+        if constexpr (kGrad) vg[u] = load(gc, i0 + u * kWarp);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = i0 + u * kWarp;
+      if (i >= nv) continue;
+      int r = i * V / HW, p = i * V - r * HW;  // the vector's first element: row, pixel
+      if (p <= HW - V) {  // the whole vector in row r
+        if (r != cur) flush(r);
+#pragma unroll
+        for (int k = 0; k < V; ++k) add(vx[u], vg[u], k);
+      } else {  // it straddles rows: each element steps its row on
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          if (r != cur) flush(r);
+          add(vx[u], vg[u], k);
+          if (++p == HW) {
+            p = 0;
+            ++r;
+          }
+        }
+      }
+    }
+  }
+  flush(cur);
+  __syncwarp();
+  // Row j = lane % R: lane j + R q adds slots [q R, (q + 1) R) of it, then the butterfly over q (lane bits >= R).
+  const int j = lane % R, q = lane / R;
+  double tx = 0, tgx = 0;
+  for (int t = 0; t < R; ++t) {
+    tx += slot_x[j * kPoolSlots + q * R + t];
+    if constexpr (kGrad) tgx += slot_gx[j * kPoolSlots + q * R + t];
+  }
+  for (int offset = R; offset < kWarp; offset <<= 1) {
+    tx += __shfl_xor_sync(0xffffffffu, tx, offset);
+    if constexpr (kGrad) tgx += __shfl_xor_sync(0xffffffffu, tgx, offset);
+  }
+  if (q == 0 && j < nrows) {
+    px[row0 + j] = acc_t(tx);
+    if constexpr (kGrad) pgx[row0 + j] = acc_t(tgx);
   }
 }
 
@@ -126,13 +234,41 @@ inline int64_t pool_chunks(int64_t B, int64_t C, int64_t HW, bool channels_last,
   return ceil_div(HW, *per_chunk);
 }
 
+#ifdef RECOGFAST_CUDA_EMULATION
+inline int emu_pool_vec_launches = 0;  // NCHW pools that took the vector kernel (the emulation checks its choice)
+#endif
+
+// Rows a warp of the NCHW vector pool owns for V elements a vector: the least power of two whose R HW a multiple
+// of V is (the chunks start 16-byte aligned), doubled while a chunk gives a lane under 4 vectors, up to 16 (small
+// HW; where V divides HW, large HW keeps a row a warp: as many warps as rows). 0: R HW over int32 (the kernel's
+// chunk-local indices), the scalar kernel runs.
+inline int nchw_pool_rows(int64_t HW, int V) {
+  int64_t R = 1;
+  while ((R * HW) % V != 0) R *= 2;
+  while (R < kPoolMaxRows && R * HW < 4 * kWarp * V) R *= 2;
+  return R * HW + V <= INT32_MAX ? int(R) : 0;
+}
+
 template <typename scalar_t, typename acc_t, bool kGrad>
 void launch_pool(const scalar_t* x, const scalar_t* gy, acc_t* px, acc_t* pgx, int64_t B, int64_t C, int64_t HW,
                  bool channels_last, int64_t chunks, int64_t per_chunk, cudaStream_t stream) {
   if (!channels_last) {
-    constexpr int threads = 256;
-    channel_gate_pool_nchw_kernel<scalar_t, acc_t, kGrad>
-        <<<ceil_div(B * C * kWarp, threads), threads, 0, stream>>>(x, gy, px, pgx, B * C, HW);
+    constexpr int V = 16 / sizeof(scalar_t);
+    const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(gy) % 16 == 0;
+    const int R = nchw_pool_rows(HW, V);
+    if (aligned && R) {
+      constexpr int threads = kPoolWarps * kWarp;
+      const size_t smem = size_t(kPoolWarps) * (kGrad ? 2 : 1) * R * kPoolSlots * sizeof(double);
+      channel_gate_pool_nchw_vec_kernel<scalar_t, acc_t, kGrad>
+          <<<ceil_div(ceil_div(B * C, R), kPoolWarps), threads, smem, stream>>>(x, gy, px, pgx, B * C, int(HW), R);
+#ifdef RECOGFAST_CUDA_EMULATION
+      ++emu_pool_vec_launches;
+#endif
+    } else {
+      constexpr int threads = 256;
+      channel_gate_pool_nchw_kernel<scalar_t, acc_t, kGrad>
+          <<<ceil_div(B * C * kWarp, threads), threads, 0, stream>>>(x, gy, px, pgx, B * C, HW);
+    }
   } else {
     channel_gate_pool_nhwc_kernel<scalar_t, acc_t, kGrad>
         <<<dim3(B * ceil_div(C, kWarp), chunks), dim3(kWarp, 8), 0, stream>>>(x, gy, px, pgx, B, C, HW, per_chunk);
