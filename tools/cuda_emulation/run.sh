@@ -23,7 +23,7 @@
 # 14x14 channel and 28x28 spatial shapes among others (Block 2 through its training forward and the backward from
 # the saved statistics, plus tests/test_cubs.py's seeded 4x64x7x7 cases); `run.sh acc` runs only that section, `run.sh acc full`
 # adds the 56x56 spatial shape.
-# Needs the CMake library: `make cpp-test` (build/cmake/librecogfast.so). Takes about two minutes.
+# Needs the CMake library: `make cpp-test` (build/cmake/librecogfast.so). On the shared 2-core machine: `se` ~2-5 min, `ms` ~8-10, the full run ~15-30.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(cd ../.. && pwd)
