@@ -2,9 +2,10 @@
 // on tensor cores (ms_loss_mma.cuh), consumed in registers and never written to memory. The host side (path
 // choice, launches) is ms_loss_flash_host.cuh; the rules each pass applies are ms_loss_rows.cuh's, exactly.
 //
-// Tiles (template FlashTile<BM, BN, BK, DC>): a CTA of BM / 16 warps owns BM rows; warp w owns rows
-// 16w..16w+15 and every column of the step, so each row's reductions stay inside one warp (the 4 lanes of a
-// fragment row group, merged by shuffles in a fixed order: deterministic). A column step covers BN candidates;
+// Tiles (template FlashTile<BM, BN, BK, DC, kPrefetch, MW>): a CTA of BM / (16 MW) warps owns BM rows; warp w owns
+// rows 16 MW w .. 16 MW (w + 1) - 1 (MW m-tiles of 16; MW = 1 in the backward) and every column of the step, so each
+// row's reductions stay inside one warp (the 4 lanes of a fragment row group, merged by shuffles in a fixed order:
+// deterministic). A column step covers BN candidates;
 // the product runs over D in BK-wide chunks staged in shared memory (zero-padded past D and past the last
 // row / column, so any B, M, D works, D = 1 included). Rows are loaded already scaled: x · p2 with p2 = 2^-e
 // (ms_loss_norms_kernel; a power of two: exact) and 0 for zero / NaN rows, so S_ij = (x'_i · x'_j) inv2_i
