@@ -5,7 +5,7 @@
 //   1. computes S_IJ once, over the full D (similarity_tile),
 //   2. forms W_IJ once (weight_tile) and keeps it in registers as A fragments (bf16/fp16: packed straight from
 //      the accumulator, the FA-2 layout identity; tf32: through this warp's rows of Ws, read back once),
-//   3. for each DC-wide feature chunk stages x'_J's chunk (Xs; with Cfg::kPrefetch its loads are issued before W is
+//   3. for each DC-wide feature chunk stages x'_J's chunk (Xs; always prefetched: its loads are issued before W is
 //      formed, and each next chunk's during this chunk's product: one CTA an SM has no other CTA to hide them
 //      behind) and runs G_I[:, chunk] += W_IJ · x'_J[:, chunk],
 //      the mma accumulating into C fragments loaded from and stored back to Gs, two 8-column n-tiles at a time
@@ -76,10 +76,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   float acc1[1][Cfg::NT][4];
   auto& acc = acc1[0];
   uint32_t wa[KS][4];  // W_IJ as the A fragments of the G product's k-steps
-  [[maybe_unused]] StageRegs<scalar_t, Cfg::BN, Cfg::DC, Cfg::kThreads> rx;  // kPrefetch: the next x'_J chunk, in flight
+  static_assert(Cfg::kPrefetch, "one CTA an SM has no other CTA to hide its loads behind: variant 3 prefetches");
+  StageRegs<scalar_t, Cfg::BN, Cfg::DC, Cfg::kThreads> rx;  // the next x'_J chunk, in flight
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
     similarity_tile<Cfg, K>(acc1, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
-    if constexpr (Cfg::kPrefetch) rx.load(a, j0, ncols, 0, threadIdx.x);  // its latency behind W's exps
+    rx.load(a, j0, ncols, 0, threadIdx.x);  // its latency behind W's exps
     weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
     if constexpr (K == MmaKind::kTF32) {  // the tf32 A layout differs from the accumulator's: via this warp's Ws rows
 #pragma unroll
@@ -102,15 +103,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
       }
     }
     for (int dc0 = 0; dc0 < D; dc0 += Cfg::DC) {
-      if constexpr (Cfg::kPrefetch) {
-        rx.template store<K>(Xs, ldx, threadIdx.x);
-      } else {
-        stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
-      }
+      rx.template store<K>(Xs, ldx, threadIdx.x);
       __syncthreads();  // Xs staged
-      if constexpr (Cfg::kPrefetch) {  // the next chunk's loads, in flight during this chunk's G product
-        if (dc0 + Cfg::DC < D) rx.load(a, j0, ncols, dc0 + Cfg::DC, threadIdx.x);
-      }
+      if (dc0 + Cfg::DC < D) rx.load(a, j0, ncols, dc0 + Cfg::DC, threadIdx.x);  // in flight during this chunk's G product
 #pragma unroll
       for (int dn = 0; dn < Cfg::DT; dn += 2) {  // n-tile pairs: dn, and dn + 1 where `two`
         if (dc0 + dn * 8 >= D) continue;  // warp-uniform: the n-tiles past D (zero in Xs) are not computed
