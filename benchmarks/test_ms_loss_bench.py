@@ -20,7 +20,8 @@ Flash path (issue 26, csrc/ops/cuda/ms_loss_flash.cuh; sm_80+): the tensor-core 
 chosen by RECOGFAST_MS_LOSS_PATH (`path` parameter): impl "fused" is the flash path (bf16, and fp32 with TF32
 allowed; what "auto" will pick once a GPU run has cross-checked it: dispatch.MS_FLASH_BY_DEFAULT), "fused-tiles" the
 cuBLAS path, each with its extra peak memory. RECOGFAST_MS_FLASH_TILE (0-5, read once per process; 3 = the backward with G in shared memory, 3-5 prefetch in registers, 5 = 32-row forward warps) picks the tile variant: tools/gpu_check.sh
-reruns the flash cases once per variant. `test_ms_loss_flash_batch_sweep` (CUDA only) times one bf16 fwd+bwd at
+reruns the flash cases once per variant; RECOGFAST_MS_FLASH_FWD (auto, one, two) the forward's form (one dense
+pass over the negatives with the positives gathered by class, or two dense passes), rerun once per forced form. `test_ms_loss_flash_batch_sweep` (CUDA only) times one bf16 fwd+bwd at
 B up to 1,000,000 (the largest-batch goal) with its peak memory.
 """
 
@@ -143,8 +144,11 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode, path, monke
     impl = "fused" if path == "flash" else f"fused-{path}"
     dtype = torch.bfloat16 if mode == "bf16" else torch.float32
     tile, suffix = kernel_variant("ms_flash_tile", dtype, device)
+    fwd, fwd_suffix = kernel_variant("ms_flash_fwd", dtype, device)
     if path == "flash" and suffix:  # a swept tile variant: its own row beside the default's (gpu_results keys)
         impl += f"_tile{suffix}"
+    if path == "flash" and fwd_suffix:  # a forced forward form (one or two dense passes), likewise
+        impl += f"_fwd{fwd_suffix}"
     B, R = SIZES["cuda"][size]
     M = B + R
     torch.manual_seed(0)
@@ -164,6 +168,7 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode, path, monke
         benchmark.extra_info["extra_peak_mb"] = _cuda_extra_peak_mb(step)
         benchmark.extra_info["ms_loss_path"] = path
         benchmark.extra_info["flash_tile"] = tile
+        benchmark.extra_info["flash_fwd"] = fwd
         run_benchmark(benchmark, step, device=device, group=f"ms_loss fwd+bwd {device} {mode} B={B} R={R} D={D}",
                       impl=impl, floor_seconds=flops / rate,
                       floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "

@@ -38,6 +38,9 @@ KNOBS = {
     "cubs_channel_variant": Knob("RECOGFAST_CUBS_CHANNEL_VARIANT", ONE_CTA, "auto"),
     # the flash MS loss's tile shape (csrc/ops/cuda/ms_loss_flash_host.cuh)
     "ms_flash_tile": Knob("RECOGFAST_MS_FLASH_TILE", ("0", "1", "2", "3", "4", "5"), "0"),
+    # the flash MS loss's forward for ms / all mining (csrc/ops/cuda/ms_loss_flash_onepass.cuh): "auto" lets the
+    # device choose the one-pass forward where the classes are small, "one" / "two" force a form
+    "ms_flash_fwd": Knob("RECOGFAST_MS_FLASH_FWD", ("auto", "one", "two"), "auto"),
     # the MS loss's CUDA path where both can run (sm_80+, bf16 / fp16, fp32 with TF32): "auto" is the table's
     # entry, else dispatch.MS_FLASH_BY_DEFAULT's choice; the table holds "flash" only after a GPU cross-check
     "ms_loss_path": Knob("RECOGFAST_MS_LOSS_PATH", ("auto", "flash", "tiles"), "auto"),

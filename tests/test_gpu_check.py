@@ -46,9 +46,10 @@ def test_rehearsal_runs_every_step_it_can_and_writes_the_summary(tmp_path):
     assert summary["crosscheck"]["summary"]["failed"] == 0
     # The sanitizer's variant runs: each cross-check ran (here on the CPU) with its variables set.
     san = tarfile.open(out / "logs.tar.gz").extractfile("logs/variants_san.log").read().decode()
-    assert san.count("crosscheck cpu: ") == 6 and "RECOGFAST_MS_FLASH_TILE=5: ms_loss bfloat16" in san, san
+    assert san.count("crosscheck cpu: ") == 7 and "RECOGFAST_MS_FLASH_TILE=5: ms_loss bfloat16" in san, san
+    assert "== RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_FWD=one: ms_loss bfloat16" in san, san
     assert "== RECOGFAST_CUBS_CHANNEL_VARIANT=fused: cubs_channel float32,bfloat16" in san, san
-    assert san.count(" comparisons, 0 failed") == 6, san
+    assert san.count(" comparisons, 0 failed") == 7, san
     # The variants' winners (tools/tuned_table.py): none among CPU records.
     tuned = tarfile.open(out / "logs.tar.gz").extractfile("logs/tuned.txt").read().decode()
     assert tuned.strip() == "no swept variant in these records", tuned

@@ -192,3 +192,60 @@ def test_cuda_flash_tile_variants(device, variant):
         assert res.returncode != 0 and "RECOGFAST_MS_FLASH_TILE must be 0, 1, 2, 3, 4 or 5, got '6'" in res.stderr, res.stderr
     else:
         assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+# One process per forward form (RECOGFAST_MS_FLASH_FWD is read once per process): stats, hard_idx and the loss of
+# the flash forward at B = 4096 + a reference set, with small classes (where "auto" takes one pass), one class
+# (where it keeps two) and Cars196's 98 training classes, saved for the parent to compare.
+_FWD_RUN = r"""
+import sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import recogfast  # noqa: F401  (the ops)
+from test_ms_loss import m_per_class
+torch.manual_seed(27)
+B, R, D = 4096, 1024, 256
+out = {}
+for layout in ("m4", "one", "cars"):
+    lab = {"m4": m_per_class(B, 4, "cuda"), "one": torch.zeros(B, dtype=torch.long, device="cuda"),
+           "cars": torch.randint(0, 98, (B,), device="cuda")}[layout]
+    for dtype, tf32 in ((torch.bfloat16, False), (torch.float32, True)):
+        e = torch.randn(B, D, device="cuda", dtype=torch.bfloat16).to(dtype)
+        r = torch.randn(R, D, device="cuda", dtype=torch.bfloat16).to(dtype)
+        rlab = lab[torch.randint(0, B, (R,), device="cuda")]
+        for mining in ("ms", "all"):
+            loss, stats, hard_idx, _ = torch.ops.recogfast.ms_loss(e, lab, r, rlab, 2.0, 50.0, 0.5, 0.1, mining, False, tf32)
+            out[(layout, str(dtype), mining)] = (loss.cpu(), stats.cpu(), hard_idx.cpu())
+torch.save(out, sys.argv[2])
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_cuda_flash_forward_forms_agree(device, tmp_path):
+    """The one-pass forward (gathered positives, one dense pass over the negatives) against the two-pass forward:
+    the min positive and max negative (stats 2, 3) and hard_idx bit for bit, the sums and the loss to 1e-5; "auto"
+    is one of the two; an unknown form is a one-line error naming the variable."""
+    import os
+    import subprocess
+    import sys
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        pytest.skip("the flash path needs sm_80+")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    res = {}
+    for form in ("one", "two", "auto", "three"):
+        env = dict(os.environ, RECOGFAST_MS_FLASH_FWD=form, RECOGFAST_MS_LOSS_PATH="flash")
+        path = tmp_path / f"{form}.pt"
+        run = subprocess.run([sys.executable, "-c", _FWD_RUN, tests, str(path)], env=env, capture_output=True,
+                             text=True, timeout=600)
+        if form == "three":
+            assert run.returncode != 0 and "RECOGFAST_MS_FLASH_FWD must be auto, one or two, got 'three'" in run.stderr
+            continue
+        assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+        res[form] = torch.load(path)
+    for key, (loss2, stats2, idx2) in res["two"].items():
+        for form in ("one", "auto"):
+            loss, stats, idx = res[form][key]
+            assert torch.equal(stats[:, 2:], stats2[:, 2:]) and torch.equal(idx, idx2), (form, key)
+            _assert_close_rel(stats, stats2, 1e-5, f"{form} {key} stats")
+            _assert_close_rel(loss, loss2, 1e-5, f"{form} {key} loss")

@@ -133,6 +133,22 @@ def test_flash_by_default_needs_a_passing_cross_check_and_the_winning_tile():
         assert "faster, but" in report[-1]["candidates"][-1]["note"]
 
 
+def test_pick_flash_forward_form_apart_from_the_tile_sweep():
+    """RECOGFAST_MS_FLASH_FWD's sweep (rows fused_fwdone / fused_fwdtwo at the table's tile) and the tile sweep
+    share their groups: each knob is decided on its own rows, a forced form's row is no row of the tile sweep."""
+    g = "ms_loss fwd+bwd cuda bf16 B=16384 R=0 D=512"
+    rows = [_row(g, "fused", 3.0, ms_loss_path="flash", flash_tile="0", flash_fwd="auto"),
+            _row(g, "fused_tile4", 2.8, ms_loss_path="flash", flash_tile="4", flash_fwd="auto"),
+            _row(g, "fused_fwdone", 3.0, ms_loss_path="flash", flash_tile="0", flash_fwd="one"),
+            _row(g, "fused_fwdtwo", 2.5, ms_loss_path="flash", flash_tile="0", flash_fwd="two"),
+            _row(g, "fused-tiles", 5.0, ms_loss_path="tiles", flash_tile="0", flash_fwd="auto")]
+    decisions, _ = tt.pick(rows, PASSED)
+    assert decisions[("ms_flash_fwd", "9.0", "bfloat16")] == "two"
+    # tile 0's row is its headline (3.0), not the two-pass row (2.5): tile 4 wins the tile sweep
+    assert decisions[("ms_flash_tile", "9.0", "bfloat16")] == "4"
+    assert decisions[("ms_loss_path", "9.0", "bfloat16")] == "flash"
+
+
 def test_flash_tf32_rows_key_float32():
     decisions, _ = tt.pick(_ms({"0": 2.0}, tiles=4.0, mode="tf32"), PASSED)
     assert decisions == {("ms_flash_tile", "9.0", "float32"): None, ("ms_loss_path", "9.0", "float32"): "flash"}

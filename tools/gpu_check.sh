@@ -150,6 +150,7 @@ SAN_VARIANTS=(
   "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=0|ms_loss|bfloat16,float16"
   "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=3|ms_loss|bfloat16"
   "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=5|ms_loss|bfloat16,float16"
+  "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_FWD=one|ms_loss|bfloat16"
   "RECOGFAST_SE_VARIANT=fused|se_gate|float32,bfloat16"
   "RECOGFAST_CUBS_SPATIAL_TILE=3 RECOGFAST_CUBS_CHANNEL_THREADS=512|cubs_channel,cubs_spatial_saved|float32,bfloat16"
   "RECOGFAST_CUBS_CHANNEL_VARIANT=fused|cubs_channel|float32,bfloat16"
@@ -165,12 +166,12 @@ sanitize_variants() {  # TOOL...: the sanitizer command line, or nothing (the re
 }
 if [[ $GPU == 1 ]] && command -v compute-sanitizer >/dev/null; then
   export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-  step variants_san 140 "compute-sanitizer memcheck + racecheck of the variants (flash, one-CTA SE and Block 1, CUBS tiles)" -- bash -c "$(declare -p SAN_VARIANTS PY GPU); $(declare -f sanitize_variants)
+  step variants_san 160 "compute-sanitizer memcheck + racecheck of the variants (flash, one-CTA SE and Block 1, CUBS tiles)" -- bash -c "$(declare -p SAN_VARIANTS PY GPU); $(declare -f sanitize_variants)
     sanitize_variants compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 30 &&
     sanitize_variants compute-sanitizer --tool racecheck --kernel-name kns=recogfast --error-exitcode 9 --print-limit 30"
   unset PYTORCH_NO_CUDA_MEMORY_CACHING
 else
-  step variants_san 60 "the variant cross-checks on the CPU (no sanitizer here)" -- bash -c \
+  step variants_san 90 "the variant cross-checks on the CPU (no sanitizer here)" -- bash -c \
     "$(declare -p SAN_VARIANTS PY GPU); $(declare -f sanitize_variants); sanitize_variants"
 fi
 
@@ -231,14 +232,17 @@ bench_step graphs 150 "engine train-step benchmarks (eager and --cuda-graphs)" "
 
 # 6c. the flash MS loss (issue 26): its tile variants (RECOGFAST_MS_FLASH_TILE, read once per process: one pytest
 # run each, all six set explicitly: the headline step ran the table's variant, and tools/tuned_table.py needs the
-# default's rows too) at bf16 B = 16384, then the batch sweep up to B = 1,000,000.
+# default's rows too) at bf16 B = 16384, its forward's two forms (RECOGFAST_MS_FLASH_FWD=one, two; the rows above
+# ran "auto"), then the batch sweep up to B = 1,000,000.
 FLASH_TILE_SEL="cuda and tensor_cores and flash and bf16 and size3"
 FLASH_SWEEP_SEL="cuda and flash_batch_sweep"
 MS_BENCH=benchmarks/test_ms_loss_bench.py
 if [[ $GPU == 1 ]]; then
-  step flash 250 "flash MS loss: tile variants 0-5; batch sweep to 10^6" -- bash -c "
+  step flash 300 "flash MS loss: tile variants 0-5; forward one / two passes; batch sweep to 10^6" -- bash -c "
     for v in 0 1 2 3 4 5; do RECOGFAST_MS_FLASH_TILE=\$v $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
       --benchmark-json='$OUT/logs/bench_flash_tile'\$v.json || exit 1; done
+    for f in one two; do RECOGFAST_MS_FLASH_FWD=\$f $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_TILE_SEL' \
+      --benchmark-json='$OUT/logs/bench_flash_fwd'\$f.json || exit 1; done
     $PY -m pytest $MS_BENCH $BENCH_ARGS -k '$FLASH_SWEEP_SEL' --benchmark-json='$OUT/logs/bench_flash_sweep.json'"
 else
   n_flash=$(collect "($FLASH_TILE_SEL) or ($FLASH_SWEEP_SEL)")

@@ -46,9 +46,12 @@ SWEPT = {
     "cubs_spatial_tile": (r"^cubs2 (fwd|fwd\+bwd) cuda ", "cubs_spatial_tile", None),
     "cubs_channel_threads": (r"^cubs1 (fwd|fwd\+bwd) cuda ", "cubs_channel_threads", None),
     "ms_flash_tile": (r"^ms_loss fwd\+bwd cuda (bf16|fp16|tf32) ", "flash_tile", "flash"),
+    "ms_flash_fwd": (r"^ms_loss fwd\+bwd cuda (bf16|fp16|tf32) ", "flash_fwd", "flash"),
     "se_variant": (r"^se_gate (fwd|fwd\+bwd) cuda ", "se_variant", None),
     "cubs_channel_variant": (r"^cubs1 (fwd|fwd\+bwd) cuda ", "cubs_channel_variant", None),
 }
+# Knobs swept on the same groups: a row that forced one (its impl suffix) is not a row of the other's sweep.
+EXCLUDE = {"ms_flash_tile": "_fwd", "ms_flash_fwd": "_tile", "ms_loss_path": "_fwd"}
 # The one-CTA variants: "fused" is measured against the split path (the records name the variant each ran, "auto"
 # resolved), and becomes a table entry only where the same run's CUDA tests of the op passed, with the variant's
 # own tests among them (junit.xml counts, tools/gpu_results.py GATED_TESTS), as the flash path.
@@ -61,12 +64,14 @@ def _dtype(group: str) -> str | None:
     return DTYPES.get(words[3]) if len(words) > 3 else None
 
 
-def _times(rows, pattern, key, path, cc):
+def _times(rows, pattern, key, path, cc, exclude=None):
     """{(cc, dtype): {group: {variant: row}}} of the records matching; a sweep's explicit row (impl other than
-    "fused") wins over the headline's row of the same variant."""
+    "fused") wins over the headline's row of the same variant; rows whose impl holds `exclude` are left out."""
     out: dict = {}
     for r in rows:
         if not re.search(pattern, r["group"] or "") or not r["impl"].startswith("fused") or r.get(key) is None:
+            continue
+        if exclude and exclude in r["impl"]:
             continue
         if path and r.get("ms_loss_path") != path:
             continue
@@ -127,7 +132,7 @@ def pick(rows: list[dict], tests: dict | None, margin: float = 0.03, cc: str | N
     for knob, (pattern, key, path) in SWEPT.items():
         k = KNOBS[knob]
         base, candidates = ("split", ("fused",)) if knob in ONE_CTA else (k.default, k.allowed)
-        for (dev, dtype), groups in sorted(_times(rows, pattern, key, path, cc).items()):
+        for (dev, dtype), groups in sorted(_times(rows, pattern, key, path, cc, EXCLUDE.get(knob)).items()):
             if not any(base in g for g in groups.values()):
                 # Nothing to compare against: the headline row ran the table's value, no row the baseline's. No
                 # decision, so --write keeps the table's entry (deciding "default" here would drop a winner).
@@ -145,8 +150,8 @@ def pick(rows: list[dict], tests: dict | None, margin: float = 0.03, cc: str | N
     # the MS loss's path: tiles against flash at its chosen tile, on the flash tile sweep's groups
     gate = flash_gate(tests)
     pattern, key, path = SWEPT["ms_flash_tile"]
-    flash = _times(rows, pattern, key, path, cc)
-    for (dev, dtype), groups in sorted(_times(rows, pattern, "ms_loss_path", None, cc).items()):
+    flash = _times(rows, pattern, key, path, cc, EXCLUDE["ms_flash_tile"])
+    for (dev, dtype), groups in sorted(_times(rows, pattern, "ms_loss_path", None, cc, EXCLUDE["ms_loss_path"]).items()):
         key = ("ms_flash_tile", dev, dtype)  # this pick's tile, else (kept) the table's, else the default
         tile = (decisions[key] if key in decisions else TUNED.get(key)) or KNOBS["ms_flash_tile"].default
         flash_rows = flash.get((dev, dtype), {})

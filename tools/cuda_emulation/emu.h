@@ -4,6 +4,7 @@
 // flash MS loss (csrc/ops/cuda/ms_loss_mma.cuh) and its ldmatrix are emulated warp-wide: every lane's fragment registers are
 // gathered, D = A·B + C is computed from the PTX ISA fragment layouts and each lane gets its own D back.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -63,6 +64,12 @@ inline cluster_group this_cluster() { return {}; }
 inline void __syncthreads() { emu_blk->block->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) {
   emu_blk->warps[(threadIdx.x + threadIdx.y * blockDim.x) / 32]->arrive_and_wait();
+}
+
+// atomicAdd on a 64-bit counter (the flash one-pass forward's work count): a real atomic, the block's threads
+// being concurrent host threads.
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
 }
 
 template <typename T>

@@ -12,7 +12,8 @@ at::Tensor round_tf32(const at::Tensor& x) {
 // tiles path, over bf16 / fp16 / fp32 (TF32), the six tile variants (small emulation shapes; each case under
 // three of them, variant 3 also on the edge cases and once past the opt-in shared memory, where its backward falls
 // back to variant 4's), D = 1, 7, 64, 130, label layouts, ε = 0, reference sets with and without gradient, several row / column blocks, feature
-// chunks and backward waves with tails. fp32 runs TF32 products: its inputs are rounded to tf32 first (the
+// chunks and backward waves with tails; for ms / all mining also the forward's two forms (RECOGFAST_MS_FLASH_FWD=one,
+// two: the min positive and max negative bit for bit, the sums to 1e-5) and "auto" choosing each somewhere. fp32 runs TF32 products: its inputs are rounded to tf32 first (the
 // rounding TF32 applies, cvt.rna) so that the CPU kernel sees the same operands and the mining decisions
 // agree; what remains is the W operand's tf32 rounding (2^-11 relative) in the gradients.
 void run_ms_flash() {
@@ -61,8 +62,9 @@ void run_ms_flash() {
   runs.push_back({at::kFloat, 7, 3, false});
   runs.push_back({at::kBFloat16, 0, 5, false});  // 70 rows: two 64-row CTAs of 32-row warps, the second partial
   runs.push_back({at::kHalf, 1, 3, true});
-  int gsmem_expected = 0;
-  const int gsmem0 = recogfast::emu_ms_gsmem_backwards();
+  int gsmem_expected = 0, auto_forwards = 0;
+  const int gsmem0 = recogfast::emu_ms_gsmem_backwards(), one0 = recogfast::emu_ms_one_pass_forwards();
+  double one_vs_two[4] = {0, 0, 0, 0};
   for (const Run& run : runs) {
     const auto dt = run.dt;
     const Case& c = cases[run.ci];
@@ -95,6 +97,34 @@ void run_ms_flash() {
                                                         std::get<2>(out[path]), alpha, beta, base, c.eps, mining, c.ref_grad);
         }
         gsmem_expected += run.var == 3 && !run.fallback;
+        if (std::string(mining) != "hardest") {
+          // The forward's two forms (RECOGFAST_MS_FLASH_FWD; above: "auto", the device's choice): the one-pass
+          // forward's min positive, max negative (stats 2, 3) and hard_idx bit for bit the two-pass forward's (the
+          // same S bits, gathered or dense), its sums and loss to rounding (online rescaling), and against the CPU.
+          setenv("RECOGFAST_MS_LOSS_PATH", "flash", 1);
+          std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fw[2];
+          for (int m = 0; m < 2; ++m) {
+            setenv("RECOGFAST_MS_FLASH_FWD", m ? "one" : "two", 1);
+            fw[m] = recogfast::emu_ms_loss(e, c.labels, r, rl, alpha, beta, base, c.eps, mining);
+          }
+          unsetenv("RECOGFAST_MS_FLASH_FWD");
+          auto_forwards += 1;
+          const at::Tensor s0 = std::get<1>(fw[0]), s1 = std::get<1>(fw[1]);
+          ++ms_comparisons;
+          if (!at::equal(s1.select(1, 2), s0.select(1, 2)) || !at::equal(s1.select(1, 3), s0.select(1, 3)) ||
+              !at::equal(std::get<2>(fw[1]), std::get<2>(fw[0]))) {
+            ++failures;
+            std::printf("FAIL %s: one-pass forward's min positive / max negative / hard_idx not the two-pass bits\n",
+                        tag.c_str());
+          }
+          ms_sink = one_vs_two;
+          ms_cmp(std::get<0>(fw[1]), std::get<0>(fw[0]), "loss", tag + " one vs two", 1e-5, dt);
+          ms_cmp(s1, s0, "stats", tag + " one vs two", 1e-5, dt);
+          ms_sink = flash_max_rel;
+          ms_cmp(std::get<0>(fw[1]), std::get<0>(cpu), "loss", tag + " one vs cpu", rtol_l, dt);
+          ms_cmp(s1, std::get<1>(cpu), "stats", tag + " one vs cpu", rtol_s, dt);
+          ms_sink = ms_max_rel;
+        }
         const double gscale = std::max(std::get<0>(gcpu).to(at::kDouble).abs().max().item<double>(),
                                        std::get<1>(gcpu).numel() ? std::get<1>(gcpu).to(at::kDouble).abs().max().item<double>() : 0.0);
         for (int vs = 0; vs < 2; ++vs) {  // 0: against the CPU kernel, 1: against the tiles path
@@ -122,6 +152,20 @@ void run_ms_flash() {
       }
       unsetenv("EMU_SMEM_OPTIN");
     }
+  }
+  // "auto" (the default; every B x M here, RECOGFAST_MS_FLASH_ONE_PASS_MIN_PAIRS = 0) chose the one-pass forward
+  // for some cases (small classes) and not for others (one class, few classes): each forward above under "auto"
+  // counted where the device chose it, the forced "one" of each ms / all case once more.
+  {
+    const int ones = recogfast::emu_ms_one_pass_forwards() - one0 - auto_forwards;
+    ++ms_comparisons;
+    if (ones <= 0 || ones >= auto_forwards) {
+      ++failures;
+      std::printf("FAIL flash one-pass forward: \"auto\" chose it in %d of %d ms / all forwards\n", ones, auto_forwards);
+    }
+    std::printf("ms_loss flash one-pass forward: \"auto\" chose it in %d of %d ms / all forwards; one vs two worst "
+                "err/scale bf16 %.3g, fp16 %.3g, fp32-TF32 %.3g\n", ones, auto_forwards, one_vs_two[2], one_vs_two[3],
+                one_vs_two[1]);
   }
   // Variant 3's backward ran its own kernel wherever it fit, and not where it did not.
   ++ms_comparisons;

@@ -31,7 +31,7 @@ PY=${PY:-$ROOT/.venv/bin/python}
 T=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 OUT=$ROOT/build/cuda_emulation
 mkdir -p "$OUT"
-for h in common channel_gate sample_stage se_gate_fused cubs_common cubs_channel_head cubs_channel_fused ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_gsmem ms_loss_flash_host cubs_spatial_passes cubs_spatial_pixels; do
+for h in common channel_gate sample_stage se_gate_fused cubs_common cubs_channel_head cubs_channel_fused ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_gsmem ms_loss_flash_onepass ms_loss_flash_host cubs_spatial_passes cubs_spatial_pixels; do
   $PY transform.py "$ROOT/csrc/ops/cuda/$h.cuh" "$OUT/${h}_emu.h"
 done
 $PY transform.py "$ROOT/csrc/ops/cuda/se_gate_kernel.cu" "$OUT/se_emu.cpp" emu_se
@@ -59,6 +59,7 @@ std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(
                                          tf32_ok()));
 }
 int emu_ms_gsmem_backwards() { return emu_gsmem_backwards; }
+int emu_ms_one_pass_forwards() { return emu_one_pass_forwards; }
 }  // namespace recogfast
 CPP
 cat >> "$OUT/sp_emu.cpp" <<'CPP'
@@ -157,7 +158,8 @@ bg g++ $FL -c "$OUT/ch_emu.cpp" -o "$OUT/ch.o"
 bg g++ $FL -c "$OUT/se_emu.cpp" -o "$OUT/se.o"
 # A 1 KB S tile (at least 3 rows) and 64-thread blocks: several tiles and warps out of a few dozen rows.
 bg g++ $FL -DRECOGFAST_MS_LOSS_EMULATION -DRECOGFAST_MS_LOSS_TILE_BYTES=1024 -DRECOGFAST_MS_LOSS_MIN_TILE_ROWS=3 \
-  -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -DRECOGFAST_MS_FLASH_G_BYTES=2048 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o"
+  -DRECOGFAST_MS_LOSS_ROW_THREADS=64 -DRECOGFAST_MS_LOSS_THREADS=64 -DRECOGFAST_MS_FLASH_G_BYTES=2048 -DRECOGFAST_MS_FLASH_ONE_PASS_MIN_PAIRS=0 \
+  -DRECOGFAST_MS_FLASH_ONE_PASS_DIV=30 -c "$OUT/ms_emu.cpp" -o "$OUT/ms.o"
 g++ $FL -c main.cpp -o "$OUT/main.o"
 g++ $FL -c tuned_check.cpp -o "$OUT/tuned.o"
 wait

@@ -14,6 +14,9 @@
 //   excluding the anchor (ms_loss_rows_kernel sweep 1); "hardest" finishes here (stats, hard_idx, loss).
 // Forward pass 2 (kPass = 2, "ms" / "all"): the mined sums with pass 1's shifts (sweep 2's predicates, ε = 0,
 //   lone classes and empty sets included), then stats [B, 4] and the per-anchor loss.
+// The one-pass forward ("ms" / "all", ms_loss_flash_onepass.cuh) replaces passes 1 and 2 by a gathered pass over
+//   each anchor's class, the dense pass 4 (kPass = 4: negatives only, the sum rescaled online to the running max)
+//   and a second gathered pass; the tiles take candidates through an index map (DirectIdx, PermIdx) for it.
 // Backward (one fused pass, FlashAttention-2 style): a CTA owns rows I (candidates row0 + ...) and a chunk of
 //   DC features; for each column block J it recomputes S_IJ, forms W_IJ = [row is anchor] w(row, col) +
 //   [col is anchor] w(col, row) (pair_weight, from both rows' saved stats) times the column scale inv2_col,
@@ -82,14 +85,26 @@ __device__ __forceinline__ flash_elem_t<K> to_elem(float v) {
 template <MmaKind K>
 constexpr int kPad = K == MmaKind::kTF32 ? 4 : 8;  // row padding of the staged tiles, in elements
 
-// One staging group: features [d, d + V) of candidate c (V = 16 / sizeof(scalar_t)), loaded raw into v, and its
-// row's scale q = p2[c], or 0 (v untouched) for padding (c >= c_end, d >= D) and for rows with inv2 = 0 (a zero /
-// NaN row). One 16-byte load where the row segment is whole and 16-byte aligned, else V scalar loads (D not a
+// The candidate at position pos of a staged operand: pos itself (DirectIdx), or perm[pos] (PermIdx: the one-pass
+// forward's gathered passes, whose rows and columns run in label order; ms_loss_flash_onepass.cuh).
+struct DirectIdx {
+  __device__ __forceinline__ int64_t operator()(int64_t pos) const { return pos; }
+};
+struct PermIdx {
+  const int64_t* perm;
+  __device__ __forceinline__ int64_t operator()(int64_t pos) const { return perm[pos]; }
+};
+
+// One staging group: features [d, d + V) of the candidate c = map(pos) at operand position pos (V = 16 /
+// sizeof(scalar_t)), loaded raw into v, and its row's scale q = p2[c], or 0 (v untouched) for padding (pos >= pos_end,
+// d >= D) and for rows with inv2 = 0 (a zero / NaN row). One 16-byte load where the row segment is whole and 16-byte aligned, else V scalar loads (D not a
 // multiple of V, an offset view, the tail; features past D read as 0).
-template <typename scalar_t, int V>
-__device__ __forceinline__ float load_group(VecT<scalar_t, V>& v, const FlashArgs<scalar_t>& a, int64_t c,
-                                            int64_t c_end, int64_t d) {
-  const float q = c < c_end && d < a.D ? a.p2[c] * (a.inv2[c] != 0.f) : 0.f;
+template <typename scalar_t, int V, class Map = DirectIdx>
+__device__ __forceinline__ float load_group(VecT<scalar_t, V>& v, const FlashArgs<scalar_t>& a, int64_t pos,
+                                            int64_t pos_end, int64_t d, Map map = {}) {
+  if (pos >= pos_end || d >= a.D) return 0.f;
+  const int64_t c = map(pos);
+  const float q = a.p2[c] * (a.inv2[c] != 0.f);
   if (q != 0.f) {
     const scalar_t* x = (c < a.B ? a.xb + c * a.D : a.xr + (c - a.B) * a.D) + d;
     if (d + V <= a.D && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
@@ -116,15 +131,16 @@ __device__ __forceinline__ void store_group(flash_elem_t<K>* s, const VecT<scala
 
 // Stages rows [c0, c0 + rows) (candidate indices, valid below c_end) x features [k0, k0 + cols) into s
 // (leading dimension ld), each row scaled by its p2, one group (load_group) after another.
-template <MmaKind K, typename scalar_t>
+template <MmaKind K, typename scalar_t, class Map = DirectIdx>
 __device__ __forceinline__ void stage(flash_elem_t<K>* s, int ld, const FlashArgs<scalar_t>& a, int64_t c0,
-                                      int64_t c_end, int rows, int64_t k0, int cols, int tid, int nthreads) {
+                                      int64_t c_end, int rows, int64_t k0, int cols, int tid, int nthreads,
+                                      Map map = {}) {
   constexpr int V = 16 / sizeof(scalar_t);  // cols (BK, DC) are multiples of 8, so of V
   const int groups = cols / V;
   for (int e = tid; e < rows * groups; e += nthreads) {
     const int r = e / groups, k = e % groups * V;
     VecT<scalar_t, V> v;
-    const float q = load_group(v, a, c0 + r, c_end, k0 + k);
+    const float q = load_group(v, a, c0 + r, c_end, k0 + k, map);
     store_group<K>(s + r * ld + k, v, q);
   }
 }
@@ -138,11 +154,13 @@ struct StageRegs {
   VecT<scalar_t, V> v[N];
   float q[N];
 
-  __device__ __forceinline__ void load(const FlashArgs<scalar_t>& a, int64_t c0, int64_t c_end, int64_t k0, int tid) {
+  template <class Map = DirectIdx>
+  __device__ __forceinline__ void load(const FlashArgs<scalar_t>& a, int64_t c0, int64_t c_end, int64_t k0, int tid,
+                                       Map map = {}) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const int e = tid + i * kThreads;
-      q[i] = e < kGroups ? load_group(v[i], a, c0 + e / (kCols / V), c_end, k0 + e % (kCols / V) * V) : 0.f;
+      q[i] = e < kGroups ? load_group(v[i], a, c0 + e / (kCols / V), c_end, k0 + e % (kCols / V) * V, map) : 0.f;
     }
   }
   template <MmaKind K>
@@ -216,16 +234,17 @@ __device__ __forceinline__ void b_frags_trans(uint32_t (&bv)[2][2], const uint16
   }
 }
 
-// S of rows [r0, r0 + BM) (candidates, valid below r_end) against columns [j0, j0 + BN) (valid below j_end),
-// unscaled (x' · x'), in the accumulator fragments of each warp (acc[m]: its m-tile m). With Cfg::kPrefetch the loop is software-pipelined
+// S of rows [r0, r0 + BM) (positions, valid below r_end; candidate rmap(pos)) against columns [j0, j0 + BN) (valid
+// below j_end; candidate cmap(pos)), unscaled (x' · x'), in the accumulator fragments of each warp (acc[m]: its m-tile m). With Cfg::kPrefetch the loop is software-pipelined
 // through registers: the global loads of feature chunk k0 + BK are issued before chunk k0's product and stored to
 // shared memory after it, so their latency hides behind the mma rather than behind other CTAs (the same shared
 // memory and barriers, about 30-65 more registers a thread on sm_90; the same values and mma order, so the same
 // bits). Ends with a barrier: the staging buffers are free again.
-template <class Cfg, MmaKind K, typename scalar_t>
+template <class Cfg, MmaKind K, typename scalar_t, class RowMap = DirectIdx, class ColMap = DirectIdx>
 __device__ __forceinline__ void similarity_tile(float (&acc)[Cfg::MW][Cfg::NT][4], flash_elem_t<K>* As,
                                                 flash_elem_t<K>* Bs, const FlashArgs<scalar_t>& a, int64_t r0,
-                                                int64_t r_end, int64_t j0, int64_t j_end, int wrow, int g, int t) {
+                                                int64_t r_end, int64_t j0, int64_t j_end, int wrow, int g, int t,
+                                                RowMap rmap = {}, ColMap cmap = {}) {
   constexpr int ld = Cfg::BK + kPad<K>;
   const int tid = threadIdx.x;
 #pragma unroll
@@ -235,23 +254,23 @@ __device__ __forceinline__ void similarity_tile(float (&acc)[Cfg::MW][Cfg::NT][4
   if constexpr (Cfg::kPrefetch) {
     StageRegs<scalar_t, Cfg::BM, Cfg::BK, Cfg::kThreads> ra;
     StageRegs<scalar_t, Cfg::BN, Cfg::BK, Cfg::kThreads> rb;
-    ra.load(a, r0, r_end, 0, tid);
-    rb.load(a, j0, j_end, 0, tid);
+    ra.load(a, r0, r_end, 0, tid, rmap);
+    rb.load(a, j0, j_end, 0, tid, cmap);
     for (int64_t k0 = 0; k0 < a.D; k0 += Cfg::BK) {
       ra.template store<K>(As, ld, tid);
       rb.template store<K>(Bs, ld, tid);
       __syncthreads();
       if (k0 + Cfg::BK < a.D) {  // the next chunk's loads, in flight during this chunk's product
-        ra.load(a, r0, r_end, k0 + Cfg::BK, tid);
-        rb.load(a, j0, j_end, k0 + Cfg::BK, tid);
+        ra.load(a, r0, r_end, k0 + Cfg::BK, tid, rmap);
+        rb.load(a, j0, j_end, k0 + Cfg::BK, tid, cmap);
       }
       tile_product<Cfg, K>(acc, As, Bs, ld, wrow, g, t);
       __syncthreads();
     }
   } else {
     for (int64_t k0 = 0; k0 < a.D; k0 += Cfg::BK) {
-      stage<K>(As, ld, a, r0, r_end, Cfg::BM, k0, Cfg::BK, tid, Cfg::kThreads);
-      stage<K>(Bs, ld, a, j0, j_end, Cfg::BN, k0, Cfg::BK, tid, Cfg::kThreads);
+      stage<K>(As, ld, a, r0, r_end, Cfg::BM, k0, Cfg::BK, tid, Cfg::kThreads, rmap);
+      stage<K>(Bs, ld, a, j0, j_end, Cfg::BN, k0, Cfg::BK, tid, Cfg::kThreads, cmap);
       __syncthreads();
       tile_product<Cfg, K>(acc, As, Bs, ld, wrow, g, t);
       __syncthreads();
@@ -277,11 +296,27 @@ __device__ __forceinline__ bool same_label(const FlashArgs<scalar_t>& a, bool wi
   return wide ? a.lab64[i] == a.lab64[k] : a.lab32[i] == a.lab32[k];
 }
 
-// Forward pass kPass (1 or 2; see the file comment) over the B anchors; one CTA per BM anchors, all M columns.
+// Which forward a launch belongs to: the two-pass forward (passes 1, 2) or the one-pass forward (passes 3, 4, 5:
+// ms_loss_flash_onepass.cuh). With work set ("auto") the device decides, from the gathered passes' work counted by
+// ms_flash_segments_kernel: one pass where *work <= limit; without it, one pass iff limit != 0. A kernel of the
+// other forward returns at once (no host sync: both forwards' kernels are launched, each checks).
+struct FlashFwdGate {
+  const unsigned long long* work;
+  long long limit;
+};
+__device__ __forceinline__ bool one_pass_forward(const FlashFwdGate& gate) {
+  return gate.work ? *gate.work <= static_cast<unsigned long long>(gate.limit) : gate.limit != 0;
+}
+
+// Forward pass kPass over the B anchors; one CTA per BM anchors, all M columns: 1 or 2 (see the file comment), or
+// the one-pass forward's dense pass 4 (negatives only: the running max negative with its first index and the mined
+// negative sum rescaled online to it, with pass 3's min positive as its threshold; ms_loss_flash_onepass.cuh).
 template <class Cfg, MmaKind K, typename scalar_t, int kPass>
 __global__ void __launch_bounds__(Cfg::kThreads)
     ms_flash_fwd_kernel(FlashArgs<scalar_t> a, Params p, float* __restrict__ stats, int64_t* __restrict__ hard_idx,
-                        float* __restrict__ per_anchor) {
+                        float* __restrict__ per_anchor, FlashFwdGate gate) {
+  static_assert(kPass == 1 || kPass == 2 || kPass == 4, "dense forward passes");
+  if (one_pass_forward(gate) != (kPass == 4)) return;  // the other forward's launch (uniform: before any barrier)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using elem_t = flash_elem_t<K>;
   constexpr int ld = Cfg::BK + kPad<K>;
@@ -298,7 +333,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 #pragma unroll
   for (int h = 0; h < H; ++h) {
     const bool ok = row[h] < a.B;
-    mn[h] = kPass == 2 && ok ? stats[row[h] * 4 + 2] : inf;
+    mn[h] = kPass != 1 && ok ? stats[row[h] * 4 + 2] : inf;
     mx[h] = kPass == 2 && ok ? stats[row[h] * 4 + 3] : -inf;
     an[h] = ax[h] = -1;
     zp[h] = zn[h] = 0.f;
@@ -324,6 +359,13 @@ __global__ void __launch_bounds__(Cfg::kThreads)
             } else if (ax[h] < 0 || s > mx[h]) {
               mx[h] = s, ax[h] = k;
             }
+          } else if constexpr (kPass == 4) {  // negatives; zn is relative to this lane's running max mx
+            if (pos) continue;
+            if (ax[h] < 0 || s > mx[h]) {
+              if (ax[h] >= 0) zn[h] *= exp_of<true>(beta * (mx[h] - s));
+              mx[h] = s, ax[h] = k;
+            }
+            if (s + eps > (ms ? mn[h] : -inf)) zn[h] += exp_of<true>(beta * (s - mx[h]));
           } else if (pos) {  // exp_of<true>: ex2 (see ms_loss_rows.cuh)
             if (s - eps < (ms ? mx[h] : inf)) zp[h] += exp_of<true>(-alpha * (s - mn[h]));
           } else if (s + eps > (ms ? mn[h] : -inf)) {
@@ -341,6 +383,16 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         const int64_t i1 = __shfl_xor_sync(0xffffffffu, an[h], o), i2 = __shfl_xor_sync(0xffffffffu, ax[h], o);
         arg_merge<true>(mn[h], an[h], v1, i1);
         arg_merge<false>(mx[h], ax[h], v2, i2);
+      } else if constexpr (kPass == 4) {  // both lanes of a pair compute the same sum (+ commutes): same bits
+        const float m2 = __shfl_xor_sync(0xffffffffu, mx[h], o), z2 = __shfl_xor_sync(0xffffffffu, zn[h], o);
+        const int64_t a2 = __shfl_xor_sync(0xffffffffu, ax[h], o);
+        float m = mx[h];
+        int64_t am = ax[h];
+        arg_merge<false>(m, am, m2, a2);
+        float z = 0.f;
+        if (ax[h] >= 0) z += zn[h] * exp_of<true>(beta * (mx[h] - m));
+        if (a2 >= 0) z += z2 * exp_of<true>(beta * (m2 - m));
+        mx[h] = m, ax[h] = am, zn[h] = z;
       } else {
         zp[h] += __shfl_xor_sync(0xffffffffu, zp[h], o);
         zn[h] += __shfl_xor_sync(0xffffffffu, zn[h], o);
@@ -350,7 +402,11 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     if (t != 0 || i >= a.B) continue;
     float* st = stats + i * 4;
     float lzp = 0, lzn = 0;
-    if constexpr (kPass == 1) {
+    if constexpr (kPass == 4) {  // pass 5 finishes the row (its positive sum, the logs and the loss)
+      st[3] = ax[h] < 0 ? -inf : mx[h];
+      st[1] = zn[h];
+      continue;
+    } else if constexpr (kPass == 1) {
       if (an[h] < 0) mn[h] = inf;
       if (ax[h] < 0) mx[h] = -inf;
       st[2] = mn[h];

@@ -12,6 +12,10 @@
 // CPU kernel (they have run only under the host emulation, whose mma follows the PTX ISA's fragment tables as
 // this code reads them): until then "auto" keeps the tiles path, proven on an H200, and "flash" opts in.
 // Labels: any integer dtype (see ms_loss_flash.cuh: int32, int64 compare on overflow).
+// Forward form ("ms" / "all"; flash_fwd_mode): RECOGFAST_MS_FLASH_FWD = "auto" (default), "one" or "two": the
+// one-pass forward (ms_loss_flash_onepass.cuh: each similarity formed once, the positives gathered by class) or
+// the two dense passes; "auto" launches both forms' kernels from RECOGFAST_MS_FLASH_ONE_PASS_MIN_PAIRS pairs on and
+// the device keeps one by the class windows' size (below that, two passes).
 // Tile variant: RECOGFAST_MS_FLASH_TILE = 0 (default) BM 64 x BN 64, BK 32, DC 128 (4 warps); 1 = 128 x 64,
 // DC 128 (8 warps: half the column-tile loads per row); 2 = 64 x 64, DC 256 (half the S recomputes at D = 512,
 // twice the G registers); 3 = G in shared memory (ms_loss_flash_gsmem.cuh): the backward's CTA of BM 64 rows
@@ -41,13 +45,27 @@
 
 #include <cuda_runtime.h>
 
+#include <array>
+#include <optional>
 #include <string>
+#include <type_traits>
 
 #include "ops/cuda/ms_loss_flash.cuh"
 #include "ops/cuda/ms_loss_flash_gsmem.cuh"
+#include "ops/cuda/ms_loss_flash_onepass.cuh"
 
 #ifndef RECOGFAST_MS_FLASH_G_BYTES
 #define RECOGFAST_MS_FLASH_G_BYTES (int64_t(8) << 20)
+#endif
+// "auto" tries the one-pass forward (ms_loss_flash_onepass.cuh) from B x M pairs on (below, the sort and the
+// segment launches would cost more than a dense pass saves); the emulation sets 0.
+#ifndef RECOGFAST_MS_FLASH_ONE_PASS_MIN_PAIRS
+#define RECOGFAST_MS_FLASH_ONE_PASS_MIN_PAIRS (int64_t(1) << 22)
+#endif
+// The device keeps the one-pass forward where the gathered passes' windows sum to at most B M / this (4 BM: their
+// 2 BM sum(window) pairs at most half the dense pass's B M); the emulation's few-dozen-row inputs need a looser one.
+#ifndef RECOGFAST_MS_FLASH_ONE_PASS_DIV
+#define RECOGFAST_MS_FLASH_ONE_PASS_DIV (4 * FlashTileG::BM)
 #endif
 
 namespace recogfast {
@@ -56,6 +74,7 @@ namespace {
 constexpr int64_t kFlashGBytes = RECOGFAST_MS_FLASH_G_BYTES;
 #ifdef RECOGFAST_CUDA_EMULATION
 inline int emu_gsmem_backwards = 0;  // backward calls that took variant 3's kernel (the emulation checks it)
+inline int emu_one_pass_forwards = 0;  // forward calls whose one-pass kernels ran (decided on the "device")
 #endif
 #ifndef RECOGFAST_CUDA_EMULATION
 using FlashTile0 = FlashTile<64, 64, 32, 128>;
@@ -64,6 +83,7 @@ using FlashTile2 = FlashTile<64, 64, 32, 256>;
 using FlashTile3 = FlashTile<64, 64, 32, 128, true>;  // G in shared memory (backward only)
 using FlashTile4 = FlashTile<64, 64, 32, 128, true>;  // variant 0 with the register prefetch
 using FlashTile5 = FlashTile<128, 64, 32, 8, true, 2>;  // forward only: 4 warps of 2 m-tiles (32 rows) each
+using FlashTileG = FlashTile<64, 64, 32, 8, true>;      // the one-pass forward's gathered passes 3 and 5
 #else  // small tiles: several row / column blocks, feature chunks and waves out of a few dozen rows
 using FlashTile0 = FlashTile<32, 16, 16, 16>;
 using FlashTile1 = FlashTile<16, 32, 32, 8>;
@@ -71,6 +91,7 @@ using FlashTile2 = FlashTile<48, 16, 16, 24>;
 using FlashTile3 = FlashTile<32, 16, 16, 24, true>;  // D = 130: 6 chunks, the last of 10 features
 using FlashTile4 = FlashTile<48, 32, 16, 16, true>;  // prefetch groups with tails (fp32 B: 128 over 96 threads)
 using FlashTile5 = FlashTile<64, 16, 16, 8, true, 2>;  // 2 warps of 32 rows: B = 70 leaves a partial m-tile
+using FlashTileG = FlashTile<32, 16, 16, 8, true>;
 #endif
 
 enum class MsPath : int { kAuto = 0, kFlash = 1, kTiles = 2 };
@@ -86,6 +107,15 @@ inline int flash_tile_variant(ScalarType dtype) {
   return gpu::env_choice_once<FlashTileEnv>("recogfast::ms_loss", "RECOGFAST_MS_FLASH_TILE", {"0", "1", "2", "3", "4", "5"},
                                             0,
                                             gpu::tuned_value("ms_flash_tile", dtype));
+}
+
+// The forward for "ms" / "all" mining: RECOGFAST_MS_FLASH_FWD = "auto" (default: the one-pass forward where the
+// device finds it cheaper, from RECOGFAST_MS_FLASH_ONE_PASS_MIN_PAIRS pairs on), "one" (always) or "two" (the two
+// dense passes), else the tuned table's. Read once per process.
+struct FlashFwdEnv {};
+inline int flash_fwd_mode(ScalarType dtype) {
+  return gpu::env_choice_once<FlashFwdEnv>("recogfast::ms_loss", "RECOGFAST_MS_FLASH_FWD", {"auto", "one", "two"}, 0,
+                                           gpu::tuned_value("ms_flash_fwd", dtype));
 }
 
 // Compute capability major of the current device.
@@ -175,28 +205,75 @@ FlashArgs<scalar_t> flash_args(const CD& cd, Tensor& lab32, cudaStream_t stream)
   return a;
 }
 
-// Forward: stats, hard_idx (hardest) and the per-anchor loss of the B anchors.
+// Forward: stats, hard_idx (hardest) and the per-anchor loss of the B anchors: the two-pass forward (passes 1 and
+// 2 of ms_flash_fwd_kernel; "hardest": pass 1 alone) or the one-pass forward (ms_loss_flash_onepass.cuh: gathered
+// pass 3, dense pass 4, gathered pass 5); in "auto" both forwards' kernels are launched and the device keeps one.
 template <typename scalar_t, class CD>
 void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_idx, Tensor& per_anchor,
                    cudaStream_t stream) {
   constexpr MmaKind K = mma_kind<scalar_t>();
   Tensor lab32;
   const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
+  const int64_t B = cd.B, M = cd.M;
+  const int mode = flash_fwd_mode(scalar_type_of<scalar_t>());  // 0 auto, 1 one, 2 two
+  const bool one = p.mining != int(Mining::kHardest) &&
+                   (mode == 1 || (mode == 0 && B * M >= RECOGFAST_MS_FLASH_ONE_PASS_MIN_PAIRS));
+  FlashFwdGate gate{nullptr, 0};  // the two-pass forward
+  Tensor perm_b, perm_a, lo, hi, work;
+  auto gathered = [&](auto pass) {
+    using G = FlashTileG;
+    constexpr int kPass = decltype(pass)::value;
+    const size_t smem = flash_smem<G, K>(false);
+    allow_smem(ms_flash_gather_kernel<G, K, scalar_t, kPass>, smem);
+    ms_flash_gather_kernel<G, K, scalar_t, kPass><<<static_cast<unsigned>(ceil_div(B, G::BM)), G::kThreads, smem, stream>>>(
+        a, p, stats.mutable_data_ptr<float>(), per_anchor.mutable_data_ptr<float>(), perm_b.const_data_ptr<int64_t>(),
+        perm_a.const_data_ptr<int64_t>(), lo.const_data_ptr<int64_t>(), hi.const_data_ptr<int64_t>(), gate);
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (one) {  // label order (stable sorts), each sorted anchor's class segment, the gathered work
+    auto sorted = [](const Tensor& lab) {
+      return call_op_n<2>("aten::sort", "stable", lab, std::optional<bool>(true), int64_t(0), false);
+    };
+    const std::array<Tensor, 2> sb = sorted(narrow(cd.lab, 0, 0, B));
+    const std::array<Tensor, 2> sa = cd.R > 0 ? sorted(cd.lab) : sb;
+    perm_b = sb[1];
+    perm_a = sa[1];
+    lo = empty_as(cd.x[0], {B}, kLong);
+    hi = empty_as(cd.x[0], {B}, kLong);
+    work = zeros_as(cd.x[0], {1}, kLong);
+    auto* w = reinterpret_cast<unsigned long long*>(work.mutable_data_ptr<int64_t>());
+    ms_flash_segments_kernel<<<grid_for(B, kThreads), kThreads, 0, stream>>>(
+        sb[0].const_data_ptr<int64_t>(), sa[0].const_data_ptr<int64_t>(), B, M, FlashTileG::BM,
+        lo.mutable_data_ptr<int64_t>(), hi.mutable_data_ptr<int64_t>(), w);
+    RF_CUDA_KERNEL_LAUNCH_CHECK();
+    // auto: one pass where the two gathered passes' pairs, 2 BM sum(window), are at most half the B M pairs of the
+    // dense pass they save
+    gate = mode == 1 ? FlashFwdGate{nullptr, 1}
+                     : FlashFwdGate{w, static_cast<long long>(B * M / (RECOGFAST_MS_FLASH_ONE_PASS_DIV))};
+#ifdef RECOGFAST_CUDA_EMULATION
+    emu_one_pass_forwards += mode == 1 || *w <= static_cast<unsigned long long>(gate.limit);
+#endif
+    gathered(std::integral_constant<int, 3>{});
+  }
+  const bool two = !one || gate.work != nullptr;  // the two-pass kernels are launched (auto: the device picks)
   with_flash_tile<false>(flash_tile_variant(scalar_type_of<scalar_t>()), [&](auto cfg) {
     using C = decltype(cfg);
     using Cfg = FlashTile<C::BM, C::BN, C::BK, 8, C::kPrefetch, C::MW>;  // DC: backward only
     const size_t smem = flash_smem<Cfg, K>(false);
-    const unsigned grid = static_cast<unsigned>(ceil_div(cd.B, Cfg::BM));
-    allow_smem(ms_flash_fwd_kernel<Cfg, K, scalar_t, 1>, smem);
-    ms_flash_fwd_kernel<Cfg, K, scalar_t, 1><<<grid, Cfg::kThreads, smem, stream>>>(
-        a, p, stats.mutable_data_ptr<float>(), hard_idx.mutable_data_ptr<int64_t>(), per_anchor.mutable_data_ptr<float>());
-    RF_CUDA_KERNEL_LAUNCH_CHECK();
-    if (p.mining == int(Mining::kHardest)) return;
-    allow_smem(ms_flash_fwd_kernel<Cfg, K, scalar_t, 2>, smem);
-    ms_flash_fwd_kernel<Cfg, K, scalar_t, 2><<<grid, Cfg::kThreads, smem, stream>>>(
-        a, p, stats.mutable_data_ptr<float>(), hard_idx.mutable_data_ptr<int64_t>(), per_anchor.mutable_data_ptr<float>());
-    RF_CUDA_KERNEL_LAUNCH_CHECK();
+    const unsigned grid = static_cast<unsigned>(ceil_div(B, Cfg::BM));
+    auto dense = [&](auto pass) {
+      constexpr int kPass = decltype(pass)::value;
+      allow_smem(ms_flash_fwd_kernel<Cfg, K, scalar_t, kPass>, smem);
+      ms_flash_fwd_kernel<Cfg, K, scalar_t, kPass><<<grid, Cfg::kThreads, smem, stream>>>(
+          a, p, stats.mutable_data_ptr<float>(), hard_idx.mutable_data_ptr<int64_t>(), per_anchor.mutable_data_ptr<float>(),
+          gate);
+      RF_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (two) dense(std::integral_constant<int, 1>{});
+    if (one) dense(std::integral_constant<int, 4>{});
+    if (two && p.mining != int(Mining::kHardest)) dense(std::integral_constant<int, 2>{});
   });
+  if (one) gathered(std::integral_constant<int, 5>{});
 }
 
 // Backward: grad_e (and grad_r when given) from the saved stats; rows in waves whose G buffer stays within
