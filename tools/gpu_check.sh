@@ -233,9 +233,10 @@ bench_step graphs 150 "engine train-step benchmarks (eager and --cuda-graphs)" "
 # 6c. the flash MS loss (issue 26): its tile variants (RECOGFAST_MS_FLASH_TILE, read once per process: one pytest
 # run each, all six set explicitly: the headline step ran the table's variant, and tools/tuned_table.py needs the
 # default's rows too) at bf16 B = 16384, its forward's two forms (RECOGFAST_MS_FLASH_FWD=one, two; the rows above
-# ran "auto"), then the batch sweep up to B = 1,000,000.
+# ran "auto"), then the batch sweep up to B = 1,000,000 and separated embeddings (few mined pairs: the flash
+# backward skips all-zero weight blocks).
 FLASH_TILE_SEL="cuda and tensor_cores and flash and bf16 and size3"
-FLASH_SWEEP_SEL="cuda and flash_batch_sweep"
+FLASH_SWEEP_SEL="cuda and (flash_batch_sweep or fwd_bwd_separated)"
 MS_BENCH=benchmarks/test_ms_loss_bench.py
 if [[ $GPU == 1 ]]; then
   step flash 300 "flash MS loss: tile variants 0-5; forward one / two passes; batch sweep to 10^6" -- bash -c "

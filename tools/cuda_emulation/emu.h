@@ -34,6 +34,7 @@ struct EmuBlock {
   std::vector<unsigned char> smem;  // a cluster's CTA: its own dynamic shared memory (else emu_smem)
   EmuCluster* cluster = nullptr;
   unsigned rank = 0;  // in its cluster
+  std::atomic<int> vote{0};  // __syncthreads_or
 };
 // A thread block cluster (emu_launch_cluster): its CTAs run at once, one barrier over all their threads.
 struct EmuCluster {
@@ -62,6 +63,17 @@ inline cluster_group this_cluster() { return {}; }
 }  // namespace cooperative_groups
 
 inline void __syncthreads() { emu_blk->block->arrive_and_wait(); }
+// A barrier that returns nonzero iff some thread's pred was nonzero. The vote is cleared between the first two
+// barriers (every thread has read the previous vote by then) and read after the third.
+inline int __syncthreads_or(int pred) {
+  EmuBlock& b = *emu_blk;
+  b.block->arrive_and_wait();
+  if (threadIdx.x + threadIdx.y * blockDim.x + threadIdx.z * blockDim.x * blockDim.y == 0) b.vote.store(0);
+  b.block->arrive_and_wait();
+  if (pred) b.vote.store(1);
+  b.block->arrive_and_wait();
+  return b.vote.load();
+}
 inline void __syncwarp(unsigned = 0xffffffffu) {
   emu_blk->warps[(threadIdx.x + threadIdx.y * blockDim.x) / 32]->arrive_and_wait();
 }

@@ -51,6 +51,7 @@ std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(const at::Tensor&, const
                                                         std::string_view, bool);
 int emu_ms_gsmem_backwards();  // flash backward calls that took tile variant 3's G-in-shared-memory kernel
 int emu_ms_one_pass_forwards();  // flash forward calls whose one-pass kernels ran (the device's choice in "auto")
+int emu_ms_zero_w_skips();  // flash backward column blocks whose G product was skipped (W_IJ all zero)
 int emu_tuned_table_check();  // tuned_check.cpp: the tuned table's reader; returns its failures
 }  // namespace recogfast
 namespace {

@@ -167,6 +167,15 @@ void run_ms_flash() {
                 "err/scale bf16 %.3g, fp16 %.3g, fp32-TF32 %.3g\n", ones, auto_forwards, one_vs_two[2], one_vs_two[3],
                 one_vs_two[1]);
   }
+  // The backward kernels skipped the G product of column blocks whose W is all zero (any_weight: "hardest" mines
+  // two pairs a row, so most of its blocks): the comparisons above saw the same values, EMU_DIGEST the same bits.
+  ++ms_comparisons;
+  if (recogfast::emu_ms_zero_w_skips() == 0) {
+    ++failures;
+    std::printf("FAIL flash backward: no column block with an all-zero W was skipped\n");
+  }
+  std::printf("ms_loss flash backward: %d column blocks with an all-zero W skipped their G product\n",
+              recogfast::emu_ms_zero_w_skips());
   // Variant 3's backward ran its own kernel wherever it fit, and not where it did not.
   ++ms_comparisons;
   if (recogfast::emu_ms_gsmem_backwards() - gsmem0 != gsmem_expected) {

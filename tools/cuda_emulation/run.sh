@@ -60,6 +60,7 @@ std::tuple<at::Tensor, at::Tensor> emu_ms_loss_backward(
 }
 int emu_ms_gsmem_backwards() { return emu_gsmem_backwards; }
 int emu_ms_one_pass_forwards() { return emu_one_pass_forwards; }
+int emu_ms_zero_w_skips() { return emu_zero_w_skips.load(); }
 }  // namespace recogfast
 CPP
 cat >> "$OUT/sp_emu.cpp" <<'CPP'

@@ -22,7 +22,8 @@
 //   [col is anchor] w(col, row) (pair_weight, from both rows' saved stats) times the column scale inv2_col,
 //   turns it into A fragments (bf16/fp16: straight from the accumulator registers, the FA-2 layout identity;
 //   tf32: through a per-warp shared-memory row, whose A layout differs from the accumulator's) and
-//   accumulates G_I += W_IJ · x'_J (bf16/fp16: x'_J's B fragments by ldmatrix.trans, two n-tiles a load). Every G row is written once by one warp: no atomics.
+//   accumulates G_I += W_IJ · x'_J (bf16/fp16: x'_J's B fragments by ldmatrix.trans, two n-tiles a load), skipped
+//   where W_IJ is zero throughout (any_weight). Every G row is written once by one warp: no atomics.
 // Where G lives: registers, one DC-wide chunk of features per CTA (DC / 2 fp32 registers a lane; a full
 //   512-wide row would need 256). D > DC takes ceil(D / DC) CTAs per row block, each recomputing S_IJ: for
 //   D = 512, DC = 128 that is 4 S products + 1 G product per pair instead of 2 — the price of registers-only
@@ -455,6 +456,29 @@ __device__ __forceinline__ void weight_tile(float (&acc)[Cfg::NT][4], const Flas
     }
 }
 
+#ifdef RECOGFAST_CUDA_EMULATION
+inline std::atomic<int> emu_zero_w_skips{0};  // column blocks whose G product a backward CTA skipped (any_weight)
+#endif
+
+// Whether any pair weight of the CTA's W_IJ tile (acc, after weight_tile) is nonzero: a barrier (every thread of the
+// CTA calls it). Where none is, the G product of the column block adds exact zeros (zero A fragments; x'_J finite,
+// zero / NaN rows staged as 0), so the backward kernels skip it, its x'_J staging included, and keep the same bits.
+// Mined pairs are few once embeddings separate ("ms": negatives above the anchor's min positive minus epsilon, and
+// positives below its max negative plus epsilon; "hardest": two a row), so most column blocks skip then.
+template <class Cfg>
+__device__ __forceinline__ bool any_weight(const float (&acc)[Cfg::NT][4]) {
+  int nz = 0;
+#pragma unroll
+  for (int nt = 0; nt < Cfg::NT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) nz |= acc[nt][e] != 0.f;
+  const bool any = __syncthreads_or(nz) != 0;
+#ifdef RECOGFAST_CUDA_EMULATION
+  if (!any && threadIdx.x == 0) ++emu_zero_w_skips;
+#endif
+  return any;
+}
+
 // Backward: G[r - row_off_g, d] for rows r in [row0, row_end) (candidate indices; a wave of them) and columns
 // = candidates [0, ncols), features d of chunk blockIdx.y. G is fp32 [row_end - row0, D].
 template <class Cfg, MmaKind K, typename scalar_t>
@@ -480,12 +504,14 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   auto& acc = acc1[0];
 #pragma unroll
   for (int dn = 0; dn < Cfg::DT; ++dn) gacc[dn][0] = gacc[dn][1] = gacc[dn][2] = gacc[dn][3] = 0.f;
-  // x'_J's chunk is staged straight away (no register prefetch here: holding it across weight_tile took variant 4's
-  // kernel to 255 registers and 134-184 bytes of spills on sm_90; variant 3's backward does prefetch it).
+  // x'_J's chunk is staged once W_IJ is known to be nonzero somewhere (no register prefetch here: holding it across
+  // weight_tile took variant 4's kernel to 255 registers and 134-184 bytes of spills on sm_90; variant 3's backward
+  // does prefetch it).
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
     similarity_tile<Cfg, K>(acc1, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
-    stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
     weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
+    if (!any_weight<Cfg>(acc)) continue;  // W_IJ = 0: its G product would add exact zeros (the same bits)
+    stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
     if constexpr (K == MmaKind::kTF32) {
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; ++nt)

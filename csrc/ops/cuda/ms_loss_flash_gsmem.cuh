@@ -4,10 +4,11 @@
 // owns BM rows and all D features: G_I lives in shared memory (Gs, fp32), and per column block J the CTA
 //   1. computes S_IJ once, over the full D (similarity_tile),
 //   2. forms W_IJ once (weight_tile) and keeps it in registers as A fragments (bf16/fp16: packed straight from
-//      the accumulator, the FA-2 layout identity; tf32: through this warp's rows of Ws, read back once),
-//   3. for each DC-wide feature chunk stages x'_J's chunk (Xs; always prefetched: its loads are issued before W is
-//      formed, and each next chunk's during this chunk's product: one CTA an SM has no other CTA to hide them
-//      behind) and runs G_I[:, chunk] += W_IJ · x'_J[:, chunk],
+//      the accumulator, the FA-2 layout identity; tf32: through this warp's rows of Ws, read back once); a W_IJ
+//      that is zero throughout skips step 3 (any_weight: the same bits),
+//   3. for each DC-wide feature chunk stages x'_J's chunk (Xs; always prefetched: the first chunk's loads are issued
+//      once W is known to be nonzero, before its fragments are formed, and each next chunk's during this chunk's
+//      product: one CTA an SM has no other CTA to hide them behind) and runs G_I[:, chunk] += W_IJ · x'_J[:, chunk],
 //      the mma accumulating into C fragments loaded from and stored back to Gs, two 8-column n-tiles at a time
 //      (bf16/fp16: their B fragments by one ldmatrix.trans of Xs).
 // So 1 S product + 1 G product per pair at any D that fits. Each warp owns its 16 rows of Gs (the C fragment's
@@ -47,7 +48,8 @@ __host__ __device__ inline int64_t flash_gsmem_ld(int64_t D) { return (D + 31) /
 // minimum ptxas (nvcc 13.0, sm_90) spilled 8 bytes of the tf32 kernel at 72 registers; with it 97 / 104; with the
 // register prefetch of FlashTile3 (one CTA of 4 warps an SM has no other CTA to hide its loads behind) of the S
 // product's chunks and of x'_J's chunks, 252 (bf16, fp16) / 254 (tf32) registers and no spills: at the limit, so a
-// change here must recheck `-Xptxas -v`.
+// change here must recheck `-Xptxas -v` (any_weight's vote with the first chunk's loads issued before it, behind
+// W's exps, spilled 40 bytes in bf16 / fp16; issued after it: 255 / 253 registers, no spills).
 template <class Cfg, MmaKind K, typename scalar_t>
 __global__ void __launch_bounds__(Cfg::kThreads, 1)
     ms_flash_bwd_gsmem_kernel(FlashArgs<scalar_t> a, Params p, const float* __restrict__ stats,
@@ -80,8 +82,9 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   StageRegs<scalar_t, Cfg::BN, Cfg::DC, Cfg::kThreads> rx;  // the next x'_J chunk, in flight
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
     similarity_tile<Cfg, K>(acc1, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
-    rx.load(a, j0, ncols, 0, threadIdx.x);  // its latency behind W's exps
     weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
+    if (!any_weight<Cfg>(acc)) continue;  // W_IJ = 0: no G product
+    rx.load(a, j0, ncols, 0, threadIdx.x);  // its latency behind forming W's fragments
     if constexpr (K == MmaKind::kTF32) {  // the tf32 A layout differs from the accumulator's: via this warp's Ws rows
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; ++nt)
