@@ -13,7 +13,7 @@
 # bench (the headline shapes, fused vs eager reference, each timed by synced wall clock, CUDA events and
 # CUDA-graph replay, with floors and ratios) · se_fused (SE's split and one-CTA variants) · graphs (the
 # engine's training step, eager vs `recogfast train --cuda-graphs`, plain ResNet-18 and the three CUBS
-# placements, 64×64 B=256 and 224×224 B=64) · flash (the flash MS loss's tile variants and batch sweep) ·
+# placements, 64×64 B=256 and 224×224 B=64) · flash (the flash MS loss's tile variants, forward forms, separated embeddings and batch sweep) ·
 # cubs_tiles (the CUBS kernel variants: RECOGFAST_CUBS_SPATIAL_TILE, RECOGFAST_CUBS_CHANNEL_THREADS) · profile
 # (tools/gpu_profile.py: kernel tables, launches per fwd+bwd) · compiled (torch.compile default mode of the
 # references: the peer column) · ncu (Nsight Compute on the key kernels; "not permitted" in one line where
