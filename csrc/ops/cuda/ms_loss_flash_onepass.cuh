@@ -2,7 +2,8 @@
 // (ms_loss_flash.cuh) forms every S tile twice: pass 1 for each anchor's min positive and max negative, pass 2 for
 // the mined sums, which need both. But an anchor's positives are only the candidates of its class, a few of the M
 // (Cars196 at B = 16384: 98 classes, ~170 of 16384), and the negatives' sum needs only the min positive as its
-// threshold, while its shift, the max negative, can be carried online (as FlashAttention carries its row max). So:
+// threshold, while its shift, the max negative, can be carried online (as FlashAttention carries its row max). So,
+// as the CPU kernel does (csrc/ops/cpu/ms_loss_kernel.cpp: P1, F, P2):
 //   pass 3 (gathered): per anchor, the min positive similarity, over its class only;
 //   pass 4 (dense, ms_flash_fwd_kernel<4>): the max negative with its first index, and the mined negative sum
 //            zn = sum exp(beta (s - mx)) over s + eps > min positive, rescaled by exp(beta (mx_old - mx_new)) when a
