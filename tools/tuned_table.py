@@ -152,8 +152,8 @@ def pick(rows: list[dict], tests: dict | None, margin: float = 0.03, cc: str | N
     pattern, key, path = SWEPT["ms_flash_tile"]
     flash = _times(rows, pattern, key, path, cc, EXCLUDE["ms_flash_tile"])
     for (dev, dtype), groups in sorted(_times(rows, pattern, "ms_loss_path", None, cc, EXCLUDE["ms_loss_path"]).items()):
-        key = ("ms_flash_tile", dev, dtype)  # this pick's tile, else (kept) the table's, else the default
-        tile = (decisions[key] if key in decisions else TUNED.get(key)) or KNOBS["ms_flash_tile"].default
+        tkey = ("ms_flash_tile", dev, dtype)  # this pick's tile, else (kept) the table's, else the default
+        tile = (decisions[tkey] if tkey in decisions else TUNED.get(tkey)) or KNOBS["ms_flash_tile"].default
         flash_rows = flash.get((dev, dtype), {})
         merged = {g: {"tiles": v["tiles"], "flash": flash_rows[g][tile]}
                   for g, v in groups.items() if "tiles" in v and tile in flash_rows.get(g, {})}

@@ -251,7 +251,7 @@ void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_id
     gate = mode == 1 ? FlashFwdGate{nullptr, 1}
                      : FlashFwdGate{w, static_cast<long long>(B * M / (RECOGFAST_MS_FLASH_ONE_PASS_DIV))};
 #ifdef RECOGFAST_CUDA_EMULATION
-    emu_one_pass_forwards += mode == 1 || *w <= static_cast<unsigned long long>(gate.limit);
+    emu_one_pass_forwards += one_pass_forward(gate);  // the kernels' own test (the "device" has run the segments)
 #endif
     gathered(std::integral_constant<int, 3>{});
   }
