@@ -18,7 +18,8 @@ B = 16384, D = 512: 0.82 TFLOP, a ~0.8 ms floor in bf16; the goal is <= 5 ms, 20
 
 Flash path (issue 26, csrc/ops/cuda/ms_loss_flash.cuh; sm_80+): the tensor-core test runs both CUDA paths,
 chosen by RECOGFAST_MS_LOSS_PATH (`path` parameter): impl "fused" is the flash path (bf16, and fp32 with TF32
-allowed; what "auto" will pick once a GPU run has cross-checked it: dispatch.MS_FLASH_BY_DEFAULT), "fused-tiles" the
+allowed; what "auto" will pick once a GPU run has cross-checked it: dispatch.MS_FLASH_BY_DEFAULT; "fused-flash" for fp32
+without TF32, 3xTF32 products, in test_ms_loss_fwd_bwd's fp32 group), "fused-tiles" the
 cuBLAS path, each with its extra peak memory. RECOGFAST_MS_FLASH_TILE (0-5, read once per process; 3 = the backward with G in shared memory, 3-5 prefetch in registers, 5 = 32-row forward warps) picks the tile variant: tools/gpu_check.sh
 reruns the flash cases once per variant; RECOGFAST_MS_FLASH_FWD (auto, one, two) the forward's form (one dense
 pass over the negatives with the positives gathered by class, or two dense passes), rerun once per forced form. `test_ms_loss_flash_batch_sweep` (CUDA only) times one bf16 fwd+bwd at
@@ -135,13 +136,17 @@ def _cuda_extra_peak_mb(step) -> float:
 
 @pytest.mark.parametrize("device", [p for p in BENCH_DEVICES if not isinstance(p, str)])  # CUDA only
 @pytest.mark.parametrize("size", range(6), ids=lambda i: f"size{i}")
-@pytest.mark.parametrize("mode", ["bf16", "tf32"])
+@pytest.mark.parametrize("mode", ["bf16", "tf32", "fp32"])
 @pytest.mark.parametrize("path", ["flash", "tiles"])
 def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode, path, monkeypatch):
-    """The fused op with tensor-core products: bf16 embeddings, or fp32 with TF32 allowed; on the flash path
-    or the tiles path (RECOGFAST_MS_LOSS_PATH)."""
+    """The fused op with tensor-core products: bf16 embeddings, fp32 with TF32 allowed, or fp32 without (the flash
+    path's 3xTF32: three TF32 products each, fp32-level error); on the flash path or the tiles path
+    (RECOGFAST_MS_LOSS_PATH). fp32 without TF32 shares test_ms_loss_fwd_bwd's group and floor (the fp32 GEMM
+    rate), whose "fused" row is the tiles path: here only the flash row, "fused-flash"."""
+    if mode == "fp32" and path == "tiles":
+        pytest.skip("exact fp32 on the tiles path is test_ms_loss_fwd_bwd's fused row")
     monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", path)
-    impl = "fused" if path == "flash" else f"fused-{path}"
+    impl = ("fused-flash" if mode == "fp32" else "fused") if path == "flash" else f"fused-{path}"
     dtype = torch.bfloat16 if mode == "bf16" else torch.float32
     tile, suffix = kernel_variant("ms_flash_tile", dtype, device)
     fwd, fwd_suffix = kernel_variant("ms_flash_fwd", dtype, device)
@@ -164,7 +169,7 @@ def test_ms_loss_fwd_bwd_tensor_cores(benchmark, device, size, mode, path, monke
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     try:
         flops = 3 * B * B * D if R == 0 else 4 * B * M * D
-        rate = gemm_flops(device, mode)
+        rate = gemm_flops(device, mode)  # "fp32": TF32 off, the exact fp32 rate (test_ms_loss_fwd_bwd's floor)
         benchmark.extra_info["extra_peak_mb"] = _cuda_extra_peak_mb(step)
         benchmark.extra_info["ms_loss_path"] = path
         benchmark.extra_info["flash_tile"] = tile

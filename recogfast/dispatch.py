@@ -162,13 +162,14 @@ def ms_loss_path(dtype: torch.dtype, device: torch.device | str = "cuda",
                  capability: tuple[int, int] | None = None, allow_tf32: bool | None = None) -> str:
     """Which kernels a fused MS-loss call on `device` takes: "flash" (tensor-core tiles, sm_80+), "tiles"
     (cuBLAS products and per-row kernels) or, off CUDA, "cpu". The C++ rule, mirrored: flash can run on sm_80+
-    for bf16/fp16, and for fp32 when TF32 is allowed (torch.backends.cuda.matmul.allow_tf32, which
-    recogfast.ops.ms_loss passes to the op; TF32 products); RECOGFAST_MS_LOSS_PATH = "auto" (default) takes
-    flash wherever it can run once MS_FLASH_BY_DEFAULT is set or the tuned table (recogfast.tuned) says so for
-    this device and dtype (until then: tiles) and tiles elsewhere (exact
-    fp32, fp64, before sm_80), "flash" forces it and
-    raises where it cannot run, as the op does, "tiles" always takes the tiles path. `capability` (major,
-    minor) and `allow_tf32` stand in for the device's and torch's (for a machine without a GPU)."""
+    for bf16/fp16 and fp32 embeddings (fp32: TF32 products where torch.backends.cuda.matmul.allow_tf32, which
+    recogfast.ops.ms_loss passes to the op, allows them, else three TF32 products each, "3xTF32": fp32-level
+    error); RECOGFAST_MS_LOSS_PATH = "auto" (default) takes flash wherever it can run once MS_FLASH_BY_DEFAULT is
+    set or the tuned table (recogfast.tuned) says so for this device and dtype (until then: tiles; the table's
+    fp32 entry is TF32's and does not apply to fp32 without TF32), and tiles elsewhere (fp64, before sm_80),
+    "flash" forces it and raises where it cannot run, as the op does, "tiles" always takes the tiles path.
+    `capability` (major, minor) and `allow_tf32` stand in for the device's and torch's (for a machine without a
+    GPU)."""
     if torch.device(device).type != "cuda":
         return "cpu"
     env = os.environ.get("RECOGFAST_MS_LOSS_PATH", "auto") or "auto"  # "auto": flash once MS_FLASH_BY_DEFAULT
@@ -179,10 +180,10 @@ def ms_loss_path(dtype: torch.dtype, device: torch.device | str = "cuda",
     capability = capability or torch.cuda.get_device_capability(device)
     major = capability[0]
     tf32 = torch.backends.cuda.matmul.allow_tf32 if allow_tf32 is None else allow_tf32
-    can = major >= 8 and (dtype in (torch.bfloat16, torch.float16) or (dtype == torch.float32 and tf32))
+    can = major >= 8 and dtype in (torch.bfloat16, torch.float16, torch.float32)
     if env == "flash" and not can:
         raise RuntimeError(f"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "
-                           f"fp32 embeddings with TF32 allowed, got sm_{major}x, {str(dtype).replace('torch.', '')}"
-                           + (" and allow_tf32=False" if dtype == torch.float32 else ""))
-    by_default = MS_FLASH_BY_DEFAULT or tuned("ms_loss_path", capability, dtype) == "flash"
+                           f"fp32 embeddings, got sm_{major}x, {str(dtype).replace('torch.', '')}")
+    exact = dtype == torch.float32 and not tf32
+    by_default = MS_FLASH_BY_DEFAULT or (not exact and tuned("ms_loss_path", capability, dtype) == "flash")
     return "flash" if can and (env == "flash" or by_default) else "tiles"

@@ -16,11 +16,11 @@ _AUTO = "flash" if MS_FLASH_BY_DEFAULT else "tiles"
 
 @pytest.mark.parametrize("env,cap,dtype,tf32,expect", [
     (None, (9, 0), torch.bfloat16, False, _AUTO), ("auto", (8, 0), torch.float16, False, _AUTO),
-    ("auto", (9, 0), torch.float32, False, "tiles"), ("auto", (9, 0), torch.float32, True, _AUTO),
+    ("auto", (9, 0), torch.float32, False, _AUTO), ("auto", (9, 0), torch.float32, True, _AUTO),
     ("auto", (9, 0), torch.float64, True, "tiles"), ("auto", (7, 5), torch.bfloat16, False, "tiles"),
     ("auto", (7, 5), torch.float32, True, "tiles"), ("tiles", (9, 0), torch.bfloat16, False, "tiles"),
     ("tiles", (9, 0), torch.float32, True, "tiles"), ("flash", (9, 0), torch.float32, True, "flash"),
-    ("flash", (8, 6), torch.float16, False, "flash"), ("flash", (9, 0), torch.float32, False, "error"),
+    ("flash", (8, 6), torch.float16, False, "flash"), ("flash", (9, 0), torch.float32, False, "flash"),
     ("flash", (7, 5), torch.bfloat16, False, "error"), ("flash", (9, 0), torch.float64, True, "error"),
     ("bogus", (9, 0), torch.bfloat16, False, "value error"),
 ])
@@ -41,6 +41,17 @@ def test_ms_loss_path_rule_follows_the_env_var(monkeypatch, env, cap, dtype, tf3
             dispatch.ms_loss_path(dtype, "cuda", capability=cap, allow_tf32=tf32)
     else:
         assert dispatch.ms_loss_path(dtype, "cuda", capability=cap, allow_tf32=tf32) == expect
+
+
+def test_ms_loss_path_tuned_fp32_entry_is_tf32s(monkeypatch):
+    """The tuned table's fp32 "flash" entry comes from the TF32 sweep (tools/tuned_table.py times tf32 groups): it
+    turns flash on for fp32 with TF32 allowed, not for fp32 without (3xTF32, which that sweep did not time)."""
+    from recogfast import dispatch
+    monkeypatch.delenv("RECOGFAST_MS_LOSS_PATH", raising=False)
+    monkeypatch.setattr(dispatch, "tuned", lambda knob, cap, dtype: "flash" if knob == "ms_loss_path" else None)
+    assert dispatch.ms_loss_path(torch.float32, "cuda", capability=(9, 0), allow_tf32=True) == "flash"
+    assert dispatch.ms_loss_path(torch.float32, "cuda", capability=(9, 0), allow_tf32=False) == _AUTO
+    assert dispatch.ms_loss_path(torch.bfloat16, "cuda", capability=(9, 0), allow_tf32=False) == "flash"
 
 
 def _fwd_bwd(e, labels, ref=None, ref_labels=None, mining="ms", epsilon=0.1, allow_tf32=False):
@@ -109,7 +120,8 @@ def test_cuda_flash_matches_cpu_kernel_and_tiles(device, dtype, B, D, R, mining,
 @pytest.mark.parametrize("device", CUDA_ONLY)
 def test_cuda_flash_is_deterministic_and_selected_by_env(device, monkeypatch):
     """Two flash runs are bitwise equal (no atomics); the env var and allow_tf32 pick the path as
-    dispatch.ms_loss_path says, and "flash" where it cannot run (fp64, fp32 without TF32) is a one-line error."""
+    dispatch.ms_loss_path says (fp32: TF32 products or 3xTF32), and "flash" where it cannot run (fp64) is a one-line
+    error."""
     from recogfast import dispatch
     if torch.cuda.get_device_capability(device)[0] < 8:
         pytest.skip("the flash path needs sm_80+")
@@ -130,13 +142,46 @@ def test_cuda_flash_is_deterministic_and_selected_by_env(device, monkeypatch):
     _assert_close_rel(f32[0], exact[0], 1e-4, "tf32 loss")
     _assert_close_rel(f32[3], exact[3], 3e-3, "tf32 grad")
     monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "flash")
-    for bad, tf32 in ((e.double(), True), (e.float(), False)):
-        with pytest.raises(RuntimeError, match=r"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80\+"):
-            _fwd_bwd(bad, labels, allow_tf32=tf32)
+    assert dispatch.ms_loss_path(torch.float32, device, allow_tf32=False) == "flash"  # 3xTF32
+    f32x3 = _fwd_bwd(e.float(), labels)
+    _assert_close_rel(f32x3[0], exact[0], 1e-4, "3xTF32 loss")  # bf16 values: the split is exact, as TF32
+    _assert_close_rel(f32x3[3], exact[3], 2e-4, "3xTF32 grad")
+    with pytest.raises(RuntimeError, match=r"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80\+"):
+        _fwd_bwd(e.double(), labels, allow_tf32=True)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+def test_cuda_flash_fp32_without_tf32_is_fp32_accurate(device, monkeypatch):
+    """fp32 embeddings with TF32 not allowed on the flash path (3xTF32 products, ms_loss_mma.cuh mma_tf): the error
+    against the float64 CPU kernel within 2x the tiles path's (cuBLAS fp32 products) plus 4 fp32 ulps (the rule of
+    tools/gpu_crosscheck.py), loss and gradients (relative Frobenius norm: a stable statistic over B x D values),
+    while TF32 products miss it by far (the test can tell). "all" mining: no threshold for a last-bit difference
+    to flip."""
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        pytest.skip("the flash path needs sm_80+")
+    torch.manual_seed(263)
+    B, D = 2048, 512
+    e = torch.randn(B, D, device=device)
+    labels = m_per_class(B, 4, device)
+    truth = _fwd_bwd(e.double().cpu(), labels.cpu(), mining="all")
+
+    def err(out):
+        return [(out[k].double().cpu() - truth[k]).norm().item() / truth[k].norm().item() for k in (0, 3)]
+
+    got = {}
+    for path, tf32 in (("tiles", False), ("flash", False), ("flash", True)):
+        monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", path)
+        got[(path, tf32)] = err(_fwd_bwd(e, labels, mining="all", allow_tf32=tf32))
+    ulps = 4 * 2.0**-23
+    for k, what in enumerate(("loss", "grad")):
+        flash, tiles, tf32 = got[("flash", False)][k], got[("tiles", False)][k], got[("flash", True)][k]
+        assert flash <= 2 * tiles + ulps, f"3xTF32 {what}: relative error {flash:.3g}, cuBLAS fp32 {tiles:.3g}"
+        assert tf32 > 2 * tiles + ulps, f"TF32 {what} {tf32:.3g} within the rule: the test cannot tell"
 
 
 # One process per tile variant (RECOGFAST_MS_FLASH_TILE is read once per process): the flash forward and backward
-# against the tiles path's backward given the flash stats, bf16 and fp32-TF32, ms and all mining, reference rows
+# against the tiles path's backward given the flash stats, bf16, fp32-TF32 and fp32-3xTF32 (variants other than 3
+# take 4's tiles there), ms and all mining, reference rows
 # with gradient, at D = 130, 512 (variant 3: G in shared memory; 2 and 4 feature chunks of 128) and 1024
 # (variant 3's G does not fit the opt-in shared memory there: its backward falls back to variant 4's kernel).
 _VARIANT_RUN = r"""
@@ -149,7 +194,7 @@ from test_ms_loss_flash import _assert_close_rel
 torch.manual_seed(26)
 B, R = 1500, 300
 for D in (130, 512, 1024):
-    for dtype, tf32 in ((torch.bfloat16, False), (torch.float32, True)):
+    for dtype, tf32 in ((torch.bfloat16, False), (torch.float32, True), (torch.float32, False)):
         e = torch.randn(B, D, device="cuda", dtype=torch.bfloat16).to(dtype)
         r = torch.randn(R, D, device="cuda", dtype=torch.bfloat16).to(dtype)
         lab, rlab = m_per_class(B, 4, "cuda"), torch.randint(0, B // 4, (R,), device="cuda")
@@ -164,8 +209,9 @@ for D in (130, 512, 1024):
                 out[path] = torch.ops.recogfast._ms_loss_backward(g, *args[:4], stats, hard_idx, torch.zeros(0, device="cuda"),
                                                                   *args[4:], True, tf32)
             for k in range(2):
-                _assert_close_rel(out["flash"][k], out["tiles"][k], 3e-2 if dtype == torch.bfloat16 else 3e-3,
-                                  f"D={D} {dtype} {mining} grad {k}")
+                _assert_close_rel(out["flash"][k], out["tiles"][k],
+                                  3e-2 if dtype == torch.bfloat16 else 3e-3 if tf32 else 2e-4,
+                                  f"D={D} {dtype} tf32={tf32} {mining} grad {k}")
             os.environ["RECOGFAST_MS_LOSS_PATH"] = "tiles"
             ref_loss = torch.ops.recogfast.ms_loss(*args, False, tf32)[0]
             _assert_close_rel(loss, ref_loss, 1e-2, f"D={D} {dtype} {mining} loss")
@@ -209,13 +255,13 @@ out = {}
 for layout in ("m4", "one", "cars"):
     lab = {"m4": m_per_class(B, 4, "cuda"), "one": torch.zeros(B, dtype=torch.long, device="cuda"),
            "cars": torch.randint(0, 98, (B,), device="cuda")}[layout]
-    for dtype, tf32 in ((torch.bfloat16, False), (torch.float32, True)):
+    for dtype, tf32 in ((torch.bfloat16, False), (torch.float32, True), (torch.float32, False)):
         e = torch.randn(B, D, device="cuda", dtype=torch.bfloat16).to(dtype)
         r = torch.randn(R, D, device="cuda", dtype=torch.bfloat16).to(dtype)
         rlab = lab[torch.randint(0, B, (R,), device="cuda")]
         for mining in ("ms", "all"):
             loss, stats, hard_idx, _ = torch.ops.recogfast.ms_loss(e, lab, r, rlab, 2.0, 50.0, 0.5, 0.1, mining, False, tf32)
-            out[(layout, str(dtype), mining)] = (loss.cpu(), stats.cpu(), hard_idx.cpu())
+            out[(layout, str(dtype), tf32, mining)] = (loss.cpu(), stats.cpu(), hard_idx.cpu())
 torch.save(out, sys.argv[2])
 print("ok")
 """

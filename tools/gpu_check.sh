@@ -148,7 +148,7 @@ fi
 # the verdict. In the rehearsal the same cross-checks run on the CPU, without the sanitizer.
 SAN_VARIANTS=(
   "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=0|ms_loss|bfloat16,float16"
-  "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=3|ms_loss|bfloat16"
+  "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=3|ms_loss|bfloat16,float32"
   "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_TILE=5|ms_loss|bfloat16,float16"
   "RECOGFAST_MS_LOSS_PATH=flash RECOGFAST_MS_FLASH_FWD=one|ms_loss|bfloat16"
   "RECOGFAST_SE_VARIANT=fused|se_gate|float32,bfloat16"

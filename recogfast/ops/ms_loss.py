@@ -18,8 +18,9 @@ embedding gradients are sums of weights times embeddings, accumulated tile by ti
 reference set needs no gradient (``cache_ref_grad``, set by `ms_loss`), the forward pass also gathers the
 reference set's share of the anchors' gradient so that the backward pass skips those tiles.
 
-On CUDA two paths compute the same op: on sm_80+ for bf16/fp16, and fp32 with TF32 allowed, the flash kernels
-(tensor-core tiles of S consumed in registers, csrc/ops/cuda/ms_loss_flash.cuh), elsewhere the tiles path
+On CUDA two paths compute the same op: on sm_80+ for bf16/fp16/fp32 the flash kernels (tensor-core tiles of S
+consumed in registers, csrc/ops/cuda/ms_loss_flash.cuh; fp32: TF32 products where allowed, else 3xTF32 with
+fp32-level error), elsewhere the tiles path
 (cuBLAS products, per-row kernels). ``RECOGFAST_MS_LOSS_PATH`` = auto / flash / tiles picks one ("auto" keeps the
 tiles path until a GPU run has cross-checked the flash kernels: recogfast.dispatch.MS_FLASH_BY_DEFAULT);
 `recogfast.dispatch.ms_loss_path` says which a call takes. The op's last argument ``allow_tf32`` carries

@@ -99,6 +99,8 @@ T __shfl_xor_sync(unsigned, T v, int offset) {
 
 // bf16 / fp16 / tf32 bits -> float (exact).
 inline float emu_bits_to_float(uint32_t bits) { float f; std::memcpy(&f, &bits, 4); return f; }
+inline float __uint_as_float(uint32_t bits) { return emu_bits_to_float(bits); }
+inline uint32_t __float_as_uint(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 inline float emu_bf16(uint16_t h) { return emu_bits_to_float(uint32_t(h) << 16); }
 inline float emu_f16(uint16_t h) {
   const int e = (h >> 10) & 31, m = h & 1023;

@@ -15,7 +15,10 @@ at::Tensor round_tf32(const at::Tensor& x) {
 // chunks and backward waves with tails; for ms / all mining also the forward's two forms (RECOGFAST_MS_FLASH_FWD=one,
 // two: the min positive and max negative bit for bit, the sums to 1e-5) and "auto" choosing each somewhere. fp32 runs TF32 products: its inputs are rounded to tf32 first (the
 // rounding TF32 applies, cvt.rna) so that the CPU kernel sees the same operands and the mining decisions
-// agree; what remains is the W operand's tf32 rounding (2^-11 relative) in the gradients.
+// agree; what remains is the W operand's tf32 rounding (2^-11 relative) in the gradients. fp32 without TF32
+// (EMU_ALLOW_TF32=0: the op's allow_tf32 = False) runs 3xTF32 products (MmaKind::kF32) on unrounded inputs, against
+// the CPU kernel at the tiles path's fp32 tolerances, and each output's error against the float64 CPU kernel within
+// 2x the fp32 CPU kernel's own (tools/gpu_crosscheck.py's rule; a small floor for outputs both get exact).
 void run_ms_flash() {
   at::manual_seed(2);
   const int n0 = ms_comparisons;
@@ -52,6 +55,7 @@ void run_ms_flash() {
     size_t ci;
     int var;
     bool fallback;
+    bool exact = false;  // fp32 without TF32: 3xTF32 (its variants other than 3 take 4's tiles)
   };
   std::vector<Run> runs;
   const at::ScalarType dts[3] = {at::kBFloat16, at::kHalf, at::kFloat};
@@ -62,29 +66,40 @@ void run_ms_flash() {
   runs.push_back({at::kFloat, 7, 3, false});
   runs.push_back({at::kBFloat16, 0, 5, false});  // 70 rows: two 64-row CTAs of 32-row warps, the second partial
   runs.push_back({at::kHalf, 1, 3, true});
+  for (size_t i = 0; i < cases.size(); ++i) runs.push_back({at::kFloat, i, int((i + 1) % 6), false, true});
+  runs.push_back({at::kFloat, 1, 3, true, true});  // 3xTF32 with variant 3's fallback
   int gsmem_expected = 0, auto_forwards = 0;
   const int gsmem0 = recogfast::emu_ms_gsmem_backwards(), one0 = recogfast::emu_ms_one_pass_forwards();
-  double one_vs_two[4] = {0, 0, 0, 0};
+  double one_vs_two[4] = {0, 0, 0, 0}, exact_one_vs_two[4] = {0, 0, 0, 0}, exact_vs_cpu[4] = {0, 0, 0, 0},
+         exact_vs_tiles[4] = {0, 0, 0, 0}, exact_err_ratio = 0;
+  int exact_runs = 0;
   for (const Run& run : runs) {
     const auto dt = run.dt;
     const Case& c = cases[run.ci];
-    const double rtol_l = dt == at::kFloat ? 1e-4 : 1e-2, rtol_s = dt == at::kFloat ? 1e-4 : 1e-4;
-    const double rtol_g = dt == at::kFloat ? 3e-3 : 3e-2;
+    // fp32: TF32's operands are rounded alike on both sides, its W operand is not; 3xTF32 meets the tiles path's
+    const double rtol_l = run.exact ? 1e-5 : dt == at::kFloat ? 1e-4 : 1e-2, rtol_s = run.exact ? 1e-5 : 1e-4;
+    const double rtol_g = run.exact ? 2e-4 : dt == at::kFloat ? 3e-3 : 3e-2;
     {
       const std::string var = std::to_string(run.var) + (run.fallback ? " fallback" : "");
       setenv("RECOGFAST_MS_FLASH_TILE", var.substr(0, 1).c_str(), 1);
       if (run.fallback) setenv("EMU_SMEM_OPTIN", "2048", 1);
+      if (run.exact) setenv("EMU_ALLOW_TF32", "0", 1);
+      exact_runs += run.exact;
+      // TF32 inputs rounded to tf32 (both sides see the same operands); 3xTF32's not, but for D = 1, where the
+      // cases are all ties by construction (S = +-1 exactly needs operands the split reproduces exactly)
+      const bool round = dt == at::kFloat && (!run.exact || c.D == 1);
       at::Tensor e = at::randn({c.B, c.D}, at::kDouble).to(dt);
-      if (dt == at::kFloat) e = round_tf32(e);
+      if (round) e = round_tf32(e);
       std::optional<at::Tensor> r, rl;
       if (c.R > 0) {
         at::Tensor rr = at::randn({c.R, c.D}, at::kDouble).to(dt);
-        r = dt == at::kFloat ? round_tf32(rr) : rr;
+        r = round ? round_tf32(rr) : rr;
         rl = c.ref_labels;
       }
       const at::Tensor gl = at::full({}, 0.7, at::TensorOptions().dtype(dt));
       for (const char* mining : {"ms", "all", "hardest"}) {
-        const std::string tag = std::string("flash/") + var + " " + c.name + " " + c10::toString(dt) + " " + mining;
+        const std::string tag = std::string("flash/") + var + " " + c.name + " " + (run.exact ? "float32-3xTF32" :
+                                c10::toString(dt)) + " " + mining;
         const auto cpu = recogfast_aten::ms_loss(e, c.labels, r, rl, alpha, beta, base, c.eps, mining, false);
         const auto gcpu = recogfast_aten::ms_loss_backward(gl, e, c.labels, r, rl, std::get<1>(cpu), std::get<2>(cpu),
                                                            std::get<3>(cpu), alpha, beta, base, c.eps, mining, c.ref_grad);
@@ -117,10 +132,10 @@ void run_ms_flash() {
             std::printf("FAIL %s: one-pass forward's min positive / max negative / hard_idx not the two-pass bits\n",
                         tag.c_str());
           }
-          ms_sink = one_vs_two;
+          ms_sink = run.exact ? exact_one_vs_two : one_vs_two;
           ms_cmp(std::get<0>(fw[1]), std::get<0>(fw[0]), "loss", tag + " one vs two", 1e-5, dt);
           ms_cmp(s1, s0, "stats", tag + " one vs two", 1e-5, dt);
-          ms_sink = flash_max_rel;
+          ms_sink = run.exact ? exact_vs_cpu : flash_max_rel;
           ms_cmp(std::get<0>(fw[1]), std::get<0>(cpu), "loss", tag + " one vs cpu", rtol_l, dt);
           ms_cmp(s1, std::get<1>(cpu), "stats", tag + " one vs cpu", rtol_s, dt);
           ms_sink = ms_max_rel;
@@ -128,7 +143,7 @@ void run_ms_flash() {
         const double gscale = std::max(std::get<0>(gcpu).to(at::kDouble).abs().max().item<double>(),
                                        std::get<1>(gcpu).numel() ? std::get<1>(gcpu).to(at::kDouble).abs().max().item<double>() : 0.0);
         for (int vs = 0; vs < 2; ++vs) {  // 0: against the CPU kernel, 1: against the tiles path
-          ms_sink = vs == 0 ? flash_max_rel : flash_vs_tiles;
+          ms_sink = vs == 0 ? (run.exact ? exact_vs_cpu : flash_max_rel) : (run.exact ? exact_vs_tiles : flash_vs_tiles);
           const auto& ref = vs == 0 ? cpu : out[1];
           const auto& gref = vs == 0 ? gcpu : grads[1];
           const std::string t = tag + (vs == 0 ? " vs cpu" : " vs tiles");
@@ -148,9 +163,48 @@ void run_ms_flash() {
           }
         }
         ms_sink = ms_max_rel;
+        if (run.exact) {
+          // Accuracy: each output's error against the float64 CPU kernel within 2x the fp32 CPU kernel's own,
+          // plus 2 fp32 ulps of the output's scale (outputs both sides get to the last bit, e.g. the loss of B = 1).
+          const at::Tensor e64 = e.to(at::kDouble);
+          const std::optional<at::Tensor> r64 = r ? std::optional<at::Tensor>(r->to(at::kDouble)) : std::nullopt;
+          const auto c64 = recogfast_aten::ms_loss(e64, c.labels, r64, rl, alpha, beta, base, c.eps, mining, false);
+          const auto g64 = recogfast_aten::ms_loss_backward(at::full({}, 0.7, at::kDouble), e64, c.labels, r64, rl,
+                                                            std::get<1>(c64), std::get<2>(c64), std::get<3>(c64), alpha,
+                                                            beta, base, c.eps, mining, c.ref_grad);
+          auto err = [](const at::Tensor& x, const at::Tensor& ref) {
+            const at::Tensor a = x.to(at::kDouble), d = at::where(a == ref, at::zeros_like(a), (a - ref).abs());
+            return d.numel() ? d.max().item<double>() : 0.0;
+          };
+          const std::pair<at::Tensor, at::Tensor> outs[4][2] = {
+              {{std::get<0>(out[0]), std::get<0>(cpu)}, {std::get<0>(c64), {}}},
+              {{std::get<1>(out[0]), std::get<1>(cpu)}, {std::get<1>(c64), {}}},
+              {{std::get<0>(grads[0]), std::get<0>(gcpu)}, {std::get<0>(g64), {}}},
+              {{std::get<1>(grads[0]), std::get<1>(gcpu)}, {std::get<1>(g64), {}}}};
+          const char* names[4] = {"loss", "stats", "grad_e", "grad_ref"};
+          for (int k = 0; k < 4; ++k) {
+            const at::Tensor& ref = outs[k][1].first;
+            if (!ref.numel()) continue;
+            const at::Tensor fin = ref.masked_select(ref.isfinite());
+            const double scale = fin.numel() ? fin.abs().max().item<double>() : 0.0;
+            const double ef = err(outs[k][0].first, ref), ec = err(outs[k][0].second, ref);
+            const double allowed = 2 * ec + 2 * std::ldexp(scale, -23);
+            ++ms_comparisons;
+            if (allowed > 0) exact_err_ratio = std::max(exact_err_ratio, ef / allowed);
+            if (!(ef <= allowed)) {
+              ++failures;
+              std::printf("FAIL %s %s: 3xTF32 error vs float64 %.3g, the fp32 CPU kernel's %.3g (scale %.3g)\n",
+                          tag.c_str(), names[k], ef, ec, scale);
+            } else if (getenv("EMU_VERBOSE")) {
+              std::printf("ok   %s %s vs float64: 3xTF32 %.3g, fp32 CPU %.3g (scale %.3g)\n", tag.c_str(), names[k], ef,
+                          ec, scale);
+            }
+          }
+        }
         setenv("RECOGFAST_MS_LOSS_PATH", "flash", 1);
       }
       unsetenv("EMU_SMEM_OPTIN");
+      unsetenv("EMU_ALLOW_TF32");
     }
   }
   // "auto" (the default; every B x M here, RECOGFAST_MS_FLASH_ONE_PASS_MIN_PAIRS = 0) chose the one-pass forward
@@ -221,24 +275,26 @@ void run_ms_flash() {
       std::printf("FAIL flash ms_loss: inf in embeddings does not give NaN loss and gradients\n");
     }
   }
-  // fp32 without TF32 allowed (the op's allow_tf32 = False): "auto" keeps the tiles path, "flash" is an error.
+  // fp32 without TF32 allowed (the op's allow_tf32 = False): "flash" runs 3xTF32 (above), "auto" keeps the tiles path
+  // (kFlashByDefault is false): its result bit for bit "tiles"', and a double-precision input on "flash" is an error.
   {
     const at::Tensor e = at::randn({6, 4}), lab = at::zeros({6}, at::kLong);
     setenv("EMU_ALLOW_TF32", "0", 1);
+    setenv("RECOGFAST_MS_LOSS_PATH", "auto", 1);
+    const auto autop = recogfast::emu_ms_loss(e, lab, {}, {}, alpha, beta, base, 0.1, "ms");
+    setenv("RECOGFAST_MS_LOSS_PATH", "tiles", 1);
+    const auto tiles = recogfast::emu_ms_loss(e, lab, {}, {}, alpha, beta, base, 0.1, "ms");
+    setenv("RECOGFAST_MS_LOSS_PATH", "flash", 1);
     std::string msg;
     try {
-      recogfast::emu_ms_loss(e, lab, {}, {}, alpha, beta, base, 0.1, "ms");
+      recogfast::emu_ms_loss(e.to(at::kDouble), lab, {}, {}, alpha, beta, base, 0.1, "ms");
     } catch (const std::exception& ex) {
       msg = ex.what();
     }
-    setenv("RECOGFAST_MS_LOSS_PATH", "auto", 1);
-    const auto tiles = recogfast::emu_ms_loss(e, lab, {}, {}, alpha, beta, base, 0.1, "ms");
-    const auto cpu = recogfast_aten::ms_loss(e, lab, {}, {}, alpha, beta, base, 0.1, "ms", false);
     ms_comparisons += 2;
-    if (msg.find("allow_tf32=False") == std::string::npos ||
-        std::abs(std::get<0>(tiles).item<double>() - std::get<0>(cpu).item<double>()) > 1e-5) {
+    if (!at::equal(std::get<1>(autop), std::get<1>(tiles)) || msg.find("bf16, fp16 or fp32 embeddings") == std::string::npos) {
       ++failures;
-      std::printf("FAIL flash fp32 without TF32: error '%s' / auto path result\n", msg.c_str());
+      std::printf("FAIL flash fp32 without TF32: auto path not the tiles path's bits, or fp64 error '%s'\n", msg.c_str());
     }
     unsetenv("EMU_ALLOW_TF32");
   }
@@ -248,5 +304,8 @@ void run_ms_flash() {
               "path bf16 %.3g, fp16 %.3g, fp32 (tiles exact fp32) %.3g\n",
               ms_comparisons - n0, flash_max_rel[2], flash_max_rel[3], flash_max_rel[1], flash_vs_tiles[2], flash_vs_tiles[3],
               flash_vs_tiles[1]);
+  std::printf("ms_loss flash fp32 3xTF32 (%d runs): worst err/scale vs the fp32 CPU kernel %.3g, vs the tiles path %.3g, one vs "
+              "two forwards %.3g; worst error vs float64 / (2x the fp32 CPU kernel's + 2 ulps) %.3g (must be <= 1)\n",
+              exact_runs, exact_vs_cpu[1], exact_vs_tiles[1], exact_one_vs_two[1], exact_err_ratio);
 }
 

@@ -72,19 +72,21 @@ struct FlashArgs {
   int64_t B, M, D;
 };
 
-// Shared-memory element of an operand: raw bf16/fp16 bits, or tf32 bits.
+// Shared-memory element of an operand: raw bf16/fp16 bits, tf32 bits, or fp32 bits (kF32: split into tf32 pairs at
+// fragment load, tf_frag).
 template <MmaKind K>
-using flash_elem_t = std::conditional_t<K == MmaKind::kTF32, uint32_t, uint16_t>;
+using flash_elem_t = std::conditional_t<kTf32Shape<K>, uint32_t, uint16_t>;
 
 template <MmaKind K>
 __device__ __forceinline__ flash_elem_t<K> to_elem(float v) {
   if constexpr (K == MmaKind::kBF16) return BFloat16(v).x;
   else if constexpr (K == MmaKind::kF16) return Half(v).x;
-  else return to_tf32(v);
+  else if constexpr (K == MmaKind::kTF32) return to_tf32(v);
+  else return __float_as_uint(v);
 }
 
 template <MmaKind K>
-constexpr int kPad = K == MmaKind::kTF32 ? 4 : 8;  // row padding of the staged tiles, in elements
+constexpr int kPad = kTf32Shape<K> ? 4 : 8;  // row padding of the staged tiles, in elements
 
 // The candidate at position pos of a staged operand: pos itself (DirectIdx), or perm[pos] (PermIdx: the one-pass
 // forward's gathered passes, whose rows and columns run in label order; ms_loss_flash_onepass.cuh).
@@ -179,21 +181,21 @@ struct StageRegs {
 template <class Cfg, MmaKind K>
 __device__ __forceinline__ void tile_product(float (&acc)[Cfg::MW][Cfg::NT][4], const flash_elem_t<K>* As,
                                              const flash_elem_t<K>* Bs, int ld, int wrow, int g, int t) {
-  if constexpr (K == MmaKind::kTF32) {
+  if constexpr (kTf32Shape<K>) {
 #pragma unroll
     for (int kk = 0; kk < Cfg::BK; kk += 8) {
-      uint32_t av[Cfg::MW][4];
+      TfFrag<K, 4> av[Cfg::MW];  // split once (kF32), used for the NT n-tiles
 #pragma unroll
       for (int m = 0; m < Cfg::MW; ++m) {
         const uint32_t* a0 = As + (wrow + 16 * m + g) * ld + kk;
-        av[m][0] = a0[t], av[m][1] = a0[8 * ld + t], av[m][2] = a0[t + 4], av[m][3] = a0[8 * ld + t + 4];
+        av[m] = tf_frag<K, 4>({a0[t], a0[8 * ld + t], a0[t + 4], a0[8 * ld + t + 4]});
       }
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; ++nt) {
         const uint32_t* b0 = Bs + (nt * 8 + g) * ld + kk;
-        const uint32_t bv[2] = {b0[t], b0[t + 4]};
+        const TfFrag<K, 2> bv = tf_frag<K, 2>({b0[t], b0[t + 4]});
 #pragma unroll
-        for (int m = 0; m < Cfg::MW; ++m) mma_tf32_1688(acc[m][nt], av[m], bv, acc[m][nt]);
+        for (int m = 0; m < Cfg::MW; ++m) mma_tf<K>(acc[m][nt], av[m], bv);
       }
     }
   } else {
@@ -492,7 +494,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   elem_t* As = reinterpret_cast<elem_t*>(smem_raw);
   elem_t* Bs = As + Cfg::BM * ld;
   elem_t* Xs = Bs + Cfg::BN * ld;   // [BN][ldx]: the column block's features of this chunk
-  uint32_t* Ws = reinterpret_cast<uint32_t*>(Xs + Cfg::BN * ldx);  // tf32 only: [BM][ldw]
+  uint32_t* Ws = reinterpret_cast<uint32_t*>(Xs + Cfg::BN * ldx);  // tf32 / fp32 only: [BM][ldw]
   const int lane = threadIdx.x % kWarp, wrow = threadIdx.x / kWarp * 16, g = lane / 4, t = lane % 4;
   const int64_t r0 = row0 + int64_t(blockIdx.x) * Cfg::BM, dc0 = int64_t(blockIdx.y) * Cfg::DC;
   const bool wide = a.flags[2] != 0;
@@ -512,23 +514,21 @@ __global__ void __launch_bounds__(Cfg::kThreads)
     weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
     if (!any_weight<Cfg>(acc)) continue;  // W_IJ = 0: its G product would add exact zeros (the same bits)
     stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
-    if constexpr (K == MmaKind::kTF32) {
+    if constexpr (kTf32Shape<K>) {
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) Ws[(wrow + g + 8 * (e / 2)) * ldw + nt * 8 + 2 * t + (e & 1)] = to_tf32(acc[nt][e]);
+        for (int e = 0; e < 4; ++e) Ws[(wrow + g + 8 * (e / 2)) * ldw + nt * 8 + 2 * t + (e & 1)] = to_elem<K>(acc[nt][e]);
     }
     __syncthreads();  // Xs staged (and this warp's Ws rows written)
-    if constexpr (K == MmaKind::kTF32) {
+    if constexpr (kTf32Shape<K>) {
 #pragma unroll
       for (int ks = 0; ks < Cfg::BN; ks += 8) {
         const uint32_t* w0 = Ws + (wrow + g) * ldw + ks;
-        const uint32_t av[4] = {w0[t], w0[8 * ldw + t], w0[t + 4], w0[8 * ldw + t + 4]};
+        const TfFrag<K, 4> av = tf_frag<K, 4>({w0[t], w0[8 * ldw + t], w0[t + 4], w0[8 * ldw + t + 4]});
 #pragma unroll
-        for (int dn = 0; dn < Cfg::DT; ++dn) {
-          const uint32_t bv[2] = {Xs[(ks + t) * ldx + dn * 8 + g], Xs[(ks + t + 4) * ldx + dn * 8 + g]};
-          mma_tf32_1688(gacc[dn], av, bv, gacc[dn]);
-        }
+        for (int dn = 0; dn < Cfg::DT; ++dn)
+          mma_tf<K>(gacc[dn], av, tf_frag<K, 2>({Xs[(ks + t) * ldx + dn * 8 + g], Xs[(ks + t + 4) * ldx + dn * 8 + g]}));
       }
     } else {
       // The accumulator of n-tiles 2q, 2q+1 is, element for element, the A fragment of k-step q (FA-2); the B

@@ -59,13 +59,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   using elem_t = flash_elem_t<K>;
   constexpr int ld = Cfg::BK + kPad<K>, ldx = Cfg::DC + kPad<K>, ldw = Cfg::BN + 4;
-  constexpr int KS = K == MmaKind::kTF32 ? Cfg::BN / 8 : Cfg::BN / 16;  // k-steps of the G product
+  constexpr int KS = kTf32Shape<K> ? Cfg::BN / 8 : Cfg::BN / 16;  // k-steps of the G product
   const int D = static_cast<int>(a.D), ldg = static_cast<int>(flash_gsmem_ld(a.D));
   float* Gs = reinterpret_cast<float*>(smem_raw);  // [BM][ldg]; ldg even, so 8-byte aligned C fragment pairs
   elem_t* As = reinterpret_cast<elem_t*>(Gs + Cfg::BM * ldg);
   elem_t* Bs = As + Cfg::BM * ld;
   elem_t* Xs = Bs + Cfg::BN * ld;                                   // [BN][ldx]: the column block's feature chunk
-  uint32_t* Ws = reinterpret_cast<uint32_t*>(Xs + Cfg::BN * ldx);  // tf32 only: [BM][ldw]
+  uint32_t* Ws = reinterpret_cast<uint32_t*>(Xs + Cfg::BN * ldx);  // tf32 / fp32 only: [BM][ldw]
   const int lane = threadIdx.x % kWarp, wrow = threadIdx.x / kWarp * 16, g = lane / 4, t = lane % 4;
   const int64_t r0 = row0 + int64_t(blockIdx.x) * Cfg::BM;
   const bool wide = a.flags[2] != 0;
@@ -85,11 +85,11 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
     weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
     if (!any_weight<Cfg>(acc)) continue;  // W_IJ = 0: no G product
     rx.load(a, j0, ncols, 0, threadIdx.x);  // its latency behind forming W's fragments
-    if constexpr (K == MmaKind::kTF32) {  // the tf32 A layout differs from the accumulator's: via this warp's Ws rows
+    if constexpr (kTf32Shape<K>) {  // the tf32 A layout differs from the accumulator's: via this warp's Ws rows
 #pragma unroll
       for (int nt = 0; nt < Cfg::NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) Ws[(wrow + g + 8 * (e / 2)) * ldw + nt * 8 + 2 * t + (e & 1)] = to_tf32(acc[nt][e]);
+        for (int e = 0; e < 4; ++e) Ws[(wrow + g + 8 * (e / 2)) * ldw + nt * 8 + 2 * t + (e & 1)] = to_elem<K>(acc[nt][e]);
       __syncwarp();
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
@@ -124,13 +124,13 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
         }
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks) {
-          if constexpr (K == MmaKind::kTF32) {
+          if constexpr (kTf32Shape<K>) {
+            const TfFrag<K, 4> af = tf_frag<K, 4>(wa[ks]);  // kF32: W kept as fp32 (registers), split per use
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
               if (j == 1 && !two) break;
               const int n = (dn + j) * 8 + g;
-              const uint32_t bv[2] = {Xs[(8 * ks + t) * ldx + n], Xs[(8 * ks + t + 4) * ldx + n]};
-              mma_tf32_1688(c[j], wa[ks], bv, c[j]);
+              mma_tf<K>(c[j], af, tf_frag<K, 2>({Xs[(8 * ks + t) * ldx + n], Xs[(8 * ks + t + 4) * ldx + n]}));
             }
           } else {  // both n-tiles' B fragments by one ldmatrix.trans
             uint32_t bv[2][2];

@@ -3,11 +3,14 @@
 //
 // Path (mirrored by recogfast.dispatch.ms_loss_path): RECOGFAST_MS_LOSS_PATH = "auto" (default), "flash" or
 // "tiles", read on every call (one getenv) so that a test or a benchmark can switch it. The flash kernels run
-// on sm_80+ for bf16/fp16 embeddings, and for fp32 when torch allows TF32 for matmuls (TF32 m16n8k8 products):
-// the op's allow_tf32 argument, which the Python wrapper fills from torch.backends.cuda.matmul.allow_tf32
-// (the stable ABI has no call that reads torch's flag). Exact fp32 (TF32 not allowed) and fp64 keep the tiles
-// path, whose aten::mm follows the flag itself. "auto" takes flash wherever it can run once kFlashByDefault is
-// true, "tiles" never; "flash" where it cannot run (before sm_80, fp64, fp32 without TF32) is a one-line error.
+// on sm_80+ for bf16/fp16 and fp32 embeddings: fp32 with TF32 m16n8k8 products where torch allows TF32 for matmuls
+// (the op's allow_tf32 argument, which the Python wrapper fills from torch.backends.cuda.matmul.allow_tf32: the
+// stable ABI has no call that reads torch's flag), else with three of them per product (MmaKind::kF32, "3xTF32",
+// ms_loss_mma.cuh mma_tf: fp32-level error; only tile variants 3 and 4 are built for it, every other variant takes
+// 4's tiles: build time). fp64 keeps the tiles path, whose aten::mm follows the flag itself. "auto" takes flash
+// wherever it can run once kFlashByDefault is true (or the tuned table names it: not for fp32 without TF32, whose
+// flash rows the TF32 sweep does not time), "tiles" never; "flash" where it cannot run (before sm_80, fp64) is a
+// one-line error.
 // kFlashByDefault is false until a GPU run of tools/gpu_check.sh has cross-checked the flash kernels against the
 // CPU kernel (they have run only under the host emulation, whose mma follows the PTX ISA's fragment tables as
 // this code reads them): until then "auto" keeps the tiles path, proven on an H200, and "flash" opts in.
@@ -126,31 +129,33 @@ inline bool use_flash(ScalarType dtype, bool allow_tf32) {
   const MsPath path = ms_path_env();
   if (path == MsPath::kTiles) return false;
   const int major = sm_major();
-  const bool can = major >= 8 && (dtype == kBFloat16 || dtype == kHalf || (dtype == kFloat && allow_tf32));
+  const bool can = major >= 8 && (dtype == kBFloat16 || dtype == kHalf || dtype == kFloat);
   if (path == MsPath::kFlash && !can)
     throw std::runtime_error(str("recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "
-                                 "fp32 embeddings with TF32 allowed, got sm_", major, "x, ", dtype_str(dtype),
-                                 dtype == kFloat ? " and allow_tf32=False" : ""));
+                                 "fp32 embeddings, got sm_", major, "x, ", dtype_str(dtype)));
   if (path == MsPath::kFlash) return can;
   // auto: flash where it can run once kFlashByDefault is set or the tuned table names it for this device and dtype
-  // (a GPU sweep cross-checked and timed it: recogfast/tuned.py, knob ms_loss_path)
+  // (a GPU sweep cross-checked and timed it: recogfast/tuned.py, knob ms_loss_path; its fp32 rows are TF32's)
   if (!can) return false;
-  const char* tuned = gpu::tuned_value("ms_loss_path", dtype);
+  const char* tuned = dtype == kFloat && !allow_tf32 ? nullptr : gpu::tuned_value("ms_loss_path", dtype);
   return kFlashByDefault || (tuned && std::strcmp(tuned, "flash") == 0);
 }
 
-template <typename scalar_t>
-constexpr MmaKind mma_kind() {
-  return std::is_same_v<scalar_t, BFloat16> ? MmaKind::kBF16
-         : std::is_same_v<scalar_t, Half>   ? MmaKind::kF16
-                                            : MmaKind::kTF32;
+// Calls f(std::integral_constant<MmaKind, K>{}) with the operand kind of scalar_t's embeddings: fp32 takes TF32
+// products where allowed, else 3xTF32 (kF32).
+template <typename scalar_t, typename F>
+void with_mma_kind(bool allow_tf32, F&& f) {
+  if constexpr (std::is_same_v<scalar_t, BFloat16>) f(std::integral_constant<MmaKind, MmaKind::kBF16>{});
+  else if constexpr (std::is_same_v<scalar_t, Half>) f(std::integral_constant<MmaKind, MmaKind::kF16>{});
+  else if (allow_tf32) f(std::integral_constant<MmaKind, MmaKind::kTF32>{});
+  else f(std::integral_constant<MmaKind, MmaKind::kF32>{});
 }
 
 template <class Cfg, MmaKind K>
 constexpr size_t flash_smem(bool backward) {
   const size_t e = sizeof(flash_elem_t<K>);
   size_t n = size_t(Cfg::BM + Cfg::BN) * (Cfg::BK + kPad<K>) * e;
-  if (backward) n += size_t(Cfg::BN) * (Cfg::DC + kPad<K>) * e + (K == MmaKind::kTF32 ? size_t(Cfg::BM) * (Cfg::BN + 4) * 4 : 0);
+  if (backward) n += size_t(Cfg::BN) * (Cfg::DC + kPad<K>) * e + (kTf32Shape<K> ? size_t(Cfg::BM) * (Cfg::BN + 4) * 4 : 0);
   return n;
 }
 
@@ -168,18 +173,23 @@ void allow_smem(Kernel kernel, size_t bytes) {
 
 // Calls f(Cfg{}) with the forward's (kBackward false) or the backward's tiles of variant `variant`
 // (flash_tile_variant; 3: variant 4's tiles, its forward and the fallback of its backward; 5: FlashTile5's forward,
-// variant 4's backward).
-template <bool kBackward, typename F>
+// variant 4's backward). kF32 builds variant 4's tiles only (three products an mma step: the other variants' extra
+// registers or warps would not pay for their build time before a GPU run says so).
+template <bool kBackward, MmaKind K, typename F>
 void with_flash_tile(int variant, F&& f) {
-  switch (variant) {
-    case 1: return f(FlashTile1{});
-    case 2: return f(FlashTile2{});
-    case 3:
-    case 4: return f(FlashTile4{});
-    case 5:
-      if constexpr (kBackward) return f(FlashTile4{});
-      else return f(FlashTile5{});
-    default: return f(FlashTile0{});
+  if constexpr (K == MmaKind::kF32) {
+    return f(FlashTile4{});
+  } else {
+    switch (variant) {
+      case 1: return f(FlashTile1{});
+      case 2: return f(FlashTile2{});
+      case 3:
+      case 4: return f(FlashTile4{});
+      case 5:
+        if constexpr (kBackward) return f(FlashTile4{});
+        else return f(FlashTile5{});
+      default: return f(FlashTile0{});
+    }
   }
 }
 
@@ -208,10 +218,9 @@ FlashArgs<scalar_t> flash_args(const CD& cd, Tensor& lab32, cudaStream_t stream)
 // Forward: stats, hard_idx (hardest) and the per-anchor loss of the B anchors: the two-pass forward (passes 1 and
 // 2 of ms_flash_fwd_kernel; "hardest": pass 1 alone) or the one-pass forward (ms_loss_flash_onepass.cuh: gathered
 // pass 3, dense pass 4, gathered pass 5); in "auto" both forwards' kernels are launched and the device keeps one.
-template <typename scalar_t, class CD>
+template <typename scalar_t, MmaKind K, class CD>
 void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_idx, Tensor& per_anchor,
                    cudaStream_t stream) {
-  constexpr MmaKind K = mma_kind<scalar_t>();
   Tensor lab32;
   const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
   const int64_t B = cd.B, M = cd.M;
@@ -256,7 +265,7 @@ void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_id
     gathered(std::integral_constant<int, 3>{});
   }
   const bool two = !one || gate.work != nullptr;  // the two-pass kernels are launched (auto: the device picks)
-  with_flash_tile<false>(flash_tile_variant(scalar_type_of<scalar_t>()), [&](auto cfg) {
+  with_flash_tile<false, K>(flash_tile_variant(scalar_type_of<scalar_t>()), [&](auto cfg) {
     using C = decltype(cfg);
     using Cfg = FlashTile<C::BM, C::BN, C::BK, 8, C::kPrefetch, C::MW>;  // DC: backward only
     const size_t smem = flash_smem<Cfg, K>(false);
@@ -278,10 +287,9 @@ void flash_forward(const CD& cd, const Params& p, Tensor& stats, Tensor& hard_id
 
 // Backward: grad_e (and grad_r when given) from the saved stats; rows in waves whose G buffer stays within
 // kFlashGBytes, each wave normalised into the gradient (ms_loss_normalize_backward_kernel).
-template <typename scalar_t, class CD>
+template <typename scalar_t, MmaKind K, class CD>
 void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Tensor& hard_idx, const Tensor& g,
                     Tensor& grad_e, Tensor* grad_r, cudaStream_t stream) {
-  constexpr MmaKind K = mma_kind<scalar_t>();
   Tensor lab32;
   const FlashArgs<scalar_t> a = flash_args<scalar_t>(cd, lab32, stream);
   const int64_t B = cd.B, R = cd.R, D = cd.D;
@@ -332,7 +340,7 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
       return;
     }
   }
-  with_flash_tile<true>(variant, [&](auto cfg) {
+  with_flash_tile<true, K>(variant, [&](auto cfg) {
     using Cfg = decltype(cfg);
     const size_t smem = flash_smem<Cfg, K>(true);
     allow_smem(ms_flash_bwd_kernel<Cfg, K, scalar_t>, smem);

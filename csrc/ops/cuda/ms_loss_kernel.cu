@@ -1,5 +1,5 @@
 // Multi-Similarity loss on CUDA, forward and backward, without the B x M similarity matrix. Two paths: on
-// sm_80+ for bf16/fp16 (and fp32 with TF32 allowed) the flash kernels (ms_loss_flash.cuh: S tiles on tensor cores, consumed in registers;
+// sm_80+ for bf16/fp16/fp32 the flash kernels (ms_loss_flash.cuh: S tiles on tensor cores, consumed in registers;
 // the choice is ms_loss_flash_host.cuh's use_flash), elsewhere the tiles path below. Tiles path: the products run
 // in cuBLAS (tensor cores for bf16/fp16, and for fp32 when torch allows TF32), custom kernels do only the
 // per-row reductions and the element-wise work, and the backward pass has no atomics (deterministic). This file
@@ -216,7 +216,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> ms_loss_cuda(
     const int64_t T = tile_rows(M, B, sizeof(acc_t));
     Tensor per_anchor = empty_as(embeddings, {B}, acc);
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      if (flash) flash_forward<scalar_t>(cd, p, stats, hard_idx, per_anchor, stream);
+      if (flash)
+        with_mma_kind<scalar_t>(allow_tf32, [&](auto k) {
+          flash_forward<scalar_t, decltype(k)::value>(cd, p, stats, hard_idx, per_anchor, stream);
+        });
     }
     Tensor sbuf = empty_as(embeddings, {flash ? 0 : T * M}, acc);
     for (int64_t i0 = 0; i0 < B && !flash; i0 += T) {
@@ -285,7 +288,10 @@ std::tuple<Tensor, Tensor> ms_loss_backward_cuda(
     const Params p = make_params(B, M, mining, alpha, beta, base, epsilon);
     if constexpr (!std::is_same_v<scalar_t, double>) {
       if (flash) {
-        flash_backward<scalar_t>(cd, p, stats, hard_idx, g, grad_e, ref_grad ? &grad_r : nullptr, stream);
+        with_mma_kind<scalar_t>(allow_tf32, [&](auto k) {
+          flash_backward<scalar_t, decltype(k)::value>(cd, p, stats, hard_idx, g, grad_e, ref_grad ? &grad_r : nullptr,
+                                                       stream);
+        });
         nan_if_nonfinite<scalar_t>(grad_e, cd.flags, stream);
         if (ref_grad) nan_if_nonfinite<scalar_t>(grad_r, cd.flags, stream);
         return;

@@ -26,8 +26,13 @@
 namespace recogfast {
 namespace {
 
-// Operand kinds of the flash kernels: bf16 / fp16 m16n8k16, tf32 m16n8k8.
-enum class MmaKind : int { kBF16 = 0, kF16 = 1, kTF32 = 2 };
+// Operand kinds of the flash kernels: bf16 / fp16 m16n8k16, tf32 m16n8k8, and fp32 as three tf32 m16n8k8 products
+// (kF32, "3xTF32": fp32 embeddings where TF32 is not allowed; see mma_tf below).
+enum class MmaKind : int { kBF16 = 0, kF16 = 1, kTF32 = 2, kF32 = 3 };
+
+// The kinds whose operands are 32-bit and multiply on the tf32 m16n8k8 shape.
+template <MmaKind K>
+inline constexpr bool kTf32Shape = K == MmaKind::kTF32 || K == MmaKind::kF32;
 
 #ifndef RECOGFAST_CUDA_EMULATION
 template <MmaKind K>
@@ -94,6 +99,42 @@ void ldsm_trans(uint32_t (&r)[kN], const uint16_t* row) {
   emu_ldmatrix_trans(kN, r, row);
 }
 #endif
+
+// A tf32-shape fragment of N registers: kTF32, the staged tf32 bits (hi; lo unused); kF32, a staged fp32 value x
+// split as x = hi + lo + r with hi = tf32(x), lo = tf32(x - hi) (x - hi is exact in fp32: Sterbenz), |r| <= 2^-22 |x|.
+template <MmaKind K, int N>
+struct TfFrag {
+  uint32_t hi[N], lo[N];
+};
+template <MmaKind K, int N>
+__device__ __forceinline__ TfFrag<K, N> tf_frag(const uint32_t (&x)[N]) {
+  TfFrag<K, N> f;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if constexpr (K == MmaKind::kF32) {
+      const float v = __uint_as_float(x[i]);
+      f.hi[i] = to_tf32(v);
+      f.lo[i] = to_tf32(v - __uint_as_float(f.hi[i]));
+    } else {
+      f.hi[i] = x[i];
+      f.lo[i] = 0u;
+    }
+  }
+  return f;
+}
+
+// d += a·b on the m16n8k8 tf32 shape. kF32 (3xTF32, as CUTLASS's "fast fp32" tensor-op GEMMs): the small cross
+// terms first, a.lo b.hi + a.hi b.lo, then a.hi b.hi; the dropped a.lo b.lo and the split residues are ~2^-21 of a
+// product, near fp32's own 2^-24 rounding and far inside tf32's 2^-11, at three times tf32's tensor-core work —
+// still well above the fp32 FFMA rate (H100 SXM datasheet: 494 dense TF32 vs 67 FP32 TFLOP/s).
+template <MmaKind K>
+__device__ __forceinline__ void mma_tf(float d[4], const TfFrag<K, 4>& a, const TfFrag<K, 2>& b) {
+  if constexpr (K == MmaKind::kF32) {
+    mma_tf32_1688(d, a.lo, b.hi, d);
+    mma_tf32_1688(d, a.hi, b.lo, d);
+  }
+  mma_tf32_1688(d, a.hi, b.hi, d);
+}
 
 // Two 16-bit values (lo = lower index) as one 32-bit register.
 __device__ __forceinline__ uint32_t pack2(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
