@@ -1,6 +1,13 @@
 """Multi-Similarity loss, forward + backward: the fused op vs pytorch-metric-learning
-(MultiSimilarityMiner + MultiSimilarityLoss) vs the dense PyTorch reference, D = 512, M-per-class batches
+(MultiSimilarityMiner + MultiSimilarityLoss) vs the dense PyTorch reference, eager and under torch.compile
+(default mode, "compiled"; max-autotune, "compiled_maxautotune", CUDA only), D = 512, M-per-class batches
 (4 images a class), with and without a cross-batch memory as the reference set.
+
+The compiled peers compile `ms_loss_reference` (the forward; the backward goes through AOT autograd), one object
+per shape and mode. torch._dynamo.explain traces it ("ms" mining, with and without a reference set) as one graph with
+no graph breaks: its mining is torch.where / min / max over the dense matrices, no .item(), nonzero or boolean
+indexing, so the compiled peers are timed by CUDA-graph replay too (issue 26's goal: >= 1.5x this peer at B = 16384).
+(Its self-pair mask is a comparison: `fill_diagonal_` on a slice of it failed in AOT autograd's functionalization.)
 
 Floor: the matrix products no implementation can avoid, over the measured fp32 GEMM throughput of the
 device. Without a reference set: S = e·eᵀ once (B²·D multiply-adds, using its symmetry) and the gradient
@@ -32,7 +39,7 @@ import time
 import pytest
 import torch
 
-from conftest import BENCH_DEVICES, grad_reset, kernel_variant, run_benchmark, sync
+from conftest import BENCH_DEVICES, COMPILE_MODES, compile_peer, grad_reset, kernel_variant, run_benchmark, sync
 from recogfast.ops import ms_loss, ms_loss_reference
 
 D = 512
@@ -42,9 +49,10 @@ SIZES = {
     "cpu": [(2048, 0), (256, 16384)],
     "cuda": [(256, 0), (1024, 0), (4096, 0), (16384, 0), (65536, 0), (4096, 65536)],
 }
-IMPLS = ["fused", "pml", "dense"]
+IMPLS = ["fused", "pml", "dense", *COMPILE_MODES]
 # Dense implementations hold several B x M matrices: beyond this many pairs they would not fit.
 DENSE_MAX_PAIRS = 16384 * 16384
+_compiled = {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,6 +106,8 @@ def test_ms_loss_fwd_bwd(benchmark, device, size, impl):
         pytest.skip(f"{impl} builds B x M = {B} x {M} matrices")
     if impl == "pml":
         pytest.importorskip("pytorch_metric_learning")
+    if impl in COMPILE_MODES and (impl, device, size) not in _compiled:  # one object per shape and mode
+        _compiled[impl, device, size] = compile_peer(ms_loss_reference, impl, device)
     torch.manual_seed(0)
     e = torch.randn(B, D, device=device, requires_grad=True)
     labels = (torch.arange(B, device=device) // 4)[torch.randperm(B, device=device)]
@@ -106,21 +116,25 @@ def test_ms_loss_fwd_bwd(benchmark, device, size, impl):
     if impl == "fused":
         def step():
             ms_loss(e, labels, ref_embeddings=ref, ref_labels=ref_labels, impl="fused").backward()
-    elif impl == "dense":
+    elif impl == "dense" or impl in COMPILE_MODES:
+        loss = ms_loss_reference if impl == "dense" else _compiled[impl, device, size]
+
         def step():
-            ms_loss_reference(e, labels, ref_embeddings=ref, ref_labels=ref_labels).backward()
+            loss(e, labels, ref_embeddings=ref, ref_labels=ref_labels).backward()
     else:
         step = _pml_step(e, labels, ref, ref_labels)
     flops = 3 * B * B * D if R == 0 else 4 * B * M * D
     floor_seconds = flops / gemm_flops(device)
     group = f"ms_loss fwd+bwd {device} fp32 B={B} R={R} D={D}"
-    if torch.device(device).type == "cuda":
-        benchmark.extra_info["extra_peak_mb"] = _cuda_extra_peak_mb(step)
     run_benchmark(benchmark, step, device=device, group=group, impl=impl, floor_seconds=floor_seconds,
                   floor_what=f"{flops / 1e9:.1f} GFLOP of matrix products at the measured "
                              f"{gemm_flops(device) / 1e9:.0f} GFLOP/s fp32 GEMM rate",
                   rounds=5 if device == "cpu" else 10, reset=grad_reset(e),
-                  graph=True if impl == "fused" else f"{impl}: host syncs (data-dependent mining / masking)")
+                  graph=True if impl == "fused" or impl in COMPILE_MODES
+                  else f"{impl}: host syncs (data-dependent mining / masking)")
+    # After the timing, so that a compiled peer's first_call_s is its compilation (here it would be warm).
+    if torch.device(device).type == "cuda":
+        benchmark.extra_info["extra_peak_mb"] = _cuda_extra_peak_mb(step)
 
 
 def _cuda_extra_peak_mb(step) -> float:

@@ -77,8 +77,8 @@ def ms_loss_reference(
         return (embeddings.sum() * 0).to(out_dtype)
     S = e @ cand.T
     same = labels[:, None] == cand_labels[None, :]
-    not_self = torch.ones(B, M, dtype=torch.bool, device=e.device)
-    not_self[:, :B].fill_diagonal_(False)
+    # A comparison, not fill_diagonal_ on a slice: torch.compile cannot functionalize that mutation (as_strided view).
+    not_self = torch.arange(B, device=e.device)[:, None] != torch.arange(M, device=e.device)[None, :]
     pos = same & not_self
     neg = ~same
     Sd = S.detach()
