@@ -131,6 +131,11 @@ def test_flash_by_default_needs_a_passing_cross_check_and_the_winning_tile():
         decisions, report = tt.pick(rows, tests)
         assert decisions[("ms_loss_path", "9.0", "bfloat16")] is None
         assert "faster, but" in report[-1]["candidates"][-1]["note"]
+    # the 3xTF32 accuracy test does not gate (no table entry turns fp32 without TF32 onto flash)
+    exact = dict(PASSED, failed=[dict(test="tests.test_ms_loss_flash::test_cuda_flash_fp32_without_tf32_is_fp32_accurate"
+                                           "[cuda]", message="x")])
+    decisions, _ = tt.pick(rows, exact)
+    assert decisions[("ms_loss_path", "9.0", "bfloat16")] == "flash"
 
 
 def test_pick_flash_forward_form_apart_from_the_tile_sweep():

@@ -31,7 +31,7 @@
 //   (BM x D x 4 bytes, 128 KB at BM = 64, D = 512): 1 S + 1 G product per pair. Shared memory: (BM + BN)(BK + pad) + BN (DC + pad) operand
 //   elements (+ BM (BN + 4) fp32 for tf32): 27 KB for bf16 at the default tile, 69 KB tf32 (opt-in).
 // Exponentials (pass 2's sums, the backward's pair weights): one MUFU.EX2 each (exp_of<true>, ms_loss_rows.cuh),
-// whose 2^-22 is far inside the bf16 / fp16 / TF32 operands' own rounding; the tiles path keeps exp.
+// whose 2^-22 is far inside the bf16 / fp16 / TF32 operands' own rounding; 3xTF32 and the tiles path keep exp.
 // Labels: int32 (a narrowing copy); where a label does not fit int32 (flag set on the device by the copy)
 // the kernels compare the int64 labels instead — decided per CTA on the device, no host sync.
 #pragma once
@@ -87,6 +87,12 @@ __device__ __forceinline__ flash_elem_t<K> to_elem(float v) {
 
 template <MmaKind K>
 constexpr int kPad = kTf32Shape<K> ? 4 : 8;  // row padding of the staged tiles, in elements
+
+// The exponentials' form (exp_of, ms_loss_rows.cuh): ex2 where the operands' rounding dwarfs its 2^-22 + |x| 2^-24
+// (bf16, fp16, TF32); exp for 3xTF32, whose similarities carry fp32's own error (with ex2 the emulation found the
+// gradient's error against float64 at 2.8x the fp32 CPU kernel's).
+template <MmaKind K>
+inline constexpr bool kFastExp = K != MmaKind::kF32;
 
 // The candidate at position pos of a staged operand: pos itself (DirectIdx), or perm[pos] (PermIdx: the one-pass
 // forward's gathered passes, whose rows and columns run in label order; ms_loss_flash_onepass.cuh).
@@ -365,14 +371,14 @@ __global__ void __launch_bounds__(Cfg::kThreads)
           } else if constexpr (kPass == 4) {  // negatives; zn is relative to this lane's running max mx
             if (pos) continue;
             if (ax[h] < 0 || s > mx[h]) {
-              if (ax[h] >= 0) zn[h] *= exp_of<true>(beta * (mx[h] - s));
+              if (ax[h] >= 0) zn[h] *= exp_of<kFastExp<K>>(beta * (mx[h] - s));
               mx[h] = s, ax[h] = k;
             }
-            if (s + eps > (ms ? mn[h] : -inf)) zn[h] += exp_of<true>(beta * (s - mx[h]));
-          } else if (pos) {  // exp_of<true>: ex2 (see ms_loss_rows.cuh)
-            if (s - eps < (ms ? mx[h] : inf)) zp[h] += exp_of<true>(-alpha * (s - mn[h]));
+            if (s + eps > (ms ? mn[h] : -inf)) zn[h] += exp_of<kFastExp<K>>(beta * (s - mx[h]));
+          } else if (pos) {  // exp_of: ex2 but for 3xTF32 (kFastExp)
+            if (s - eps < (ms ? mx[h] : inf)) zp[h] += exp_of<kFastExp<K>>(-alpha * (s - mn[h]));
           } else if (s + eps > (ms ? mn[h] : -inf)) {
-            zn[h] += exp_of<true>(beta * (s - mx[h]));
+            zn[h] += exp_of<kFastExp<K>>(beta * (s - mx[h]));
           }
         }
   }
@@ -393,8 +399,8 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         int64_t am = ax[h];
         arg_merge<false>(m, am, m2, a2);
         float z = 0.f;
-        if (ax[h] >= 0) z += zn[h] * exp_of<true>(beta * (mx[h] - m));
-        if (a2 >= 0) z += z2 * exp_of<true>(beta * (m2 - m));
+        if (ax[h] >= 0) z += zn[h] * exp_of<kFastExp<K>>(beta * (mx[h] - m));
+        if (a2 >= 0) z += z2 * exp_of<kFastExp<K>>(beta * (m2 - m));
         mx[h] = m, ax[h] = am, zn[h] = z;
       } else {
         zp[h] += __shfl_xor_sync(0xffffffffu, zp[h], o);
@@ -435,7 +441,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
 
 // W (times the column scale) in place of S in the accumulator fragments of column block j0 (the backward's
 // pair weights, see the file comment), for this warp's rows row[2] (scales sc[2]); 0 outside the block.
-template <class Cfg, typename scalar_t>
+template <class Cfg, MmaKind K, typename scalar_t>
 __device__ __forceinline__ void weight_tile(float (&acc)[Cfg::NT][4], const FlashArgs<scalar_t>& a, const Params& p,
                                             const float* __restrict__ stats, const int64_t* __restrict__ hard_idx,
                                             const int64_t (&row)[2], const float (&sc)[2], int64_t j0, int64_t row_end,
@@ -450,8 +456,8 @@ __device__ __forceinline__ void weight_tile(float (&acc)[Cfg::NT][4], const Flas
       if (c < row_end && k < ncols && k != c) {
         const float sk = a.inv2[k], s = acc[nt][e] * (sc[h] * sk);
         const bool pos = same_label(a, wide, c, k);
-        if (c < p.B) w += pair_weight<float, true>(stats, hard_idx, c, k, s, pos, p);
-        if (k < p.B) w += pair_weight<float, true>(stats, hard_idx, k, c, s, pos, p);
+        if (c < p.B) w += pair_weight<float, kFastExp<K>>(stats, hard_idx, c, k, s, pos, p);
+        if (k < p.B) w += pair_weight<float, kFastExp<K>>(stats, hard_idx, k, c, s, pos, p);
         w *= sk;
       }
       acc[nt][e] = w;
@@ -511,7 +517,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
   // does prefetch it).
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
     similarity_tile<Cfg, K>(acc1, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
-    weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
+    weight_tile<Cfg, K>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
     if (!any_weight<Cfg>(acc)) continue;  // W_IJ = 0: its G product would add exact zeros (the same bits)
     stage<K>(Xs, ldx, a, j0, ncols, Cfg::BN, dc0, Cfg::DC, threadIdx.x, Cfg::kThreads);
     if constexpr (kTf32Shape<K>) {

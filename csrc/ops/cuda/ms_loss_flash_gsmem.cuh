@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1)
   StageRegs<scalar_t, Cfg::BN, Cfg::DC, Cfg::kThreads> rx;  // the next x'_J chunk, in flight
   for (int64_t j0 = 0; j0 < ncols; j0 += Cfg::BN) {
     similarity_tile<Cfg, K>(acc1, As, Bs, a, r0, row_end, j0, ncols, wrow, g, t);
-    weight_tile<Cfg>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
+    weight_tile<Cfg, K>(acc, a, p, stats, hard_idx, row, sc, j0, row_end, ncols, wide, t);
     if (!any_weight<Cfg>(acc)) continue;  // W_IJ = 0: no G product
     rx.load(a, j0, ncols, 0, threadIdx.x);  // its latency behind forming W's fragments
     if constexpr (kTf32Shape<K>) {  // the tf32 A layout differs from the accumulator's: via this warp's Ws rows

@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(Cfg::kThreads)
         if constexpr (kPass == 3) {  // a lane's columns of one class arrive in index order: strict < keeps the first
           if (an[h] < 0 || s < mn[h]) mn[h] = s, an[h] = k;
         } else if (s - eps < (ms ? mx[h] : inf)) {
-          zp[h] += exp_of<true>(-alpha * (s - mn[h]));
+          zp[h] += exp_of<kFastExp<K>>(-alpha * (s - mn[h]));
         }
       }
   }

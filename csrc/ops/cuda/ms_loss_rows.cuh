@@ -215,7 +215,7 @@ __global__ void __launch_bounds__(kRowThreads)
 // e^x: exp, or with kFast one FMUL and one MUFU.EX2 (gpu::ex2, relative error 2^-22, plus |x| 2^-24 from x log2 e:
 // at most 6e-6 for the |x| <= 100 of the loss's terms). The flash path takes kFast: its operands are bf16 / fp16
 // (rounding 2^-9 / 2^-12) or TF32 (2^-11), so each similarity, and through beta = 50 each exponent, already carries
-// an error hundreds of times larger; the tiles path's exact fp32 / fp64 keeps exp.
+// an error hundreds of times larger; the tiles path's exact fp32 / fp64 and the flash path's 3xTF32 keep exp.
 template <bool kFast, typename acc_t>
 __device__ __forceinline__ acc_t exp_of(acc_t x) {
   if constexpr (kFast && std::is_same_v<acc_t, float>)
