@@ -148,6 +148,23 @@ def describe(device: torch.device | str, dtype: torch.dtype = torch.float32, imp
 
 
 # ---- MS loss on CUDA: the flash kernels or the tiles path (csrc/ops/cuda/ms_loss_flash_host.cuh, use_flash) ----
+
+
+@torch.compiler.assume_constant_result  # dynamo cannot trace the new API's getters; a global setting, read once
+def tf32_matmul_allowed() -> bool:
+    """Whether torch lets fp32 CUDA matmuls use TF32 (what the MS-loss op's allow_tf32 carries to the kernel): the
+    new API's setting where torch has one (torch.backends.cuda.matmul.fp32_precision "tf32" or "ieee"; "none"
+    inherits torch.backends.fp32_precision), else the legacy torch.backends.cuda.matmul.allow_tf32 (which
+    set_float32_matmul_precision sets too). Not the legacy flag first: in torch 2.14 reading it raises ("mix of the
+    legacy and new APIs") once the new API has set TF32."""
+    matmul = torch.backends.cuda.matmul
+    prec = getattr(matmul, "fp32_precision", None)
+    if prec == "none":
+        prec = getattr(torch.backends, "fp32_precision", "none")
+    if prec in (None, "none"):
+        return bool(matmul.allow_tf32)
+    return prec == "tf32"
+
 MS_LOSS_PATHS = ("auto", "flash", "tiles")
 
 
@@ -162,8 +179,8 @@ def ms_loss_path(dtype: torch.dtype, device: torch.device | str = "cuda",
                  capability: tuple[int, int] | None = None, allow_tf32: bool | None = None) -> str:
     """Which kernels a fused MS-loss call on `device` takes: "flash" (tensor-core tiles, sm_80+), "tiles"
     (cuBLAS products and per-row kernels) or, off CUDA, "cpu". The C++ rule, mirrored: flash can run on sm_80+
-    for bf16/fp16 and fp32 embeddings (fp32: TF32 products where torch.backends.cuda.matmul.allow_tf32, which
-    recogfast.ops.ms_loss passes to the op, allows them, else three TF32 products each, "3xTF32": fp32-level
+    for bf16/fp16 and fp32 embeddings (fp32: TF32 products where torch allows them for matmuls,
+    tf32_matmul_allowed(), which recogfast.ops.ms_loss passes to the op, else three TF32 products each, "3xTF32": fp32-level
     error); RECOGFAST_MS_LOSS_PATH = "auto" (default) takes flash wherever it can run once MS_FLASH_BY_DEFAULT is
     set or the tuned table (recogfast.tuned) says so for this device and dtype (until then: tiles; the table's
     fp32 entry is TF32's and does not apply to fp32 without TF32), and tiles elsewhere (fp64, before sm_80),
@@ -179,7 +196,7 @@ def ms_loss_path(dtype: torch.dtype, device: torch.device | str = "cuda",
         return "tiles"
     capability = capability or torch.cuda.get_device_capability(device)
     major = capability[0]
-    tf32 = torch.backends.cuda.matmul.allow_tf32 if allow_tf32 is None else allow_tf32
+    tf32 = tf32_matmul_allowed() if allow_tf32 is None else allow_tf32
     can = major >= 8 and dtype in (torch.bfloat16, torch.float16, torch.float32)
     if env == "flash" and not can:
         raise RuntimeError(f"recogfast::ms_loss: RECOGFAST_MS_LOSS_PATH=flash needs an sm_80+ GPU and bf16, fp16 or "

@@ -2,6 +2,7 @@
 values, gradients, mining modes, reference sets, dtypes, gradcheck (opcheck: test_op_contracts.py), fuzzed label patterns, bad
 input, the cross-batch memory, cross-rank mining with two gloo processes, and bounded memory at B = 32768."""
 
+import functools
 import json
 import os
 import socket
@@ -249,17 +250,30 @@ def test_gradcheck_float64(device, mining):
 # opcheck of every sample: tests/test_op_contracts.py
 
 
-def test_compiled_module_matches_eager():
-    loss_fn = MultiSimilarityLoss(impl="fused")
-    compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
-    e = torch.randn(32, 16)
-    labels = m_per_class(32, 4)
+def _assert_compiles_like_eager(fn, e, labels):
+    """torch.compile(fn) in one graph through AOT autograd (backend aot_eager): the loss and gradient of eager."""
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     ee, ec = e.clone().requires_grad_(True), e.clone().requires_grad_(True)
-    le, lc = loss_fn(ee, labels), compiled(ec, labels)
+    le, lc = fn(ee, labels), compiled(ec, labels)
     torch.testing.assert_close(lc, le)
     le.backward()
     lc.backward()
     torch.testing.assert_close(ec.grad, ee.grad)
+
+
+def test_compiled_module_matches_eager():
+    _assert_compiles_like_eager(MultiSimilarityLoss(impl="fused"), torch.randn(32, 16), m_per_class(32, 4))
+
+
+@pytest.mark.parametrize("mining", ["ms", "all"])
+@pytest.mark.parametrize("with_ref", [False, True])
+def test_reference_compiles_in_one_graph(mining, with_ref):
+    """torch.compile of the dense reference (the benchmarks' "compiled" peer, and what a user compiles with
+    impl="reference"): one graph through AOT autograd's functionalization (an in-place fill_diagonal_ on a slice of
+    its mask once failed there), the same loss and gradients as eager."""
+    ref = (torch.randn(10, 8, dtype=torch.float64), torch.randint(0, 6, (10,))) if with_ref else (None, None)
+    fn = functools.partial(ms_loss_reference, mining=mining, ref_embeddings=ref[0], ref_labels=ref[1])
+    _assert_compiles_like_eager(fn, torch.randn(24, 8, dtype=torch.float64), m_per_class(24, 4))
 
 
 # -------------------------------------------------------------------------------------------- bad input

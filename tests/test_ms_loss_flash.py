@@ -43,6 +43,28 @@ def test_ms_loss_path_rule_follows_the_env_var(monkeypatch, env, cap, dtype, tf3
         assert dispatch.ms_loss_path(dtype, "cuda", capability=cap, allow_tf32=tf32) == expect
 
 
+@pytest.mark.parametrize("setting,allowed", [
+    ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", True),
+    ("torch.backends.fp32_precision = 'tf32'", True),
+    ("torch.backends.fp32_precision = 'tf32'; torch.backends.cuda.matmul.fp32_precision = 'ieee'", False),
+    ("torch.set_float32_matmul_precision('high')", True),
+    ("pass", False),
+])
+def test_tf32_setting_read_through_either_api(setting, allowed):
+    """recogfast.dispatch.tf32_matmul_allowed (the op's allow_tf32, the path rule) follows torch's new TF32 API and
+    the legacy one; reading the legacy flag after the new API set TF32 raises in torch 2.14, so it must not be read
+    first (a fresh process each: torch remembers which API set the flag)."""
+    import subprocess
+    import sys
+    code = (f"import torch\n{setting}\nfrom recogfast import dispatch\n"
+            "print(dispatch.tf32_matmul_allowed(), dispatch.ms_loss_path(torch.float32, 'cuda', capability=(9, 0)))")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RECOGFAST_MS_LOSS_PATH"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got, path = res.stdout.split()
+    assert got == str(allowed) and path in ("tiles", "flash"), res.stdout
+
+
 def test_ms_loss_path_tuned_fp32_entry_is_tf32s(monkeypatch):
     """The tuned table's fp32 "flash" entry comes from the TF32 sweep (tools/tuned_table.py times tf32 groups): it
     turns flash on for fp32 with TF32 allowed, not for fp32 without (3xTF32, which that sweep did not time)."""

@@ -23,8 +23,8 @@ consumed in registers, csrc/ops/cuda/ms_loss_flash.cuh; fp32: TF32 products wher
 fp32-level error), elsewhere the tiles path
 (cuBLAS products, per-row kernels). ``RECOGFAST_MS_LOSS_PATH`` = auto / flash / tiles picks one ("auto" keeps the
 tiles path until a GPU run has cross-checked the flash kernels: recogfast.dispatch.MS_FLASH_BY_DEFAULT);
-`recogfast.dispatch.ms_loss_path` says which a call takes. The op's last argument ``allow_tf32`` carries
-``torch.backends.cuda.matmul.allow_tf32`` to the kernel (the stable ABI cannot read torch's flag); the
+`recogfast.dispatch.ms_loss_path` says which a call takes. The op's last argument ``allow_tf32`` carries torch's
+TF32 setting for matmuls (`recogfast.dispatch.tf32_matmul_allowed`) to the kernel (the stable ABI cannot read it); the
 backward op gets the forward's value, so both passes take the same path.
 """
 
@@ -190,8 +190,8 @@ def ms_loss(
                  and not ref_embeddings.requires_grad)
         if embeddings.device.type != "cpu" and _check_finite():
             check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining)
-        # allow_tf32: torch's flag for the CUDA kernel's fp32 flash path (the stable ABI cannot read it).
-        tf32 = embeddings.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+        # allow_tf32: torch's setting for the CUDA kernel's fp32 flash path (the stable ABI cannot read it).
+        tf32 = embeddings.device.type == "cuda" and dispatch.tf32_matmul_allowed()
         return torch.ops.recogfast.ms_loss(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base,
                                            epsilon, mining, cache, tf32)[0]
     check_args(embeddings, labels, ref_embeddings, ref_labels, alpha, beta, base, epsilon, mining)
