@@ -113,6 +113,17 @@ def kill(trainer, event, **info):  # SIGKILL after the first epoch's checkpoint:
 run_sweep(load_spec(sys.argv[1]), callbacks=[kill])
 """
 
+# A sweep worker that imports torch, optuna and the engine first and starts only once the file argv[2] exists: on a
+# loaded machine its imports alone took longer than the first worker needed for every remaining trial.
+WAITING_WORKER = """
+import os, sys, time
+import recogfast.engine.sweep  # noqa: F401
+from recogfast.cli import main
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+sys.exit(main(["sweep", sys.argv[1]]))
+"""
+
 
 def test_sweep_resumes_after_a_kill_with_two_workers_on_one_sqlite_study(tmp_path, shapes_cache):
     path = _spec(tmp_path, shapes_cache, f"""
@@ -135,14 +146,17 @@ def test_sweep_resumes_after_a_kill_with_two_workers_on_one_sqlite_study(tmp_pat
     # vanished log.csv.tmp, exit 2. A server database (--storage) does not have this race.
     cmd = [sys.executable, "-m", "recogfast", "sweep", path]
     env1 = {**env, "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen(cmd, env=env1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+    go = tmp_path / "second-worker-go"
+    workers = [subprocess.Popen(cmd, env=env1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+               subprocess.Popen([sys.executable, "-c", WAITING_WORKER, path, str(go)], env=env1,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     storage = f"sqlite:///{tmp_path / 'sweep' / 'study.db'}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(
             t.state.name != "WAITING" and t.system_attrs.get("failed_trial") == 0
             for t in optuna.load_study(study_name="sweep", storage=storage).get_trials()):
-        time.sleep(0.5)
-    workers.append(subprocess.Popen(cmd, env=env1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        time.sleep(0.2)
+    go.touch()
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     codes = [w.returncode for w in workers]
     if codes != [0, 0]:  # the whole of both outputs (an assert message would be cut short)

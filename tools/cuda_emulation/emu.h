@@ -115,6 +115,10 @@ inline uint32_t emu_cvt_rna_tf32(float x) {
   if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf / NaN unchanged
   return (u + 0x1000u) & ~0x1fffu;
 }
+inline bool emu_mma_rz() {
+  static const bool rz = [] { const char* v = std::getenv("EMU_MMA_RZ"); return v && v[0] == '1'; }();
+  return rz;
+}
 // One warp-wide mma: each lane stores its registers, waits for the warp, computes its 4 outputs from all 32
 // lanes' fragments (products exact in double, summed, then added to C and rounded to fp32 once), waits again.
 // kind: 0 bf16 m16n8k16, 1 fp16 m16n8k16, 2 tf32 m16n8k8.
@@ -151,7 +155,12 @@ inline void emu_mma(int kind, float d[4], const uint32_t a[4], const uint32_t b[
     const int r = lane / 4 + 8 * (i / 2), n = 2 * (lane % 4) + (i % 2);
     double s = 0;
     for (int k = 0; k < K; ++k) s += A(r, k) * Bm(k, n);
-    out[i] = float(double(c[i]) + s);
+    const double sum = double(c[i]) + s;
+    out[i] = float(sum);
+    // EMU_MMA_RZ=1: the sum rounded toward zero instead (tensor cores are reported to truncate their fp32 sums:
+    // Fasi et al., "Numerical behavior of NVIDIA tensor cores", PeerJ CS 2021), to see what that does to an error
+    if (emu_mma_rz() && double(out[i]) != sum && std::abs(double(out[i])) > std::abs(sum))
+      out[i] = std::nextafter(out[i], 0.0f);
   }
   bar.arrive_and_wait();
   for (int i = 0; i < 4; ++i) d[i] = out[i];
