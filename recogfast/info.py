@@ -70,7 +70,8 @@ def report() -> str:
                               for t in (torch.bfloat16, torch.float16, torch.float32, torch.float64))
         except (RuntimeError, ValueError) as exc:
             paths = str(exc)
-        lines.append(f"  ms_loss CUDA path (RECOGFAST_MS_LOSS_PATH, allow_tf32): {paths}")
+        fp32 = "TF32" if dispatch.tf32_matmul_allowed() else "3xTF32 (TF32 not allowed)"
+        lines.append(f"  ms_loss CUDA path (RECOGFAST_MS_LOSS_PATH; fp32 flash products: {fp32}): {paths}")
     return "\n".join(lines)
 
 

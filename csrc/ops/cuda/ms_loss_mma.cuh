@@ -126,14 +126,24 @@ __device__ __forceinline__ TfFrag<K, N> tf_frag(const uint32_t (&x)[N]) {
 // d += a·b on the m16n8k8 tf32 shape. kF32 (3xTF32, as CUTLASS's "fast fp32" tensor-op GEMMs): the small cross
 // terms first, a.lo b.hi + a.hi b.lo, then a.hi b.hi; the dropped a.lo b.lo and the split residues are ~2^-21 of a
 // product, near fp32's own 2^-24 rounding and far inside tf32's 2^-11, at three times tf32's tensor-core work —
-// still well above the fp32 FFMA rate (H100 SXM datasheet: 494 dense TF32 vs 67 FP32 TFLOP/s).
+// still well above the fp32 FFMA rate (H100 SXM datasheet: 494 dense TF32 vs 67 FP32 TFLOP/s). The three products
+// of a k-step sum into a zeroed fragment that is then added to d with FADD: tensor cores are reported to round their
+// fp32 sums toward zero (Fasi et al., "Numerical behavior of NVIDIA tensor cores", PeerJ CS 2021), which over the
+// D / 8 k-steps of a long accumulation in the mma would bias the sum; so the truncation stays within each k-step's
+// 8 products and the accumulation rounds to nearest (the emulation with EMU_MMA_RZ=1: 1.47x the fp32 accuracy bound
+// when the mma accumulated, within it now; four FADD per three mma, in issue slots the mma leave).
 template <MmaKind K>
 __device__ __forceinline__ void mma_tf(float d[4], const TfFrag<K, 4>& a, const TfFrag<K, 2>& b) {
   if constexpr (K == MmaKind::kF32) {
-    mma_tf32_1688(d, a.lo, b.hi, d);
-    mma_tf32_1688(d, a.hi, b.lo, d);
+    float t[4] = {0.f, 0.f, 0.f, 0.f};
+    mma_tf32_1688(t, a.lo, b.hi, t);
+    mma_tf32_1688(t, a.hi, b.lo, t);
+    mma_tf32_1688(t, a.hi, b.hi, t);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d[i] += t[i];
+  } else {
+    mma_tf32_1688(d, a.hi, b.hi, d);
   }
-  mma_tf32_1688(d, a.hi, b.hi, d);
 }
 
 // Two 16-bit values (lo = lower index) as one 32-bit register.
