@@ -13,7 +13,8 @@
 # runs its tensor-core tiles with emu.h's warp-wide mma emulation (the PTX fragment layouts, exact products, fp32
 # accumulation) at small tile shapes (ms_loss_flash_host.cuh) and a 2 KB backward G budget (several waves);
 # EMU_NO_FLASH=1 skips it; EMU_DIGEST=1 prints a hash of every MS-loss output it compares (two builds' runs
-# diffed: the same bits or not). The CUBS kernel variants (cubs_tiles.h: Block 2's RECOGFAST_CUBS_SPATIAL_TILE = 0-3,
+# diffed: the same bits or not); EMU_MMA_RZ=1 rounds each emulated mma's fp32 sum toward zero, as tensor cores are
+# reported to (Fasi et al., PeerJ CS 2021), to see what that does to the errors (fp32 3xTF32's accuracy rule). The CUBS kernel variants (cubs_tiles.h: Block 2's RECOGFAST_CUBS_SPATIAL_TILE = 0-3,
 # cubs_spatial_passes.cuh; Block 1's RECOGFAST_CUBS_CHANNEL_THREADS = 256, 128, 512): each against the CPU kernel and
 # bit for bit against the default, plus the bad-value messages, and the tuned table's reader (tuned_check.cpp);
 # `run.sh tiles` runs only that section. The other

@@ -6,8 +6,8 @@
 // on sm_80+ for bf16/fp16 and fp32 embeddings: fp32 with TF32 m16n8k8 products where torch allows TF32 for matmuls
 // (the op's allow_tf32 argument, which the Python wrapper fills from torch.backends.cuda.matmul.allow_tf32: the
 // stable ABI has no call that reads torch's flag), else with three of them per product (MmaKind::kF32, "3xTF32",
-// ms_loss_mma.cuh mma_tf: fp32-level error; only tile variants 3 and 4 are built for it, every other variant takes
-// 4's tiles: build time). fp64 keeps the tiles path, whose aten::mm follows the flag itself. "auto" takes flash
+// ms_loss_mma.cuh mma_tf: fp32-level error; only variant 4's tiles and variant 3's backward are built for it: its
+// forward takes variant 4's tiles, its backward variant 3's wherever that fits; build time). fp64 keeps the tiles path, whose aten::mm follows the flag itself. "auto" takes flash
 // wherever it can run once kFlashByDefault is true (or the tuned table names it: not for fp32 without TF32, whose
 // flash rows the TF32 sweep does not time), "tiles" never; "flash" where it cannot run (before sm_80, fp64) is a
 // one-line error.
@@ -316,9 +316,11 @@ void flash_backward(const CD& cd, const Params& p, const Tensor& stats, const Te
       }
     }
   };
-  // variant 3: G in shared memory where it fits the device's opt-in limit, else variant 0
+  // variant 3: G in shared memory where it fits the device's opt-in limit, else variant 4's register backward.
+  // 3xTF32 takes it whatever the variant: mma-bound (three products a step), its 1 S + 1 G products per pair beat
+  // the register backward's 4 S + 1 G at D = 512, which also spills there (255 registers).
   const int variant = flash_tile_variant(scalar_type_of<scalar_t>());
-  if (variant == 3) {
+  if (variant == 3 || K == MmaKind::kF32) {
     using Cfg = FlashTile3;
     const size_t smem = flash_gsmem_smem<Cfg, K>(D);
     if (smem <= size_t(gpu::device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>())) {
