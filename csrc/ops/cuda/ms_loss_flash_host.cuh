@@ -4,13 +4,13 @@
 // Path (mirrored by recogfast.dispatch.ms_loss_path): RECOGFAST_MS_LOSS_PATH = "auto" (default), "flash" or
 // "tiles", read on every call (one getenv) so that a test or a benchmark can switch it. The flash kernels run
 // on sm_80+ for bf16/fp16 and fp32 embeddings: fp32 with TF32 m16n8k8 products where torch allows TF32 for matmuls
-// (the op's allow_tf32 argument, which the Python wrapper fills from torch.backends.cuda.matmul.allow_tf32: the
-// stable ABI has no call that reads torch's flag), else with three of them per product (MmaKind::kF32, "3xTF32",
-// ms_loss_mma.cuh mma_tf: fp32-level error; only variant 4's tiles and variant 3's backward are built for it: its
-// forward takes variant 4's tiles, its backward variant 3's wherever that fits; build time). fp64 keeps the tiles path, whose aten::mm follows the flag itself. "auto" takes flash
-// wherever it can run once kFlashByDefault is true (or the tuned table names it: not for fp32 without TF32, whose
-// flash rows the TF32 sweep does not time), "tiles" never; "flash" where it cannot run (before sm_80, fp64) is a
-// one-line error.
+// (the op's allow_tf32 argument, which the Python wrapper fills from recogfast.dispatch.tf32_matmul_allowed: the
+// stable ABI has no call that reads torch's setting), else with three of them per product (MmaKind::kF32,
+// "3xTF32", ms_loss_mma.cuh mma_tf: fp32-level error; only variant 4's tiles and variant 3's backward are built
+// for it: its forward takes variant 4's tiles, its backward variant 3's wherever that fits; build time). fp64
+// keeps the tiles path, whose aten::mm follows torch's setting itself. "auto" takes flash wherever it can run
+// once kFlashByDefault is true (or the tuned table names it: not for fp32 without TF32, whose flash rows the TF32
+// sweep does not time), "tiles" never; "flash" where it cannot run (before sm_80, fp64) is a one-line error.
 // kFlashByDefault is false until a GPU run of tools/gpu_check.sh has cross-checked the flash kernels against the
 // CPU kernel (they have run only under the host emulation, whose mma follows the PTX ISA's fragment tables as
 // this code reads them): until then "auto" keeps the tiles path, proven on an H200, and "flash" opts in.
