@@ -54,11 +54,12 @@ def test_tf32_setting_read_through_either_api(setting, allowed):
     """recogfast.dispatch.tf32_matmul_allowed (the op's allow_tf32, the path rule) follows torch's new TF32 API and
     the legacy one; reading the legacy flag after the new API set TF32 raises in torch 2.14, so it must not be read
     first (a fresh process each: torch remembers which API set the flag)."""
+    import os
     import subprocess
     import sys
     code = (f"import torch\n{setting}\nfrom recogfast import dispatch\n"
             "print(dispatch.tf32_matmul_allowed(), dispatch.ms_loss_path(torch.float32, 'cuda', capability=(9, 0)))")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "RECOGFAST_MS_LOSS_PATH"}
+    env = {k: v for k, v in os.environ.items() if k != "RECOGFAST_MS_LOSS_PATH"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     got, path = res.stdout.split()
@@ -204,8 +205,8 @@ def test_cuda_flash_fp32_without_tf32_is_fp32_accurate(device, monkeypatch):
 
 
 # One process per tile variant (RECOGFAST_MS_FLASH_TILE is read once per process): the flash forward and backward
-# against the tiles path's backward given the flash stats, bf16, fp32-TF32 and fp32-3xTF32 (variants other than 3
-# take 4's tiles there), ms and all mining, reference rows
+# against the tiles path's backward given the flash stats, bf16, fp32-TF32 and fp32-3xTF32 (whose forward takes
+# variant 4's tiles and backward variant 3's whatever the variant), ms and all mining, reference rows
 # with gradient, at D = 130, 512 (variant 3: G in shared memory; 2 and 4 feature chunks of 128) and 1024
 # (variant 3's G does not fit the opt-in shared memory there: its backward falls back to variant 4's kernel).
 _VARIANT_RUN = r"""

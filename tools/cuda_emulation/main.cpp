@@ -85,14 +85,21 @@ double* ms_sink = ms_max_rel;
 int dtype_slot(at::ScalarType t) {
   return t == at::kDouble ? 0 : t == at::kFloat ? 1 : t == at::kBFloat16 ? 2 : 3;
 }
+// max |a - b|, where equal values (infinities included) count as 0 error.
+double ms_max_err(const at::Tensor& a_, const at::Tensor& b_) {
+  const at::Tensor a = a_.to(at::kDouble), b = b_.to(at::kDouble);
+  const at::Tensor diff = at::where(a == b, at::zeros_like(a), (a - b).abs());
+  return diff.numel() ? diff.max().item<double>() : 0.0;
+}
+// max |b| over b's finite values (0 where none).
+double ms_scale(const at::Tensor& b) {
+  const at::Tensor fin = b.masked_select(b.isfinite());
+  return fin.numel() ? fin.abs().max().item<double>() : 0.0;
+}
 // |a - b| <= rtol (scale + 1e-3 scale_floor), where equal values (infinities included) count as 0 error.
 void ms_cmp(const at::Tensor& a_, const at::Tensor& b_, const char* what, const std::string& tag, double rtol,
             at::ScalarType dt, double scale_floor = 1) {
-  const at::Tensor a = a_.to(at::kDouble), b = b_.to(at::kDouble);
-  const at::Tensor diff = at::where(a == b, at::zeros_like(a), (a - b).abs());
-  const double err = diff.numel() ? diff.max().item<double>() : 0.0;
-  const at::Tensor fin = b.masked_select(b.isfinite());
-  const double scale = fin.numel() ? fin.abs().max().item<double>() : 0.0;
+  const double err = ms_max_err(a_, b_), scale = ms_scale(b_.to(at::kDouble));
   const bool ok = std::isfinite(err) && err <= rtol * (scale + 1e-3 * scale_floor);
   ++ms_comparisons;
   if (scale > 0 && std::string(what) != "hard_idx") ms_sink[dtype_slot(dt)] = std::max(ms_sink[dtype_slot(dt)], err / scale);
