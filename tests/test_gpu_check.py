@@ -170,10 +170,12 @@ NCU_RAW = (
     '"sm__warps_active.avg.pct_of_peak_sustained_active","launch__registers_per_thread",'
     '"smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",'
     '"smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",'
-    '"smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio"\n'
-    '"","","","","","","","","","","","usecond","%","%","%","%","register/thread","ratio","ratio","ratio"\n'
+    '"smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio",'
+    '"sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",'
+    '"l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum"\n'
+    '"","","","","","","","","","","","usecond","%","%","%","%","register/thread","ratio","ratio","ratio","%",""\n'
     '"0","1","python3","h","cubs_spatial_row_kernel","1","7","(256, 1, 1)","(3136, 1, 1)","0","9.0","1,234.5",'
-    '"61.2","20.5","18.0","45.1","72","3.5","0.4","7.25"\n')
+    '"61.2","20.5","18.0","45.1","72","3.5","0.4","7.25","38.5","12,288"\n')
 
 
 def test_ncu_raw_csv_is_parsed_to_one_record_a_kernel():
@@ -181,9 +183,19 @@ def test_ncu_raw_csv_is_parsed_to_one_record_a_kernel():
     assert rec["kernel"] == "cubs_spatial_row_kernel" and rec["duration"] == 1234.5 and rec["duration_unit"] == "usecond"
     assert rec["sm_sol_pct"] == 61.2 and rec["mem_sol_pct"] == 20.5 and rec["occupancy_pct"] == 45.1
     assert rec["registers"] == 72 and rec["stalls"][0] == ("math_pipe_throttle", 7.25)
+    assert rec["tensor_pct"] == 38.5 and rec["bank_conflicts"] == 12288 and "smem_pct" not in rec  # not collected
     md = "\n".join(gpu_results.ncu_table([rec]))
-    assert "cubs_spatial_row_kernel" in md and "math_pipe_throttle 7.2" in md
+    assert "cubs_spatial_row_kernel" in md and "math_pipe_throttle 7.2" in md and "| 38.5 | - | 12288 |" in md
     assert gpu_results.parse_ncu("") == []
+    import gpu_ncu
+
+    name = ("void recogfast::(anonymous namespace)::ms_flash_fwd_kernel<recogfast::(anonymous namespace)::FlashTile<64, "
+            "64, 32, 64, false, 2>, (recogfast::(anonymous namespace)::MmaKind)0, c10::BFloat16, 1>(recogfast::(anonymous "
+            "namespace)::FlashArgs<c10::BFloat16>, float*, long*, float*)")
+    assert gpu_ncu.short_kernel_name(name) == (
+        "ms_flash_fwd_kernel<FlashTile<64, 64, 32, 64, false, 2>, (MmaKind)0, BFloat16, 1>")
+    assert gpu_ncu.short_kernel_name("se_gate_kernel") == "se_gate_kernel"
+    assert gpu_ncu.short_kernel_name("k<" + "x" * 200 + ">", 20) == "k<xxxxxxxxxxxxxxx..."
 
 
 def test_results_md_replaces_only_its_block(tmp_path):
@@ -218,6 +230,17 @@ def test_crosscheck_flags_a_kernel_outside_the_bound(small):
     # A gradient that is zero in exact arithmetic is measured on the call's gradient scale.
     noisy = gpu_crosscheck._compare("case", torch.float32, [t[0], t[1] + 1e-7, t[2]], cpu, t)
     assert noisy[1]["ok"] and noisy[1]["scale"] == 2.0
+
+
+def test_ncu_driver_runs_each_key_call_once_and_restores_the_path(monkeypatch, capsys):
+    """gpu_check's ncu step runs `gpu_profile.py --ncu-driver` under Nsight Compute (GPU only): on the CPU the same
+    calls run (the MS loss on its CPU kernel), and the path it forces for the flash MS loss is put back."""
+    import gpu_profile
+
+    monkeypatch.setenv("RECOGFAST_MS_LOSS_PATH", "tiles")
+    gpu_profile.ncu_driver("cpu")
+    assert os.environ["RECOGFAST_MS_LOSS_PATH"] == "tiles"
+    assert "ms_loss (float32) at B=64 D=512, then cubs2, se, cubs1" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kernel", ["se_gate", "cubs_spatial", "cubs_channel", "ms_loss"])

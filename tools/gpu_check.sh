@@ -295,13 +295,29 @@ fi
 # 8. torch.compile (default mode) of the references as the peer column
 bench_step compiled 180 "torch.compile default-mode peers" "$COMPILED" $PEER_FILES
 
-# 9. Nsight Compute: speed of light, memory, occupancy and warp stalls of the key recogfast kernels
-NCU_KERNELS='regex:se_gate|channel_gate|cubs_'
+# 9. Nsight Compute: speed of light, memory, occupancy and warp stalls of the key recogfast kernels -- the flash MS
+# loss's tiles (bf16 and 3xTF32; not its label and segment kernels) first, then Block 2, SE and Block 1 (tools/gpu_profile.py
+# --ncu-driver) -- and, where this ncu knows them (--query-metrics), the tensor pipe's and the shared-memory pipe's
+# utilisation and the shared-memory bank conflicts: the flash tiles' S product is predicted shared-memory bound (TF32,
+# bf16) or tensor bound (3xTF32; RESULTS.md), which these settle.
+NCU_KERNELS='regex:ms_flash_(fwd|gather|bwd)|se_gate|channel_gate|cubs_'
+NCU_WANT="sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
+  l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum"
 if [[ $GPU == 1 ]] && command -v ncu >/dev/null; then
-  step ncu 100 "Nsight Compute, key kernels (launch count 25)" -- bash -c "
-    ncu --clock-control none --target-processes all --kernel-name '$NCU_KERNELS' --launch-count 25 \
-      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats --section LaunchStats \
-      --export '$OUT/logs/ncu' --force-overwrite $PY tools/gpu_profile.py --ncu-driver 2>&1 | tee '$OUT/logs/ncu_run.txt'
+  step ncu 130 "Nsight Compute, key kernels (launch count 36)" -- bash -c "
+    run_ncu() {  # EXTRA_ARGS...
+      ncu --clock-control none --target-processes all --kernel-name '$NCU_KERNELS' --launch-count 36 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+        --section LaunchStats \"\$@\" --export '$OUT/logs/ncu' --force-overwrite $PY tools/gpu_profile.py --ncu-driver 2>&1 |
+        tee -a '$OUT/logs/ncu_run.txt'
+    }
+    avail=\$(timeout 20 ncu --query-metrics 2>/dev/null)
+    metrics=\$(for m in $(echo $NCU_WANT); do grep -q \"^\${m%%.*} \" <<<\"\$avail\" && printf '%s,' \"\$m\"; done)
+    echo \"extra metrics: \${metrics:-none}\" | tee '$OUT/logs/ncu_run.txt'
+    if [[ -n \$metrics ]]; then run_ncu --metrics \"\${metrics%,}\"; else run_ncu; fi
+    if [[ -n \$metrics && ! -s '$OUT/logs/ncu.ncu-rep' ]] && ! grep -q ERR_NVGPUCTRPERM '$OUT/logs/ncu_run.txt'; then
+      echo 'no report with the extra metrics: again without them' | tee -a '$OUT/logs/ncu_run.txt'; run_ncu
+    fi
     if grep -q ERR_NVGPUCTRPERM '$OUT/logs/ncu_run.txt'; then
       echo 'not permitted: ERR_NVGPUCTRPERM (no access to the GPU performance counters)' >'$OUT/logs/ncu.skip'; exit 0
     elif grep -qE 'LibraryNotLoaded|Failed to initialize the profiler' '$OUT/logs/ncu_run.txt'; then

@@ -17,7 +17,11 @@ NCU_METRICS = {  # column of `ncu --csv --page raw` -> the summary's name
     "dram__throughput.avg.pct_of_peak_sustained_elapsed": "dram_pct",
     "sm__warps_active.avg.pct_of_peak_sustained_active": "occupancy_pct",
     "sm__maximum_warps_per_active_cycle_pct": "theoretical_occupancy_pct",
-    "launch__registers_per_thread": "registers"}
+    "launch__registers_per_thread": "registers",
+    # gpu_check's extra metrics, where this ncu knows them: tensor pipe, shared-memory pipe, bank conflicts
+    "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active": "tensor_pct",
+    "l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed": "smem_pct",
+    "l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum": "bank_conflicts"}
 STALL = re.compile(r"^smsp__average_warps_issue_stalled_(\w+?)_per_issue_active\.ratio$")
 
 
@@ -57,14 +61,36 @@ def parse_ncu(text: str) -> list[dict]:
     return out
 
 
+def short_kernel_name(name: str, width: int = 100) -> str:
+    """A demangled kernel name without its return type, namespaces and parameter list, so the template arguments
+    (tile, operand kind, pass) fit the table: "void recogfast::(anonymous namespace)::k<recogfast::(anonymous
+    namespace)::T<64, 64>, c10::BFloat16, 1>(int, float*)" -> "k<T<64, 64>, BFloat16, 1>"."""
+    s = name.strip()
+    s = s[5:] if s.startswith("void ") else s
+    for ns in ("(anonymous namespace)::", "recogfast::", "c10::", "at::"):
+        s = s.replace(ns, "")
+    if s.endswith(")"):  # the parameter list: the parenthesis that closes last, matched backwards
+        depth = 0
+        for i in range(len(s) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(s[i], 0)
+            if depth == 0:
+                s = s[:i]
+                break
+    return s if len(s) <= width else s[:width - 3] + "..."
+
+
 def ncu_table(recs: list[dict]) -> list[str]:
-    out = ["", "Nsight Compute (ncu.csv): speed of light, DRAM, occupancy, top warp stalls (cycles per issued "
-               "instruction)", "", "| kernel | grid | block | duration | SM % | memory % | DRAM % | occupancy % "
-               "(theoretical) | regs | top stalls |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["", "Nsight Compute (ncu.csv): speed of light, DRAM, occupancy, tensor pipe and shared-memory pipe "
+               "utilisation, shared-memory bank conflicts, top warp stalls (cycles per issued instruction)", "",
+           "| kernel | grid | block | duration | SM % | memory % | DRAM % | occupancy % (theoretical) | regs | tensor % | "
+           "smem % | bank conflicts | top stalls |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         stalls = ", ".join(f"{k} {v:.1f}" for k, v in r.get("stalls", []))
-        out.append(f"| {r['kernel'][:70]} | {r['grid']} | {r['block']} | {_fmt(r.get('duration'), '.0f')} "
-                   f"{r.get('duration_unit', '')} | {_fmt(r.get('sm_sol_pct'), '.1f')} | {_fmt(r.get('mem_sol_pct'), '.1f')} | "
+        out.append(f"| {short_kernel_name(r['kernel'])} | {r['grid']} | {r['block']} | {_fmt(r.get('duration'), '.0f')} "
+                   f"{r.get('duration_unit', '')} | {_fmt(r.get('sm_sol_pct'), '.1f')} | "
+                   f"{_fmt(r.get('mem_sol_pct'), '.1f')} | "
                    f"{_fmt(r.get('dram_pct'), '.1f')} | {_fmt(r.get('occupancy_pct'), '.1f')} "
-                   f"({_fmt(r.get('theoretical_occupancy_pct'), '.0f')}) | {_fmt(r.get('registers'), '.0f')} | {stalls} |")
+                   f"({_fmt(r.get('theoretical_occupancy_pct'), '.0f')}) | {_fmt(r.get('registers'), '.0f')} | "
+                   f"{_fmt(r.get('tensor_pct'), '.1f')} | {_fmt(r.get('smem_pct'), '.1f')} | "
+                   f"{_fmt(r.get('bank_conflicts'), '.0f')} | {stalls} |")
     return out

@@ -182,19 +182,38 @@ def check_finite_cost() -> list[str]:
 
 
 def ncu_driver(device: str) -> None:
-    """One fused forward+backward of each key module, no warm-up: ncu (--kernel-name, --launch-count) profiles
-    the first launch of each kernel at a headline shape (B smaller: ncu replays each kernel many times)."""
+    """One fused forward+backward of each key call, no warm-up: ncu (--kernel-name, --launch-count) profiles the
+    first launch of each kernel at a headline shape (B smaller: ncu replays each kernel many times). The flash MS
+    loss first (issue 26: bf16, then fp32 without TF32, the 3xTF32 products), forced onto the flash path, at
+    B = 8192 D = 512 (labels in groups of 4, as the benchmarks'), then Block 2, SE and Block 1 at 64 x 64 x 56 x 56:
+    the launch count cuts the end."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    nb = 8192 if device == "cuda" else 64
+    labels = (torch.arange(nb, device=device) // 4)[torch.randperm(nb, device=device)]
+    path = os.environ.get("RECOGFAST_MS_LOSS_PATH")
+    if device == "cuda":
+        os.environ["RECOGFAST_MS_LOSS_PATH"] = "flash"  # read on every call
+    try:
+        dtypes = list(dict.fromkeys((dtype, torch.float32)))  # fp32: torch's default, no TF32 for matmuls
+        for dt in dtypes:
+            e = torch.randn(nb, 512, device=device, dtype=dt, requires_grad=True)
+            ms_loss(e, labels, impl="fused").backward()
+    finally:
+        if path is None:
+            os.environ.pop("RECOGFAST_MS_LOSS_PATH", None)
+        else:
+            os.environ["RECOGFAST_MS_LOSS_PATH"] = path
     B = 64 if device == "cuda" else 2
     x = torch.randn(B, 64, 56, 56, device=device, dtype=dtype).to(memory_format=torch.channels_last)
     x.requires_grad_(True)
-    for name in ("cubs2", "se", "cubs1"):  # Block 2's passes first: the launch count cuts the end
+    for name in ("cubs2", "se", "cubs1"):  # Block 2's passes first
         fn, reset = _module_case(name, 64, x, "fused")
         reset()
         fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    print("ncu driver: cubs2, se, cubs1 fused fwd+bwd once each at", tuple(x.shape), dtype)
+    ms = ("flash, " if device == "cuda" else "") + ", ".join(str(d)[6:] for d in dtypes)
+    print(f"ncu driver: ms_loss ({ms}) at B={nb} D=512, then cubs2, se, cubs1 fused fwd+bwd once each at {tuple(x.shape)} {str(dtype)[6:]}")
 
 
 def main(argv=None) -> int:
