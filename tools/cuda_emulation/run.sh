@@ -32,7 +32,7 @@ PY=${PY:-$ROOT/.venv/bin/python}
 T=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 OUT=$ROOT/build/cuda_emulation
 mkdir -p "$OUT"
-for h in common channel_gate sample_stage se_gate_fused cubs_common cubs_channel_head cubs_channel_fused ms_loss_rows ms_loss_mma ms_loss_flash ms_loss_flash_gsmem ms_loss_flash_onepass ms_loss_flash_host cubs_spatial_passes cubs_spatial_pixels; do
+for h in common channel_gate sample_stage se_gate_fused cubs_common cubs_channel_head cubs_channel_fused ms_loss_rows ms_loss_mma ms_loss_flash_tile ms_loss_flash ms_loss_flash_gsmem ms_loss_flash_onepass ms_loss_flash_host cubs_spatial_passes cubs_spatial_pixels; do
   $PY transform.py "$ROOT/csrc/ops/cuda/$h.cuh" "$OUT/${h}_emu.h"
 done
 $PY transform.py "$ROOT/csrc/ops/cuda/se_gate_kernel.cu" "$OUT/se_emu.cpp" emu_se
