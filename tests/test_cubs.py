@@ -408,7 +408,8 @@ def test_spatial_fp32_gradients_within_twice_the_reference_seeded(device, fmt, s
 
 # Issue 25 (Block 1): (shape, gain, seed) draws whose fp32 output or gradients the CPU kernel put outside this bound
 # before the fix (tools/repro_b1.py; err / bound 1.3-1.8 at gain 1, 2.9-4.9 at x * 10, e.g. 2x256x2x2 seed 38 in
-# NCHW grad wk 4.4x the bound), all within 0.7 of it after.
+# NCHW grad wk 4.4x the bound), all within 0.7 of it after (one summation order of the reference, an AMD EPYC); with
+# the median over five orders (_reference_errors) within 0.55 on an Intel Xeon (2026-12-08).
 CHANNEL_SEEDED = [((4, 64, 7, 7, 32), 1.0, s) for s in (1, 18, 52)] + \
     [((2, 256, 2, 2, 128), 1.0, s) for s in (1, 6, 9)] + [((2, 256, 2, 2, 128), 10.0, s) for s in (0, 38, 60)]
 
