@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -44,8 +45,12 @@ def _module_case(name, C, x, impl):
     return (lambda: m(x).backward(gy)), reset
 
 
+FLASH = {"RECOGFAST_MS_LOSS_PATH": "flash"}  # the MS loss's flash path forced (the op reads it on every call)
+
+
 def _cases(device, small, impls=("fused", "reference")):
-    """(case name, impl, fn, reset) for each headline call; small: the rehearsal's shapes."""
+    """(case name, impl, fn, reset, env) for each headline call, env: the environment variables it runs under;
+    small: the rehearsal's shapes."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     shapes = {"se": (4, 64, 14) if small else (256, 64, 56), "cubs": (2, 64, 14) if small else (64, 64, 56)}
     for name in ("se", "cubs1", "cubs2", "cubs_serial12"):
@@ -54,7 +59,7 @@ def _cases(device, small, impls=("fused", "reference")):
         x.requires_grad_(True)
         for impl in impls:
             fn, reset = _module_case(name, C, x, impl)
-            yield f"{name} fwd+bwd {str(dtype)[6:]} B={B} {H}x{H}x{C}", impl, fn, reset
+            yield f"{name} fwd+bwd {str(dtype)[6:]} B={B} {H}x{H}x{C}", impl, fn, reset, {}
     # The MS loss on the path "auto" takes (the tiles path until the flash path is the default) and, on CUDA, on the
     # flash path forced ("fused-flash", as benchmarks/test_ms_loss_bench.py names it): its kernel table splits the
     # time between the forward passes and the backward (issue 26).
@@ -65,25 +70,9 @@ def _cases(device, small, impls=("fused", "reference")):
         def reset(e=e):
             e.grad = None
 
-        for impl, path in (("fused", None),) + ((("fused-flash", "flash"),) if device == "cuda" else ()):
+        for impl, env in (("fused", {}),) + ((("fused-flash", FLASH),) if device == "cuda" else ()):
             yield f"ms_loss fwd+bwd {str(dtype)[6:]} B={B} D=512", impl, (
-                lambda e=e, labels=labels, path=path: _on_path(path, lambda: ms_loss(e, labels, impl="fused").backward())
-            ), reset
-
-
-def _on_path(path, fn):
-    """fn() with RECOGFAST_MS_LOSS_PATH set to path (read on every call; None: as it is), then put back."""
-    if path is None:
-        return fn()
-    old = os.environ.get("RECOGFAST_MS_LOSS_PATH")
-    os.environ["RECOGFAST_MS_LOSS_PATH"] = path
-    try:
-        return fn()
-    finally:
-        if old is None:
-            os.environ.pop("RECOGFAST_MS_LOSS_PATH", None)
-        else:
-            os.environ["RECOGFAST_MS_LOSS_PATH"] = old
+                lambda e=e, labels=labels: ms_loss(e, labels, impl="fused").backward()), reset, env
 
 
 def _ms(fn, reset, device, n=10):
@@ -153,25 +142,26 @@ def _profile_rows(fn, reset, device):
 
 def run(device: str, small: bool) -> dict:
     out = dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu", cases=[])
-    for case, impl, fn, reset in _cases(device, small):
-        for _ in range(3):
-            reset()
-            fn()
-        rec = dict(case=case, impl=impl, eager_ms=_ms(fn, reset, device), graph_ms=None, graph_note="")
-        if device == "cuda":
-            try:
-                rec["graph_ms"] = _graph_ms(fn, reset)
-            except Exception as exc:  # noqa: BLE001  (a report, not a test: say why and go on)
-                rec["graph_note"] = f"capture failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-        else:
-            rec["graph_note"] = "CPU: no CUDA graphs"
-        rec["rows"], rec["launches"], rec["kernels"], rec["ops"], table = _profile_rows(fn, reset, device)
-        out["cases"].append(rec)
-        graph = "-" if rec["graph_ms"] is None else f"{rec['graph_ms']:.3f}"
-        print(f"\n=== {case} [{impl}]: eager {rec['eager_ms']:.3f} ms a call, CUDA-graph replay {graph} ms, "
-              f"{rec['launches']} launches, {rec['kernels']} GPU activities, {rec['ops']} dispatcher ops a fwd+bwd "
-              f"{rec['graph_note']}")
-        print(table)
+    for case, impl, fn, reset, env in _cases(device, small):
+        with mock.patch.dict(os.environ, env):  # set for the whole case, not inside the timed calls
+            for _ in range(3):
+                reset()
+                fn()
+            rec = dict(case=case, impl=impl, eager_ms=_ms(fn, reset, device), graph_ms=None, graph_note="")
+            if device == "cuda":
+                try:
+                    rec["graph_ms"] = _graph_ms(fn, reset)
+                except Exception as exc:  # noqa: BLE001  (a report, not a test: say why and go on)
+                    rec["graph_note"] = f"capture failed: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            else:
+                rec["graph_note"] = "CPU: no CUDA graphs"
+            rec["rows"], rec["launches"], rec["kernels"], rec["ops"], table = _profile_rows(fn, reset, device)
+            out["cases"].append(rec)
+            graph = "-" if rec["graph_ms"] is None else f"{rec['graph_ms']:.3f}"
+            print(f"\n=== {case} [{impl}]: eager {rec['eager_ms']:.3f} ms a call, CUDA-graph replay {graph} ms, "
+                  f"{rec['launches']} launches, {rec['kernels']} GPU activities, {rec['ops']} dispatcher ops a fwd+bwd "
+                  f"{rec['graph_note']}")
+            print(table)
     return out
 
 
@@ -211,9 +201,9 @@ def ncu_driver(device: str) -> None:
     nb = 8192 if device == "cuda" else 64
     labels = (torch.arange(nb, device=device) // 4)[torch.randperm(nb, device=device)]
     dtypes = list(dict.fromkeys((dtype, torch.float32)))  # fp32: torch's default, no TF32 for matmuls
-    for dt in dtypes:
-        e = torch.randn(nb, 512, device=device, dtype=dt, requires_grad=True)
-        _on_path("flash" if device == "cuda" else None, lambda: ms_loss(e, labels, impl="fused").backward())
+    with mock.patch.dict(os.environ, FLASH if device == "cuda" else {}):
+        for dt in dtypes:
+            ms_loss(torch.randn(nb, 512, device=device, dtype=dt, requires_grad=True), labels, impl="fused").backward()
     B = 64 if device == "cuda" else 2
     x = torch.randn(B, 64, 56, 56, device=device, dtype=dtype).to(memory_format=torch.channels_last)
     x.requires_grad_(True)
@@ -224,7 +214,8 @@ def ncu_driver(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
     ms = ("flash, " if device == "cuda" else "") + ", ".join(str(d)[6:] for d in dtypes)
-    print(f"ncu driver: ms_loss ({ms}) at B={nb} D=512, then cubs2, se, cubs1 fused fwd+bwd once each at {tuple(x.shape)} {str(dtype)[6:]}")
+    print(f"ncu driver: ms_loss ({ms}) at B={nb} D=512, then cubs2, se, cubs1 fused fwd+bwd once each at "
+          f"{tuple(x.shape)} {str(dtype)[6:]}")
 
 
 def main(argv=None) -> int:
