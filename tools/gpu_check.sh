@@ -301,6 +301,7 @@ bench_step compiled 180 "torch.compile default-mode peers" "$COMPILED" $PEER_FIL
 # utilisation and the shared-memory bank conflicts: the flash tiles' S product is predicted shared-memory bound (TF32,
 # bf16) or tensor bound (3xTF32; RESULTS.md), which these settle.
 NCU_KERNELS='regex:ms_flash_(fwd|gather|bwd)|se_gate|channel_gate|cubs_'
+NCU_REFUSED='ERR_NVGPUCTRPERM|LibraryNotLoaded|Failed to initialize the profiler'  # the not-permitted cases below
 NCU_WANT="sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active
   l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum"
 if [[ $GPU == 1 ]] && command -v ncu >/dev/null; then
@@ -315,7 +316,8 @@ if [[ $GPU == 1 ]] && command -v ncu >/dev/null; then
     metrics=\$(for m in $(echo $NCU_WANT); do grep -q \"^\${m%%.*} \" <<<\"\$avail\" && printf '%s,' \"\$m\"; done)
     echo \"extra metrics: \${metrics:-none}\" | tee '$OUT/logs/ncu_run.txt'
     if [[ -n \$metrics ]]; then run_ncu --metrics \"\${metrics%,}\"; else run_ncu; fi
-    if [[ -n \$metrics && ! -s '$OUT/logs/ncu.ncu-rep' ]] && ! grep -q ERR_NVGPUCTRPERM '$OUT/logs/ncu_run.txt'; then
+    if [[ -n \$metrics && ! -s '$OUT/logs/ncu.ncu-rep' ]] &&
+      ! grep -qE '$NCU_REFUSED' '$OUT/logs/ncu_run.txt'; then  # not when the profiler itself is refused (below)
       echo 'no report with the extra metrics: again without them' | tee -a '$OUT/logs/ncu_run.txt'; run_ncu
     fi
     if grep -q ERR_NVGPUCTRPERM '$OUT/logs/ncu_run.txt'; then

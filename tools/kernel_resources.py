@@ -77,10 +77,10 @@ def parse(text: str) -> list[dict]:
             continue
         m = re.match(r"\s*Function (\S+):\s*$", line)
         if m and i + 1 < len(lines):
-            r = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", lines[i + 1]))
+            r = dict(re.findall(r"(REG|STACK|SHARED):(\d+)", lines[i + 1]))
             if "REG" in r:
                 recs.append(dict(name=m.group(1), arch=arch, reg=int(r["REG"]), stack=int(r.get("STACK", 0)),
-                                 shared=int(r.get("SHARED", 0)), local=int(r.get("LOCAL", 0))))
+                                 shared=int(r.get("SHARED", 0))))
     for rec, d in zip(recs, _demangle([r["name"] for r in recs])):
         rec["short"] = short_kernel_name(d, 400)
     return recs
