@@ -159,15 +159,16 @@ def sample_inputs(which, device="cpu", dtype=torch.float64, grad=False, shapes=N
             yield make(*shape, dtype=dtype, device=device, memory_format=fmt, grad=grad)
 
 
+def output_and_grads(fn, args, grad_out=None):
+    """fn's output on fresh leaf copies of args and the gradients of its inputs (grad_out: ones if not given)."""
+    leaves = [a.detach().clone().requires_grad_(True) for a in args]
+    y = fn(*leaves)
+    return y, torch.autograd.grad(y, leaves, grad_out if grad_out is not None else torch.ones_like(y))
+
+
 def fused_and_reference(which, args, grad_out=None):
     """Outputs and input gradients of the fused op and of the reference on the same inputs."""
-    out = []
-    for fn in OPS[which][:2]:
-        leaves = [a.detach().clone().requires_grad_(True) for a in args]
-        y = fn(*leaves)
-        gy = grad_out if grad_out is not None else torch.ones_like(y)
-        out.append((y, torch.autograd.grad(y, leaves, gy)))
-    return out
+    return [output_and_grads(fn, args, grad_out) for fn in OPS[which][:2]]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -354,9 +355,8 @@ def _reference_reordered(which, args, gy, gen):
 
         def weights_back(g):
             return g[0][ic], g[1], g[2][ic], g[3], g[4][ic], g[5]
-    leaves = [t.detach().clone().requires_grad_(True) for t in [there(x).contiguous(memory_format=fmt), *weights]]
-    y = OPS[which][1](*leaves)
-    g = torch.autograd.grad(y, leaves, there(gy).contiguous(memory_format=fmt))
+    y, g = output_and_grads(OPS[which][1], [there(x).contiguous(memory_format=fmt), *weights],
+                            there(gy).contiguous(memory_format=fmt))
     return back(y), (back(g[0]), *weights_back(g[1:]))
 
 
