@@ -13,42 +13,10 @@
 #include <vector>
 
 #include "ops/cpu/parallel.h"
+#include "ops/cpu/simd.h"
 
 namespace recogfast {
 namespace cpu {
-
-// Sums with 16 independent partial sums: a single accumulator makes every add wait for the previous
-// one (4 cycles of latency each), which left these loops 4x slower than their loads. The inner k loop
-// compiles to four independent SIMD accumulators.
-constexpr int kLanes = 16;
-
-template <typename T, typename acc_t>
-inline acc_t sum_row(const T* a, int64_t n) {
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-#pragma omp simd
-    for (int k = 0; k < kLanes; ++k) part[k] += acc_t(a[i + k]);
-  }
-  acc_t s = 0;
-  for (; i < n; ++i) s += acc_t(a[i]);
-  for (int k = 0; k < kLanes; ++k) s += part[k];
-  return s;
-}
-
-template <typename T, typename U, typename acc_t>
-inline acc_t dot_row(const T* a, const U* b, int64_t n) {
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-#pragma omp simd
-    for (int k = 0; k < kLanes; ++k) part[k] += acc_t(a[i + k]) * acc_t(b[i + k]);
-  }
-  acc_t s = 0;
-  for (; i < n; ++i) s += acc_t(a[i]) * acc_t(b[i]);
-  for (int k = 0; k < kLanes; ++k) s += part[k];
-  return s;
-}
 
 // Long channel sums (HW = 3136 at 56x56; issue 25): fp32 lane sums of chunks of kPoolChunk elements, added in
 // double (acc_t float), so that only a chunk's terms share an fp32 rounding. acc_t double: plain double sums.

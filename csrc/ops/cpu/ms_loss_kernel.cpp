@@ -69,7 +69,7 @@ struct MSLossCPU : Candidates<T> {
   };
 
   // cache: also accumulate the reference set's share of the anchors' gradient (see Stats::cache).
-  Stats forward(bool cache) const {
+  Stats forward(bool cache) {
     Stats st;
     cache = cache && R > 0 && mining != Mining::kHardest;
     if (cache) {
@@ -87,6 +87,7 @@ struct MSLossCPU : Candidates<T> {
     st.arg_pos.assign(B, -1);
     st.arg_neg.assign(B, -1);
     const bool hardest = mining == Mining::kHardest;
+    if (!hardest) this->cache_small_blocks();  // P1 and P2 read the same blocks
 
     // P1: min_pos (first index on ties: members come in ascending order).
     for_each_positive_block([&](const int64_t* a, int64_t na, const int64_t* m, int64_t nmem, const T* S, bool big) {
@@ -286,20 +287,27 @@ struct MSLossCPU : Candidates<T> {
         }
       });
       if (!big) {
-        // One thread owns the whole group: accumulate directly.
+        // One thread owns the whole group: accumulate directly, each gradient row once over its nonzero weights
+        // (anchor rows: W's rows times the members; member rows: W's columns times the anchors).
+        std::vector<const T*> src(std::max(na, nmem));
+        std::vector<T> wk(std::max(na, nmem));
         for (int64_t r = 0; r < na; ++r) {
-          const T* ci = row(a[r]);
-          T* gi = gp + a[r] * D;
-          for (int64_t j = 0; j < nmem; ++j) {
-            const T w = W[r * nmem + j];
-            if (w == T(0)) continue;
-            const T* cj = row(m[j]);
-            for (int64_t d = 0; d < D; ++d) gi[d] += w * cj[d];
-            if (m[j] < GR) {
-              T* gj = gp + m[j] * D;
-              for (int64_t d = 0; d < D; ++d) gj[d] += w * ci[d];
+          int64_t n = 0;
+          for (int64_t j = 0; j < nmem; ++j)
+            if (W[r * nmem + j] != T(0)) {
+              src[n] = row(m[j]);
+              wk[n++] = W[r * nmem + j];
             }
-          }
+          add_weighted_rows(gp + a[r] * D, src.data(), wk.data(), n, D);
+        }
+        for (int64_t j = 0; j < nmem && m[j] < GR; ++j) {  // members in ascending order: kept rows first
+          int64_t n = 0;
+          for (int64_t r = 0; r < na; ++r)
+            if (W[r * nmem + j] != T(0)) {
+              src[n] = row(a[r]);
+              wk[n++] = W[r * nmem + j];
+            }
+          add_weighted_rows(gp + m[j] * D, src.data(), wk.data(), n, D);
         }
         return;
       }
@@ -336,10 +344,17 @@ struct MSLossCPU : Candidates<T> {
         if (local) any = true;
       });
       if (!any.load()) return;
-      add_rows(gp + i0 * D, mm(G, narrow(chat, 0, j0, tj)).template const_data_ptr<T>(), ti, D);
       if (symmetric && i0 == j0) {
-        add_rows(gp + i0 * D, as_contiguous(mm(transposed(G), narrow(chat, 0, i0, ti))).template const_data_ptr<T>(), ti, D);
-      } else if (j0 < GR) {
+        // A diagonal tile's anchors are its candidates: their gradient is (G + Gᵀ) c, one product.
+        parallel_for(0, ti, 8, [&](int64_t b, int64_t e) {
+          for (int64_t r = b; r < e; ++r)
+            for (int64_t k = r + 1; k < ti; ++k) g[r * ti + k] = g[k * ti + r] = g[r * ti + k] + g[k * ti + r];
+        });
+        add_rows(gp + i0 * D, mm(G, narrow(chat, 0, i0, ti)).template const_data_ptr<T>(), ti, D);
+        return;
+      }
+      add_rows(gp + i0 * D, mm(G, narrow(chat, 0, j0, tj)).template const_data_ptr<T>(), ti, D);
+      if (j0 < GR) {
         add_rows(gp + j0 * D, as_contiguous(mm(transposed(G), narrow(chat, 0, i0, ti))).template const_data_ptr<T>(),
                  std::min(tj, GR - j0), D);
       }
@@ -366,8 +381,7 @@ struct MSLossCPU : Candidates<T> {
         const T* gr = g + r * D;
         const T n = norms[row0 + r];
         if (n > T(kNormEps)) {
-          T dotp = 0;
-          for (int64_t d = 0; d < D; ++d) dotp += c[d] * gr[d];
+          const T dotp = dot_rows(c, gr, D);
           const T inv = T(1) / n;
           for (int64_t d = 0; d < D; ++d) o[r * D + d] = scalar_t((gr[d] - c[d] * dotp) * inv);
         } else {

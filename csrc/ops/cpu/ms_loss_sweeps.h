@@ -1,7 +1,8 @@
 // The element-wise sweeps of the CPU Multi-Similarity loss (ms_loss_kernel.cpp, its only includer): per tile
 // row, the negatives' maximum, the mined negatives' exp sums and the backward weights, in fp32 SIMD (GCC
 // vector extensions: AVX2 + FMA chosen at run time on x86-64, the generic vectors elsewhere) and fp64
-// scalar loops; and the running log-sum-exp helpers. Internal linkage: included by one translation unit.
+// scalar loops; the positive blocks' dot products and row updates (ms_loss_tiles.h), in the same SIMD; and
+// the running log-sum-exp helpers. Internal linkage: included by one translation unit.
 #pragma once
 
 #include <algorithm>
@@ -158,6 +159,68 @@ RF_INLINE bool neg_weights_impl(const T* s, const int32_t* clab, int64_t n, int3
   return any;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The positive blocks' products (ms_loss_tiles.h: label groups too small for aten::mm), D long.
+// dots: out[k] = <a, b[k]> for k < NB. float: one 8-lane accumulator a pair, NB pairs at a time (their
+// chains interleave and hide the add latency; a has one load per NB products), lanes added by hsum, then the
+// tail: a pair's value does not depend on NB or on which side is a, so S_ij == S_ji bit for bit and a
+// pair recomputed alone (dot) matches its block. double: scalar loops in the same order.
+template <int NB, typename T>
+RF_INLINE void dots_impl(const T* a, const T* const* b, int64_t D, T* out) {
+  int64_t d = 0;
+  T s[NB] = {};
+  if constexpr (std::is_same_v<T, float>) {
+    v8f acc[NB] = {};
+    for (; d + 8 <= D; d += 8) {
+      const v8f x = load8(a + d);
+      for (int k = 0; k < NB; ++k) acc[k] += x * load8(b[k] + d);
+    }
+    for (int k = 0; k < NB; ++k) s[k] = hsum(acc[k]);
+  }
+  for (int k = 0; k < NB; ++k) {
+    for (int64_t e = d; e < D; ++e) s[k] += a[e] * b[k][e];
+    out[k] = s[k];
+  }
+}
+
+// S[r * ld + j] = <rows[r], rows[j]> for r < na, j < n (rows: n pointers, the first na the anchors): the
+// anchors' block is symmetric, so only its upper triangle is multiplied.
+template <typename T>
+RF_INLINE void gram_impl(const T* const* rows, int64_t na, int64_t n, int64_t D, T* S, int64_t ld) {
+  for (int64_t r = 0; r < na; ++r) {
+    int64_t j = r;
+    for (; j + 4 <= n; j += 4) dots_impl<4, T>(rows[r], rows + j, D, S + r * ld + j);
+    for (; j < n; ++j) dots_impl<1, T>(rows[r], rows + j, D, S + r * ld + j);
+    for (j = 0; j < r; ++j) S[r * ld + j] = S[j * ld + r];
+  }
+}
+
+// y += sum_k w[k] x[k], k < n, four rows a pass over y (in k order: the same sum for the same rows and weights).
+template <typename T>
+RF_INLINE void add_weighted_rows_impl(T* y, const T* const* x, const T* w, int64_t n, int64_t D) {
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    const T *x0 = x[k], *x1 = x[k + 1], *x2 = x[k + 2], *x3 = x[k + 3];
+    const T w0 = w[k], w1 = w[k + 1], w2 = w[k + 2], w3 = w[k + 3];
+    int64_t d = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      for (; d + 8 <= D; d += 8)
+        store8(y + d, load8(y + d) + load8(x0 + d) * w0 + load8(x1 + d) * w1 + load8(x2 + d) * w2 +
+                          load8(x3 + d) * w3);
+    }
+    for (; d < D; ++d) y[d] = y[d] + x0[d] * w0 + x1[d] * w1 + x2[d] * w2 + x3[d] * w3;
+  }
+  for (; k < n; ++k) {
+    const T* xk = x[k];
+    const T wk = w[k];
+    int64_t d = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      for (; d + 8 <= D; d += 8) store8(y + d, load8(y + d) + load8(xk + d) * wk);
+    }
+    for (; d < D; ++d) y[d] += xk[d] * wk;
+  }
+}
+
 // The float sweeps again, compiled for AVX2 + FMA and chosen at run time where the CPU has them (simd.h;
 // x86-64 only: elsewhere the generic vector code above is all there is).
 #if RECOGFAST_X86_DISPATCH
@@ -180,6 +243,18 @@ RF_AVX2 bool neg_weights_avx2(const float* s, const int32_t* clab, int64_t n, in
                               float beta, float base, float logz, float scale, const float* col_thr,
                               const float* col_logz, float* g) {
   return neg_weights_impl<float>(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
+}
+
+RF_AVX2 void gram_avx2(const float* const* rows, int64_t na, int64_t n, int64_t D, float* S, int64_t ld) {
+  gram_impl<float>(rows, na, n, D, S, ld);
+}
+RF_AVX2 float dot_avx2(const float* a, const float* b, int64_t D) {
+  float s;
+  dots_impl<1, float>(a, &b, D, &s);
+  return s;
+}
+RF_AVX2 void add_weighted_rows_avx2(float* y, const float* const* x, const float* w, int64_t n, int64_t D) {
+  add_weighted_rows_impl<float>(y, x, w, n, D);
 }
 
 #define RF_IF_AVX2(call)                   \
@@ -215,6 +290,24 @@ bool neg_weights(const T* s, const int32_t* clab, int64_t n, int32_t rl, T eps, 
                  const T* col_thr, const T* col_logz, T* g) {
   RF_IF_AVX2(neg_weights_avx2(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g))
   return neg_weights_impl<T>(s, clab, n, rl, eps, thr, beta, base, logz, scale, col_thr, col_logz, g);
+}
+
+template <typename T>
+void gram(const T* const* rows, int64_t na, int64_t n, int64_t D, T* S, int64_t ld) {
+  RF_IF_AVX2(gram_avx2(rows, na, n, D, S, ld))
+  gram_impl<T>(rows, na, n, D, S, ld);
+}
+template <typename T>
+T dot_rows(const T* a, const T* b, int64_t D) {
+  RF_IF_AVX2(dot_avx2(a, b, D))
+  T s;
+  dots_impl<1, T>(a, &b, D, &s);
+  return s;
+}
+template <typename T>
+void add_weighted_rows(T* y, const T* const* x, const T* w, int64_t n, int64_t D) {
+  RF_IF_AVX2(add_weighted_rows_avx2(y, x, w, n, D))
+  add_weighted_rows_impl<T>(y, x, w, n, D);
 }
 
 // log(1 + exp(a)) without overflow.

@@ -13,6 +13,7 @@
 #include <optional>
 #include <vector>
 
+#include "ops/cpu/ms_loss_sweeps.h"
 #include "ops/stable.h"
 
 namespace recogfast {
@@ -32,6 +33,11 @@ struct Candidates {
   Tensor order;                // [M] int64: candidates sorted by (group, index)
   std::vector<int64_t> gstart;     // members of group g: order[gstart[g], gstart[g + 1])
   std::vector<int64_t> ganchors;   // number of anchors (index < B) in group g: a prefix of its members
+  const T* cdata = nullptr;        // chat's data (read through the stable ABI once, not per row)
+  // cache_small_blocks(): the small groups' similarity blocks, kept for the passes after the first (the forward's
+  // P2 after P1): small_block[small_offset[g]...] is group g's [anchors x members] block; empty when not kept.
+  std::vector<T> small_block;
+  std::vector<int64_t> small_offset;
 
   template <typename scalar_t>
   void normalise(const Tensor& x_, int64_t row0, const char* name) {
@@ -43,8 +49,8 @@ struct Candidates {
     parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const scalar_t* xr = xp + r * D;
-        double ss = 0;  // double: no overflow of the squares of finite fp32 values
-        for (int64_t d = 0; d < D; ++d) ss += double(xr[d]) * double(xr[d]);
+        // double: no overflow of the squares of finite fp32 values
+        const double ss = cpu::dot_row<scalar_t, scalar_t, double>(xr, xr, D);
         if (!std::isfinite(ss)) bad = true;
         const double nrm = std::sqrt(ss);
         norms[row0 + r] = T(nrm);
@@ -93,17 +99,39 @@ struct Candidates {
       if (ord[k] < B) ++ganchors.back();
     }
     gstart.push_back(M);
+    cdata = chat.const_data_ptr<T>();
   }
 
-  const T* row(int64_t i) const { return chat.const_data_ptr<T>() + i * D; }
+  const T* row(int64_t i) const { return cdata + i * D; }
 
-  T dot(int64_t i, int64_t j) const {
-    const T* a = row(i);
-    const T* b = row(j);
-    T s = 0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t d = 0; d < D; ++d) s += a[d] * b[d];
-    return s;
+  // The one dot product of the positive pairs (ms_loss_sweeps.h dots_impl): the same bits as in their blocks.
+  T dot(int64_t i, int64_t j) const { return dot_rows(row(i), row(j), D); }
+
+  // Group g's [anchors x members] similarity block into S (row-major, nm columns).
+  void small_gram(int64_t g, T* S) const {
+    const int64_t* m = order.const_data_ptr<int64_t>() + gstart[g];
+    const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
+    std::vector<const T*> rows(nm);
+    for (int64_t j = 0; j < nm; ++j) rows[j] = row(m[j]);
+    gram(rows.data(), na, nm, D, S, nm);
+  }
+
+  bool small_group(int64_t g) const {
+    const int64_t nm = gstart[g + 1] - gstart[g];
+    return ganchors[g] > 0 && nm >= 2 && nm <= kSmallGroup;
+  }
+
+  // Computes and keeps every small group's block (at most B x kSmallGroup values), for the passes that follow.
+  void cache_small_blocks() {
+    const int64_t G = int64_t(ganchors.size());
+    small_offset.assign(G + 1, 0);
+    for (int64_t g = 0; g < G; ++g)
+      small_offset[g + 1] = small_offset[g] + (small_group(g) ? ganchors[g] * (gstart[g + 1] - gstart[g]) : 0);
+    small_block.resize(small_offset[G]);
+    parallel_for(0, G, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t g = begin; g < end; ++g)
+        if (small_group(g)) small_gram(g, small_block.data() + small_offset[g]);
+    });
   }
 
   // Calls fn(anchor ids, na, member ids, nm, S [na x nm] row-major, big) for every block of positive
@@ -120,16 +148,21 @@ struct Candidates {
       (nm <= kSmallGroup ? small : big).push_back(g);
     }
     const int64_t* ord = order.const_data_ptr<int64_t>();
+    const bool cached = !small_offset.empty();
     parallel_for(0, int64_t(small.size()), 4, [&](int64_t begin, int64_t end) {
       std::vector<T> S;
       for (int64_t k = begin; k < end; ++k) {
         const int64_t g = small[k];
-        const int64_t* m = ord + gstart[g];
         const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
-        S.resize(na * nm);
-        for (int64_t a = 0; a < na; ++a)
-          for (int64_t j = 0; j < nm; ++j) S[a * nm + j] = dot(m[a], m[j]);
-        fn(m, na, m, nm, S.data(), false);
+        const T* block = nullptr;
+        if (cached) {
+          block = small_block.data() + small_offset[g];
+        } else {
+          S.resize(na * nm);
+          small_gram(g, S.data());
+          block = S.data();
+        }
+        fn(ord + gstart[g], na, ord + gstart[g], nm, block, false);
       }
     });
     for (const int64_t g : big) {
