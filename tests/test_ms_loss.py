@@ -80,8 +80,9 @@ def test_matches_reference_float64(device, mining):
 @pytest.mark.parametrize("mining", MINING)
 def test_large_groups_and_many_tiles_match_reference(device, mining):
     # 600 rows: several 256-row tiles, label groups above the direct-dot-product size, and a reference set
-    # spanning more than one reference tile.
-    for B, m, R in [(600, 150, 0), (300, 4, 1500), (513, 1, 0)]:
+    # spanning more than one reference tile; 520 rows in small groups (their blocks kept from P1 for P2). Batches of
+    # one tile (B <= 256, no reference set) read every pair from one resident S instead: the other tests.
+    for B, m, R in [(600, 150, 0), (300, 4, 1500), (513, 1, 0), (520, 4, 0)]:
         case = make_case(B, 16, m_per_class(B, m, device), R=R, n_ref_classes=B // m, device=device)
         (l, g), (l_ref, g_ref) = (value_and_grads(fn, *case, mining) for fn in (fused, reference))
         torch.testing.assert_close(l, l_ref, rtol=1e-12, atol=1e-14)
@@ -119,6 +120,7 @@ def test_low_precision_error_within_twice_the_reference(device, dtype, mining):
     dtype and a few fp32 rounding units of S amplified by beta (dL/dS ~ beta exp(beta (S - base)) / Z): both
     accumulate in fp32, and which of them rounds a given S up or down is luck."""
     for case in [make_case(128, 64, m_per_class(128, 4, device), device=device),
+                 make_case(300, 64, m_per_class(300, 4, device), device=device),  # tiles (above: one resident S)
                  make_case(64, 32, m_per_class(64, 8, device), R=96, device=device)]:
         low = [t.to(dtype) if t is not None and t.is_floating_point() else t for t in case]
         as64 = [t.double() if t is not None and t.is_floating_point() else t for t in low]

@@ -87,6 +87,7 @@ struct MSLossCPU : Candidates<T> {
     st.arg_pos.assign(B, -1);
     st.arg_neg.assign(B, -1);
     const bool hardest = mining == Mining::kHardest;
+    this->make_resident();
     if (!hardest) this->cache_small_blocks();  // P1 and P2 read the same blocks
 
     // P1: min_pos (first index on ties: members come in ascending order).
@@ -239,7 +240,7 @@ struct MSLossCPU : Candidates<T> {
   // ------------------------------------------------------------------------------ backward
   // Returns dL/d(normalised candidates), [B or M, D] (M rows when the reference set needs its gradient).
   // cache: the forward pass's Stats::cache ([B, D]) or empty; when given, the reference-set tiles are skipped.
-  Tensor backward(T scale, const T* stats, const int64_t* hard_idx, bool ref_grad, const Tensor& cache) const {
+  Tensor backward(T scale, const T* stats, const int64_t* hard_idx, bool ref_grad, const Tensor& cache) {
     const int64_t GR = ref_grad ? M : B;  // rows of the gradient that are kept
     Tensor gall = zeros_as(chat, {GR, D});
     T* gp = gall.mutable_data_ptr<T>();
@@ -274,17 +275,17 @@ struct MSLossCPU : Candidates<T> {
       return gall;
     }
 
-    // Positives.
+    // Positives. With a resident S (make_resident) their weights go into its one tile's G below instead.
     const T neg_alpha = -alpha;
-    for_each_positive_block([&](const int64_t* a, int64_t na, const int64_t* m, int64_t nmem, const T* S, bool big) {
+    auto pos_weight = [&](int64_t i, int64_t mj, T s) {
+      if (mj == i || !(mining == Mining::kAll || s - eps < max_neg(i))) return T(0);
+      return -scale * exp_poly(neg_alpha * (s - base) - log_z_pos(i));
+    };
+    this->make_resident();
+    if (!this->rdata) for_each_positive_block([&](const int64_t* a, int64_t na, const int64_t* m, int64_t nmem, const T* S, bool big) {
       std::vector<T> W(na * nmem, T(0));
       rows(big, na, [&](int64_t r) {
-        const int64_t i = a[r];
-        for (int64_t j = 0; j < nmem; ++j) {
-          const T s = S[r * nmem + j];
-          if (m[j] == i || !(mining == Mining::kAll || s - eps < max_neg(i))) continue;
-          W[r * nmem + j] = -scale * exp_poly(neg_alpha * (s - base) - log_z_pos(i));
-        }
+        for (int64_t j = 0; j < nmem; ++j) W[r * nmem + j] = pos_weight(a[r], m[j], S[r * nmem + j]);
       });
       if (!big) {
         // One thread owns the whole group: accumulate directly, each gradient row once over its nonzero weights
@@ -343,6 +344,19 @@ struct MSLossCPU : Candidates<T> {
         }
         if (local) any = true;
       });
+      if (this->rdata) {  // the resident tile (all of B x B): the positives' weights too, each anchor's row its own
+        for_each_positive_block([&](const int64_t* a, int64_t na, const int64_t* m, int64_t nmem, const T* S, bool big) {
+          rows(big, na, [&](int64_t r) {
+            bool local = false;
+            for (int64_t j = 0; j < nmem; ++j) {
+              const T w = pos_weight(a[r], m[j], S[r * nmem + j]);
+              g[a[r] * tj + m[j]] = w;
+              local |= w != T(0);
+            }
+            if (local) any = true;
+          });
+        });
+      }
       if (!any.load()) return;
       if (symmetric && i0 == j0) {
         // A diagonal tile's anchors are its candidates: their gradient is (G + Gᵀ) c, one product.

@@ -38,6 +38,17 @@ struct Candidates {
   // P2 after P1): small_block[small_offset[g]...] is group g's [anchors x members] block; empty when not kept.
   std::vector<T> small_block;
   std::vector<int64_t> small_offset;
+  // make_resident(): a batch of one tile (no reference set, B <= kTile) forms S = c cᵀ ([B, B]) once a pass, the
+  // product its negative pass's one tile would form anyway, and reads the positive blocks from it: no products of
+  // their own, and each pass sees the same bits for a pair, positive or negative.
+  Tensor resident;
+  const T* rdata = nullptr;
+
+  void make_resident() {
+    if (R != 0 || B > kTile || rdata) return;
+    resident = as_contiguous(mm(chat, transposed(chat)));
+    rdata = resident.template const_data_ptr<T>();
+  }
 
   template <typename scalar_t>
   void normalise(const Tensor& x_, int64_t row0, const char* name) {
@@ -123,6 +134,7 @@ struct Candidates {
 
   // Computes and keeps every small group's block (at most B x kSmallGroup values), for the passes that follow.
   void cache_small_blocks() {
+    if (rdata) return;  // read from the resident S instead
     const int64_t G = int64_t(ganchors.size());
     small_offset.assign(G + 1, 0);
     for (int64_t g = 0; g < G; ++g)
@@ -149,23 +161,33 @@ struct Candidates {
     }
     const int64_t* ord = order.const_data_ptr<int64_t>();
     const bool cached = !small_offset.empty();
+    // Group g's block: gathered from the resident S, kept from an earlier pass, or multiplied now.
+    auto block_of = [&](int64_t g, std::vector<T>& S) -> const T* {
+      const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
+      if (cached && !rdata) return small_block.data() + small_offset[g];
+      S.resize(na * nm);
+      if (rdata) {
+        const int64_t* m = ord + gstart[g];
+        for (int64_t a = 0; a < na; ++a)
+          for (int64_t j = 0; j < nm; ++j) S[a * nm + j] = rdata[m[a] * B + m[j]];
+      } else {
+        small_gram(g, S.data());
+      }
+      return S.data();
+    };
     parallel_for(0, int64_t(small.size()), 4, [&](int64_t begin, int64_t end) {
       std::vector<T> S;
       for (int64_t k = begin; k < end; ++k) {
         const int64_t g = small[k];
-        const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
-        const T* block = nullptr;
-        if (cached) {
-          block = small_block.data() + small_offset[g];
-        } else {
-          S.resize(na * nm);
-          small_gram(g, S.data());
-          block = S.data();
-        }
-        fn(ord + gstart[g], na, ord + gstart[g], nm, block, false);
+        fn(ord + gstart[g], ganchors[g], ord + gstart[g], gstart[g + 1] - gstart[g], block_of(g, S), false);
       }
     });
     for (const int64_t g : big) {
+      if (rdata) {
+        std::vector<T> S;
+        fn(ord + gstart[g], ganchors[g], ord + gstart[g], gstart[g + 1] - gstart[g], block_of(g, S), true);
+        continue;
+      }
       const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
       for (int64_t a0 = 0; a0 < na; a0 += kTile) {
         const int64_t ta = std::min(kTile, na - a0);
@@ -204,6 +226,10 @@ struct Candidates {
       int64_t i0, ti, j0, tj;
       bool symmetric;
     };
+    if (rdata) {  // one tile, already formed
+      tile(0, B, 0, B, rdata, true);
+      return;
+    }
     const int64_t nb = (B + kTile - 1) / kTile, nr = (R + kRefTile - 1) / kRefTile;
     auto sym = [&](int64_t I, int64_t J) {
       return Task{I * kTile, std::min(kTile, B - I * kTile), J * kTile, std::min(kTile, B - J * kTile), true};
