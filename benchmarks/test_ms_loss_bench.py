@@ -137,6 +137,34 @@ def test_ms_loss_fwd_bwd(benchmark, device, size, impl):
         benchmark.extra_info["extra_peak_mb"] = _cuda_extra_peak_mb(step)
 
 
+# CPU, the class size: a batch of one tile (B <= 256, no reference set) forms S once a pass and reads its positive
+# pairs from it; a larger batch multiplies its label groups' blocks (direct SIMD dot products up to 64 a group, aten::mm
+# above) beside the negative tiles, so large classes add work there. The dense peers do the same work at any class size.
+CLASS_SIZES = [(256, 4), (256, 32), (256, 128), (1024, 32)]
+
+
+@pytest.mark.parametrize("case", range(len(CLASS_SIZES)), ids=lambda i: "B{}_m{}".format(*CLASS_SIZES[i]))
+@pytest.mark.parametrize("impl", ["fused", "dense", "compiled"])
+def test_ms_loss_fwd_bwd_class_sizes(benchmark, case, impl):
+    B, m = CLASS_SIZES[case]
+    key = ("class_sizes", impl, B, m)
+    if impl in COMPILE_MODES and key not in _compiled:
+        _compiled[key] = compile_peer(ms_loss_reference, impl, "cpu")
+    loss = {"fused": functools.partial(ms_loss, impl="fused"), "dense": ms_loss_reference}.get(impl) or _compiled[key]
+    torch.manual_seed(0)
+    e = torch.randn(B, D, requires_grad=True)
+    labels = (torch.arange(B) // m)[torch.randperm(B)]
+
+    def step():
+        loss(e, labels).backward()
+    flops = 3 * B * B * D
+    run_benchmark(benchmark, step, device="cpu", group=f"ms_loss fwd+bwd cpu fp32 B={B} D={D} {m} a class",
+                  impl=impl, floor_seconds=flops / gemm_flops("cpu"),
+                  floor_what=f"{flops / 1e9:.2f} GFLOP of matrix products at the measured "
+                             f"{gemm_flops('cpu') / 1e9:.0f} GFLOP/s fp32 GEMM rate",
+                  rounds=20, reset=grad_reset(e))
+
+
 def _cuda_extra_peak_mb(step) -> float:
     """Peak CUDA memory one warmed-up `step()` allocates beyond what was allocated before it, in MiB."""
     step()

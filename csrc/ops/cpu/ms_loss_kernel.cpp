@@ -3,7 +3,8 @@
 // Candidates are the B anchors followed by the R reference rows (M = B + R), all L2-normalised into
 // one [M, D] buffer in the accumulation dtype (float32; float64 for float64 input). Positive pairs
 // share a label, so they are found through label groups (candidates sorted by label) and computed
-// group by group: small groups with direct dot products, large ones in gathered tiles with aten::mm.
+// group by group: small groups (or few anchors) with direct SIMD dot products, large ones in gathered tiles with
+// aten::mm; a batch of one tile (B <= 256, no reference set) reads them from its one S instead (make_resident).
 // Negative pairs are everything else and are reduced from tiles of S = e·cᵀ:
 //
 //   P1  positives:  min_pos per anchor (the "ms" negative threshold; the "hardest" positive)

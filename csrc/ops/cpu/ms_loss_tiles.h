@@ -21,7 +21,10 @@ namespace {
 
 constexpr int64_t kTile = 256;        // rows and columns of a batch x batch tile (256 KB in fp32)
 constexpr int64_t kRefTile = 1024;    // columns of a batch x reference-set tile
-constexpr int64_t kSmallGroup = 64;   // label groups up to this size use direct dot products
+constexpr int64_t kSmallGroup = 64;   // label groups up to this size use direct dot products ...
+constexpr int64_t kFewAnchors = 16;   // ... and so do groups with this few anchors, whatever their size: a gather of
+                                      // the members for aten::mm costs about 16 direct dot products a member
+constexpr int64_t kBlockCache = int64_t(1) << 22;  // the most values cache_small_blocks keeps (16 MB in fp32)
 constexpr double kNormEps = 1e-12;    // as torch.nn.functional.normalize
 
 template <typename T>
@@ -127,18 +130,22 @@ struct Candidates {
     gram(rows.data(), na, nm, D, S, nm);
   }
 
+  bool has_positives(int64_t g) const { return ganchors[g] > 0 && gstart[g + 1] - gstart[g] >= 2; }
   bool small_group(int64_t g) const {
-    const int64_t nm = gstart[g + 1] - gstart[g];
-    return ganchors[g] > 0 && nm >= 2 && nm <= kSmallGroup;
+    return has_positives(g) && (gstart[g + 1] - gstart[g] <= kSmallGroup || ganchors[g] <= kFewAnchors);
   }
 
-  // Computes and keeps every small group's block (at most B x kSmallGroup values), for the passes that follow.
+  // Computes and keeps every small group's block for the passes that follow, when they hold at most kBlockCache values.
   void cache_small_blocks() {
     if (rdata) return;  // read from the resident S instead
     const int64_t G = int64_t(ganchors.size());
     small_offset.assign(G + 1, 0);
     for (int64_t g = 0; g < G; ++g)
       small_offset[g + 1] = small_offset[g] + (small_group(g) ? ganchors[g] * (gstart[g + 1] - gstart[g]) : 0);
+    if (small_offset[G] > kBlockCache) {
+      small_offset.clear();  // recomputed in each pass instead
+      return;
+    }
     small_block.resize(small_offset[G]);
     parallel_for(0, G, 4, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g)
@@ -154,11 +161,8 @@ struct Candidates {
   void for_each_positive_block(const Fn& fn) const {
     const int64_t G = int64_t(ganchors.size());
     std::vector<int64_t> small, big;
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t nm = gstart[g + 1] - gstart[g];
-      if (ganchors[g] == 0 || nm < 2) continue;
-      (nm <= kSmallGroup ? small : big).push_back(g);
-    }
+    for (int64_t g = 0; g < G; ++g)
+      if (has_positives(g)) (small_group(g) ? small : big).push_back(g);
     const int64_t* ord = order.const_data_ptr<int64_t>();
     const bool cached = !small_offset.empty();
     // Group g's block: gathered from the resident S, kept from an earlier pass, or multiplied now.
