@@ -1,7 +1,8 @@
 """Multi-Similarity loss, forward + backward: the fused op vs pytorch-metric-learning
 (MultiSimilarityMiner + MultiSimilarityLoss) vs the dense PyTorch reference, eager and under torch.compile
 (default mode, "compiled"; max-autotune, "compiled_maxautotune", CUDA only), D = 512, M-per-class batches
-(4 images a class), with and without a cross-batch memory as the reference set.
+(4 images a class), with and without a cross-batch memory as the reference set; on the CPU also at several class
+sizes (`test_ms_loss_fwd_bwd_class_sizes`: the kernel's positive pairs take their own path, the dense peers do not care).
 
 The compiled peers compile `ms_loss_reference` (the forward; the backward goes through AOT autograd), one object
 per shape and mode. torch._dynamo.explain traces it ("ms" mining, with and without a reference set) as one graph with
@@ -143,9 +144,10 @@ def test_ms_loss_fwd_bwd(benchmark, device, size, impl):
 CLASS_SIZES = [(256, 4), (256, 32), (256, 128), (1024, 32)]
 
 
+@pytest.mark.parametrize("device", ["cpu"])  # the id says so, for -k cpu / -k cuda selections
 @pytest.mark.parametrize("case", range(len(CLASS_SIZES)), ids=lambda i: "B{}_m{}".format(*CLASS_SIZES[i]))
 @pytest.mark.parametrize("impl", ["fused", "dense", "compiled"])
-def test_ms_loss_fwd_bwd_class_sizes(benchmark, case, impl):
+def test_ms_loss_fwd_bwd_class_sizes(benchmark, device, case, impl):
     B, m = CLASS_SIZES[case]
     key = ("class_sizes", impl, B, m)
     if impl in COMPILE_MODES and key not in _compiled:
