@@ -293,24 +293,20 @@ struct MSLossCPU : Candidates<T> {
         // (anchor rows: W's rows times the members; member rows: W's columns times the anchors).
         std::vector<const T*> src(std::max(na, nmem));
         std::vector<T> wk(std::max(na, nmem));
-        for (int64_t r = 0; r < na; ++r) {
-          int64_t n = 0;
-          for (int64_t j = 0; j < nmem; ++j)
-            if (W[r * nmem + j] != T(0)) {
-              src[n] = row(m[j]);
-              wk[n++] = W[r * nmem + j];
+        // gradient row dst += sum over k < n of w(k) row(id(k)), zero weights skipped
+        auto add_nonzero = [&](int64_t dst, int64_t n, const auto& id, const auto& w) {
+          int64_t cnt = 0;
+          for (int64_t k = 0; k < n; ++k)
+            if (w(k) != T(0)) {
+              src[cnt] = row(id(k));
+              wk[cnt++] = w(k);
             }
-          add_weighted_rows(gp + a[r] * D, src.data(), wk.data(), n, D);
-        }
-        for (int64_t j = 0; j < nmem && m[j] < GR; ++j) {  // members in ascending order: kept rows first
-          int64_t n = 0;
-          for (int64_t r = 0; r < na; ++r)
-            if (W[r * nmem + j] != T(0)) {
-              src[n] = row(a[r]);
-              wk[n++] = W[r * nmem + j];
-            }
-          add_weighted_rows(gp + m[j] * D, src.data(), wk.data(), n, D);
-        }
+          add_weighted_rows(gp + dst * D, src.data(), wk.data(), cnt, D);
+        };
+        for (int64_t r = 0; r < na; ++r)
+          add_nonzero(a[r], nmem, [&](int64_t j) { return m[j]; }, [&](int64_t j) { return W[r * nmem + j]; });
+        for (int64_t j = 0; j < nmem && m[j] < GR; ++j)  // members in ascending order: kept rows first
+          add_nonzero(m[j], na, [&](int64_t r) { return a[r]; }, [&](int64_t r) { return W[r * nmem + j]; });
         return;
       }
       const Tensor Wt = host_view(W.data(), {na, nmem}, chat.scalar_type());
