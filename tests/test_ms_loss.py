@@ -80,9 +80,11 @@ def test_matches_reference_float64(device, mining):
 @pytest.mark.parametrize("mining", MINING)
 def test_large_groups_and_many_tiles_match_reference(device, mining):
     # 600 rows: several 256-row tiles, label groups above the direct-dot-product size, and a reference set
-    # spanning more than one reference tile; 520 rows in small groups (their blocks kept from P1 for P2). Batches of
-    # one tile (B <= 256, no reference set) read every pair from one resident S instead: the other tests.
-    for B, m, R in [(600, 150, 0), (300, 4, 1500), (513, 1, 0), (520, 4, 0)]:
+    # spanning more than one reference tile; 520 rows in small groups (their blocks kept from P1 for P2); large groups
+    # with a reference set: 100 anchors against ~600 members (one chunk), and one class of 300 anchors against 1300
+    # members (2 x 2 chunks of aten::mm, copied into the forward's block cache). Batches of one tile (B <= 256, no
+    # reference set) read every pair from one resident S instead: the other tests.
+    for B, m, R in [(600, 150, 0), (300, 4, 1500), (513, 1, 0), (520, 4, 0), (300, 100, 1500), (300, 300, 1000)]:
         case = make_case(B, 16, m_per_class(B, m, device), R=R, n_ref_classes=B // m, device=device)
         (l, g), (l_ref, g_ref) = (value_and_grads(fn, *case, mining) for fn in (fused, reference))
         torch.testing.assert_close(l, l_ref, rtol=1e-12, atol=1e-14)

@@ -89,7 +89,7 @@ struct MSLossCPU : Candidates<T> {
     st.arg_neg.assign(B, -1);
     const bool hardest = mining == Mining::kHardest;
     this->make_resident();
-    if (!hardest) this->cache_small_blocks();  // P1 and P2 read the same blocks
+    if (!hardest) this->cache_blocks();  // P1 and P2 read the same blocks
 
     // P1: min_pos (first index on ties: members come in ascending order).
     for_each_positive_block([&](const int64_t* a, int64_t na, const int64_t* m, int64_t nmem, const T* S, bool big) {
@@ -311,8 +311,17 @@ struct MSLossCPU : Candidates<T> {
       }
       const Tensor Wt = host_view(W.data(), {na, nmem}, chat.scalar_type());
       const Tensor aidx = host_view(const_cast<int64_t*>(a), {na}, kLong);
+      const Tensor A = index_select(chat, 0, aidx);
+      if (a == m && na == nmem) {  // a square chunk (Candidates::big_chunks): both sides in one product, (W + Wᵀ) c
+        parallel_for(0, na, 8, [&](int64_t b, int64_t e) {
+          for (int64_t r = b; r < e; ++r)
+            for (int64_t k = r + 1; k < na; ++k) W[r * na + k] = W[k * na + r] = W[r * na + k] + W[k * na + r];
+        });
+        index_add_rows(gp, a, na, mm(Wt, A).template const_data_ptr<T>(), D);
+        return;
+      }
       const Tensor midx = host_view(const_cast<int64_t*>(m), {nmem}, kLong);
-      const Tensor A = index_select(chat, 0, aidx), Cm = index_select(chat, 0, midx);
+      const Tensor Cm = index_select(chat, 0, midx);
       index_add_rows(gp, a, na, mm(Wt, Cm).template const_data_ptr<T>(), D);
       // Members are in ascending index order, so those with a kept gradient row are a prefix.
       const int64_t keep = std::lower_bound(m, m + nmem, GR) - m;

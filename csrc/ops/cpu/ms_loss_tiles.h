@@ -24,7 +24,7 @@ constexpr int64_t kRefTile = 1024;    // columns of a batch x reference-set tile
 constexpr int64_t kSmallGroup = 64;   // label groups up to this size use direct dot products ...
 constexpr int64_t kFewAnchors = 16;   // ... and so do groups with this few anchors, whatever their size: a gather of
                                       // the members for aten::mm costs about 16 direct dot products a member
-constexpr int64_t kBlockCache = int64_t(1) << 22;  // the most values cache_small_blocks keeps (16 MB in fp32)
+constexpr int64_t kBlockCache = int64_t(1) << 22;  // the most values cache_blocks keeps (16 MB in fp32)
 constexpr double kNormEps = 1e-12;    // as torch.nn.functional.normalize
 
 template <typename T>
@@ -37,10 +37,10 @@ struct Candidates {
   std::vector<int64_t> gstart;     // members of group g: order[gstart[g], gstart[g + 1])
   std::vector<int64_t> ganchors;   // number of anchors (index < B) in group g: a prefix of its members
   const T* cdata = nullptr;        // chat's data (read through the stable ABI once, not per row)
-  // cache_small_blocks(): the small groups' similarity blocks, kept for the passes after the first (the forward's
-  // P2 after P1): small_block[small_offset[g]...] is group g's [anchors x members] block; empty when not kept.
-  std::vector<T> small_block;
-  std::vector<int64_t> small_offset;
+  // cache_blocks(): every group's similarity block, kept for the passes after the first (the forward's P2 after P1):
+  // block_cache[block_offset[g]...] is group g's [anchors x members] block; empty when not kept.
+  std::vector<T> block_cache;
+  std::vector<int64_t> block_offset;
   // make_resident(): a batch of one tile (no reference set, B <= kTile) forms S = c cᵀ ([B, B]) once a pass, the
   // product its negative pass's one tile would form anyway, and reads the positive blocks from it: no products of
   // their own, and each pass sees the same bits for a pair, positive or negative.
@@ -135,22 +135,51 @@ struct Candidates {
     return has_positives(g) && (gstart[g + 1] - gstart[g] <= kSmallGroup || ganchors[g] <= kFewAnchors);
   }
 
-  // Computes and keeps every small group's block for the passes that follow, when they hold at most kBlockCache values.
-  void cache_small_blocks() {
+  // Computes and keeps every group's block for the passes that follow, when they hold at most kBlockCache values.
+  // A large group's block is formed chunk by chunk as big_chunks() forms it, so a pass that recomputes it (the
+  // backward) sees the same bits.
+  void cache_blocks() {
     if (rdata) return;  // read from the resident S instead
     const int64_t G = int64_t(ganchors.size());
-    small_offset.assign(G + 1, 0);
+    block_offset.assign(G + 1, 0);
     for (int64_t g = 0; g < G; ++g)
-      small_offset[g + 1] = small_offset[g] + (small_group(g) ? ganchors[g] * (gstart[g + 1] - gstart[g]) : 0);
-    if (small_offset[G] > kBlockCache) {
-      small_offset.clear();  // recomputed in each pass instead
+      block_offset[g + 1] = block_offset[g] + (has_positives(g) ? ganchors[g] * (gstart[g + 1] - gstart[g]) : 0);
+    if (block_offset[G] > kBlockCache) {
+      block_offset.clear();  // recomputed in each pass instead
       return;
     }
-    small_block.resize(small_offset[G]);
+    block_cache.resize(block_offset[G]);
     parallel_for(0, G, 4, [&](int64_t begin, int64_t end) {
       for (int64_t g = begin; g < end; ++g)
-        if (small_group(g)) small_gram(g, small_block.data() + small_offset[g]);
+        if (small_group(g)) small_gram(g, block_cache.data() + block_offset[g]);
     });
+    for (int64_t g = 0; g < G; ++g) {
+      if (!has_positives(g) || small_group(g)) continue;
+      const int64_t nm = gstart[g + 1] - gstart[g];
+      T* block = block_cache.data() + block_offset[g];
+      big_chunks(g, [&](int64_t a0, int64_t ta, int64_t m0, int64_t tm, const T* S) {
+        for (int64_t r = 0; r < ta; ++r) std::copy(S + r * tm, S + (r + 1) * tm, block + (a0 + r) * nm + m0);
+      });
+    }
+  }
+
+  // Calls chunk(a0, ta, m0, tm, S [ta x tm]) for the aten::mm chunks of a large group's block: anchors [a0, a0 + ta)
+  // against members [m0, m0 + tm). A group whose members are all anchors (no reference set) and at most kRefTile is
+  // one square chunk (the backward then needs one product for both sides); others are kTile x kRefTile chunks.
+  template <typename Fn>
+  void big_chunks(int64_t g, const Fn& chunk) const {
+    const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
+    const int64_t rows_per = na == nm && nm <= kRefTile ? na : kTile;
+    for (int64_t a0 = 0; a0 < na; a0 += rows_per) {
+      const int64_t ta = std::min(rows_per, na - a0);
+      const Tensor A = index_select(chat, 0, narrow(order, 0, gstart[g] + a0, ta));
+      for (int64_t m0 = 0; m0 < nm; m0 += kRefTile) {
+        const int64_t tm = std::min(kRefTile, nm - m0);
+        const Tensor Cm = ta == nm ? A : index_select(chat, 0, narrow(order, 0, gstart[g] + m0, tm));
+        const Tensor S = as_contiguous(mm(A, transposed(Cm)));
+        chunk(a0, ta, m0, tm, S.template const_data_ptr<T>());
+      }
+    }
   }
 
   // Calls fn(anchor ids, na, member ids, nm, S [na x nm] row-major, big) for every block of positive
@@ -164,11 +193,11 @@ struct Candidates {
     for (int64_t g = 0; g < G; ++g)
       if (has_positives(g)) (small_group(g) ? small : big).push_back(g);
     const int64_t* ord = order.const_data_ptr<int64_t>();
-    const bool cached = !small_offset.empty();
-    // Group g's block: gathered from the resident S, kept from an earlier pass, or multiplied now.
+    const bool cached = !block_offset.empty();
+    // Group g's block: gathered from the resident S, kept from an earlier pass, or multiplied now (small groups).
     auto block_of = [&](int64_t g, std::vector<T>& S) -> const T* {
       const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
-      if (cached && !rdata) return small_block.data() + small_offset[g];
+      if (cached && !rdata) return block_cache.data() + block_offset[g];
       S.resize(na * nm);
       if (rdata) {
         const int64_t* m = ord + gstart[g];
@@ -187,22 +216,14 @@ struct Candidates {
       }
     });
     for (const int64_t g : big) {
-      if (rdata) {
+      if (rdata || cached) {  // the whole block at once
         std::vector<T> S;
         fn(ord + gstart[g], ganchors[g], ord + gstart[g], gstart[g + 1] - gstart[g], block_of(g, S), true);
         continue;
       }
-      const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
-      for (int64_t a0 = 0; a0 < na; a0 += kTile) {
-        const int64_t ta = std::min(kTile, na - a0);
-        const Tensor A = index_select(chat, 0, narrow(order, 0, gstart[g] + a0, ta));
-        for (int64_t m0 = 0; m0 < nm; m0 += kRefTile) {
-          const int64_t tm = std::min(kRefTile, nm - m0);
-          const Tensor Cm = index_select(chat, 0, narrow(order, 0, gstart[g] + m0, tm));
-          const Tensor S = as_contiguous(mm(A, transposed(Cm)));
-          fn(ord + gstart[g] + a0, ta, ord + gstart[g] + m0, tm, S.const_data_ptr<T>(), true);
-        }
-      }
+      big_chunks(g, [&](int64_t a0, int64_t ta, int64_t m0, int64_t tm, const T* S) {
+        fn(ord + gstart[g] + a0, ta, ord + gstart[g] + m0, tm, S, true);
+      });
     }
   }
 
