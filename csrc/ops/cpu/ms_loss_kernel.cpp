@@ -47,6 +47,16 @@ using cpu::add_rows;
 using cpu::host_view;
 using cpu::index_add_rows;
 
+// w[r, k] = w[k, r] = w[r, k] + w[k, r] for an [n, n] matrix: a block whose anchors are its candidates takes its
+// gradient, anchor side and candidate side, as one product (W + Wᵀ) c.
+template <typename T>
+void add_transpose(T* w, int64_t n) {
+  parallel_for(0, n, 8, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r)
+      for (int64_t k = r + 1; k < n; ++k) w[r * n + k] = w[k * n + r] = w[r * n + k] + w[k * n + r];
+  });
+}
+
 template <typename T>
 struct MSLossCPU : Candidates<T> {
   using Base = Candidates<T>;
@@ -312,11 +322,8 @@ struct MSLossCPU : Candidates<T> {
       const Tensor Wt = host_view(W.data(), {na, nmem}, chat.scalar_type());
       const Tensor aidx = host_view(const_cast<int64_t*>(a), {na}, kLong);
       const Tensor A = index_select(chat, 0, aidx);
-      if (a == m && na == nmem) {  // a square chunk (Candidates::big_chunks): both sides in one product, (W + Wᵀ) c
-        parallel_for(0, na, 8, [&](int64_t b, int64_t e) {
-          for (int64_t r = b; r < e; ++r)
-            for (int64_t k = r + 1; k < na; ++k) W[r * na + k] = W[k * na + r] = W[r * na + k] + W[k * na + r];
-        });
+      if (a == m && na == nmem) {  // a square chunk (Candidates::big_chunks): both sides in one product
+        add_transpose(W.data(), na);
         index_add_rows(gp, a, na, mm(Wt, A).template const_data_ptr<T>(), D);
         return;
       }
@@ -365,11 +372,7 @@ struct MSLossCPU : Candidates<T> {
       }
       if (!any.load()) return;
       if (symmetric && i0 == j0) {
-        // A diagonal tile's anchors are its candidates: their gradient is (G + Gᵀ) c, one product.
-        parallel_for(0, ti, 8, [&](int64_t b, int64_t e) {
-          for (int64_t r = b; r < e; ++r)
-            for (int64_t k = r + 1; k < ti; ++k) g[r * ti + k] = g[k * ti + r] = g[r * ti + k] + g[k * ti + r];
-        });
+        add_transpose(g, ti);  // a diagonal tile's anchors are its candidates
         add_rows(gp + i0 * D, mm(G, narrow(chat, 0, i0, ti)).template const_data_ptr<T>(), ti, D);
         return;
       }

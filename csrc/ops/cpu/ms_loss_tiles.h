@@ -118,7 +118,7 @@ struct Candidates {
 
   const T* row(int64_t i) const { return cdata + i * D; }
 
-  // The one dot product of the positive pairs (ms_loss_sweeps.h dots_impl): the same bits as in their blocks.
+  // One pair's dot product (the hardest backward), in the small groups' arithmetic (ms_loss_sweeps.h dots_impl).
   T dot(int64_t i, int64_t j) const { return dot_rows(row(i), row(j), D); }
 
   // Group g's [anchors x members] similarity block into S (row-major, nm columns).
@@ -197,7 +197,7 @@ struct Candidates {
     // Group g's block: gathered from the resident S, kept from an earlier pass, or multiplied now (small groups).
     auto block_of = [&](int64_t g, std::vector<T>& S) -> const T* {
       const int64_t na = ganchors[g], nm = gstart[g + 1] - gstart[g];
-      if (cached && !rdata) return block_cache.data() + block_offset[g];
+      if (cached) return block_cache.data() + block_offset[g];  // (never with a resident S: cache_blocks)
       S.resize(na * nm);
       if (rdata) {
         const int64_t* m = ord + gstart[g];
